@@ -1,0 +1,134 @@
+//! The per-(topic, publisher) sequence chain.
+//!
+//! Each batch names the sequence number of its first message and the digest of its publisher's previous
+//! batch on the same topic. A publisher keeps a [`ChainHead`] to produce them; a subscriber feeds every
+//! verified batch to a [`ChainVerifier`], which tells a batch that continues the chain from one that skips
+//! ahead ([`Error::Gap`]), one that was already admitted ([`Error::Replay`]), one that comes after later
+//! batches ([`Error::Reorder`]), and one that claims the right place but another history ([`Error::Fork`]).
+//!
+//! Since batches are signed, a broker cannot forge a batch to fill a gap: the worst it can do is withhold,
+//! and withholding anything but the newest tail shows up here.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{BatchHeader, VerifiedBatch};
+use crate::keys::PublicKey;
+use crate::topic::Topic;
+use crate::{Digest, Error, Result};
+
+/// Where a publisher's next batch on a topic continues its chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// Sequence number of the next message.
+    pub next_seq: u64,
+    /// Digest of the last batch, or [`Digest::ZERO`] before the first.
+    pub prev_digest: Digest,
+}
+
+impl ChainHead {
+    /// The head of a chain with no batch yet: sequence numbers start at 1.
+    pub const GENESIS: ChainHead = ChainHead { next_seq: 1, prev_digest: Digest::ZERO };
+
+    /// The head right after `batch`.
+    pub fn after(batch: &VerifiedBatch) -> ChainHead {
+        ChainHead { next_seq: batch.header().next_seq(), prev_digest: batch.digest() }
+    }
+}
+
+impl Default for ChainHead {
+    fn default() -> Self {
+        Self::GENESIS
+    }
+}
+
+/// What a [`ChainVerifier`] assumes about a publisher it has not seen yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainStart {
+    /// Every publisher's first batch must be its genesis batch (sequence 1, zero previous digest). Use it
+    /// when reading a topic from its beginning: a missing prefix is then reported as a gap.
+    Genesis,
+    /// The first batch seen from each publisher starts its chain. Use it when reading from the middle of a
+    /// topic, where earlier batches are out of sight by choice.
+    FirstSeen,
+}
+
+/// How many recently admitted batches per publisher are remembered to tell a replay from a reorder.
+const RECENT: usize = 64;
+
+#[derive(Debug)]
+struct PublisherState {
+    head: ChainHead,
+    /// First sequence number and digest of the most recently admitted batches, oldest first.
+    recent: VecDeque<(u64, Digest)>,
+}
+
+impl PublisherState {
+    fn advance(&mut self, header: &BatchHeader, digest: Digest) {
+        self.head = ChainHead { next_seq: header.next_seq(), prev_digest: digest };
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((header.first_seq, digest));
+    }
+}
+
+/// Checks the sequence chain of every (topic, publisher) pair that a subscriber receives.
+#[derive(Debug)]
+pub struct ChainVerifier {
+    start: ChainStart,
+    publishers: HashMap<(Topic, PublicKey), PublisherState>,
+}
+
+impl ChainVerifier {
+    /// A verifier that treats publishers it has not seen as `start` says.
+    pub fn new(start: ChainStart) -> Self {
+        Self { start, publishers: HashMap::new() }
+    }
+
+    /// The chain head of `publisher` on `topic`, if a batch of it was admitted.
+    pub fn head(&self, topic: &Topic, publisher: &PublicKey) -> Option<ChainHead> {
+        self.publishers.get(&(topic.clone(), *publisher)).map(|s| s.head)
+    }
+
+    /// Checks that the verified batch with `header` and `digest` continues its publisher's chain.
+    ///
+    /// - `Ok(())`: it does; the chain moves past it.
+    /// - [`Error::Gap`]: sequence numbers are missing before it. The batch itself is authentic, so the chain
+    ///   **moves past it** and later batches are checked against it: the caller reports the gap and may
+    ///   still deliver the batch. This is how delivery goes on after a broker drops batches.
+    /// - [`Error::Replay`], [`Error::Reorder`], [`Error::Fork`]: the batch must not be delivered; the chain
+    ///   does not move.
+    pub fn admit(&mut self, header: &BatchHeader, digest: Digest) -> Result<()> {
+        let key = (header.topic.clone(), header.publisher);
+        let state = match self.publishers.get_mut(&key) {
+            Some(state) => state,
+            None => {
+                let head = match self.start {
+                    ChainStart::Genesis => ChainHead::GENESIS,
+                    ChainStart::FirstSeen => {
+                        ChainHead { next_seq: header.first_seq, prev_digest: header.prev_digest }
+                    }
+                };
+                self.publishers.entry(key).or_insert(PublisherState { head, recent: VecDeque::new() })
+            }
+        };
+        let expected = state.head.next_seq;
+        let got = header.first_seq;
+        if got == expected {
+            if header.prev_digest != state.head.prev_digest {
+                return Err(Error::Fork { seq: got });
+            }
+            state.advance(header, digest);
+            Ok(())
+        } else if got > expected {
+            state.advance(header, digest);
+            Err(Error::Gap { expected, got })
+        } else if state.recent.contains(&(got, digest)) {
+            Err(Error::Replay { seq: got })
+        } else {
+            Err(Error::Reorder { expected, got })
+        }
+    }
+}

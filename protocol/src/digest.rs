@@ -1,0 +1,47 @@
+//! 32-byte BLAKE3 digests and the domain-separation contexts that produce them.
+
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Key-derivation contexts for BLAKE3's `derive_key` mode. Each use of the hash has its own context, so
+/// that a digest computed for one purpose can never be presented as a digest for another. Changing any of
+/// these strings is a format change (see the golden vectors).
+pub(crate) mod context {
+    pub(crate) const BATCH_HEADER: &str = "sealpost 2026-11-23 batch header v1";
+    pub(crate) const BATCH: &str = "sealpost 2026-11-23 batch v1";
+    pub(crate) const KEY_ID: &str = "sealpost 2026-11-23 key id v1";
+}
+
+/// A 32-byte BLAKE3 digest. A batch's digest is what its publisher signs and what the next batch of the
+/// same publisher names as `prev_digest`.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The digest that the first batch of a chain names as its predecessor.
+    pub const ZERO: Digest = Digest([0; 32]);
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl From<blake3::Hash> for Digest {
+    fn from(h: blake3::Hash) -> Self {
+        Digest(*h.as_bytes())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", hex::encode(&self.0[..8]))
+    }
+}

@@ -1,0 +1,270 @@
+//! Frames: the messages clients and brokers exchange on QUIC streams.
+//!
+//! # Encoding
+//!
+//! ```text
+//! length   u32 big-endian   bytes that follow (version + body), 1..=max_frame_len
+//! version  u8               = 1
+//! body     postcard(Frame)  exactly `length - 1` bytes
+//! ```
+//!
+//! postcard 1.x is a frozen, documented format (<https://postcard.jamesmunns.com/wire-format>): enum variants
+//! are encoded by their index, so **variants and fields are only ever appended**, never reordered or removed;
+//! the golden vectors in `protocol/tests/vectors/` make any change visible.
+//!
+//! Reading is two steps, as in mini-redis: [`Frame::check`] looks at the length prefix of a buffer and says
+//! whether a whole frame is there, rejecting an oversized length before anything is allocated for it; then
+//! [`Frame::decode`] parses exactly that many bytes. A sealed batch travels inside a frame as opaque bytes,
+//! and is decoded separately with its own limits.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::code::ErrorCode;
+use crate::topic::Topic;
+use crate::{Error, Result};
+
+/// The frame format version this build writes and reads.
+pub const FRAME_VERSION: u8 = 1;
+/// Bytes before the body: the length prefix and the version.
+pub const FRAME_HEADER_LEN: usize = 5;
+
+/// Chosen by the client to match a response to its request; unique among its requests in flight.
+pub type RequestId = u64;
+
+/// Chosen by the broker, unique on its connection, to name a subscription.
+pub type SubscriptionId = u64;
+
+/// Where a subscription starts reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartAt {
+    /// The oldest message still stored.
+    Earliest,
+    /// Only messages published after the subscription starts.
+    Latest,
+    /// The message with this offset (or the batch that contains it).
+    Offset(u64),
+}
+
+/// A client <-> broker message. Variants are appended, never reordered: their index is on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Client -> broker: store this sealed batch.
+    Publish {
+        /// Echoed in the answer.
+        request_id: RequestId,
+        /// The canonical bytes of a [`SealedBatch`](crate::SealedBatch).
+        batch: Bytes,
+    },
+    /// Broker -> client: the batch of `request_id` is on stable storage.
+    Published {
+        /// The request answered.
+        request_id: RequestId,
+        /// Offset of the batch's first message; its messages have consecutive offsets.
+        first_offset: u64,
+        /// Number of messages in the batch.
+        count: u32,
+    },
+    /// Client -> broker: start a subscription.
+    Subscribe {
+        /// Echoed in the answer.
+        request_id: RequestId,
+        /// The topic to read.
+        topic: Topic,
+        /// Where to start, for a new durable subscription or a plain one.
+        from: StartAt,
+        /// A durable subscription name: the broker keeps its committed offset across reconnects and
+        /// restarts, and a durable subscription that exists resumes from there, ignoring `from`.
+        durable: Option<String>,
+    },
+    /// Broker -> client: the subscription of `request_id` is open.
+    Subscribed {
+        /// The request answered.
+        request_id: RequestId,
+        /// The name of the subscription in later frames.
+        subscription: SubscriptionId,
+        /// The offset the subscription starts at.
+        start_offset: u64,
+    },
+    /// Broker -> client: one stored batch.
+    Deliver {
+        /// The subscription it is for.
+        subscription: SubscriptionId,
+        /// Offset of the batch's first message.
+        offset: u64,
+        /// The canonical bytes of the stored batch.
+        batch: Bytes,
+    },
+    /// Client -> broker: every message below `next_offset` has been processed; for a durable subscription
+    /// the broker stores it as the point to resume from.
+    Ack {
+        /// The subscription acknowledged.
+        subscription: SubscriptionId,
+        /// The first offset not yet processed.
+        next_offset: u64,
+    },
+    /// Client -> broker: end a subscription.
+    Unsubscribe {
+        /// The subscription to end.
+        subscription: SubscriptionId,
+    },
+    /// Broker -> client: a request failed.
+    Error {
+        /// The request that failed, if the error answers one.
+        request_id: Option<RequestId>,
+        /// The stable code: the only detail a client should act on.
+        code: ErrorCode,
+        /// A short human-readable explanation; never contains secrets or payloads.
+        message: String,
+    },
+}
+
+/// Lets postcard append to a caller's buffer without an intermediate allocation.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Append<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
+        self.0.extend(iter)
+    }
+}
+
+impl Frame {
+    /// Appends the encoded frame (length prefix, version, body) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        let start = out.len();
+        out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
+        if postcard::to_extend(self, Append(out)).is_err() {
+            out.truncate(start);
+            return Err(Error::Encode);
+        }
+        let Ok(len) = u32::try_from(out.len() - start - 4) else {
+            out.truncate(start);
+            return Err(Error::Encode);
+        };
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    /// The encoded frame as a new buffer.
+    pub fn to_vec(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.encode(&mut out)?;
+        Ok(out)
+    }
+
+    /// Validates a length prefix: the number of bytes that follow it, at least 1 and at most
+    /// `max_frame_len`. Call it before allocating a buffer for the frame.
+    pub fn length(prefix: [u8; 4], max_frame_len: u32) -> Result<usize> {
+        let len = u32::from_be_bytes(prefix);
+        if len == 0 {
+            return Err(Error::Malformed("empty frame"));
+        }
+        if len > max_frame_len {
+            return Err(Error::TooLarge { what: "frame", len: len.into(), max: max_frame_len.into() });
+        }
+        Ok(len as usize)
+    }
+
+    /// Whether `buf` starts with a whole frame: `Ok(Some(n))` if its first `n` bytes are one, `Ok(None)` if
+    /// more bytes are needed, and an error if the length prefix is invalid or over `max_frame_len`.
+    pub fn check(buf: &[u8], max_frame_len: u32) -> Result<Option<usize>> {
+        let Some(prefix) = buf.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let total = 4 + Self::length(*prefix, max_frame_len)?;
+        Ok((buf.len() >= total).then_some(total))
+    }
+
+    /// Decodes one whole frame, length prefix included, as delimited by [`check`](Self::check).
+    pub fn decode(frame: &[u8]) -> Result<Frame> {
+        let Some((prefix, rest)) = frame.split_first_chunk::<4>() else {
+            return Err(Error::Truncated("frame length"));
+        };
+        if u32::from_be_bytes(*prefix) as usize != rest.len() {
+            return Err(Error::Malformed("frame length does not match its bytes"));
+        }
+        Self::decode_body(rest)
+    }
+
+    /// Decodes what follows a length prefix: the version byte and the body.
+    pub fn decode_body(body: &[u8]) -> Result<Frame> {
+        let Some((&version, body)) = body.split_first() else {
+            return Err(Error::Truncated("frame version"));
+        };
+        if version != FRAME_VERSION {
+            return Err(Error::UnsupportedVersion { what: "frame", version });
+        }
+        let (frame, rest) = postcard::take_from_bytes(body).map_err(|_| Error::Malformed("frame body"))?;
+        if !rest.is_empty() {
+            return Err(Error::Malformed("trailing bytes in frame"));
+        }
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_waits_for_a_whole_frame() {
+        let f = Frame::Ack { subscription: 3, next_offset: 9 }.to_vec().unwrap();
+        for cut in 0..f.len() {
+            assert_eq!(Frame::check(&f[..cut], 1024), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(Frame::check(&f, 1024), Ok(Some(f.len())));
+        let mut two = f.clone();
+        two.extend_from_slice(&f);
+        assert_eq!(Frame::check(&two, 1024), Ok(Some(f.len())));
+    }
+
+    #[test]
+    fn check_rejects_oversized_length_before_the_bytes_arrive() {
+        let prefix = (4 * 1024 * 1024 + 1u32).to_be_bytes();
+        assert_eq!(
+            Frame::check(&prefix, 4 * 1024 * 1024),
+            Err(Error::TooLarge { what: "frame", len: 4 * 1024 * 1024 + 1, max: 4 * 1024 * 1024 })
+        );
+        assert_eq!(
+            Frame::check(&u32::MAX.to_be_bytes(), 4 * 1024 * 1024).unwrap_err().to_string(),
+            "frame too large: 4294967295 exceeds the limit of 4194304"
+        );
+    }
+
+    #[test]
+    fn check_rejects_empty_frame() {
+        assert_eq!(Frame::check(&[0, 0, 0, 0], 1024), Err(Error::Malformed("empty frame")));
+    }
+
+    #[test]
+    fn decode_rejects_unknown_version() {
+        let mut f = Frame::Unsubscribe { subscription: 1 }.to_vec().unwrap();
+        f[4] = 2;
+        assert_eq!(Frame::decode(&f), Err(Error::UnsupportedVersion { what: "frame", version: 2 }));
+    }
+
+    #[test]
+    fn decode_rejects_trailing_bytes_and_bad_variants() {
+        let mut f = Frame::Unsubscribe { subscription: 1 }.to_vec().unwrap();
+        f.push(0);
+        let len = (f.len() - 4) as u32;
+        f[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(Frame::decode(&f), Err(Error::Malformed("trailing bytes in frame")));
+        assert_eq!(Frame::decode(&[0, 0, 0, 2, 1, 200]), Err(Error::Malformed("frame body")));
+    }
+
+    #[test]
+    fn decode_rejects_a_length_that_disagrees_with_the_bytes() {
+        let mut f = Frame::Unsubscribe { subscription: 1 }.to_vec().unwrap();
+        f.push(0);
+        assert_eq!(Frame::decode(&f), Err(Error::Malformed("frame length does not match its bytes")));
+    }
+
+    #[test]
+    fn decode_validates_topic_names() {
+        // A Subscribe whose topic string breaks the naming rules is a malformed frame.
+        let mut body = vec![FRAME_VERSION];
+        body.extend(postcard::to_allocvec(&(2u8, 7u64, "a..b", 0u8, None::<String>)).unwrap());
+        assert_eq!(Frame::decode_body(&body), Err(Error::Malformed("frame body")));
+    }
+}

@@ -1,0 +1,49 @@
+//! The sans-IO core of Sealpost.
+//!
+//! This crate owns every byte that Sealpost puts on the wire or on disk, and every decision about whether
+//! such bytes can be trusted:
+//!
+//! - [`batch`]: the **sealed batch**, the unit that a publisher signs, the broker stores and a subscriber
+//!   opens. Its signed bytes are a canonical encoding defined here, byte by byte (see `docs/architecture.md`),
+//!   not whatever a serializer happens to emit.
+//! - [`chain`]: the per-(topic, publisher) sequence chain that lets a subscriber detect a broker that drops,
+//!   replays or reorders batches.
+//! - [`frame`]: the length-prefixed frames exchanged by clients and brokers, with a check step that bounds
+//!   every length before anything is allocated, and [`code`], their stable numeric error codes.
+//! - [`topic`]: validated topic names and the wildcard patterns used by access-control lists.
+//! - [`keys`]: signing keys, HPKE key-agreement keys, content keys and key ids.
+//!
+//! # What this crate does not do
+//!
+//! It performs no I/O, reads no clock and draws no randomness of its own: time arrives as a [`Timestamp`]
+//! and randomness as an RNG argument, so that every function here is deterministic and testable without
+//! sockets. It does not decide who may publish or subscribe (the broker's ACL does that) and, until topic
+//! policies exist, it does not decide which publisher keys a subscriber trusts.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod batch;
+pub mod chain;
+pub mod code;
+mod digest;
+mod error;
+pub mod frame;
+pub mod keys;
+mod limits;
+mod reader;
+mod time;
+pub mod topic;
+
+pub use batch::{open, seal, BatchHeader, OpenedBatch, SealParams, SealedBatch, VerifiedBatch};
+pub use chain::{ChainHead, ChainStart, ChainVerifier};
+pub use code::ErrorCode;
+pub use digest::Digest;
+pub use error::Error;
+pub use frame::{Frame, RequestId, StartAt, SubscriptionId};
+pub use keys::{ContentKey, Epoch, HpkePublicKey, HpkeSecretKey, KeyId, KeyLookup, PublicKey, SigningKey};
+pub use limits::Limits;
+pub use time::Timestamp;
+pub use topic::{Topic, TopicPattern};
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = core::result::Result<T, E>;

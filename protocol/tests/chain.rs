@@ -1,0 +1,96 @@
+//! The chain verifier: each way a broker can drop, replay or reorder batches is reported.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use sealpost_protocol::*;
+
+fn admit(v: &mut ChainVerifier, b: &VerifiedBatch) -> Result<()> {
+    v.admit(b.header(), b.digest())
+}
+
+#[test]
+fn chain_admits_batches_in_order() {
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    for b in chain(5, 3) {
+        admit(&mut v, &b).unwrap();
+    }
+    let head = v.head(&topic("demo.chat"), &alice().public_key()).unwrap();
+    assert_eq!(head.next_seq, 16);
+}
+
+#[test]
+fn chain_reports_gap_then_continues_after_it() {
+    let c = chain(4, 2);
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    admit(&mut v, &c[0]).unwrap();
+    assert_eq!(admit(&mut v, &c[2]), Err(Error::Gap { expected: 3, got: 5 }));
+    // The chain moved past the authentic batch after the gap; the next one continues it.
+    admit(&mut v, &c[3]).unwrap();
+}
+
+#[test]
+fn chain_reports_missing_prefix_as_gap_from_genesis() {
+    let c = chain(3, 1);
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    assert_eq!(admit(&mut v, &c[1]), Err(Error::Gap { expected: 1, got: 2 }));
+}
+
+#[test]
+fn chain_from_first_seen_accepts_a_mid_stream_start() {
+    let c = chain(3, 1);
+    let mut v = ChainVerifier::new(ChainStart::FirstSeen);
+    admit(&mut v, &c[1]).unwrap();
+    admit(&mut v, &c[2]).unwrap();
+}
+
+#[test]
+fn chain_reports_replay() {
+    let c = chain(3, 1);
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    admit(&mut v, &c[0]).unwrap();
+    admit(&mut v, &c[1]).unwrap();
+    assert_eq!(admit(&mut v, &c[0]), Err(Error::Replay { seq: 1 }));
+    assert_eq!(admit(&mut v, &c[1]), Err(Error::Replay { seq: 2 }));
+    admit(&mut v, &c[2]).unwrap();
+}
+
+#[test]
+fn chain_reports_reorder() {
+    // The broker swaps batches 2 and 3: the first shows as a gap, the late one as a reorder.
+    let c = chain(3, 1);
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    admit(&mut v, &c[0]).unwrap();
+    assert_eq!(admit(&mut v, &c[2]), Err(Error::Gap { expected: 2, got: 3 }));
+    assert_eq!(admit(&mut v, &c[1]), Err(Error::Reorder { expected: 4, got: 2 }));
+}
+
+#[test]
+fn chain_reports_fork() {
+    // A second, different batch signed for the same place in the chain.
+    let c = chain(2, 1);
+    let other = sealed(2, c[0].digest(), &[b"other"], 99);
+    let forged_prev = sealed(3, c[0].digest(), &[b"skips"], 98);
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    admit(&mut v, &c[0]).unwrap();
+    admit(&mut v, &other).unwrap();
+    // The honest batch 2 now comes after the chain moved past sequence 2.
+    assert_eq!(admit(&mut v, &c[1]), Err(Error::Reorder { expected: 3, got: 2 }));
+    assert_eq!(admit(&mut v, &forged_prev), Err(Error::Fork { seq: 3 }));
+}
+
+#[test]
+fn chain_keeps_publishers_and_topics_apart() {
+    let bob = SigningKey::from_bytes(&[0xB0; 32]);
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    let a = sealed(1, Digest::ZERO, &[b"a"], 1);
+    let b = seal(&bob, &content_key(), params(1, Digest::ZERO), &[b"b"], &Limits::default(), &mut rng(2))
+        .unwrap();
+    let other_topic = SealParams { topic: topic("demo.events"), ..params(1, Digest::ZERO) };
+    let c = seal(&bob, &content_key(), other_topic, &[b"c"], &Limits::default(), &mut rng(3)).unwrap();
+    admit(&mut v, &a).unwrap();
+    admit(&mut v, &b).unwrap();
+    admit(&mut v, &c).unwrap();
+}

@@ -1,0 +1,68 @@
+//! Frame codec round trips.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use sealpost_protocol::*;
+
+fn topic_strategy() -> impl Strategy<Value = Topic> {
+    proptest::collection::vec("[a-z0-9_-]{1,8}", 1..5).prop_map(|s| Topic::new(s.join(".")).unwrap())
+}
+
+fn start_strategy() -> impl Strategy<Value = StartAt> {
+    prop_oneof![Just(StartAt::Earliest), Just(StartAt::Latest), any::<u64>().prop_map(StartAt::Offset)]
+}
+
+fn frame_strategy() -> impl Strategy<Value = Frame> {
+    let bytes = proptest::collection::vec(any::<u8>(), 0..512).prop_map(Bytes::from);
+    prop_oneof![
+        (any::<u64>(), bytes.clone()).prop_map(|(request_id, batch)| Frame::Publish { request_id, batch }),
+        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(request_id, first_offset, count)| {
+            Frame::Published { request_id, first_offset, count }
+        }),
+        (any::<u64>(), topic_strategy(), start_strategy(), proptest::option::of("[a-z]{0,12}")).prop_map(
+            |(request_id, topic, from, durable)| Frame::Subscribe { request_id, topic, from, durable }
+        ),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(request_id, subscription, start_offset)| {
+            Frame::Subscribed { request_id, subscription, start_offset }
+        }),
+        (any::<u64>(), any::<u64>(), bytes).prop_map(|(subscription, offset, batch)| Frame::Deliver {
+            subscription,
+            offset,
+            batch
+        }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(subscription, next_offset)| Frame::Ack { subscription, next_offset }),
+        any::<u64>().prop_map(|subscription| Frame::Unsubscribe { subscription }),
+        (proptest::option::of(any::<u64>()), any::<u16>(), ".{0,40}").prop_map(
+            |(request_id, code, message)| Frame::Error { request_id, code: ErrorCode(code), message }
+        ),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn frame_round_trip(frames in proptest::collection::vec(frame_strategy(), 1..8)) {
+        // Several frames back to back in one buffer, as on a stream.
+        let mut buf = Vec::new();
+        for f in &frames {
+            f.encode(&mut buf).unwrap();
+        }
+        let mut rest = &buf[..];
+        for f in &frames {
+            let n = Frame::check(rest, Limits::DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
+            prop_assert_eq!(&Frame::decode(&rest[..n]).unwrap(), f);
+            rest = &rest[n..];
+        }
+        prop_assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn frame_decode_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+        if let Ok(Some(n)) = Frame::check(&raw, 1024) {
+            let _ = Frame::decode(&raw[..n]);
+        }
+        let _ = Frame::decode_body(&raw);
+    }
+}

@@ -1,0 +1,84 @@
+//! Golden vectors: the exact bytes of a sealed batch and of each frame kind, made from fixed keys, RNG seed
+//! and time. A failure here means the wire or envelope format changed. If that is deliberate, bump the
+//! version it concerns, document the change in docs/architecture.md, and regenerate with
+//! `SEALPOST_BLESS=1 cargo test -p sealpost-protocol --test vectors`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use common::*;
+use sealpost_protocol::*;
+
+fn check_vector(name: &str, bytes: &[u8]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(format!("{name}.hex"));
+    let hex = hex::encode(bytes);
+    if std::env::var_os("SEALPOST_BLESS").is_some() {
+        std::fs::write(&path, format!("{hex}\n")).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(hex, want.trim(), "{name} differs from its golden vector {}", path.display());
+}
+
+fn golden_batch() -> VerifiedBatch {
+    let first = sealed(1, Digest::ZERO, &[b"golden-1", b"golden-2"], 42);
+    sealed(3, first.digest(), &[b"hello, sealpost"], 43)
+}
+
+#[test]
+fn sealed_batch_matches_golden_vector() {
+    let b = golden_batch();
+    check_vector("batch", b.as_bytes());
+    check_vector("batch-digest", b.digest().as_bytes());
+    // And the golden bytes still open to the same plaintext.
+    let opened = open(b.as_bytes().clone(), &topic("demo.chat"), &keys(), &Limits::default()).unwrap();
+    assert_eq!(opened.messages, vec![Bytes::from_static(b"hello, sealpost")]);
+}
+
+#[test]
+fn checked_in_batch_opens() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/batch.hex");
+    let raw = hex::decode(std::fs::read_to_string(path).unwrap().trim()).unwrap();
+    let opened = open(raw.into(), &topic("demo.chat"), &keys(), &Limits::default()).unwrap();
+    assert_eq!(opened.header.first_seq, 3);
+    assert_eq!(opened.messages, vec![Bytes::from_static(b"hello, sealpost")]);
+}
+
+#[test]
+fn frames_match_golden_vectors() {
+    let batch = golden_batch().into_bytes();
+    let frames = [
+        ("frame-publish", Frame::Publish { request_id: 1, batch: batch.clone() }),
+        ("frame-published", Frame::Published { request_id: 1, first_offset: 1000, count: 1 }),
+        (
+            "frame-subscribe",
+            Frame::Subscribe {
+                request_id: 2,
+                topic: topic("demo.chat"),
+                from: StartAt::Offset(1000),
+                durable: Some("audit".into()),
+            },
+        ),
+        ("frame-subscribed", Frame::Subscribed { request_id: 2, subscription: 5, start_offset: 1000 }),
+        ("frame-deliver", Frame::Deliver { subscription: 5, offset: 1000, batch }),
+        ("frame-ack", Frame::Ack { subscription: 5, next_offset: 1001 }),
+        ("frame-unsubscribe", Frame::Unsubscribe { subscription: 5 }),
+        (
+            "frame-error",
+            Frame::Error {
+                request_id: Some(3),
+                code: ErrorCode::NOT_AUTHORIZED,
+                message: "not authorized".into(),
+            },
+        ),
+    ];
+    for (name, frame) in frames {
+        let bytes = frame.to_vec().unwrap();
+        check_vector(name, &bytes);
+        assert_eq!(Frame::decode(&bytes).unwrap(), frame);
+    }
+}
