@@ -20,7 +20,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::chain::ChainHead;
 use crate::code::ErrorCode;
+use crate::keys::PublicKey;
 use crate::topic::Topic;
 use crate::{Error, Result};
 
@@ -116,6 +118,24 @@ pub enum Frame {
         code: ErrorCode,
         /// A short human-readable explanation; never contains secrets or payloads.
         message: String,
+    },
+    /// Client -> broker: where does the chain of `publisher` (a key bound to this connection's principal)
+    /// stand on `topic`? A publisher asks before its first batch, so that it continues its chain across
+    /// restarts.
+    Head {
+        /// Echoed in the answer.
+        request_id: RequestId,
+        /// The topic.
+        topic: Topic,
+        /// The publisher key.
+        publisher: PublicKey,
+    },
+    /// Broker -> client: the stored chain head ([`ChainHead::GENESIS`] if the publisher has no batch there).
+    HeadIs {
+        /// The request answered.
+        request_id: RequestId,
+        /// Where the publisher's next batch continues.
+        head: ChainHead,
     },
 }
 

@@ -11,7 +11,8 @@
 //! - [`frame`]: the length-prefixed frames exchanged by clients and brokers, with a check step that bounds
 //!   every length before anything is allocated, and [`code`], their stable numeric error codes.
 //! - [`topic`]: validated topic names and the wildcard patterns used by access-control lists.
-//! - [`keys`]: signing keys, HPKE key-agreement keys, content keys and key ids.
+//! - [`keys`]: signing keys, HPKE key-agreement keys, content keys and key ids; [`identity`], the shape of
+//!   a principal's identity file.
 //!
 //! # What this crate does not do
 //!
@@ -28,6 +29,7 @@ pub mod code;
 mod digest;
 mod error;
 pub mod frame;
+pub mod identity;
 pub mod keys;
 mod limits;
 mod reader;
