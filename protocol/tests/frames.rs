@@ -38,6 +38,13 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
         (proptest::option::of(any::<u64>()), any::<u16>(), ".{0,40}").prop_map(
             |(request_id, code, message)| Frame::Error { request_id, code: ErrorCode(code), message }
         ),
+        (any::<u64>(), topic_strategy(), any::<[u8; 32]>()).prop_map(|(request_id, topic, seed)| {
+            Frame::Head { request_id, topic, publisher: SigningKey::from_bytes(&seed).public_key() }
+        }),
+        (any::<u64>(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(request_id, next_seq, d)| Frame::HeadIs {
+            request_id,
+            head: ChainHead { next_seq, prev_digest: Digest(d) }
+        }),
     ]
 }
 

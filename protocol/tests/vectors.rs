@@ -75,6 +75,11 @@ fn frames_match_golden_vectors() {
                 message: "not authorized".into(),
             },
         ),
+        (
+            "frame-head",
+            Frame::Head { request_id: 4, topic: topic("demo.chat"), publisher: alice().public_key() },
+        ),
+        ("frame-head-is", Frame::HeadIs { request_id: 4, head: ChainHead::after(&golden_batch()) }),
     ];
     for (name, frame) in frames {
         let bytes = frame.to_vec().unwrap();
