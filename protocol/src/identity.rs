@@ -15,6 +15,11 @@
 //! topics = "demo.>"
 //! epoch = 1
 //! key = "<64 hex digits>"
+//!
+//! [[publisher]]                      # until topic policies exist: publisher keys trusted by subscribers
+//! principal = "alice"
+//! key = "<64 hex digits>"            # ed25519 public key
+//! topics = "demo.>"
 //! ```
 //!
 //! The file holds secrets: it must be readable by its owner only.
@@ -24,7 +29,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::keys::{ContentKey, Epoch, HpkeSecretKey, SigningKey};
+use crate::keys::{ContentKey, Epoch, HpkeSecretKey, PublicKey, SigningKey};
 use crate::topic::{Topic, TopicPattern};
 use crate::{Error, Result};
 
@@ -51,6 +56,22 @@ pub struct IdentityFile {
     /// Content keys held directly, by topic pattern (until topic policies exist).
     #[serde(default, rename = "content_key")]
     pub content_keys: Vec<ContentKeyEntry>,
+    /// Publisher keys this principal trusts, with their principals (until topic policies exist). A
+    /// subscriber accepts a batch only from a key listed here for a pattern matching the batch's topic.
+    #[serde(default, rename = "publisher")]
+    pub publishers: Vec<PublisherEntry>,
+}
+
+/// A publisher key trusted on the topics matching a pattern.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublisherEntry {
+    /// The publisher's principal, as shown to applications.
+    pub principal: String,
+    /// Its ed25519 public key.
+    pub key: PublicKey,
+    /// The topics it is trusted to publish on.
+    pub topics: TopicPattern,
 }
 
 /// A content key for the topics matching a pattern, in one epoch.
@@ -80,6 +101,14 @@ impl IdentityFile {
     /// The X25519 secret key.
     pub fn hpke_key(&self) -> Result<HpkeSecretKey> {
         Ok(HpkeSecretKey::from_bytes(&*secret32(&self.hpke_key, "hpke_key: expected 64 hex digits")?))
+    }
+
+    /// The principal of a publisher key trusted on `topic`, if any.
+    pub fn trusted_publisher(&self, topic: &Topic, key: &PublicKey) -> Option<&str> {
+        self.publishers
+            .iter()
+            .find(|p| &p.key == key && p.topics.matches(topic))
+            .map(|p| p.principal.as_str())
     }
 
     /// The content keys held for `topic`, by epoch.

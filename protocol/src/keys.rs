@@ -120,16 +120,26 @@ impl core::str::FromStr for PublicKey {
     }
 }
 
+/// Hex in human-readable formats (TOML, JSON), 32 raw bytes in binary ones (postcard).
 impl Serialize for PublicKey {
     fn serialize<S: serde::Serializer>(&self, s: S) -> core::result::Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.as_bytes())
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_string())
+        } else {
+            s.serialize_bytes(self.as_bytes())
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for PublicKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> core::result::Result<Self, D::Error> {
-        let bytes: serde_bytes::ByteArray<32> = Deserialize::deserialize(d)?;
-        PublicKey::from_bytes(&bytes).map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            let s: std::borrow::Cow<'de, str> = Deserialize::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            let bytes: serde_bytes::ByteArray<32> = Deserialize::deserialize(d)?;
+            PublicKey::from_bytes(&bytes).map_err(serde::de::Error::custom)
+        }
     }
 }
 
