@@ -1,0 +1,67 @@
+//! The one error type of `sealpost-broker`, and its mapping to the wire's stable error codes.
+
+use sealpost_protocol::ErrorCode;
+
+/// Everything that can go wrong in the broker library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A peer sent bytes that do not decode, or a batch that fails verification.
+    #[error(transparent)]
+    Protocol(#[from] sealpost_protocol::Error),
+    /// The ACL denies the request, or the topic does not exist: indistinguishable on purpose.
+    #[error("not authorized")]
+    NotAuthorized,
+    /// The batch is signed by a key that the connection's certificate does not bind to its principal.
+    #[error("signing key {0} is not bound to this principal")]
+    SignerNotBound(sealpost_protocol::KeyId),
+    /// The batch does not continue the publisher's stored chain.
+    #[error("sequence conflict: the publisher's next batch must start at {expected}, got {got}")]
+    SequenceConflict {
+        /// The sequence number the stored chain expects.
+        expected: u64,
+        /// The batch's first sequence number.
+        got: u64,
+    },
+    /// A configured limit was reached.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(&'static str),
+    /// The storage device is full; nothing was stored.
+    #[error("storage full")]
+    StorageFull,
+    /// The storage engine failed.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The broker is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// A configuration, certificate or key file is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// An I/O error outside the storage engine.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The stable code a peer is told.
+    pub fn code(&self) -> ErrorCode {
+        use sealpost_protocol::Error as P;
+        match self {
+            Error::Protocol(P::TooLarge { .. }) => ErrorCode::TOO_LARGE,
+            Error::Protocol(P::UnsupportedVersion { .. }) => ErrorCode::UNSUPPORTED_VERSION,
+            Error::Protocol(P::BadSignature) => ErrorCode::BAD_SIGNATURE,
+            Error::Protocol(_) => ErrorCode::MALFORMED,
+            Error::NotAuthorized => ErrorCode::NOT_AUTHORIZED,
+            Error::SignerNotBound(_) => ErrorCode::SIGNER_NOT_BOUND,
+            Error::SequenceConflict { .. } => ErrorCode::SEQUENCE_CONFLICT,
+            Error::LimitExceeded(_) => ErrorCode::LIMIT_EXCEEDED,
+            Error::StorageFull => ErrorCode::STORAGE_FULL,
+            Error::ShuttingDown => ErrorCode::UNAVAILABLE,
+            Error::Storage(_) | Error::Config(_) | Error::Io(_) => ErrorCode::INTERNAL,
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
