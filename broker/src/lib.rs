@@ -11,6 +11,17 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod acl;
+pub mod config;
+pub mod dev;
 mod error;
+pub mod log;
+pub mod pki;
+pub mod sequencer;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod tls;
+mod wire;
 
 pub use error::{Error, Result};

@@ -1,0 +1,136 @@
+//! A throwaway certificate authority for development and tests.
+//!
+//! `sealpost-broker dev` uses it to make a CA, a server certificate for `localhost`/`127.0.0.1`/`::1`, and
+//! one client certificate per principal; system tests use it to make certificates on the fly. Nothing here
+//! weakens verification: it only produces certificates that the normal TLS path then checks. For
+//! production, issue certificates from your own CA following the principal rule in [`crate::tls`].
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+use sealpost_protocol::PublicKey;
+
+use crate::tls::{key_binding_uri, principal_uri};
+use crate::{Error, Result};
+
+fn pki_err(e: rcgen::Error) -> Error {
+    Error::Config(format!("certificate generation: {e}"))
+}
+
+/// A certificate and its private key, PEM-encoded.
+#[derive(Clone)]
+pub struct Issued {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PKCS#8 PEM.
+    pub key_pem: String,
+}
+
+impl core::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Issued { key: <redacted>, .. }")
+    }
+}
+
+/// What kind of certificate to issue, and for how long it is valid.
+#[derive(Clone, Debug)]
+pub struct LeafSpec {
+    /// The principal, written as a `sealpost://<principal>` URI SAN (client certificates).
+    pub principal: Option<String>,
+    /// ed25519 keys bound to the principal, as `urn:sealpost:ed25519:<hex>` URI SANs.
+    pub bound_keys: Vec<PublicKey>,
+    /// DNS names and IP addresses (server certificates).
+    pub names: Vec<String>,
+    /// The extended key usage: client or server authentication.
+    pub usage: ExtendedKeyUsagePurpose,
+    /// Validity start, seconds relative to now (negative is in the past).
+    pub not_before_secs: i64,
+    /// Validity end, seconds relative to now.
+    pub not_after_secs: i64,
+}
+
+impl LeafSpec {
+    /// A client certificate for `principal`, binding `keys`, valid from a day ago for ten years.
+    pub fn client(principal: &str, keys: &[PublicKey]) -> Self {
+        Self {
+            principal: Some(principal.to_string()),
+            bound_keys: keys.to_vec(),
+            names: Vec::new(),
+            usage: ExtendedKeyUsagePurpose::ClientAuth,
+            not_before_secs: -86_400,
+            not_after_secs: 10 * 365 * 86_400,
+        }
+    }
+
+    /// A server certificate for `localhost`, `127.0.0.1` and `::1`.
+    pub fn local_server() -> Self {
+        Self {
+            principal: None,
+            bound_keys: Vec::new(),
+            names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            usage: ExtendedKeyUsagePurpose::ServerAuth,
+            not_before_secs: -86_400,
+            not_after_secs: 10 * 365 * 86_400,
+        }
+    }
+}
+
+/// A certificate authority that can issue certificates.
+pub struct DevCa {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl DevCa {
+    /// Makes a new CA named `name`.
+    pub fn generate(name: &str) -> Result<Self> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().map_err(pki_err)?;
+        let cert = params.self_signed(&key).map_err(pki_err)?;
+        Ok(Self { cert, key })
+    }
+
+    /// Loads a CA saved with [`to_pem`](Self::to_pem).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let key = KeyPair::from_pem(key_pem).map_err(pki_err)?;
+        let params = CertificateParams::from_ca_cert_pem(cert_pem).map_err(pki_err)?;
+        // Re-signing the same parameters with the same key yields an issuer equivalent to the original.
+        let cert = params.self_signed(&key).map_err(pki_err)?;
+        Ok(Self { cert, key })
+    }
+
+    /// The CA certificate and key.
+    pub fn to_pem(&self) -> Issued {
+        Issued { cert_pem: self.cert.pem(), key_pem: self.key.serialize_pem() }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// Issues a certificate as `spec` says.
+    pub fn issue(&self, spec: &LeafSpec) -> Result<Issued> {
+        let mut params = CertificateParams::new(spec.names.clone()).map_err(pki_err)?;
+        if let Some(p) = &spec.principal {
+            params.distinguished_name.push(DnType::CommonName, p.as_str());
+            let uri = principal_uri(p);
+            params.subject_alt_names.push(SanType::URI(uri.try_into().map_err(pki_err)?));
+        }
+        for k in &spec.bound_keys {
+            params.subject_alt_names.push(SanType::URI(key_binding_uri(k).try_into().map_err(pki_err)?));
+        }
+        params.extended_key_usages = vec![spec.usage.clone()];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now + time::Duration::seconds(spec.not_before_secs);
+        params.not_after = now + time::Duration::seconds(spec.not_after_secs);
+        let key = KeyPair::generate().map_err(pki_err)?;
+        let cert = params.signed_by(&key, &self.cert, &self.key).map_err(pki_err)?;
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}

@@ -1,0 +1,501 @@
+//! The async shell: a QUIC endpoint that accepts mutually authenticated connections and moves frames
+//! between streams, the [`Log`] and the [`Store`]. Every decision is delegated to [`session`](crate::session),
+//! the ACL and the log's sequencer.
+//!
+//! # Streams
+//!
+//! Every exchange runs on a bidirectional stream opened by the client; its first frame decides its kind.
+//! - **Publish stream** (`Head` or `Publish` first): publishes are pipelined. The reader verifies each batch
+//!   and hands it to the log **in arrival order**; a writer task sends each answer (`Published` or `Error`)
+//!   in the same order once the log has made the batch durable.
+//! - **Subscription stream** (`Subscribe` first, one per stream): `Subscribed`, then `Deliver` frames read
+//!   from the store in offset order up to the durable end, then new batches as syncs make them durable.
+//!   A subscriber holds at most one read chunk (`subscriber_read_bytes`) in broker memory and its pace is
+//!   set by the QUIC stream's flow control, so a slow subscriber never blocks publishers or other
+//!   subscribers. Acks come back on the same stream.
+//!
+//! # Shutdown
+//!
+//! [`Broker::shutdown`] stops accepting connections and new requests, lets answers to publishes already
+//! handed to the log go out, closes connections, then closes the log (a final sync).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealpost_protocol::{Frame, Limits, StartAt, Topic};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::acl::Acl;
+use crate::config::Config;
+use crate::log::{Appended, Log};
+use crate::session;
+use crate::store::Store;
+use crate::tls::{self, Peer, TlsMaterial};
+use crate::wire::{error_frame, read_frame, write_frame};
+use crate::{Error, Result};
+
+/// Limits the server enforces on peers.
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    /// Frame and batch limits.
+    pub protocol: Limits,
+    /// Connections open at once, in total.
+    pub max_connections: usize,
+    /// Bidirectional streams a connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Bytes a subscriber reads from storage at a time: its memory bound in the broker.
+    pub subscriber_read_bytes: usize,
+    /// Publishes on one stream waiting for durability at once.
+    pub max_in_flight_per_stream: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            protocol: Limits::default(),
+            max_connections: 10_000,
+            max_streams_per_connection: 256,
+            idle_timeout: Duration::from_secs(30),
+            subscriber_read_bytes: 1024 * 1024,
+            max_in_flight_per_stream: 1024,
+        }
+    }
+}
+
+/// Everything a broker needs to run.
+pub struct BrokerOptions {
+    /// Address to listen on (UDP).
+    pub listen: SocketAddr,
+    /// Certificates and keys.
+    pub tls: TlsMaterial,
+    /// The operator's ACL.
+    pub acl: Acl,
+    /// The storage engine.
+    pub store: Arc<dyn Store>,
+    /// Limits.
+    pub limits: ServerLimits,
+}
+
+impl BrokerOptions {
+    /// Reads the files a configuration names (certificates, keys, ACL) and opens its store.
+    pub fn from_config(config: &Config) -> Result<BrokerOptions> {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))
+        };
+        let tls = TlsMaterial {
+            client_ca_pem: read(&config.tls.ca, "tls.ca")?,
+            cert_chain_pem: read(&config.tls.cert, "tls.cert")?,
+            key_pem: read(&config.tls.key, "tls.key")?,
+            crls_pem: Vec::new(),
+        };
+        let acl = Acl::load(&config.acl)?;
+        let store = crate::store::open(config.storage.engine, &config.data_dir)?;
+        let l = &config.limits;
+        let limits = ServerLimits {
+            protocol: l.protocol_limits(),
+            max_connections: l.max_connections as usize,
+            max_streams_per_connection: l.max_streams_per_connection,
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+            subscriber_read_bytes: l.subscriber_read_bytes,
+            ..ServerLimits::default()
+        };
+        Ok(BrokerOptions { listen: config.listen, tls, acl, store, limits })
+    }
+}
+
+struct Ctx {
+    acl: Acl,
+    log: Arc<Log>,
+    limits: ServerLimits,
+    connections: AtomicUsize,
+}
+
+/// A running broker.
+pub struct Broker {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Broker {
+    /// Binds the endpoint and starts serving.
+    pub async fn start(options: BrokerOptions) -> Result<Broker> {
+        let crypto = tls::server_crypto(&options.tls)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(options.limits.max_streams_per_connection.into())
+            .max_concurrent_uni_streams(0u8.into())
+            .max_idle_timeout(Some(
+                options
+                    .limits
+                    .idle_timeout
+                    .try_into()
+                    .map_err(|_| Error::Config("idle timeout too large".into()))?,
+            ))
+            .stream_receive_window((8u32 * 1024 * 1024).into())
+            .receive_window((32u32 * 1024 * 1024).into())
+            .send_window(32 * 1024 * 1024);
+        server_config.transport_config(Arc::new(transport));
+        server_config.migration(false);
+        let endpoint = quinn::Endpoint::server(server_config, options.listen)?;
+        let local_addr = endpoint.local_addr()?;
+        let log = Arc::new(Log::open(options.store)?);
+        let ctx =
+            Arc::new(Ctx { acl: options.acl, log, limits: options.limits, connections: AtomicUsize::new(0) });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(endpoint, ctx, shutdown_rx));
+        info!(%local_addr, "sealpost broker listening (QUIC, mutual TLS 1.3, ALPN sealpost/1)");
+        Ok(Broker { local_addr, shutdown, task })
+    }
+
+    /// The address the broker listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, finishes in-flight publishes, syncs storage and returns.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.map_err(|e| Error::Storage(format!("broker task failed: {e}")))?
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<Ctx>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if ctx.connections.load(Ordering::Relaxed) >= ctx.limits.max_connections {
+                    warn!(remote = %incoming.remote_address(), "connection refused: max_connections reached");
+                    incoming.refuse();
+                    continue;
+                }
+                ctx.connections.fetch_add(1, Ordering::Relaxed);
+                let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+                connections.spawn(async move {
+                    serve_connection(incoming, &ctx, shutdown).await;
+                    ctx.connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    info!("shutting down: no new connections; finishing in-flight publishes");
+    // Connection tasks see the shutdown signal, stop taking requests and drain their answers.
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        warn!("connections did not drain within 10 s; closing them");
+    }
+    endpoint.close(0u8.into(), b"shutting down");
+    let log = Arc::into_inner(ctx).map(|ctx| ctx.log);
+    if let Some(log) = log.and_then(Arc::into_inner) {
+        log.close().await?;
+    }
+    endpoint.wait_idle().await;
+    info!("storage synced; bye");
+    Ok(())
+}
+
+async fn serve_connection(incoming: quinn::Incoming, ctx: &Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.accept() {
+        Ok(connecting) => match connecting.await {
+            Ok(conn) => conn,
+            Err(e) => {
+                info!(%remote, error = %e, "TLS handshake refused");
+                return;
+            }
+        },
+        Err(e) => {
+            info!(%remote, error = %e, "connection refused");
+            return;
+        }
+    };
+    let peer = match Peer::from_connection(&conn) {
+        Ok(peer) => Arc::new(peer),
+        Err(e) => {
+            info!(%remote, error = %e, "connection refused");
+            conn.close(1u8.into(), b"client certificate refused");
+            return;
+        }
+    };
+    info!(%remote, principal = %peer.principal, "connected");
+    let ids = Arc::new(AtomicU64::new(1));
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    let (ctx, peer, ids, shutdown) = (ctx.clone(), peer.clone(), ids.clone(), shutdown.clone());
+                    streams.spawn(async move {
+                        if let Err(e) = serve_stream(send, recv, &ctx, &peer, &ids, shutdown).await {
+                            debug!(principal = %peer.principal, error = %e, "stream ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    debug!(principal = %peer.principal, reason = %e, "connection closed");
+                    break;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    while streams.join_next().await.is_some() {}
+    conn.close(0u8.into(), b"bye");
+    info!(%remote, principal = %peer.principal, "disconnected");
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: &Arc<Ctx>,
+    peer: &Arc<Peer>,
+    ids: &AtomicU64,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let max = ctx.limits.protocol.max_frame_len;
+    let first = match read_frame(&mut recv, max).await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Ok(()),
+        Err(e) => return refuse(&mut send, None, e).await,
+    };
+    match first {
+        Frame::Head { .. } | Frame::Publish { .. } => {
+            serve_publish(first, send, recv, ctx, peer, shutdown).await
+        }
+        Frame::Subscribe { request_id, topic, from, durable } => {
+            let id = ids.fetch_add(1, Ordering::Relaxed);
+            serve_subscription(request_id, id, topic, from, durable, send, recv, ctx, peer, shutdown).await
+        }
+        _ => {
+            let err =
+                Error::Protocol(sealpost_protocol::Error::Malformed("unexpected first frame on a stream"));
+            refuse(&mut send, None, err).await
+        }
+    }
+}
+
+/// Sends one error frame and finishes the stream.
+async fn refuse(send: &mut quinn::SendStream, request_id: Option<u64>, err: Error) -> Result<()> {
+    write_frame(send, &error_frame(request_id, &err)).await?;
+    let _ = send.finish();
+    Err(err)
+}
+
+type Answer = Pin<Box<dyn Future<Output = Frame> + Send>>;
+
+async fn serve_publish(
+    first: Frame,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: &Arc<Ctx>,
+    peer: &Arc<Peer>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let (answers, mut pending) = mpsc::channel::<Answer>(ctx.limits.max_in_flight_per_stream);
+    // Answers go out in request order; each waits for its batch to be durable.
+    let writer = tokio::spawn(async move {
+        while let Some(answer) = pending.recv().await {
+            let frame = answer.await;
+            if write_frame(&mut send, &frame).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    let mut next = Some(first);
+    let result = loop {
+        let frame = match next.take() {
+            Some(frame) => frame,
+            None => tokio::select! {
+                frame = read_frame(&mut recv, ctx.limits.protocol.max_frame_len) => match frame {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break Ok(()),
+                    Err(e) => {
+                        // The stream's framing is broken: answer once, then stop reading it.
+                        let frame = error_frame(None, &e);
+                        let _ = answers.send(Box::pin(async move { frame })).await;
+                        break Err(e);
+                    }
+                },
+                _ = shutdown.changed() => break Ok(()),
+            },
+        };
+        let answer = answer_publish_frame(frame, ctx, peer);
+        if answers.send(answer).await.is_err() {
+            break Ok(());
+        }
+    };
+    drop(answers);
+    let _ = writer.await;
+    result
+}
+
+/// Decides what to do with one frame on a publish stream. A batch that passes the checks is handed to
+/// the log *now*, so batches reach the sequencer in the order they arrived; the returned future resolves
+/// to the answer once the log has made it durable.
+fn answer_publish_frame(frame: Frame, ctx: &Arc<Ctx>, peer: &Peer) -> Answer {
+    let now = |frame: Frame| -> Answer { Box::pin(async move { frame }) };
+    match frame {
+        Frame::Publish { request_id, batch } => {
+            match session::authorize_publish(peer, &ctx.acl, &ctx.limits.protocol, batch) {
+                Ok((topic, verified)) => {
+                    let appended = ctx.log.submit(topic, verified);
+                    Box::pin(async move {
+                        match appended.await {
+                            Ok(Appended { first_offset, count, .. }) => {
+                                Frame::Published { request_id, first_offset, count }
+                            }
+                            Err(e) => error_frame(Some(request_id), &e),
+                        }
+                    })
+                }
+                Err(e) => {
+                    debug!(principal = %peer.principal, error = %e, "publish refused");
+                    now(error_frame(Some(request_id), &e))
+                }
+            }
+        }
+        Frame::Head { request_id, topic, publisher } => {
+            match session::authorize_head(peer, &ctx.acl, &topic, &publisher) {
+                Ok(()) => {
+                    let store = ctx.log.store().clone();
+                    Box::pin(async move {
+                        let head =
+                            tokio::task::spawn_blocking(move || store.publisher_head(&topic, &publisher))
+                                .await
+                                .map_err(|e| Error::Storage(e.to_string()))
+                                .and_then(|r| r);
+                        match head {
+                            Ok(Some(record)) => Frame::HeadIs {
+                                request_id,
+                                head: sealpost_protocol::ChainHead {
+                                    next_seq: record.first_seq + u64::from(record.count),
+                                    prev_digest: record.digest,
+                                },
+                            },
+                            Ok(None) => {
+                                Frame::HeadIs { request_id, head: sealpost_protocol::ChainHead::GENESIS }
+                            }
+                            Err(e) => error_frame(Some(request_id), &e),
+                        }
+                    })
+                }
+                Err(e) => now(error_frame(Some(request_id), &e)),
+            }
+        }
+        _ => now(error_frame(
+            None,
+            &Error::Protocol(sealpost_protocol::Error::Malformed("unexpected frame on a publish stream")),
+        )),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_subscription(
+    request_id: u64,
+    subscription: u64,
+    topic: Topic,
+    from: StartAt,
+    durable: Option<String>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: &Arc<Ctx>,
+    peer: &Arc<Peer>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    if let Err(e) = session::authorize_subscribe(peer, &ctx.acl, &topic, durable.as_deref()) {
+        debug!(principal = %peer.principal, %topic, error = %e, "subscribe refused");
+        return refuse(&mut send, Some(request_id), e).await;
+    }
+    let store = ctx.log.store().clone();
+    let mut end = ctx.log.durable_end(&topic)?;
+    let committed = match &durable {
+        Some(name) => store.durable_offset(&topic, &peer.principal, name)?,
+        None => None,
+    };
+    let first = store.first_offset(&topic)?;
+    let start = session::start_offset(from, committed, first, *end.borrow_and_update());
+    write_frame(&mut send, &Frame::Subscribed { request_id, subscription, start_offset: start }).await?;
+    info!(principal = %peer.principal, %topic, start, durable = durable.as_deref().unwrap_or(""), "subscribed");
+
+    // Acks and unsubscribe arrive on the receive half; this task ends when the client is done.
+    let acks = {
+        let (ctx, topic, principal) = (ctx.clone(), topic.clone(), peer.principal.clone());
+        let max = ctx.limits.protocol.max_frame_len;
+        tokio::spawn(async move {
+            loop {
+                match read_frame(&mut recv, max).await {
+                    Ok(Some(Frame::Ack { subscription: s, next_offset })) if s == subscription => {
+                        if let Some(name) = &durable {
+                            ctx.log
+                                .commit_offset(topic.clone(), principal.clone(), name.clone(), next_offset)
+                                .await?;
+                        }
+                    }
+                    Ok(Some(Frame::Unsubscribe { .. })) | Ok(None) => return Ok(()),
+                    Ok(Some(_)) => {
+                        return Err(Error::Protocol(sealpost_protocol::Error::Malformed(
+                            "unexpected frame on a subscription stream",
+                        )))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+    };
+    tokio::pin!(acks);
+
+    let mut cursor = start;
+    let read_bytes = ctx.limits.subscriber_read_bytes;
+    loop {
+        let durable_end = *end.borrow_and_update();
+        if cursor < durable_end {
+            let (store, t) = (store.clone(), topic.clone());
+            let batches = tokio::task::spawn_blocking(move || store.read(&t, cursor, read_bytes))
+                .await
+                .map_err(|e| Error::Storage(e.to_string()))??;
+            let before = cursor;
+            for batch in batches {
+                if batch.offset >= durable_end {
+                    break;
+                }
+                let frame = Frame::Deliver { subscription, offset: batch.offset, batch: batch.bytes };
+                tokio::select! {
+                    written = write_frame(&mut send, &frame) => written?,
+                    _ = &mut acks => return Ok(()),
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                cursor = batch.offset + u64::from(batch.count);
+            }
+            if cursor != before {
+                continue;
+            }
+        }
+        {
+            tokio::select! {
+                changed = end.changed() => if changed.is_err() { return Ok(()) },
+                _ = &mut acks => return Ok(()),
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+}

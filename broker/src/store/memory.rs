@@ -1,0 +1,143 @@
+//! The in-memory engine: the [`Store`] contract without a disk, for tests and ephemeral brokers.
+//!
+//! All state lives behind one mutex, so each call is atomic. [`Store::sync`] only counts: nothing survives
+//! the process, and "durable" means "stored in this process".
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use sealpost_protocol::{PublicKey, Topic};
+
+use super::{offset_mismatch, PublisherRecord, Store, StoredBatch};
+use crate::{Error, Result};
+
+/// A [`Store`] held in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+    syncs: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Per topic: first offset -> (count, bytes).
+    batches: HashMap<Topic, BTreeMap<u64, (u32, Bytes)>>,
+    /// Per (topic, publisher): first_seq -> record.
+    publishers: HashMap<(Topic, PublicKey), BTreeMap<u64, PublisherRecord>>,
+    /// (topic, principal, name) -> committed next offset.
+    durables: HashMap<(Topic, String, String), u64>,
+}
+
+impl State {
+    fn next_offset(&self, topic: &Topic) -> u64 {
+        self.batches
+            .get(topic)
+            .and_then(|log| log.last_key_value())
+            .map_or(0, |(offset, (count, _))| offset.saturating_add((*count).into()))
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>> {
+        // A poisoned lock means a panic mid-call, which no call here can cause; refuse rather than guess.
+        self.state.lock().map_err(|_| Error::Storage("memory store lock poisoned".into()))
+    }
+}
+
+impl Store for MemoryStore {
+    fn append(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        record: &PublisherRecord,
+        batch: &Bytes,
+    ) -> Result<()> {
+        let mut state = self.state()?;
+        let next = state.next_offset(topic);
+        if record.offset != next {
+            return Err(offset_mismatch(topic, next, record.offset));
+        }
+        state.batches.entry(topic.clone()).or_default().insert(record.offset, (record.count, batch.clone()));
+        state.publishers.entry((topic.clone(), *publisher)).or_default().insert(record.first_seq, *record);
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn read(&self, topic: &Topic, from: u64, max_bytes: usize) -> Result<Vec<StoredBatch>> {
+        let state = self.state()?;
+        let Some(log) = state.batches.get(topic) else { return Ok(Vec::new()) };
+        // Start at the batch containing `from` if there is one, else at the first one after it.
+        let start = match log.range(..=from).next_back() {
+            Some((&offset, &(count, _))) if offset.saturating_add(count.into()) > from => offset,
+            _ => from.saturating_add(1),
+        };
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for (&offset, (count, bytes)) in log.range(start..) {
+            if !out.is_empty() && total.saturating_add(bytes.len()) > max_bytes {
+                break;
+            }
+            total = total.saturating_add(bytes.len());
+            out.push(StoredBatch { offset, count: *count, bytes: bytes.clone() });
+        }
+        Ok(out)
+    }
+
+    fn next_offset(&self, topic: &Topic) -> Result<u64> {
+        Ok(self.state()?.next_offset(topic))
+    }
+
+    fn first_offset(&self, topic: &Topic) -> Result<u64> {
+        let state = self.state()?;
+        Ok(state.batches.get(topic).and_then(|log| log.first_key_value()).map_or(0, |(offset, _)| *offset))
+    }
+
+    fn publisher_record(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        first_seq: u64,
+    ) -> Result<Option<PublisherRecord>> {
+        let state = self.state()?;
+        Ok(state
+            .publishers
+            .get(&(topic.clone(), *publisher))
+            .and_then(|records| records.get(&first_seq))
+            .copied())
+    }
+
+    fn publisher_head(&self, topic: &Topic, publisher: &PublicKey) -> Result<Option<PublisherRecord>> {
+        let state = self.state()?;
+        Ok(state
+            .publishers
+            .get(&(topic.clone(), *publisher))
+            .and_then(|records| records.last_key_value())
+            .map(|(_, r)| *r))
+    }
+
+    fn durable_offset(&self, topic: &Topic, principal: &str, name: &str) -> Result<Option<u64>> {
+        let state = self.state()?;
+        Ok(state.durables.get(&(topic.clone(), principal.to_owned(), name.to_owned())).copied())
+    }
+
+    fn set_durable_offset(&self, topic: &Topic, principal: &str, name: &str, next_offset: u64) -> Result<()> {
+        let mut state = self.state()?;
+        state.durables.insert((topic.clone(), principal.to_owned(), name.to_owned()), next_offset);
+        Ok(())
+    }
+
+    fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::SeqCst)
+    }
+}

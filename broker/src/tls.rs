@@ -1,0 +1,192 @@
+//! Mutual TLS: the broker's rustls configuration and the rule that turns a client certificate into a
+//! principal.
+//!
+//! - TLS 1.3 only, on QUIC, ALPN `sealpost/1`, no 0-RTT (early data could be replayed).
+//! - A client certificate is **required** and must chain to the configured CA bundle, be valid now, carry
+//!   the client-authentication extended key usage, and not be revoked by a configured CRL. There is no
+//!   plaintext listener and no way to switch verification off.
+//!
+//! # The principal rule
+//!
+//! A client certificate names its principal in exactly one URI subject-alternative name of the form
+//! `sealpost://<principal>`, where `<principal>` is 1 to 64 characters from `[A-Za-z0-9._-]`. A certificate
+//! with no such URI, or with more than one, is refused. The common name is ignored.
+//!
+//! The certificate may also bind ed25519 signing keys to that principal, one URI SAN
+//! `urn:sealpost:ed25519:<64 hex digits>` each: the broker accepts a published batch only if its signer is
+//! one of them. This check is a first line of defence only; subscribers verify publishers themselves.
+
+use std::sync::Arc;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use sealpost_protocol::PublicKey;
+use x509_parser::extensions::GeneralName;
+
+use crate::{Error, Result};
+
+/// The ALPN protocol id of this version of the Sealpost protocol.
+pub const ALPN: &[u8] = b"sealpost/1";
+
+const PRINCIPAL_SCHEME: &str = "sealpost://";
+const KEY_BINDING_PREFIX: &str = "urn:sealpost:ed25519:";
+
+/// The URI SAN that names `principal`.
+pub fn principal_uri(principal: &str) -> String {
+    format!("{PRINCIPAL_SCHEME}{principal}")
+}
+
+/// The URI SAN that binds `key` to the certificate's principal.
+pub fn key_binding_uri(key: &PublicKey) -> String {
+    format!("{KEY_BINDING_PREFIX}{key}")
+}
+
+/// Whether `name` is a valid principal name.
+pub fn valid_principal(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Who is on the other end of a connection, as its verified certificate says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The principal.
+    pub principal: String,
+    /// The signing keys its certificate binds to it.
+    pub signing_keys: Vec<PublicKey>,
+}
+
+impl Peer {
+    /// Applies the principal rule to a DER certificate that TLS already verified.
+    pub fn from_certificate(der: &[u8]) -> Result<Peer> {
+        let refuse = |why: &str| Error::Config(format!("client certificate refused: {why}"));
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| refuse("unparseable"))?;
+        let san = cert.subject_alternative_name().map_err(|_| refuse("invalid subjectAltName"))?;
+        let mut principals = Vec::new();
+        let mut signing_keys = Vec::new();
+        for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
+            let GeneralName::URI(uri) = name else { continue };
+            if let Some(p) = uri.strip_prefix(PRINCIPAL_SCHEME) {
+                principals.push(p);
+            } else if let Some(hex) = uri.strip_prefix(KEY_BINDING_PREFIX) {
+                signing_keys.push(hex.parse().map_err(|_| refuse("invalid bound ed25519 key"))?);
+            }
+        }
+        match principals.as_slice() {
+            [p] if valid_principal(p) => Ok(Peer { principal: (*p).to_string(), signing_keys }),
+            [_] => Err(refuse("invalid principal name")),
+            [] => Err(refuse("no sealpost:// URI")),
+            _ => Err(refuse("more than one sealpost:// URI")),
+        }
+    }
+
+    /// The peer of an established QUIC connection.
+    pub fn from_connection(conn: &quinn::Connection) -> Result<Peer> {
+        let certs = conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .ok_or_else(|| Error::Config("client presented no certificate".into()))?;
+        let leaf = certs.first().ok_or_else(|| Error::Config("client presented no certificate".into()))?;
+        Peer::from_certificate(leaf)
+    }
+}
+
+/// PEM inputs of the broker's TLS configuration.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// CA certificates that client certificates must chain to.
+    pub client_ca_pem: String,
+    /// The broker's certificate chain, leaf first.
+    pub cert_chain_pem: String,
+    /// The broker's private key.
+    pub key_pem: String,
+    /// Certificate revocation lists, PEM (may be empty).
+    pub crls_pem: Vec<String>,
+}
+
+impl core::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("TlsMaterial { key: <redacted>, .. }")
+    }
+}
+
+fn certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Config(format!("{what}: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!("{what}: no certificate found")));
+    }
+    Ok(certs)
+}
+
+/// Builds the QUIC server crypto configuration: TLS 1.3 only, client certificates required.
+pub fn server_crypto(material: &TlsMaterial) -> Result<QuicServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for ca in certs(&material.client_ca_pem, "client CA bundle")? {
+        roots.add(ca).map_err(|e| Error::Config(format!("client CA bundle: {e}")))?;
+    }
+    let crls = material
+        .crls_pem
+        .iter()
+        .map(|pem| {
+            CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| Error::Config(format!("CRL: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls)
+        .build()
+        .map_err(|e| Error::Config(format!("client verifier: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes())
+        .map_err(|e| Error::Config(format!("server key: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Config(format!("TLS: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(&material.cert_chain_pem, "server certificate")?, key)
+        .map_err(|e| Error::Config(format!("server certificate: {e}")))?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.max_early_data_size = 0;
+    QuicServerConfig::try_from(config).map_err(|e| Error::Config(format!("QUIC TLS: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{DevCa, LeafSpec};
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+    }
+
+    #[test]
+    fn principal_comes_from_the_sealpost_uri_and_keys_from_bindings() {
+        let ca = DevCa::generate("test CA").unwrap();
+        let key = sealpost_protocol::SigningKey::from_bytes(&[7; 32]).public_key();
+        let cert = ca.issue(&LeafSpec::client("alice", &[key])).unwrap();
+        let peer = Peer::from_certificate(&der(&cert.cert_pem)).unwrap();
+        assert_eq!(peer, Peer { principal: "alice".into(), signing_keys: vec![key] });
+    }
+
+    #[test]
+    fn certificate_without_principal_uri_is_refused() {
+        let ca = DevCa::generate("test CA").unwrap();
+        let cert = ca.issue(&LeafSpec::local_server()).unwrap();
+        assert!(Peer::from_certificate(&der(&cert.cert_pem)).is_err());
+    }
+
+    #[test]
+    fn invalid_principal_names_are_refused() {
+        let ca = DevCa::generate("test CA").unwrap();
+        for bad in ["", "a b", "alice/admin", &"x".repeat(65)] {
+            assert!(!valid_principal(bad), "{bad:?}");
+        }
+        let cert = ca.issue(&LeafSpec::client("alice%2f", &[])).unwrap();
+        assert!(Peer::from_certificate(&der(&cert.cert_pem)).is_err());
+    }
+}
