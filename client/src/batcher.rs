@@ -1,0 +1,257 @@
+//! The batcher: the publisher's decision of which messages go into which sealed batch, and when.
+//!
+//! Messages are gathered in arrival order into an open batch, which closes when it holds `max_batch`
+//! messages, when the next message would push the sealed batch over the size limit, or, once its first
+//! message has waited `linger`, when the publisher asks for it. Closed batches wait (in order) for room in
+//! the in-flight window. Sans-IO: time comes in as an argument.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use sealpost_protocol::batch::{RECORD_OVERHEAD, SIGNATURE_LEN};
+use sealpost_protocol::{Limits, Topic};
+
+/// Messages bound for one sealed batch, each with what waits for its fate.
+#[derive(Debug)]
+pub(crate) struct Batch<W> {
+    pub(crate) payloads: Vec<Bytes>,
+    pub(crate) waiters: Vec<W>,
+}
+
+impl<W> Batch<W> {
+    fn new() -> Self {
+        Self { payloads: Vec::new(), waiters: Vec::new() }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.payloads.len()
+    }
+}
+
+/// Why [`Batcher::push`] turned a message away.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TooLarge {
+    pub(crate) len: usize,
+    pub(crate) max: usize,
+}
+
+/// Gathers messages into batches.
+#[derive(Debug)]
+pub(crate) struct Batcher<W> {
+    max_batch: usize,
+    linger: Duration,
+    /// Largest sum of `RECORD_OVERHEAD + payload` over a batch's records.
+    max_records: usize,
+    open: Batch<W>,
+    open_records: usize,
+    open_since: Option<Instant>,
+    closed: VecDeque<Batch<W>>,
+}
+
+impl<W> Batcher<W> {
+    /// A batcher for sealed batches on `topic` of at most `max_batch` messages (clamped to the limits)
+    /// that hold a batch open for at most `linger` after its first message.
+    pub(crate) fn new(topic: &Topic, max_batch: usize, linger: Duration, limits: &Limits) -> Self {
+        // The fixed part of a sealed batch: header (see sealpost_protocol::batch) and signature.
+        let fixed = 2 + topic.as_str().len() + 8 + 32 + 8 + 4 + 32 + 8 + SIGNATURE_LEN;
+        let max_records = (limits.max_batch_len as usize).saturating_sub(fixed);
+        let max_batch = max_batch.clamp(1, limits.max_batch_messages as usize);
+        Self {
+            max_batch,
+            linger,
+            max_records,
+            open: Batch::new(),
+            open_records: 0,
+            open_since: None,
+            closed: VecDeque::new(),
+        }
+    }
+
+    /// The largest payload that fits in a batch on its own.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.max_records.saturating_sub(RECORD_OVERHEAD)
+    }
+
+    /// Adds a message. A message too large for any batch is turned away with its waiter.
+    pub(crate) fn push(&mut self, payload: Bytes, waiter: W, now: Instant) -> Result<(), (TooLarge, W)> {
+        let len = payload.len();
+        if len > self.max_payload() {
+            return Err((TooLarge { len, max: self.max_payload() }, waiter));
+        }
+        let record = RECORD_OVERHEAD + len;
+        if self.open.len() > 0 && self.open_records + record > self.max_records {
+            self.close();
+        }
+        if self.open.len() == 0 {
+            self.open_since = Some(now);
+        }
+        self.open.payloads.push(payload);
+        self.open.waiters.push(waiter);
+        self.open_records += record;
+        if self.open.len() >= self.max_batch {
+            self.close();
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        if self.open.len() > 0 {
+            self.closed.push_back(std::mem::replace(&mut self.open, Batch::new()));
+            self.open_records = 0;
+            self.open_since = None;
+        }
+    }
+
+    /// The next batch to seal, if one is due at `now`: a closed batch, or the open one once it has
+    /// lingered long enough or if `force` (a flush, or the publisher closing).
+    pub(crate) fn next(&mut self, now: Instant, force: bool) -> Option<Batch<W>> {
+        if self.closed.is_empty() {
+            match self.open_since {
+                Some(since) if force || now >= since + self.linger => self.close(),
+                _ => return None,
+            }
+        }
+        self.closed.pop_front()
+    }
+
+    /// When the open batch is due, if nothing is due before (a closed batch is due at once).
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        if !self.closed.is_empty() {
+            return Some(Instant::now());
+        }
+        self.open_since.map(|since| since + self.linger)
+    }
+
+    /// Whether no message waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.closed.is_empty() && self.open.len() == 0
+    }
+
+    /// Every waiting message's waiter, in order; leaves the batcher empty.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = W> + '_ {
+        self.close();
+        self.closed.drain(..).flat_map(|b| b.waiters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic() -> Topic {
+        Topic::new("demo.x").unwrap()
+    }
+
+    fn batcher(max_batch: usize, linger_ms: u64) -> Batcher<u32> {
+        Batcher::new(&topic(), max_batch, Duration::from_millis(linger_ms), &Limits::default())
+    }
+
+    fn ms(t0: Instant, n: u64) -> Instant {
+        t0 + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_full_batch_is_due_at_once() {
+        let t0 = Instant::now();
+        let mut b = batcher(3, 1000);
+        for i in 0..7 {
+            b.push(Bytes::from(vec![1; 10]), i, t0).unwrap();
+        }
+        let first = b.next(t0, false).unwrap();
+        assert_eq!(first.waiters, [0, 1, 2]);
+        assert_eq!(b.next(t0, false).unwrap().waiters, [3, 4, 5]);
+        // The seventh message lingers.
+        assert!(b.next(t0, false).is_none());
+        assert!(!b.is_empty());
+    }
+
+    #[test]
+    fn a_partial_batch_waits_for_linger() {
+        let t0 = Instant::now();
+        let mut b = batcher(256, 5);
+        b.push(Bytes::from_static(b"a"), 0, t0).unwrap();
+        b.push(Bytes::from_static(b"b"), 1, ms(t0, 3)).unwrap();
+        assert_eq!(b.deadline(), Some(ms(t0, 5)));
+        assert!(b.next(ms(t0, 4), false).is_none());
+        let batch = b.next(ms(t0, 5), false).unwrap();
+        assert_eq!(batch.payloads, [Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        assert!(b.is_empty());
+        assert_eq!(b.deadline(), None);
+    }
+
+    #[test]
+    fn force_takes_the_open_batch_before_linger() {
+        let t0 = Instant::now();
+        let mut b = batcher(256, 1000);
+        b.push(Bytes::from_static(b"a"), 0, t0).unwrap();
+        assert_eq!(b.next(t0, true).unwrap().waiters, [0]);
+        assert!(b.next(t0, true).is_none());
+    }
+
+    #[test]
+    fn batches_are_cut_before_they_exceed_the_size_limit() {
+        let limits = Limits { max_batch_len: 1000, ..Limits::default() };
+        let t0 = Instant::now();
+        let mut b: Batcher<u32> = Batcher::new(&topic(), 256, Duration::ZERO, &limits);
+        let fixed = 2 + 6 + 92 + 64;
+        assert_eq!(b.max_payload(), 1000 - fixed - RECORD_OVERHEAD);
+        // Two records of 300 bytes fit (2 * 344 = 688 <= 834), a third does not.
+        for i in 0..3 {
+            b.push(Bytes::from(vec![0; 300]), i, t0).unwrap();
+        }
+        assert_eq!(b.next(t0, false).unwrap().waiters, [0, 1]);
+        assert_eq!(b.next(t0, false).unwrap().waiters, [2]);
+        // The largest payload is accepted alone; one byte more is turned away.
+        b.push(Bytes::from(vec![0; b.max_payload()]), 9, t0).unwrap();
+        let (err, w) = b.push(Bytes::from(vec![0; b.max_payload() + 1]), 10, t0).unwrap_err();
+        assert_eq!(err, TooLarge { len: b.max_payload() + 1, max: b.max_payload() });
+        assert_eq!(w, 10);
+    }
+
+    #[test]
+    fn a_sealed_batch_at_the_limit_really_fits() {
+        use sealpost_protocol::{seal, ContentKey, Epoch, SealParams, SigningKey, Timestamp};
+        let limits = Limits { max_batch_len: 2000, ..Limits::default() };
+        let b: Batcher<u32> = Batcher::new(&topic(), 256, Duration::ZERO, &limits);
+        let payload = vec![7u8; b.max_payload()];
+        let params = SealParams {
+            topic: topic(),
+            epoch: Epoch(1),
+            first_seq: 1,
+            prev_digest: sealpost_protocol::Digest::ZERO,
+            created_at: Timestamp(0),
+        };
+        let sealed = seal(
+            &SigningKey::from_bytes(&[1; 32]),
+            &ContentKey::from_bytes(&[2; 32]),
+            params,
+            &[payload],
+            &limits,
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        assert_eq!(sealed.as_bytes().len(), 2000);
+    }
+
+    #[test]
+    fn max_batch_is_clamped_to_at_least_one() {
+        let t0 = Instant::now();
+        let mut b = batcher(0, 1000);
+        b.push(Bytes::new(), 0, t0).unwrap();
+        assert_eq!(b.next(t0, false).unwrap().waiters, [0]);
+    }
+
+    #[test]
+    fn drain_returns_every_waiter_in_order() {
+        let t0 = Instant::now();
+        let mut b = batcher(2, 1000);
+        for i in 0..5 {
+            b.push(Bytes::new(), i, t0).unwrap();
+        }
+        assert_eq!(b.drain().collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+        assert!(b.is_empty());
+    }
+}

@@ -1,0 +1,293 @@
+//! The one error type of `sealpost-client`.
+//!
+//! Variants are grouped by who has to act: the person who wrote the identity file ([`Error::Identity`],
+//! [`Error::NoContentKey`]), the network or the broker's operator ([`Error::Unreachable`],
+//! [`Error::ConnectionLost`], [`Error::BrokerNotTrusted`], [`Error::CertificateRejected`]), the broker's
+//! access policy ([`Error::Refused`]), and, on a subscription, whoever tampered with the stored log
+//! ([`Error::Integrity`], [`Error::UntrustedPublisher`]). Every message is one line that says what failed
+//! and, where there is one, what to do about it. No message ever contains a payload or key material; text
+//! that the broker sends is shown only after control characters are removed.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sealpost_protocol::{ErrorCode, KeyId, PublicKey, Topic};
+
+/// Everything that can go wrong in the client library.
+///
+/// `Error` is `Clone`: one failure (say, the broker staying unreachable) is handed to every message that
+/// was waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The identity file, or a certificate or key file it names, is missing or invalid. Fix the file.
+    #[error("identity file {}: {message}", path.display())]
+    Identity {
+        /// The identity file.
+        path: PathBuf,
+        /// What is wrong, naming the field (and line) concerned; never contains a secret.
+        message: String,
+    },
+    /// The identity file holds no content key for the topic: it cannot seal or open its messages.
+    #[error(
+        "no content key for topic {topic}: add a [[content_key]] entry whose `topics` pattern matches it to \
+         the identity file"
+    )]
+    NoContentKey {
+        /// The topic.
+        topic: Topic,
+    },
+    /// No connection to the broker could be made: wrong address, broker down, or the network drops its
+    /// packets.
+    #[error("broker unreachable at {addr}: {reason}")]
+    Unreachable {
+        /// The broker address, as written in the identity file.
+        addr: String,
+        /// What happened.
+        reason: String,
+    },
+    /// An established connection or stream to the broker failed. Publishers and subscriptions reconnect
+    /// on their own; this reaches the application only once their reconnection attempts are used up.
+    #[error("connection to the broker lost: {reason}")]
+    ConnectionLost {
+        /// What happened.
+        reason: String,
+    },
+    /// The broker's TLS certificate did not verify against the CA file named by the identity, or is not
+    /// valid for its `server_name`. Nothing was sent to the broker.
+    #[error("broker certificate not trusted: {reason}")]
+    BrokerNotTrusted {
+        /// Why it did not verify.
+        reason: String,
+    },
+    /// The broker refused this identity's client certificate during the TLS handshake.
+    #[error(
+        "the broker rejected this identity's certificate ({reason}): check that `cert` and `key` in the \
+         identity file are issued by the CA the broker trusts and have not expired"
+    )]
+    CertificateRejected {
+        /// The TLS alert the broker sent.
+        reason: String,
+    },
+    /// The broker answered a request with an error code.
+    #[error("{}", refusal(*action, topic, *code, message))]
+    Refused {
+        /// What was refused.
+        action: Action,
+        /// The topic it was refused on.
+        topic: Topic,
+        /// The broker's stable error code: the only detail to act on programmatically.
+        code: ErrorCode,
+        /// The broker's explanation, with control characters removed.
+        message: String,
+    },
+    /// A delivered batch failed a cryptographic or sequence check: it was altered, forged with a wrong key,
+    /// replayed, reordered, forked, or batches before it were withheld. Nothing from a failed batch is
+    /// delivered, except after a [`Gap`](sealpost_protocol::Error::Gap): the batch itself is authentic and
+    /// its messages follow this error.
+    #[error("integrity check failed on {topic} at offset {offset}{}: {check}", publisher_suffix(publisher))]
+    Integrity {
+        /// The topic subscribed to.
+        topic: Topic,
+        /// The offset the broker delivered the batch at.
+        offset: u64,
+        /// The publisher whose chain is affected, when the batch's signature verified.
+        publisher: Option<KeyId>,
+        /// The failed check.
+        check: sealpost_protocol::Error,
+    },
+    /// A delivered batch is correctly signed, but by a key that this identity does not trust to publish on
+    /// the topic. Nothing from it is delivered.
+    #[error(
+        "batch at offset {offset} on {topic} is signed by key {publisher}, which is not a trusted publisher \
+         for the topic; add a [[publisher]] entry with this key to the identity file if it should be"
+    )]
+    UntrustedPublisher {
+        /// The topic subscribed to.
+        topic: Topic,
+        /// The offset the broker delivered the batch at.
+        offset: u64,
+        /// The key that signed it.
+        publisher: Box<PublicKey>,
+    },
+    /// A message is too large to fit in a sealed batch on its own.
+    #[error("message of {len} bytes is too large: the limit is {max} bytes")]
+    MessageTooLarge {
+        /// The payload size.
+        len: usize,
+        /// The largest payload that fits.
+        max: usize,
+    },
+    /// The broker sent something the protocol does not allow here; reconnecting would not help.
+    #[error("the broker broke the protocol: {detail}")]
+    ProtocolViolation {
+        /// What was wrong.
+        detail: String,
+    },
+    /// A local protocol operation failed (for example sealing a batch).
+    #[error(transparent)]
+    Protocol(#[from] sealpost_protocol::Error),
+    /// A local I/O operation failed (for example binding the UDP socket).
+    #[error("{what}: {cause}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The operating system's error.
+        cause: Arc<std::io::Error>,
+    },
+    /// The client, publisher or subscription was closed, or its background task has ended.
+    #[error("closed")]
+    Closed,
+}
+
+/// What a [`Refused`](Error::Refused) request was trying to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Publishing on a topic.
+    Publish,
+    /// Subscribing to a topic.
+    Subscribe,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Publish => "publish on",
+            Action::Subscribe => "subscribe to",
+        })
+    }
+}
+
+impl Error {
+    /// Whether this error is an integrity failure of one delivered batch ([`Error::Integrity`] or
+    /// [`Error::UntrustedPublisher`]). A subscription goes on after such an item; after any other error
+    /// item it ends.
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, Error::Integrity { .. } | Error::UntrustedPublisher { .. })
+    }
+
+    /// Whether reconnecting may cure this error.
+    pub(crate) fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::ConnectionLost { .. } => true,
+            Error::Refused { code, .. } => *code == ErrorCode::UNAVAILABLE,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { what: what.into(), cause: Arc::new(source) }
+    }
+
+    pub(crate) fn refused(action: Action, topic: &Topic, code: ErrorCode, message: &str) -> Self {
+        Error::Refused { action, topic: topic.clone(), code, message: sanitize(message) }
+    }
+
+    pub(crate) fn violation(detail: impl Into<String>) -> Self {
+        Error::ProtocolViolation { detail: detail.into() }
+    }
+}
+
+/// Peer-supplied text, made safe to print on one terminal line: control characters become spaces and
+/// the length is capped.
+pub(crate) fn sanitize(text: &str) -> String {
+    const MAX: usize = 200;
+    let mut out: String =
+        text.chars().take(MAX).map(|c| if c.is_control() { ' ' } else { c }).collect::<String>();
+    if text.chars().count() > MAX {
+        out.push('…');
+    }
+    out.trim().to_owned()
+}
+
+fn publisher_suffix(publisher: &Option<KeyId>) -> String {
+    publisher.map(|k| format!(" (publisher {k})")).unwrap_or_default()
+}
+
+/// The friendly text of a refusal.
+fn refusal(action: Action, topic: &Topic, code: ErrorCode, message: &str) -> String {
+    let detail = if message.is_empty() { String::new() } else { format!(" ({message})") };
+    let why = match code {
+        ErrorCode::NOT_AUTHORIZED => return format!("not authorized to {action} {topic}"),
+        ErrorCode::SIGNER_NOT_BOUND => {
+            "the broker does not bind this identity's signing key to its certificate's principal".to_owned()
+        }
+        ErrorCode::SEQUENCE_CONFLICT => "the batch does not continue this signing key's chain on the broker \
+                                         (is another process publishing with the same key?)"
+            .to_owned(),
+        ErrorCode::TOO_LARGE => "over the broker's size limit".to_owned(),
+        ErrorCode::RATE_LIMITED => "rate limited by the broker; retry later".to_owned(),
+        ErrorCode::STORAGE_FULL => "the broker's storage is full; nothing was stored".to_owned(),
+        ErrorCode::UNAVAILABLE => "the broker is shutting down or unable to serve; retry later".to_owned(),
+        ErrorCode::LIMIT_EXCEEDED => "a broker limit on connections or requests was reached".to_owned(),
+        ErrorCode::INTERNAL => "internal error in the broker; nothing was stored".to_owned(),
+        code => format!("the broker answered {code}"),
+    };
+    format!("cannot {action} {topic}: {why}{detail}")
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic() -> Topic {
+        Topic::new("demo.x").unwrap()
+    }
+
+    #[test]
+    fn not_authorized_reads_as_a_sentence() {
+        let e = Error::refused(Action::Publish, &topic(), ErrorCode::NOT_AUTHORIZED, "denied");
+        assert_eq!(e.to_string(), "not authorized to publish on demo.x");
+        let e = Error::refused(Action::Subscribe, &topic(), ErrorCode::NOT_AUTHORIZED, "");
+        assert_eq!(e.to_string(), "not authorized to subscribe to demo.x");
+    }
+
+    #[test]
+    fn other_refusals_name_the_cause_and_the_broker_text() {
+        let e = Error::refused(Action::Publish, &topic(), ErrorCode::RATE_LIMITED, "slow down\n\x1b[31m");
+        assert_eq!(
+            e.to_string(),
+            "cannot publish on demo.x: rate limited by the broker; retry later (slow down  [31m)"
+        );
+        let e = Error::refused(Action::Subscribe, &topic(), ErrorCode(777), "");
+        assert_eq!(e.to_string(), "cannot subscribe to demo.x: the broker answered unknown error (code 777)");
+    }
+
+    #[test]
+    fn sanitize_caps_length_and_strips_control_characters() {
+        let long = "a".repeat(500);
+        assert_eq!(sanitize(&long).chars().count(), 201);
+        assert_eq!(sanitize("a\tb\r\n"), "a b");
+    }
+
+    #[test]
+    fn integrity_errors_are_flagged_and_name_the_publisher() {
+        let e = Error::Integrity {
+            topic: topic(),
+            offset: 12,
+            publisher: Some(KeyId([0xab; 8])),
+            check: sealpost_protocol::Error::Gap { expected: 5, got: 9 },
+        };
+        assert!(e.is_integrity());
+        assert_eq!(
+            e.to_string(),
+            "integrity check failed on demo.x at offset 12 (publisher abababababababab): gap in publisher \
+             sequence: expected 5, got 9"
+        );
+        assert!(!Error::Closed.is_integrity());
+    }
+
+    #[test]
+    fn only_network_failures_and_unavailable_are_retried() {
+        assert!(Error::ConnectionLost { reason: "x".into() }.is_retryable());
+        assert!(Error::Unreachable { addr: "a".into(), reason: "x".into() }.is_retryable());
+        assert!(Error::refused(Action::Publish, &topic(), ErrorCode::UNAVAILABLE, "").is_retryable());
+        assert!(!Error::refused(Action::Publish, &topic(), ErrorCode::NOT_AUTHORIZED, "").is_retryable());
+        assert!(!Error::BrokerNotTrusted { reason: "x".into() }.is_retryable());
+    }
+}

@@ -1,0 +1,42 @@
+//! A delivered message.
+
+use std::fmt;
+
+use bytes::Bytes;
+use sealpost_protocol::{PublicKey, Timestamp, Topic};
+
+/// One message, delivered by a [`Subscription`](crate::Subscription) only after its batch's signature,
+/// topic, records and place in its publisher's chain were checked.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Message {
+    /// The plaintext.
+    pub payload: Bytes,
+    /// The publisher's principal, as named by the trusted-publisher entry that matched its key.
+    pub publisher: String,
+    /// The key that signed the message's batch.
+    pub publisher_key: PublicKey,
+    /// The topic.
+    pub topic: Topic,
+    /// Its offset in the topic's log, assigned by the broker.
+    pub offset: u64,
+    /// Its sequence number in the publisher's chain on the topic, signed by the publisher.
+    pub seq: u64,
+    /// When the publisher sealed it, as the publisher claims (signed).
+    pub timestamp: Timestamp,
+}
+
+/// Shows everything but the payload, of which only the length is shown.
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("topic", &self.topic)
+            .field("offset", &self.offset)
+            .field("publisher", &self.publisher)
+            .field("publisher_key", &self.publisher_key)
+            .field("seq", &self.seq)
+            .field("timestamp", &self.timestamp)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}

@@ -1,0 +1,137 @@
+//! A frame stream: one bidirectional QUIC stream, opened by the client, that carries [`Frame`]s both ways.
+//!
+//! Reading is check-then-parse: the 4-byte length prefix is validated with [`Frame::length`] against the
+//! frame limit before any buffer is sized from it, and never more than the current frame's bytes are read
+//! from the stream. [`Link::read`] is cancel-safe (bytes read so far stay in the link's buffer), so it can
+//! sit in a `select!` beside timers and commands.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use quinn::{ReadError, WriteError};
+use sealpost_protocol::Frame;
+
+use crate::connection::Shared;
+use crate::error::{Error, Result};
+
+/// An open frame stream.
+pub(crate) struct Link {
+    shared: Arc<Shared>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    out: Vec<u8>,
+    opened: Instant,
+}
+
+impl Link {
+    /// Opens a new stream on the client's current connection (dialing one if it is down).
+    pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Link> {
+        let conn = shared.connection().await?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| shared.connection_error(&e))?;
+        Ok(Link {
+            shared: shared.clone(),
+            send,
+            recv,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            opened: Instant::now(),
+        })
+    }
+
+    /// How long the stream has been open.
+    pub(crate) fn age(&self) -> std::time::Duration {
+        self.opened.elapsed()
+    }
+
+    /// Encodes and sends one frame.
+    pub(crate) async fn send(&mut self, frame: &Frame) -> Result<()> {
+        self.out.clear();
+        frame.encode(&mut self.out)?;
+        let out = std::mem::take(&mut self.out);
+        let result = self.send_encoded(&out).await;
+        self.out = out;
+        result
+    }
+
+    /// Sends bytes that are already one or more encoded frames.
+    pub(crate) async fn send_encoded(&mut self, bytes: &[u8]) -> Result<()> {
+        self.send.write_all(bytes).await.map_err(|e| self.write_error(e))
+    }
+
+    /// Ends the client's side of the stream: the broker reads what was sent, then the end.
+    pub(crate) fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+
+    /// The next frame, or `None` if the broker ended the stream cleanly between frames. Cancel-safe.
+    pub(crate) async fn read(&mut self) -> Result<Option<Frame>> {
+        let max = self.shared.limits.max_frame_len;
+        loop {
+            let want = match self.buf.first_chunk::<4>() {
+                None => 4 - self.buf.len(),
+                Some(prefix) => {
+                    let len = Frame::length(*prefix, max)
+                        .map_err(|e| Error::violation(format!("bad frame length: {e}")))?;
+                    if self.buf.len() >= 4 + len {
+                        let frame = self.buf.split_to(4 + len);
+                        return Frame::decode_body(&frame[4..])
+                            .map(Some)
+                            .map_err(|e| Error::violation(format!("undecodable frame: {e}")));
+                    }
+                    // The length is within the limit: room for the whole frame may be reserved now.
+                    self.buf.reserve(4 + len - self.buf.len());
+                    4 + len - self.buf.len()
+                }
+            };
+            match self.recv.read_chunk(want, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) if self.buf.is_empty() => return Ok(None),
+                Ok(None) => {
+                    return Err(Error::ConnectionLost {
+                        reason: "the broker ended the stream inside a frame".into(),
+                    })
+                }
+                Err(e) => return Err(self.read_error(e)),
+            }
+        }
+    }
+
+    fn read_error(&self, e: ReadError) -> Error {
+        match e {
+            ReadError::ConnectionLost(e) => self.shared.connection_error(&e),
+            ReadError::Reset(code) => {
+                Error::ConnectionLost { reason: format!("the broker reset the stream (code {code})") }
+            }
+            e => Error::ConnectionLost { reason: format!("stream failed: {e}") },
+        }
+    }
+
+    fn write_error(&self, e: WriteError) -> Error {
+        match e {
+            WriteError::ConnectionLost(e) => self.shared.connection_error(&e),
+            WriteError::Stopped(code) => {
+                Error::ConnectionLost { reason: format!("the broker stopped the stream (code {code})") }
+            }
+            e => Error::ConnectionLost { reason: format!("stream failed: {e}") },
+        }
+    }
+}
+
+/// The error for a frame the broker should not have sent here.
+pub(crate) fn unexpected(frame: &Frame, context: &str) -> Error {
+    let name = match frame {
+        Frame::Publish { .. } => "Publish",
+        Frame::Published { .. } => "Published",
+        Frame::Subscribe { .. } => "Subscribe",
+        Frame::Subscribed { .. } => "Subscribed",
+        Frame::Deliver { .. } => "Deliver",
+        Frame::Ack { .. } => "Ack",
+        Frame::Unsubscribe { .. } => "Unsubscribe",
+        Frame::Error { .. } => "Error",
+        Frame::Head { .. } => "Head",
+        Frame::HeadIs { .. } => "HeadIs",
+    };
+    Error::violation(format!("unexpected {name} frame in answer to {context}"))
+}

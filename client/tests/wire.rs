@@ -1,0 +1,649 @@
+//! The client's async shell against a mock broker that speaks the wire contract over real QUIC and TLS:
+//! an in-memory log with the broker's dedup of resent batches and its chain check, plus fault injection
+//! (connections killed after a batch is stored but before it is acknowledged, or mid-subscription).
+//!
+//! The real broker's system tests live in the workspace's `tests/`; these pin the client's side of
+//! reconnection, resending and error reporting.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sealpost_client::protocol::{ChainHead, Frame, Limits, SealedBatch, SigningKey};
+use sealpost_client::{
+    Client, ClientOptions, Error, ErrorCode, Identity, PublisherOptions, Reconnect, StartAt,
+    SubscribeOptions, Topic,
+};
+use tokio::sync::Notify;
+
+// ---------------------------------------------------------------------------------------------------------
+// PKI and identity files
+
+struct Pki {
+    ca_pem: String,
+    server_chain: Vec<CertificateDer<'static>>,
+    server_key: Vec<u8>,
+    client_cert_pem: String,
+    client_key_pem: String,
+}
+
+fn ca() -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    (params.self_signed(&key).unwrap(), key)
+}
+
+fn pki() -> Pki {
+    let (ca, ca_key) = ca();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["alice".to_owned()])
+        .unwrap()
+        .signed_by(&client_key, &ca, &ca_key)
+        .unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        server_chain: vec![server.der().clone()],
+        server_key: server_key.serialize_der(),
+        client_cert_pem: client.pem(),
+        client_key_pem: client_key.serialize_pem(),
+    }
+}
+
+fn alice() -> SigningKey {
+    SigningKey::from_bytes(&[0xA1; 32])
+}
+
+const CONTENT_KEY: [u8; 32] = [0xC0; 32];
+
+/// Writes alice's identity file into `dir`, trusting `ca_pem` for the broker at `addr`.
+fn identity(dir: &Path, pki: &Pki, ca_pem: &str, addr: SocketAddr) -> PathBuf {
+    std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
+    std::fs::write(dir.join("alice.pem"), &pki.client_cert_pem).unwrap();
+    std::fs::write(dir.join("alice.key"), &pki.client_key_pem).unwrap();
+    let path = dir.join("alice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"principal = "alice"
+broker = "{addr}"
+server_name = "localhost"
+ca = "ca.pem"
+cert = "alice.pem"
+key = "alice.key"
+signing_key = "{}"
+hpke_key = "{}"
+
+[[content_key]]
+topics = "demo.>"
+epoch = 1
+key = "{}"
+
+[[publisher]]
+principal = "alice"
+key = "{}"
+topics = "demo.>"
+"#,
+            hex::encode(*alice().to_bytes()),
+            hex::encode([9u8; 32]),
+            hex::encode(CONTENT_KEY),
+            alice().public_key()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn quick() -> ClientOptions {
+    ClientOptions {
+        connect_timeout: Duration::from_secs(2),
+        reconnect: Reconnect {
+            initial_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+            max_retries: 5,
+        },
+        ..ClientOptions::default()
+    }
+}
+
+fn topic() -> Topic {
+    "demo.x".parse().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The mock broker
+
+#[derive(Default)]
+struct Log {
+    /// (offset, count, sealed bytes)
+    entries: Vec<(u64, u32, Bytes)>,
+    next_offset: u64,
+    by_bytes: HashMap<Bytes, u64>,
+    heads: HashMap<[u8; 32], ChainHead>,
+    /// Refuse Head and Subscribe with NOT_AUTHORIZED.
+    deny: bool,
+    /// Kill the connection right after storing the publish that brings this to zero, without answering.
+    kill_after_stores: Option<usize>,
+    /// Start every subscription at offset 0, whatever it asks (like a durable subscription resuming from
+    /// an old committed offset).
+    ignore_from: bool,
+    acks: Vec<u64>,
+    publishes_received: usize,
+    subscribes: usize,
+    /// Refuse new connections (the broker is down).
+    down: bool,
+}
+
+#[derive(Clone)]
+struct Mock {
+    addr: SocketAddr,
+    log: Arc<Mutex<Log>>,
+    stored: Arc<Notify>,
+    conns: Arc<Mutex<Vec<quinn::Connection>>>,
+}
+
+impl Mock {
+    async fn start(pki: &Pki) -> Mock {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                pki.server_chain.clone(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key.clone())),
+            )
+            .unwrap();
+        tls.alpn_protocols = vec![b"sealpost/1".to_vec()];
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls)).unwrap();
+        let endpoint = quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(quic)),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let mock = Mock {
+            addr: endpoint.local_addr().unwrap(),
+            log: Arc::default(),
+            stored: Arc::new(Notify::new()),
+            conns: Arc::default(),
+        };
+        let m = mock.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let m = m.clone();
+                if m.with(|l| l.down) {
+                    incoming.refuse();
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    m.conns.lock().unwrap().push(conn.clone());
+                    while let Ok((send, recv)) = conn.accept_bi().await {
+                        tokio::spawn(m.clone().serve(conn.clone(), send, recv));
+                    }
+                });
+            }
+        });
+        mock
+    }
+
+    /// Closes every connection: the client sees the broker go away.
+    fn kill_all(&self) {
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.close(0u32.into(), b"fault injected");
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Log) -> T) -> T {
+        f(&mut self.log.lock().unwrap())
+    }
+
+    async fn serve(self, conn: quinn::Connection, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        while let Some(frame) = read_frame(&mut recv).await {
+            let reply = match frame {
+                Frame::Head { request_id, publisher, .. } => {
+                    if self.with(|l| l.deny) {
+                        denied(request_id)
+                    } else {
+                        let head =
+                            self.with(|l| l.heads.get(publisher.as_bytes()).copied()).unwrap_or_default();
+                        Frame::HeadIs { request_id, head }
+                    }
+                }
+                Frame::Publish { request_id, batch } => match self.store(batch) {
+                    Ok((first_offset, count, kill)) => {
+                        if kill {
+                            conn.close(0u32.into(), b"fault injected");
+                            return;
+                        }
+                        Frame::Published { request_id, first_offset, count }
+                    }
+                    Err(code) => Frame::Error { request_id: Some(request_id), code, message: "no".into() },
+                },
+                Frame::Subscribe { request_id, from, .. } => {
+                    if self.with(|l| l.deny) {
+                        write(&mut send, &denied(request_id)).await;
+                        return;
+                    }
+                    let start = self.with(|l| {
+                        l.subscribes += 1;
+                        match from {
+                            _ if l.ignore_from => 0,
+                            StartAt::Earliest => 0,
+                            StartAt::Latest => l.next_offset,
+                            StartAt::Offset(n) => n,
+                        }
+                    });
+                    write(&mut send, &Frame::Subscribed { request_id, subscription: 7, start_offset: start })
+                        .await;
+                    // The client's side: acknowledgements, then Unsubscribe or the end of its stream, after
+                    // which the broker ends its side too.
+                    let log = self.log.clone();
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    tokio::spawn(async move {
+                        while let Some(frame) = read_frame(&mut recv).await {
+                            match frame {
+                                Frame::Ack { next_offset, .. } => log.lock().unwrap().acks.push(next_offset),
+                                Frame::Unsubscribe { .. } => break,
+                                other => panic!("mock broker got {other:?} on a subscription"),
+                            }
+                        }
+                        let _ = stop.send(());
+                    });
+                    self.deliver(send, start, stopped).await;
+                    return;
+                }
+                other => panic!("mock broker got {other:?}"),
+            };
+            write(&mut send, &reply).await;
+        }
+    }
+
+    /// Stores a batch (or finds it stored): (first offset, count, whether to kill the connection now).
+    fn store(&self, batch: Bytes) -> Result<(u64, u32, bool), ErrorCode> {
+        let verified = SealedBatch::decode(batch.clone(), &Limits::default()).unwrap().verify().unwrap();
+        let header = verified.header().clone();
+        let mut l = self.log.lock().unwrap();
+        l.publishes_received += 1;
+        let first_offset = match l.by_bytes.get(&batch) {
+            Some(offset) => *offset,
+            None => {
+                let head = l.heads.get(header.publisher.as_bytes()).copied().unwrap_or_default();
+                if header.first_seq != head.next_seq || header.prev_digest != head.prev_digest {
+                    return Err(ErrorCode::SEQUENCE_CONFLICT);
+                }
+                let offset = l.next_offset;
+                l.next_offset += u64::from(header.count);
+                l.entries.push((offset, header.count, batch.clone()));
+                l.by_bytes.insert(batch, offset);
+                l.heads.insert(*header.publisher.as_bytes(), ChainHead::after(&verified));
+                self.stored.notify_waiters();
+                offset
+            }
+        };
+        let kill = match l.kill_after_stores.as_mut() {
+            Some(n) => {
+                *n -= 1;
+                *n == 0
+            }
+            None => false,
+        };
+        if kill {
+            l.kill_after_stores = None;
+        }
+        Ok((first_offset, header.count, kill))
+    }
+
+    async fn deliver(
+        self,
+        mut send: quinn::SendStream,
+        start: u64,
+        mut stopped: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let mut next = start;
+        loop {
+            let notified = self.stored.notified();
+            let due: Vec<_> =
+                self.with(|l| l.entries.iter().filter(|e| e.0 + u64::from(e.1) > next).cloned().collect());
+            for (offset, count, batch) in due {
+                let frame = Frame::Deliver { subscription: 7, offset, batch };
+                if send.write_all(&frame.to_vec().unwrap()).await.is_err() {
+                    return;
+                }
+                next = offset + u64::from(count);
+            }
+            tokio::select! {
+                () = notified => {}
+                _ = &mut stopped => {
+                    let _ = send.finish();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn denied(request_id: u64) -> Frame {
+    Frame::Error { request_id: Some(request_id), code: ErrorCode::NOT_AUTHORIZED, message: "denied".into() }
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream) -> Option<Frame> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await.ok()?;
+    let len = Frame::length(prefix, Limits::DEFAULT_MAX_FRAME_LEN).unwrap();
+    let mut body = vec![0; len];
+    recv.read_exact(&mut body).await.ok()?;
+    Some(Frame::decode_body(&body).unwrap())
+}
+
+async fn write(send: &mut quinn::SendStream, frame: &Frame) {
+    let _ = send.write_all(&frame.to_vec().unwrap()).await;
+}
+
+async fn setup() -> (tempfile::TempDir, Pki, Mock, Identity) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let mock = Mock::start(&pki).await;
+    let path = identity(dir.path(), &pki, &pki.ca_pem.clone(), mock.addr);
+    let id = Identity::load(path).unwrap();
+    (dir, pki, mock, id)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_name_consecutive_offsets_and_sequence_numbers_in_publishing_order() {
+    let (_dir, _pki, mock, id) = setup().await;
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let options = PublisherOptions { max_batch: 50, max_in_flight: 4, ..PublisherOptions::default() };
+    let publisher = client.publisher(topic(), options).await.unwrap();
+    let receipts: Vec<_> = (0..500).map(|i| publisher.publish(format!("m{i}"))).collect();
+    let receipts = futures_util::future::try_join_all(receipts).await.unwrap();
+    for (i, r) in receipts.iter().enumerate() {
+        assert_eq!((r.offset, r.seq), (i as u64, i as u64 + 1));
+    }
+    publisher.close().await.unwrap();
+    let entries = mock.with(|l| l.entries.len());
+    assert!(entries >= 10, "batches of at most 50: {entries}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stored_but_not_acknowledged_is_resent_and_stored_once() {
+    let (_dir, _pki, mock, id) = setup().await;
+    // The third batch is stored, then the connection dies before its answer.
+    mock.with(|l| l.kill_after_stores = Some(3));
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let options = PublisherOptions { max_batch: 1, max_in_flight: 8, linger: Duration::ZERO };
+    let publisher = client.publisher(topic(), options).await.unwrap();
+    let receipts: Vec<_> = (0..20).map(|i| publisher.publish(format!("m{i}"))).collect();
+    let receipts = futures_util::future::try_join_all(receipts).await.unwrap();
+    let offsets: Vec<u64> = receipts.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (0..20).collect::<Vec<_>>());
+    publisher.close().await.unwrap();
+    let (stored, received) = mock.with(|l| (l.next_offset, l.publishes_received));
+    assert_eq!(stored, 20, "every message stored exactly once");
+    assert!(received > 20, "some batches were sent twice ({received})");
+
+    // The chain continues after the resend: a new publisher picks up where the broker's head is.
+    let publisher = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
+    let r = publisher.publish("after").await.unwrap();
+    assert_eq!((r.offset, r.seq), (20, 21));
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_yields_each_message_once_in_order_across_a_reconnect() {
+    let (_dir, _pki, mock, id) = setup().await;
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let options = PublisherOptions { max_batch: 3, linger: Duration::ZERO, ..PublisherOptions::default() };
+    let publisher = client.publisher(topic(), options).await.unwrap();
+    for i in 0..30 {
+        drop(publisher.publish(format!("m{i}")));
+    }
+    publisher.flush().await.unwrap();
+    // After a reconnect the broker replays from 0 whatever is asked (as for a durable subscription whose
+    // committed offset is older than what was yielded).
+    mock.with(|l| l.ignore_from = true);
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("d".into()) };
+    let mut sub = client.subscribe(topic(), options).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 45 {
+        if got.len() == 5 {
+            // The broker goes away; what is published next can only arrive on a new connection.
+            mock.kill_all();
+            for i in 30..45 {
+                drop(publisher.publish(format!("m{i}")));
+            }
+        }
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap().unwrap();
+        got.push((m.offset, String::from_utf8(m.payload.to_vec()).unwrap()));
+        sub.ack(&m).unwrap();
+    }
+    let expected: Vec<_> = (0..45).map(|i| (i as u64, format!("m{i}"))).collect();
+    assert_eq!(got, expected);
+    sub.close().await.unwrap();
+    let last_ack = mock.with(|l| l.acks.last().copied());
+    assert_eq!(last_ack, Some(45));
+    assert!(mock.with(|l| l.subscribes) >= 2, "the subscription reconnected");
+    publisher.close().await.unwrap();
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_from_an_offset_inside_a_batch_starts_there() {
+    let (_dir, _pki, _mock, id) = setup().await;
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let options =
+        PublisherOptions { max_batch: 10, linger: Duration::from_millis(50), ..PublisherOptions::default() };
+    let publisher = client.publisher(topic(), options).await.unwrap();
+    for i in 0..10 {
+        drop(publisher.publish(format!("m{i}")));
+    }
+    publisher.close().await.unwrap();
+    let options = SubscribeOptions { from: StartAt::Offset(7), durable: None };
+    let mut sub = client.subscribe(topic(), options).await.unwrap();
+    let first = sub.next().await.unwrap().unwrap();
+    assert_eq!((first.offset, first.seq, &first.payload[..]), (7, 8, &b"m7"[..]));
+    assert_eq!(first.publisher, "alice");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_fails_its_messages_and_the_publisher_resumes_from_the_broker_head() {
+    let (_dir, _pki, mock, id) = setup().await;
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    // Two publishers with the same key both start at the genesis head.
+    let first = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
+    let second = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
+    assert_eq!(first.publish("a").await.unwrap().seq, 1);
+    let e = second.publish("b").await.unwrap_err();
+    assert!(matches!(e, Error::Refused { code: ErrorCode::SEQUENCE_CONFLICT, .. }), "{e}");
+    assert!(e.to_string().starts_with("cannot publish on demo.x: the batch does not continue"), "{e}");
+    // The next message goes on a new stream, after the broker's head.
+    let r = second.publish("c").await.unwrap();
+    assert_eq!((r.offset, r.seq), (1, 2));
+    second.flush().await.unwrap();
+    assert_eq!(mock.with(|l| l.next_offset), 2);
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_broker_stays_away_outstanding_work_fails_after_bounded_retries() {
+    let (_dir, _pki, mock, id) = setup().await;
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let publisher = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
+    publisher.publish("before").await.unwrap();
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("d".into()) };
+    let mut sub = client.subscribe(topic(), options).await.unwrap();
+    let m = sub.next().await.unwrap().unwrap();
+    sub.ack(&m).unwrap();
+
+    mock.with(|l| l.down = true);
+    mock.kill_all();
+    let start = Instant::now();
+    let e = publisher.publish("during").await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(e.to_string().starts_with(&format!("broker unreachable at {}", mock.addr)), "{e}");
+    // The publisher is dead: later messages fail at once with the same error.
+    assert_eq!(publisher.publish("after").await.unwrap_err().to_string(), e.to_string());
+    // The durable subscription cannot commit its acknowledgement: closing says so.
+    let e = sub.close().await.unwrap_err();
+    assert!(e.to_string().starts_with("broker unreachable at "), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_read_as_sentences() {
+    let (_dir, _pki, mock, id) = setup().await;
+    mock.with(|l| l.deny = true);
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let e = client.publisher(topic(), PublisherOptions::default()).await.unwrap_err();
+    assert_eq!(e.to_string(), "not authorized to publish on demo.x");
+    assert!(matches!(e, Error::Refused { code: ErrorCode::NOT_AUTHORIZED, .. }));
+    let e = client.subscribe(topic(), SubscribeOptions::default()).await.unwrap_err();
+    assert_eq!(e.to_string(), "not authorized to subscribe to demo.x");
+    let e = client.publisher("other.x".parse().unwrap(), PublisherOptions::default()).await.unwrap_err();
+    assert!(matches!(e, Error::NoContentKey { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_certificate_from_another_ca_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let mock = Mock::start(&pki).await;
+    let (other_ca, _) = ca();
+    let id = Identity::load(identity(dir.path(), &pki, &other_ca.pem(), mock.addr)).unwrap();
+    let e = Client::connect_with(&id, quick()).await.unwrap_err();
+    assert!(matches!(e, Error::BrokerNotTrusted { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.starts_with("broker certificate not trusted: it is not issued by a CA in "), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_address_fails_within_the_connect_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    // A bound UDP socket that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let id = Identity::load(identity(dir.path(), &pki, &pki.ca_pem.clone(), addr)).unwrap();
+    let options = ClientOptions { connect_timeout: Duration::from_millis(500), ..quick() };
+    let start = Instant::now();
+    let e = Client::connect_with(&id, options).await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert_eq!(e.to_string(), format!("broker unreachable at {addr}: no answer within 0.5 s"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_publishes_stdin_lines_and_prints_them_back() {
+    let (dir, _pki, mock, _id) = setup().await;
+    let identity = dir.path().join("alice.toml");
+    let exe = env!("CARGO_BIN_EXE_sealpost");
+    let id = identity.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new(exe)
+            .args(["pub", "demo.x"])
+            .env("SEALPOST_IDENTITY", &id)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"one\ntwo\r\n\nthree").unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mock.with(|l| l.next_offset), 4);
+
+    let id = identity.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe)
+            .args(["--identity", id.to_str().unwrap(), "sub", "demo.x", "--from", "earliest", "--count", "4"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n\nthree\n");
+
+    mock.with(|l| l.deny = true);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe)
+            .args(["pub", "demo.x", "hi"])
+            .env("SEALPOST_IDENTITY", &identity)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "sealpost: not authorized to publish on demo.x\n");
+}
+
+#[test]
+fn the_cli_makes_keys_and_reports_a_missing_identity_in_one_line() {
+    let exe = env!("CARGO_BIN_EXE_sealpost");
+    let out = std::process::Command::new(exe).arg("keygen").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(table["signing_key"].as_str().unwrap().len(), 64);
+    assert_eq!(table["hpke_key"].as_str().unwrap().len(), 64);
+    assert!(text.starts_with("# public signing key"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.toml");
+    let out =
+        std::process::Command::new(exe).args(["keygen", "--out", file.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8(out.stdout).unwrap().contains("signing_key ="));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let again =
+        std::process::Command::new(exe).args(["keygen", "--out", file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+
+    let out = std::process::Command::new(exe)
+        .args(["pub", "demo.x", "hi"])
+        .env_remove("SEALPOST_IDENTITY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "sealpost: no identity file: pass --identity FILE or set SEALPOST_IDENTITY\n"
+    );
+    let out = std::process::Command::new(exe).args(["pub", "demo..x", "hi"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "sealpost: invalid value 'demo..x' for '<TOPIC>': invalid topic name: empty segment (see sealpost --help)\n"
+    );
+    let out = std::process::Command::new(exe)
+        .args(["--identity", "/nonexistent/x.toml", "sub", "demo.x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("sealpost: identity file /nonexistent/x.toml: cannot read it: "), "{err}");
+    assert_eq!(err.lines().count(), 1);
+}
