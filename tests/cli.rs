@@ -1,0 +1,157 @@
+//! README's tour, run as a user runs it: `sealpost-broker dev` and the `sealpost` CLI as alice, bob and
+//! mallory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::cargo_bin;
+
+struct DevBroker {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for DevBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `sealpost-broker dev` on 127.0.0.1:0 and points the identity files at the port it got.
+fn start_dev(tmp: &Path) -> DevBroker {
+    let dir = tmp.join("sealpost-dev");
+    let mut child = Command::new(cargo_bin("sealpost-broker"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&dir)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let broker = DevBroker { child, dir };
+    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("dev broker did not start");
+    for who in ["alice", "bob", "mallory", "admin"] {
+        let path = broker.dir.join(format!("identities/{who}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("127.0.0.1:0", &addr)).unwrap();
+    }
+    broker
+}
+
+fn identity(broker: &DevBroker, who: &str) -> PathBuf {
+    broker.dir.join(format!("identities/{who}.toml"))
+}
+
+fn sealpost(broker: &DevBroker, who: &str) -> Command {
+    let mut cmd = Command::new(cargo_bin("sealpost"));
+    cmd.arg("--identity").arg(identity(broker, who)).env("RUST_LOG", "error");
+    cmd
+}
+
+/// Runs a command to completion, bounded: a hang fails the test.
+fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    wait(child)
+}
+
+fn wait(child: Child) -> Output {
+    let pid = child.id().to_string();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("command did not finish within 60 s");
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn readme_tour_alice_publishes_bob_reads_bob_and_mallory_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = start_dev(tmp.path());
+
+    // bob: sealpost sub demo.chat --from earliest --count 2 (started first, waits for messages)
+    let mut sub = sealpost(&broker, "bob");
+    sub.args(["sub", "demo.chat", "--from", "earliest", "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let bob = sub.spawn().unwrap();
+
+    // alice: one message as an argument, one from stdin, the identity from SEALPOST_IDENTITY.
+    let mut publish = sealpost(&broker, "alice");
+    publish.args(["pub", "demo.chat", "hello bob"]);
+    let out = run(publish, None);
+    assert!(out.status.success(), "alice pub failed: {}", text(&out.stderr));
+    let mut publish = Command::new(cargo_bin("sealpost"));
+    publish.env("SEALPOST_IDENTITY", identity(&broker, "alice")).args(["pub", "demo.chat"]);
+    let out = run(publish, Some("hello again\n"));
+    assert!(out.status.success(), "alice pub from stdin failed: {}", text(&out.stderr));
+
+    let out = wait(bob);
+    assert!(out.status.success(), "bob sub failed: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello bob\nhello again\n");
+
+    // bob may not publish: one clear line on stderr, non-zero exit.
+    let mut publish = sealpost(&broker, "bob");
+    publish.args(["pub", "demo.chat", "bob may not publish"]);
+    let out = run(publish, None);
+    assert!(!out.status.success());
+    assert_eq!(text(&out.stderr).trim_end(), "sealpost: not authorized to publish on demo.chat");
+
+    // mallory has a valid certificate and no grants.
+    let mut subscribe = sealpost(&broker, "mallory");
+    subscribe.args(["sub", "demo.chat", "--count", "1"]);
+    let out = run(subscribe, None);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.starts_with("sealpost: not authorized to subscribe"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn cli_reports_an_unreachable_broker_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = start_dev(tmp.path());
+    // Point alice at a port where nothing listens.
+    let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = free.local_addr().unwrap();
+    drop(free);
+    let path = identity(&broker, "alice");
+    let text_id = std::fs::read_to_string(&path).unwrap();
+    let line = text_id.lines().find(|l| l.starts_with("broker = ")).unwrap().to_string();
+    std::fs::write(&path, text_id.replace(&line, &format!("broker = \"{dead}\""))).unwrap();
+    let mut publish = sealpost(&broker, "alice");
+    publish.args(["pub", "demo.chat", "x"]);
+    let out = run(publish, None);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.starts_with(&format!("sealpost: broker unreachable at {dead}")), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -1,0 +1,317 @@
+//! The system-test harness: a real broker on 127.0.0.1:0 (in-process or as a subprocess), a PKI and
+//! identity files made in the test, and the real client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealpost_broker::acl::Acl;
+use sealpost_broker::pki::{DevCa, Issued, LeafSpec};
+use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
+use sealpost_broker::store::{MemoryStore, SledStore, Store};
+use sealpost_broker::tls::TlsMaterial;
+use sealpost_protocol::identity::{ContentKeyEntry, IdentityFile, PublisherEntry};
+use sealpost_protocol::{ContentKey, HpkeSecretKey, SigningKey, TopicPattern};
+
+/// The storage engines scenario tests run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sled,
+    Memory,
+}
+
+pub const ACL: &str = r#"
+[[rule]]
+principals = ["alice"]
+topics = ["demo.>"]
+actions = ["publish", "subscribe"]
+effect = "allow"
+
+[[rule]]
+principals = ["bob"]
+topics = ["demo.>"]
+actions = ["subscribe"]
+effect = "allow"
+"#;
+
+/// A deployment made in the test: CA, server certificate, principals with keys, and a data folder.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub ca: DevCa,
+    pub server: Issued,
+    pub content_key: ContentKey,
+    pub keys: Vec<(String, SigningKey)>,
+    memory: Option<Arc<dyn Store>>,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::generate("test CA").unwrap();
+        let server = ca.issue(&LeafSpec::local_server()).unwrap();
+        let keys = ["alice", "bob", "mallory"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), SigningKey::from_bytes(&[i as u8 + 1; 32])))
+            .collect();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+        Env { dir, ca, server, content_key: ContentKey::from_bytes(&[0xC0; 32]), keys, memory: None }
+    }
+
+    pub fn key(&self, who: &str) -> &SigningKey {
+        &self.keys.iter().find(|(n, _)| n == who).unwrap().1
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn store(&mut self, engine: Engine) -> Arc<dyn Store> {
+        match engine {
+            Engine::Sled => Arc::new(SledStore::open(&self.data_dir()).unwrap()),
+            // The memory engine survives a broker restart within the test (not a process restart).
+            Engine::Memory => self.memory.get_or_insert_with(|| Arc::new(MemoryStore::default())).clone(),
+        }
+    }
+
+    pub fn tls(&self) -> TlsMaterial {
+        TlsMaterial {
+            client_ca_pem: self.ca.cert_pem(),
+            cert_chain_pem: self.server.cert_pem.clone(),
+            key_pem: self.server.key_pem.clone(),
+            crls_pem: Vec::new(),
+        }
+    }
+
+    /// Starts an in-process broker on 127.0.0.1:0.
+    pub async fn start(&mut self, engine: Engine) -> Broker {
+        self.start_at(engine, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_at(&mut self, engine: Engine, listen: SocketAddr) -> Broker {
+        let options = BrokerOptions {
+            listen,
+            tls: self.tls(),
+            acl: Acl::from_toml(ACL).unwrap(),
+            store: self.store(engine),
+            limits: ServerLimits::default(),
+        };
+        Broker::start(options).await.unwrap()
+    }
+
+    /// Writes an identity file for `who` (with a client certificate from this env's CA) pointing at `addr`.
+    pub fn identity(&self, who: &str, addr: SocketAddr) -> PathBuf {
+        let key = self.key(who);
+        let cert = self.ca.issue(&LeafSpec::client(who, &[key.public_key()])).unwrap();
+        self.identity_with_cert(who, addr, &cert, "ca.pem")
+    }
+
+    /// Writes an identity file for `who` with the given certificate and trusted CA file.
+    pub fn identity_with_cert(&self, who: &str, addr: SocketAddr, cert: &Issued, ca_file: &str) -> PathBuf {
+        let d = self.dir.path();
+        std::fs::write(d.join(format!("{who}.pem")), &cert.cert_pem).unwrap();
+        std::fs::write(d.join(format!("{who}.key")), &cert.key_pem).unwrap();
+        let demo = TopicPattern::new("demo.>").unwrap();
+        // Everyone holds the content key, mallory included (as if it had leaked): what keeps mallory out
+        // in these tests is the broker's ACL, which is what they test.
+        let member = true;
+        let identity = IdentityFile {
+            principal: who.into(),
+            broker: addr.to_string(),
+            server_name: "localhost".into(),
+            ca: ca_file.into(),
+            cert: format!("{who}.pem").into(),
+            key: format!("{who}.key").into(),
+            signing_key: hex::encode(*self.key(who).to_bytes()),
+            hpke_key: hex::encode(HpkeSecretKey::from_bytes(&[9; 32]).as_bytes()),
+            content_keys: if member {
+                vec![ContentKeyEntry {
+                    topics: demo.clone(),
+                    epoch: 1,
+                    key: hex::encode(self.content_key.as_bytes()),
+                }]
+            } else {
+                Vec::new()
+            },
+            publishers: vec![PublisherEntry {
+                principal: "alice".into(),
+                key: self.key("alice").public_key(),
+                topics: demo,
+            }],
+        };
+        let path = d.join(format!("{who}.toml"));
+        std::fs::write(&path, toml::to_string(&identity).unwrap()).unwrap();
+        path
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// A binary built by cargo for this workspace (next to the test executable's `deps/` folder).
+pub fn cargo_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not built: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+/// Bounds every await in a test: a hang fails the test instead of stalling CI.
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A bare QUIC client that speaks frames directly: for tests that need to do what the real client never
+/// does (send the same batch twice, present no certificate, trust another CA).
+pub struct RawClient {
+    pub conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+/// How a [`RawClient`] authenticates.
+pub enum ClientAuth<'a> {
+    Cert(&'a Issued),
+    None,
+}
+
+impl RawClient {
+    pub async fn connect(
+        addr: SocketAddr,
+        trusted_ca_pem: &str,
+        auth: ClientAuth<'_>,
+    ) -> Result<RawClient, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(trusted_ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match auth {
+            ClientAuth::Cert(issued) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes()).map(Result::unwrap).collect(),
+                    PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            ClientAuth::None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"sealpost/1".to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let conn = within("handshake", endpoint.connect(addr, "localhost").unwrap())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(RawClient { conn, _endpoint: endpoint })
+    }
+
+    /// Opens a stream, sends `frames`, and reads `answers` frames back. A refused connection shows as an
+    /// error here (TLS 1.3 client certificates are checked after the client's handshake completes).
+    pub async fn exchange(
+        &self,
+        frames: &[sealpost_protocol::Frame],
+        answers: usize,
+    ) -> Result<Vec<sealpost_protocol::Frame>, String> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
+        for f in frames {
+            send.write_all(&f.to_vec().unwrap()).await.map_err(|e| e.to_string())?;
+        }
+        let mut out = Vec::new();
+        for _ in 0..answers {
+            let mut prefix = [0u8; 4];
+            within("answer", recv.read_exact(&mut prefix)).await.map_err(|e| e.to_string())?;
+            let len = sealpost_protocol::Frame::length(prefix, 1 << 24).unwrap();
+            let mut body = vec![0u8; len];
+            within("answer", recv.read_exact(&mut body)).await.map_err(|e| e.to_string())?;
+            out.push(sealpost_protocol::Frame::decode_body(&body).unwrap());
+        }
+        Ok(out)
+    }
+}
+
+/// A broker running as a child process (`sealpost-broker serve`), for crash tests.
+pub struct BrokerProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Env {
+    /// Writes `broker.toml`, the ACL and the TLS files for a subprocess broker on 127.0.0.1:0.
+    pub fn write_config(&self) -> PathBuf {
+        let d = self.dir.path();
+        std::fs::write(d.join("server.pem"), &self.server.cert_pem).unwrap();
+        std::fs::write(d.join("server.key"), &self.server.key_pem).unwrap();
+        std::fs::write(d.join("acl.toml"), ACL).unwrap();
+        let config = "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nacl = \"acl.toml\"\n\n[tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n";
+        let path = d.join("broker.toml");
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+}
+
+impl BrokerProcess {
+    /// Starts `sealpost-broker serve --config CONFIG` and waits (bounded) for it to report its address.
+    pub fn start(config: &Path) -> BrokerProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(cargo_bin("sealpost-broker"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => BrokerProcess { child, addr: addr.parse().unwrap() },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("broker did not start");
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
