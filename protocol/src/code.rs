@@ -44,6 +44,9 @@ codes! {
     SEQUENCE_CONFLICT = 103, "sequence conflict";
     /// The subscription id is not known on this connection.
     UNKNOWN_SUBSCRIPTION = 104, "unknown subscription";
+    /// A topic policy was refused: not signed by the broker's configured topic authority, or not newer
+    /// than the stored one.
+    POLICY_REJECTED = 105, "policy rejected";
     /// A per-connection or per-principal limit was reached.
     LIMIT_EXCEEDED = 200, "limit exceeded";
     /// The per-principal publish rate was exceeded; retry later.
@@ -107,6 +110,7 @@ mod tests {
             (ErrorCode::SIGNER_NOT_BOUND, 102),
             (ErrorCode::SEQUENCE_CONFLICT, 103),
             (ErrorCode::UNKNOWN_SUBSCRIPTION, 104),
+            (ErrorCode::POLICY_REJECTED, 105),
             (ErrorCode::LIMIT_EXCEEDED, 200),
             (ErrorCode::RATE_LIMITED, 201),
             (ErrorCode::STORAGE_FULL, 202),

@@ -11,10 +11,12 @@ pub(crate) mod context {
     pub(crate) const BATCH_HEADER: &str = "sealpost 2026-11-23 batch header v1";
     pub(crate) const BATCH: &str = "sealpost 2026-11-23 batch v1";
     pub(crate) const KEY_ID: &str = "sealpost 2026-11-23 key id v1";
+    pub(crate) const POLICY: &str = "sealpost 2026-11-23 policy v1";
 }
 
 /// A 32-byte BLAKE3 digest. A batch's digest is what its publisher signs and what the next batch of the
-/// same publisher names as `prev_digest`.
+/// same publisher names as `prev_digest`; a topic policy's digest is what the topic authority signs and what
+/// the policy of the next epoch names as its `prev_digest`.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Digest(pub [u8; 32]);
 

@@ -6,9 +6,12 @@ use crate::topic::Topic;
 /// Everything that can go wrong in the protocol layer.
 ///
 /// Variants are grouped by who is at fault: malformed or oversized input (any peer), cryptographic
-/// failures (a forger, a tamperer, or a wrong key), and chain violations (a broker or network that drops,
-/// replays or reorders batches). Cryptographic failures are deliberately terse: they say *that* a check
-/// failed and where, never anything about keys or plaintext.
+/// failures (a forger, a tamperer, or a wrong key), chain violations (a broker or network that drops,
+/// replays or reorders batches), topic-policy failures (a policy not from the pinned authority, an authority
+/// or broker serving an old or a second history of policies, a caller who is not a member, a publisher or
+/// an epoch the policies do not allow), and the caller's own mistakes when issuing a policy. Cryptographic
+/// failures are deliberately terse: they say *that* a check failed and where, never anything about keys or
+/// plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -21,7 +24,7 @@ pub enum Error {
     /// The input carries a format version this build does not speak.
     #[error("unsupported {what} version {version}")]
     UnsupportedVersion {
-        /// Which format: "batch" or "frame".
+        /// Which format: "batch", "frame" or "policy".
         what: &'static str,
         /// The version found in the input.
         version: u8,
@@ -55,12 +58,14 @@ pub enum Error {
         /// Zero-based index of the first failing record.
         index: u32,
     },
-    /// A correctly signed batch was delivered under a topic other than the one it was sealed for.
-    #[error("batch sealed for topic {got} delivered on {expected}")]
+    /// A correctly signed batch was delivered under a topic other than the one it was sealed for, or a
+    /// topic policy was given to a [`PolicyBook`](crate::PolicyBook) or an [`EpochKeys`](crate::EpochKeys)
+    /// of another topic.
+    #[error("signed for topic {got}, received for {expected}")]
     WrongTopic {
-        /// The topic the subscriber asked for.
+        /// The topic the receiver asked for.
         expected: Topic,
-        /// The topic named in the signed header.
+        /// The topic named in the signed bytes.
         got: Topic,
     },
     /// No content key is known for the batch's epoch.
@@ -99,4 +104,64 @@ pub enum Error {
     /// A frame could not be serialized.
     #[error("frame encoding failed")]
     Encode,
+
+    // Topic policies: structure and issuance.
+    /// A topic policy breaks a rule of its content: an epoch of 0, a previous digest that does not match its
+    /// epoch, an invalid principal name, members not sorted by principal or listed twice, a signing key
+    /// listed for two members, a member without a role; or, when issuing, an epoch or topic that does not
+    /// follow the previous policy.
+    #[error("invalid topic policy: {0}")]
+    InvalidPolicy(&'static str),
+
+    // Topic policies: authenticity.
+    /// The policy names a signer other than the pinned topic authority, or its signature does not verify
+    /// (strictly) under the authority's key. Either way, nothing in it can be trusted.
+    #[error("topic policy not signed by the pinned topic authority")]
+    PolicyNotFromAuthority,
+
+    // Topic policies: history (the authority, or a broker serving policies, is at fault).
+    /// A policy of an epoch older than the newest admitted one, and not admitted before, was offered: an
+    /// attempt to roll the topic back to an older member list or key.
+    #[error("topic policy rollback: epoch {got} offered after epoch {current}")]
+    PolicyRollback {
+        /// The newest admitted epoch.
+        current: Epoch,
+        /// The epoch offered.
+        got: Epoch,
+    },
+    /// Two different policies signed for the same epoch of a topic: the authority equivocated (or its key
+    /// is compromised).
+    #[error("two different topic policies for epoch {epoch}")]
+    PolicyFork {
+        /// The epoch with two policies.
+        epoch: Epoch,
+    },
+    /// The policy of the epoch after the newest admitted one does not name that policy's digest as its
+    /// previous digest: it continues another history.
+    #[error("topic policy of epoch {epoch} does not continue the admitted history")]
+    PolicyChainBroken {
+        /// The epoch of the policy that does not continue the history.
+        epoch: Epoch,
+    },
+
+    // Topic policies: what a member may do.
+    /// The principal is not a member of the policy, so no content key is wrapped for it.
+    #[error("not a member of the topic policy")]
+    NotAMember,
+    /// The content key wrapped for the member did not open (HPKE): the secret key given does not match the
+    /// member's `hpke_key`.
+    #[error("could not unwrap the content key")]
+    KeyUnwrap,
+    /// A batch is signed by a key that the policy of its epoch does not list as a publisher.
+    #[error("batch signer is not a publisher of the topic policy")]
+    UntrustedPublisher,
+    /// A batch is sealed under an epoch that the topic's policies no longer accept: older than the previous
+    /// epoch, or the previous epoch after its grace window.
+    #[error("epoch {epoch} is no longer accepted (current epoch {current})")]
+    StaleEpoch {
+        /// The batch's epoch.
+        epoch: Epoch,
+        /// The newest admitted epoch.
+        current: Epoch,
+    },
 }

@@ -14,8 +14,8 @@
 //!
 //! Reading is two steps, as in mini-redis: [`Frame::check`] looks at the length prefix of a buffer and says
 //! whether a whole frame is there, rejecting an oversized length before anything is allocated for it; then
-//! [`Frame::decode`] parses exactly that many bytes. A sealed batch travels inside a frame as opaque bytes,
-//! and is decoded separately with its own limits.
+//! [`Frame::decode`] parses exactly that many bytes. A sealed batch or a topic policy travels inside a frame
+//! as opaque bytes, and is decoded separately with its own limits.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -137,6 +137,34 @@ pub enum Frame {
         /// Where the publisher's next batch continues.
         head: ChainHead,
     },
+    /// Admin -> broker: store this topic policy. The topic is the one named inside the policy.
+    PutPolicy {
+        /// Echoed in the answer.
+        request_id: RequestId,
+        /// The canonical bytes of a [`SignedPolicy`](crate::SignedPolicy).
+        policy: Bytes,
+    },
+    /// Broker -> admin: the policy of `request_id` is on stable storage.
+    PolicyStored {
+        /// The request answered.
+        request_id: RequestId,
+    },
+    /// Client -> broker: send me the current policies of `topic`.
+    GetPolicies {
+        /// Echoed in the answer.
+        request_id: RequestId,
+        /// The topic.
+        topic: Topic,
+    },
+    /// Broker -> client: the stored policies of a topic, oldest epoch first: at most the current and the
+    /// previous epoch's, none if the topic has no policy. The client verifies each against its pinned
+    /// authority; the broker's word is worth nothing here.
+    Policies {
+        /// The request answered.
+        request_id: RequestId,
+        /// The canonical bytes of each [`SignedPolicy`](crate::SignedPolicy).
+        policies: Vec<Bytes>,
+    },
 }
 
 /// Lets postcard append to a caller's buffer without an intermediate allocation.
@@ -149,6 +177,26 @@ impl Extend<u8> for Append<'_> {
 }
 
 impl Frame {
+    /// The variant's name, for logs and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Publish { .. } => "Publish",
+            Frame::Published { .. } => "Published",
+            Frame::Subscribe { .. } => "Subscribe",
+            Frame::Subscribed { .. } => "Subscribed",
+            Frame::Deliver { .. } => "Deliver",
+            Frame::Ack { .. } => "Ack",
+            Frame::Unsubscribe { .. } => "Unsubscribe",
+            Frame::Error { .. } => "Error",
+            Frame::Head { .. } => "Head",
+            Frame::HeadIs { .. } => "HeadIs",
+            Frame::PutPolicy { .. } => "PutPolicy",
+            Frame::PolicyStored { .. } => "PolicyStored",
+            Frame::GetPolicies { .. } => "GetPolicies",
+            Frame::Policies { .. } => "Policies",
+        }
+    }
+
     /// Appends the encoded frame (length prefix, version, body) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
         let start = out.len();
@@ -278,6 +326,33 @@ mod tests {
         let mut f = Frame::Unsubscribe { subscription: 1 }.to_vec().unwrap();
         f.push(0);
         assert_eq!(Frame::decode(&f), Err(Error::Malformed("frame length does not match its bytes")));
+    }
+
+    #[test]
+    fn policies_frame_with_two_largest_policies_fits_a_frame() {
+        for max_frame_len in [1024, 65_536, crate::Limits::DEFAULT_MAX_FRAME_LEN] {
+            let limits = crate::Limits { max_frame_len, ..crate::Limits::default() };
+            let largest = Bytes::from(vec![0xA5; limits.max_policy_len() as usize]);
+            let frame =
+                Frame::Policies { request_id: u64::MAX, policies: vec![largest.clone(), largest.clone()] };
+            let len = frame.to_vec().unwrap().len() - 4;
+            assert!(len <= max_frame_len as usize, "{len} > {max_frame_len}");
+            let put = Frame::PutPolicy { request_id: u64::MAX, policy: largest };
+            assert!(put.to_vec().unwrap().len() - 4 <= max_frame_len as usize);
+        }
+    }
+
+    #[test]
+    fn names_are_distinct() {
+        let frames = [
+            Frame::PutPolicy { request_id: 1, policy: Bytes::new() },
+            Frame::PolicyStored { request_id: 1 },
+            Frame::GetPolicies { request_id: 1, topic: Topic::new("a").unwrap() },
+            Frame::Policies { request_id: 1, policies: Vec::new() },
+            Frame::Ack { subscription: 1, next_offset: 1 },
+        ];
+        let names: std::collections::HashSet<_> = frames.iter().map(Frame::name).collect();
+        assert_eq!(names.len(), frames.len());
     }
 
     #[test]

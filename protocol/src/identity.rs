@@ -10,17 +10,14 @@
 //! key = "../pki/alice.key"           # certificate chain and its private key, PEM
 //! signing_key = "<64 hex digits>"    # ed25519 seed: signs this principal's batches
 //! hpke_key = "<64 hex digits>"       # X25519 secret: unwraps topic content keys
-//!
-//! [[content_key]]                    # until topic policies exist: content keys held directly
-//! topics = "demo.>"
-//! epoch = 1
-//! key = "<64 hex digits>"
-//!
-//! [[publisher]]                      # until topic policies exist: publisher keys trusted by subscribers
-//! principal = "alice"
-//! key = "<64 hex digits>"            # ed25519 public key
-//! topics = "demo.>"
+//! authority = "<64 hex digits>"      # ed25519 public key of the topic authority, pinned: topic policies
+//!                                    # are trusted only if signed by it
+//! authority_key = "<64 hex digits>"  # ed25519 seed of the topic authority: only in the admin's identity
 //! ```
+//!
+//! Content keys and the publishers a subscriber trusts are not in the file: they come from the topic
+//! policies the authority signs (see [`policy`](crate::policy)), which clients fetch from the broker and
+//! verify against `authority`.
 //!
 //! The file holds secrets: it must be readable by its owner only.
 
@@ -29,8 +26,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::keys::{ContentKey, Epoch, HpkeSecretKey, PublicKey, SigningKey};
-use crate::topic::{Topic, TopicPattern};
+use crate::keys::{HpkeSecretKey, PublicKey, SigningKey};
 use crate::{Error, Result};
 
 /// The contents of an identity file.
@@ -53,37 +49,13 @@ pub struct IdentityFile {
     pub signing_key: String,
     /// Hex of the X25519 secret key.
     pub hpke_key: String,
-    /// Content keys held directly, by topic pattern (until topic policies exist).
-    #[serde(default, rename = "content_key")]
-    pub content_keys: Vec<ContentKeyEntry>,
-    /// Publisher keys this principal trusts, with their principals (until topic policies exist). A
-    /// subscriber accepts a batch only from a key listed here for a pattern matching the batch's topic.
-    #[serde(default, rename = "publisher")]
-    pub publishers: Vec<PublisherEntry>,
-}
-
-/// A publisher key trusted on the topics matching a pattern.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublisherEntry {
-    /// The publisher's principal, as shown to applications.
-    pub principal: String,
-    /// Its ed25519 public key.
-    pub key: PublicKey,
-    /// The topics it is trusted to publish on.
-    pub topics: TopicPattern,
-}
-
-/// A content key for the topics matching a pattern, in one epoch.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ContentKeyEntry {
-    /// The topics this key is for.
-    pub topics: TopicPattern,
-    /// Its epoch.
-    pub epoch: u64,
-    /// Hex of the 32 key bytes.
-    pub key: String,
+    /// The pinned topic-authority public key (hex in TOML): the only key whose topic policies this
+    /// principal trusts.
+    pub authority: PublicKey,
+    /// Hex of the topic authority's ed25519 seed. Only the administrator's identity holds it; it signs
+    /// topic policies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority_key: Option<String>,
 }
 
 fn secret32(hex_str: &str, what: &'static str) -> Result<Zeroizing<[u8; 32]>> {
@@ -103,22 +75,22 @@ impl IdentityFile {
         Ok(HpkeSecretKey::from_bytes(&*secret32(&self.hpke_key, "hpke_key: expected 64 hex digits")?))
     }
 
-    /// The principal of a publisher key trusted on `topic`, if any.
-    pub fn trusted_publisher(&self, topic: &Topic, key: &PublicKey) -> Option<&str> {
-        self.publishers
-            .iter()
-            .find(|p| &p.key == key && p.topics.matches(topic))
-            .map(|p| p.principal.as_str())
+    /// The pinned topic-authority public key.
+    pub fn authority(&self) -> PublicKey {
+        self.authority
     }
 
-    /// The content keys held for `topic`, by epoch.
-    pub fn content_keys(&self, topic: &Topic) -> Result<std::collections::BTreeMap<Epoch, ContentKey>> {
-        let mut keys = std::collections::BTreeMap::new();
-        for entry in self.content_keys.iter().filter(|e| e.topics.matches(topic)) {
-            let key = secret32(&entry.key, "content_key.key: expected 64 hex digits")?;
-            keys.insert(Epoch(entry.epoch), ContentKey::from_bytes(&key));
+    /// The topic-authority signing key, if the file holds it. Fails if it is not 64 hex digits, or if the
+    /// file also pins an `authority` that is not its public key.
+    pub fn authority_key(&self) -> Result<Option<SigningKey>> {
+        let Some(hex_str) = &self.authority_key else {
+            return Ok(None);
+        };
+        let key = SigningKey::from_bytes(&*secret32(hex_str, "authority_key: expected 64 hex digits")?);
+        if self.authority != key.public_key() {
+            return Err(Error::InvalidKey("authority_key does not match the pinned authority"));
         }
-        Ok(keys)
+        Ok(Some(key))
     }
 }
 
@@ -128,6 +100,70 @@ impl core::fmt::Debug for IdentityFile {
             .field("principal", &self.principal)
             .field("broker", &self.broker)
             .field("server_name", &self.server_name)
+            .field("authority", &self.authority)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(extra: &str) -> Result<IdentityFile, toml::de::Error> {
+        toml::from_str(&format!(
+            "principal = \"admin\"\nbroker = \"127.0.0.1:7443\"\nserver_name = \"localhost\"\n\
+             ca = \"ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin.key\"\n\
+             signing_key = \"{}\"\nhpke_key = \"{}\"\n{extra}",
+            hex::encode([1u8; 32]),
+            hex::encode([2u8; 32]),
+        ))
+    }
+
+    #[test]
+    fn authority_is_required_and_its_key_optional() {
+        assert!(identity("").is_err(), "an identity without a pinned authority trusts no policy");
+        let pinned = SigningKey::from_bytes(&[0xAA; 32]).public_key();
+        let id = identity(&format!("authority = \"{pinned}\"\n")).unwrap();
+        assert_eq!(id.authority(), pinned);
+        assert!(id.authority_key().unwrap().is_none());
+    }
+
+    #[test]
+    fn content_keys_are_no_longer_accepted_in_identity_files() {
+        let pinned = SigningKey::from_bytes(&[0xAA; 32]).public_key();
+        let old = format!(
+            "authority = \"{pinned}\"\n[[content_key]]\ntopics = \"demo.>\"\nepoch = 1\nkey = \"00\"\n"
+        );
+        assert!(identity(&old).is_err());
+    }
+
+    #[test]
+    fn authority_and_its_key_round_trip_through_toml() {
+        let key = SigningKey::from_bytes(&[0xAA; 32]);
+        let id = identity(&format!(
+            "authority = \"{}\"\nauthority_key = \"{}\"\n",
+            key.public_key(),
+            hex::encode(*key.to_bytes())
+        ))
+        .unwrap();
+        assert_eq!(id.authority(), key.public_key());
+        assert_eq!(id.authority_key().unwrap().map(|k| k.public_key()), Some(key.public_key()));
+        let again: IdentityFile = toml::from_str(&toml::to_string(&id).unwrap()).unwrap();
+        assert_eq!(again.authority(), key.public_key());
+        // The secret never shows in Debug.
+        assert!(!format!("{id:?}").contains(&hex::encode(*key.to_bytes())));
+    }
+
+    #[test]
+    fn authority_key_must_match_the_pinned_authority() {
+        let other = SigningKey::from_bytes(&[0xBB; 32]).public_key();
+        let id =
+            identity(&format!("authority = \"{other}\"\nauthority_key = \"{}\"\n", hex::encode([0xAA; 32])))
+                .unwrap();
+        assert_eq!(
+            id.authority_key().unwrap_err(),
+            Error::InvalidKey("authority_key does not match the pinned authority")
+        );
+        assert!(identity("authority = \"zz\"\n").is_err());
     }
 }

@@ -8,6 +8,9 @@
 //!   not whatever a serializer happens to emit.
 //! - [`chain`]: the per-(topic, publisher) sequence chain that lets a subscriber detect a broker that drops,
 //!   replays or reorders batches.
+//! - [`policy`]: the **topic policy**, signed by the topic authority that clients pin: who may publish on
+//!   and read a topic in an epoch, and that epoch's content key wrapped to each member with HPKE; and the
+//!   [`PolicyBook`] that admits a topic's policies in order and refuses rollbacks and forks.
 //! - [`frame`]: the length-prefixed frames exchanged by clients and brokers, with a check step that bounds
 //!   every length before anything is allocated, and [`code`], their stable numeric error codes.
 //! - [`topic`]: validated topic names and the wildcard patterns used by access-control lists.
@@ -18,8 +21,9 @@
 //!
 //! It performs no I/O, reads no clock and draws no randomness of its own: time arrives as a [`Timestamp`]
 //! and randomness as an RNG argument, so that every function here is deterministic and testable without
-//! sockets. It does not decide who may publish or subscribe (the broker's ACL does that) and, until topic
-//! policies exist, it does not decide which publisher keys a subscriber trusts.
+//! sockets. It does not decide who may connect, publish or subscribe at the broker (the broker's ACL does
+//! that); what a subscriber trusts (publisher keys, content keys) comes from topic policies signed by the
+//! topic authority, never from the broker.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -32,6 +36,7 @@ pub mod frame;
 pub mod identity;
 pub mod keys;
 mod limits;
+pub mod policy;
 mod reader;
 mod time;
 pub mod topic;
@@ -44,6 +49,7 @@ pub use error::Error;
 pub use frame::{Frame, RequestId, StartAt, SubscriptionId};
 pub use keys::{ContentKey, Epoch, HpkePublicKey, HpkeSecretKey, KeyId, KeyLookup, PublicKey, SigningKey};
 pub use limits::Limits;
+pub use policy::{issue_policy, EpochKeys, Member, PolicyBook, PolicyParams, SignedPolicy, VerifiedPolicy};
 pub use time::Timestamp;
 pub use topic::{Topic, TopicPattern};
 

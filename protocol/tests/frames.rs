@@ -27,11 +27,8 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(request_id, subscription, start_offset)| {
             Frame::Subscribed { request_id, subscription, start_offset }
         }),
-        (any::<u64>(), any::<u64>(), bytes).prop_map(|(subscription, offset, batch)| Frame::Deliver {
-            subscription,
-            offset,
-            batch
-        }),
+        (any::<u64>(), any::<u64>(), bytes.clone())
+            .prop_map(|(subscription, offset, batch)| Frame::Deliver { subscription, offset, batch }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(subscription, next_offset)| Frame::Ack { subscription, next_offset }),
         any::<u64>().prop_map(|subscription| Frame::Unsubscribe { subscription }),
@@ -45,6 +42,13 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
             request_id,
             head: ChainHead { next_seq, prev_digest: Digest(d) }
         }),
+        (any::<u64>(), bytes.clone())
+            .prop_map(|(request_id, policy)| Frame::PutPolicy { request_id, policy }),
+        any::<u64>().prop_map(|request_id| Frame::PolicyStored { request_id }),
+        (any::<u64>(), topic_strategy())
+            .prop_map(|(request_id, topic)| Frame::GetPolicies { request_id, topic }),
+        (any::<u64>(), proptest::collection::vec(bytes, 0..3))
+            .prop_map(|(request_id, policies)| Frame::Policies { request_id, policies }),
     ]
 }
 

@@ -1,5 +1,5 @@
-//! Golden vectors: the exact bytes of a sealed batch and of each frame kind, made from fixed keys, RNG seed
-//! and time. A failure here means the wire or envelope format changed. If that is deliberate, bump the
+//! Golden vectors: the exact bytes of a sealed batch, of a topic policy and of each frame kind, made from
+//! fixed keys, RNG seed and time. A failure here means the wire or envelope format changed. If that is deliberate, bump the
 //! version it concerns, document the change in docs/architecture.md, and regenerate with
 //! `SEALPOST_BLESS=1 cargo test -p sealpost-protocol --test vectors`.
 
@@ -51,6 +51,7 @@ fn checked_in_batch_opens() {
 #[test]
 fn frames_match_golden_vectors() {
     let batch = golden_batch().into_bytes();
+    let (first, second) = policy_chain();
     let frames = [
         ("frame-publish", Frame::Publish { request_id: 1, batch: batch.clone() }),
         ("frame-published", Frame::Published { request_id: 1, first_offset: 1000, count: 1 }),
@@ -80,10 +81,47 @@ fn frames_match_golden_vectors() {
             Frame::Head { request_id: 4, topic: topic("demo.chat"), publisher: alice().public_key() },
         ),
         ("frame-head-is", Frame::HeadIs { request_id: 4, head: ChainHead::after(&golden_batch()) }),
+        ("frame-put-policy", Frame::PutPolicy { request_id: 6, policy: first.as_bytes().clone() }),
+        ("frame-policy-stored", Frame::PolicyStored { request_id: 6 }),
+        ("frame-get-policies", Frame::GetPolicies { request_id: 7, topic: topic("demo.chat") }),
+        (
+            "frame-policies",
+            Frame::Policies { request_id: 7, policies: vec![first.into_bytes(), second.into_bytes()] },
+        ),
     ];
     for (name, frame) in frames {
         let bytes = frame.to_vec().unwrap();
         check_vector(name, &bytes);
         assert_eq!(Frame::decode(&bytes).unwrap(), frame);
+    }
+}
+
+#[test]
+fn topic_policy_matches_golden_vector() {
+    // Epoch 1 of demo.chat: alice publishes and reads, bob reads.
+    let (first, second) = policy_chain();
+    check_vector("policy", first.as_bytes());
+    check_vector("policy-digest", first.digest().as_bytes());
+    assert_eq!(second.prev_digest(), first.digest());
+}
+
+#[test]
+fn checked_in_policy_decodes_verifies_and_unwraps() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/policy.hex");
+    let raw = hex::decode(std::fs::read_to_string(path).unwrap().trim()).unwrap();
+    let policy = SignedPolicy::decode(raw.into(), &Limits::default())
+        .unwrap()
+        .verify(&authority().public_key())
+        .unwrap();
+    assert_eq!(policy.topic(), &topic("demo.chat"));
+    assert_eq!(policy.epoch(), Epoch(1));
+    assert_eq!(policy.created_at(), Timestamp(POLICY_TIME));
+    assert_eq!(policy.prev_digest(), Digest::ZERO);
+    let names: Vec<_> = policy.members().iter().map(|m| m.principal.as_str()).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!(policy.publisher(&alice().public_key()).unwrap().principal, "alice");
+    assert!(policy.publisher(&bob().public_key()).is_none());
+    for name in ["alice", "bob"] {
+        assert_eq!(policy.content_key(name, &hpke_secret(name)).unwrap().as_bytes(), epoch_key(1).as_bytes());
     }
 }

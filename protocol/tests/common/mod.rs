@@ -58,3 +58,70 @@ pub fn chain(n: usize, per: usize) -> Vec<VerifiedBatch> {
         })
         .collect()
 }
+
+/// The topic authority of the policy tests.
+pub fn authority() -> SigningKey {
+    SigningKey::from_bytes(&[0xAA; 32])
+}
+
+pub fn bob() -> SigningKey {
+    SigningKey::from_bytes(&[0xB0; 32])
+}
+
+pub fn carol() -> SigningKey {
+    SigningKey::from_bytes(&[0xCA; 32])
+}
+
+/// The HPKE secret key of a test principal.
+pub fn hpke_secret(principal: &str) -> HpkeSecretKey {
+    let mut bytes = [0x5E; 32];
+    bytes[..principal.len().min(32)].copy_from_slice(&principal.as_bytes()[..principal.len().min(32)]);
+    HpkeSecretKey::from_bytes(&bytes)
+}
+
+pub fn member(principal: &str, key: &SigningKey, publish: bool, subscribe: bool) -> Member {
+    Member {
+        principal: principal.into(),
+        publish,
+        subscribe,
+        signing_key: key.public_key(),
+        hpke_key: hpke_secret(principal).public_key(),
+    }
+}
+
+/// alice publishes and reads, bob reads.
+pub fn alice_and_bob() -> Vec<Member> {
+    vec![member("alice", &alice(), true, true), member("bob", &bob(), false, true)]
+}
+
+pub const POLICY_TIME: u64 = 1_763_856_000_000;
+
+/// The content key of policy epoch `epoch` in these tests.
+pub fn epoch_key(epoch: u64) -> ContentKey {
+    ContentKey::from_bytes(&[0xE0 ^ epoch as u8; 32])
+}
+
+/// A policy on demo.chat signed by [`authority`], continuing `prev`, created `POLICY_TIME + offset_ms`.
+pub fn policy(prev: Option<&VerifiedPolicy>, members: Vec<Member>, offset_ms: u64) -> VerifiedPolicy {
+    let epoch = Epoch(prev.map_or(1, |p| p.epoch().0 + 1));
+    let params = PolicyParams {
+        topic: topic("demo.chat"),
+        epoch,
+        prev,
+        members,
+        created_at: Timestamp(POLICY_TIME + offset_ms),
+    };
+    issue_policy(&authority(), params, &epoch_key(epoch.0), &Limits::default(), &mut rng(epoch.0 + 100))
+        .unwrap()
+}
+
+/// Epoch 1 (alice and bob), then epoch 2 (alice and carol: bob removed), one hour later.
+pub fn policy_chain() -> (VerifiedPolicy, VerifiedPolicy) {
+    let first = policy(None, alice_and_bob(), 0);
+    let second = policy(
+        Some(&first),
+        vec![member("alice", &alice(), true, true), member("carol", &carol(), true, false)],
+        3_600_000,
+    );
+    (first, second)
+}
