@@ -39,6 +39,10 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The operator's ACL file (see [`crate::acl`]). Required.
     pub acl: PathBuf,
+    /// The topic authority's ed25519 public key, hex. The broker stores only topic policies signed by it.
+    /// Default: none, and then no policy is accepted and nothing can be published.
+    #[serde(default)]
+    pub authority: Option<sealpost_protocol::PublicKey>,
     /// Connection and size limits. Every field has a default.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -104,6 +108,7 @@ impl LimitsConfig {
             max_frame_len: self.max_frame_len,
             max_batch_len: self.max_frame_len.saturating_sub(Self::FRAME_OVERHEAD),
             max_batch_messages: self.max_batch_messages,
+            ..sealpost_protocol::Limits::default()
         }
     }
 

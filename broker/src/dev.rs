@@ -8,18 +8,25 @@
 //!   `admin` on everything, mallory has a valid certificate and no grants;
 //! - `broker.toml`: the broker configuration, storing data in `data/`.
 //!
-//! Alice and bob share a content key for `demo.>` and trust alice as a publisher there (until topic
-//! policies exist). Later runs on the same `DIR` reuse all of it. Keys are written readable by the owner
-//! only. None of this is for production.
+//! It also makes a topic authority: its public key is pinned in every identity file and in the broker's
+//! configuration, its private key is only in `identities/admin.toml`. With it, first run signs the epoch-1
+//! policies of `demo.chat` and `demo.events` (alice publishes and subscribes, bob subscribes; each with a
+//! fresh content key wrapped to its members) and stores them, so the tour runs on real keys. Later runs on
+//! the same `DIR` reuse all of it. Keys are written readable by the owner only. None of this is for
+//! production: the dev setup holds every key in one folder.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use sealpost_protocol::identity::{ContentKeyEntry, IdentityFile, PublisherEntry};
-use sealpost_protocol::{ContentKey, HpkeSecretKey, SigningKey, TopicPattern};
+use sealpost_protocol::identity::IdentityFile;
+use sealpost_protocol::{
+    issue_policy, ContentKey, Epoch, HpkeSecretKey, Limits, Member, PolicyParams, SigningKey, Timestamp,
+    Topic,
+};
 
 use crate::pki::{DevCa, LeafSpec};
+use crate::store::{SledStore, Store};
 use crate::{Error, Result};
 
 /// The principals a dev setup creates.
@@ -74,7 +81,7 @@ fn tempdir_in(parent: &Path) -> Result<PathBuf> {
 
 fn build(dir: &Path, listen: SocketAddr) -> Result<()> {
     let mut rng = rand::rngs::OsRng;
-    for sub in ["pki", "identities", "data"] {
+    for sub in ["pki", "identities"] {
         std::fs::create_dir(dir.join(sub))?;
     }
     let ca = DevCa::generate("Sealpost dev CA (throwaway)")?;
@@ -85,15 +92,13 @@ fn build(dir: &Path, listen: SocketAddr) -> Result<()> {
     write(&dir.join("pki/server.pem"), &server.cert_pem, false)?;
     write(&dir.join("pki/server.key"), &server.key_pem, true)?;
 
-    let demo = TopicPattern::new("demo.>")?;
-    let content_key = ContentKey::generate(&mut rng);
+    let authority = SigningKey::generate(&mut rng);
     let signing: Vec<SigningKey> = PRINCIPALS.iter().map(|_| SigningKey::generate(&mut rng)).collect();
-    let alice_key = signing[0].public_key();
-    for (name, key) in PRINCIPALS.iter().zip(&signing) {
+    let hpke: Vec<HpkeSecretKey> = PRINCIPALS.iter().map(|_| HpkeSecretKey::generate(&mut rng)).collect();
+    for ((name, key), hpke) in PRINCIPALS.iter().zip(&signing).zip(&hpke) {
         let cert = ca.issue(&LeafSpec::client(name, &[key.public_key()]))?;
         write(&dir.join(format!("pki/{name}.pem")), &cert.cert_pem, false)?;
         write(&dir.join(format!("pki/{name}.key")), &cert.key_pem, true)?;
-        let member = matches!(*name, "alice" | "bob");
         let identity = IdentityFile {
             principal: name.to_string(),
             broker: listen.to_string(),
@@ -102,26 +107,47 @@ fn build(dir: &Path, listen: SocketAddr) -> Result<()> {
             cert: format!("../pki/{name}.pem").into(),
             key: format!("../pki/{name}.key").into(),
             signing_key: hex_of(&*key.to_bytes()),
-            hpke_key: hex_of(HpkeSecretKey::generate(&mut rng).as_bytes()),
-            content_keys: if member {
-                vec![ContentKeyEntry { topics: demo.clone(), epoch: 1, key: hex_of(content_key.as_bytes()) }]
-            } else {
-                Vec::new()
-            },
-            publishers: if member {
-                vec![PublisherEntry { principal: "alice".into(), key: alice_key, topics: demo.clone() }]
-            } else {
-                Vec::new()
-            },
+            hpke_key: hex_of(hpke.as_bytes()),
+            authority: authority.public_key(),
+            authority_key: (*name == "admin").then(|| hex_of(&*authority.to_bytes())),
         };
         let toml = toml::to_string(&identity).map_err(|e| Error::Config(e.to_string()))?;
         let header = format!("# Sealpost dev identity of {name}. Throwaway keys: not for production.\n");
         write(&dir.join(format!("identities/{name}.toml")), &(header + &toml), true)?;
     }
+
+    // The demo topics' first policies: alice publishes and subscribes, bob subscribes.
+    let member = |i: usize, publish: bool| Member {
+        principal: PRINCIPALS[i].to_string(),
+        publish,
+        subscribe: true,
+        signing_key: signing[i].public_key(),
+        hpke_key: hpke[i].public_key(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let store = SledStore::open(&dir.join("data"))?;
+    for topic in ["demo.chat", "demo.events"] {
+        let params = PolicyParams {
+            topic: Topic::new(topic)?,
+            epoch: Epoch(1),
+            prev: None,
+            members: vec![member(0, true), member(1, false)],
+            created_at: Timestamp(now),
+        };
+        let policy =
+            issue_policy(&authority, params, &ContentKey::generate(&mut rng), &Limits::default(), &mut rng)?;
+        store.put_policy(policy.topic(), 1, policy.as_bytes())?;
+    }
+    store.sync()?;
+    drop(store);
+
     write(&dir.join("acl.toml"), ACL, false)?;
     let mut config = String::new();
     let _ = writeln!(config, "# Sealpost dev broker. See docs/operations.md for every setting.");
     let _ = writeln!(config, "listen = \"{listen}\"");
+    let _ = writeln!(config, "authority = \"{}\"", authority.public_key());
     config.push_str(CONFIG_REST);
     write(&dir.join("broker.toml"), &config, false)?;
     Ok(())

@@ -23,6 +23,10 @@ pub enum Error {
         /// The batch's first sequence number.
         got: u64,
     },
+    /// A topic policy was refused: not from the configured topic authority, no authority configured, or
+    /// its epoch does not follow the stored one.
+    #[error("policy rejected: {0}")]
+    PolicyRejected(String),
     /// A configured limit was reached.
     #[error("limit exceeded: {0}")]
     LimitExceeded(&'static str),
@@ -55,6 +59,7 @@ impl Error {
             Error::NotAuthorized => ErrorCode::NOT_AUTHORIZED,
             Error::SignerNotBound(_) => ErrorCode::SIGNER_NOT_BOUND,
             Error::SequenceConflict { .. } => ErrorCode::SEQUENCE_CONFLICT,
+            Error::PolicyRejected(_) => ErrorCode::POLICY_REJECTED,
             Error::LimitExceeded(_) => ErrorCode::LIMIT_EXCEEDED,
             Error::StorageFull => ErrorCode::STORAGE_FULL,
             Error::ShuttingDown => ErrorCode::UNAVAILABLE,

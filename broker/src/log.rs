@@ -43,6 +43,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
+
 use sealpost_protocol::{PublicKey, Topic, VerifiedBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -112,6 +114,12 @@ enum Request {
         next_offset: u64,
         reply: oneshot::Sender<Result<()>>,
     },
+    Policy {
+        topic: Topic,
+        epoch: u64,
+        policy: Bytes,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 impl Request {
@@ -119,6 +127,7 @@ impl Request {
         match self {
             Request::Append { batch, .. } => batch.as_bytes().len(),
             Request::Commit { .. } => 0,
+            Request::Policy { policy, .. } => policy.len(),
         }
     }
 }
@@ -206,6 +215,12 @@ impl Log {
     ) -> Result<()> {
         Self::answer(self.enqueue(|reply| Request::Commit { topic, principal, name, next_offset, reply }))
             .await
+    }
+
+    /// Stores the signed topic policy `policy` of `topic` under `epoch`; returns once it is durable. The
+    /// caller has verified the policy and that its epoch follows the stored one.
+    pub async fn put_policy(&self, topic: Topic, epoch: u64, policy: Bytes) -> Result<()> {
+        Self::answer(self.enqueue(|reply| Request::Policy { topic, epoch, policy, reply })).await
     }
 
     /// Requests handed to the log and not yet taken by the writer.
@@ -334,7 +349,7 @@ impl Writer {
                 // The group has failed: the rest is not executed, and is answered with the failure.
                 replies.push(match request {
                     Request::Append { reply, .. } => Reply::Append(reply, Err(Error::ShuttingDown)),
-                    Request::Commit { reply, .. } => Reply::Commit(reply),
+                    Request::Commit { reply, .. } | Request::Policy { reply, .. } => Reply::Commit(reply),
                 });
                 continue;
             }
@@ -348,6 +363,13 @@ impl Writer {
                 },
                 Request::Commit { topic, principal, name, next_offset, reply } => {
                     match self.shared.store.set_durable_offset(&topic, &principal, &name, next_offset) {
+                        Ok(()) => committed = true,
+                        Err(e) => failure = Some(e),
+                    }
+                    replies.push(Reply::Commit(reply));
+                }
+                Request::Policy { topic, epoch, policy, reply } => {
+                    match self.shared.store.put_policy(&topic, epoch, &policy) {
                         Ok(()) => committed = true,
                         Err(e) => failure = Some(e),
                     }
@@ -595,6 +617,12 @@ mod tests {
         }
         fn set_durable_offset(&self, t: &Topic, who: &str, name: &str, next: u64) -> Result<()> {
             self.inner.set_durable_offset(t, who, name, next)
+        }
+        fn put_policy(&self, t: &Topic, epoch: u64, policy: &Bytes) -> Result<()> {
+            self.inner.put_policy(t, epoch, policy)
+        }
+        fn policies(&self, t: &Topic, max: usize) -> Result<Vec<Bytes>> {
+            self.inner.policies(t, max)
         }
         fn syncs(&self) -> u64 {
             self.inner.syncs()

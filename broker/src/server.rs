@@ -8,6 +8,9 @@
 //! - **Publish stream** (`Head` or `Publish` first): publishes are pipelined. The reader verifies each batch
 //!   and hands it to the log **in arrival order**; a writer task sends each answer (`Published` or `Error`)
 //!   in the same order once the log has made the batch durable.
+//! - **Policy stream** (`GetPolicies` or `PutPolicy` first): topic policies, read by any principal the ACL
+//!   lets publish, subscribe or administer the topic, and stored (durably, through the log) only from an
+//!   administrator, signed by the configured topic authority, with the next epoch.
 //! - **Subscription stream** (`Subscribe` first, one per stream): `Subscribed`, then `Deliver` frames read
 //!   from the store in offset order up to the durable end, then new batches as syncs make them durable.
 //!   A subscriber holds at most one read chunk (`subscriber_read_bytes`) in broker memory and its pace is
@@ -26,7 +29,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sealpost_protocol::{Frame, Limits, StartAt, Topic};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sealpost_protocol::{
+    Frame, Limits, PublicKey, SealedBatch, SignedPolicy, StartAt, Topic, VerifiedPolicy,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -80,6 +88,8 @@ pub struct BrokerOptions {
     pub acl: Acl,
     /// The storage engine.
     pub store: Arc<dyn Store>,
+    /// The topic authority's public key: only policies it signed are stored (none without it).
+    pub authority: Option<PublicKey>,
     /// Limits.
     pub limits: ServerLimits,
 }
@@ -108,15 +118,44 @@ impl BrokerOptions {
             subscriber_read_bytes: l.subscriber_read_bytes,
             ..ServerLimits::default()
         };
-        Ok(BrokerOptions { listen: config.listen, tls, acl, store, limits })
+        Ok(BrokerOptions { listen: config.listen, tls, acl, store, authority: config.authority, limits })
     }
 }
 
 struct Ctx {
     acl: Acl,
     log: Arc<Log>,
+    authority: Option<PublicKey>,
+    /// The current policy of each topic asked about (`None`: it has none), verified against `authority`.
+    policies: Mutex<HashMap<Topic, Option<Arc<VerifiedPolicy>>>>,
     limits: ServerLimits,
     connections: AtomicUsize,
+}
+
+impl Ctx {
+    /// The current policy of `topic`, from the cache or the store. A stored policy that does not verify
+    /// against the configured authority (the configuration changed) counts as none.
+    fn current_policy(&self, topic: &Topic) -> Result<Option<Arc<VerifiedPolicy>>> {
+        if let Some(cached) = self.policies_lock().get(topic) {
+            return Ok(cached.clone());
+        }
+        let newest = self.log.store().policies(topic, 1)?.pop();
+        let policy = match (newest, &self.authority) {
+            (Some(bytes), Some(authority)) => SignedPolicy::decode(bytes, &self.limits.protocol)
+                .and_then(|p| p.verify(authority))
+                .map(Arc::new)
+                .map_err(|e| warn!(%topic, error = %e, "stored policy does not verify; ignoring it"))
+                .ok(),
+            _ => None,
+        };
+        self.policies_lock().insert(topic.clone(), policy.clone());
+        Ok(policy)
+    }
+
+    fn policies_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, Option<Arc<VerifiedPolicy>>>> {
+        // The map holds no invariant a panicking holder could break: recover it.
+        self.policies.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A running broker.
@@ -150,8 +189,14 @@ impl Broker {
         let endpoint = quinn::Endpoint::server(server_config, options.listen)?;
         let local_addr = endpoint.local_addr()?;
         let log = Arc::new(Log::open(options.store)?);
-        let ctx =
-            Arc::new(Ctx { acl: options.acl, log, limits: options.limits, connections: AtomicUsize::new(0) });
+        let ctx = Arc::new(Ctx {
+            acl: options.acl,
+            log,
+            authority: options.authority,
+            policies: Mutex::new(HashMap::new()),
+            limits: options.limits,
+            connections: AtomicUsize::new(0),
+        });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(endpoint, ctx, shutdown_rx));
         info!(%local_addr, "sealpost broker listening (QUIC, mutual TLS 1.3, ALPN sealpost/1)");
@@ -281,6 +326,9 @@ async fn serve_stream(
         Frame::Head { .. } | Frame::Publish { .. } => {
             serve_publish(first, send, recv, ctx, peer, shutdown).await
         }
+        Frame::GetPolicies { .. } | Frame::PutPolicy { .. } => {
+            serve_policies(first, send, recv, ctx, peer, shutdown).await
+        }
         Frame::Subscribe { request_id, topic, from, durable } => {
             let id = ids.fetch_add(1, Ordering::Relaxed);
             serve_subscription(request_id, id, topic, from, durable, send, recv, ctx, peer, shutdown).await
@@ -356,7 +404,12 @@ fn answer_publish_frame(frame: Frame, ctx: &Arc<Ctx>, peer: &Peer) -> Answer {
     let now = |frame: Frame| -> Answer { Box::pin(async move { frame }) };
     match frame {
         Frame::Publish { request_id, batch } => {
-            match session::authorize_publish(peer, &ctx.acl, &ctx.limits.protocol, batch) {
+            let checked =
+                SealedBatch::decode(batch, &ctx.limits.protocol).map_err(Error::from).and_then(|sealed| {
+                    let policy = ctx.current_policy(&sealed.header().topic)?;
+                    session::authorize_publish(peer, &ctx.acl, policy.as_deref(), sealed)
+                });
+            match checked {
                 Ok((topic, verified)) => {
                     let appended = ctx.log.submit(topic, verified);
                     Box::pin(async move {
@@ -407,6 +460,70 @@ fn answer_publish_frame(frame: Frame, ctx: &Arc<Ctx>, peer: &Peer) -> Answer {
             &Error::Protocol(sealpost_protocol::Error::Malformed("unexpected frame on a publish stream")),
         )),
     }
+}
+
+/// A policy stream: `GetPolicies` and `PutPolicy` requests, answered one at a time.
+async fn serve_policies(
+    first: Frame,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: &Arc<Ctx>,
+    peer: &Arc<Peer>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut next = Some(first);
+    loop {
+        let frame = match next.take() {
+            Some(frame) => frame,
+            None => tokio::select! {
+                frame = read_frame(&mut recv, ctx.limits.protocol.max_frame_len) => match frame? {
+                    Some(frame) => frame,
+                    None => break,
+                },
+                _ = shutdown.changed() => break,
+            },
+        };
+        let answer = match frame {
+            Frame::GetPolicies { request_id, topic } => {
+                let found = session::authorize_get_policies(peer, &ctx.acl, &topic)
+                    .and_then(|()| ctx.log.store().policies(&topic, 2));
+                match found {
+                    Ok(policies) => Frame::Policies { request_id, policies },
+                    Err(e) => error_frame(Some(request_id), &e),
+                }
+            }
+            Frame::PutPolicy { request_id, policy } => match put_policy(ctx, peer, policy).await {
+                Ok(()) => Frame::PolicyStored { request_id },
+                Err(e) => {
+                    info!(principal = %peer.principal, error = %e, "policy refused");
+                    error_frame(Some(request_id), &e)
+                }
+            },
+            _ => {
+                let err = Error::Protocol(sealpost_protocol::Error::Malformed(
+                    "unexpected frame on a policy stream",
+                ));
+                return refuse(&mut send, None, err).await;
+            }
+        };
+        write_frame(&mut send, &answer).await?;
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Verifies and durably stores a policy, then makes it the topic's current one for publish checks.
+async fn put_policy(ctx: &Arc<Ctx>, peer: &Peer, policy: bytes::Bytes) -> Result<()> {
+    let signed = SignedPolicy::decode(policy, &ctx.limits.protocol)?;
+    let topic = signed.topic().clone();
+    let current = ctx.current_policy(&topic)?;
+    let verified =
+        session::authorize_put_policy(peer, &ctx.acl, ctx.authority.as_ref(), current.as_deref(), signed)?;
+    let epoch = verified.epoch();
+    ctx.log.put_policy(topic.clone(), epoch.0, verified.as_bytes().clone()).await?;
+    info!(principal = %peer.principal, %topic, %epoch, "policy stored");
+    ctx.policies_lock().insert(topic, Some(Arc::new(verified)));
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

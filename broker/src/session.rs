@@ -2,23 +2,24 @@
 //! each is unit-tested: may this principal publish this batch, ask for this chain head, subscribe here,
 //! and where does a subscription start.
 
-use bytes::Bytes;
-use sealpost_protocol::{Limits, PublicKey, SealedBatch, StartAt, Topic, VerifiedBatch};
+use sealpost_protocol::{
+    PublicKey, SealedBatch, SignedPolicy, StartAt, Topic, VerifiedBatch, VerifiedPolicy,
+};
 
 use crate::acl::{Acl, Action};
 use crate::tls::{valid_principal, Peer};
 use crate::{Error, Result};
 
-/// Checks a published batch: size and structure, ACL, signer bound to the principal, then the signature
-/// (the costly check runs last). The sequence chain is checked by the log's writer, which sees every batch
-/// in order.
+/// Checks a published batch (already decoded within the frame limits): ACL, signer bound to the principal
+/// by its certificate, signer a publisher of the topic's current `policy` under this principal, then the
+/// signature (the costly check runs last). A topic without a policy takes no publish. The sequence chain is
+/// checked by the log's writer, which sees every batch in order.
 pub fn authorize_publish(
     peer: &Peer,
     acl: &Acl,
-    limits: &Limits,
-    batch: Bytes,
+    policy: Option<&VerifiedPolicy>,
+    sealed: SealedBatch,
 ) -> Result<(Topic, VerifiedBatch)> {
-    let sealed = SealedBatch::decode(batch, limits)?;
     let header = sealed.header();
     if !acl.allows(&peer.principal, &header.topic, Action::Publish) {
         return Err(Error::NotAuthorized);
@@ -26,8 +27,56 @@ pub fn authorize_publish(
     if !peer.signing_keys.contains(&header.publisher) {
         return Err(Error::SignerNotBound(header.publisher.key_id()));
     }
+    let Some(policy) = policy else {
+        return Err(Error::NotAuthorized);
+    };
+    match policy.publisher(&header.publisher) {
+        Some(member) if member.principal == peer.principal => {}
+        _ => return Err(Error::SignerNotBound(header.publisher.key_id())),
+    }
     let topic = header.topic.clone();
     Ok((topic, sealed.verify()?))
+}
+
+/// Checks a policy an administrator stores: ACL `admin` on its topic, signed by the configured topic
+/// `authority`, and its epoch follows `current` (1 for the first policy of a topic).
+pub fn authorize_put_policy(
+    peer: &Peer,
+    acl: &Acl,
+    authority: Option<&PublicKey>,
+    current: Option<&VerifiedPolicy>,
+    policy: SignedPolicy,
+) -> Result<VerifiedPolicy> {
+    if !acl.allows(&peer.principal, policy.topic(), Action::Admin) {
+        return Err(Error::NotAuthorized);
+    }
+    let Some(authority) = authority else {
+        return Err(Error::PolicyRejected("this broker has no topic authority configured".into()));
+    };
+    let policy = policy
+        .verify(authority)
+        .map_err(|_| Error::PolicyRejected("not signed by the configured topic authority".into()))?;
+    let expected = current.map_or(1, |c| c.epoch().0 + 1);
+    if policy.epoch().0 != expected {
+        return Err(Error::PolicyRejected(format!(
+            "stale epoch: the next policy of {} must have epoch {expected}, got {}",
+            policy.topic(),
+            policy.epoch()
+        )));
+    }
+    Ok(policy)
+}
+
+/// Checks a request for a topic's policies: any principal that may publish, subscribe or administer it.
+pub fn authorize_get_policies(peer: &Peer, acl: &Acl, topic: &Topic) -> Result<()> {
+    let allowed = [Action::Publish, Action::Subscribe, Action::Admin]
+        .into_iter()
+        .any(|action| acl.allows(&peer.principal, topic, action));
+    if allowed {
+        Ok(())
+    } else {
+        Err(Error::NotAuthorized)
+    }
 }
 
 /// Checks a chain-head request: the principal may publish on the topic and the key is bound to it.
@@ -66,8 +115,12 @@ pub fn start_offset(from: StartAt, committed: Option<u64>, first: u64, end: u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use rand::SeedableRng;
-    use sealpost_protocol::{seal, ContentKey, Digest, Epoch, SealParams, SigningKey, Timestamp};
+    use sealpost_protocol::{
+        issue_policy, seal, ContentKey, Digest, Epoch, HpkeSecretKey, Limits, Member, PolicyParams,
+        SealParams, SigningKey, Timestamp,
+    };
 
     const ACL: &str = r#"
 [[rule]]
@@ -81,9 +134,49 @@ principals = ["bob"]
 topics = ["demo.>"]
 actions = ["subscribe"]
 effect = "allow"
+
+[[rule]]
+principals = ["admin"]
+topics = [">"]
+actions = ["admin"]
+effect = "allow"
 "#;
 
-    fn batch(signer: &SigningKey, topic: &str) -> Bytes {
+    fn rng() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(1)
+    }
+
+    fn key(who: &str) -> SigningKey {
+        SigningKey::from_bytes(&[who.as_bytes()[0]; 32])
+    }
+
+    fn authority() -> SigningKey {
+        SigningKey::from_bytes(&[0xAA; 32])
+    }
+
+    fn member(who: &str, publish: bool) -> Member {
+        Member {
+            principal: who.into(),
+            publish,
+            subscribe: true,
+            signing_key: key(who).public_key(),
+            hpke_key: HpkeSecretKey::from_bytes(&[9; 32]).public_key(),
+        }
+    }
+
+    fn policy(topic: &str, epoch: u64, prev: Option<&VerifiedPolicy>) -> VerifiedPolicy {
+        let params = PolicyParams {
+            topic: Topic::new(topic).unwrap(),
+            epoch: Epoch(epoch),
+            prev,
+            members: vec![member("alice", true), member("bob", false)],
+            created_at: Timestamp(epoch),
+        };
+        issue_policy(&authority(), params, &ContentKey::from_bytes(&[1; 32]), &Limits::default(), &mut rng())
+            .unwrap()
+    }
+
+    fn batch(signer: &SigningKey, topic: &str) -> SealedBatch {
         let params = SealParams {
             topic: Topic::new(topic).unwrap(),
             epoch: Epoch(1),
@@ -91,71 +184,126 @@ effect = "allow"
             prev_digest: Digest::ZERO,
             created_at: Timestamp(0),
         };
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        seal(signer, &ContentKey::from_bytes(&[1; 32]), params, &[b"x"], &Limits::default(), &mut rng)
-            .unwrap()
-            .into_bytes()
+        let sealed =
+            seal(signer, &ContentKey::from_bytes(&[1; 32]), params, &[b"x"], &Limits::default(), &mut rng())
+                .unwrap()
+                .into_bytes();
+        SealedBatch::decode(sealed, &Limits::default()).unwrap()
     }
 
-    fn peer(name: &str, key: &SigningKey) -> Peer {
-        Peer { principal: name.into(), signing_keys: vec![key.public_key()] }
+    fn peer(name: &str) -> Peer {
+        Peer { principal: name.into(), signing_keys: vec![key(name).public_key()] }
     }
 
     #[test]
-    fn publish_by_allowed_principal_with_bound_key_is_accepted() {
+    fn publish_by_policy_publisher_with_bound_key_is_accepted() {
         let acl = Acl::from_toml(ACL).unwrap();
-        let alice = SigningKey::from_bytes(&[1; 32]);
+        let p = policy("demo.chat", 1, None);
         let (topic, _) =
-            authorize_publish(&peer("alice", &alice), &acl, &Limits::default(), batch(&alice, "demo.chat"))
-                .unwrap();
+            authorize_publish(&peer("alice"), &acl, Some(&p), batch(&key("alice"), "demo.chat")).unwrap();
         assert_eq!(topic.as_str(), "demo.chat");
     }
 
     #[test]
     fn publish_denied_by_acl_is_not_authorized() {
         let acl = Acl::from_toml(ACL).unwrap();
-        let bob = SigningKey::from_bytes(&[2; 32]);
-        let err = authorize_publish(&peer("bob", &bob), &acl, &Limits::default(), batch(&bob, "demo.chat"));
+        let p = policy("demo.chat", 1, None);
+        let err = authorize_publish(&peer("bob"), &acl, Some(&p), batch(&key("bob"), "demo.chat"));
         assert!(matches!(err, Err(Error::NotAuthorized)));
         // A topic nobody may use answers the same.
-        let alice = SigningKey::from_bytes(&[1; 32]);
-        let err =
-            authorize_publish(&peer("alice", &alice), &acl, &Limits::default(), batch(&alice, "other.x"));
+        let err = authorize_publish(&peer("alice"), &acl, None, batch(&key("alice"), "other.x"));
         assert!(matches!(err, Err(Error::NotAuthorized)));
     }
 
     #[test]
-    fn publish_signed_by_unbound_key_is_refused() {
+    fn publish_on_a_topic_without_policy_is_not_authorized() {
         let acl = Acl::from_toml(ACL).unwrap();
-        let alice = SigningKey::from_bytes(&[1; 32]);
-        let mallory = SigningKey::from_bytes(&[6; 32]);
-        let err =
-            authorize_publish(&peer("alice", &alice), &acl, &Limits::default(), batch(&mallory, "demo.chat"));
+        let err = authorize_publish(&peer("alice"), &acl, None, batch(&key("alice"), "demo.chat"));
+        assert!(matches!(err, Err(Error::NotAuthorized)));
+    }
+
+    #[test]
+    fn publish_signed_by_key_not_bound_by_certificate_is_refused() {
+        let acl = Acl::from_toml(ACL).unwrap();
+        let p = policy("demo.chat", 1, None);
+        let err = authorize_publish(&peer("alice"), &acl, Some(&p), batch(&key("mallory"), "demo.chat"));
         assert!(matches!(err, Err(Error::SignerNotBound(_))));
+    }
+
+    #[test]
+    fn publish_by_signer_not_a_policy_publisher_is_refused() {
+        // Bob's certificate binds his key and the ACL would let him publish, but the policy makes him a
+        // subscriber only.
+        let acl =
+            Acl::from_toml(&ACL.replace("actions = [\"subscribe\"]", "actions = [\"publish\"]")).unwrap();
+        let p = policy("demo.chat", 1, None);
+        let err = authorize_publish(&peer("bob"), &acl, Some(&p), batch(&key("bob"), "demo.chat"));
+        assert!(matches!(err, Err(Error::SignerNotBound(_))), "{err:?}");
     }
 
     #[test]
     fn publish_with_bad_signature_is_refused() {
         let acl = Acl::from_toml(ACL).unwrap();
-        let alice = SigningKey::from_bytes(&[1; 32]);
-        let mut raw = batch(&alice, "demo.chat").to_vec();
+        let p = policy("demo.chat", 1, None);
+        let mut raw = batch(&key("alice"), "demo.chat").into_bytes().to_vec();
         let last = raw.len() - 1;
         raw[last] ^= 1;
-        let err = authorize_publish(&peer("alice", &alice), &acl, &Limits::default(), raw.into());
+        let sealed = SealedBatch::decode(Bytes::from(raw), &Limits::default()).unwrap();
+        let err = authorize_publish(&peer("alice"), &acl, Some(&p), sealed);
         assert!(matches!(err, Err(Error::Protocol(sealpost_protocol::Error::BadSignature))));
+    }
+
+    fn signed(p: &VerifiedPolicy) -> SignedPolicy {
+        SignedPolicy::decode(p.as_bytes().clone(), &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn put_policy_needs_admin_the_authority_and_the_next_epoch() {
+        let acl = Acl::from_toml(ACL).unwrap();
+        let auth = authority().public_key();
+        let first = policy("demo.chat", 1, None);
+        let second = policy("demo.chat", 2, Some(&first));
+        assert!(authorize_put_policy(&peer("admin"), &acl, Some(&auth), None, signed(&first)).is_ok());
+        assert!(
+            authorize_put_policy(&peer("admin"), &acl, Some(&auth), Some(&first), signed(&second)).is_ok()
+        );
+        // Not an admin.
+        let err = authorize_put_policy(&peer("alice"), &acl, Some(&auth), None, signed(&first));
+        assert!(matches!(err, Err(Error::NotAuthorized)));
+        // Stale: the stored policy is already epoch 2.
+        let err = authorize_put_policy(&peer("admin"), &acl, Some(&auth), Some(&second), signed(&first));
+        assert!(matches!(err, Err(Error::PolicyRejected(_))));
+        // Skipping an epoch.
+        let err = authorize_put_policy(&peer("admin"), &acl, Some(&auth), None, signed(&second));
+        assert!(matches!(err, Err(Error::PolicyRejected(_))));
+        // Signed by another key than the configured authority, or no authority configured.
+        let other = SigningKey::from_bytes(&[0xBB; 32]).public_key();
+        let err = authorize_put_policy(&peer("admin"), &acl, Some(&other), None, signed(&first));
+        assert!(matches!(err, Err(Error::PolicyRejected(_))));
+        let err = authorize_put_policy(&peer("admin"), &acl, None, None, signed(&first));
+        assert!(matches!(err, Err(Error::PolicyRejected(_))));
+    }
+
+    #[test]
+    fn policies_are_readable_by_members_of_the_acl_only() {
+        let acl = Acl::from_toml(ACL).unwrap();
+        let chat = Topic::new("demo.chat").unwrap();
+        for who in ["alice", "bob", "admin"] {
+            assert!(authorize_get_policies(&peer(who), &acl, &chat).is_ok(), "{who}");
+        }
+        assert!(matches!(authorize_get_policies(&peer("mallory"), &acl, &chat), Err(Error::NotAuthorized)));
     }
 
     #[test]
     fn subscribe_follows_the_acl_and_checks_durable_names() {
         let acl = Acl::from_toml(ACL).unwrap();
-        let k = SigningKey::from_bytes(&[2; 32]);
         let chat = Topic::new("demo.chat").unwrap();
-        assert!(authorize_subscribe(&peer("bob", &k), &acl, &chat, Some("audit")).is_ok());
+        assert!(authorize_subscribe(&peer("bob"), &acl, &chat, Some("audit")).is_ok());
         assert!(matches!(
-            authorize_subscribe(&peer("mallory", &k), &acl, &chat, None),
+            authorize_subscribe(&peer("mallory"), &acl, &chat, None),
             Err(Error::NotAuthorized)
         ));
-        assert!(authorize_subscribe(&peer("bob", &k), &acl, &chat, Some("a/b")).is_err());
+        assert!(authorize_subscribe(&peer("bob"), &acl, &chat, Some("a/b")).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! - the **publisher index**: for each (topic, publisher key, first sequence number) the batch's
 //!   [`PublisherRecord`] (where it was stored and its digest), which answers "is this a retry?" and "where
 //!   does this publisher's chain stand?";
-//! - **durable subscription offsets**: the next offset each (topic, principal, subscription name) committed.
+//! - **durable subscription offsets**: the next offset each (topic, principal, subscription name) committed;
+//! - **topic policies**: the signed policy bytes of each (topic, epoch). The broker cannot read the content
+//!   keys in them and cannot change them undetected (clients verify them against the topic authority).
 //!
 //! # Durability
 //!
@@ -158,6 +160,13 @@ pub trait Store: Send + Sync + 'static {
     /// Records `next_offset` as the committed position of the durable subscription `name` of `principal`
     /// on `topic`, replacing any previous value. Not durable until [`sync`](Self::sync).
     fn set_durable_offset(&self, topic: &Topic, principal: &str, name: &str, next_offset: u64) -> Result<()>;
+
+    /// Stores the signed topic policy `policy` of `topic` under `epoch` (the caller has verified it and
+    /// checked that epochs only grow). Not durable until [`sync`](Self::sync).
+    fn put_policy(&self, topic: &Topic, epoch: u64, policy: &Bytes) -> Result<()>;
+
+    /// The stored policies of `topic` with the `max` highest epochs, oldest first.
+    fn policies(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>>;
 
     /// How many calls to [`sync`](Self::sync) have succeeded since the store was opened (lets tests prove
     /// that acknowledgements follow an fsync, and that syncs are shared).
@@ -340,6 +349,18 @@ mod tests {
         assert_eq!(store.syncs(), before + 2);
     }
 
+    fn policies_keep_the_newest_epochs_oldest_first(store: &dyn Store) {
+        let t = topic("demo.policy");
+        assert!(store.policies(&t, 2).unwrap().is_empty());
+        for epoch in [1u64, 2, 3] {
+            store.put_policy(&t, epoch, &Bytes::from(format!("policy {epoch}"))).unwrap();
+        }
+        store.put_policy(&topic("demo.other"), 9, &Bytes::from("other")).unwrap();
+        assert_eq!(store.policies(&t, 2).unwrap(), vec![Bytes::from("policy 2"), Bytes::from("policy 3")]);
+        assert_eq!(store.policies(&t, 1).unwrap(), vec![Bytes::from("policy 3")]);
+        assert_eq!(store.policies(&t, 10).unwrap().len(), 3);
+    }
+
     /// Defines `sled_<scenario>` and `memory_<scenario>` tests for each scenario.
     macro_rules! every_engine {
         ($($scenario:ident),* $(,)?) => {
@@ -374,6 +395,7 @@ mod tests {
         append_at_a_wrong_offset_stores_nothing,
         durable_offsets_are_per_topic_principal_and_name,
         sync_counts_successful_syncs,
+        policies_keep_the_newest_epochs_oldest_first,
     );
 
     #[test]

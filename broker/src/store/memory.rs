@@ -28,6 +28,8 @@ struct State {
     publishers: HashMap<(Topic, PublicKey), BTreeMap<u64, PublisherRecord>>,
     /// (topic, principal, name) -> committed next offset.
     durables: HashMap<(Topic, String, String), u64>,
+    /// Per topic: epoch -> signed policy.
+    policies: HashMap<Topic, BTreeMap<u64, Bytes>>,
 }
 
 impl State {
@@ -135,6 +137,19 @@ impl Store for MemoryStore {
         let mut state = self.state()?;
         state.durables.insert((topic.clone(), principal.to_owned(), name.to_owned()), next_offset);
         Ok(())
+    }
+
+    fn put_policy(&self, topic: &Topic, epoch: u64, policy: &Bytes) -> Result<()> {
+        self.state()?.policies.entry(topic.clone()).or_default().insert(epoch, policy.clone());
+        Ok(())
+    }
+
+    fn policies(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>> {
+        let state = self.state()?;
+        let Some(all) = state.policies.get(topic) else { return Ok(Vec::new()) };
+        let mut newest: Vec<Bytes> = all.values().rev().take(max).cloned().collect();
+        newest.reverse();
+        Ok(newest)
     }
 
     fn syncs(&self) -> u64 {

@@ -10,6 +10,7 @@
 //! b | topic_len u8 | topic | offset u64                          -> count u32 | sealed batch bytes
 //! p | topic_len u8 | topic | publisher [32] | first_seq u64      -> first_seq u64 | count u32 | offset u64 | digest [32]
 //! d | topic_len u8 | topic | len u32 | principal | len u32 | name -> next_offset u64
+//! y | topic_len u8 | topic | epoch u64                           -> signed topic policy bytes
 //! m | "layout"                                                   -> layout version u32 (1)
 //! ```
 //!
@@ -80,6 +81,7 @@ const LAYOUT_KEY: &[u8] = b"mlayout";
 const BATCH: u8 = b'b';
 const PUBLISHER: u8 = b'p';
 const DURABLE: u8 = b'd';
+const POLICY: u8 = b'y';
 
 /// A [`Store`] in a sled database on disk. See the module documentation for its layout and its `sync`.
 #[derive(Debug)]
@@ -399,6 +401,22 @@ impl Store for SledStore {
             .insert(durable_key(topic, principal, name)?, &next_offset.to_be_bytes()[..])
             .map(drop)
             .map_err(sled_error)
+    }
+
+    fn put_policy(&self, topic: &Topic, epoch: u64, policy: &Bytes) -> Result<()> {
+        let mut key = topic_prefix(POLICY, topic, 8);
+        key.extend_from_slice(&epoch.to_be_bytes());
+        self.db.insert(key, &policy[..]).map(drop).map_err(sled_error)
+    }
+
+    fn policies(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>> {
+        let mut newest = Vec::new();
+        for entry in self.db.scan_prefix(topic_prefix(POLICY, topic, 0)).rev().take(max) {
+            let (_, value) = entry.map_err(sled_error)?;
+            newest.push(Bytes::copy_from_slice(&value));
+        }
+        newest.reverse();
+        Ok(newest)
     }
 
     fn syncs(&self) -> u64 {
