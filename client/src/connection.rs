@@ -8,6 +8,10 @@
 //!
 //! [`Client::connect`] itself does not retry: a wrong address or certificate fails at once. Starting a
 //! publisher or a subscription on a connected client retries transient losses like any outage.
+//!
+//! A client also keeps, for its whole life, the topic policies it has fetched and verified, and the content
+//! keys it unwrapped from them (see `keyring.rs`): all its publishers and subscriptions share them, so the
+//! broker cannot roll one of them back to a policy older than one another has seen.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,11 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::ConnectionError;
-use sealpost_protocol::{Limits, Topic};
+use sealpost_protocol::{Limits, Timestamp, Topic, VerifiedPolicy};
 
-use crate::error::{sanitize, Error, Result};
+use crate::error::{sanitize, Action, Error, Result};
 use crate::identity::Identity;
-use crate::keyring::{IdentityKeys, KeySource, TopicKeys};
+use crate::keyring::{Freshness, KeySource, TopicKeys};
+use crate::policies;
 use crate::publisher::{Publisher, PublisherOptions};
 use crate::subscription::{SubscribeOptions, Subscription};
 use crate::tls;
@@ -35,6 +40,14 @@ pub struct ClientOptions {
     pub idle_timeout: Duration,
     /// How publishers and subscriptions reconnect after losing the broker.
     pub reconnect: Reconnect,
+    /// How long after a topic policy's `created_at` subscribers still accept batches sealed under the
+    /// epoch before it, so that batches sealed just before a rotation (or by a publisher that has not
+    /// fetched the new policy yet) are still delivered. After it, such a batch is an
+    /// [`Error::Integrity`] item ([`StaleEpoch`](sealpost_protocol::Error::StaleEpoch)). Default 10 min.
+    pub rotation_grace: Duration,
+    /// How often a publisher (before sealing a batch) and a subscription (before opening one) fetch the
+    /// topic's policies again, to move to a new epoch after a rotation or a revocation. Default 30 s.
+    pub policy_refresh: Duration,
 }
 
 impl Default for ClientOptions {
@@ -43,6 +56,8 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             reconnect: Reconnect::default(),
+            rotation_grace: Duration::from_secs(600),
+            policy_refresh: Duration::from_secs(30),
         }
     }
 }
@@ -115,7 +130,7 @@ pub(crate) struct Shared {
     pub(crate) identity: Identity,
     pub(crate) options: ClientOptions,
     pub(crate) limits: Limits,
-    keys: Box<dyn KeySource>,
+    keys: KeySource,
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     addr: SocketAddr,
@@ -130,9 +145,47 @@ impl Shared {
         self.next_request.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The keys of `topic`.
-    pub(crate) fn topic_keys(&self, topic: &Topic) -> Result<TopicKeys> {
-        self.keys.topic_keys(topic)
+    /// The policies and keys of `topic`, fetched from the broker unless the client's snapshot is as
+    /// `fresh` as asked. A refusal to fetch them is reported as a refusal of `action`. One attempt.
+    pub(crate) async fn topic_keys(
+        self: &Arc<Self>,
+        topic: &Topic,
+        action: Action,
+        fresh: Freshness,
+    ) -> Result<Arc<TopicKeys>> {
+        let slot = self.keys.slot(topic);
+        let asked = std::time::Instant::now();
+        if let Some(keys) = slot.fresh(fresh, asked) {
+            return Ok(keys);
+        }
+        let _fetching = slot.fetching.lock().await;
+        // Another task may have fetched while this one waited.
+        let after_wait = match fresh {
+            Freshness::Now => Freshness::Within(asked.elapsed()),
+            fresh => fresh,
+        };
+        if let Some(keys) = slot.fresh(after_wait, std::time::Instant::now()) {
+            return Ok(keys);
+        }
+        let served = policies::get(self, topic, action).await?;
+        let (keys, _) = self.keys.admit(&slot, topic, served, std::time::Instant::now())?;
+        Ok(keys)
+    }
+
+    /// [`topic_keys`](Self::topic_keys), retrying transient losses with backoff like any outage.
+    pub(crate) async fn topic_keys_retrying(
+        self: &Arc<Self>,
+        topic: &Topic,
+        action: Action,
+        fresh: Freshness,
+    ) -> Result<Arc<TopicKeys>> {
+        let mut backoff = Backoff::new(self.options.reconnect.clone());
+        loop {
+            match self.topic_keys(topic, action, fresh).await {
+                Err(e) if e.is_retryable() => backoff.wait(e).await?,
+                result => return result,
+            }
+        }
     }
 
     /// The current connection if it is up, else the result of one attempt to dial a new one.
@@ -229,6 +282,15 @@ impl Shared {
     }
 }
 
+/// The current time as the protocol carries it: milliseconds since the Unix epoch.
+pub(crate) fn wall_clock() -> Timestamp {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    Timestamp(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
 /// Whether a QUIC error code carries a TLS alert.
 fn is_tls(code: u64) -> bool {
     (0x100..0x200).contains(&code)
@@ -292,7 +354,12 @@ impl Client {
             identity: identity.clone(),
             options,
             limits: Limits::default(),
-            keys: Box::new(IdentityKeys(identity.inner().clone())),
+            keys: KeySource::new(
+                identity.principal().to_owned(),
+                identity.inner().hpke.clone(),
+                identity.authority(),
+                Limits::default(),
+            ),
             endpoint,
             config,
             addr,
@@ -304,17 +371,75 @@ impl Client {
         Ok(Client { shared: Arc::new(shared) })
     }
 
-    /// Starts a publisher on `topic`: checks that the identity holds a content key for it, and asks the
-    /// broker where this identity's chain on the topic stands. Fails with [`Error::Refused`] if the broker
-    /// does not let this identity publish there.
+    /// Starts a publisher on `topic`: fetches the topic's policies, asks the broker where this identity's
+    /// chain on the topic stands, and checks that the current policy lists this identity as a publisher and
+    /// wraps a content key for it.
+    ///
+    /// Fails with [`Error::Refused`] if the broker does not let this identity publish there, with
+    /// [`Error::NoPolicy`], [`Error::NotAPublisher`] or [`Error::NoContentKey`] if the topic's current
+    /// policy does not let it, and with [`Error::Policy`] if the broker serves policies that fail a check.
     pub async fn publisher(&self, topic: Topic, options: PublisherOptions) -> Result<Publisher> {
         Publisher::start(self.shared.clone(), topic, options).await
     }
 
     /// Subscribes to `topic`. Fails with [`Error::Refused`] if the broker does not let this identity
-    /// subscribe there, and with [`Error::NoContentKey`] if the identity could not open its messages.
+    /// subscribe there, with [`Error::NoPolicy`] or [`Error::NoContentKey`] if no policy of the topic wraps
+    /// a content key for this identity (it could not open any message), and with [`Error::Policy`] if the
+    /// broker serves policies that fail a check.
     pub async fn subscribe(&self, topic: Topic, options: SubscribeOptions) -> Result<Subscription> {
         Subscription::start(self.shared.clone(), topic, options).await
+    }
+
+    /// The policies of `topic` as the broker stores them, oldest epoch first (at most the previous and the
+    /// current epoch's; none if the topic has no policy), each verified against the identity's pinned
+    /// topic authority and admitted into this client's book of the topic (so that the broker cannot roll it
+    /// back later).
+    ///
+    /// Any principal that may publish, subscribe or administer the topic may read them; others get
+    /// [`Error::Refused`] with [`ErrorCode::NOT_AUTHORIZED`](crate::ErrorCode::NOT_AUTHORIZED). A policy
+    /// that fails verification, or rolls back or forks what this client has seen, is an [`Error::Policy`].
+    /// Transient losses are retried like any outage.
+    pub async fn policies(&self, topic: &Topic) -> Result<Vec<VerifiedPolicy>> {
+        let shared = &self.shared;
+        let slot = shared.keys.slot(topic);
+        let _fetching = slot.fetching.lock().await;
+        let mut backoff = Backoff::new(shared.options.reconnect.clone());
+        let served = loop {
+            match policies::get(shared, topic, Action::ReadPolicies).await {
+                Err(e) if e.is_retryable() => backoff.wait(e).await?,
+                result => break result?,
+            }
+        };
+        let (_, verified) = shared.keys.admit(&slot, topic, served, std::time::Instant::now())?;
+        Ok(verified)
+    }
+
+    /// Stores `policy` on the broker as the new policy of its topic; resolves once the broker holds it
+    /// durably. Publishers and subscriptions of every client move to it when they next fetch the topic's
+    /// policies (see [`ClientOptions::policy_refresh`]).
+    ///
+    /// Make `policy` with [`issue_policy`](sealpost_protocol::issue_policy), signed with the authority's
+    /// key ([`Identity::authority_key`]), of epoch 1 for a topic without policy, else chained to the current
+    /// policy (from [`policies`](Self::policies)) with the next epoch and a fresh content key.
+    ///
+    /// Fails with [`Error::Policy`] if `policy` is not signed by this identity's pinned authority (nothing
+    /// is sent), and with [`Error::Refused`] if the broker refuses it: with
+    /// [`ErrorCode::NOT_AUTHORIZED`](crate::ErrorCode::NOT_AUTHORIZED) if the ACL does not give this
+    /// identity the `admin` action on the topic, with
+    /// [`ErrorCode::POLICY_REJECTED`](crate::ErrorCode::POLICY_REJECTED) if the broker is configured with
+    /// another authority or its epoch is not the one after the broker's current policy (someone else changed
+    /// the policy meanwhile: fetch it again and redo the change). One attempt: it is not retried.
+    pub async fn put_policy(&self, policy: &VerifiedPolicy) -> Result<()> {
+        let topic = policy.topic();
+        if policy.authority() != self.shared.keys.authority() {
+            return Err(Error::Policy {
+                topic: topic.clone(),
+                check: sealpost_protocol::Error::PolicyNotFromAuthority,
+            });
+        }
+        policies::put(&self.shared, topic, policy.as_bytes().clone()).await?;
+        self.shared.keys.slot(topic).expire();
+        Ok(())
     }
 
     /// The identity this client connects as.

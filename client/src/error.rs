@@ -1,12 +1,13 @@
 //! The one error type of `sealpost-client`.
 //!
-//! Variants are grouped by who has to act: the person who wrote the identity file ([`Error::Identity`],
-//! [`Error::NoContentKey`]), the network or the broker's operator ([`Error::Unreachable`],
-//! [`Error::ConnectionLost`], [`Error::BrokerNotTrusted`], [`Error::CertificateRejected`]), the broker's
-//! access policy ([`Error::Refused`]), and, on a subscription, whoever tampered with the stored log
-//! ([`Error::Integrity`], [`Error::UntrustedPublisher`]). Every message is one line that says what failed
-//! and, where there is one, what to do about it. No message ever contains a payload or key material; text
-//! that the broker sends is shown only after control characters are removed.
+//! Variants are grouped by who has to act: the person who wrote the identity file ([`Error::Identity`]),
+//! the topic authority ([`Error::NoPolicy`], [`Error::NoContentKey`], [`Error::NotAPublisher`]), the
+//! network or the broker's operator ([`Error::Unreachable`], [`Error::ConnectionLost`],
+//! [`Error::BrokerNotTrusted`], [`Error::CertificateRejected`]), the broker's access policy
+//! ([`Error::Refused`]), and whoever tampered with the stored log or the stored topic policies
+//! ([`Error::Integrity`], [`Error::UntrustedPublisher`], [`Error::Policy`]). Every message is one line that
+//! says what failed and, where there is one, what to do about it. No message ever contains a payload or key
+//! material; text that the broker sends is shown only after control characters are removed.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -29,14 +30,41 @@ pub enum Error {
         /// What is wrong, naming the field (and line) concerned; never contains a secret.
         message: String,
     },
-    /// The identity file holds no content key for the topic: it cannot seal or open its messages.
+    /// The topic has no policy yet: nobody can publish on it or read it until the topic authority
+    /// creates one.
     #[error(
-        "no content key for topic {topic}: add a [[content_key]] entry whose `topics` pattern matches it to \
-         the identity file"
+        "topic {topic} has no policy yet: the topic authority must create one first (sealpost topic create \
+         {topic} ...)"
+    )]
+    NoPolicy {
+        /// The topic.
+        topic: Topic,
+    },
+    /// None of the topic's policies wraps a content key that this identity can unwrap: it is not a member
+    /// (or not of the epoch concerned), or the policy lists another HPKE key for it. It cannot seal or open
+    /// the topic's messages.
+    #[error(
+        "no content key for topic {topic}: this identity is not a member of the topic's policy, or the \
+         policy lists another hpke key for it; ask the topic authority to grant it"
     )]
     NoContentKey {
         /// The topic.
         topic: Topic,
+    },
+    /// The topic's current policy does not list this identity as a publisher with its signing key: the
+    /// broker would refuse its batches and subscribers would not trust them.
+    #[error(
+        "{principal} is not a publisher in the current policy of {topic} (epoch {epoch}) with this \
+         identity's signing key: ask the topic authority to grant it (sealpost topic grant {topic} \
+         --publisher {principal})"
+    )]
+    NotAPublisher {
+        /// The topic.
+        topic: Topic,
+        /// This identity's principal.
+        principal: String,
+        /// The epoch of the topic's current policy.
+        epoch: u64,
     },
     /// No connection to the broker could be made: wrong address, broker down, or the network drops its
     /// packets.
@@ -97,11 +125,11 @@ pub enum Error {
         /// The failed check.
         check: sealpost_protocol::Error,
     },
-    /// A delivered batch is correctly signed, but by a key that this identity does not trust to publish on
-    /// the topic. Nothing from it is delivered.
+    /// A delivered batch is correctly signed, but by a key that the topic policy of the batch's epoch does
+    /// not list as a publisher. Nothing from it is delivered.
     #[error(
-        "batch at offset {offset} on {topic} is signed by key {publisher}, which is not a trusted publisher \
-         for the topic; add a [[publisher]] entry with this key to the identity file if it should be"
+        "batch at offset {offset} on {topic} is signed by key {publisher}, which is not a publisher in the \
+         topic policy of its epoch"
     )]
     UntrustedPublisher {
         /// The topic subscribed to.
@@ -110,6 +138,18 @@ pub enum Error {
         offset: u64,
         /// The key that signed it.
         publisher: Box<PublicKey>,
+    },
+    /// A topic policy failed a check: the broker served one that is not signed by the pinned topic
+    /// authority, is malformed, is for another topic, or rolls the topic back to an older epoch than one
+    /// this client has already seen (or forks its history); or a policy handed to
+    /// [`Client::put_policy`](crate::Client::put_policy) is not signed by the pinned authority. Nothing
+    /// from it is trusted: the client keeps the policies it had.
+    #[error("topic policy of {topic} rejected: {check}")]
+    Policy {
+        /// The topic.
+        topic: Topic,
+        /// The failed check.
+        check: sealpost_protocol::Error,
     },
     /// A message is too large to fit in a sealed batch on its own.
     #[error("message of {len} bytes is too large: the limit is {max} bytes")]
@@ -149,6 +189,11 @@ pub enum Action {
     Publish,
     /// Subscribing to a topic.
     Subscribe,
+    /// Reading a topic's policies ([`Client::policies`](crate::Client::policies)).
+    ReadPolicies,
+    /// Changing a topic's policy ([`Client::put_policy`](crate::Client::put_policy)): the broker's ACL
+    /// `admin` action.
+    Administer,
 }
 
 impl fmt::Display for Action {
@@ -156,16 +201,19 @@ impl fmt::Display for Action {
         f.write_str(match self {
             Action::Publish => "publish on",
             Action::Subscribe => "subscribe to",
+            Action::ReadPolicies => "read the policies of",
+            Action::Administer => "administer",
         })
     }
 }
 
 impl Error {
     /// Whether this error is an integrity failure of one delivered batch ([`Error::Integrity`] or
-    /// [`Error::UntrustedPublisher`]). A subscription goes on after such an item; after any other error
+    /// [`Error::UntrustedPublisher`]) or of a topic policy the broker served ([`Error::Policy`]). A
+    /// subscription goes on after such an item, with the policies it trusted before; after any other error
     /// item it ends.
     pub fn is_integrity(&self) -> bool {
-        matches!(self, Error::Integrity { .. } | Error::UntrustedPublisher { .. })
+        matches!(self, Error::Integrity { .. } | Error::UntrustedPublisher { .. } | Error::Policy { .. })
     }
 
     /// Whether reconnecting may cure this error.
@@ -212,8 +260,14 @@ fn refusal(action: Action, topic: &Topic, code: ErrorCode, message: &str) -> Str
     let why = match code {
         ErrorCode::NOT_AUTHORIZED => return format!("not authorized to {action} {topic}"),
         ErrorCode::SIGNER_NOT_BOUND => {
-            "the broker does not bind this identity's signing key to its certificate's principal".to_owned()
+            "the topic's current policy does not list this identity's signing key as \
+                                        a publisher for its certificate's principal"
+                .to_owned()
         }
+        ErrorCode::POLICY_REJECTED => "the broker rejected the policy: it is not signed by the topic \
+                                       authority the broker is configured with, or its epoch does not follow \
+                                       the broker's current policy of the topic"
+            .to_owned(),
         ErrorCode::SEQUENCE_CONFLICT => "the batch does not continue this signing key's chain on the broker \
                                          (is another process publishing with the same key?)"
             .to_owned(),
@@ -245,6 +299,37 @@ mod tests {
         assert_eq!(e.to_string(), "not authorized to publish on demo.x");
         let e = Error::refused(Action::Subscribe, &topic(), ErrorCode::NOT_AUTHORIZED, "");
         assert_eq!(e.to_string(), "not authorized to subscribe to demo.x");
+        let e = Error::refused(Action::Administer, &topic(), ErrorCode::NOT_AUTHORIZED, "");
+        assert_eq!(e.to_string(), "not authorized to administer demo.x");
+        let e = Error::refused(Action::ReadPolicies, &topic(), ErrorCode::NOT_AUTHORIZED, "");
+        assert_eq!(e.to_string(), "not authorized to read the policies of demo.x");
+    }
+
+    #[test]
+    fn a_rejected_policy_names_both_possible_causes() {
+        let e = Error::refused(Action::Administer, &topic(), ErrorCode::POLICY_REJECTED, "");
+        assert_eq!(
+            e.to_string(),
+            "cannot administer demo.x: the broker rejected the policy: it is not signed by the topic \
+             authority the broker is configured with, or its epoch does not follow the broker's current \
+             policy of the topic"
+        );
+    }
+
+    #[test]
+    fn policy_errors_count_as_integrity_items() {
+        let e = Error::Policy {
+            topic: topic(),
+            check: sealpost_protocol::Error::PolicyRollback {
+                current: sealpost_protocol::Epoch(3),
+                got: sealpost_protocol::Epoch(2),
+            },
+        };
+        assert!(e.is_integrity());
+        assert_eq!(
+            e.to_string(),
+            "topic policy of demo.x rejected: topic policy rollback: epoch 2 offered after epoch 3"
+        );
     }
 
     #[test]

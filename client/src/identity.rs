@@ -1,10 +1,12 @@
-//! Loading an identity: the TOML file that says who this principal is, how to reach the broker and which
-//! keys it holds (its shape is [`IdentityFile`]), plus the PEM files it names.
+//! Loading an identity: the TOML file that says who this principal is, how to reach the broker, which
+//! keys it holds and which topic authority it trusts (its shape is [`IdentityFile`]), plus the PEM files
+//! it names.
 //!
-//! Loading checks everything it can before any connection is attempted: the TOML shape, every key's hex,
-//! that the CA file holds at least one certificate, that the certificate file holds a chain and the key
-//! file a private key. An error names the file and the field at fault and never prints a secret (TOML
-//! parse errors are reduced to their line and message, without the offending line's text).
+//! Loading checks everything it can before any connection is attempted: the TOML shape, every key's hex
+//! (and that an `authority_key` matches the pinned `authority`), that the CA file holds at least one
+//! certificate, that the certificate file holds a chain and the key file a private key. An error names the
+//! file and the field at fault and never prints a secret (TOML parse errors are reduced to their line and
+//! message, without the offending line's text).
 //!
 //! Relative paths in the file are resolved from the folder that holds the identity file, so an identity
 //! and its PEM files can be moved together.
@@ -16,11 +18,12 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sealpost_protocol::identity::IdentityFile;
-use sealpost_protocol::{PublicKey, SigningKey};
+use sealpost_protocol::{HpkePublicKey, HpkeSecretKey, Member, PublicKey, SigningKey};
 
 use crate::error::{Error, Result};
 
-/// A loaded identity: the principal's TLS credentials, its signing key and the keys it holds.
+/// A loaded identity: the principal's TLS credentials, its signing and HPKE keys, and the topic authority it
+/// trusts (with the authority's signing key, in the administrator's identity only).
 ///
 /// Cheap to clone (the contents are shared). Its `Debug` output shows the principal, the broker and the
 /// signing key's id, never secret material.
@@ -33,6 +36,8 @@ pub(crate) struct Inner {
     pub(crate) path: PathBuf,
     pub(crate) file: IdentityFile,
     pub(crate) signer: SigningKey,
+    pub(crate) hpke: HpkeSecretKey,
+    pub(crate) authority_key: Option<SigningKey>,
     pub(crate) roots: Vec<CertificateDer<'static>>,
     pub(crate) chain: Vec<CertificateDer<'static>>,
     pub(crate) key: PrivateKeyDer<'static>,
@@ -47,19 +52,13 @@ impl Identity {
         let file: IdentityFile = toml::from_str(&text).map_err(|e| fail(toml_error(&text, &e)))?;
         let signer =
             file.signing_key().map_err(|_| fail("field `signing_key`: expected 64 hex digits".into()))?;
-        file.hpke_key().map_err(|_| fail("field `hpke_key`: expected 64 hex digits".into()))?;
-        for (i, entry) in file.content_keys.iter().enumerate() {
-            let mut bytes = [0u8; 32];
-            let ok = hex::decode_to_slice(entry.key.trim(), &mut bytes).is_ok();
-            bytes.fill(0);
-            if !ok {
-                return Err(fail(format!(
-                    "[[content_key]] entry {} (topics {}): field `key`: expected 64 hex digits",
-                    i + 1,
-                    entry.topics
-                )));
+        let hpke = file.hpke_key().map_err(|_| fail("field `hpke_key`: expected 64 hex digits".into()))?;
+        let authority_key = file.authority_key().map_err(|e| match e {
+            sealpost_protocol::Error::InvalidKey(m) if m.starts_with("authority_key: ") => {
+                fail("field `authority_key`: expected 64 hex digits".into())
             }
-        }
+            _ => fail("field `authority_key`: it is not the secret key of the pinned `authority`".into()),
+        })?;
         if file.broker.trim().is_empty() {
             return Err(fail("field `broker`: expected host:port".into()));
         }
@@ -79,7 +78,7 @@ impl Identity {
         let key =
             read_key(&key_path).map_err(|m| fail(format!("field `key`: {}: {m}", key_path.display())))?;
 
-        Ok(Identity { inner: Arc::new(Inner { path, file, signer, roots, chain, key }) })
+        Ok(Identity { inner: Arc::new(Inner { path, file, signer, hpke, authority_key, roots, chain, key }) })
     }
 
     /// The principal this identity claims to be (the broker believes its certificate, not this field).
@@ -97,9 +96,37 @@ impl Identity {
         &self.inner.file.server_name
     }
 
-    /// The public half of the signing key: what subscribers list in their `[[publisher]]` entries.
+    /// The public half of the signing key: what a topic policy lists for this principal.
     pub fn public_key(&self) -> PublicKey {
         self.inner.signer.public_key()
+    }
+
+    /// The public half of the HPKE key: what a topic policy wraps content keys to for this principal.
+    pub fn hpke_public_key(&self) -> HpkePublicKey {
+        self.inner.hpke.public_key()
+    }
+
+    /// This principal as a member of a topic policy, with the given roles and its public keys.
+    pub fn member(&self, publish: bool, subscribe: bool) -> Member {
+        Member {
+            principal: self.principal().to_owned(),
+            publish,
+            subscribe,
+            signing_key: self.public_key(),
+            hpke_key: self.hpke_public_key(),
+        }
+    }
+
+    /// The pinned topic-authority key: the only key whose topic policies this identity trusts.
+    pub fn authority(&self) -> PublicKey {
+        self.inner.file.authority
+    }
+
+    /// The topic authority's signing key, if this identity holds it (`authority_key`: the administrator's
+    /// identity only). It signs topic policies; loading checked that it matches
+    /// [`authority`](Self::authority).
+    pub fn authority_key(&self) -> Option<&SigningKey> {
+        self.inner.authority_key.as_ref()
     }
 
     /// The identity file this was loaded from.
@@ -119,6 +146,8 @@ impl fmt::Debug for Identity {
             .field("principal", &self.inner.file.principal)
             .field("broker", &self.inner.file.broker)
             .field("signing_key", &self.public_key().key_id())
+            .field("authority", &self.authority().key_id())
+            .field("holds_authority_key", &self.inner.authority_key.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -179,6 +208,11 @@ fn read_key(path: &Path) -> core::result::Result<PrivateKeyDer<'static>, String>
 pub(crate) mod tests {
     use super::*;
 
+    /// The topic authority that identities written by [`write_identity`] pin.
+    pub(crate) fn authority() -> SigningKey {
+        SigningKey::from_bytes(&[0xAA; 32])
+    }
+
     /// Writes a CA, a certificate for `principal` signed by it, and an identity file that names them into
     /// `dir`; returns the identity file's path.
     pub(crate) fn write_identity(dir: &Path, principal: &str, extra: &str) -> PathBuf {
@@ -201,9 +235,10 @@ pub(crate) mod tests {
             format!(
                 "principal = \"{principal}\"\nbroker = \"127.0.0.1:7443\"\nserver_name = \"localhost\"\n\
                  ca = \"pki/ca.pem\"\ncert = \"pki/me.pem\"\nkey = \"pki/me.key\"\n\
-                 signing_key = \"{}\"\nhpke_key = \"{}\"\n{extra}",
+                 signing_key = \"{}\"\nhpke_key = \"{}\"\nauthority = \"{}\"\n{extra}",
                 "11".repeat(32),
-                "22".repeat(32)
+                "22".repeat(32),
+                authority().public_key()
             ),
         )
         .unwrap();
@@ -255,7 +290,7 @@ pub(crate) mod tests {
     #[test]
     fn toml_errors_give_line_and_message_only() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_identity(dir.path(), "alice", "[[publisher]]\nprincipal = \"bob\"\nkey = \"zz\"\n");
+        let path = write_identity(dir.path(), "alice", "\nauthority_key = 12\n");
         let e = Identity::load(&path).unwrap_err().to_string();
         assert!(e.contains("line 11"), "{e}");
         assert!(!e.contains('\n'), "{e}");
@@ -266,7 +301,45 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn bad_content_key_names_the_entry() {
+    fn the_authority_key_is_checked_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = hex::encode(*authority().to_bytes());
+        let id =
+            Identity::load(write_identity(dir.path(), "admin", &format!("authority_key = \"{seed}\"\n")))
+                .unwrap();
+        assert_eq!(id.authority_key().map(SigningKey::public_key), Some(authority().public_key()));
+        assert_eq!(id.authority(), authority().public_key());
+        assert!(!format!("{id:?}").contains(&seed[..16]));
+
+        let dir = tempfile::tempdir().unwrap();
+        let other = hex::encode([0xBB; 32]);
+        let path = write_identity(dir.path(), "admin", &format!("authority_key = \"{other}\"\n"));
+        let e = Identity::load(&path).unwrap_err().to_string();
+        assert!(
+            e.ends_with("field `authority_key`: it is not the secret key of the pinned `authority`"),
+            "{e}"
+        );
+        assert!(!e.contains(&other[..16]));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_identity(dir.path(), "admin", "authority_key = \"zz\"\n");
+        let e = Identity::load(&path).unwrap_err().to_string();
+        assert!(e.ends_with("field `authority_key`: expected 64 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn a_member_carries_the_public_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::load(write_identity(dir.path(), "alice", "")).unwrap();
+        let m = id.member(true, false);
+        assert_eq!((m.principal.as_str(), m.publish, m.subscribe), ("alice", true, false));
+        assert_eq!(m.signing_key, SigningKey::from_bytes(&[0x11; 32]).public_key());
+        assert_eq!(m.hpke_key, HpkeSecretKey::from_bytes(&[0x22; 32]).public_key());
+        assert!(id.authority_key().is_none());
+    }
+
+    #[test]
+    fn identity_files_without_a_pinned_authority_or_with_content_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = write_identity(
             dir.path(),
@@ -274,9 +347,21 @@ pub(crate) mod tests {
             "[[content_key]]\ntopics = \"demo.>\"\nepoch = 1\nkey = \"00\"\n",
         );
         let e = Identity::load(&path).unwrap_err().to_string();
-        assert!(
-            e.ends_with("[[content_key]] entry 1 (topics demo.>): field `key`: expected 64 hex digits"),
-            "{e}"
-        );
+        assert!(e.contains("content_key"), "{e}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let without: String = text
+            .lines()
+            .filter(|l| {
+                !l.starts_with("authority")
+                    && !l.starts_with("[[")
+                    && !l.starts_with("topics")
+                    && !l.starts_with("epoch")
+                    && !l.starts_with("key = \"00")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, without).unwrap();
+        let e = Identity::load(&path).unwrap_err().to_string();
+        assert!(e.contains("authority"), "{e}");
     }
 }

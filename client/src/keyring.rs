@@ -1,121 +1,463 @@
 //! The keyring: where a publisher finds the content key to seal with, and where a subscriber finds the
-//! content keys to open with and the publisher keys it trusts.
+//! content keys to open with and the publishers it trusts. Both come from the topic's **policies**, signed by
+//! the topic authority that the identity pins, fetched from the broker, never from the broker's word.
 //!
-//! Publishers and subscriptions never read the identity file for keys: they ask a [`KeySource`] for a
-//! [`TopicKeys`] snapshot of one topic. Today the only source is the identity file ([`IdentityKeys`]:
-//! `[[content_key]]` and `[[publisher]]` entries). Topic policies (signed by a topic authority, fetched from
-//! the broker, with HPKE-wrapped content keys) will be a second source behind the same two types, so that
-//! their arrival changes nothing in the public API.
+//! # How keys are found
+//!
+//! The [`KeySource`] of a [`Client`](crate::Client) fetches a topic's policies from the broker the first
+//! time the topic is used (`GetPolicies` on a policy stream: the broker answers with at most the previous
+//! and the current epoch's policy, oldest first). It verifies each against the pinned authority and admits
+//! it into the topic's [`PolicyBook`], which it keeps for the life of the `Client`: every publisher and
+//! subscription of that client on the topic shares it. It then unwraps, with the identity's HPKE secret,
+//! the content key each admitted policy wraps for this identity's principal into an [`EpochKeys`]; a
+//! principal that is not a member of an epoch simply has no key for it. Publishers and readers work on a
+//! [`TopicKeys`] snapshot of both, and ask for a new one after a rotation (a batch of an epoch newer than
+//! the snapshot's, or, for publishers, every `ClientOptions::policy_refresh`).
+//!
+//! # What it guarantees
+//!
+//! - Nothing the broker says about keys or members is trusted unless the authority signed it: a policy that
+//!   is malformed, for another topic or not signed by the pinned authority is an [`Error::Policy`], and the
+//!   book does not change.
+//! - **No rollback within a client.** Once a policy of epoch N was admitted, the broker cannot make this
+//!   client go back to an older one: serving an older epoch as the current one (or no policy at all) is an
+//!   [`Error::Policy`] with [`PolicyRollback`](sealpost_protocol::Error::PolicyRollback), and a second,
+//!   different policy for an epoch, or one that does not chain to the policy before it, is one as well.
+//!
+//! # What it does not do
+//!
+//! It does not prove freshness: a broker can withhold a newer policy, and the client goes on with the
+//! newest one it has (until a batch of a newer epoch shows a rotation happened). The book lives in memory:
+//! a new `Client` (or a restarted process) trusts the first policies it is served, as long as the authority
+//! signed them.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use sealpost_protocol::{ContentKey, Epoch, KeyLookup, PublicKey, Topic};
+use bytes::Bytes;
+use sealpost_protocol::{
+    ContentKey, Epoch, EpochKeys, HpkeSecretKey, Limits, PolicyBook, PublicKey, SignedPolicy, Topic,
+    VerifiedPolicy,
+};
 
-use crate::error::Result;
-use crate::identity::Inner;
+use crate::error::{Error, Result};
 
-/// What one principal knows about one topic's keys.
-#[derive(Clone, Default)]
+/// What one principal knows about one topic's policies and keys, at one moment.
+#[derive(Clone, Debug)]
 pub(crate) struct TopicKeys {
-    content: BTreeMap<Epoch, ContentKey>,
-    /// Trusted publisher keys with their principals.
-    trusted: Vec<(PublicKey, String)>,
+    book: PolicyBook,
+    keys: EpochKeys,
 }
 
 impl TopicKeys {
-    /// Builds a snapshot from its parts.
-    pub(crate) fn new(content: BTreeMap<Epoch, ContentKey>, trusted: Vec<(PublicKey, String)>) -> Self {
-        Self { content, trusted }
+    /// A snapshot of `book` and the keys unwrapped from it.
+    pub(crate) fn new(book: PolicyBook, keys: EpochKeys) -> Self {
+        Self { book, keys }
     }
 
-    /// The key to seal new batches with: the one of the highest epoch held.
-    pub(crate) fn sealing_key(&self) -> Option<(Epoch, &ContentKey)> {
-        self.content.iter().next_back().map(|(e, k)| (*e, k))
+    /// The admitted policies.
+    pub(crate) fn book(&self) -> &PolicyBook {
+        &self.book
+    }
+
+    /// The content keys this principal holds, by epoch.
+    pub(crate) fn keys(&self) -> &EpochKeys {
+        &self.keys
+    }
+
+    /// The epoch of the newest admitted policy.
+    pub(crate) fn current_epoch(&self) -> Option<Epoch> {
+        self.book.current().map(VerifiedPolicy::epoch)
+    }
+
+    /// Whether a policy of `epoch` was admitted.
+    pub(crate) fn knows(&self, epoch: Epoch) -> bool {
+        self.book.get(epoch).is_some()
     }
 
     /// Whether any content key is held.
     pub(crate) fn has_content_key(&self) -> bool {
-        !self.content.is_empty()
+        self.keys.epochs().next().is_some()
     }
 
-    /// The principal of `key` if it is trusted to publish on the topic.
-    pub(crate) fn trusted_publisher(&self, key: &PublicKey) -> Option<&str> {
-        self.trusted.iter().find(|(k, _)| k == key).map(|(_, p)| p.as_str())
+    /// Checks that this principal can read the topic: a policy exists and a content key was unwrapped.
+    pub(crate) fn check_readable(&self) -> Result<()> {
+        if self.book.current().is_none() {
+            return Err(Error::NoPolicy { topic: self.book.topic().clone() });
+        }
+        if !self.has_content_key() {
+            return Err(Error::NoContentKey { topic: self.book.topic().clone() });
+        }
+        Ok(())
+    }
+
+    /// The key to seal new batches with: the one of the current epoch, if `principal` is a publisher of the
+    /// current policy with `signer` as its signing key.
+    pub(crate) fn sealing_key(&self, principal: &str, signer: &PublicKey) -> Result<(Epoch, &ContentKey)> {
+        let topic = self.book.topic();
+        let Some(current) = self.book.current() else {
+            return Err(Error::NoPolicy { topic: topic.clone() });
+        };
+        let epoch = current.epoch();
+        match current.member(principal) {
+            Some(m) if m.publish && m.signing_key == *signer => {}
+            _ => {
+                return Err(Error::NotAPublisher {
+                    topic: topic.clone(),
+                    principal: principal.to_owned(),
+                    epoch: epoch.0,
+                })
+            }
+        }
+        let key = self.keys.get(epoch).ok_or_else(|| Error::NoContentKey { topic: topic.clone() })?;
+        Ok((epoch, key))
     }
 }
 
-impl KeyLookup for TopicKeys {
-    fn content_key(&self, epoch: Epoch) -> Option<&ContentKey> {
-        self.content.get(&epoch)
+/// How recent a snapshot must be for [`Shared::topic_keys`](crate::connection::Shared::topic_keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// Fetched from the broker at most this long ago.
+    Within(Duration),
+    /// Knows the policy of this epoch (a batch of it arrived), else fetched now.
+    Epoch(Epoch),
+    /// Fetched now.
+    Now,
+}
+
+/// The policies and keys of every topic a client has used, kept for the life of the client.
+pub(crate) struct KeySource {
+    principal: String,
+    hpke: HpkeSecretKey,
+    authority: PublicKey,
+    limits: Limits,
+    topics: Mutex<HashMap<Topic, Arc<Slot>>>,
+}
+
+/// One topic's entry.
+pub(crate) struct Slot {
+    /// Held while fetching, so that fetches of one topic are admitted in the order they were answered.
+    pub(crate) fetching: tokio::sync::Mutex<()>,
+    state: Mutex<SlotState>,
+}
+
+struct SlotState {
+    book: PolicyBook,
+    keys: EpochKeys,
+    /// Epochs whose key was looked for already (held or not).
+    tried: BTreeSet<Epoch>,
+    snapshot: Arc<TopicKeys>,
+    fetched_at: Option<Instant>,
+}
+
+impl Slot {
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // The state is replaced whole under the lock, so a panic elsewhere cannot leave it half-written.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current snapshot, if it satisfies `fresh` at `now`.
+    pub(crate) fn fresh(&self, fresh: Freshness, now: Instant) -> Option<Arc<TopicKeys>> {
+        let state = self.state();
+        let ok = match fresh {
+            Freshness::Within(age) => {
+                state.fetched_at.is_some_and(|at| now.saturating_duration_since(at) <= age)
+            }
+            Freshness::Epoch(epoch) => state.snapshot.knows(epoch),
+            Freshness::Now => false,
+        };
+        ok.then(|| state.snapshot.clone())
+    }
+
+    /// Makes the next [`fresh`](Self::fresh) check with [`Freshness::Within`] fail: fetch again.
+    pub(crate) fn expire(&self) {
+        self.state().fetched_at = None;
     }
 }
 
-/// A source of [`TopicKeys`].
-pub(crate) trait KeySource: Send + Sync {
-    /// The keys of `topic` as this source knows them now.
-    fn topic_keys(&self, topic: &Topic) -> Result<TopicKeys>;
-}
+impl KeySource {
+    /// A source for `principal`, unwrapping with `hpke` the keys of policies signed by `authority`.
+    pub(crate) fn new(principal: String, hpke: HpkeSecretKey, authority: PublicKey, limits: Limits) -> Self {
+        Self { principal, hpke, authority, limits, topics: Mutex::new(HashMap::new()) }
+    }
 
-/// Keys held directly in the identity file.
-pub(crate) struct IdentityKeys(pub(crate) Arc<Inner>);
+    /// The entry of `topic`, made empty if it is new.
+    pub(crate) fn slot(&self, topic: &Topic) -> Arc<Slot> {
+        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        topics
+            .entry(topic.clone())
+            .or_insert_with(|| {
+                let book = PolicyBook::new(topic.clone(), self.authority);
+                let keys = EpochKeys::new(topic.clone());
+                Arc::new(Slot {
+                    fetching: tokio::sync::Mutex::new(()),
+                    state: Mutex::new(SlotState {
+                        snapshot: Arc::new(TopicKeys::new(book.clone(), keys.clone())),
+                        book,
+                        keys,
+                        tried: BTreeSet::new(),
+                        fetched_at: None,
+                    }),
+                })
+            })
+            .clone()
+    }
 
-impl KeySource for IdentityKeys {
-    fn topic_keys(&self, topic: &Topic) -> Result<TopicKeys> {
-        let file = &self.0.file;
-        let content = file
-            .content_keys(topic)
-            .map_err(|e| crate::Error::Identity { path: self.0.path.clone(), message: e.to_string() })?;
-        let trusted = file
-            .publishers
-            .iter()
-            .filter(|p| p.topics.matches(topic))
-            .map(|p| (p.key, p.principal.clone()))
-            .collect();
-        Ok(TopicKeys::new(content, trusted))
+    /// Admits the policies the broker `served` for `topic` (at `now`) into its book, unwraps the keys of
+    /// new epochs, and returns the new snapshot with the served policies, verified, oldest first.
+    ///
+    /// Each policy must decode within the limits, be signed by the pinned authority and be for `topic`;
+    /// together they must not roll the book back (the newest served epoch is at least the newest admitted
+    /// one, and an empty answer is refused once a policy was admitted), fork it or break its chain. On any
+    /// error ([`Error::Policy`]) the book does not change.
+    pub(crate) fn admit(
+        &self,
+        slot: &Slot,
+        topic: &Topic,
+        served: Vec<Bytes>,
+        now: Instant,
+    ) -> Result<(Arc<TopicKeys>, Vec<VerifiedPolicy>)> {
+        let fail = |check| Error::Policy { topic: topic.clone(), check };
+        let mut verified = served
+            .into_iter()
+            .map(|bytes| SignedPolicy::decode(bytes, &self.limits)?.verify(&self.authority))
+            .collect::<sealpost_protocol::Result<Vec<_>>>()
+            .map_err(fail)?;
+        verified.sort_by_key(VerifiedPolicy::epoch);
+        let mut state = slot.state();
+        let mut book = state.book.clone();
+        if let Some(current) = book.current().map(VerifiedPolicy::epoch) {
+            let newest = verified.last().map_or(Epoch(0), VerifiedPolicy::epoch);
+            if newest < current {
+                return Err(fail(sealpost_protocol::Error::PolicyRollback { current, got: newest }));
+            }
+        }
+        for policy in &verified {
+            book.admit(policy.clone()).map_err(fail)?;
+        }
+        let mut keys = state.keys.clone();
+        let mut tried = state.tried.clone();
+        for policy in book.policies() {
+            if !tried.insert(policy.epoch()) {
+                continue;
+            }
+            match keys.unlock(policy, &self.principal, &self.hpke) {
+                Ok(()) => {}
+                Err(sealpost_protocol::Error::NotAMember) => {
+                    tracing::debug!(%topic, epoch = %policy.epoch(), "not a member of this epoch");
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        %topic,
+                        epoch = %policy.epoch(),
+                        error = %e,
+                        "the policy lists this principal, but its content key does not unwrap with this \
+                         identity's hpke_key"
+                    );
+                }
+            }
+        }
+        let snapshot = Arc::new(TopicKeys::new(book.clone(), keys.clone()));
+        *state = SlotState { book, keys, tried, snapshot: snapshot.clone(), fetched_at: Some(now) };
+        Ok((snapshot, verified))
+    }
+
+    /// The pinned authority.
+    pub(crate) fn authority(&self) -> &PublicKey {
+        &self.authority
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use sealpost_protocol::SigningKey;
+pub(crate) mod tests {
+    use sealpost_protocol::{issue_policy, Member, PolicyParams, SigningKey, Timestamp};
 
-    #[test]
-    fn sealing_key_is_the_highest_epoch() {
-        let mut content = BTreeMap::new();
-        content.insert(Epoch(3), ContentKey::from_bytes(&[3; 32]));
-        content.insert(Epoch(9), ContentKey::from_bytes(&[9; 32]));
-        content.insert(Epoch(1), ContentKey::from_bytes(&[1; 32]));
-        let keys = TopicKeys::new(content, vec![]);
-        let (epoch, key) = keys.sealing_key().unwrap();
-        assert_eq!(epoch, Epoch(9));
-        assert_eq!(key.as_bytes(), &[9; 32]);
-        assert!(keys.content_key(Epoch(1)).is_some());
-        assert!(keys.content_key(Epoch(2)).is_none());
-        assert!(TopicKeys::default().sealing_key().is_none());
+    use super::*;
+
+    pub(crate) fn authority() -> SigningKey {
+        SigningKey::from_bytes(&[0xAA; 32])
+    }
+
+    pub(crate) fn topic() -> Topic {
+        Topic::new("demo.x").unwrap()
+    }
+
+    /// A principal of the tests: its signing key and hpke secret are derived from its name.
+    pub(crate) fn signer(name: &str) -> SigningKey {
+        SigningKey::from_bytes(&[name.as_bytes()[0]; 32])
+    }
+
+    pub(crate) fn hpke(name: &str) -> HpkeSecretKey {
+        HpkeSecretKey::from_bytes(&[name.as_bytes()[0] ^ 0x55; 32])
+    }
+
+    pub(crate) fn member(name: &str, publish: bool, subscribe: bool) -> Member {
+        Member {
+            principal: name.into(),
+            publish,
+            subscribe,
+            signing_key: signer(name).public_key(),
+            hpke_key: hpke(name).public_key(),
+        }
+    }
+
+    /// The content key of `epoch` in the tests.
+    pub(crate) fn content_key(epoch: u64) -> ContentKey {
+        ContentKey::from_bytes(&[0xC0 ^ epoch as u8; 32])
+    }
+
+    /// A policy of `epoch` for [`topic`], created at `created_at` ms, chained to `prev`.
+    pub(crate) fn policy(
+        epoch: u64,
+        prev: Option<&VerifiedPolicy>,
+        members: Vec<Member>,
+        created_at: u64,
+    ) -> VerifiedPolicy {
+        let params = PolicyParams {
+            topic: topic(),
+            epoch: Epoch(epoch),
+            prev,
+            members,
+            created_at: Timestamp(created_at),
+        };
+        issue_policy(&authority(), params, &content_key(epoch), &Limits::default(), &mut rand::rngs::OsRng)
+            .unwrap()
+    }
+
+    fn source(name: &str) -> KeySource {
+        KeySource::new(name.into(), hpke(name), authority().public_key(), Limits::default())
+    }
+
+    fn admit(source: &KeySource, served: &[&VerifiedPolicy]) -> Result<Arc<TopicKeys>> {
+        let slot = source.slot(&topic());
+        let served = served.iter().map(|p| p.as_bytes().clone()).collect();
+        source.admit(&slot, &topic(), served, Instant::now()).map(|(s, _)| s)
     }
 
     #[test]
-    fn identity_keys_filter_by_topic_pattern() {
-        let dir = tempfile::tempdir().unwrap();
-        let alice = SigningKey::from_bytes(&[0xA1; 32]).public_key();
-        let extra = format!(
-            "[[content_key]]\ntopics = \"demo.>\"\nepoch = 2\nkey = \"{}\"\n\
-             [[content_key]]\ntopics = \"other.>\"\nepoch = 5\nkey = \"{}\"\n\
-             [[publisher]]\nprincipal = \"alice\"\nkey = \"{alice}\"\ntopics = \"demo.*\"\n",
-            "aa".repeat(32),
-            "bb".repeat(32)
-        );
-        let path = crate::identity::tests::write_identity(dir.path(), "bob", &extra);
-        let id = crate::Identity::load(path).unwrap();
-        let source = IdentityKeys(id.inner().clone());
-        let keys = source.topic_keys(&Topic::new("demo.x").unwrap()).unwrap();
-        assert_eq!(keys.sealing_key().unwrap().0, Epoch(2));
-        assert_eq!(keys.trusted_publisher(&alice), Some("alice"));
-        let deep = source.topic_keys(&Topic::new("demo.x.y").unwrap()).unwrap();
-        assert_eq!(deep.trusted_publisher(&alice), None);
-        let none = source.topic_keys(&Topic::new("nope").unwrap()).unwrap();
-        assert!(!none.has_content_key());
+    fn keys_are_unwrapped_for_the_epochs_this_principal_is_a_member_of() {
+        let p1 = policy(1, None, vec![member("alice", true, true)], 1000);
+        let p2 = policy(2, Some(&p1), vec![member("alice", true, true), member("bob", false, true)], 2000);
+        let bob = source("bob");
+        let keys = admit(&bob, &[&p1, &p2]).unwrap();
+        assert_eq!(keys.current_epoch(), Some(Epoch(2)));
+        assert_eq!(keys.keys().epochs().collect::<Vec<_>>(), [Epoch(2)]);
+        assert_eq!(keys.keys().get(Epoch(2)).unwrap().as_bytes(), content_key(2).as_bytes());
+        keys.check_readable().unwrap();
+        // bob is no publisher.
+        let e = keys.sealing_key("bob", &signer("bob").public_key()).unwrap_err();
+        assert!(matches!(e, Error::NotAPublisher { epoch: 2, .. }), "{e}");
+        let alice = source("alice");
+        let keys = admit(&alice, &[&p1, &p2]).unwrap();
+        let (epoch, key) = keys.sealing_key("alice", &signer("alice").public_key()).unwrap();
+        assert_eq!((epoch, key.as_bytes()), (Epoch(2), content_key(2).as_bytes()));
+        // The same principal with another signing key is not the publisher the policy names.
+        assert!(matches!(
+            keys.sealing_key("alice", &signer("zed").public_key()),
+            Err(Error::NotAPublisher { .. })
+        ));
+    }
+
+    #[test]
+    fn a_topic_without_policy_or_key_is_not_readable() {
+        let carol = source("carol");
+        let keys = admit(&carol, &[]).unwrap();
+        assert!(matches!(keys.check_readable(), Err(Error::NoPolicy { .. })));
+        assert!(matches!(
+            keys.sealing_key("carol", &signer("carol").public_key()),
+            Err(Error::NoPolicy { .. })
+        ));
+        let p1 = policy(1, None, vec![member("alice", true, true)], 1000);
+        let keys = admit(&carol, &[&p1]).unwrap();
+        assert!(matches!(keys.check_readable(), Err(Error::NoContentKey { .. })));
+    }
+
+    #[test]
+    fn an_older_current_epoch_or_no_policy_after_one_was_seen_is_a_rollback() {
+        let p1 = policy(1, None, vec![member("alice", true, true)], 1000);
+        let p2 = policy(2, Some(&p1), vec![member("alice", true, true)], 2000);
+        let p3 = policy(3, Some(&p2), vec![member("alice", true, true)], 3000);
+        let alice = source("alice");
+        admit(&alice, &[&p2, &p3]).unwrap();
+        let rollback = |current, got| sealpost_protocol::Error::PolicyRollback {
+            current: Epoch(current),
+            got: Epoch(got),
+        };
+        for served in [vec![&p1, &p2], vec![&p2], vec![]] {
+            let newest = served.last().map_or(0, |p| p.epoch().0);
+            match admit(&alice, &served) {
+                Err(Error::Policy { check, .. }) => assert_eq!(check, rollback(3, newest)),
+                other => panic!("{other:?}"),
+            }
+        }
+        // The book did not change: the honest answer is still fine, and so is the next epoch.
+        assert_eq!(admit(&alice, &[&p2, &p3]).unwrap().current_epoch(), Some(Epoch(3)));
+        let p4 = policy(4, Some(&p3), vec![member("alice", true, true)], 4000);
+        assert_eq!(admit(&alice, &[&p3, &p4]).unwrap().current_epoch(), Some(Epoch(4)));
+    }
+
+    #[test]
+    fn a_policy_not_from_the_pinned_authority_or_a_fork_is_refused() {
+        let p1 = policy(1, None, vec![member("alice", true, true)], 1000);
+        let params = PolicyParams {
+            topic: topic(),
+            epoch: Epoch(1),
+            prev: None,
+            members: vec![member("mallory", true, true)],
+            created_at: Timestamp(1000),
+        };
+        let forged = issue_policy(
+            &signer("mallory"),
+            params.clone(),
+            &content_key(1),
+            &Limits::default(),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        let alice = source("alice");
+        match admit(&alice, &[&forged]) {
+            Err(Error::Policy { check: sealpost_protocol::Error::PolicyNotFromAuthority, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        admit(&alice, &[&p1]).unwrap();
+        let fork =
+            issue_policy(&authority(), params, &content_key(1), &Limits::default(), &mut rand::rngs::OsRng)
+                .unwrap();
+        match admit(&alice, &[&fork]) {
+            Err(Error::Policy {
+                check: sealpost_protocol::Error::PolicyFork { epoch: Epoch(1) }, ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        let garbage = Bytes::from_static(b"\x01\x02");
+        let slot = alice.slot(&topic());
+        assert!(matches!(
+            alice.admit(&slot, &topic(), vec![garbage], Instant::now()),
+            Err(Error::Policy { .. })
+        ));
+    }
+
+    #[test]
+    fn freshness_follows_the_last_fetch() {
+        let p1 = policy(1, None, vec![member("alice", true, true)], 1000);
+        let alice = source("alice");
+        let slot = alice.slot(&topic());
+        let t0 = Instant::now();
+        assert!(slot.fresh(Freshness::Within(Duration::from_secs(30)), t0).is_none());
+        alice.admit(&slot, &topic(), vec![p1.as_bytes().clone()], t0).unwrap();
+        assert!(slot
+            .fresh(Freshness::Within(Duration::from_secs(30)), t0 + Duration::from_secs(30))
+            .is_some());
+        assert!(slot
+            .fresh(Freshness::Within(Duration::from_secs(30)), t0 + Duration::from_secs(31))
+            .is_none());
+        assert!(slot.fresh(Freshness::Epoch(Epoch(1)), t0).is_some());
+        assert!(slot.fresh(Freshness::Epoch(Epoch(2)), t0).is_none());
+        assert!(slot.fresh(Freshness::Now, t0).is_none());
+        slot.expire();
+        assert!(slot.fresh(Freshness::Within(Duration::from_secs(30)), t0).is_none());
+        // The same slot for the same topic, for the life of the source.
+        assert!(Arc::ptr_eq(&slot, &alice.slot(&topic())));
     }
 }

@@ -1,7 +1,8 @@
 //! The Sealpost client: publish and subscribe through a Sealpost broker with end-to-end sealed messages.
 //!
-//! A service loads its [`Identity`] (a TOML file naming the broker, its TLS certificate and its keys),
-//! [`Client::connect`]s, and then makes [`Publisher`]s and [`Subscription`]s on topics:
+//! A service loads its [`Identity`] (a TOML file naming the broker, its TLS certificate, its keys and the
+//! topic authority it trusts), [`Client::connect`]s, and then makes [`Publisher`]s and [`Subscription`]s on
+//! topics:
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
@@ -33,27 +34,45 @@
 //! # }
 //! ```
 //!
+//! # Topic policies
+//!
+//! Who may publish on a topic and read it, and the topic's content key, come from the topic's **policies**:
+//! one per epoch, signed by the topic authority whose public key the identity pins (`authority`), each with
+//! a fresh content key wrapped (HPKE) to every member. The broker stores them; the client fetches them,
+//! verifies them against the pinned key and keeps them for the life of the [`Client`], so the broker can
+//! neither forge one nor roll a client back to an older one (see [`Error::Policy`]). The topic authority
+//! (an identity holding `authority_key`) makes new ones with [`Client::put_policy`]; the `sealpost topic`
+//! commands do it for people: create, grant, revoke (a new epoch whose key the removed member cannot
+//! unwrap), rotate, show.
+//!
 //! # What it guarantees
 //!
-//! - **Publishing.** Messages are sealed in this process (encrypted with the topic's content key, signed
-//!   once per batch with the identity's signing key) before they leave it. A receipt means the broker
-//!   stored the message durably. Across reconnections, unacknowledged batches are resent byte for byte,
-//!   and the broker stores each once (see [`Publisher`]).
+//! - **Publishing.** Messages are sealed in this process (encrypted with the content key of the topic's
+//!   current epoch, signed once per batch with the identity's signing key) before they leave it, and only
+//!   if the current policy lists this identity as a publisher. A receipt means the broker stored the
+//!   message durably. Across reconnections, unacknowledged batches are resent byte for byte, and the broker
+//!   stores each once (see [`Publisher`]). Publishers move to a new epoch within
+//!   [`ClientOptions::policy_refresh`] of a rotation.
 //! - **Subscribing.** A [`Message`] is yielded only if its batch's signature verified, the signer is a
-//!   trusted publisher of the topic, it was sealed for this topic, every record authenticated, and it
-//!   continues its publisher's chain. Messages come in offset order, each once, across reconnections. A
-//!   batch that fails a check yields one error item and no message; a gap in a publisher's chain (batches
-//!   withheld or deleted) yields an error item, then the batch's messages.
+//!   publisher in the topic policy of the batch's epoch, that epoch is the current one (or the previous one
+//!   within [`ClientOptions::rotation_grace`] of the rotation), it was sealed for this topic, every record
+//!   authenticated, and it continues its publisher's chain. Messages come in offset order, each once,
+//!   across reconnections. A batch that fails a check yields one error item and no message; a gap in a
+//!   publisher's chain (batches withheld or deleted) yields an error item, then the batch's messages. A
+//!   plain subscription from [`StartAt::Earliest`] checks every chain from its first batch, so a deleted
+//!   prefix of the log is reported too.
 //! - **Transport.** QUIC with TLS 1.3 only, mutual authentication, the broker's certificate checked against
 //!   the identity's CA file only, no 0-RTT.
 //!
 //! # What it does not do
 //!
-//! It does not hide who talks to whom, or when, from the broker; it cannot stop a broker from withholding
-//! the newest batches (only from withholding older ones unnoticed); it never logs payloads or keys. Keys
-//! come from the identity file for now: content keys held directly, and a list of trusted publisher keys.
-//! Topic policies (content keys wrapped to the identity's HPKE key by a topic authority) will arrive
-//! without changes to this API.
+//! It does not hide who talks to whom, or when, from the broker, nor the members of a topic's policy; it
+//! cannot stop a broker from withholding the newest batches (only from withholding older ones unnoticed),
+//! nor from withholding a newer policy (the client goes on with the newest it has seen; a new `Client`
+//! trusts the first authority-signed policies it is served); it does not detect a range skipped before the
+//! committed offset a durable subscription resumes from (the broker holds that offset). A batch sealed
+//! under an epoch whose policy the broker no longer serves (two rotations ago) cannot be read. It never
+//! logs payloads or keys.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -63,6 +82,7 @@ mod error;
 mod identity;
 mod keyring;
 mod message;
+mod policies;
 mod publisher;
 mod reader;
 mod stream;
@@ -76,6 +96,7 @@ pub use message::Message;
 pub use publisher::{PublishFuture, Publisher, PublisherOptions, Receipt};
 pub use subscription::{SubscribeOptions, Subscription};
 
-/// The protocol crate, for the types of integrity errors ([`Error::Integrity`]) and keys.
+/// The protocol crate, for the types of integrity errors ([`Error::Integrity`]), keys and topic policies
+/// ([`issue_policy`](sealpost_protocol::issue_policy), [`VerifiedPolicy`]).
 pub use sealpost_protocol as protocol;
-pub use sealpost_protocol::{ErrorCode, KeyId, PublicKey, StartAt, Timestamp, Topic};
+pub use sealpost_protocol::{ErrorCode, KeyId, PublicKey, StartAt, Timestamp, Topic, VerifiedPolicy};

@@ -6,13 +6,14 @@ use bytes::Bytes;
 use sealpost_protocol::{PublicKey, Timestamp, Topic};
 
 /// One message, delivered by a [`Subscription`](crate::Subscription) only after its batch's signature,
-/// topic, records and place in its publisher's chain were checked.
+/// topic, records, publisher (against the topic policy of its epoch) and place in its publisher's chain
+/// were checked.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Message {
     /// The plaintext.
     pub payload: Bytes,
-    /// The publisher's principal, as named by the trusted-publisher entry that matched its key.
+    /// The publisher's principal, as named by the topic policy that lists its key as a publisher.
     pub publisher: String,
     /// The key that signed the message's batch.
     pub publisher_key: PublicKey,

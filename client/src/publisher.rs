@@ -6,17 +6,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
-use sealpost_protocol::{seal, ChainHead, ErrorCode, Frame, SealParams, Timestamp, Topic, VerifiedBatch};
+use sealpost_protocol::{seal, ChainHead, ErrorCode, Frame, SealParams, Topic, VerifiedBatch};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::batcher::{Batch, Batcher, TooLarge};
-use crate::connection::{Backoff, Shared, STABLE_AFTER};
+use crate::connection::{wall_clock, Backoff, Shared, STABLE_AFTER};
 use crate::error::{Action, Error, Result};
-use crate::keyring::TopicKeys;
+use crate::keyring::{Freshness, TopicKeys};
 use crate::stream::{unexpected, Link};
 
 /// How a publisher batches and pipelines.
@@ -72,10 +72,21 @@ impl State {
 /// A background task per publisher owns one publish stream. When it opens the stream it asks the broker
 /// where this identity's chain on the topic stands (`Head` → `HeadIs`), so the chain continues across
 /// restarts. It gathers messages (up to `max_batch` messages, or whatever has arrived `linger` after the
-/// first, and never more than fits in a sealed batch), seals each batch with the identity's signing key and the topic's newest
-/// content key, and sends it as a `Publish` frame without waiting for the previous one to be answered, up
-/// to `max_in_flight` batches. The broker answers in order; each `Published` resolves the receipts of its
-/// batch's messages.
+/// first, and never more than fits in a sealed batch), seals each batch with the identity's signing key and
+/// the content key of the topic's current epoch, and sends it as a `Publish` frame without waiting for the
+/// previous one to be answered, up to `max_in_flight` batches. The broker answers in order; each
+/// `Published` resolves the receipts of its batch's messages.
+///
+/// # Policies
+///
+/// The publisher starts only if the topic's current policy lists this identity (principal and signing key)
+/// as a publisher and wraps a content key for it. Before sealing a batch it fetches the topic's policies
+/// again if it last did `ClientOptions::policy_refresh` ago, or if a batch was refused since: after a
+/// rotation it seals under the new epoch, and after a revocation that removes it, its messages fail with
+/// [`Error::NotAPublisher`] and the publisher is dead. A policy from the broker that fails a check
+/// ([`Error::Policy`]) kills it too; a transient failure to fetch keeps the policies it has. Batches sealed
+/// before a rotation are resent unchanged (the broker does not check epochs; subscribers accept the
+/// previous epoch for `ClientOptions::rotation_grace`).
 ///
 /// # Reconnection and exactly-once
 ///
@@ -109,10 +120,7 @@ impl Publisher {
         topic: Topic,
         options: PublisherOptions,
     ) -> Result<Publisher> {
-        let keys = shared.topic_keys(&topic)?;
-        if keys.sealing_key().is_none() {
-            return Err(Error::NoContentKey { topic });
-        }
+        let keys = shared.topic_keys_retrying(&topic, Action::Publish, Freshness::Now).await?;
         let (commands, rx) = mpsc::unbounded_channel();
         let state = Arc::new(State::default());
         let mut task = Task {
@@ -122,6 +130,7 @@ impl Publisher {
             shared,
             topic: topic.clone(),
             keys,
+            keys_checked: Some(Instant::now()),
             head: ChainHead::GENESIS,
             in_flight: VecDeque::new(),
             link: None,
@@ -137,6 +146,9 @@ impl Publisher {
         };
         // Transient losses are retried like any outage; a refusal or untrusted broker fails at once.
         task.reopen().await?;
+        // Checked after the broker accepted `Head`, so that a principal the ACL refuses hears that.
+        let identity = &task.shared.identity;
+        task.keys.sealing_key(identity.principal(), &identity.public_key())?;
         let task = tokio::spawn(task.run());
         Ok(Publisher { topic, commands, state, task })
     }
@@ -231,7 +243,10 @@ struct InFlight {
 struct Task {
     shared: Arc<Shared>,
     topic: Topic,
-    keys: TopicKeys,
+    /// The topic's policies and keys; the current policy's key seals.
+    keys: Arc<TopicKeys>,
+    /// When `keys` were last brought up to date; `None` to do it before the next batch.
+    keys_checked: Option<Instant>,
     /// Where the next sealed batch continues the chain.
     head: ChainHead,
     batcher: Batcher<Waiter>,
@@ -365,9 +380,14 @@ impl Task {
 
     async fn send_batch(&mut self, batch: Batch<Waiter>) -> Result<()> {
         self.sealed += batch.len() as u64;
-        // Sealing cannot fail on what the batcher hands out (the key was checked at the start, sizes by the
-        // batcher); if it did, the publisher stops, so that messages are always resolved in order.
-        let (sealed, request_id, frame) = match self.seal(&batch.payloads) {
+        // Sealing fails only if the topic's policies changed so that this identity may no longer publish (or
+        // the broker served policies that fail a check); sizes were checked by the batcher. Then the
+        // publisher stops, so that messages are always resolved in order.
+        let sealed = match self.refresh_keys().await {
+            Ok(()) => self.seal(&batch.payloads),
+            Err(e) => Err(e),
+        };
+        let (sealed, request_id, frame) = match sealed {
             Ok(sealed) => sealed,
             Err(e) => {
                 let _ = self.state.failure.set(e.clone());
@@ -396,18 +416,45 @@ impl Task {
         Ok(())
     }
 
+    /// Fetches the topic's policies again if they were last checked `policy_refresh` ago (or a batch was
+    /// refused since), so that the publisher moves to a new epoch after a rotation. A transient failure
+    /// keeps the policies it has.
+    async fn refresh_keys(&mut self) -> Result<()> {
+        let every = self.shared.options.policy_refresh;
+        if self.keys_checked.is_some_and(|at| at.elapsed() < every) {
+            return Ok(());
+        }
+        let fresh = if self.keys_checked.is_some() { Freshness::Within(every) } else { Freshness::Now };
+        self.keys_checked = Some(Instant::now());
+        match self.shared.topic_keys(&self.topic, Action::Publish, fresh).await {
+            Ok(keys) => {
+                if keys.current_epoch() != self.keys.current_epoch() {
+                    let epoch = keys.current_epoch();
+                    tracing::info!(topic = %self.topic, ?epoch, "sealing under a new epoch");
+                }
+                self.keys = keys;
+                Ok(())
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(topic = %self.topic, error = %e, "could not fetch the topic's policies");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Seals `payloads` as the next batch of the chain: the batch, its request id and its `Publish` frame.
     fn seal(&self, payloads: &[Bytes]) -> Result<(VerifiedBatch, u64, Bytes)> {
-        let (epoch, key) =
-            self.keys.sealing_key().ok_or_else(|| Error::NoContentKey { topic: self.topic.clone() })?;
+        let identity = &self.shared.identity;
+        let (epoch, key) = self.keys.sealing_key(identity.principal(), &identity.public_key())?;
         let params = SealParams {
             topic: self.topic.clone(),
             epoch,
             first_seq: self.head.next_seq,
             prev_digest: self.head.prev_digest,
-            created_at: now(),
+            created_at: wall_clock(),
         };
-        let signer = &self.shared.identity.inner().signer;
+        let signer = &identity.inner().signer;
         let sealed = seal(signer, key, params, payloads, &self.shared.limits, &mut rand::rngs::OsRng)?;
         let request_id = self.shared.request_id();
         let frame = Frame::Publish { request_id, batch: sealed.as_bytes().clone() }.to_vec()?;
@@ -463,6 +510,8 @@ impl Task {
                 match request_id {
                     Some(id) if self.in_flight.front().is_some_and(|b| b.request_id == id) => {
                         tracing::warn!(topic = %self.topic, error = %refusal, "batch refused");
+                        // The policy may have changed (a rotation or a revocation): check before the next.
+                        self.keys_checked = None;
                         for batch in self.in_flight.drain(..) {
                             self.resolved += u64::from(batch.count);
                             for waiter in batch.waiters {
@@ -527,10 +576,4 @@ async fn read_reply(link: Option<&mut Link>) -> Result<Option<Frame>> {
         Some(link) => link.read().await,
         None => std::future::pending().await,
     }
-}
-
-/// The current time as the protocol carries it.
-fn now() -> Timestamp {
-    let millis = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    Timestamp(u64::try_from(millis).unwrap_or(u64::MAX))
 }

@@ -121,17 +121,5 @@ impl Link {
 
 /// The error for a frame the broker should not have sent here.
 pub(crate) fn unexpected(frame: &Frame, context: &str) -> Error {
-    let name = match frame {
-        Frame::Publish { .. } => "Publish",
-        Frame::Published { .. } => "Published",
-        Frame::Subscribe { .. } => "Subscribe",
-        Frame::Subscribed { .. } => "Subscribed",
-        Frame::Deliver { .. } => "Deliver",
-        Frame::Ack { .. } => "Ack",
-        Frame::Unsubscribe { .. } => "Unsubscribe",
-        Frame::Error { .. } => "Error",
-        Frame::Head { .. } => "Head",
-        Frame::HeadIs { .. } => "HeadIs",
-    };
-    Error::violation(format!("unexpected {name} frame in answer to {context}"))
+    Error::violation(format!("unexpected {} frame in answer to {context}", frame.name()))
 }

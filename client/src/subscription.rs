@@ -4,9 +4,32 @@
 //!
 //! A background task per subscription owns one subscription stream: it sends `Subscribe`, gets
 //! `Subscribed`, then receives `Deliver` frames and hands each batch to the reader (see `reader.rs`), which
-//! opens it, checks its publisher is trusted and its place in the publisher's chain, and returns the
-//! messages and integrity errors the application sees, in order. Items wait in a small queue; when the
-//! application stops reading, the task stops reading too and QUIC flow control holds the broker back.
+//! opens it, checks its publisher against the topic policy of its epoch and its place in the publisher's
+//! chain, and returns the messages and integrity errors the application sees, in order. Items wait in a
+//! small queue; when the application stops reading, the task stops reading too and QUIC flow control holds
+//! the broker back.
+//!
+//! # Policies
+//!
+//! Before the first batch the subscription fetches the topic's policies (see `keyring.rs`); it fails to
+//! start if none of them wraps a content key for this identity. It fetches them again every
+//! `ClientOptions::policy_refresh` (before judging a batch), and at once when a batch of a newer epoch
+//! than it knows arrives (a rotation), once per epoch, before judging that batch. A policy the broker
+//! serves that fails a check (not signed by the pinned authority, a rollback, a fork) is yielded as an
+//! [`Error::Policy`] item, and the subscription goes on with the policies it trusted before.
+//!
+//! # Where chains start
+//!
+//! A plain subscription from [`StartAt::Earliest`] checks every publisher's chain from its genesis batch,
+//! whatever offset the broker claims the log starts at (the broker keeps every batch; an honest one starts
+//! at offset 0): a deleted prefix of the log is reported as a gap. A subscription from an offset or from the
+//! latest message, and a durable subscription that resumes from the committed offset the broker holds,
+//! start each publisher's chain at the first batch they see of it.
+//!
+//! **Non-claim:** the committed offset of a durable subscription is held by the broker and is not signed. A
+//! broker that moves it forward skips what lies between, and the subscription cannot tell that from an
+//! acknowledgement it sent: durable subscriptions do not detect a deleted or withheld range before the
+//! offset they resume from (a durable subscription starting from `Earliest` at offset 0 does).
 //!
 //! # Reconnection
 //!
@@ -20,16 +43,17 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::Stream;
-use sealpost_protocol::{ChainStart, ErrorCode, Frame, StartAt, SubscriptionId, Topic};
+use sealpost_protocol::{ErrorCode, Frame, StartAt, SubscriptionId, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::connection::{Backoff, Shared, STABLE_AFTER};
+use crate::connection::{wall_clock, Backoff, Shared, STABLE_AFTER};
 use crate::error::{Action, Error, Result};
+use crate::keyring::Freshness;
 use crate::message::Message;
-use crate::reader::Reader;
+use crate::reader::{start_point, Delivery, Reader};
 use crate::stream::{unexpected, Link};
 
 /// Where and how a subscription starts.
@@ -86,7 +110,6 @@ impl Subscription {
         topic: Topic,
         options: SubscribeOptions,
     ) -> Result<Subscription> {
-        let keys = shared.topic_keys(&topic)?;
         // Transient losses are retried like any outage; a refusal or untrusted broker fails at once.
         let mut backoff = Backoff::new(shared.options.reconnect.clone());
         let (link, subscription, start_offset) = loop {
@@ -96,27 +119,26 @@ impl Subscription {
                 Err(e) => return Err(e),
             }
         };
-        // Checked after the broker accepted the subscription, so that a principal the ACL refuses hears
+        // Fetched after the broker accepted the subscription, so that a principal the ACL refuses hears
         // that, rather than about keys it should not have anyway.
-        if !keys.has_content_key() {
-            return Err(Error::NoContentKey { topic });
-        }
-        let next_offset = match (&options.durable, options.from) {
-            (None, StartAt::Offset(n)) => n.max(start_offset),
-            _ => start_offset,
-        };
-        let start = if options.from == StartAt::Earliest && start_offset == 0 {
-            ChainStart::Genesis
-        } else {
-            ChainStart::FirstSeen
-        };
-        tracing::debug!(%topic, subscription, start_offset, "subscribed");
+        let keys = shared.topic_keys_retrying(&topic, Action::Subscribe, Freshness::Now).await?;
+        keys.check_readable()?;
+        let (start, next_offset) = start_point(options.from, options.durable.is_some(), start_offset);
+        tracing::debug!(%topic, subscription, start_offset, ?start, "subscribed");
         let durable = options.durable.is_some();
         let (items_tx, items) = mpsc::channel(QUEUE);
         let (acks, acks_rx) = watch::channel(0);
         let (close, close_rx) = oneshot::channel();
         let task = Task {
-            reader: Reader::new(topic.clone(), keys, start, next_offset, shared.limits),
+            reader: Reader::new(
+                topic.clone(),
+                keys,
+                start,
+                next_offset,
+                shared.options.rotation_grace,
+                shared.limits,
+            ),
+            keys_checked: Instant::now(),
             backoff,
             shared,
             topic: topic.clone(),
@@ -264,6 +286,8 @@ struct Task {
     topic: Topic,
     durable: Option<String>,
     reader: Reader,
+    /// When the reader's policies were last brought up to date.
+    keys_checked: Instant,
     /// The subscription stream; `None` after a loss.
     link: Option<Link>,
     subscription: SubscriptionId,
@@ -345,7 +369,32 @@ impl Task {
         match frame {
             Ok(Some(Frame::Deliver { subscription, offset, batch })) if subscription == self.subscription => {
                 self.backoff.reset();
-                let items = self.reader.deliver(offset, batch);
+                let mut items = self.refresh_keys().await?;
+                loop {
+                    match self.reader.deliver(offset, batch.clone(), wall_clock()) {
+                        Delivery::Items(judged) => {
+                            items.extend(judged);
+                            break;
+                        }
+                        Delivery::Refetch(epoch) => {
+                            let fresh = Freshness::Epoch(epoch);
+                            match self.shared.topic_keys(&self.topic, Action::Subscribe, fresh).await {
+                                Ok(keys) => self.reader.fetched(epoch, Some(keys)),
+                                // The batch comes again after resubscribing: the reader did not move.
+                                Err(e) if e.is_retryable() => {
+                                    self.lose(e);
+                                    break;
+                                }
+                                Err(e @ Error::Policy { .. }) => {
+                                    items.push(Err(e));
+                                    self.reader.fetched(epoch, None);
+                                }
+                                Err(e) => return Err(e),
+                            }
+                            self.keys_checked = Instant::now();
+                        }
+                    }
+                }
                 if !items.is_empty() && self.items.send(items).await.is_err() {
                     return Ok(Flow::Stop);
                 }
@@ -368,6 +417,29 @@ impl Task {
             Err(e) => return Err(e),
         }
         Ok(Flow::Continue)
+    }
+
+    /// Brings the reader's policies up to date if they were last checked `policy_refresh` ago (from the
+    /// client's shared book if another task fetched them meanwhile). A transient failure leaves the reader
+    /// with the policies it has; a policy that fails a check is returned as an item to yield.
+    async fn refresh_keys(&mut self) -> Result<Vec<Result<Message>>> {
+        let every = self.shared.options.policy_refresh;
+        if self.keys_checked.elapsed() < every {
+            return Ok(Vec::new());
+        }
+        self.keys_checked = Instant::now();
+        match self.shared.topic_keys(&self.topic, Action::Subscribe, Freshness::Within(every)).await {
+            Ok(keys) => {
+                self.reader.set_keys(keys);
+                Ok(Vec::new())
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(topic = %self.topic, error = %e, "could not fetch the topic's policies");
+                Ok(Vec::new())
+            }
+            Err(e @ Error::Policy { .. }) => Ok(vec![Err(e)]),
+            Err(e) => Err(e),
+        }
     }
 
     /// Sends the latest acknowledgement if it is newer than the last one sent on this stream.

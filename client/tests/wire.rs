@@ -1,6 +1,9 @@
 //! The client's async shell against a mock broker that speaks the wire contract over real QUIC and TLS:
-//! an in-memory log with the broker's dedup of resent batches and its chain check, plus fault injection
-//! (connections killed after a batch is stored but before it is acknowledged, or mid-subscription).
+//! an in-memory log with the broker's dedup of resent batches and its chain check, topic policies (stored
+//! only if signed by the authority the mock is configured with and of the next epoch; batches accepted only
+//! from a publisher of the current policy), plus fault injection (connections killed after a batch is
+//! stored but before it is acknowledged, or mid-subscription; policies served that the authority did not
+//! sign, or an older history).
 //!
 //! The real broker's system tests live in the workspace's `tests/`; these pin the client's side of
 //! reconnection, resending and error reporting.
@@ -15,10 +18,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sealpost_client::protocol::{ChainHead, Frame, Limits, SealedBatch, SigningKey};
+use sealpost_client::protocol::{
+    issue_policy, ChainHead, ContentKey, Epoch, Frame, HpkeSecretKey, Limits, Member, PolicyParams,
+    SealedBatch, SignedPolicy, SigningKey, VerifiedPolicy,
+};
 use sealpost_client::{
     Client, ClientOptions, Error, ErrorCode, Identity, PublisherOptions, Reconnect, StartAt,
-    SubscribeOptions, Topic,
+    SubscribeOptions, Timestamp, Topic,
 };
 use tokio::sync::Notify;
 
@@ -65,18 +71,68 @@ fn alice() -> SigningKey {
     SigningKey::from_bytes(&[0xA1; 32])
 }
 
-const CONTENT_KEY: [u8; 32] = [0xC0; 32];
+fn alice_hpke() -> HpkeSecretKey {
+    HpkeSecretKey::from_bytes(&[9; 32])
+}
 
-/// Writes alice's identity file into `dir`, trusting `ca_pem` for the broker at `addr`.
-fn identity(dir: &Path, pki: &Pki, ca_pem: &str, addr: SocketAddr) -> PathBuf {
+/// The topic authority the identities pin and the mock broker is configured with.
+fn authority() -> SigningKey {
+    SigningKey::from_bytes(&[0xAA; 32])
+}
+
+/// A principal's signing key and HPKE key, derived from its name.
+fn keys_of(name: &str) -> (SigningKey, HpkeSecretKey) {
+    match name {
+        "alice" => (alice(), alice_hpke()),
+        _ => (
+            SigningKey::from_bytes(&[name.as_bytes()[0]; 32]),
+            HpkeSecretKey::from_bytes(&[name.as_bytes()[0] ^ 0x55; 32]),
+        ),
+    }
+}
+
+fn member(name: &str, publish: bool, subscribe: bool) -> Member {
+    let (signing, hpke) = keys_of(name);
+    Member {
+        principal: name.into(),
+        publish,
+        subscribe,
+        signing_key: signing.public_key(),
+        hpke_key: hpke.public_key(),
+    }
+}
+
+/// A policy of `topic` signed by `signer`, with a fresh content key.
+fn policy_by(
+    signer: &SigningKey,
+    topic: &Topic,
+    prev: Option<&VerifiedPolicy>,
+    members: Vec<Member>,
+) -> VerifiedPolicy {
+    let epoch = Epoch(prev.map_or(1, |p| p.epoch().0 + 1));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let created_at = Timestamp(prev.map_or(now, |p| now.max(p.created_at().0)));
+    let params = PolicyParams { topic: topic.clone(), epoch, prev, members, created_at };
+    let key = ContentKey::generate(&mut rand::rngs::OsRng);
+    issue_policy(signer, params, &key, &Limits::default(), &mut rand::rngs::OsRng).unwrap()
+}
+
+fn policy(topic: &Topic, prev: Option<&VerifiedPolicy>, members: Vec<Member>) -> VerifiedPolicy {
+    policy_by(&authority(), topic, prev, members)
+}
+
+/// Writes `who`'s identity file into `dir` (with alice's TLS certificate: the mock does not check
+/// principals), trusting `ca_pem` for the broker at `addr`; `extra` is appended.
+fn identity_of(dir: &Path, who: &str, pki: &Pki, ca_pem: &str, addr: SocketAddr, extra: &str) -> PathBuf {
     std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
     std::fs::write(dir.join("alice.pem"), &pki.client_cert_pem).unwrap();
     std::fs::write(dir.join("alice.key"), &pki.client_key_pem).unwrap();
-    let path = dir.join("alice.toml");
+    let (signing, hpke) = keys_of(who);
+    let path = dir.join(format!("{who}.toml"));
     std::fs::write(
         &path,
         format!(
-            r#"principal = "alice"
+            r#"principal = "{who}"
 broker = "{addr}"
 server_name = "localhost"
 ca = "ca.pem"
@@ -84,25 +140,20 @@ cert = "alice.pem"
 key = "alice.key"
 signing_key = "{}"
 hpke_key = "{}"
-
-[[content_key]]
-topics = "demo.>"
-epoch = 1
-key = "{}"
-
-[[publisher]]
-principal = "alice"
-key = "{}"
-topics = "demo.>"
-"#,
-            hex::encode(*alice().to_bytes()),
-            hex::encode([9u8; 32]),
-            hex::encode(CONTENT_KEY),
-            alice().public_key()
+authority = "{}"
+{extra}"#,
+            hex::encode(*signing.to_bytes()),
+            hex::encode(hpke.as_bytes()),
+            authority().public_key()
         ),
     )
     .unwrap();
     path
+}
+
+/// Writes alice's identity file into `dir`, trusting `ca_pem` for the broker at `addr`.
+fn identity(dir: &Path, pki: &Pki, ca_pem: &str, addr: SocketAddr) -> PathBuf {
+    identity_of(dir, "alice", pki, ca_pem, addr, "")
 }
 
 fn quick() -> ClientOptions {
@@ -143,6 +194,33 @@ struct Log {
     subscribes: usize,
     /// Refuse new connections (the broker is down).
     down: bool,
+    /// Stored policies by topic, oldest first.
+    policies: HashMap<Topic, Vec<VerifiedPolicy>>,
+    /// Answers to serve to the next GetPolicies requests, whatever their topic, instead of the stored
+    /// policies (a lying broker).
+    lies: std::collections::VecDeque<Vec<Bytes>>,
+    /// Store this policy just before handling the next PutPolicy (another administrator was faster).
+    sneak_in: Option<VerifiedPolicy>,
+    get_policies: usize,
+}
+
+impl Log {
+    fn current(&self, topic: &Topic) -> Option<&VerifiedPolicy> {
+        self.policies.get(topic).and_then(|p| p.last())
+    }
+
+    /// The broker's PutPolicy check: signed by its authority, the epoch after its current one.
+    fn put_policy(&mut self, bytes: Bytes) -> Result<(), ErrorCode> {
+        let policy = SignedPolicy::decode(bytes, &Limits::default())
+            .and_then(|p| p.verify(&authority().public_key()))
+            .map_err(|_| ErrorCode::POLICY_REJECTED)?;
+        let next = self.current(policy.topic()).map_or(1, |p| p.epoch().0 + 1);
+        if policy.epoch().0 != next {
+            return Err(ErrorCode::POLICY_REJECTED);
+        }
+        self.policies.entry(policy.topic().clone()).or_default().push(policy);
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -221,6 +299,38 @@ impl Mock {
                         Frame::HeadIs { request_id, head }
                     }
                 }
+                Frame::GetPolicies { request_id, topic } => {
+                    if self.with(|l| l.deny) {
+                        denied(request_id)
+                    } else {
+                        let policies = self.with(|l| {
+                            l.get_policies += 1;
+                            l.lies.pop_front().unwrap_or_else(|| {
+                                let stored = l.policies.get(&topic).cloned().unwrap_or_default();
+                                let from = stored.len().saturating_sub(2);
+                                stored[from..].iter().map(|p| p.as_bytes().clone()).collect()
+                            })
+                        });
+                        Frame::Policies { request_id, policies }
+                    }
+                }
+                Frame::PutPolicy { request_id, policy } => {
+                    let result = self.with(|l| {
+                        if l.deny {
+                            return Err(ErrorCode::NOT_AUTHORIZED);
+                        }
+                        if let Some(first) = l.sneak_in.take() {
+                            l.put_policy(first.as_bytes().clone()).unwrap();
+                        }
+                        l.put_policy(policy)
+                    });
+                    match result {
+                        Ok(()) => Frame::PolicyStored { request_id },
+                        Err(code) => {
+                            Frame::Error { request_id: Some(request_id), code, message: "no".into() }
+                        }
+                    }
+                }
                 Frame::Publish { request_id, batch } => match self.store(batch) {
                     Ok((first_offset, count, kill)) => {
                         if kill {
@@ -279,6 +389,12 @@ impl Mock {
         let first_offset = match l.by_bytes.get(&batch) {
             Some(offset) => *offset,
             None => {
+                let Some(current) = l.current(&header.topic) else {
+                    return Err(ErrorCode::NOT_AUTHORIZED);
+                };
+                if current.publisher(&header.publisher).is_none() {
+                    return Err(ErrorCode::SIGNER_NOT_BOUND);
+                }
                 let head = l.heads.get(header.publisher.as_bytes()).copied().unwrap_or_default();
                 if header.first_seq != head.next_seq || header.prev_digest != head.prev_digest {
                     return Err(ErrorCode::SEQUENCE_CONFLICT);
@@ -355,6 +471,9 @@ async fn setup() -> (tempfile::TempDir, Pki, Mock, Identity) {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki();
     let mock = Mock::start(&pki).await;
+    // demo.x: alice publishes and reads.
+    let first = policy(&topic(), None, vec![member("alice", true, true)]);
+    mock.with(|l| l.policies.insert(topic(), vec![first]));
     let path = identity(dir.path(), &pki, &pki.ca_pem.clone(), mock.addr);
     let id = Identity::load(path).unwrap();
     (dir, pki, mock, id)
@@ -514,8 +633,11 @@ async fn refusals_read_as_sentences() {
     assert!(matches!(e, Error::Refused { code: ErrorCode::NOT_AUTHORIZED, .. }));
     let e = client.subscribe(topic(), SubscribeOptions::default()).await.unwrap_err();
     assert_eq!(e.to_string(), "not authorized to subscribe to demo.x");
-    let e = client.publisher("other.x".parse().unwrap(), PublisherOptions::default()).await.unwrap_err();
-    assert!(matches!(e, Error::NoContentKey { .. }), "{e}");
+    let e = client.policies(&topic()).await.unwrap_err();
+    assert_eq!(e.to_string(), "not authorized to read the policies of demo.x");
+    let next = policy(&topic(), mock.with(|l| l.current(&topic()).cloned()).as_ref(), vec![]);
+    let e = client.put_policy(&next).await.unwrap_err();
+    assert_eq!(e.to_string(), "not authorized to administer demo.x");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,6 +666,346 @@ async fn a_silent_address_fails_within_the_connect_timeout() {
     let e = Client::connect_with(&id, options).await.unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(3));
     assert_eq!(e.to_string(), format!("broker unreachable at {addr}: no answer within 0.5 s"));
+}
+
+fn current(mock: &Mock, topic: &Topic) -> VerifiedPolicy {
+    mock.with(|l| l.current(topic).cloned()).unwrap()
+}
+
+/// Options of a client that fetches the topic's policies again before every batch it seals or opens.
+fn eager() -> ClientOptions {
+    ClientOptions { policy_refresh: Duration::ZERO, ..quick() }
+}
+
+async fn next_item(sub: &mut sealpost_client::Subscription) -> Result<sealpost_client::Message, Error> {
+    tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_identity_may_do_on_a_topic_comes_from_its_policy() {
+    let (_dir, _pki, mock, id) = setup().await;
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let other: Topic = "demo.other".parse().unwrap();
+    let e = client.publisher(other.clone(), PublisherOptions::default()).await.unwrap_err();
+    assert!(matches!(e, Error::NoPolicy { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "topic demo.other has no policy yet: the topic authority must create one first (sealpost topic \
+         create demo.other ...)"
+    );
+    let e = client.subscribe(other.clone(), SubscribeOptions::default()).await.unwrap_err();
+    assert!(matches!(e, Error::NoPolicy { .. }), "{e}");
+
+    // Created meanwhile: alice may read, not publish.
+    let p = policy(&other, None, vec![member("alice", false, true), member("bob", true, false)]);
+    mock.with(|l| l.policies.insert(other.clone(), vec![p]));
+    let e = client.publisher(other.clone(), PublisherOptions::default()).await.unwrap_err();
+    assert!(matches!(e, Error::NotAPublisher { epoch: 1, .. }), "{e}");
+    assert!(
+        e.to_string().starts_with("alice is not a publisher in the current policy of demo.other (epoch 1)"),
+        "{e}"
+    );
+    client.subscribe(other.clone(), SubscribeOptions::default()).await.unwrap();
+
+    // Not a member at all: no key to read with.
+    let closed: Topic = "demo.closed".parse().unwrap();
+    mock.with(|l| {
+        l.policies.insert(closed.clone(), vec![policy(&closed, None, vec![member("bob", true, true)])])
+    });
+    let e = client.subscribe(closed, SubscribeOptions::default()).await.unwrap_err();
+    assert!(matches!(e, Error::NoContentKey { .. }), "{e}");
+
+    let policies = client.policies(&topic()).await.unwrap();
+    assert_eq!(policies.len(), 1);
+    assert_eq!(policies[0].epoch(), Epoch(1));
+    assert_eq!(policies[0].members()[0].signing_key, alice().public_key());
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rotation_publishers_seal_under_the_new_epoch_and_subscribers_follow() {
+    let (_dir, _pki, mock, id) = setup().await;
+    let publishing = Client::connect_with(&id, eager()).await.unwrap();
+    // The reader fetches policies on its own schedule: it learns of the rotation from the batch's epoch.
+    let reading = Client::connect_with(&id, quick()).await.unwrap();
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let mut sub = reading.subscribe(topic(), options).await.unwrap();
+    let publisher = publishing.publisher(topic(), PublisherOptions::default()).await.unwrap();
+    publisher.publish("before").await.unwrap();
+    assert_eq!(&next_item(&mut sub).await.unwrap().payload[..], b"before");
+
+    let rotated = policy(&topic(), Some(&current(&mock, &topic())), vec![member("alice", true, true)]);
+    publishing.put_policy(&rotated).await.unwrap();
+    let fetched = mock.with(|l| l.get_policies);
+    publisher.publish("after").await.unwrap();
+    let epochs: Vec<u64> = mock.with(|l| {
+        l.entries
+            .iter()
+            .map(|e| SealedBatch::decode(e.2.clone(), &Limits::default()).unwrap().header().epoch.0)
+            .collect()
+    });
+    assert_eq!(epochs, [1, 2]);
+    let m = next_item(&mut sub).await.unwrap();
+    assert_eq!((&m.payload[..], m.offset, m.seq), (&b"after"[..], 1, 2));
+    assert!(mock.with(|l| l.get_policies) >= fetched + 2, "both clients fetched the new policy");
+    publisher.close().await.unwrap();
+    publishing.close().await;
+    reading.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_member_can_neither_seal_nor_open_the_new_epoch() {
+    let (dir, pki, mock, id) = setup().await;
+    let alice_client = Client::connect_with(&id, eager()).await.unwrap();
+    let publisher = alice_client.publisher(topic(), PublisherOptions::default()).await.unwrap();
+    publisher.publish("while a member").await.unwrap();
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let mut sub = alice_client.subscribe(topic(), options).await.unwrap();
+    assert_eq!(&next_item(&mut sub).await.unwrap().payload[..], b"while a member");
+
+    // Epoch 2 without alice: bob publishes.
+    let revoked = policy(&topic(), Some(&current(&mock, &topic())), vec![member("bob", true, true)]);
+    alice_client.put_policy(&revoked).await.unwrap();
+    let e = publisher.publish("after the revocation").await.unwrap_err();
+    assert!(matches!(e, Error::NotAPublisher { epoch: 2, .. }), "{e}");
+    assert_eq!(mock.with(|l| l.next_offset), 1);
+
+    let bob_id = Identity::load(identity_of(dir.path(), "bob", &pki, &pki.ca_pem, mock.addr, "")).unwrap();
+    let bob = Client::connect_with(&bob_id, quick()).await.unwrap();
+    let bob_pub = bob.publisher(topic(), PublisherOptions::default()).await.unwrap();
+    bob_pub.publish("secret from alice").await.unwrap();
+    match next_item(&mut sub).await {
+        Err(Error::Integrity {
+            check: sealpost_client::protocol::Error::UnknownEpoch(Epoch(2)),
+            offset: 1,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    bob_pub.close().await.unwrap();
+    bob.close().await;
+    alice_client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_the_broker_serves_must_be_signed_by_the_authority_and_never_go_back() {
+    use sealpost_client::protocol::Error as Check;
+    let (_dir, _pki, mock, id) = setup().await;
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let p1 = current(&mock, &topic());
+    let p2 = policy(&topic(), Some(&p1), vec![member("alice", true, true)]);
+    client.put_policy(&p2).await.unwrap();
+    assert_eq!(client.policies(&topic()).await.unwrap().len(), 2);
+
+    // The broker goes back to epoch 1: refused, whichever subscription or call asks.
+    mock.with(|l| l.lies.extend([vec![p1.as_bytes().clone()], vec![]]));
+    let e = client.subscribe(topic(), SubscribeOptions::default()).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Policy { check: Check::PolicyRollback { current: Epoch(2), got: Epoch(1) }, .. }),
+        "{e}"
+    );
+    assert!(e.is_integrity());
+    let e = client.policies(&topic()).await.unwrap_err();
+    assert!(matches!(e, Error::Policy { check: Check::PolicyRollback { got: Epoch(0), .. }, .. }), "{e}");
+
+    // A policy signed by mallory, to a fresh client.
+    let mallory = SigningKey::from_bytes(&[0x66; 32]);
+    let forged = policy_by(&mallory, &topic(), None, vec![member("alice", true, true)]);
+    mock.with(|l| l.lies.push_back(vec![forged.as_bytes().clone()]));
+    let fresh = Client::connect_with(&id, quick()).await.unwrap();
+    let e = fresh.subscribe(topic(), SubscribeOptions::default()).await.unwrap_err();
+    assert!(matches!(e, Error::Policy { check: Check::PolicyNotFromAuthority, .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "topic policy of demo.x rejected: topic policy not signed by the pinned topic authority"
+    );
+    // Nor does the client hand one to the broker.
+    let sent = mock.with(|l| l.policies[&topic()].len());
+    let e = fresh.put_policy(&policy_by(&mallory, &topic(), None, vec![])).await.unwrap_err();
+    assert!(matches!(e, Error::Policy { check: Check::PolicyNotFromAuthority, .. }), "{e}");
+    assert_eq!(mock.with(|l| l.policies[&topic()].len()), sent);
+    client.close().await;
+    fresh.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_reports_a_bad_policy_served_at_a_rotation_and_goes_on() {
+    use sealpost_client::protocol::Error as Check;
+    let (_dir, _pki, mock, id) = setup().await;
+    let publishing = Client::connect_with(&id, eager()).await.unwrap();
+    let publisher = publishing.publisher(topic(), PublisherOptions::default()).await.unwrap();
+    publisher.publish("epoch 1").await.unwrap();
+    let p1 = current(&mock, &topic());
+    publishing.put_policy(&policy(&topic(), Some(&p1), vec![member("alice", true, true)])).await.unwrap();
+    publisher.publish("epoch 2").await.unwrap();
+
+    // The reader starts on epoch 1; when the epoch-2 batch arrives, a forged policy is served.
+    let mallory = SigningKey::from_bytes(&[0x66; 32]);
+    let forged = policy_by(&mallory, &topic(), None, vec![member("alice", true, true)]);
+    mock.with(|l| l.lies.extend([vec![p1.as_bytes().clone()], vec![forged.as_bytes().clone()]]));
+    let reading = Client::connect_with(&id, quick()).await.unwrap();
+    let mut sub = reading
+        .subscribe(topic(), SubscribeOptions { from: StartAt::Earliest, durable: None })
+        .await
+        .unwrap();
+    assert_eq!(&next_item(&mut sub).await.unwrap().payload[..], b"epoch 1");
+    match next_item(&mut sub).await {
+        Err(Error::Policy { check: Check::PolicyNotFromAuthority, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    match next_item(&mut sub).await {
+        Err(Error::Integrity { check: Check::UnknownEpoch(Epoch(2)), offset: 1, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    // The subscription goes on. Epoch 2 was asked for once already: its batches stay unreadable until the
+    // scheduled refresh of the policies (`policy_refresh`).
+    publisher.publish("epoch 2 again").await.unwrap();
+    let m = next_item(&mut sub).await;
+    assert!(
+        matches!(m, Err(Error::Integrity { check: Check::UnknownEpoch(Epoch(2)), offset: 2, .. })),
+        "{m:?}"
+    );
+    publisher.close().await.unwrap();
+    publishing.close().await;
+    reading.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_fetches_the_policies_again_on_schedule() {
+    let (_dir, _pki, mock, id) = setup().await;
+    let publishing = Client::connect_with(&id, eager()).await.unwrap();
+    let publisher = publishing.publisher(topic(), PublisherOptions::default()).await.unwrap();
+    publisher.publish("epoch 1").await.unwrap();
+    let p1 = current(&mock, &topic());
+    publishing.put_policy(&policy(&topic(), Some(&p1), vec![member("alice", true, true)])).await.unwrap();
+    publisher.publish("epoch 2").await.unwrap();
+    // The reader's start and its first scheduled fetch see epoch 1 only; the next one sees epoch 2 before
+    // the batch of epoch 2 is opened, so no refetch is needed.
+    mock.with(|l| l.lies.extend([vec![p1.as_bytes().clone()], vec![p1.as_bytes().clone()]]));
+    let reading = Client::connect_with(&id, eager()).await.unwrap();
+    let mut sub = reading
+        .subscribe(topic(), SubscribeOptions { from: StartAt::Earliest, durable: None })
+        .await
+        .unwrap();
+    assert_eq!(&next_item(&mut sub).await.unwrap().payload[..], b"epoch 1");
+    assert_eq!(&next_item(&mut sub).await.unwrap().payload[..], b"epoch 2");
+    assert!(mock.with(|l| l.lies.is_empty()));
+    publisher.close().await.unwrap();
+    publishing.close().await;
+    reading.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_of_a_stale_epoch_is_rejected_by_the_broker() {
+    let (_dir, _pki, mock, id) = setup().await;
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let p1 = current(&mock, &topic());
+    let theirs = policy(&topic(), Some(&p1), vec![member("alice", true, true)]);
+    let mine = policy(&topic(), Some(&p1), vec![member("alice", true, false)]);
+    mock.with(|l| l.sneak_in = Some(theirs));
+    let e = client.put_policy(&mine).await.unwrap_err();
+    assert!(matches!(e, Error::Refused { code: ErrorCode::POLICY_REJECTED, .. }), "{e}");
+    assert!(e.to_string().starts_with("cannot administer demo.x: the broker rejected the policy"), "{e}");
+    client.close().await;
+}
+
+/// Runs the CLI with `args` as the identity at `identity`.
+async fn cli(identity: &Path, args: &[&str]) -> std::process::Output {
+    let exe = env!("CARGO_BIN_EXE_sealpost");
+    let identity = identity.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe).arg("--identity").arg(identity).args(args).output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failure(out: &std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err.trim_end().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_topic_policies_as_the_authority() {
+    let (dir, pki, mock, _id) = setup().await;
+    let seed = hex::encode(*authority().to_bytes());
+    let admin = identity_of(
+        dir.path(),
+        "admin",
+        &pki,
+        &pki.ca_pem,
+        mock.addr,
+        &format!("authority_key = \"{seed}\"\n"),
+    );
+    let alice_id = dir.path().join("alice.toml");
+    // bob made his keys with keygen: the authority gets bob.pub.toml.
+    let exe = env!("CARGO_BIN_EXE_sealpost");
+    let bob_keys = dir.path().join("bob.toml");
+    let out = std::process::Command::new(exe)
+        .args(["keygen", "--out", bob_keys.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("bob.pub.toml"));
+    let t: Topic = "demo.new".parse().unwrap();
+
+    let out =
+        cli(&admin, &["topic", "create", "demo.new", "--publisher", "alice", "--subscriber", "alice", "bob"])
+            .await;
+    let text = stdout(&out);
+    assert!(text.starts_with("demo.new: epoch 1 stored\n"), "{text}");
+    let p1 = current(&mock, &t);
+    assert_eq!(p1.members().len(), 2);
+    assert_eq!(p1.member("alice").map(|m| (m.publish, m.subscribe)), Some((true, true)));
+    assert_eq!(p1.member("bob").map(|m| (m.publish, m.subscribe)), Some((false, true)));
+    assert_eq!(p1.member("alice").unwrap().hpke_key, alice_hpke().public_key());
+
+    // Anyone who may read the policies sees them.
+    let text = stdout(&cli(&alice_id, &["topic", "show", "demo.new"]).await);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("demo.new: epoch 1, created 20"), "{text}");
+    assert!(lines[1].starts_with("  alice  publish,subscribe  signing key "), "{text}");
+    assert!(lines[1].contains(&alice().public_key().key_id().to_string()), "{text}");
+    assert!(lines[2].starts_with("  bob    subscribe          signing key "), "{text}");
+
+    let e = failure(&cli(&admin, &["topic", "create", "demo.new", "--publisher", "alice"]).await);
+    let expected = "sealpost: demo.new already has a policy (epoch 1): change it with sealpost topic grant, \
+                    revoke or rotate";
+    assert_eq!(e, expected);
+    stdout(&cli(&admin, &["topic", "grant", "demo.new", "--publisher", "bob"]).await);
+    assert_eq!(current(&mock, &t).member("bob").map(|m| (m.publish, m.subscribe)), Some((true, true)));
+    let e = failure(&cli(&admin, &["topic", "grant", "demo.new", "--subscriber", "dave"]).await);
+    assert!(e.starts_with("sealpost: unknown member dave: neither "), "{e}");
+    let e = failure(&cli(&admin, &["topic", "revoke", "demo.new", "carol"]).await);
+    assert_eq!(e, "sealpost: carol is not a member of the policy of demo.new (epoch 2)");
+    stdout(&cli(&admin, &["topic", "revoke", "demo.new", "bob"]).await);
+    stdout(&cli(&admin, &["topic", "rotate", "demo.new"]).await);
+    let p4 = current(&mock, &t);
+    assert_eq!(p4.epoch(), Epoch(4));
+    assert_eq!(p4.members().iter().map(|m| m.principal.as_str()).collect::<Vec<_>>(), ["alice"]);
+
+    let e = failure(&cli(&alice_id, &["topic", "rotate", "demo.new"]).await);
+    assert_eq!(
+        e,
+        "sealpost: this identity holds no authority_key: only the topic authority can change policies"
+    );
+    // Another administrator was faster.
+    mock.with(|l| l.sneak_in = Some(policy(&t, Some(&p4), vec![member("alice", true, true)])));
+    let e = failure(&cli(&admin, &["topic", "rotate", "demo.new"]).await);
+    assert_eq!(e, "sealpost: the policy of demo.new changed meanwhile (stale epoch): run the command again");
+    assert_eq!(current(&mock, &t).epoch(), Epoch(5));
+
+    // alice publishes and reads under the policy the CLI made.
+    stdout(&cli(&alice_id, &["pub", "demo.new", "made by the cli"]).await);
+    let text = stdout(&cli(&alice_id, &["sub", "demo.new", "--from", "earliest", "--count", "1"]).await);
+    assert_eq!(text, "made by the cli\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,12 +1065,23 @@ fn the_cli_makes_keys_and_reports_a_missing_identity_in_one_line() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let table: toml::Table = toml::from_str(&text).unwrap();
-    assert_eq!(table["signing_key"].as_str().unwrap().len(), 64);
+    assert_eq!(table.len(), 2, "only the secret keys are TOML: {text}");
+    let seed = table["signing_key"].as_str().unwrap();
+    assert_eq!(seed.len(), 64);
     assert_eq!(table["hpke_key"].as_str().unwrap().len(), 64);
-    assert!(text.starts_with("# public signing key"));
+    // The public keys, commented, as a NAME.pub.toml.
+    let public: String =
+        text.lines().filter_map(|l| l.strip_prefix("# ")).skip(1).map(|l| format!("{l}\n")).collect();
+    let public: toml::Table = toml::from_str(&public).unwrap();
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(seed, &mut bytes).unwrap();
+    assert_eq!(
+        public["signing_key"].as_str().unwrap(),
+        SigningKey::from_bytes(&bytes).public_key().to_string()
+    );
 
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("keys.toml");
+    let file = dir.path().join("carol.toml");
     let out =
         std::process::Command::new(exe).args(["keygen", "--out", file.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success());
@@ -618,9 +1091,24 @@ fn the_cli_makes_keys_and_reports_a_missing_identity_in_one_line() {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     }
+    let public: toml::Table =
+        toml::from_str(&std::fs::read_to_string(dir.path().join("carol.pub.toml")).unwrap()).unwrap();
+    assert_eq!(public["principal"].as_str(), Some("carol"));
+    let secret: toml::Table = toml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    hex::decode_to_slice(secret["hpke_key"].as_str().unwrap(), &mut bytes).unwrap();
+    assert_eq!(
+        public["hpke_key"].as_str(),
+        Some(HpkeSecretKey::from_bytes(&bytes).public_key().to_string().as_str())
+    );
     let again =
         std::process::Command::new(exe).args(["keygen", "--out", file.to_str().unwrap()]).output().unwrap();
     assert_eq!(again.status.code(), Some(1));
+    let odd = dir.path().join("not a principal.toml");
+    let out =
+        std::process::Command::new(exe).args(["keygen", "--out", odd.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).ends_with(": pass --principal NAME\n"));
+    assert!(!odd.exists());
 
     let out = std::process::Command::new(exe)
         .args(["pub", "demo.x", "hi"])

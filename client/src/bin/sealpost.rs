@@ -1,15 +1,19 @@
-//! `sealpost`: publish, subscribe and make keys from the command line.
+//! `sealpost`: publish, subscribe, make keys and manage topic policies from the command line.
 //!
 //! Any failure prints exactly one line, `sealpost: <what went wrong>`, on stderr and exits with status 1.
 //! Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
+
+#[path = "sealpost/topic.rs"]
+mod topic;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use futures_util::StreamExt;
+use sealpost_client::protocol::policy::valid_principal;
 use sealpost_client::protocol::{HpkeSecretKey, SigningKey};
 use sealpost_client::{Client, Identity, PublisherOptions, StartAt, SubscribeOptions, Topic};
 use tokio::io::AsyncBufReadExt;
@@ -49,11 +53,75 @@ enum Command {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
-    /// Make a fresh signing key and HPKE key, as lines for an identity file.
+    /// Make a fresh signing key and HPKE key: the secret keys as lines for an identity file, the public
+    /// keys as a NAME.pub.toml file for the topic authority.
     Keygen {
-        /// Write them to FILE (created with owner-only permissions; never overwritten) instead of stdout.
+        /// Write the secret keys to FILE (owner-only permissions; never overwritten) and the public keys to
+        /// FILE's name with `.toml` replaced by `.pub.toml`, instead of printing them.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// The principal the keys are for, named in the public keys. Default: FILE's name without `.toml`.
+        #[arg(long, value_name = "NAME")]
+        principal: Option<String>,
+    },
+    /// Manage a topic's policy (who may publish and read it, and its content key), as the topic
+    /// authority; or show it.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create the topic's first policy (epoch 1). A NAME given as both publisher and subscriber gets both
+    /// roles.
+    Create {
+        /// The topic.
+        topic: Topic,
+        /// Members who may publish.
+        #[arg(long = "publisher", value_name = "NAME", num_args = 1..)]
+        publishers: Vec<String>,
+        /// Members who may subscribe.
+        #[arg(long = "subscriber", value_name = "NAME", num_args = 1..)]
+        subscribers: Vec<String>,
+        /// The folder of members' key files, NAME.pub.toml or NAME.toml. Default: the folder of the
+        /// identity file.
+        #[arg(long, value_name = "DIR")]
+        members: Option<PathBuf>,
+    },
+    /// Add a member with a role, or a role to a member: a new epoch with a fresh content key.
+    #[command(group(ArgGroup::new("role").required(true).args(["publisher", "subscriber"])))]
+    Grant {
+        /// The topic.
+        topic: Topic,
+        /// Let NAME publish.
+        #[arg(long, value_name = "NAME")]
+        publisher: Option<String>,
+        /// Let NAME subscribe.
+        #[arg(long, value_name = "NAME")]
+        subscriber: Option<String>,
+        /// The folder of members' key files, NAME.pub.toml or NAME.toml. Default: the folder of the
+        /// identity file.
+        #[arg(long, value_name = "DIR")]
+        members: Option<PathBuf>,
+    },
+    /// Remove a member: a new epoch with a fresh content key that it cannot unwrap.
+    Revoke {
+        /// The topic.
+        topic: Topic,
+        /// The member to remove.
+        name: String,
+    },
+    /// Replace the content key: a new epoch with a fresh key, the same members.
+    Rotate {
+        /// The topic.
+        topic: Topic,
+    },
+    /// Print the topic's current policy: epoch, creation time, members with their roles and key ids.
+    Show {
+        /// The topic.
+        topic: Topic,
     },
 }
 
@@ -81,9 +149,10 @@ fn main() -> ExitCode {
             ) {
                 e.exit();
             }
-            // Usage errors too are one line and status 1.
+            // Usage errors too are one line and status 1: the first paragraph of clap's text, joined.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+            let first = if first.is_empty() { "invalid arguments".to_owned() } else { first.join(" ") };
             eprintln!("sealpost: {} (see sealpost --help)", first.trim_start_matches("error: "));
             return ExitCode::FAILURE;
         }
@@ -96,7 +165,7 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
-        Command::Keygen { out } => keygen(out.as_deref()),
+        Command::Keygen { out, principal } => keygen(out.as_deref(), principal.as_deref()),
         command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -119,15 +188,43 @@ async fn run(identity: Option<PathBuf>, command: Command) -> anyhow::Result<()> 
         bail!("no identity file: pass --identity FILE or set SEALPOST_IDENTITY");
     };
     let identity = Identity::load(identity)?;
+    let changes_policy =
+        matches!(&command, Command::Topic { command } if !matches!(command, TopicCommand::Show { .. }));
+    if changes_policy && identity.authority_key().is_none() {
+        bail!("{}", topic::NO_AUTHORITY_KEY);
+    }
     let client = Client::connect(&identity).await?;
     let result = match command {
         Command::Pub { topic, messages } => publish(&client, topic, messages).await,
         Command::Sub { topic, from, durable, count } => subscribe(&client, topic, from, durable, count).await,
+        Command::Topic { command } => topic_command(&client, &identity, command).await,
         // Handled before the runtime starts.
         Command::Keygen { .. } => Ok(()),
     };
     client.close().await;
     result
+}
+
+async fn topic_command(client: &Client, identity: &Identity, command: TopicCommand) -> anyhow::Result<()> {
+    let default_dir = || identity.path().parent().map(Path::to_path_buf).unwrap_or_default();
+    let folder = |members: Option<PathBuf>| topic::Members::new(members.unwrap_or_else(default_dir));
+    let (topic, change, members) = match command {
+        TopicCommand::Show { topic } => return topic::show(client, &topic).await,
+        TopicCommand::Create { topic, publishers, subscribers, members } => {
+            (topic, topic::Change::Create { publishers, subscribers }, folder(members))
+        }
+        TopicCommand::Grant { topic, publisher, subscriber, members } => {
+            let change = match (publisher, subscriber) {
+                (Some(name), _) => topic::Change::Grant { name, role: topic::Role::Publish },
+                (None, Some(name)) => topic::Change::Grant { name, role: topic::Role::Subscribe },
+                (None, None) => bail!("give --publisher NAME or --subscriber NAME"),
+            };
+            (topic, change, folder(members))
+        }
+        TopicCommand::Revoke { topic, name } => (topic, topic::Change::Revoke { name }, folder(None)),
+        TopicCommand::Rotate { topic } => (topic, topic::Change::Rotate, folder(None)),
+    };
+    topic::change(client, identity, &topic, &change, &members).await
 }
 
 async fn publish(client: &Client, topic: Topic, messages: Vec<String>) -> anyhow::Result<()> {
@@ -197,37 +294,67 @@ async fn subscribe(
     result
 }
 
-fn keygen(out: Option<&Path>) -> anyhow::Result<()> {
+fn keygen(out: Option<&Path>, principal: Option<&str>) -> anyhow::Result<()> {
+    if let Some(name) = principal.filter(|p| !valid_principal(p)) {
+        bail!("{name:?} is not a principal name (1 to 64 of A-Z a-z 0-9 . _ -)");
+    }
     let signing = SigningKey::generate(&mut rand::rngs::OsRng);
     let hpke = HpkeSecretKey::generate(&mut rand::rngs::OsRng);
-    let public = format!(
-        "# public signing key (for [[publisher]] entries and the broker): {}\n# public HPKE key: {}\n",
-        signing.public_key(),
-        hpke.public_key()
-    );
     let signing_hex = Zeroizing::new(hex::encode(*signing.to_bytes()));
     let hpke_hex = Zeroizing::new(hex::encode(hpke.as_bytes()));
     let secret =
         Zeroizing::new(format!("signing_key = \"{}\"\nhpke_key = \"{}\"\n", *signing_hex, *hpke_hex));
-    match out {
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            stdout.write_all(public.as_bytes())?;
-            stdout.write_all(secret.as_bytes())?;
-            stdout.flush()?;
+    let Some(path) = out else {
+        let name = principal.unwrap_or("NAME");
+        let public = topic::public_file(name, &signing.public_key(), &hpke.public_key());
+        let mut stdout = std::io::stdout().lock();
+        // The public keys as comments, so that the whole output stays one valid TOML file of secrets.
+        writeln!(
+            stdout,
+            "# public keys: the topic authority needs the next 3 lines, without \"# \", as {name}.pub.toml"
+        )?;
+        for line in public.lines().filter(|l| !l.starts_with('#')) {
+            writeln!(stdout, "# {line}")?;
         }
-        Some(path) => {
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
-            file.write_all(public.as_bytes())
-                .and_then(|()| file.write_all(secret.as_bytes()))
-                .and_then(|()| file.sync_all())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            print!("{public}");
-        }
+        stdout.write_all(secret.as_bytes())?;
+        stdout.flush()?;
+        return Ok(());
+    };
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let stem = file_name.strip_suffix(".toml").unwrap_or(file_name);
+    let principal = match principal {
+        Some(p) => p,
+        None if valid_principal(stem) => stem,
+        None => bail!("cannot tell the principal from the name of {}: pass --principal NAME", path.display()),
+    };
+    let public_path = path.with_file_name(format!("{stem}.pub.toml"));
+    if public_path.exists() {
+        bail!("{} exists already: it is never overwritten", public_path.display());
     }
+    let header = format!("# secret keys of {principal}: lines for its identity file; keep them private\n");
+    write_new(path, 0o600, &[header.as_bytes(), secret.as_bytes()])?;
+    let public = topic::public_file(principal, &signing.public_key(), &hpke.public_key());
+    write_new(&public_path, 0o644, &[public.as_bytes()])?;
+    println!(
+        "wrote the secret keys of {principal} to {} and its public keys to {} (for the topic authority)",
+        path.display(),
+        public_path.display()
+    );
     Ok(())
+}
+
+/// Creates `path` (never overwriting it) with `mode` on Unix, and writes `parts` to it durably.
+fn write_new(path: &Path, mode: u32, parts: &[&[u8]]) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    parts
+        .iter()
+        .try_for_each(|part| file.write_all(part))
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
