@@ -20,10 +20,14 @@ use sealpost_broker::acl::Acl;
 use sealpost_broker::pki::{DevCa, LeafSpec};
 use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
 use sealpost_broker::store::SledStore;
+use sealpost_broker::store::Store;
 use sealpost_broker::tls::TlsMaterial;
 use sealpost_client::{Client, Identity, PublisherOptions, SubscribeOptions};
-use sealpost_protocol::identity::{ContentKeyEntry, IdentityFile, PublisherEntry};
-use sealpost_protocol::{SigningKey, StartAt, Topic, TopicPattern};
+use sealpost_protocol::identity::IdentityFile;
+use sealpost_protocol::{
+    issue_policy, ContentKey, Epoch, HpkeSecretKey, Limits, Member, PolicyParams, SigningKey, StartAt,
+    Timestamp, Topic,
+};
 
 struct Settings {
     messages: u64,
@@ -54,6 +58,28 @@ async fn w1(s: &Settings) -> (f64, f64) {
     let server = ca.issue(&LeafSpec::local_server()).unwrap();
     let key = SigningKey::from_bytes(&[5; 32]);
     let client_cert = ca.issue(&LeafSpec::client("load", &[key.public_key()])).unwrap();
+    let authority = SigningKey::from_bytes(&[6; 32]);
+    let hpke = HpkeSecretKey::from_bytes(&[3; 32]);
+    let topic = Topic::new("bench.w1").unwrap();
+    let store = SledStore::open(&dir.path().join("data")).unwrap();
+    let params = PolicyParams {
+        topic: topic.clone(),
+        epoch: Epoch(1),
+        prev: None,
+        members: vec![Member {
+            principal: "load".into(),
+            publish: true,
+            subscribe: true,
+            signing_key: key.public_key(),
+            hpke_key: hpke.public_key(),
+        }],
+        created_at: Timestamp(1),
+    };
+    let mut rng = rand::rngs::OsRng;
+    let policy =
+        issue_policy(&authority, params, &ContentKey::generate(&mut rng), &Limits::default(), &mut rng)
+            .unwrap();
+    store.put_policy(&topic, 1, policy.as_bytes()).unwrap();
     let options = BrokerOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: TlsMaterial {
@@ -63,7 +89,8 @@ async fn w1(s: &Settings) -> (f64, f64) {
             crls_pem: Vec::new(),
         },
         acl: Acl::from_toml(ACL).unwrap(),
-        store: Arc::new(SledStore::open(&dir.path().join("data")).unwrap()),
+        store: Arc::new(store),
+        authority: Some(authority.public_key()),
         limits: ServerLimits::default(),
     };
     let broker = Broker::start(options).await.unwrap();
@@ -71,7 +98,6 @@ async fn w1(s: &Settings) -> (f64, f64) {
     std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
     std::fs::write(d.join("load.pem"), &client_cert.cert_pem).unwrap();
     std::fs::write(d.join("load.key"), &client_cert.key_pem).unwrap();
-    let pattern = TopicPattern::new("bench.>").unwrap();
     let identity = IdentityFile {
         principal: "load".into(),
         broker: broker.local_addr().to_string(),
@@ -80,17 +106,12 @@ async fn w1(s: &Settings) -> (f64, f64) {
         cert: "load.pem".into(),
         key: "load.key".into(),
         signing_key: hex::encode(*key.to_bytes()),
-        hpke_key: hex::encode([3u8; 32]),
-        content_keys: vec![ContentKeyEntry {
-            topics: pattern.clone(),
-            epoch: 1,
-            key: hex::encode([4u8; 32]),
-        }],
-        publishers: vec![PublisherEntry { principal: "load".into(), key: key.public_key(), topics: pattern }],
+        hpke_key: hex::encode(hpke.as_bytes()),
+        authority: authority.public_key(),
+        authority_key: None,
     };
     std::fs::write(d.join("load.toml"), toml::to_string(&identity).unwrap()).unwrap();
     let identity = Identity::load(d.join("load.toml")).unwrap();
-    let topic = Topic::new("bench.w1").unwrap();
 
     let sub_client = Client::connect(&identity).await.unwrap();
     let mut sub = sub_client

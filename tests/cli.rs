@@ -155,3 +155,65 @@ fn cli_reports_an_unreachable_broker_in_one_line() {
     assert!(err.starts_with(&format!("sealpost: broker unreachable at {dead}")), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn revoked_member_cannot_decrypt_what_is_published_after_the_revocation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = start_dev(tmp.path());
+    let run_as = |who: &str, args: &[&str], stdin: Option<&str>| {
+        let mut cmd = sealpost(&broker, who);
+        cmd.args(args);
+        run(cmd, stdin)
+    };
+
+    // bob reads what alice publishes before the revocation.
+    let out = run_as("alice", &["pub", "demo.chat", "before the revocation"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run_as("bob", &["sub", "demo.chat", "--from", "earliest", "--count", "1"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "before the revocation\n");
+
+    // bob keeps a subscription open across the revocation.
+    let mut sub = sealpost(&broker, "bob");
+    sub.args(["sub", "demo.chat", "--from", "earliest", "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut bob = sub.spawn().unwrap();
+    let (stdout, stderr) = (bob.stdout.take().unwrap(), bob.stderr.take().unwrap());
+    let lines = |pipe: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let (bob_out, bob_err) = (lines(Box::new(stdout)), lines(Box::new(stderr)));
+    assert_eq!(bob_out.recv_timeout(Duration::from_secs(60)).unwrap(), "before the revocation");
+
+    // The authority revokes bob: a new epoch with a fresh key, without him.
+    let out = run_as("admin", &["topic", "revoke", "demo.chat", "bob"], None);
+    assert!(out.status.success(), "revoke failed: {}", text(&out.stderr));
+    let out = run_as("admin", &["topic", "show", "demo.chat"], None);
+    let shown = text(&out.stdout);
+    assert!(shown.contains("epoch 2"), "{shown}");
+    assert!(shown.contains("alice") && !shown.contains("bob"), "{shown}");
+
+    // alice publishes after the revocation (her client seals under epoch 2).
+    let out = run_as("alice", &["pub", "demo.chat", "after the revocation"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // bob's open subscription reports that it cannot read it, and never prints it.
+    let line = bob_err.recv_timeout(Duration::from_secs(60)).expect("bob reported nothing");
+    assert!(line.contains("demo.chat"), "{line}");
+    let _ = bob.kill();
+    let _ = bob.wait();
+    let rest: Vec<String> = bob_out.try_iter().collect();
+    assert!(rest.is_empty(), "bob printed {rest:?} after his revocation");
+
+    // alice, still a member, reads both.
+    let out = run_as("alice", &["sub", "demo.chat", "--from", "earliest", "--count", "2"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "before the revocation\nafter the revocation\n");
+}

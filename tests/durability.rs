@@ -49,7 +49,7 @@ async fn payload_marker_never_appears_in_any_file_under_the_data_folder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_message_survives_sigkill() {
-    let env = Env::new();
+    let mut env = Env::new();
     let config = env.write_config();
     let broker = BrokerProcess::start(&config);
     let options = ClientOptions {

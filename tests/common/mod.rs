@@ -12,8 +12,11 @@ use sealpost_broker::pki::{DevCa, Issued, LeafSpec};
 use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
 use sealpost_broker::store::{MemoryStore, SledStore, Store};
 use sealpost_broker::tls::TlsMaterial;
-use sealpost_protocol::identity::{ContentKeyEntry, IdentityFile, PublisherEntry};
-use sealpost_protocol::{ContentKey, HpkeSecretKey, SigningKey, TopicPattern};
+use sealpost_protocol::identity::IdentityFile;
+use sealpost_protocol::{
+    issue_policy, ContentKey, Epoch, HpkeSecretKey, Limits, Member, PolicyParams, SigningKey, Timestamp,
+    Topic, VerifiedPolicy,
+};
 
 /// The storage engines scenario tests run against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,16 +37,29 @@ principals = ["bob"]
 topics = ["demo.>"]
 actions = ["subscribe"]
 effect = "allow"
+
+[[rule]]
+principals = ["admin"]
+topics = [">"]
+actions = ["admin"]
+effect = "allow"
 "#;
+
+/// The topics every `Env` gives a first policy: alice publishes and subscribes, bob subscribes.
+pub const TOPICS: [&str; 2] = ["demo.chat", "demo.events"];
 
 /// A deployment made in the test: CA, server certificate, principals with keys, and a data folder.
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub ca: DevCa,
     pub server: Issued,
+    /// The content key of epoch 1 of every topic in [`TOPICS`].
     pub content_key: ContentKey,
     pub keys: Vec<(String, SigningKey)>,
+    /// The topic authority, pinned in every identity file and configured on the broker.
+    pub authority: SigningKey,
     memory: Option<Arc<dyn Store>>,
+    seeded: bool,
 }
 
 impl Env {
@@ -51,13 +67,76 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let ca = DevCa::generate("test CA").unwrap();
         let server = ca.issue(&LeafSpec::local_server()).unwrap();
-        let keys = ["alice", "bob", "mallory"]
+        let keys = ["alice", "bob", "mallory", "admin"]
             .iter()
             .enumerate()
             .map(|(i, n)| (n.to_string(), SigningKey::from_bytes(&[i as u8 + 1; 32])))
             .collect();
         std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
-        Env { dir, ca, server, content_key: ContentKey::from_bytes(&[0xC0; 32]), keys, memory: None }
+        Env {
+            dir,
+            ca,
+            server,
+            content_key: ContentKey::from_bytes(&[0xC0; 32]),
+            keys,
+            authority: SigningKey::from_bytes(&[0xAA; 32]),
+            memory: None,
+            seeded: false,
+        }
+    }
+
+    /// `who`'s HPKE secret: distinct per principal, fixed for the test.
+    pub fn hpke(&self, who: &str) -> HpkeSecretKey {
+        HpkeSecretKey::from_bytes(&[who.as_bytes()[0] ^ 0x5A; 32])
+    }
+
+    /// `who` as a policy member.
+    pub fn member(&self, who: &str, publish: bool, subscribe: bool) -> Member {
+        Member {
+            principal: who.into(),
+            publish,
+            subscribe,
+            signing_key: self.key(who).public_key(),
+            hpke_key: self.hpke(who).public_key(),
+        }
+    }
+
+    /// A policy of `topic` signed by the authority.
+    pub fn policy(
+        &self,
+        topic: &str,
+        epoch: u64,
+        prev: Option<&VerifiedPolicy>,
+        members: Vec<Member>,
+        key: &ContentKey,
+    ) -> VerifiedPolicy {
+        let params = PolicyParams {
+            topic: Topic::new(topic).unwrap(),
+            epoch: Epoch(epoch),
+            prev,
+            members,
+            created_at: Timestamp(1_763_856_000_000 + epoch),
+        };
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(epoch);
+        issue_policy(&self.authority, params, key, &Limits::default(), &mut rng).unwrap()
+    }
+
+    /// The epoch-1 policy of a topic in [`TOPICS`].
+    pub fn first_policy(&self, topic: &str) -> VerifiedPolicy {
+        let members = vec![self.member("alice", true, true), self.member("bob", false, true)];
+        self.policy(topic, 1, None, members, &self.content_key)
+    }
+
+    /// Stores the first policies of [`TOPICS`] in `store`, once per env (a restart keeps them).
+    pub fn seed(&mut self, store: &dyn Store) {
+        if std::mem::replace(&mut self.seeded, true) {
+            return;
+        }
+        for topic in TOPICS {
+            let policy = self.first_policy(topic);
+            store.put_policy(policy.topic(), 1, policy.as_bytes()).unwrap();
+        }
+        store.sync().unwrap();
     }
 
     pub fn key(&self, who: &str) -> &SigningKey {
@@ -69,11 +148,13 @@ impl Env {
     }
 
     fn store(&mut self, engine: Engine) -> Arc<dyn Store> {
-        match engine {
+        let store: Arc<dyn Store> = match engine {
             Engine::Sled => Arc::new(SledStore::open(&self.data_dir()).unwrap()),
             // The memory engine survives a broker restart within the test (not a process restart).
             Engine::Memory => self.memory.get_or_insert_with(|| Arc::new(MemoryStore::default())).clone(),
-        }
+        };
+        self.seed(store.as_ref());
+        store
     }
 
     pub fn tls(&self) -> TlsMaterial {
@@ -96,6 +177,7 @@ impl Env {
             tls: self.tls(),
             acl: Acl::from_toml(ACL).unwrap(),
             store: self.store(engine),
+            authority: Some(self.authority.public_key()),
             limits: ServerLimits::default(),
         };
         Broker::start(options).await.unwrap()
@@ -113,10 +195,6 @@ impl Env {
         let d = self.dir.path();
         std::fs::write(d.join(format!("{who}.pem")), &cert.cert_pem).unwrap();
         std::fs::write(d.join(format!("{who}.key")), &cert.key_pem).unwrap();
-        let demo = TopicPattern::new("demo.>").unwrap();
-        // Everyone holds the content key, mallory included (as if it had leaked): what keeps mallory out
-        // in these tests is the broker's ACL, which is what they test.
-        let member = true;
         let identity = IdentityFile {
             principal: who.into(),
             broker: addr.to_string(),
@@ -125,21 +203,9 @@ impl Env {
             cert: format!("{who}.pem").into(),
             key: format!("{who}.key").into(),
             signing_key: hex::encode(*self.key(who).to_bytes()),
-            hpke_key: hex::encode(HpkeSecretKey::from_bytes(&[9; 32]).as_bytes()),
-            content_keys: if member {
-                vec![ContentKeyEntry {
-                    topics: demo.clone(),
-                    epoch: 1,
-                    key: hex::encode(self.content_key.as_bytes()),
-                }]
-            } else {
-                Vec::new()
-            },
-            publishers: vec![PublisherEntry {
-                principal: "alice".into(),
-                key: self.key("alice").public_key(),
-                topics: demo,
-            }],
+            hpke_key: hex::encode(self.hpke(who).as_bytes()),
+            authority: self.authority.public_key(),
+            authority_key: (who == "admin").then(|| hex::encode(*self.authority.to_bytes())),
         };
         let path = d.join(format!("{who}.toml"));
         std::fs::write(&path, toml::to_string(&identity).unwrap()).unwrap();
@@ -259,14 +325,21 @@ pub struct BrokerProcess {
 
 impl Env {
     /// Writes `broker.toml`, the ACL and the TLS files for a subprocess broker on 127.0.0.1:0.
-    pub fn write_config(&self) -> PathBuf {
+    pub fn write_config(&mut self) -> PathBuf {
         let d = self.dir.path();
         std::fs::write(d.join("server.pem"), &self.server.cert_pem).unwrap();
         std::fs::write(d.join("server.key"), &self.server.key_pem).unwrap();
         std::fs::write(d.join("acl.toml"), ACL).unwrap();
-        let config = "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nacl = \"acl.toml\"\n\n[tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n";
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nacl = \"acl.toml\"\nauthority = \"{}\"\n\n[tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n",
+            self.authority.public_key()
+        );
         let path = d.join("broker.toml");
         std::fs::write(&path, config).unwrap();
+        // The subprocess opens the same sled folder: seed its policies now and close it.
+        let store = SledStore::open(&self.data_dir()).unwrap();
+        self.seed(&store);
+        drop(store);
         path
     }
 }
