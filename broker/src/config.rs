@@ -61,6 +61,10 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// The broker's private key. No default.
     pub key: PathBuf,
+    /// Certificate revocation lists (PEM) of the client CA: a client certificate they revoke is refused.
+    /// Read at start-up. Default: none (no revocation checking).
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
 }
 
 /// The `[limits]` table.
@@ -184,8 +188,9 @@ impl Config {
 
     /// Joins every relative path to `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
-        for p in [&mut self.data_dir, &mut self.acl, &mut self.tls.ca, &mut self.tls.cert, &mut self.tls.key]
-        {
+        let fixed =
+            [&mut self.data_dir, &mut self.acl, &mut self.tls.ca, &mut self.tls.cert, &mut self.tls.key];
+        for p in fixed.into_iter().chain(self.tls.crls.iter_mut()) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -25,6 +25,8 @@ pub struct Issued {
     pub cert_pem: String,
     /// The private key, PKCS#8 PEM.
     pub key_pem: String,
+    /// The certificate's serial number (what a CRL names).
+    pub serial: u64,
 }
 
 impl core::fmt::Debug for Issued {
@@ -105,7 +107,7 @@ impl DevCa {
 
     /// The CA certificate and key.
     pub fn to_pem(&self) -> Issued {
-        Issued { cert_pem: self.cert.pem(), key_pem: self.key.serialize_pem() }
+        Issued { cert_pem: self.cert.pem(), key_pem: self.key.serialize_pem(), serial: 0 }
     }
 
     /// The CA certificate, PEM.
@@ -129,8 +131,33 @@ impl DevCa {
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now + time::Duration::seconds(spec.not_before_secs);
         params.not_after = now + time::Duration::seconds(spec.not_after_secs);
+        // Positive and below 2^63, so that its DER encoding needs no sign byte.
+        let serial = rand::Rng::gen_range(&mut rand::thread_rng(), 1..i64::MAX as u64);
+        params.serial_number = Some(serial.into());
         let key = KeyPair::generate().map_err(pki_err)?;
         let cert = params.signed_by(&key, &self.cert, &self.key).map_err(pki_err)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial })
+    }
+
+    /// A certificate revocation list, valid for a day from now, that revokes `revoked`.
+    pub fn crl(&self, revoked: &[&Issued]) -> Result<String> {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|cert| rcgen::RevokedCertParams {
+                    serial_number: cert.serial.into(),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.cert, &self.key).and_then(|crl| crl.pem()).map_err(pki_err)
     }
 }

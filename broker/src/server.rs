@@ -105,7 +105,7 @@ impl BrokerOptions {
             client_ca_pem: read(&config.tls.ca, "tls.ca")?,
             cert_chain_pem: read(&config.tls.cert, "tls.cert")?,
             key_pem: read(&config.tls.key, "tls.key")?,
-            crls_pem: Vec::new(),
+            crls_pem: config.tls.crls.iter().map(|p| read(p, "tls.crls")).collect::<Result<_>>()?,
         };
         let acl = Acl::load(&config.acl)?;
         let store = crate::store::open(config.storage.engine, &config.data_dir)?;

@@ -58,6 +58,8 @@ pub struct Env {
     pub keys: Vec<(String, SigningKey)>,
     /// The topic authority, pinned in every identity file and configured on the broker.
     pub authority: SigningKey,
+    /// CRLs (PEM) the broker is started with.
+    pub crls: Vec<String>,
     memory: Option<Arc<dyn Store>>,
     seeded: bool,
 }
@@ -80,6 +82,7 @@ impl Env {
             content_key: ContentKey::from_bytes(&[0xC0; 32]),
             keys,
             authority: SigningKey::from_bytes(&[0xAA; 32]),
+            crls: Vec::new(),
             memory: None,
             seeded: false,
         }
@@ -162,7 +165,7 @@ impl Env {
             client_ca_pem: self.ca.cert_pem(),
             cert_chain_pem: self.server.cert_pem.clone(),
             key_pem: self.server.key_pem.clone(),
-            crls_pem: Vec::new(),
+            crls_pem: self.crls.clone(),
         }
     }
 
