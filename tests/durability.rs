@@ -125,3 +125,118 @@ async fn every_acknowledged_message_survives_sigkill() {
     assert!(receipt.offset > last);
     broker.kill();
 }
+
+/// A sled store that records, for every append, how many syncs had completed, and counts completed syncs:
+/// the test can then check that each acknowledged batch was covered by a sync that finished after it was
+/// appended.
+struct SyncAudit {
+    inner: sealpost_broker::store::SledStore,
+    appended_at: Mutex<std::collections::BTreeMap<u64, u64>>,
+    completed: std::sync::atomic::AtomicU64,
+}
+
+impl sealpost_broker::store::Store for SyncAudit {
+    fn append(
+        &self,
+        t: &Topic,
+        p: &sealpost_protocol::PublicKey,
+        r: &sealpost_broker::store::PublisherRecord,
+        b: &Bytes,
+    ) -> sealpost_broker::Result<()> {
+        let done = self.completed.load(std::sync::atomic::Ordering::SeqCst);
+        self.appended_at.lock().unwrap().insert(r.offset, done);
+        self.inner.append(t, p, r, b)
+    }
+    fn sync(&self) -> sealpost_broker::Result<()> {
+        self.inner.sync()?;
+        self.completed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn read(
+        &self,
+        t: &Topic,
+        from: u64,
+        max: usize,
+    ) -> sealpost_broker::Result<Vec<sealpost_broker::store::StoredBatch>> {
+        self.inner.read(t, from, max)
+    }
+    fn next_offset(&self, t: &Topic) -> sealpost_broker::Result<u64> {
+        self.inner.next_offset(t)
+    }
+    fn first_offset(&self, t: &Topic) -> sealpost_broker::Result<u64> {
+        self.inner.first_offset(t)
+    }
+    fn publisher_record(
+        &self,
+        t: &Topic,
+        p: &sealpost_protocol::PublicKey,
+        s: u64,
+    ) -> sealpost_broker::Result<Option<sealpost_broker::store::PublisherRecord>> {
+        self.inner.publisher_record(t, p, s)
+    }
+    fn publisher_head(
+        &self,
+        t: &Topic,
+        p: &sealpost_protocol::PublicKey,
+    ) -> sealpost_broker::Result<Option<sealpost_broker::store::PublisherRecord>> {
+        self.inner.publisher_head(t, p)
+    }
+    fn durable_offset(&self, t: &Topic, who: &str, name: &str) -> sealpost_broker::Result<Option<u64>> {
+        self.inner.durable_offset(t, who, name)
+    }
+    fn set_durable_offset(&self, t: &Topic, who: &str, name: &str, next: u64) -> sealpost_broker::Result<()> {
+        self.inner.set_durable_offset(t, who, name, next)
+    }
+    fn put_policy(&self, t: &Topic, epoch: u64, policy: &Bytes) -> sealpost_broker::Result<()> {
+        self.inner.put_policy(t, epoch, policy)
+    }
+    fn policies(&self, t: &Topic, max: usize) -> sealpost_broker::Result<Vec<Bytes>> {
+        self.inner.policies(t, max)
+    }
+    fn syncs(&self) -> u64 {
+        self.inner.syncs()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ack_follows_a_sync_that_covers_its_batch() {
+    use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
+    let mut env = Env::new();
+    let audit = Arc::new(SyncAudit {
+        inner: sealpost_broker::store::SledStore::open(&env.data_dir()).unwrap(),
+        appended_at: Mutex::new(Default::default()),
+        completed: Default::default(),
+    });
+    env.seed(audit.as_ref());
+    let options = BrokerOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: env.tls(),
+        acl: sealpost_broker::acl::Acl::from_toml(ACL).unwrap(),
+        store: audit.clone(),
+        authority: Some(env.authority.public_key()),
+        limits: ServerLimits::default(),
+    };
+    let broker = Broker::start(options).await.unwrap();
+    let alice = Identity::load(env.identity("alice", broker.local_addr())).unwrap();
+    let alice = within("connect", Client::connect(&alice)).await.unwrap();
+    let publisher = alice.publisher(chat(), PublisherOptions::default()).await.unwrap();
+    // Pipelined, so that groups form and several batches share a sync.
+    let pending: Vec<_> = (0..2_000).map(|i| publisher.publish(Bytes::from(format!("m{i}")))).collect();
+    for ack in pending {
+        let offset = within("ack", ack).await.unwrap().offset;
+        // Read after the ack arrived: a sync completed after the append of every batch acknowledged so far.
+        let completed_now = audit.completed.load(std::sync::atomic::Ordering::SeqCst);
+        let appended_at = audit.appended_at.lock().unwrap();
+        let (&first, &syncs_before) = appended_at.range(..=offset).next_back().unwrap();
+        assert!(first <= offset);
+        assert!(
+            completed_now > syncs_before,
+            "offset {offset} acknowledged before any sync after its append"
+        );
+    }
+    let syncs = audit.completed.load(std::sync::atomic::Ordering::SeqCst);
+    let batches = audit.appended_at.lock().unwrap().len() as u64;
+    assert!(syncs >= 1 && syncs <= batches + 2, "syncs {syncs}, batches {batches}");
+    eprintln!("2000 messages in {batches} batches, acknowledged after {syncs} syncs (group commit)");
+    broker.shutdown().await.unwrap();
+}
