@@ -85,6 +85,16 @@ pub struct LimitsConfig {
     /// How many bytes of stored batches a subscriber reads from the store at a time (at least one batch is
     /// always read). Default: 1 MiB (1048576). At least 1.
     pub subscriber_read_bytes: usize,
+    /// Most simultaneous connections of one principal. Default: 64. At least 1.
+    pub max_connections_per_principal: u32,
+    /// Most simultaneous subscriptions on one connection. Default: 128. At least 1.
+    pub max_subscriptions_per_connection: u32,
+    /// Messages per second one principal may publish, across its connections (token bucket, burst of one
+    /// second). Default: 0, unlimited.
+    pub publish_msgs_per_sec: u64,
+    /// Bytes of sealed batches per second one principal may publish (token bucket, burst of one second).
+    /// Default: 0, unlimited.
+    pub publish_bytes_per_sec: u64,
 }
 
 impl Default for LimitsConfig {
@@ -96,6 +106,10 @@ impl Default for LimitsConfig {
             max_streams_per_connection: 256,
             idle_timeout_ms: 30_000,
             subscriber_read_bytes: 1024 * 1024,
+            max_connections_per_principal: 64,
+            max_subscriptions_per_connection: 128,
+            publish_msgs_per_sec: 0,
+            publish_bytes_per_sec: 0,
         }
     }
 }
@@ -127,6 +141,8 @@ impl LimitsConfig {
             ("max_streams_per_connection", u64::from(self.max_streams_per_connection)),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("subscriber_read_bytes", self.subscriber_read_bytes as u64),
+            ("max_connections_per_principal", u64::from(self.max_connections_per_principal)),
+            ("max_subscriptions_per_connection", u64::from(self.max_subscriptions_per_connection)),
         ] {
             if value == 0 {
                 return fail(&format!("{name} must be at least 1"));

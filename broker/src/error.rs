@@ -30,6 +30,9 @@ pub enum Error {
     /// A configured limit was reached.
     #[error("limit exceeded: {0}")]
     LimitExceeded(&'static str),
+    /// The principal's publish rate limit was exceeded; nothing was stored.
+    #[error("publish rate limit exceeded")]
+    RateLimited,
     /// The storage device is full; nothing was stored.
     #[error("storage full")]
     StorageFull,
@@ -61,6 +64,7 @@ impl Error {
             Error::SequenceConflict { .. } => ErrorCode::SEQUENCE_CONFLICT,
             Error::PolicyRejected(_) => ErrorCode::POLICY_REJECTED,
             Error::LimitExceeded(_) => ErrorCode::LIMIT_EXCEEDED,
+            Error::RateLimited => ErrorCode::RATE_LIMITED,
             Error::StorageFull => ErrorCode::STORAGE_FULL,
             Error::ShuttingDown => ErrorCode::UNAVAILABLE,
             Error::Storage(_) | Error::Config(_) | Error::Io(_) => ErrorCode::INTERNAL,

@@ -17,6 +17,7 @@ pub mod dev;
 mod error;
 pub mod log;
 pub mod pki;
+pub mod ratelimit;
 pub mod sequencer;
 pub mod server;
 pub mod session;

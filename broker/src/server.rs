@@ -42,6 +42,7 @@ use tracing::{debug, info, warn};
 use crate::acl::Acl;
 use crate::config::Config;
 use crate::log::{Appended, Log};
+use crate::ratelimit::PublishLimiter;
 use crate::session;
 use crate::store::Store;
 use crate::tls::{self, Peer, TlsMaterial};
@@ -63,6 +64,14 @@ pub struct ServerLimits {
     pub subscriber_read_bytes: usize,
     /// Publishes on one stream waiting for durability at once.
     pub max_in_flight_per_stream: usize,
+    /// Connections one principal may have open at once.
+    pub max_connections_per_principal: usize,
+    /// Subscriptions one connection may have open at once.
+    pub max_subscriptions_per_connection: usize,
+    /// Messages per second one principal may publish (0: unlimited).
+    pub publish_msgs_per_sec: u64,
+    /// Bytes of sealed batches per second one principal may publish (0: unlimited).
+    pub publish_bytes_per_sec: u64,
 }
 
 impl Default for ServerLimits {
@@ -74,6 +83,10 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(30),
             subscriber_read_bytes: 1024 * 1024,
             max_in_flight_per_stream: 1024,
+            max_connections_per_principal: 64,
+            max_subscriptions_per_connection: 128,
+            publish_msgs_per_sec: 0,
+            publish_bytes_per_sec: 0,
         }
     }
 }
@@ -116,6 +129,10 @@ impl BrokerOptions {
             max_streams_per_connection: l.max_streams_per_connection,
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),
             subscriber_read_bytes: l.subscriber_read_bytes,
+            max_connections_per_principal: l.max_connections_per_principal as usize,
+            max_subscriptions_per_connection: l.max_subscriptions_per_connection as usize,
+            publish_msgs_per_sec: l.publish_msgs_per_sec,
+            publish_bytes_per_sec: l.publish_bytes_per_sec,
             ..ServerLimits::default()
         };
         Ok(BrokerOptions { listen: config.listen, tls, acl, store, authority: config.authority, limits })
@@ -130,6 +147,15 @@ struct Ctx {
     policies: Mutex<HashMap<Topic, Option<Arc<VerifiedPolicy>>>>,
     limits: ServerLimits,
     connections: AtomicUsize,
+    /// Open connections and publish limiter of each principal seen.
+    principals: Mutex<HashMap<String, PrincipalState>>,
+    /// The time origin of the rate limiters.
+    started: std::time::Instant,
+}
+
+struct PrincipalState {
+    connections: usize,
+    limiter: PublishLimiter,
 }
 
 impl Ctx {
@@ -150,6 +176,48 @@ impl Ctx {
         };
         self.policies_lock().insert(topic.clone(), policy.clone());
         Ok(policy)
+    }
+
+    fn principals_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PrincipalState>> {
+        // Counters only: recover them from a poisoned lock.
+        self.principals.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a new connection of `principal`; false (and nothing counted) if it already has the most.
+    fn open_connection(&self, principal: &str) -> bool {
+        let now = self.started.elapsed();
+        let mut principals = self.principals_lock();
+        let state = principals.entry(principal.to_string()).or_insert_with(|| PrincipalState {
+            connections: 0,
+            limiter: PublishLimiter::new(
+                self.limits.publish_msgs_per_sec,
+                self.limits.publish_bytes_per_sec,
+                now,
+            ),
+        });
+        if state.connections >= self.limits.max_connections_per_principal {
+            return false;
+        }
+        state.connections += 1;
+        true
+    }
+
+    fn close_connection(&self, principal: &str) {
+        if let Some(state) = self.principals_lock().get_mut(principal) {
+            state.connections = state.connections.saturating_sub(1);
+        }
+    }
+
+    /// Takes a batch of `messages` and `bytes` from `principal`'s publish allowance.
+    fn allow_publish(&self, principal: &str, messages: u64, bytes: u64) -> Result<()> {
+        let now = self.started.elapsed();
+        let mut principals = self.principals_lock();
+        let allowed = principals.get_mut(principal).is_none_or(|s| s.limiter.try_take(messages, bytes, now));
+        if allowed {
+            Ok(())
+        } else {
+            Err(Error::RateLimited)
+        }
     }
 
     fn policies_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, Option<Arc<VerifiedPolicy>>>> {
@@ -196,6 +264,8 @@ impl Broker {
             policies: Mutex::new(HashMap::new()),
             limits: options.limits,
             connections: AtomicUsize::new(0),
+            principals: Mutex::new(HashMap::new()),
+            started: std::time::Instant::now(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(endpoint, ctx, shutdown_rx));
@@ -280,16 +350,21 @@ async fn serve_connection(incoming: quinn::Incoming, ctx: &Arc<Ctx>, mut shutdow
             return;
         }
     };
+    if !ctx.open_connection(&peer.principal) {
+        warn!(%remote, principal = %peer.principal, "connection refused: max_connections_per_principal reached");
+        conn.close(2u8.into(), b"too many connections for this principal");
+        return;
+    }
     info!(%remote, principal = %peer.principal, "connected");
-    let ids = Arc::new(AtomicU64::new(1));
+    let state = Arc::new(ConnectionState { ids: AtomicU64::new(1), subscriptions: AtomicUsize::new(0) });
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    let (ctx, peer, ids, shutdown) = (ctx.clone(), peer.clone(), ids.clone(), shutdown.clone());
+                    let (ctx, peer, state, shutdown) = (ctx.clone(), peer.clone(), state.clone(), shutdown.clone());
                     streams.spawn(async move {
-                        if let Err(e) = serve_stream(send, recv, &ctx, &peer, &ids, shutdown).await {
+                        if let Err(e) = serve_stream(send, recv, &ctx, &peer, &state, shutdown).await {
                             debug!(principal = %peer.principal, error = %e, "stream ended with an error");
                         }
                     });
@@ -305,7 +380,16 @@ async fn serve_connection(incoming: quinn::Incoming, ctx: &Arc<Ctx>, mut shutdow
     }
     while streams.join_next().await.is_some() {}
     conn.close(0u8.into(), b"bye");
+    ctx.close_connection(&peer.principal);
     info!(%remote, principal = %peer.principal, "disconnected");
+}
+
+/// What the streams of one connection share.
+struct ConnectionState {
+    /// The next subscription id.
+    ids: AtomicU64,
+    /// Subscriptions open now.
+    subscriptions: AtomicUsize,
 }
 
 async fn serve_stream(
@@ -313,7 +397,7 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     ctx: &Arc<Ctx>,
     peer: &Arc<Peer>,
-    ids: &AtomicU64,
+    conn: &ConnectionState,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let max = ctx.limits.protocol.max_frame_len;
@@ -330,8 +414,17 @@ async fn serve_stream(
             serve_policies(first, send, recv, ctx, peer, shutdown).await
         }
         Frame::Subscribe { request_id, topic, from, durable } => {
-            let id = ids.fetch_add(1, Ordering::Relaxed);
-            serve_subscription(request_id, id, topic, from, durable, send, recv, ctx, peer, shutdown).await
+            let open = conn.subscriptions.fetch_add(1, Ordering::Relaxed);
+            let result = if open >= ctx.limits.max_subscriptions_per_connection {
+                let err = Error::LimitExceeded("max_subscriptions_per_connection");
+                refuse(&mut send, Some(request_id), err).await
+            } else {
+                let id = conn.ids.fetch_add(1, Ordering::Relaxed);
+                serve_subscription(request_id, id, topic, from, durable, send, recv, ctx, peer, shutdown)
+                    .await
+            };
+            conn.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            result
         }
         _ => {
             let err =
@@ -409,6 +502,10 @@ fn answer_publish_frame(frame: Frame, ctx: &Arc<Ctx>, peer: &Peer) -> Answer {
                     let policy = ctx.current_policy(&sealed.header().topic)?;
                     session::authorize_publish(peer, &ctx.acl, policy.as_deref(), sealed)
                 });
+            let checked = checked.and_then(|(topic, verified)| {
+                let (count, bytes) = (u64::from(verified.header().count), verified.as_bytes().len() as u64);
+                ctx.allow_publish(&peer.principal, count, bytes).map(|()| (topic, verified))
+            });
             match checked {
                 Ok((topic, verified)) => {
                     let appended = ctx.log.submit(topic, verified);

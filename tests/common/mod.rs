@@ -175,13 +175,18 @@ impl Env {
     }
 
     pub async fn start_at(&mut self, engine: Engine, listen: SocketAddr) -> Broker {
+        self.start_with(engine, listen, ServerLimits::default()).await
+    }
+
+    /// Starts an in-process broker with the given limits.
+    pub async fn start_with(&mut self, engine: Engine, listen: SocketAddr, limits: ServerLimits) -> Broker {
         let options = BrokerOptions {
             listen,
             tls: self.tls(),
             acl: Acl::from_toml(ACL).unwrap(),
             store: self.store(engine),
             authority: Some(self.authority.public_key()),
-            limits: ServerLimits::default(),
+            limits,
         };
         Broker::start(options).await.unwrap()
     }

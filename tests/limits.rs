@@ -1,0 +1,123 @@
+//! Resource limits against a real broker: each is enforced with a clear error, and the broker goes on
+//! serving within them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use sealpost_broker::pki::LeafSpec;
+use sealpost_broker::server::{Broker, ServerLimits};
+use sealpost_client::{
+    Client, ClientOptions, Error, ErrorCode, Identity, PublisherOptions, Reconnect, SubscribeOptions,
+};
+use sealpost_protocol::{StartAt, Topic};
+
+fn chat() -> Topic {
+    Topic::new("demo.chat").unwrap()
+}
+
+async fn start(env: &mut Env, limits: ServerLimits) -> Broker {
+    env.start_with(Engine::Memory, "127.0.0.1:0".parse().unwrap(), limits).await
+}
+
+async fn client(env: &Env, who: &str, broker: &Broker) -> Client {
+    let identity = Identity::load(env.identity(who, broker.local_addr())).unwrap();
+    within("connect", Client::connect(&identity)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_per_principal_limit_are_refused() {
+    let mut env = Env::new();
+    let broker =
+        start(&mut env, ServerLimits { max_connections_per_principal: 2, ..ServerLimits::default() }).await;
+    let (first, second) = (client(&env, "alice", &broker).await, client(&env, "alice", &broker).await);
+    for c in [&first, &second] {
+        within("policies", c.policies(&chat())).await.unwrap();
+    }
+    // A third connection of alice completes its handshake, then the broker closes it.
+    let identity = Identity::load(env.identity("alice", broker.local_addr())).unwrap();
+    let options = ClientOptions {
+        reconnect: Reconnect {
+            max_retries: 1,
+            initial_delay: Duration::from_millis(10),
+            ..Reconnect::default()
+        },
+        ..ClientOptions::default()
+    };
+    let third = within("connect", Client::connect_with(&identity, options)).await.unwrap();
+    let err = within("third connection", third.policies(&chat())).await.unwrap_err();
+    assert!(matches!(err, Error::ConnectionLost { .. } | Error::Unreachable { .. }), "{err}");
+    // The limit is per principal: bob still connects, and alice's first two still work.
+    within("bob", client(&env, "bob", &broker).await.policies(&chat())).await.unwrap();
+    within("policies", first.policies(&chat())).await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_beyond_the_per_connection_limit_are_refused() {
+    let mut env = Env::new();
+    let limits = ServerLimits { max_subscriptions_per_connection: 2, ..ServerLimits::default() };
+    let broker = start(&mut env, limits).await;
+    let bob = client(&env, "bob", &broker).await;
+    let options = || SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let _a = within("subscribe", bob.subscribe(chat(), options())).await.unwrap();
+    let _b = within("subscribe", bob.subscribe(chat(), options())).await.unwrap();
+    let err = within("third subscription", bob.subscribe(chat(), options())).await.err().unwrap();
+    match &err {
+        Error::Refused { code, .. } => assert_eq!(*code, ErrorCode::LIMIT_EXCEEDED, "{err}"),
+        other => panic!("expected a LIMIT_EXCEEDED refusal, got {other}"),
+    }
+    // Another connection has its own allowance.
+    let other = client(&env, "bob", &broker).await;
+    within("subscribe", other.subscribe(chat(), options())).await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_beyond_the_principal_rate_are_refused() {
+    let mut env = Env::new();
+    let broker = start(&mut env, ServerLimits { publish_msgs_per_sec: 20, ..ServerLimits::default() }).await;
+    let alice = client(&env, "alice", &broker).await;
+    let publisher = alice.publisher(chat(), PublisherOptions { max_batch: 1, ..PublisherOptions::default() });
+    let publisher = within("publisher", publisher).await.unwrap();
+    let mut acked = 0;
+    let mut refusal = None;
+    // One message per batch, each awaited: the burst (20) passes, then the bucket runs dry long before
+    // 500 messages, however slow this machine is.
+    for i in 0..500 {
+        match within("publish", publisher.publish(Bytes::from(format!("m{i}")))).await {
+            Ok(_) => acked += 1,
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    let err = refusal.expect("500 messages passed a 20 msgs/s limit");
+    assert!(matches!(&err, Error::Refused { code: ErrorCode::RATE_LIMITED, .. }), "{err}");
+    assert!((20..500).contains(&acked), "{acked} acknowledged");
+    // Other principals are not limited by alice's rate: bob can still read what was stored.
+    let bob = client(&env, "bob", &broker).await;
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let mut sub = within("subscribe", bob.subscribe(chat(), options)).await.unwrap();
+    let first = within("message", futures_util::StreamExt::next(&mut sub)).await.unwrap().unwrap();
+    assert_eq!(first.payload, Bytes::from("m0"));
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connection_is_closed_by_the_broker() {
+    let mut env = Env::new();
+    let limits = ServerLimits { idle_timeout: Duration::from_millis(300), ..ServerLimits::default() };
+    let broker = start(&mut env, limits).await;
+    let cert = env.ca.issue(&LeafSpec::client("alice", &[env.key("alice").public_key()])).unwrap();
+    let raw =
+        RawClient::connect(broker.local_addr(), &env.ca.cert_pem(), ClientAuth::Cert(&cert)).await.unwrap();
+    // Silent: the idle timeout (the smaller of both sides') closes it.
+    let reason = within("idle close", raw.conn.closed()).await;
+    assert!(matches!(reason, quinn::ConnectionError::TimedOut), "{reason:?}");
+    broker.shutdown().await.unwrap();
+}
