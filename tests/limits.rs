@@ -121,3 +121,18 @@ async fn idle_connection_is_closed_by_the_broker() {
     assert!(matches!(reason, quinn::ConnectionError::TimedOut), "{reason:?}");
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_total_limit_are_refused() {
+    let mut env = Env::new();
+    let broker = start(&mut env, ServerLimits { max_connections: 1, ..ServerLimits::default() }).await;
+    let alice = client(&env, "alice", &broker).await;
+    within("policies", alice.policies(&chat())).await.unwrap();
+    // The broker refuses the second connection before any handshake work: the client is told at once.
+    let bob = Identity::load(env.identity("bob", broker.local_addr())).unwrap();
+    let err = within("second connection", Client::connect(&bob)).await.err().unwrap();
+    assert!(matches!(err, Error::Unreachable { .. } | Error::ConnectionLost { .. }), "{err}");
+    // The first connection is still served.
+    within("policies", alice.policies(&chat())).await.unwrap();
+    broker.shutdown().await.unwrap();
+}
