@@ -15,22 +15,6 @@ fn chat() -> Topic {
     Topic::new("demo.chat").unwrap()
 }
 
-/// Alice can still publish and bob still read: the broker survived whatever the test did before.
-async fn broker_still_serves(env: &Env, addr: std::net::SocketAddr) {
-    let alice = within("connect", Client::connect(&Identity::load(env.identity("alice", addr)).unwrap()))
-        .await
-        .unwrap();
-    let publisher = alice.publisher(chat(), PublisherOptions::default()).await.unwrap();
-    let receipt = within("publish", publisher.publish(Bytes::from("still here"))).await.unwrap();
-    let bob = within("connect", Client::connect(&Identity::load(env.identity("bob", addr)).unwrap()))
-        .await
-        .unwrap();
-    let options = SubscribeOptions { from: StartAt::Offset(receipt.offset), durable: None };
-    let mut sub = within("subscribe", bob.subscribe(chat(), options)).await.unwrap();
-    let m = within("message", sub.next()).await.unwrap().unwrap();
-    assert_eq!(m.payload, Bytes::from("still here"));
-}
-
 /// A connection that must be refused: the handshake, or at the latest the first exchange, fails.
 async fn assert_refused(addr: std::net::SocketAddr, trusted_ca: &str, auth: ClientAuth<'_>) {
     let Ok(raw) = RawClient::connect(addr, trusted_ca, auth).await else { return };

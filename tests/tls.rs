@@ -16,21 +16,6 @@ fn chat() -> Topic {
     Topic::new("demo.chat").unwrap()
 }
 
-/// Alice publishes and bob reads it back: the broker still serves well-behaved clients.
-async fn broker_still_serves(env: &Env, addr: std::net::SocketAddr) {
-    let alice = Identity::load(env.identity("alice", addr)).unwrap();
-    let alice = within("connect", Client::connect(&alice)).await.unwrap();
-    let publisher = within("publisher", alice.publisher(chat(), PublisherOptions::default())).await.unwrap();
-    let receipt = within("publish", publisher.publish(Bytes::from("still serving"))).await.unwrap();
-    let bob = within("connect", Client::connect(&Identity::load(env.identity("bob", addr)).unwrap()))
-        .await
-        .unwrap();
-    let options = SubscribeOptions { from: StartAt::Offset(receipt.offset), durable: None };
-    let mut sub = within("subscribe", bob.subscribe(chat(), options)).await.unwrap();
-    let m = within("message", sub.next()).await.unwrap().unwrap();
-    assert_eq!(m.payload, Bytes::from("still serving"));
-}
-
 /// Alice's identity with `cert` instead of a good certificate: the broker must refuse it. The real client
 /// reports it when it first asks the broker anything (TLS 1.3 checks client certificates after the
 /// client's side of the handshake), as a rejected certificate.

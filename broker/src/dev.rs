@@ -160,7 +160,9 @@ fn hex_of(bytes: &[u8]) -> String {
     })
 }
 
-const ACL: &str = r#"# Sealpost dev ACL: default deny, deny wins.
+/// The dev ACL: alice publishes and subscribes on `demo.>`, bob subscribes there, admin administers
+/// everything, mallory has nothing. Default deny, deny wins.
+pub const ACL: &str = r#"# Sealpost dev ACL: default deny, deny wins.
 [[rule]]
 principals = ["alice"]
 topics = ["demo.>"]

@@ -122,25 +122,7 @@ mod tests {
         SealParams, SigningKey, Timestamp,
     };
 
-    const ACL: &str = r#"
-[[rule]]
-principals = ["alice"]
-topics = ["demo.>"]
-actions = ["publish", "subscribe"]
-effect = "allow"
-
-[[rule]]
-principals = ["bob"]
-topics = ["demo.>"]
-actions = ["subscribe"]
-effect = "allow"
-
-[[rule]]
-principals = ["admin"]
-topics = [">"]
-actions = ["admin"]
-effect = "allow"
-"#;
+    use crate::dev::ACL;
 
     fn rng() -> rand::rngs::StdRng {
         rand::rngs::StdRng::seed_from_u64(1)

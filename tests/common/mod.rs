@@ -25,25 +25,7 @@ pub enum Engine {
     Memory,
 }
 
-pub const ACL: &str = r#"
-[[rule]]
-principals = ["alice"]
-topics = ["demo.>"]
-actions = ["publish", "subscribe"]
-effect = "allow"
-
-[[rule]]
-principals = ["bob"]
-topics = ["demo.>"]
-actions = ["subscribe"]
-effect = "allow"
-
-[[rule]]
-principals = ["admin"]
-topics = [">"]
-actions = ["admin"]
-effect = "allow"
-"#;
+pub const ACL: &str = sealpost_broker::dev::ACL;
 
 /// The topics every `Env` gives a first policy: alice publishes and subscribes, bob subscribes.
 pub const TOPICS: [&str; 2] = ["demo.chat", "demo.events"];
@@ -395,4 +377,24 @@ impl Drop for BrokerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Alice publishes and bob reads it back: the broker at `addr` still serves well-behaved clients after
+/// whatever a test did to it.
+pub async fn broker_still_serves(env: &Env, addr: SocketAddr) {
+    use futures_util::StreamExt;
+    use sealpost_client::{Client, Identity, PublisherOptions, SubscribeOptions};
+    let chat = Topic::new("demo.chat").unwrap();
+    let alice = Identity::load(env.identity("alice", addr)).unwrap();
+    let alice = within("connect", Client::connect(&alice)).await.unwrap();
+    let publisher =
+        within("publisher", alice.publisher(chat.clone(), PublisherOptions::default())).await.unwrap();
+    let receipt = within("publish", publisher.publish(bytes::Bytes::from("still here"))).await.unwrap();
+    let bob = Identity::load(env.identity("bob", addr)).unwrap();
+    let bob = within("connect", Client::connect(&bob)).await.unwrap();
+    let options =
+        SubscribeOptions { from: sealpost_protocol::StartAt::Offset(receipt.offset), durable: None };
+    let mut sub = within("subscribe", bob.subscribe(chat, options)).await.unwrap();
+    let m = within("message", sub.next()).await.unwrap().unwrap();
+    assert_eq!(m.payload, bytes::Bytes::from("still here"));
 }
