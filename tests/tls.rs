@@ -4,13 +4,11 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::*;
-use futures_util::StreamExt;
 use rcgen::ExtendedKeyUsagePurpose;
 use sealpost_broker::pki::{Issued, LeafSpec};
-use sealpost_client::{Client, Error, Identity, PublisherOptions, SubscribeOptions};
-use sealpost_protocol::{StartAt, Topic};
+use sealpost_client::{Client, Error, Identity, PublisherOptions};
+use sealpost_protocol::Topic;
 
 fn chat() -> Topic {
     Topic::new("demo.chat").unwrap()

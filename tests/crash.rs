@@ -1,0 +1,360 @@
+//! Crash and disk-full tests of the broker as a subprocess on a sled store: acknowledged messages survive
+//! SIGKILL at random moments, and a full device fails publishes cleanly and lets service resume.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::StreamExt;
+use rand::{Rng, SeedableRng};
+use sealpost_client::{
+    Client, ClientOptions, Error, ErrorCode, Identity, PublisherOptions, Reconnect, SubscribeOptions,
+};
+use sealpost_protocol::{StartAt, Topic};
+
+fn chat() -> Topic {
+    Topic::new("demo.chat").unwrap()
+}
+
+/// Client options for a broker that gets killed: a dead connection is noticed within a second (the killed
+/// process sends no close), and one reconnection attempt, so that in-flight publishes fail fast.
+fn fast_failing() -> ClientOptions {
+    ClientOptions {
+        connect_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(1),
+        reconnect: Reconnect {
+            max_retries: 1,
+            initial_delay: Duration::from_millis(50),
+            ..Reconnect::default()
+        },
+        ..ClientOptions::default()
+    }
+}
+
+/// Reads the log of `demo.chat` as bob from the earliest offset up to `last` included, and checks that the
+/// offsets are consecutive from 0 and that no integrity error is delivered. Returns the payloads by offset.
+async fn read_log(env: &Env, addr: SocketAddr, last: u64) -> Vec<Bytes> {
+    let bob = Identity::load(env.identity("bob", addr)).unwrap();
+    let bob = within("bob connects", Client::connect(&bob)).await.unwrap();
+    let mut sub = within(
+        "bob subscribes",
+        bob.subscribe(chat(), SubscribeOptions { from: StartAt::Earliest, durable: None }),
+    )
+    .await
+    .unwrap();
+    let mut stored = Vec::with_capacity(last as usize + 1);
+    while stored.len() as u64 <= last {
+        let m = within("stored message", sub.next())
+            .await
+            .expect("subscription ended")
+            .unwrap_or_else(|e| panic!("error item at offset {}: {e}", stored.len()));
+        assert_eq!(m.offset, stored.len() as u64, "offsets are consecutive from 0, each once");
+        stored.push(m.payload);
+    }
+    stored
+}
+
+/// Checks that every acknowledged message is at its offset in `stored`, and that no payload is stored twice.
+fn check_acknowledged(stored: &[Bytes], acked: &[(u64, Bytes)]) {
+    let mut seen = HashSet::with_capacity(stored.len());
+    for (offset, payload) in stored.iter().enumerate() {
+        assert!(seen.insert(payload), "payload stored twice (second time at offset {offset})");
+    }
+    for (offset, payload) in acked {
+        assert_eq!(&stored[*offset as usize], payload, "acknowledged message at {offset} lost or changed");
+    }
+    assert!(acked.windows(2).all(|w| w[0].0 < w[1].0), "acknowledged offsets grow in publish order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_20_random_sigkills() {
+    const ROUNDS: u64 = 20;
+    let started = Instant::now();
+    let mut env = Env::new();
+    let config = env.write_config();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EA1_C0DE);
+    let mut acked: Vec<(u64, Bytes)> = Vec::new();
+    let mut broker = BrokerProcess::start(&config);
+    let mut checked = 0u64;
+    for round in 0..ROUNDS {
+        let round_started = Instant::now();
+        let alice = Identity::load(env.identity("alice", broker.addr)).unwrap();
+        let alice = within("alice connects", Client::connect_with(&alice, fast_failing())).await.unwrap();
+        // The publisher asks the broker for alice's chain head: it continues the chain of earlier rounds.
+        let publisher = Arc::new(
+            within("publisher starts", alice.publisher(chat(), PublisherOptions::default())).await.unwrap(),
+        );
+        let round_acked = Arc::new(Mutex::new(Vec::<(u64, Bytes)>::new()));
+        let (count_tx, mut count_rx) = tokio::sync::watch::channel(0usize);
+        let task = {
+            let (publisher, round_acked) = (publisher.clone(), round_acked.clone());
+            tokio::spawn(async move {
+                for chunk in 0u64.. {
+                    let pending: Vec<_> = (0..100)
+                        .map(|i| {
+                            let payload = Bytes::from(format!("round{round}-chunk{chunk}-m{i}"));
+                            (payload.clone(), publisher.publish(payload))
+                        })
+                        .collect();
+                    for (payload, ack) in pending {
+                        match ack.await {
+                            Ok(receipt) => {
+                                round_acked.lock().unwrap().push((receipt.offset, payload));
+                                count_tx.send_modify(|n| *n += 1);
+                            }
+                            Err(e) => return e,
+                        }
+                    }
+                }
+                unreachable!()
+            })
+        };
+        // The moment of the kill: after a random number of acks, or a random delay after the first one.
+        let moment = if rng.gen_bool(0.5) {
+            let target = rng.gen_range(1..=300usize);
+            within("acks before the kill", count_rx.wait_for(|n| *n >= target)).await.unwrap();
+            format!("after {target} acks")
+        } else {
+            let delay = Duration::from_millis(rng.gen_range(0..=200));
+            within("first ack", count_rx.wait_for(|n| *n >= 1)).await.unwrap();
+            tokio::time::sleep(delay).await;
+            format!("{} ms after the first ack", delay.as_millis())
+        };
+        assert!(!task.is_finished(), "round {round}: the publisher failed before the kill");
+        broker.kill();
+        // Restart at once (the new broker gets a new port); meanwhile the publisher gives up.
+        let next = tokio::task::spawn_blocking({
+            let config = config.clone();
+            move || BrokerProcess::start(&config)
+        });
+        let error = match tokio::time::timeout(Duration::from_secs(20), task).await {
+            Ok(e) => e.unwrap(),
+            Err(_) => panic!("round {round}: the publisher did not give up after the broker died"),
+        };
+        assert!(
+            matches!(error, Error::ConnectionLost { .. } | Error::Unreachable { .. }),
+            "round {round}: in-flight publishes failed with {error}"
+        );
+        // Dropped, not closed: `close` would wait for the dead connection to drain.
+        drop((publisher, alice));
+        broker = within("broker restarts", next).await.unwrap();
+
+        let round_acked = std::mem::take(&mut *round_acked.lock().unwrap());
+        assert!(!round_acked.is_empty());
+        if let (Some(prev), Some(first)) = (acked.last(), round_acked.first()) {
+            assert!(first.0 > prev.0, "round {round} continues the chain after the acknowledged messages");
+        }
+        let n = round_acked.len();
+        acked.extend(round_acked);
+        let last = acked.last().unwrap().0;
+        let stored = read_log(&env, broker.addr, last).await;
+        check_acknowledged(&stored, &acked);
+        checked += acked.len() as u64;
+        eprintln!(
+            "round {round}: killed {moment}: {n} acknowledged, {} in total, all present ({:.1} s)",
+            acked.len(),
+            round_started.elapsed().as_secs_f64()
+        );
+    }
+    // The store reopened cleanly after the last kill and takes new publishes continuing alice's chain.
+    let alice = Identity::load(env.identity("alice", broker.addr)).unwrap();
+    let alice = within("alice connects", Client::connect(&alice)).await.unwrap();
+    let publisher = alice.publisher(chat(), PublisherOptions::default()).await.unwrap();
+    let receipt = within("publish after the last restart", publisher.publish("after")).await.unwrap();
+    assert!(receipt.offset > acked.last().unwrap().0);
+    broker.kill();
+    eprintln!(
+        "{ROUNDS} SIGKILL rounds: {} acknowledged messages, {checked} acknowledged-message checks after restarts, \
+         {:.1} s",
+        acked.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A tmpfs mounted for the test; unmounted (lazily) when dropped, also when the test fails.
+struct TmpfsMount {
+    path: PathBuf,
+}
+
+impl TmpfsMount {
+    fn new(path: &Path, size: &str) -> TmpfsMount {
+        std::fs::create_dir_all(path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run mount: {e} (this test needs root and mount(8))"));
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs -o size={size} tmpfs {} failed ({}): {} -- this test needs root (CAP_SYS_ADMIN) \
+             to make a small filesystem; it is not skipped",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        TmpfsMount { path: path.to_path_buf() }
+    }
+
+    fn resize(&self, size: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "remount failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Bytes in the files under `dir`.
+fn bytes_under(dir: &Path) -> u64 {
+    files_under(dir).iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum()
+}
+
+/// Fills a 4 MiB tmpfs holding the sled folder, checks that publishes then fail with `STORAGE_FULL` while
+/// the broker keeps answering, makes space (`mount -o remount,size=64m`), and checks that publishing resumes
+/// and that every acknowledged message is stored once, in order.
+///
+/// Finding (2026-11-23, sled 0.34.7): the first part holds (publishes fail with `STORAGE_FULL` after about
+/// 1,500 to 2,000 acknowledged 1,000-byte messages, 4.17 MB in the sled folder), but service never resumes
+/// without a broker restart:
+///
+/// - in most runs (4 of 6) the log writer thread then blocks forever in `SledStore::sync` → `Db::flush` →
+///   `pagecache::iobuf::make_stable_inner` (the condvar wait, `iobuf.rs:997`): the failed write left a log
+///   range that never becomes stable, and no later write wakes it (writing to another tree of the same
+///   instance every 20 ms did not). Every later publish waits forever, also after space is made;
+/// - otherwise sled records the ENOSPC as its global error, which only `open` resets: every later write,
+///   and reads that use `range(..).next_back()` (`next_offset`, `publisher_head`, so `Head`), fail with it,
+///   so publishes keep failing with `STORAGE_FULL` after space is made, and subscriptions end.
+///
+/// Reopening the sled folder in the same process does recover (all synced data is there, writes work
+/// again), but dropping the failed instance runs the same flush (`TreeInner::drop`) and can block forever
+/// too, holding sled's file lock, so the store cannot close and reopen itself. A fix needs the broker to
+/// exit on a failed store write and be restarted (recovery from disk works), or another engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: after ENOSPC sled 0.34.7 either blocks the log writer forever in Db::flush \
+            (make_stable) or keeps failing every write until reopened; service does not resume without a \
+            broker restart (see the doc comment)"]
+async fn disk_full_fails_publishes_cleanly_and_service_resumes() {
+    const PAYLOAD: usize = 1000;
+    let started = Instant::now();
+    let mut env = Env::new();
+    // The sled folder is the whole small filesystem; `write_config` seeds the policies into it.
+    let mount = TmpfsMount::new(&env.data_dir(), "4m");
+    let config = env.write_config();
+    let broker = BrokerProcess::start(&config);
+    let alice = Identity::load(env.identity("alice", broker.addr)).unwrap();
+    let alice = within("alice connects", Client::connect(&alice)).await.unwrap();
+    let publisher = within("publisher", alice.publisher(chat(), PublisherOptions::default())).await.unwrap();
+    let payload = |phase: &str, i: usize| {
+        let mut p = format!("{phase}-{i}-").into_bytes();
+        p.resize(PAYLOAD, b'x');
+        Bytes::from(p)
+    };
+
+    // Fill the device: publish (pipelined) until publishes fail.
+    let mut acked: Vec<(u64, Bytes)> = Vec::new();
+    let mut failures: Vec<Error> = Vec::new();
+    let mut i = 0;
+    while failures.is_empty() {
+        assert!(i < 100_000, "100 MB published on a 4 MB filesystem without an error");
+        let pending: Vec<_> = (0..64)
+            .map(|_| {
+                i += 1;
+                let p = payload("fill", i);
+                (p.clone(), publisher.publish(p))
+            })
+            .collect();
+        for (p, ack) in pending {
+            match within("publish while filling", ack).await {
+                Ok(receipt) => acked.push((receipt.offset, p)),
+                Err(e) => failures.push(e),
+            }
+        }
+    }
+    let filled = acked.len();
+    let on_disk = bytes_under(&env.data_dir());
+    let first = failures[0].clone();
+    eprintln!(
+        "device full after {filled} acknowledged messages ({} payload bytes; {on_disk} bytes in the sled folder); \
+         {} publishes failed, the first with: {first}",
+        filled * PAYLOAD,
+        failures.len()
+    );
+    for e in &failures {
+        assert!(
+            matches!(e, Error::Refused { code, .. } if *code == ErrorCode::STORAGE_FULL),
+            "a publish on a full device failed with {e:?}, not STORAGE_FULL"
+        );
+    }
+    assert!(first.to_string().contains("storage is full"), "{first}");
+
+    // While the device is full: the broker is alive and keeps answering, and publishes still fail cleanly.
+    let mut during_failures = 0;
+    for j in 0..5 {
+        match within("publish on a full device", publisher.publish(payload("full", j))).await {
+            Ok(receipt) => acked.push((receipt.offset, payload("full", j))),
+            Err(e) => {
+                assert!(
+                    matches!(&e, Error::Refused { code, .. } if *code == ErrorCode::STORAGE_FULL),
+                    "publish on a full device: {e:?}"
+                );
+                during_failures += 1;
+            }
+        }
+    }
+    let mut broker = broker;
+    assert!(broker.child.try_wait().unwrap().is_none(), "the broker exited on a full device");
+
+    // The publisher is dead now: after a refused batch it asks the broker for its chain head on a new
+    // stream, and the broker refused that with STORAGE_FULL too (after the failed write sled fails the
+    // chain-head read). Later publishes fail at once with that refusal.
+    let dead = within("publish on a dead publisher", publisher.publish(payload("dead", 0))).await;
+    assert!(
+        matches!(&dead, Err(Error::Refused { code, .. }) if *code == ErrorCode::STORAGE_FULL),
+        "publish on the publisher refused while full: {dead:?}"
+    );
+    drop(publisher);
+
+    // Make space: service resumes without a restart, on the same connection, with a new publisher that
+    // continues alice's chain from the broker's head.
+    mount.resize("64m");
+    let resumed = Instant::now();
+    let publisher =
+        within("publisher after space was made", alice.publisher(chat(), PublisherOptions::default()))
+            .await
+            .unwrap();
+    for j in 0..200 {
+        let p = payload("after", j);
+        let receipt = within("publish after space was made", publisher.publish(p.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("publish {j} after space was made failed: {e}"));
+        acked.push((receipt.offset, p));
+    }
+    let stored = read_log(&env, broker.addr, acked.last().unwrap().0).await;
+    check_acknowledged(&stored, &acked);
+    let failed_but_stored = stored.len() - acked.len();
+    eprintln!(
+        "{during_failures}/5 publishes failed while full; service resumed {:.0} ms after the remount; {} \
+         acknowledged messages present once and in order ({failed_but_stored} messages reported failed were \
+         stored); {:.1} s",
+        resumed.elapsed().as_millis(),
+        acked.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(broker.child.try_wait().unwrap().is_none(), "the broker exited");
+    broker.kill();
+    drop(mount);
+}
