@@ -153,11 +153,20 @@ impl LimitsConfig {
 }
 
 /// The `[storage]` table.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Which engine stores batches. Default: `"sled"`.
     pub engine: StorageEngine,
+    /// Approximate limit of sled's page cache, in bytes: most of the store's memory. Default: 128 MiB
+    /// (134217728).
+    pub cache_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { engine: StorageEngine::default(), cache_bytes: crate::store::sled::DEFAULT_CACHE_BYTES }
+    }
 }
 
 /// A storage engine (see [`crate::store`]).

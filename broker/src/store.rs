@@ -173,11 +173,11 @@ pub trait Store: Send + Sync + 'static {
     fn syncs(&self) -> u64;
 }
 
-/// Opens the configured engine: a [`SledStore`] in `data_dir` (created if missing), or an empty
-/// [`MemoryStore`] (which ignores `data_dir`).
-pub fn open(engine: StorageEngine, data_dir: &Path) -> Result<Arc<dyn Store>> {
+/// Opens the configured engine: a [`SledStore`] in `data_dir` (created if missing) with a page cache of
+/// about `cache_bytes`, or an empty [`MemoryStore`] (which ignores both).
+pub fn open(engine: StorageEngine, data_dir: &Path, cache_bytes: u64) -> Result<Arc<dyn Store>> {
     Ok(match engine {
-        StorageEngine::Sled => Arc::new(SledStore::open(data_dir)?),
+        StorageEngine::Sled => Arc::new(SledStore::open_with_cache(data_dir, cache_bytes)?),
         StorageEngine::Memory => Arc::new(MemoryStore::new()),
     })
 }

@@ -207,12 +207,26 @@ fn sync_file(path: &Path) -> Result<Option<u64>> {
     Ok(Some(len))
 }
 
+/// The default limit of sled's page cache: 128 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
 impl SledStore {
-    /// Opens (creating it if needed) the sled database in `dir`. The folder belongs to the store: put
-    /// nothing else in it.
+    /// Opens (creating it if needed) the sled database in `dir`, with sled's page cache limited to
+    /// [`DEFAULT_CACHE_BYTES`]. The folder belongs to the store: put nothing else in it.
     pub fn open(dir: &Path) -> Result<SledStore> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Like [`open`](Self::open), with sled's page cache limited to about `cache_bytes` (sled's own default
+    /// is 1 GiB). The cache is most of the store's memory: it does not grow with the data stored.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(&format!("creating {}", dir.display()), &e))?;
-        let db = sled::Config::new().path(dir).flush_every_ms(None).open().map_err(sled_error)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(sled_error)?;
         match db.get(LAYOUT_KEY).map_err(sled_error)? {
             Some(v) if v.as_ref() == LAYOUT_VERSION.to_be_bytes() => {}
             Some(v) => {
