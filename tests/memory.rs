@@ -114,7 +114,8 @@ async fn stalled_subscriber_holds_bounded_broker_memory_while_a_publisher_floods
         idle_growth / MIB,
         held / MIB
     );
-    assert!(read < 60, "bob was not slow: he read {read} messages");
+    // bob reads one message a second, so on any machine he falls far behind the flood.
+    assert!(read < MESSAGES / 100, "bob was not slow: he read {read} of {MESSAGES} messages");
     // What a stalled subscriber may hold: one storage read chunk (1 MiB) and its QUIC stream's send buffer,
     // with slack for allocator noise between two runs; not the ~98 MiB published.
     assert!(held < 32 * MIB, "a stalled subscriber held {} MiB of broker memory", held / MIB);
