@@ -796,7 +796,6 @@ fn now_ms() -> u64 {
 
 /// A policy of demo.chat signed by `signer`, created now.
 fn chat_policy(
-    env: &Env,
     signer: &SigningKey,
     epoch: u64,
     prev: Option<&sealpost_protocol::VerifiedPolicy>,
@@ -810,7 +809,6 @@ fn chat_policy(
         members,
         created_at: sealpost_protocol::Timestamp(now_ms()),
     };
-    let _ = env;
     let mut rng = rand::rngs::StdRng::seed_from_u64(epoch + 1000);
     sealpost_protocol::issue_policy(signer, params, key, &Limits::default(), &mut rng).unwrap()
 }
@@ -830,9 +828,9 @@ async fn batch_injected_by_revoked_publisher_after_revocation_is_reported() {
         env.member("bob", false, true),
         env.member("mallory", true, false),
     ];
-    let second = chat_policy(env, &env.authority, 2, Some(&first), with_mallory, &key2);
+    let second = chat_policy(&env.authority, 2, Some(&first), with_mallory, &key2);
     let revoked = vec![env.member("alice", true, true), env.member("bob", false, true)];
-    let third = chat_policy(env, &env.authority, 3, Some(&second), revoked, &key3);
+    let third = chat_policy(&env.authority, 3, Some(&second), revoked, &key3);
     for p in [&second, &third] {
         scene.store.put_policy(&chat(), p.epoch().0, p.as_bytes()).unwrap();
     }
@@ -884,7 +882,7 @@ async fn policy_not_signed_by_the_authority_is_reported() {
         env.member("bob", false, true),
         env.member("mallory", true, true),
     ];
-    let forged = chat_policy(env, &impostor, 1, None, members, &env.content_key);
+    let forged = chat_policy(&impostor, 1, None, members, &env.content_key);
     let forged_bytes = forged.as_bytes().clone();
     scene.store.serve_policies(move |_| vec![forged_bytes.clone()]);
 
@@ -923,9 +921,8 @@ async fn rollback_to_an_older_policy_epoch_after_revocation_is_reported() {
     let key2 = sealpost_protocol::ContentKey::from_bytes(&[0x22; 32]);
     let key3 = sealpost_protocol::ContentKey::from_bytes(&[0x33; 32]);
     let first = env.first_policy("demo.chat");
-    let second = chat_policy(env, &env.authority, 2, Some(&first), with_mallory, &key2);
+    let second = chat_policy(&env.authority, 2, Some(&first), with_mallory, &key2);
     let third = chat_policy(
-        env,
         &env.authority,
         3,
         Some(&second),
