@@ -136,3 +136,56 @@ async fn connections_beyond_the_total_limit_are_refused() {
     within("policies", alice.policies(&chat())).await.unwrap();
     broker.shutdown().await.unwrap();
 }
+
+/// Reads one frame from `recv`.
+async fn read_frame(recv: &mut quinn::RecvStream) -> sealpost_protocol::Frame {
+    let mut prefix = [0u8; 4];
+    within("frame length", recv.read_exact(&mut prefix)).await.unwrap();
+    let mut body = vec![0u8; sealpost_protocol::Frame::length(prefix, 1 << 24).unwrap()];
+    within("frame body", recv.read_exact(&mut body)).await.unwrap();
+    sealpost_protocol::Frame::decode_body(&body).unwrap()
+}
+
+/// The stream limit is QUIC stream credit: a connection can have `max_streams_per_connection` streams open
+/// at once; opening one more waits (in QUIC that is not an error) until one of them closes, and the
+/// connection goes on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_beyond_the_per_connection_limit_wait_until_one_closes() {
+    use std::future::Future;
+    use std::task::Poll;
+
+    const LIMIT: u32 = 4;
+    let mut env = Env::new();
+    let broker =
+        start(&mut env, ServerLimits { max_streams_per_connection: LIMIT, ..ServerLimits::default() }).await;
+    let cert = env.ca.issue(&LeafSpec::client("alice", &[env.key("alice").public_key()])).unwrap();
+    let raw =
+        RawClient::connect(broker.local_addr(), &env.ca.cert_pem(), ClientAuth::Cert(&cert)).await.unwrap();
+    let head = sealpost_protocol::Frame::Head {
+        request_id: 1,
+        topic: chat(),
+        publisher: env.key("alice").public_key(),
+    };
+    // LIMIT streams, each asked a question and answered, all left open.
+    let mut streams = Vec::new();
+    for _ in 0..LIMIT {
+        let (mut send, mut recv) = within("a stream within the limit", raw.conn.open_bi()).await.unwrap();
+        send.write_all(&head.to_vec().unwrap()).await.unwrap();
+        assert_eq!(read_frame(&mut recv).await.name(), "HeadIs");
+        streams.push((send, recv));
+    }
+    // The broker's initial credit is LIMIT streams: one more cannot open now.
+    let mut extra = std::pin::pin!(raw.conn.open_bi());
+    let waiting = std::future::poll_fn(|cx| Poll::Ready(extra.as_mut().poll(cx).is_pending())).await;
+    assert!(waiting, "stream {} opened beyond the limit of {LIMIT}", LIMIT + 1);
+
+    // Closing one stream (both sides finish) gives the credit back, and the waiting stream opens and works.
+    let (mut send, mut recv) = streams.remove(0);
+    send.finish().unwrap();
+    within("the broker finishes the closed stream", recv.read_to_end(1 << 20)).await.unwrap();
+    let (mut send, mut recv) = within("the waiting stream opens", extra).await.unwrap();
+    send.write_all(&head.to_vec().unwrap()).await.unwrap();
+    assert_eq!(read_frame(&mut recv).await.name(), "HeadIs");
+    broker_still_serves(&env, broker.local_addr()).await;
+    broker.shutdown().await.unwrap();
+}
