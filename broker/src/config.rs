@@ -161,11 +161,20 @@ pub struct StorageConfig {
     /// Approximate limit of sled's page cache, in bytes: most of the store's memory. Default: 128 MiB
     /// (134217728).
     pub cache_bytes: u64,
+    /// Free space, in bytes, that appends leave on the file system holding `data_dir`: a publish that
+    /// would eat into it fails with `STORAGE_FULL`, and publishing resumes by itself once space is made.
+    /// Default: 64 MiB (67108864).
+    pub reserve_bytes: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { engine: StorageEngine::default(), cache_bytes: crate::store::sled::DEFAULT_CACHE_BYTES }
+        let sled = crate::store::SledOptions::default();
+        Self {
+            engine: StorageEngine::default(),
+            cache_bytes: sled.cache_bytes,
+            reserve_bytes: sled.reserve_bytes,
+        }
     }
 }
 

@@ -22,8 +22,9 @@
 //!
 //! # Engines
 //!
-//! - [`SledStore`]: on disk, in one sled database. Its module, [`self::sled`], documents the key layout,
-//!   the files sled writes and how `sync` makes them durable.
+//! - [`SledStore`]: on disk: batch bytes in append-only [`segment`] files, everything else (the index of
+//!   batches, publisher records, durable offsets, policies) in one sled database. Its module,
+//!   [`self::sled`], documents the key layout, how `sync` makes both durable and how opening recovers.
 //! - [`MemoryStore`]: in memory, for tests and ephemeral brokers; `sync` only counts.
 //!
 //! Nothing of an engine leaks through [`Store`], so another engine (a NATS JetStream one is planned) can be
@@ -36,14 +37,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sealpost_protocol::{Digest, PublicKey, Topic};
 
-use crate::config::StorageEngine;
+use crate::config::{StorageConfig, StorageEngine};
 use crate::{Error, Result};
 
 pub mod memory;
+pub mod segment;
 pub mod sled;
 
 pub use self::memory::MemoryStore;
-pub use self::sled::SledStore;
+pub use self::sled::{SledOptions, SledStore};
 
 /// A batch as stored: its first offset, its number of messages and its canonical sealed bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,11 +175,14 @@ pub trait Store: Send + Sync + 'static {
     fn syncs(&self) -> u64;
 }
 
-/// Opens the configured engine: a [`SledStore`] in `data_dir` (created if missing) with a page cache of
-/// about `cache_bytes`, or an empty [`MemoryStore`] (which ignores both).
-pub fn open(engine: StorageEngine, data_dir: &Path, cache_bytes: u64) -> Result<Arc<dyn Store>> {
-    Ok(match engine {
-        StorageEngine::Sled => Arc::new(SledStore::open_with_cache(data_dir, cache_bytes)?),
+/// Opens the configured engine: a [`SledStore`] in `data_dir` (created if missing), or an empty
+/// [`MemoryStore`] (which ignores `data_dir` and the sled settings).
+pub fn open(config: &StorageConfig, data_dir: &Path) -> Result<Arc<dyn Store>> {
+    Ok(match config.engine {
+        StorageEngine::Sled => Arc::new(SledStore::open_with(
+            data_dir,
+            SledOptions { cache_bytes: config.cache_bytes, reserve_bytes: config.reserve_bytes },
+        )?),
         StorageEngine::Memory => Arc::new(MemoryStore::new()),
     })
 }
