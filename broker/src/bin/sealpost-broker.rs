@@ -71,20 +71,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let config = Config::load(&config_path).with_context(|| format!("loading {}", config_path.display()))?;
     let options = BrokerOptions::from_config(&config)?;
+    // The handlers are installed before the broker says it listens: a SIGTERM sent as soon as that line
+    // appears (a supervisor, a test) must stop it cleanly, not kill it with the default action.
+    let mut stop = StopSignals::install()?;
     let broker = Broker::start(options).await?;
     eprintln!("sealpost-broker listening on {} (Ctrl-C to stop)", broker.local_addr());
-    wait_for_signal().await?;
+    stop.wait().await;
     broker.shutdown().await?;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
     }
-    tracing::info!("signal received: shutting down");
-    Ok(())
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        tracing::info!("signal received: shutting down");
+    }
 }
