@@ -23,8 +23,8 @@
 //!
 //! [`Segments::sync`] fdatasyncs every segment written since the last sync (the rolled ones and the active
 //! one) and, if a segment was created, the folder; it returns the [`Checkpoint`] up to which every segment is
-//! now durable. The engine stores that checkpoint in its index, after the fsync: any record that ends at or
-//! before the stored checkpoint is durable, whatever else the index holds.
+//! now durable. [`Segments::replay`] reads the intact records from a checkpoint on, which is how the engine
+//! rebuilds what its index lacks after a crash: the segments are the log, the index a cache of it.
 //!
 //! # Running out of space
 //!
@@ -41,7 +41,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, Write};
 #[cfg(unix)]
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -312,6 +312,50 @@ impl Segments {
         }
     }
 
+    /// Stops all further appends and syncs: the caller found the store in a state it cannot vouch for
+    /// (a record was appended but could not be indexed).
+    pub fn poison(&self, why: String) {
+        if let Ok(mut w) = self.writer.lock() {
+            w.poisoned.get_or_insert(why);
+        }
+    }
+
+    /// Calls `f` with every intact record from `from` on, in the order they were appended: in each segment
+    /// numbered `from.segment` or later (from `from.position` in that one), up to the end of the segment or
+    /// its first record that is torn or fails its CRC (nothing after it in that segment was ever
+    /// acknowledged). The active segment is skipped: it was created by this process.
+    pub fn replay(&self, from: Checkpoint, mut f: impl FnMut(Location, &[u8]) -> Result<()>) -> Result<()> {
+        let active =
+            self.writer.lock().map_err(|_| Error::Storage("segment writer lock poisoned".into()))?.active;
+        let mut numbers = Vec::new();
+        let listing = std::fs::read_dir(&self.dir)
+            .map_err(|e| io_error(&format!("listing {}", self.dir.display()), &e))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| io_error(&format!("listing {}", self.dir.display()), &e))?;
+            if let Some(n) = entry.file_name().to_str().and_then(segment_number) {
+                if n >= from.segment && n != active {
+                    numbers.push(n);
+                }
+            }
+        }
+        numbers.sort_unstable();
+        for segment in numbers {
+            let start = if segment == from.segment { from.position } else { 0 };
+            let path = self.dir.join(segment_name(segment));
+            let read_error = |e: io::Error| io_error(&format!("reading {}", path.display()), &e);
+            let mut file = File::open(&path).map_err(read_error)?;
+            file.seek(io::SeekFrom::Start(start)).map_err(read_error)?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map_err(read_error)?;
+            let mut position = start;
+            while let Some((location, body)) = record_at(&bytes, segment, start, position) {
+                f(location, body)?;
+                position = location.end();
+            }
+        }
+        Ok(())
+    }
+
     fn reader(&self, segment: u64) -> Result<Arc<File>> {
         let poisoned = || Error::Storage("segment reader lock poisoned".into());
         if let Some(file) = self.readers.lock().map_err(|_| poisoned())?.get(&segment) {
@@ -360,6 +404,17 @@ impl Segments {
         expected[4..].copy_from_slice(&at.crc.to_be_bytes());
         Ok((record == expected && crc32fast::hash(&bytes) == at.crc).then_some(bytes))
     }
+}
+
+/// The intact record at `position` of `segment`, whose bytes from `base` on are `bytes`, if there is one.
+fn record_at(bytes: &[u8], segment: u64, base: u64, position: u64) -> Option<(Location, &[u8])> {
+    let start = usize::try_from(position.checked_sub(base)?).ok()?;
+    let header = bytes.get(start..start.checked_add(RECORD_HEADER as usize)?)?;
+    let len = u32::from_be_bytes(header.get(..4)?.try_into().ok()?);
+    let crc = u32::from_be_bytes(header.get(4..)?.try_into().ok()?);
+    let body_start = start + RECORD_HEADER as usize;
+    let body = bytes.get(body_start..body_start.checked_add(usize::try_from(len).ok()?)?)?;
+    (crc32fast::hash(body) == crc).then_some((Location { segment, position, len, crc }, body))
 }
 
 #[cfg(unix)]
@@ -435,6 +490,47 @@ mod tests {
         assert!(matches!(segments.append(b"x"), Err(Error::StorageFull)));
         let file = dir.path().join(segment_name(0));
         assert_eq!(std::fs::metadata(file).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn replay_yields_intact_records_and_stops_each_segment_at_its_first_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut written = Vec::new();
+        {
+            let segments = Segments::open(dir.path(), 0).unwrap();
+            for i in 0..4u8 {
+                written.push((segments.append(&[i; 100]).unwrap(), vec![i; 100]));
+            }
+        }
+        {
+            // A second run: segment 1, two records.
+            let segments = Segments::open(dir.path(), 0).unwrap();
+            for i in 4..6u8 {
+                written.push((segments.append(&[i; 100]).unwrap(), vec![i; 100]));
+            }
+        }
+        // Tear segment 0 inside its third record: records 2 and 3 are gone, segment 1 is replayed whole.
+        let file = OpenOptions::new().write(true).open(dir.path().join(segment_name(0))).unwrap();
+        file.set_len(written[2].0.position + 50).unwrap();
+        let segments = Segments::open(dir.path(), 0).unwrap();
+        let replay = |from| {
+            let mut seen = Vec::new();
+            segments
+                .replay(from, |at, body| {
+                    seen.push((at, body.to_vec()));
+                    Ok(())
+                })
+                .unwrap();
+            seen
+        };
+        let expected: Vec<_> = [0, 1, 4, 5].iter().map(|&i| written[i].clone()).collect();
+        assert_eq!(replay(Checkpoint::default()), expected);
+        let from_second = Checkpoint { segment: 0, position: written[1].0.position };
+        assert_eq!(replay(from_second), expected[1..]);
+        assert_eq!(replay(Checkpoint { segment: 1, position: written[5].0.position }), expected[3..]);
+        // A poisoned store takes no more appends.
+        segments.poison("test".into());
+        assert!(matches!(segments.append(b"x"), Err(Error::Storage(_))));
     }
 
     #[test]
