@@ -24,7 +24,14 @@ use crate::stream::{unexpected, Link};
 pub struct PublisherOptions {
     /// Most messages in one sealed batch (clamped to 1..=65,536). Default 256.
     pub max_batch: usize,
-    /// How long the first message of a batch may wait for others before the batch is sealed. Default 1 ms.
+    /// How long the first message of a batch that is not full waits for others before the batch may be
+    /// sealed. Default 0: batching needs no timer (see below).
+    ///
+    /// Whatever `linger` says, a batch that is not full is sealed only while no earlier batch awaits its
+    /// answer (or on [`Publisher::flush`] and [`Publisher::close`]): what is published while a batch is
+    /// in flight gathers into the next one, which goes when the answer comes, or as soon as it is full.
+    /// So a message published to an idle publisher goes at once, and under load batches grow to what
+    /// arrives during one round trip (the broker's fsync included).
     pub linger: Duration,
     /// Most batches sent but not yet acknowledged (at least 1). Default 64.
     pub max_in_flight: usize,
@@ -32,7 +39,7 @@ pub struct PublisherOptions {
 
 impl Default for PublisherOptions {
     fn default() -> Self {
-        Self { max_batch: 256, linger: Duration::from_millis(1), max_in_flight: 64 }
+        Self { max_batch: 256, linger: Duration::ZERO, max_in_flight: 64 }
     }
 }
 
@@ -71,11 +78,12 @@ impl State {
 ///
 /// A background task per publisher owns one publish stream. When it opens the stream it asks the broker
 /// where this identity's chain on the topic stands (`Head` → `HeadIs`), so the chain continues across
-/// restarts. It gathers messages (up to `max_batch` messages, or whatever has arrived `linger` after the
-/// first, and never more than fits in a sealed batch), seals each batch with the identity's signing key and
-/// the content key of the topic's current epoch, and sends it as a `Publish` frame without waiting for the
-/// previous one to be answered, up to `max_in_flight` batches. The broker answers in order; each
-/// `Published` resolves the receipts of its batch's messages.
+/// restarts. It gathers messages into batches (up to `max_batch` messages, never more than fits in a
+/// sealed batch; a batch that is not full goes only when no batch is in flight, see
+/// [`PublisherOptions::linger`]), seals each batch with the identity's signing key and the content key of
+/// the topic's current epoch, and sends it as a `Publish` frame without waiting for the previous one to be
+/// answered, up to `max_in_flight` batches. The broker answers in order; each `Published` resolves the
+/// receipts of its batch's messages.
 ///
 /// # Policies
 ///
@@ -293,7 +301,8 @@ impl Task {
             }
             while self.link.is_some() && self.in_flight.len() < self.max_in_flight {
                 let force = self.closing || self.sealed < self.flush_to;
-                let Some(batch) = self.batcher.next(Instant::now(), force) else { break };
+                let idle = self.in_flight.is_empty();
+                let Some(batch) = self.batcher.next(Instant::now(), force, idle) else { break };
                 self.send_batch(batch).await?;
             }
             self.resolve_flushes();
@@ -305,7 +314,7 @@ impl Task {
             let connected = self.link.is_some();
             let reading = connected && !self.in_flight.is_empty();
             let deadline = if connected && self.in_flight.len() < self.max_in_flight {
-                self.batcher.deadline()
+                self.batcher.deadline(self.in_flight.is_empty())
             } else {
                 None
             };
