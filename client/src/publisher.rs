@@ -9,6 +9,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 use sealpost_protocol::{seal, ChainHead, ErrorCode, Frame, SealParams, Topic, VerifiedBatch};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -129,6 +131,10 @@ impl Publisher {
         options: PublisherOptions,
     ) -> Result<Publisher> {
         let keys = shared.topic_keys_retrying(&topic, Action::Publish, Freshness::Now).await?;
+        // The nonces of every record this publisher seals: a CSPRNG seeded once from the OS rather than a
+        // system call per record. XChaCha20 nonces are 192 random bits, so collisions stay negligible.
+        let rng = ChaCha20Rng::from_rng(rand::rngs::OsRng)
+            .map_err(|e| Error::io("cannot seed the nonce generator from the OS", e.into()))?;
         let (commands, rx) = mpsc::unbounded_channel();
         let state = Arc::new(State::default());
         let mut task = Task {
@@ -151,6 +157,7 @@ impl Publisher {
             flush_to: 0,
             flushes: Vec::new(),
             state: state.clone(),
+            rng,
         };
         // Transient losses are retried like any outage; a refusal or untrusted broker fails at once.
         task.reopen().await?;
@@ -278,6 +285,8 @@ struct Task {
     /// Flush callers, each waiting for `resolved` to reach its count.
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     state: Arc<State>,
+    /// Draws the records' nonces.
+    rng: ChaCha20Rng,
 }
 
 impl Task {
@@ -453,7 +462,7 @@ impl Task {
     }
 
     /// Seals `payloads` as the next batch of the chain: the batch, its request id and its `Publish` frame.
-    fn seal(&self, payloads: &[Bytes]) -> Result<(VerifiedBatch, u64, Bytes)> {
+    fn seal(&mut self, payloads: &[Bytes]) -> Result<(VerifiedBatch, u64, Bytes)> {
         let identity = &self.shared.identity;
         let (epoch, key) = self.keys.sealing_key(identity.principal(), &identity.public_key())?;
         let params = SealParams {
@@ -464,7 +473,7 @@ impl Task {
             created_at: wall_clock(),
         };
         let signer = &identity.inner().signer;
-        let sealed = seal(signer, key, params, payloads, &self.shared.limits, &mut rand::rngs::OsRng)?;
+        let sealed = seal(signer, key, params, payloads, &self.shared.limits, &mut self.rng)?;
         let request_id = self.shared.request_id();
         let frame = Frame::Publish { request_id, batch: sealed.as_bytes().clone() }.to_vec()?;
         Ok((sealed, request_id, Bytes::from(frame)))
