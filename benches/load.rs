@@ -291,7 +291,7 @@ fn main() {
     let mut json = Vec::new();
     if s.workloads.contains(&"W1") {
         println!(
-            "W1 closed loop: 1 publisher -> 1 subscriber, {} messages, max_batch 256, linger 1 ms, window 8192, {} runs",
+            "W1 closed loop: 1 publisher -> 1 subscriber, {} messages, max_batch 256, default (adaptive) batching, window 8192, {} runs",
             s.messages, s.runs
         );
         let (mut acks, mut deliveries) = (Vec::new(), Vec::new());

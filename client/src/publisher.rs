@@ -9,6 +9,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 use sealpost_protocol::{seal, ChainHead, ErrorCode, Frame, SealParams, Topic, VerifiedBatch};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -24,7 +26,14 @@ use crate::stream::{unexpected, Link};
 pub struct PublisherOptions {
     /// Most messages in one sealed batch (clamped to 1..=65,536). Default 256.
     pub max_batch: usize,
-    /// How long the first message of a batch may wait for others before the batch is sealed. Default 1 ms.
+    /// How long the first message of a batch that is not full waits for others before the batch may be
+    /// sealed. Default 0: batching needs no timer (see below).
+    ///
+    /// Whatever `linger` says, a batch that is not full is sealed only while no earlier batch awaits its
+    /// answer (or on [`Publisher::flush`] and [`Publisher::close`]): what is published while a batch is
+    /// in flight gathers into the next one, which goes when the answer comes, or as soon as it is full.
+    /// So a message published to an idle publisher goes at once, and under load batches grow to what
+    /// arrives during one round trip (the broker's fsync included).
     pub linger: Duration,
     /// Most batches sent but not yet acknowledged (at least 1). Default 64.
     pub max_in_flight: usize,
@@ -32,7 +41,7 @@ pub struct PublisherOptions {
 
 impl Default for PublisherOptions {
     fn default() -> Self {
-        Self { max_batch: 256, linger: Duration::from_millis(1), max_in_flight: 64 }
+        Self { max_batch: 256, linger: Duration::ZERO, max_in_flight: 64 }
     }
 }
 
@@ -71,11 +80,12 @@ impl State {
 ///
 /// A background task per publisher owns one publish stream. When it opens the stream it asks the broker
 /// where this identity's chain on the topic stands (`Head` → `HeadIs`), so the chain continues across
-/// restarts. It gathers messages (up to `max_batch` messages, or whatever has arrived `linger` after the
-/// first, and never more than fits in a sealed batch), seals each batch with the identity's signing key and
-/// the content key of the topic's current epoch, and sends it as a `Publish` frame without waiting for the
-/// previous one to be answered, up to `max_in_flight` batches. The broker answers in order; each
-/// `Published` resolves the receipts of its batch's messages.
+/// restarts. It gathers messages into batches (up to `max_batch` messages, never more than fits in a
+/// sealed batch; a batch that is not full goes only when no batch is in flight, see
+/// [`PublisherOptions::linger`]), seals each batch with the identity's signing key and the content key of
+/// the topic's current epoch, and sends it as a `Publish` frame without waiting for the previous one to be
+/// answered, up to `max_in_flight` batches. The broker answers in order; each `Published` resolves the
+/// receipts of its batch's messages.
 ///
 /// # Policies
 ///
@@ -121,6 +131,10 @@ impl Publisher {
         options: PublisherOptions,
     ) -> Result<Publisher> {
         let keys = shared.topic_keys_retrying(&topic, Action::Publish, Freshness::Now).await?;
+        // The nonces of every record this publisher seals: a CSPRNG seeded once from the OS rather than a
+        // system call per record. XChaCha20 nonces are 192 random bits, so collisions stay negligible.
+        let rng = ChaCha20Rng::from_rng(rand::rngs::OsRng)
+            .map_err(|e| Error::io("cannot seed the nonce generator from the OS", e.into()))?;
         let (commands, rx) = mpsc::unbounded_channel();
         let state = Arc::new(State::default());
         let mut task = Task {
@@ -143,6 +157,7 @@ impl Publisher {
             flush_to: 0,
             flushes: Vec::new(),
             state: state.clone(),
+            rng,
         };
         // Transient losses are retried like any outage; a refusal or untrusted broker fails at once.
         task.reopen().await?;
@@ -270,6 +285,8 @@ struct Task {
     /// Flush callers, each waiting for `resolved` to reach its count.
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     state: Arc<State>,
+    /// Draws the records' nonces.
+    rng: ChaCha20Rng,
 }
 
 impl Task {
@@ -293,7 +310,8 @@ impl Task {
             }
             while self.link.is_some() && self.in_flight.len() < self.max_in_flight {
                 let force = self.closing || self.sealed < self.flush_to;
-                let Some(batch) = self.batcher.next(Instant::now(), force) else { break };
+                let idle = self.in_flight.is_empty();
+                let Some(batch) = self.batcher.next(Instant::now(), force, idle) else { break };
                 self.send_batch(batch).await?;
             }
             self.resolve_flushes();
@@ -305,7 +323,7 @@ impl Task {
             let connected = self.link.is_some();
             let reading = connected && !self.in_flight.is_empty();
             let deadline = if connected && self.in_flight.len() < self.max_in_flight {
-                self.batcher.deadline()
+                self.batcher.deadline(self.in_flight.is_empty())
             } else {
                 None
             };
@@ -444,7 +462,7 @@ impl Task {
     }
 
     /// Seals `payloads` as the next batch of the chain: the batch, its request id and its `Publish` frame.
-    fn seal(&self, payloads: &[Bytes]) -> Result<(VerifiedBatch, u64, Bytes)> {
+    fn seal(&mut self, payloads: &[Bytes]) -> Result<(VerifiedBatch, u64, Bytes)> {
         let identity = &self.shared.identity;
         let (epoch, key) = self.keys.sealing_key(identity.principal(), &identity.public_key())?;
         let params = SealParams {
@@ -455,7 +473,7 @@ impl Task {
             created_at: wall_clock(),
         };
         let signer = &identity.inner().signer;
-        let sealed = seal(signer, key, params, payloads, &self.shared.limits, &mut rand::rngs::OsRng)?;
+        let sealed = seal(signer, key, params, payloads, &self.shared.limits, &mut self.rng)?;
         let request_id = self.shared.request_id();
         let frame = Frame::Publish { request_id, batch: sealed.as_bytes().clone() }.to_vec()?;
         Ok((sealed, request_id, Bytes::from(frame)))
