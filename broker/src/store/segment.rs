@@ -221,6 +221,11 @@ impl Segments {
             let entry = entry.map_err(|e| io_error(&format!("listing {}", dir.display()), &e))?;
             if let Some(n) = entry.file_name().to_str().and_then(segment_number) {
                 last = last.max(Some(n));
+                // Every open starts a segment; one that never got a record is only clutter.
+                if entry.metadata().is_ok_and(|m| m.len() == 0) {
+                    std::fs::remove_file(entry.path())
+                        .map_err(|e| io_error(&format!("removing {}", entry.path().display()), &e))?;
+                }
             }
         }
         let active = last.map_or(0, |n| n.saturating_add(1));
@@ -446,6 +451,11 @@ mod tests {
         // Appends after a reopen go to a new segment, never to the tail of an old one.
         let c = segments.append(b"after").unwrap();
         assert_eq!((c.segment, c.position), (1, 0));
+        // A run that appended nothing leaves no empty segment behind once the store is opened again.
+        drop(Segments::open(&path, 0).unwrap());
+        drop(Segments::open(&path, 0).unwrap());
+        let names: Vec<_> = std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 3, "segments 0 and 1 and the newest, empty one: {names:?}");
         assert!(!c.durable_by(Checkpoint { segment: 0, position: u64::MAX }));
         assert_eq!(segments.read(&a).unwrap(), b"first record");
     }
