@@ -59,7 +59,9 @@ impl Record {
             "p99_us" => self.delivery.map(|d| d.p99 as f64),
             "p999_us" => self.delivery.map(|d| d.p999 as f64),
             "ack_p50_us" => self.ack.map(|d| d.p50 as f64),
+            "ack_p90_us" => self.ack.map(|d| d.p90 as f64),
             "ack_p99_us" => self.ack.map(|d| d.p99 as f64),
+            "ack_p999_us" => self.ack.map(|d| d.p999 as f64),
             _ => self.extra.iter().find(|(k, _)| *k == key).map(|(_, v)| *v),
         }
     }
