@@ -58,7 +58,8 @@ pub fn draw(dir: &Path, records: &[Record], systems: &[&'static str]) -> anyhow:
     };
     if throughput.max() > 0.0 {
         let path = dir.join("throughput.svg");
-        let top = throughput.max() * 1.15;
+        // Headroom above the tallest bar for its value and the legend.
+        let top = throughput.max() * 1.35;
         plot(&path, &throughput, 0f64..top)?;
         written.push(path);
     }
@@ -81,7 +82,7 @@ pub fn draw(dir: &Path, records: &[Record], systems: &[&'static str]) -> anyhow:
     };
     if latency.max() > 0.0 {
         let path = dir.join("latency.svg");
-        let top = latency.max() * 3.0;
+        let top = latency.max() * 20.0;
         plot(&path, &latency, (10f64..top).log_scale())?;
         written.push(path);
     }
@@ -129,7 +130,11 @@ where
         });
         chart
             .draw_series(rects)?
-            .label(*system)
+            .label(if values.iter().all(Option::is_none) {
+                format!("{system} (not run)")
+            } else {
+                system.to_string()
+            })
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         let value_style =
             ("sans-serif", 11).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
