@@ -1,0 +1,315 @@
+//! The one interface every workload drives, over Sealpost or NATS JetStream, so that both systems run the
+//! same workload code: start a server, connect, publish (returning the acknowledgement to await later),
+//! subscribe from the start or from now, read payloads, measure the server's memory and disk, restart it.
+//!
+//! The mapping: a Sealpost topic is a JetStream subject of one stream ([`nats::STREAM`]); a Sealpost
+//! subscription (non-durable, from `Earliest` or `Latest`) is a JetStream ordered pull consumer (ephemeral,
+//! in order, no per-message acks, `DeliverPolicy::All` or `New`); a Sealpost publish receipt (after fsync)
+//! is a JetStream publish ack (after fsync only with `sync_interval: always`).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sealpost_client::{Client, PublisherOptions, SubscribeOptions};
+use sealpost_protocol::{StartAt, Topic};
+
+use crate::nats::{self, Fsync, NatsServer};
+use crate::pki::Pki;
+use crate::sealpost::SealpostServer;
+
+/// The topic the workloads publish to.
+pub const TOPIC: &str = "bench.load";
+/// The topic W4's idle connections subscribe to (nothing is published there).
+pub const IDLE_TOPIC: &str = "bench.idle";
+
+/// A system the bench measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Sealpost,
+    Nats(Fsync),
+}
+
+impl System {
+    /// The name in JSON and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Sealpost => "sealpost",
+            System::Nats(Fsync::Default) => "nats-default",
+            System::Nats(Fsync::Always) => "nats-always",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            System::Sealpost => {
+                "sealpost: broker process (segment log + sled index, fsync before ack), QUIC + mutual TLS, sealed (signed + \
+                 encrypted) batches, publisher defaults (max_batch 256, adaptive batching, no linger)"
+            }
+            System::Nats(Fsync::Default) => {
+                "nats-default: nats-server JetStream, file store, TLS with client certificates (verify: true), \
+                 default fsync (ack before fsync, fsync every 2 min), async-nats client"
+            }
+            System::Nats(Fsync::Always) => "nats-always: the same with `sync_interval: always` (fsync before ack)",
+        }
+    }
+}
+
+/// What a workload needs to reach a running server.
+pub struct Env<'a> {
+    pub pki: &'a Pki,
+    pub nats_bin: Option<&'a Path>,
+    /// Unacknowledged publishes a publisher may keep in flight.
+    pub window: usize,
+}
+
+/// A running server of one [`System`].
+pub enum Server {
+    Sealpost(SealpostServer),
+    Nats(NatsServer, usize),
+}
+
+/// How long a restarted server took: until its process said it listens, and until it had served a
+/// publish (acknowledged) and a subscription (delivered that message).
+pub struct Restart {
+    pub listening: Duration,
+    pub served: Duration,
+}
+
+/// Resident memory of a server process, from `/proc/PID/status`.
+#[derive(Clone, Copy, Default)]
+pub struct Memory {
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+}
+
+impl Server {
+    pub async fn start(system: System, env: &Env<'_>) -> Server {
+        match system {
+            System::Sealpost => Server::Sealpost(SealpostServer::start(env.pki)),
+            System::Nats(fsync) => {
+                let bin = env.nats_bin.expect("nats-server was found before any NATS workload");
+                let server = NatsServer::start(bin, env.pki, fsync);
+                let (_, js) = server.connect(env.window).await.unwrap();
+                NatsServer::create_stream(&js).await.unwrap();
+                Server::Nats(server, env.window)
+            }
+        }
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Conn> {
+        Ok(match self {
+            Server::Sealpost(s) => Conn::Sealpost(Client::connect(&s.identity).await?),
+            Server::Nats(s, window) => {
+                let (_, js) = s.connect(*window).await?;
+                Conn::Nats(Box::new(js))
+            }
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Server::Sealpost(s) => s.pid(),
+            Server::Nats(s, _) => s.pid(),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        match self {
+            Server::Sealpost(s) => s.data_dir(),
+            Server::Nats(s, _) => s.data_dir(),
+        }
+    }
+
+    pub fn memory(&self) -> Memory {
+        let Some(pid) = self.pid() else { return Memory::default() };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        Memory { rss_bytes: kib("VmRSS:"), peak_rss_bytes: kib("VmHWM:") }
+    }
+
+    /// Bytes allocated on disk under the server's data folder (what `du` counts).
+    pub fn disk_bytes(&self) -> u64 {
+        allocated_bytes(&self.data_dir())
+    }
+
+    pub fn stop(&mut self) {
+        match self {
+            Server::Sealpost(s) => s.stop(),
+            Server::Nats(s, _) => s.stop(),
+        }
+    }
+
+    /// Starts the stopped server again on the same data and measures until it serves (bounded: 10 min).
+    pub async fn restart(&mut self) -> Restart {
+        let (spawned, listening) = match self {
+            Server::Sealpost(s) => {
+                s.restart();
+                (s.spawned, s.listening)
+            }
+            Server::Nats(s, _) => {
+                s.restart();
+                (s.spawned, s.listening)
+            }
+        };
+        let deadline = spawned + Duration::from_secs(600);
+        loop {
+            match self.serve_once().await {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline => {
+                    // Not ready yet (connection refused, stream not recovered): try again at once.
+                    let _ = e;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => panic!("restarted server did not serve within 10 minutes: {e:#}"),
+            }
+        }
+        Restart { listening: listening - spawned, served: spawned.elapsed() }
+    }
+
+    /// Subscribes from now, publishes one message, awaits its acknowledgement and reads it back.
+    async fn serve_once(&self) -> anyhow::Result<()> {
+        let conn = tokio::time::timeout(Duration::from_secs(10), self.connect()).await??;
+        let publisher = conn.publisher(TOPIC).await?;
+        let mut sub = conn.subscribe(TOPIC, From::Now).await?;
+        let marker = Bytes::from_static(b"restart marker");
+        publisher.send(marker.clone()).await.await?;
+        let got = tokio::time::timeout(Duration::from_secs(10), sub.next()).await??;
+        anyhow::ensure!(got == marker, "read back another message than the one just published");
+        Ok(())
+    }
+}
+
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// Where a subscription starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    /// The first message the topic holds.
+    Start,
+    /// Only messages published after subscribing.
+    Now,
+}
+
+/// A client connection.
+pub enum Conn {
+    Sealpost(Client),
+    Nats(Box<async_nats::jetstream::Context>),
+}
+
+/// An acknowledgement to await: resolves when the server has accepted (Sealpost: stored and synced) the
+/// message.
+pub type Ack = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+pub enum Publisher {
+    Sealpost(sealpost_client::Publisher),
+    Nats(Box<async_nats::jetstream::Context>, async_nats::Subject),
+}
+
+pub enum Subscriber {
+    Sealpost(sealpost_client::Subscription),
+    Nats(Pin<Box<async_nats::jetstream::consumer::pull::Ordered>>),
+}
+
+impl Conn {
+    /// A publisher on `topic`, with the client's default options (Sealpost: adaptive batching, which sends
+    /// at once when nothing is in flight and gathers what arrives meanwhile into the next batch).
+    pub async fn publisher(&self, topic: &str) -> anyhow::Result<Publisher> {
+        Ok(match self {
+            Conn::Sealpost(client) => {
+                Publisher::Sealpost(client.publisher(Topic::new(topic)?, PublisherOptions::default()).await?)
+            }
+            Conn::Nats(js) => Publisher::Nats(js.clone(), async_nats::Subject::from(topic)),
+        })
+    }
+
+    pub async fn subscribe(&self, topic: &str, from: From) -> anyhow::Result<Subscriber> {
+        Ok(match self {
+            Conn::Sealpost(client) => {
+                let from = match from {
+                    From::Start => StartAt::Earliest,
+                    From::Now => StartAt::Latest,
+                };
+                let options = SubscribeOptions { from, durable: None };
+                Subscriber::Sealpost(client.subscribe(Topic::new(topic)?, options).await?)
+            }
+            Conn::Nats(js) => {
+                use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+                let stream = js.get_stream(nats::STREAM).await?;
+                let deliver_policy = match from {
+                    From::Start => DeliverPolicy::All,
+                    From::Now => DeliverPolicy::New,
+                };
+                let config =
+                    OrderedConfig { filter_subject: topic.to_string(), deliver_policy, ..Default::default() };
+                let consumer = stream.create_consumer(config).await?;
+                Subscriber::Nats(Box::pin(consumer.messages().await?))
+            }
+        })
+    }
+}
+
+impl Publisher {
+    /// Sends `payload` and returns its acknowledgement without waiting for it.
+    pub async fn send(&self, payload: Bytes) -> Ack {
+        match self {
+            Publisher::Sealpost(p) => {
+                let receipt = p.publish(payload);
+                Box::pin(async move {
+                    receipt.await?;
+                    Ok(())
+                })
+            }
+            Publisher::Nats(js, subject) => match js.publish(subject.clone(), payload).await {
+                Ok(ack) => Box::pin(async move {
+                    ack.await?;
+                    Ok(())
+                }),
+                Err(e) => Box::pin(async move { Err(e.into()) }),
+            },
+        }
+    }
+}
+
+impl Subscriber {
+    /// The next message's payload.
+    pub async fn next(&mut self) -> anyhow::Result<Bytes> {
+        match self {
+            Subscriber::Sealpost(s) => match s.next().await {
+                Some(m) => Ok(m?.payload),
+                None => anyhow::bail!("sealpost subscription ended"),
+            },
+            Subscriber::Nats(s) => match s.next().await {
+                Some(m) => Ok(m.map_err(|e| anyhow::anyhow!("{e}"))?.message.payload),
+                None => anyhow::bail!("jetstream consumer ended"),
+            },
+        }
+    }
+}
