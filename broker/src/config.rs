@@ -85,6 +85,9 @@ pub struct LimitsConfig {
     /// How many bytes of stored batches a subscriber reads from the store at a time (at least one batch is
     /// always read). Default: 1 MiB (1048576). At least 1.
     pub subscriber_read_bytes: usize,
+    /// Bytes of recently appended batches the broker keeps in memory, over all topics, so that subscribers
+    /// that keep up are served without reading the store. Default: 8 MiB (8388608). 0 keeps none.
+    pub tail_cache_bytes: usize,
     /// Most simultaneous connections of one principal. Default: 64. At least 1.
     pub max_connections_per_principal: u32,
     /// Most simultaneous subscriptions on one connection. Default: 128. At least 1.
@@ -106,6 +109,7 @@ impl Default for LimitsConfig {
             max_streams_per_connection: 256,
             idle_timeout_ms: 30_000,
             subscriber_read_bytes: 1024 * 1024,
+            tail_cache_bytes: crate::log::DEFAULT_TAIL_BYTES,
             max_connections_per_principal: 64,
             max_subscriptions_per_connection: 128,
             publish_msgs_per_sec: 0,
@@ -264,6 +268,7 @@ mod tests {
         assert_eq!(c.limits.max_streams_per_connection, 256);
         assert_eq!(c.limits.idle_timeout_ms, 30_000);
         assert_eq!(c.limits.subscriber_read_bytes, 1024 * 1024);
+        assert_eq!(c.limits.tail_cache_bytes, 8 * 1024 * 1024);
         assert_eq!(c.storage.engine, StorageEngine::Sled);
         assert_eq!(c.limits.protocol_limits(), sealpost_protocol::Limits::default());
     }
@@ -274,6 +279,7 @@ mod tests {
             "listen = \"0.0.0.0:9000\"\ndata_dir = \"/var/lib/sp\"\n{MINIMAL}\n\
              [limits]\nmax_frame_len = 65536\nmax_batch_messages = 10\nmax_connections = 5\n\
              max_streams_per_connection = 4\nidle_timeout_ms = 1000\nsubscriber_read_bytes = 4096\n\
+             tail_cache_bytes = 0\n\
              [storage]\nengine = \"memory\"\n"
         ))
         .unwrap();
@@ -281,6 +287,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/sp"));
         assert_eq!(c.limits.max_frame_len, 65536);
         assert_eq!(c.limits.subscriber_read_bytes, 4096);
+        assert_eq!(c.limits.tail_cache_bytes, 0);
         assert_eq!(c.storage.engine, StorageEngine::Memory);
         assert_eq!(c.limits.protocol_limits().max_batch_len, 65536 - 64);
     }

@@ -20,7 +20,18 @@
 //!   to which the topic is durable; the writer advances it after each successful sync, never before.
 //!
 //! The log does not check signatures, ACLs or the signer binding: callers pass batches they have verified
-//! and authorised. Readers use [`Log::store`] directly.
+//! and authorised. Readers use [`Log::store`], or first [`Log::read_tail`].
+//!
+//! # The tail
+//!
+//! Subscribers that keep up read what was just made durable. So that they need not go to the store (a
+//! blocking read, off the async workers) for it, the writer also keeps the batches it appends in memory,
+//! per topic, in offset order, up to a byte budget shared by all topics; the oldest are dropped first.
+//! [`Log::read_tail`] serves a read from there when the tail covers the offset asked, and says so when it
+//! does not (the caller then reads the store). The tail holds the very bytes that went to the store, so a
+//! read from either gives the same batches; like the store, it may hold batches that are not durable yet,
+//! and callers bound what they deliver by [`Log::durable_end`]. When a group fails the tail is emptied,
+//! since the offsets it names may be reused.
 //!
 //! # Ordering and backpressure
 //!
@@ -36,7 +47,7 @@
 //! (store locks are taken inside it, never the other way round); the writer thread takes it only briefly
 //! and never while calling the store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,7 +60,7 @@ use sealpost_protocol::{PublicKey, Topic, VerifiedBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::sequencer::{self, Decision};
-use crate::store::{PublisherRecord, Store};
+use crate::store::{PublisherRecord, Store, StoredBatch};
 use crate::{Error, Result};
 
 /// Most requests the writer takes into one group (one sync).
@@ -59,6 +70,10 @@ pub const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// Most entries in each of the writer's caches (chain heads, topic ends) before it starts them afresh
 /// from the store, which always holds the truth.
 const MAX_CACHED: usize = 1 << 16;
+
+/// Bytes of recently appended batches [`Log::open`] keeps in memory for subscribers: 8 MiB, a few
+/// thousand batches of small messages, or a few seconds of a fast publisher.
+pub const DEFAULT_TAIL_BYTES: usize = 8 * 1024 * 1024;
 
 /// Where an appended batch was stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,12 +106,104 @@ struct Shared {
     watches: Mutex<HashMap<Topic, watch::Sender<u64>>>,
     /// Requests sent and not yet taken by the writer.
     queued: AtomicUsize,
+    /// Recently appended batches, for readers.
+    tail: Mutex<Tail>,
 }
 
 impl Shared {
     fn watches(&self) -> MutexGuard<'_, HashMap<Topic, watch::Sender<u64>>> {
         // The map only holds senders; a panic elsewhere cannot leave it inconsistent.
         self.watches.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn tail(&self) -> MutexGuard<'_, Tail> {
+        // Every method of `Tail` leaves it consistent before it could panic.
+        self.tail.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The batches most recently appended, per topic, within a byte budget over all topics. See the module
+/// documentation. Sans-IO.
+#[derive(Debug)]
+struct Tail {
+    budget: usize,
+    bytes: usize,
+    /// Per topic, contiguous batches in offset order.
+    topics: HashMap<Topic, VecDeque<StoredBatch>>,
+    /// Every cached batch's topic and size, oldest first: what to drop to stay within the budget.
+    order: VecDeque<(Topic, usize)>,
+}
+
+impl Tail {
+    fn new(budget: usize) -> Self {
+        Self { budget, bytes: 0, topics: HashMap::new(), order: VecDeque::new() }
+    }
+
+    /// Adds the batch just appended to `topic`. A batch that does not continue the topic's cached batches
+    /// (it cannot happen while the writer clears the tail on failure) replaces them.
+    fn push(&mut self, topic: &Topic, batch: StoredBatch) {
+        let size = batch.bytes.len();
+        if size > self.budget {
+            self.remove(topic);
+            return;
+        }
+        let contiguous = match self.topics.get(topic).and_then(|b| b.back()) {
+            Some(last) => last.end() == batch.offset,
+            None => true,
+        };
+        if !contiguous {
+            self.remove(topic);
+        }
+        self.topics.entry(topic.clone()).or_default().push_back(batch);
+        self.order.push_back((topic.clone(), size));
+        self.bytes += size;
+        while self.bytes > self.budget {
+            let Some((oldest, size)) = self.order.pop_front() else { break };
+            self.bytes -= size;
+            if let Some(batches) = self.topics.get_mut(&oldest) {
+                batches.pop_front();
+                if batches.is_empty() {
+                    self.topics.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    /// Forgets `topic`'s batches (their entries in `order` are dropped lazily: see `push`).
+    fn remove(&mut self, topic: &Topic) {
+        if let Some(batches) = self.topics.remove(topic) {
+            let gone: usize = batches.iter().map(|b| b.bytes.len()).sum();
+            self.bytes -= gone;
+            self.order.retain(|(t, _)| t != topic);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.topics.clear();
+        self.order.clear();
+        self.bytes = 0;
+    }
+
+    /// What [`Store::read`] would return for `topic` from `from` within `max_bytes`, if the tail covers
+    /// `from`; `None` if it does not.
+    fn read(&self, topic: &Topic, from: u64, max_bytes: usize) -> Option<Vec<StoredBatch>> {
+        let batches = self.topics.get(topic)?;
+        let first = batches.front()?;
+        if from < first.offset {
+            return None;
+        }
+        // Batches are contiguous and ordered: the first one that ends after `from` contains it or follows it.
+        let start = batches.partition_point(|b| b.end() <= from);
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for batch in batches.range(start..) {
+            total = total.saturating_add(batch.bytes.len());
+            if !out.is_empty() && total > max_bytes {
+                break;
+            }
+            out.push(batch.clone());
+        }
+        Some(out)
     }
 }
 
@@ -133,12 +240,21 @@ impl Request {
 }
 
 impl Log {
-    /// Starts the writer thread over `store`. Syncs the store first, so that whatever it already holds
-    /// counts as durable.
+    /// Starts the writer thread over `store`, keeping [`DEFAULT_TAIL_BYTES`] of recent batches in memory.
+    /// Syncs the store first, so that whatever it already holds counts as durable.
     pub fn open(store: Arc<dyn Store>) -> Result<Log> {
+        Self::with_tail(store, DEFAULT_TAIL_BYTES)
+    }
+
+    /// [`open`](Self::open), keeping `tail_bytes` of recent batches in memory for readers (0: none).
+    pub fn with_tail(store: Arc<dyn Store>, tail_bytes: usize) -> Result<Log> {
         store.sync()?;
-        let shared =
-            Arc::new(Shared { store, watches: Mutex::new(HashMap::new()), queued: AtomicUsize::new(0) });
+        let shared = Arc::new(Shared {
+            store,
+            watches: Mutex::new(HashMap::new()),
+            queued: AtomicUsize::new(0),
+            tail: Mutex::new(Tail::new(tail_bytes)),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         let (stopped_tx, stopped) = oneshot::channel();
         let writer = Writer::new(shared.clone());
@@ -221,6 +337,14 @@ impl Log {
     /// caller has verified the policy and that its epoch follows the stored one.
     pub async fn put_policy(&self, topic: Topic, epoch: u64, policy: Bytes) -> Result<()> {
         Self::answer(self.enqueue(|reply| Request::Policy { topic, epoch, policy, reply })).await
+    }
+
+    /// The stored batches of `topic` from the one that contains offset `from`, as [`Store::read`] gives
+    /// them, if the in-memory tail covers `from`; `None` if it does not, and the store must be read. Like
+    /// the store, the tail may hold batches that are not durable yet: bound what you deliver by
+    /// [`durable_end`](Self::durable_end).
+    pub fn read_tail(&self, topic: &Topic, from: u64, max_bytes: usize) -> Option<Vec<StoredBatch>> {
+        self.shared.tail().read(topic, from, max_bytes)
     }
 
     /// Requests handed to the log and not yet taken by the writer.
@@ -390,6 +514,7 @@ impl Writer {
             // ends of its topics are advanced by the next successful sync.
             self.next_offsets.clear();
             self.heads.clear();
+            self.shared.tail().clear();
         }
         // A receiver that went away (a cancelled request) needs no answer.
         for reply in replies {
@@ -441,6 +566,8 @@ impl Writer {
                 };
                 self.before_write(topic, offset);
                 self.shared.store.append(topic, &header.publisher, &record, batch.as_bytes())?;
+                let stored = StoredBatch { offset, count: header.count, bytes: batch.as_bytes().clone() };
+                self.shared.tail().push(topic, stored);
                 self.next_offsets.insert(topic.clone(), end);
                 self.heads.insert(key, Some(record));
                 Ok(Ok(Appended { first_offset: offset, count: header.count, duplicate: false }))
@@ -834,6 +961,8 @@ mod tests {
         }
         assert!(matches!(commit.await.unwrap(), Err(Error::StorageFull)));
         assert_eq!(*end.borrow_and_update(), 1);
+        // The failed group's offsets may be reused: the tail forgets everything, readers go to the store.
+        assert!(log.read_tail(&t, 0, usize::MAX).is_none());
         // The store kept the failed group's batches: retries are duplicates with their original offsets,
         // and the chain continues from the store, not from a stale cache.
         let dup = |first_offset, count| Appended { first_offset, count, duplicate: true };
@@ -841,6 +970,81 @@ mod tests {
         assert_eq!(log.append(t.clone(), b1).await.unwrap(), dup(3, 3));
         assert_eq!(log.append(t.clone(), sealed(&a, &t, &mut ha, 1)).await.unwrap(), appended(6, 1));
         assert_eq!(*end.wait_for(|&e| e == 7).await.unwrap(), 7);
+        // Appends after the failure fill the tail again, from where they start.
+        let tail = log.read_tail(&t, 6, usize::MAX).unwrap();
+        assert_eq!(tail.iter().map(|b| (b.offset, b.count)).collect::<Vec<_>>(), [(6, 1)]);
+        assert!(log.read_tail(&t, 5, usize::MAX).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_tail_serves_what_the_store_would() {
+        let store = Arc::new(MemoryStore::new());
+        let log = Log::open(store.clone()).unwrap();
+        let t = topic("demo.tail");
+        let a = signer(1);
+        let mut head = ChainHead::GENESIS;
+        for count in [2, 3, 1, 4] {
+            log.append(t.clone(), sealed(&a, &t, &mut head, count)).await.unwrap();
+        }
+        // Batches cover 0..2, 2..5, 5..6, 6..10; reads start with the batch that contains `from`.
+        for (from, max) in [(0, usize::MAX), (3, usize::MAX), (5, 1), (9, usize::MAX), (10, usize::MAX)] {
+            let tail = log.read_tail(&t, from, max).unwrap();
+            let stored = store.read(&t, from, max).unwrap();
+            assert_eq!(tail, stored, "from {from}, max {max}");
+        }
+        assert!(log.read_tail(&topic("demo.other"), 0, usize::MAX).is_none());
+    }
+
+    fn stored(offset: u64, count: u32, len: usize) -> StoredBatch {
+        StoredBatch { offset, count, bytes: Bytes::from(vec![0; len]) }
+    }
+
+    fn offsets(batches: &[StoredBatch]) -> Vec<(u64, u32)> {
+        batches.iter().map(|b| (b.offset, b.count)).collect()
+    }
+
+    #[test]
+    fn the_tail_drops_the_oldest_batches_of_any_topic_to_stay_within_its_budget() {
+        let (a, b) = (topic("demo.a"), topic("demo.b"));
+        let mut tail = Tail::new(300);
+        tail.push(&a, stored(0, 1, 100));
+        tail.push(&b, stored(0, 1, 100));
+        tail.push(&a, stored(1, 1, 100));
+        assert_eq!(offsets(&tail.read(&a, 0, usize::MAX).unwrap()), [(0, 1), (1, 1)]);
+        // Over budget: a's first batch, the oldest of all, goes; a read from it now misses.
+        tail.push(&b, stored(1, 1, 100));
+        assert!(tail.read(&a, 0, usize::MAX).is_none());
+        assert_eq!(offsets(&tail.read(&a, 1, usize::MAX).unwrap()), [(1, 1)]);
+        assert_eq!(offsets(&tail.read(&b, 0, usize::MAX).unwrap()), [(0, 1), (1, 1)]);
+        assert_eq!(tail.bytes, 300);
+        // A batch larger than the whole budget is not kept, nor is anything before it on its topic.
+        tail.push(&b, stored(2, 1, 301));
+        assert!(tail.read(&b, 2, usize::MAX).is_none());
+        assert_eq!(tail.bytes, 100);
+        tail.push(&a, stored(2, 1, 100));
+        assert_eq!(offsets(&tail.read(&a, 1, usize::MAX).unwrap()), [(1, 1), (2, 1)]);
+    }
+
+    #[test]
+    fn the_tail_restarts_a_topic_at_a_batch_that_does_not_continue_it() {
+        let a = topic("demo.a");
+        let mut tail = Tail::new(1000);
+        tail.push(&a, stored(0, 2, 10));
+        tail.push(&a, stored(5, 1, 10));
+        assert!(tail.read(&a, 0, usize::MAX).is_none());
+        assert_eq!(offsets(&tail.read(&a, 5, usize::MAX).unwrap()), [(5, 1)]);
+        assert_eq!(tail.bytes, 10);
+        // Past the end: covered, and nothing there yet.
+        assert_eq!(tail.read(&a, 6, usize::MAX).unwrap(), []);
+    }
+
+    #[test]
+    fn a_tail_without_budget_keeps_nothing() {
+        let a = topic("demo.a");
+        let mut tail = Tail::new(0);
+        tail.push(&a, stored(0, 1, 1));
+        assert!(tail.read(&a, 0, usize::MAX).is_none());
+        assert_eq!(tail.bytes, 0);
     }
 
     #[tokio::test]

@@ -12,7 +12,8 @@
 //!   lets publish, subscribe or administer the topic, and stored (durably, through the log) only from an
 //!   administrator, signed by the configured topic authority, with the next epoch.
 //! - **Subscription stream** (`Subscribe` first, one per stream): `Subscribed`, then `Deliver` frames read
-//!   from the store in offset order up to the durable end, then new batches as syncs make them durable.
+//!   from the store in offset order up to the durable end, then new batches as syncs make them durable
+//!   (read from the log's in-memory tail while it still holds them, see [`Log::read_tail`]).
 //!   A subscriber holds at most one read chunk (`subscriber_read_bytes`) in broker memory and its pace is
 //!   set by the QUIC stream's flow control, so a slow subscriber never blocks publishers or other
 //!   subscribers. Acks come back on the same stream.
@@ -62,6 +63,12 @@ pub struct ServerLimits {
     pub idle_timeout: Duration,
     /// Bytes a subscriber reads from storage at a time: its memory bound in the broker.
     pub subscriber_read_bytes: usize,
+    /// Bytes of recently appended batches kept in memory, over all topics, so that subscribers that keep
+    /// up need not read the store (0: none). Default 0 here: the tail assumes that the store reads back
+    /// exactly what was appended, which holds for the built-in engines that a configuration file names
+    /// (where `limits.tail_cache_bytes` defaults to 8 MiB), but not necessarily for any [`Store`] an
+    /// embedder passes in.
+    pub tail_cache_bytes: usize,
     /// Publishes on one stream waiting for durability at once.
     pub max_in_flight_per_stream: usize,
     /// Connections one principal may have open at once.
@@ -82,6 +89,7 @@ impl Default for ServerLimits {
             max_streams_per_connection: 256,
             idle_timeout: Duration::from_secs(30),
             subscriber_read_bytes: 1024 * 1024,
+            tail_cache_bytes: 0,
             max_in_flight_per_stream: 1024,
             max_connections_per_principal: 64,
             max_subscriptions_per_connection: 128,
@@ -129,6 +137,7 @@ impl BrokerOptions {
             max_streams_per_connection: l.max_streams_per_connection,
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),
             subscriber_read_bytes: l.subscriber_read_bytes,
+            tail_cache_bytes: l.tail_cache_bytes,
             max_connections_per_principal: l.max_connections_per_principal as usize,
             max_subscriptions_per_connection: l.max_subscriptions_per_connection as usize,
             publish_msgs_per_sec: l.publish_msgs_per_sec,
@@ -256,7 +265,7 @@ impl Broker {
         server_config.migration(false);
         let endpoint = quinn::Endpoint::server(server_config, options.listen)?;
         let local_addr = endpoint.local_addr()?;
-        let log = Arc::new(Log::open(options.store)?);
+        let log = Arc::new(Log::with_tail(options.store, options.limits.tail_cache_bytes)?);
         let ctx = Arc::new(Ctx {
             acl: options.acl,
             log,
@@ -683,10 +692,16 @@ async fn serve_subscription(
     loop {
         let durable_end = *end.borrow_and_update();
         if cursor < durable_end {
-            let (store, t) = (store.clone(), topic.clone());
-            let batches = tokio::task::spawn_blocking(move || store.read(&t, cursor, read_bytes))
-                .await
-                .map_err(|e| Error::Storage(e.to_string()))??;
+            // A subscriber that keeps up finds what it needs in the log's in-memory tail.
+            let batches = match ctx.log.read_tail(&topic, cursor, read_bytes) {
+                Some(batches) => batches,
+                None => {
+                    let (store, t) = (store.clone(), topic.clone());
+                    tokio::task::spawn_blocking(move || store.read(&t, cursor, read_bytes))
+                        .await
+                        .map_err(|e| Error::Storage(e.to_string()))??
+                }
+            };
             let before = cursor;
             for batch in batches {
                 if batch.offset >= durable_end {

@@ -2,15 +2,23 @@
 //!
 //! Messages are gathered in arrival order into an open batch, which closes when it holds `max_batch`
 //! messages, when the next message would push the sealed batch over the size limit, or when the publisher
-//! asks for it while it is *idle* (no batch awaits an answer) and the batch's first message has waited
-//! `linger`. Closed batches wait (in order) for room in the in-flight window.
+//! asks for it while fewer than [`PARTIAL_IN_FLIGHT`] batches await an answer and the batch's first
+//! message has waited `linger`. Closed batches wait (in order) for room in the in-flight window.
 //!
-//! The idle rule is Nagle's algorithm without its timer: a message published while nothing is in flight
-//! goes at once, and messages published while a batch is in flight gather into the next batch, which goes
-//! when the answer comes (or as soon as it is full). At low rates every message travels alone with no
-//! added wait; at high rates batches grow to what arrives during one round trip (the broker's fsync
-//! included), so the per-batch costs (a signature, its verification, a store write) are paid once for many
-//! messages. Sans-IO: time and the in-flight state come in as arguments.
+//! The in-flight rule is Nagle's algorithm without its timer, allowing a short pipeline: a message
+//! published while fewer than [`PARTIAL_IN_FLIGHT`] batches are in flight goes at once, and messages
+//! published while that many are in flight gather into the next batch, which goes when an answer comes (or
+//! as soon as it is full). At low rates every message travels alone with no added wait; at high rates
+//! batches grow to what arrives during a fraction of a round trip (the broker's fsync included), so the
+//! per-batch costs (a signature, its verification, a store write) are paid once for many messages.
+//!
+//! Why a pipeline of two and not one: with one, a message published just after a batch left waits for
+//! that batch's whole round trip (its trip to the broker, its verification, its fsync and the answer's
+//! trip back) before it is even sealed, and the broker's disk sits idle for the parts of that round trip
+//! that are not the fsync. With two, the next batch reaches the broker while the previous one is being
+//! synced and joins the next group commit. More than two buys little latency (the broker syncs one group
+//! at a time) and costs a signature, a verification and an open per extra batch. Sans-IO: time and the
+//! in-flight state come in as arguments.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -20,6 +28,10 @@ use tokio::time::Instant;
 
 use sealpost_protocol::batch::{RECORD_OVERHEAD, SIGNATURE_LEN};
 use sealpost_protocol::{Limits, Topic};
+
+/// A batch that is not full is sealed only while fewer than this many batches await an answer (see the
+/// module documentation).
+pub(crate) const PARTIAL_IN_FLIGHT: usize = 2;
 
 /// Messages bound for one sealed batch, each with what waits for its fate.
 #[derive(Debug)]
@@ -112,27 +124,27 @@ impl<W> Batcher<W> {
         }
     }
 
-    /// The next batch to seal, if one is due at `now`: a closed batch, or the open one if `force` (a
-    /// flush, or the publisher closing), or if the publisher is `idle` (no batch awaits an answer) and the
-    /// batch has lingered long enough.
-    pub(crate) fn next(&mut self, now: Instant, force: bool, idle: bool) -> Option<Batch<W>> {
+    /// The next batch to seal, if one is due at `now` with `in_flight` batches awaiting an answer: a closed
+    /// batch, or the open one if `force` (a flush, or the publisher closing), or if fewer than
+    /// [`PARTIAL_IN_FLIGHT`] batches are in flight and the batch has lingered long enough.
+    pub(crate) fn next(&mut self, now: Instant, force: bool, in_flight: usize) -> Option<Batch<W>> {
         if self.closed.is_empty() {
             match self.open_since {
-                Some(since) if force || (idle && now >= since + self.linger) => self.close(),
+                Some(since) if force || (room(in_flight) && now >= since + self.linger) => self.close(),
                 _ => return None,
             }
         }
         self.closed.pop_front()
     }
 
-    /// When the next batch is due if the publisher stays as `idle` as it is now: at once for a closed
-    /// batch, `linger` after its first message for the open one while idle, and never (until an answer
-    /// makes the publisher idle) otherwise.
-    pub(crate) fn deadline(&self, idle: bool) -> Option<Instant> {
+    /// When the next batch is due if `in_flight` batches stay in flight: at once for a closed batch,
+    /// `linger` after its first message for the open one while fewer than [`PARTIAL_IN_FLIGHT`] are in
+    /// flight, and never (until an answer makes room) otherwise.
+    pub(crate) fn deadline(&self, in_flight: usize) -> Option<Instant> {
         if !self.closed.is_empty() {
             return Some(Instant::now());
         }
-        if !idle {
+        if !room(in_flight) {
             return None;
         }
         self.open_since.map(|since| since + self.linger)
@@ -148,6 +160,11 @@ impl<W> Batcher<W> {
         self.close();
         self.closed.drain(..).flat_map(|b| b.waiters)
     }
+}
+
+/// Whether a batch that is not full may be sealed while `in_flight` batches await an answer.
+fn room(in_flight: usize) -> bool {
+    in_flight < PARTIAL_IN_FLIGHT
 }
 
 #[cfg(test)]
@@ -173,11 +190,11 @@ mod tests {
         for i in 0..7 {
             b.push(Bytes::from(vec![1; 10]), i, t0).unwrap();
         }
-        let first = b.next(t0, false, true).unwrap();
+        let first = b.next(t0, false, 0).unwrap();
         assert_eq!(first.waiters, [0, 1, 2]);
-        assert_eq!(b.next(t0, false, true).unwrap().waiters, [3, 4, 5]);
+        assert_eq!(b.next(t0, false, 0).unwrap().waiters, [3, 4, 5]);
         // The seventh message lingers.
-        assert!(b.next(t0, false, true).is_none());
+        assert!(b.next(t0, false, 0).is_none());
         assert!(!b.is_empty());
     }
 
@@ -187,12 +204,12 @@ mod tests {
         let mut b = batcher(256, 5);
         b.push(Bytes::from_static(b"a"), 0, t0).unwrap();
         b.push(Bytes::from_static(b"b"), 1, ms(t0, 3)).unwrap();
-        assert_eq!(b.deadline(true), Some(ms(t0, 5)));
-        assert!(b.next(ms(t0, 4), false, true).is_none());
-        let batch = b.next(ms(t0, 5), false, true).unwrap();
+        assert_eq!(b.deadline(0), Some(ms(t0, 5)));
+        assert!(b.next(ms(t0, 4), false, 0).is_none());
+        let batch = b.next(ms(t0, 5), false, 0).unwrap();
         assert_eq!(batch.payloads, [Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
         assert!(b.is_empty());
-        assert_eq!(b.deadline(true), None);
+        assert_eq!(b.deadline(0), None);
     }
 
     #[test]
@@ -200,31 +217,40 @@ mod tests {
         let t0 = Instant::now();
         let mut b = batcher(256, 0);
         b.push(Bytes::from_static(b"a"), 0, t0).unwrap();
-        assert_eq!(b.deadline(true), Some(t0));
-        assert_eq!(b.next(t0, false, true).unwrap().waiters, [0]);
+        assert_eq!(b.deadline(0), Some(t0));
+        assert_eq!(b.next(t0, false, 0).unwrap().waiters, [0]);
     }
 
     #[test]
-    fn a_partial_batch_waits_while_a_batch_is_in_flight() {
+    fn a_partial_batch_goes_at_once_while_the_pipeline_has_room() {
+        let t0 = Instant::now();
+        let mut b = batcher(256, 0);
+        b.push(Bytes::from_static(b"a"), 0, t0).unwrap();
+        assert_eq!(b.deadline(PARTIAL_IN_FLIGHT - 1), Some(t0));
+        assert_eq!(b.next(t0, false, PARTIAL_IN_FLIGHT - 1).unwrap().waiters, [0]);
+    }
+
+    #[test]
+    fn a_partial_batch_waits_while_the_pipeline_is_full() {
         let t0 = Instant::now();
         let mut b = batcher(3, 0);
         for i in 0..2 {
             b.push(Bytes::from_static(b"a"), i, ms(t0, i.into())).unwrap();
         }
         // Busy: no timer, nothing due however long it waits.
-        assert_eq!(b.deadline(false), None);
-        assert!(b.next(ms(t0, 1000), false, false).is_none());
-        // Once idle (the answer came), everything gathered goes as one batch.
-        assert_eq!(b.next(ms(t0, 1000), false, true).unwrap().waiters, [0, 1]);
+        assert_eq!(b.deadline(PARTIAL_IN_FLIGHT), None);
+        assert!(b.next(ms(t0, 1000), false, PARTIAL_IN_FLIGHT).is_none());
+        // Once an answer came, everything gathered goes as one batch.
+        assert_eq!(b.next(ms(t0, 1000), false, 0).unwrap().waiters, [0, 1]);
         // A full batch goes while busy.
         for i in 2..6 {
             b.push(Bytes::from_static(b"a"), i, t0).unwrap();
         }
-        assert!(b.deadline(false).is_some(), "a closed batch is due at once");
-        assert_eq!(b.next(t0, false, false).unwrap().waiters, [2, 3, 4]);
-        assert!(b.next(t0, false, false).is_none());
+        assert!(b.deadline(PARTIAL_IN_FLIGHT).is_some(), "a closed batch is due at once");
+        assert_eq!(b.next(t0, false, PARTIAL_IN_FLIGHT).unwrap().waiters, [2, 3, 4]);
+        assert!(b.next(t0, false, PARTIAL_IN_FLIGHT).is_none());
         // A flush takes the partial batch even while busy.
-        assert_eq!(b.next(t0, true, false).unwrap().waiters, [5]);
+        assert_eq!(b.next(t0, true, PARTIAL_IN_FLIGHT).unwrap().waiters, [5]);
     }
 
     #[test]
@@ -232,8 +258,8 @@ mod tests {
         let t0 = Instant::now();
         let mut b = batcher(256, 1000);
         b.push(Bytes::from_static(b"a"), 0, t0).unwrap();
-        assert_eq!(b.next(t0, true, true).unwrap().waiters, [0]);
-        assert!(b.next(t0, true, true).is_none());
+        assert_eq!(b.next(t0, true, 0).unwrap().waiters, [0]);
+        assert!(b.next(t0, true, 0).is_none());
     }
 
     #[test]
@@ -247,8 +273,8 @@ mod tests {
         for i in 0..3 {
             b.push(Bytes::from(vec![0; 300]), i, t0).unwrap();
         }
-        assert_eq!(b.next(t0, false, true).unwrap().waiters, [0, 1]);
-        assert_eq!(b.next(t0, false, true).unwrap().waiters, [2]);
+        assert_eq!(b.next(t0, false, 0).unwrap().waiters, [0, 1]);
+        assert_eq!(b.next(t0, false, 0).unwrap().waiters, [2]);
         // The largest payload is accepted alone; one byte more is turned away.
         b.push(Bytes::from(vec![0; b.max_payload()]), 9, t0).unwrap();
         let (err, w) = b.push(Bytes::from(vec![0; b.max_payload() + 1]), 10, t0).unwrap_err();
@@ -286,7 +312,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = batcher(0, 1000);
         b.push(Bytes::new(), 0, t0).unwrap();
-        assert_eq!(b.next(t0, false, true).unwrap().waiters, [0]);
+        assert_eq!(b.next(t0, false, 0).unwrap().waiters, [0]);
     }
 
     #[test]

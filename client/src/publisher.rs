@@ -29,11 +29,12 @@ pub struct PublisherOptions {
     /// How long the first message of a batch that is not full waits for others before the batch may be
     /// sealed. Default 0: batching needs no timer (see below).
     ///
-    /// Whatever `linger` says, a batch that is not full is sealed only while no earlier batch awaits its
-    /// answer (or on [`Publisher::flush`] and [`Publisher::close`]): what is published while a batch is
-    /// in flight gathers into the next one, which goes when the answer comes, or as soon as it is full.
-    /// So a message published to an idle publisher goes at once, and under load batches grow to what
-    /// arrives during one round trip (the broker's fsync included).
+    /// Whatever `linger` says, a batch that is not full is sealed only while fewer than two earlier
+    /// batches await their answers (or on [`Publisher::flush`] and [`Publisher::close`]): what is
+    /// published while two batches are in flight gathers into the next one, which goes when an answer
+    /// comes, or as soon as it is full. So a message published to a quiet publisher goes at once, and
+    /// under load batches grow to what arrives during part of a round trip (the broker's fsync
+    /// included).
     pub linger: Duration,
     /// Most batches sent but not yet acknowledged (at least 1). Default 64.
     pub max_in_flight: usize,
@@ -56,6 +57,10 @@ pub struct Receipt {
 }
 
 type Waiter = oneshot::Sender<Result<Receipt>>;
+
+/// Most commands the task takes from its queue before it looks at the batcher and the broker's answers
+/// again: a bound on how long a flood of publishes can keep it from either.
+const MAX_COMMANDS_AT_ONCE: usize = 1024;
 
 enum Command {
     Publish(Bytes, Waiter),
@@ -81,7 +86,7 @@ impl State {
 /// A background task per publisher owns one publish stream. When it opens the stream it asks the broker
 /// where this identity's chain on the topic stands (`Head` → `HeadIs`), so the chain continues across
 /// restarts. It gathers messages into batches (up to `max_batch` messages, never more than fits in a
-/// sealed batch; a batch that is not full goes only when no batch is in flight, see
+/// sealed batch; a batch that is not full goes only while fewer than two batches are in flight, see
 /// [`PublisherOptions::linger`]), seals each batch with the identity's signing key and the content key of
 /// the topic's current epoch, and sends it as a `Publish` frame without waiting for the previous one to be
 /// answered, up to `max_in_flight` batches. The broker answers in order; each `Published` resolves the
@@ -310,8 +315,8 @@ impl Task {
             }
             while self.link.is_some() && self.in_flight.len() < self.max_in_flight {
                 let force = self.closing || self.sealed < self.flush_to;
-                let idle = self.in_flight.is_empty();
-                let Some(batch) = self.batcher.next(Instant::now(), force, idle) else { break };
+                let in_flight = self.in_flight.len();
+                let Some(batch) = self.batcher.next(Instant::now(), force, in_flight) else { break };
                 self.send_batch(batch).await?;
             }
             self.resolve_flushes();
@@ -323,14 +328,24 @@ impl Task {
             let connected = self.link.is_some();
             let reading = connected && !self.in_flight.is_empty();
             let deadline = if connected && self.in_flight.len() < self.max_in_flight {
-                self.batcher.deadline(self.in_flight.is_empty())
+                self.batcher.deadline(self.in_flight.len())
             } else {
                 None
             };
             tokio::select! {
                 biased;
                 reply = read_reply(self.link.as_mut()), if reading => self.on_reply(reply)?,
-                command = self.commands.recv(), if !self.closing => self.on_command(command),
+                command = self.commands.recv(), if !self.closing => {
+                    self.on_command(command);
+                    // Take what else is queued before deciding what to seal, so that a burst becomes one
+                    // batch rather than a batch per message while the pipeline has room.
+                    for _ in 1..MAX_COMMANDS_AT_ONCE {
+                        match self.commands.try_recv() {
+                            Ok(command) => self.on_command(Some(command)),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
                 // Nothing to wait for (cannot happen: closing implies pending work or a return above).
                 else => {}
