@@ -169,7 +169,7 @@ impl Tail {
         }
     }
 
-    /// Forgets `topic`'s batches (their entries in `order` are dropped lazily: see `push`).
+    /// Forgets `topic`'s batches and their entries in `order`.
     fn remove(&mut self, topic: &Topic) {
         if let Some(batches) = self.topics.remove(topic) {
             let gone: usize = batches.iter().map(|b| b.bytes.len()).sum();
