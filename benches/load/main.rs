@@ -239,6 +239,11 @@ async fn run(s: &Settings, env: &Env<'_>, systems: &[System]) -> Vec<Record> {
             println!("  {:<13} achieved {:.0} msgs/s", sys.name(), l.achieved);
             println!("  {:<13} publish->ack      {}", "", ack.line());
             println!("  {:<13} publish->delivery {}", "", delivery.line());
+            println!(
+                "  {:<13} (of which pacing lag, intended -> send call: {})",
+                "",
+                Summary::of(&l.lag).line()
+            );
             let mut r = record("W2", sys);
             r.msgs_per_s = Some(l.achieved);
             r.ack = Some(ack);

@@ -42,6 +42,9 @@ pub struct Latency {
     pub delivery: Histogram<u64>,
     /// Messages per second actually sent in the measured part.
     pub achieved: f64,
+    /// From each message's intended send time to the call that sends it: the bench's own pacing lag,
+    /// included in `ack` and `delivery` (as it would be for an application), shown so it can be told apart.
+    pub lag: Histogram<u64>,
 }
 
 pub struct W3 {
@@ -208,15 +211,19 @@ pub async fn latency(server: &Server, s: &Settings, seconds: u64) -> Latency {
             }
         }
     });
+    let mut lag = histogram();
     let mut sent_all = false;
     while !sent_all {
         tokio::select! {
             next = due_rx.recv() => match next {
                 Some(i) => {
+                    let (intended, record) = (at(i), i >= warmup);
+                    if record {
+                        lag.record(micros_since(intended)).unwrap();
+                    }
                     let mut payload = vec![0u8; s.size.max(8)];
                     payload[..8].copy_from_slice(&i.to_be_bytes());
                     let acked = publisher.send(Bytes::from(payload)).await;
-                    let (intended, record) = (at(i), i >= warmup);
                     pending.push(async move { (acked.await, intended, record) });
                 }
                 None => sent_all = true,
@@ -240,7 +247,7 @@ pub async fn latency(server: &Server, s: &Settings, seconds: u64) -> Latency {
     }
     let achieved = (total - warmup) as f64 / (sent - at(warmup)).as_secs_f64();
     let delivery = tokio::time::timeout_at(deadline, reader).await.expect("W2 deliveries").unwrap();
-    Latency { ack, delivery, achieved }
+    Latency { ack, delivery, achieved, lag }
 }
 
 pub async fn w2(system: System, env: &Env<'_>, s: &Settings) -> Latency {
