@@ -112,9 +112,15 @@ fn main() {
     }
 }
 
+/// The median; of an even number of values, the mean of the middle two (with two runs, not the better one).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 0 && n > 0 {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
 fn mb(bytes: u64) -> f64 {
