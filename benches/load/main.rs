@@ -58,7 +58,7 @@ fn main() {
     };
     let nats_bin = match s.compare {
         Compare::None => None,
-        Compare::Nats => match nats::find_binary() {
+        Compare::Nats => match nats::find_or_install() {
             Ok(found) => Some(found),
             Err(e) => {
                 eprintln!("load bench: {e:#}");
@@ -116,7 +116,7 @@ fn main() {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 0 && n > 0 {
+    if n.is_multiple_of(2) && n > 0 {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     } else {
         v[n / 2]

