@@ -120,23 +120,14 @@ impl NatsServer {
 
     /// Stops the process gracefully (`nats-server --signal term=PID`) and waits for it, at most a minute.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(child) = self.child.take() else { return };
         let _ = Command::new(&self.bin)
             .arg("--signal")
             .arg(format!("term={}", child.id()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                eprintln!("nats-server did not stop within 60 s: killing it");
-                let _ = child.kill();
-                let _ = child.wait();
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::system::wait_or_kill(child, "nats-server");
     }
 
     /// Starts a new process on the same configuration and store (after [`stop`](Self::stop)).

@@ -82,19 +82,7 @@ impl SealpostServer {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             drop(child.stdin.take());
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if child.try_wait().unwrap().is_some() {
-                    return;
-                }
-                if Instant::now() > deadline {
-                    eprintln!("sealpost broker did not stop within 60 s: killing it");
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            crate::system::wait_or_kill(child, "sealpost broker");
         }
     }
 

@@ -313,3 +313,17 @@ impl Subscriber {
         }
     }
 }
+
+/// Waits for a server process that was asked to stop, at most a minute; kills it after that.
+pub fn wait_or_kill(mut child: std::process::Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            eprintln!("{what} did not stop within 60 s: killing it");
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
