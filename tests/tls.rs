@@ -65,7 +65,19 @@ async fn server_certificate_used_as_client_certificate_is_refused() {
     let mut env = Env::new();
     let broker = env.start(Engine::Memory).await;
     // alice's principal URI, but the serverAuth extended key usage: not a client certificate.
-    let spec = LeafSpec { usage: ExtendedKeyUsagePurpose::ServerAuth, ..alice_spec(&env) };
+    let spec = LeafSpec { usages: vec![ExtendedKeyUsagePurpose::ServerAuth], ..alice_spec(&env) };
+    assert_client_certificate_refused(&env, broker.local_addr(), &env.ca.issue(&spec).unwrap()).await;
+    broker_still_serves(&env, broker.local_addr()).await;
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_without_any_extended_key_usage_is_refused() {
+    let mut env = Env::new();
+    let broker = env.start(Engine::Memory).await;
+    // WebPKI alone would take a certificate with no extended key usage for any purpose; the broker asks for
+    // clientAuth explicitly.
+    let spec = LeafSpec { usages: Vec::new(), ..alice_spec(&env) };
     assert_client_certificate_refused(&env, broker.local_addr(), &env.ca.issue(&spec).unwrap()).await;
     broker_still_serves(&env, broker.local_addr()).await;
     broker.shutdown().await.unwrap();

@@ -44,8 +44,9 @@ pub struct LeafSpec {
     pub bound_keys: Vec<PublicKey>,
     /// DNS names and IP addresses (server certificates).
     pub names: Vec<String>,
-    /// The extended key usage: client or server authentication.
-    pub usage: ExtendedKeyUsagePurpose,
+    /// The extended key usages: client or server authentication (none: no extended key usage extension,
+    /// which the broker refuses for clients).
+    pub usages: Vec<ExtendedKeyUsagePurpose>,
     /// Validity start, seconds relative to now (negative is in the past).
     pub not_before_secs: i64,
     /// Validity end, seconds relative to now.
@@ -59,7 +60,7 @@ impl LeafSpec {
             principal: Some(principal.to_string()),
             bound_keys: keys.to_vec(),
             names: Vec::new(),
-            usage: ExtendedKeyUsagePurpose::ClientAuth,
+            usages: vec![ExtendedKeyUsagePurpose::ClientAuth],
             not_before_secs: -86_400,
             not_after_secs: 10 * 365 * 86_400,
         }
@@ -71,7 +72,7 @@ impl LeafSpec {
             principal: None,
             bound_keys: Vec::new(),
             names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
-            usage: ExtendedKeyUsagePurpose::ServerAuth,
+            usages: vec![ExtendedKeyUsagePurpose::ServerAuth],
             not_before_secs: -86_400,
             not_after_secs: 10 * 365 * 86_400,
         }
@@ -126,7 +127,7 @@ impl DevCa {
         for k in &spec.bound_keys {
             params.subject_alt_names.push(SanType::URI(key_binding_uri(k).try_into().map_err(pki_err)?));
         }
-        params.extended_key_usages = vec![spec.usage.clone()];
+        params.extended_key_usages = spec.usages.clone();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now + time::Duration::seconds(spec.not_before_secs);

@@ -3,8 +3,9 @@
 //!
 //! - TLS 1.3 only, on QUIC, ALPN `sealpost/1`, no 0-RTT (early data could be replayed).
 //! - A client certificate is **required** and must chain to the configured CA bundle, be valid now, carry
-//!   the client-authentication extended key usage, and not be revoked by a configured CRL. There is no
-//!   plaintext listener and no way to switch verification off.
+//!   the client-authentication extended key usage **explicitly**, and not be revoked by a configured CRL.
+//!   (WebPKI treats a certificate without any extended key usage as good for every purpose; the broker
+//!   does not: least privilege.) There is no plaintext listener and no way to switch verification off.
 //!
 //! # The principal rule
 //!
@@ -21,8 +22,11 @@ use std::sync::Arc;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::UnixTime;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use sealpost_protocol::PublicKey;
 use x509_parser::extensions::GeneralName;
 
@@ -138,10 +142,11 @@ pub fn server_crypto(material: &TlsMaterial) -> Result<QuicServerConfig> {
                 .map_err(|e| Error::Config(format!("CRL: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(crls)
         .build()
         .map_err(|e| Error::Config(format!("client verifier: {e}")))?;
+    let verifier = Arc::new(RequireClientAuthUsage(webpki));
     let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes())
         .map_err(|e| Error::Config(format!("server key: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -153,6 +158,60 @@ pub fn server_crypto(material: &TlsMaterial) -> Result<QuicServerConfig> {
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.max_early_data_size = 0;
     QuicServerConfig::try_from(config).map_err(|e| Error::Config(format!("QUIC TLS: {e}")))
+}
+
+/// WebPKI's client verification, plus: the leaf must name the client-authentication extended key usage
+/// (WebPKI accepts a certificate with no extended key usage extension for any purpose).
+#[derive(Debug)]
+struct RequireClientAuthUsage(Arc<dyn ClientCertVerifier>);
+
+/// Whether a DER certificate names the client-authentication extended key usage.
+pub fn has_client_auth_usage(der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .and_then(|(_, cert)| cert.extended_key_usage().ok().flatten().map(|eku| eku.value.client_auth))
+        .unwrap_or(false)
+}
+
+impl ClientCertVerifier for RequireClientAuthUsage {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.0.verify_client_cert(end_entity, intermediates, now)?;
+        if !has_client_auth_usage(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::InvalidPurpose));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +230,18 @@ mod tests {
         let cert = ca.issue(&LeafSpec::client("alice", &[key])).unwrap();
         let peer = Peer::from_certificate(&der(&cert.cert_pem)).unwrap();
         assert_eq!(peer, Peer { principal: "alice".into(), signing_keys: vec![key] });
+    }
+
+    #[test]
+    fn only_certificates_that_name_client_auth_have_the_client_usage() {
+        let ca = DevCa::generate("test CA").unwrap();
+        let client = ca.issue(&LeafSpec::client("alice", &[])).unwrap();
+        assert!(has_client_auth_usage(&der(&client.cert_pem)));
+        let server = ca.issue(&LeafSpec::local_server()).unwrap();
+        assert!(!has_client_auth_usage(&der(&server.cert_pem)));
+        let no_usage = ca.issue(&LeafSpec { usages: Vec::new(), ..LeafSpec::client("alice", &[]) }).unwrap();
+        assert!(!has_client_auth_usage(&der(&no_usage.cert_pem)));
+        assert!(!has_client_auth_usage(b"not a certificate"));
     }
 
     #[test]
