@@ -189,3 +189,45 @@ async fn streams_beyond_the_per_connection_limit_wait_until_one_closes() {
     broker_still_serves(&env, broker.local_addr()).await;
     broker.shutdown().await.unwrap();
 }
+
+/// A frame whose first bytes arrived must be complete within the frame deadline: a client that sends a
+/// length prefix and a little of the body, then nothing (QUIC keeps the connection alive with pings), has
+/// its stream stopped with `FRAME_TIMEOUT` and told so; its connection goes on, and a stream that is idle
+/// *between* frames is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_not_completed_within_the_deadline_is_stopped_with_frame_timeout() {
+    use sealpost_broker::budget::MemoryLimits;
+    use sealpost_protocol::Frame;
+
+    const DEADLINE: Duration = Duration::from_millis(300);
+    let mut env = Env::new();
+    let memory = MemoryLimits { frame_timeout_ms: DEADLINE.as_millis() as u64, ..MemoryLimits::default() };
+    let broker = start(&mut env, ServerLimits { memory, ..ServerLimits::default() }).await;
+    let cert = env.ca.issue(&LeafSpec::client("alice", &[env.key("alice").public_key()])).unwrap();
+    let raw =
+        RawClient::connect(broker.local_addr(), &env.ca.cert_pem(), ClientAuth::Cert(&cert)).await.unwrap();
+    let get = Frame::GetPolicies { request_id: 1, topic: chat() };
+
+    // An idle stream between two whole frames: answered both times.
+    let (mut idle_send, mut idle_recv) = raw.conn.open_bi().await.unwrap();
+    idle_send.write_all(&get.to_vec().unwrap()).await.unwrap();
+    assert_eq!(read_frame(&mut idle_recv).await.name(), "Policies");
+
+    // A frame that claims 256 bytes and sends 2.
+    let (mut send, mut recv) = raw.conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0, 1, 0, 1, 0]).await.unwrap();
+    let stopped = within("the broker stops the stalled stream", send.stopped()).await.unwrap();
+    assert_eq!(stopped.map(u64::from), Some(u64::from(ErrorCode::FRAME_TIMEOUT.0)));
+    match read_frame(&mut recv).await {
+        Frame::Error { code, .. } => assert_eq!(code, ErrorCode::FRAME_TIMEOUT),
+        other => panic!("expected a FRAME_TIMEOUT error frame, got {other:?}"),
+    }
+
+    // The idle stream has now been idle longer than the deadline: it was not stopped.
+    idle_send.write_all(&get.to_vec().unwrap()).await.unwrap();
+    assert_eq!(read_frame(&mut idle_recv).await.name(), "Policies");
+    // And the connection serves new streams.
+    let answers = within("a new stream", raw.exchange(&[get], 1)).await.unwrap();
+    assert_eq!(answers[0].name(), "Policies");
+    broker.shutdown().await.unwrap();
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
-use sealpost_client::{Client, Identity, PublisherOptions, SubscribeOptions};
+use sealpost_client::{Client, ErrorCode, Identity, PublisherOptions, SubscribeOptions};
 use sealpost_protocol::{StartAt, Topic};
 
 /// Resident memory of process `pid`, in bytes.
@@ -129,4 +129,152 @@ async fn stalled_subscriber_holds_bounded_broker_memory_while_a_publisher_floods
             published / MIB
         );
     }
+}
+
+/// How a hostile client holds broker memory: streams that each claim a frame and send only part of it,
+/// then stall.
+struct Attack {
+    connections: usize,
+    streams: usize,
+    claimed: u32,
+    sent: usize,
+}
+
+/// 4 connections x 250 streams, each claiming a 4 MiB frame (the limit) and sending 64 KiB of it: about
+/// 62 MiB sent per round. Before frame buffers grew with what arrived, the broker allocated what each
+/// stream claimed: 4 GiB a round, of which it kept gigabytes.
+const LARGE_CLAIMS: Attack =
+    Attack { connections: 4, streams: 250, claimed: 4 * 1024 * 1024, sent: 64 * 1024 };
+
+/// The same streams claiming 64 KiB + 1 byte and sending all but the last byte: what arrives is as much as
+/// what is claimed, so only the budgets bound it.
+const NEARLY_WHOLE_FRAMES: Attack =
+    Attack { connections: 4, streams: 250, claimed: 64 * 1024 + 1, sent: 64 * 1024 };
+
+/// What [`partial_frame_attack`] measured of the broker's RSS.
+struct Measured {
+    before: u64,
+    /// The peak during each round.
+    peaks: Vec<u64>,
+    /// After the last round, once the broker's memory settled.
+    after: u64,
+}
+
+/// Plays `attack` as `attacker` against a broker process, three rounds, while alice publishes and `reader`
+/// subscribes.
+async fn partial_frame_attack(attacker: &str, reader: &str, attack: Attack) -> Measured {
+    use sealpost_broker::pki::LeafSpec;
+
+    let mut env = Env::new();
+    let config = env.write_config();
+    // A shorter frame deadline than the default 5 s keeps the test short; the budgets are the defaults.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[memory]\nframe_timeout_ms = 2000\n");
+    std::fs::write(&config, text).unwrap();
+    let broker = BrokerProcess::start(&config);
+    let (pid, addr) = (broker.child.id(), broker.addr);
+    // Warm up the paths an honest session takes, so that the baseline includes them.
+    broker_still_serves_as(&env, addr, reader).await;
+    let before = rss(pid);
+    let cert = env.ca.issue(&LeafSpec::client(attacker, &[env.key(attacker).public_key()])).unwrap();
+    let sent = (attack.connections * attack.streams * (4 + attack.sent)) as u64;
+    let mut peaks = Vec::new();
+    for round in 0..3 {
+        let mut clients = Vec::new();
+        for _ in 0..attack.connections {
+            clients
+                .push(RawClient::connect(addr, &env.ca.cert_pem(), ClientAuth::Cert(&cert)).await.unwrap());
+        }
+        let (done, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(before)));
+        let sampler = {
+            let (done, peak) = (done.clone(), peak.clone());
+            tokio::spawn(async move {
+                // Sampling the broker's memory is the measurement itself, not a wait for an event.
+                while !done.load(Ordering::SeqCst) {
+                    peak.fetch_max(rss(pid), Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let mut streams = tokio::task::JoinSet::new();
+        for client in &clients {
+            for _ in 0..attack.streams {
+                let (mut send, recv) = client.conn.open_bi().await.unwrap();
+                let mut bytes = attack.claimed.to_be_bytes().to_vec();
+                bytes.resize(4 + attack.sent, 0x42);
+                streams.spawn(async move {
+                    // The write ends when the broker stops the stream (or takes it all first).
+                    let _ = send.write_all(&bytes).await;
+                    let stopped = send.stopped().await;
+                    drop(recv);
+                    stopped
+                });
+            }
+        }
+        // Honest clients are served while the attack holds its streams.
+        broker_still_serves_as(&env, addr, reader).await;
+        // Then the broker stops every attacking stream with FRAME_TIMEOUT.
+        let mut stopped = 0;
+        while let Some(result) = within("attacking streams stopped", streams.join_next()).await {
+            let code = result.unwrap().ok().flatten().map(u64::from);
+            assert_eq!(code, Some(u64::from(ErrorCode::FRAME_TIMEOUT.0)), "round {round}");
+            stopped += 1;
+        }
+        done.store(true, Ordering::SeqCst);
+        sampler.await.unwrap();
+        peaks.push(peak.load(Ordering::SeqCst));
+        for client in &clients {
+            client.conn.close(0u8.into(), b"done");
+        }
+        eprintln!(
+            "{attacker}, round {round}: {stopped} streams stopped, {} MiB sent; broker RSS {} MiB before, \
+             peak {} MiB",
+            sent / MIB,
+            before / MIB,
+            peaks[round] / MIB,
+        );
+        broker_still_serves_as(&env, addr, reader).await;
+    }
+    // Memory given back: wait, bounded, for the broker's RSS to settle.
+    let mut after = rss(pid);
+    for _ in 0..300 {
+        if after < before + 16 * MIB {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = rss(pid);
+    }
+    eprintln!("{attacker}: broker RSS {} MiB after the attacks", after / MIB);
+    Measured { before, peaks, after }
+}
+
+fn assert_partial_frames_bounded(attacker: &str, measured: Measured) {
+    for (round, peak) in measured.peaks.iter().enumerate() {
+        // Sent per round: ~62 MiB. What the attacker can make the broker hold is its share of the QUIC
+        // receive windows and what arrived of the frames it was granted (docs/reliability.md), not what it
+        // claims; and a round does not add to what the last one left.
+        let growth = peak.saturating_sub(measured.before);
+        assert!(growth < 64 * MIB, "{attacker}, round {round}: broker RSS grew {} MiB", growth / MIB);
+    }
+    let kept = measured.after.saturating_sub(measured.before);
+    assert!(kept < 16 * MIB, "{attacker}: the broker kept {} MiB after the attacks", kept / MIB);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_frames_from_a_principal_without_grants_hold_bounded_broker_memory() {
+    assert_partial_frames_bounded("mallory", partial_frame_attack("mallory", "bob", LARGE_CLAIMS).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nearly_whole_frames_are_held_within_the_principals_budget() {
+    assert_partial_frames_bounded(
+        "mallory",
+        partial_frame_attack("mallory", "bob", NEARLY_WHOLE_FRAMES).await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_frames_from_a_principal_with_grants_hold_bounded_broker_memory() {
+    // bob may subscribe on demo.>: the attack needs no grant, and having some changes nothing.
+    assert_partial_frames_bounded("bob", partial_frame_attack("bob", "alice", LARGE_CLAIMS).await);
 }

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::budget::MemoryLimits;
 use crate::{Error, Result};
 
 /// The whole configuration file.
@@ -49,6 +50,10 @@ pub struct Config {
     /// Storage engine. Default: sled.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// What peers can make the broker hold in memory: in-flight budgets, the frame deadline and QUIC
+    /// windows (see [`crate::budget`]). Every field has a default.
+    #[serde(default)]
+    pub memory: MemoryLimits,
 }
 
 /// The `[tls]` table: PEM files. Every field is required.
@@ -207,6 +212,7 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config> {
         let config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         config.limits.validate()?;
+        config.memory.validate(config.limits.max_frame_len, config.limits.subscriber_read_bytes)?;
         Ok(config)
     }
 
@@ -271,6 +277,7 @@ mod tests {
         assert_eq!(c.limits.tail_cache_bytes, 8 * 1024 * 1024);
         assert_eq!(c.storage.engine, StorageEngine::Sled);
         assert_eq!(c.limits.protocol_limits(), sealpost_protocol::Limits::default());
+        assert_eq!(c.memory, MemoryLimits::default());
     }
 
     #[test]
@@ -314,6 +321,20 @@ mod tests {
         assert!(msg.contains("max_connections"), "{msg}");
         let msg = config_error(&format!("{MINIMAL}\n[limits]\nmax_frame_len = 100\n"));
         assert!(msg.contains("max_frame_len"), "{msg}");
+    }
+
+    #[test]
+    fn memory_budgets_can_be_given_and_must_fit_a_frame() {
+        let c = Config::from_toml(&format!(
+            "{MINIMAL}\n[memory]\nframe_timeout_ms = 250\ninflight_bytes_per_connection = 8388608\n"
+        ))
+        .unwrap();
+        assert_eq!(c.memory.frame_timeout_ms, 250);
+        assert_eq!(c.memory.inflight_bytes_per_connection, 8 * 1024 * 1024);
+        let msg = config_error(&format!("{MINIMAL}\n[memory]\ninflight_bytes_per_connection = 1048576\n"));
+        assert!(msg.contains("inflight_bytes_per_connection"), "{msg}");
+        let msg = config_error(&format!("{MINIMAL}\n[memory]\nframe_timout_ms = 5\n"));
+        assert!(msg.contains("frame_timout_ms"), "{msg}");
     }
 
     #[test]

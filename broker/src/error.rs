@@ -30,6 +30,9 @@ pub enum Error {
     /// A configured limit was reached.
     #[error("limit exceeded: {0}")]
     LimitExceeded(&'static str),
+    /// A frame whose first bytes arrived was not completed within the frame deadline.
+    #[error("frame not completed within {0:?}")]
+    FrameTimeout(std::time::Duration),
     /// The principal's publish rate limit was exceeded; nothing was stored.
     #[error("publish rate limit exceeded")]
     RateLimited,
@@ -64,6 +67,7 @@ impl Error {
             Error::SequenceConflict { .. } => ErrorCode::SEQUENCE_CONFLICT,
             Error::PolicyRejected(_) => ErrorCode::POLICY_REJECTED,
             Error::LimitExceeded(_) => ErrorCode::LIMIT_EXCEEDED,
+            Error::FrameTimeout(_) => ErrorCode::FRAME_TIMEOUT,
             Error::RateLimited => ErrorCode::RATE_LIMITED,
             Error::StorageFull => ErrorCode::STORAGE_FULL,
             Error::ShuttingDown => ErrorCode::UNAVAILABLE,

@@ -7,11 +7,12 @@
 //!
 //! The async shell ([`server`]) only moves bytes; decisions live in small synchronous modules with their own
 //! tests: [`acl`] (who may do what), [`sequencer`] (does a batch continue its chain, or is it a retry),
-//! [`store`] (what is durable).
+//! [`store`] (what is durable), [`budget`] (what peers can make the broker hold).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod acl;
+pub mod budget;
 pub mod config;
 pub mod dev;
 mod error;

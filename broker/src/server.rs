@@ -41,13 +41,14 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::acl::Acl;
+use crate::budget::{Budget, MemoryLimits, Pool};
 use crate::config::Config;
 use crate::log::{Appended, Log};
 use crate::ratelimit::PublishLimiter;
 use crate::session;
 use crate::store::Store;
 use crate::tls::{self, Peer, TlsMaterial};
-use crate::wire::{error_frame, read_frame, write_frame};
+use crate::wire::{error_frame, write_frame, FrameReader, Received};
 use crate::{Error, Result};
 
 /// Limits the server enforces on peers.
@@ -79,6 +80,8 @@ pub struct ServerLimits {
     pub publish_msgs_per_sec: u64,
     /// Bytes of sealed batches per second one principal may publish (0: unlimited).
     pub publish_bytes_per_sec: u64,
+    /// What peers can make the broker hold: in-flight budgets, the frame deadline, QUIC windows.
+    pub memory: MemoryLimits,
 }
 
 impl Default for ServerLimits {
@@ -95,6 +98,7 @@ impl Default for ServerLimits {
             max_subscriptions_per_connection: 128,
             publish_msgs_per_sec: 0,
             publish_bytes_per_sec: 0,
+            memory: MemoryLimits::default(),
         }
     }
 }
@@ -142,6 +146,7 @@ impl BrokerOptions {
             max_subscriptions_per_connection: l.max_subscriptions_per_connection as usize,
             publish_msgs_per_sec: l.publish_msgs_per_sec,
             publish_bytes_per_sec: l.publish_bytes_per_sec,
+            memory: config.memory,
             ..ServerLimits::default()
         };
         Ok(BrokerOptions { listen: config.listen, tls, acl, store, authority: config.authority, limits })
@@ -156,15 +161,19 @@ struct Ctx {
     policies: Mutex<HashMap<Topic, Option<Arc<VerifiedPolicy>>>>,
     limits: ServerLimits,
     connections: AtomicUsize,
-    /// Open connections and publish limiter of each principal seen.
+    /// Open connections, publish limiter and in-flight budget of each principal seen.
     principals: Mutex<HashMap<String, PrincipalState>>,
+    /// The in-flight budget of all peers together.
+    inflight_total: Pool,
     /// The time origin of the rate limiters.
     started: std::time::Instant,
 }
 
 struct PrincipalState {
-    connections: usize,
+    /// Open connections, by quinn's stable id: their QUIC windows are shares of the principal's.
+    connections: HashMap<usize, quinn::Connection>,
     limiter: PublishLimiter,
+    inflight: Pool,
 }
 
 impl Ctx {
@@ -192,28 +201,35 @@ impl Ctx {
         self.principals.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Counts a new connection of `principal`; false (and nothing counted) if it already has the most.
-    fn open_connection(&self, principal: &str) -> bool {
+    /// Counts a new connection of `principal` and shares the principal's QUIC windows anew among its
+    /// connections; returns the connection's in-flight budget, or `None` (and nothing counted) if the
+    /// principal already has the most connections.
+    fn open_connection(&self, principal: &str, conn: &quinn::Connection) -> Option<Budget> {
         let now = self.started.elapsed();
+        let memory = &self.limits.memory;
         let mut principals = self.principals_lock();
         let state = principals.entry(principal.to_string()).or_insert_with(|| PrincipalState {
-            connections: 0,
+            connections: HashMap::new(),
             limiter: PublishLimiter::new(
                 self.limits.publish_msgs_per_sec,
                 self.limits.publish_bytes_per_sec,
                 now,
             ),
+            inflight: Pool::new(memory.inflight_bytes_per_principal),
         });
-        if state.connections >= self.limits.max_connections_per_principal {
-            return false;
+        if state.connections.len() >= self.limits.max_connections_per_principal {
+            return None;
         }
-        state.connections += 1;
-        true
+        state.connections.insert(conn.stable_id(), conn.clone());
+        share_windows(memory, state);
+        let own = Pool::new(memory.inflight_bytes_per_connection);
+        Some(Budget::new(own, state.inflight.clone(), self.inflight_total.clone()))
     }
 
-    fn close_connection(&self, principal: &str) {
+    fn close_connection(&self, principal: &str, conn: &quinn::Connection) {
         if let Some(state) = self.principals_lock().get_mut(principal) {
-            state.connections = state.connections.saturating_sub(1);
+            state.connections.remove(&conn.stable_id());
+            share_windows(&self.limits.memory, state);
         }
     }
 
@@ -235,6 +251,16 @@ impl Ctx {
     }
 }
 
+/// Gives each open connection of a principal its share of the principal's QUIC windows.
+fn share_windows(memory: &MemoryLimits, state: &PrincipalState) {
+    let (receive, send) = memory.windows(state.connections.len());
+    let receive = quinn::VarInt::from_u64(receive).unwrap_or(quinn::VarInt::MAX);
+    for conn in state.connections.values() {
+        conn.set_receive_window(receive);
+        conn.set_send_window(send);
+    }
+}
+
 /// A running broker.
 pub struct Broker {
     local_addr: SocketAddr,
@@ -247,6 +273,10 @@ impl Broker {
     pub async fn start(options: BrokerOptions) -> Result<Broker> {
         let crypto = tls::server_crypto(&options.tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let memory = options.limits.memory;
+        let window = |bytes: u64| {
+            quinn::VarInt::from_u64(bytes).map_err(|_| Error::Config("QUIC window too large".into()))
+        };
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_concurrent_bidi_streams(options.limits.max_streams_per_connection.into())
@@ -258,9 +288,9 @@ impl Broker {
                     .try_into()
                     .map_err(|_| Error::Config("idle timeout too large".into()))?,
             ))
-            .stream_receive_window((8u32 * 1024 * 1024).into())
-            .receive_window((32u32 * 1024 * 1024).into())
-            .send_window(32 * 1024 * 1024);
+            .stream_receive_window(window(memory.stream_receive_window)?)
+            .receive_window(window(memory.receive_window_per_connection)?)
+            .send_window(memory.send_window_per_connection);
         server_config.transport_config(Arc::new(transport));
         server_config.migration(false);
         let endpoint = quinn::Endpoint::server(server_config, options.listen)?;
@@ -274,6 +304,7 @@ impl Broker {
             limits: options.limits,
             connections: AtomicUsize::new(0),
             principals: Mutex::new(HashMap::new()),
+            inflight_total: Pool::new(memory.inflight_bytes_total),
             started: std::time::Instant::now(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -359,13 +390,14 @@ async fn serve_connection(incoming: quinn::Incoming, ctx: &Arc<Ctx>, mut shutdow
             return;
         }
     };
-    if !ctx.open_connection(&peer.principal) {
+    let Some(budget) = ctx.open_connection(&peer.principal, &conn) else {
         warn!(%remote, principal = %peer.principal, "connection refused: max_connections_per_principal reached");
         conn.close(2u8.into(), b"too many connections for this principal");
         return;
-    }
+    };
     info!(%remote, principal = %peer.principal, "connected");
-    let state = Arc::new(ConnectionState { ids: AtomicU64::new(1), subscriptions: AtomicUsize::new(0) });
+    let state =
+        Arc::new(ConnectionState { ids: AtomicU64::new(1), subscriptions: AtomicUsize::new(0), budget });
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
@@ -389,7 +421,7 @@ async fn serve_connection(incoming: quinn::Incoming, ctx: &Arc<Ctx>, mut shutdow
     }
     while streams.join_next().await.is_some() {}
     conn.close(0u8.into(), b"bye");
-    ctx.close_connection(&peer.principal);
+    ctx.close_connection(&peer.principal, &conn);
     info!(%remote, principal = %peer.principal, "disconnected");
 }
 
@@ -399,38 +431,47 @@ struct ConnectionState {
     ids: AtomicU64,
     /// Subscriptions open now.
     subscriptions: AtomicUsize,
+    /// What the connection's frames and subscription reads are reserved from.
+    budget: Budget,
 }
 
 async fn serve_stream(
     mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     ctx: &Arc<Ctx>,
     peer: &Arc<Peer>,
     conn: &ConnectionState,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let max = ctx.limits.protocol.max_frame_len;
-    let first = match read_frame(&mut recv, max).await {
-        Ok(Some(frame)) => frame,
+    let memory = &ctx.limits.memory;
+    let mut reader = FrameReader::new(
+        recv,
+        ctx.limits.protocol.max_frame_len,
+        conn.budget.clone(),
+        memory.frame_timeout(),
+    );
+    let first = match reader.next().await {
+        Ok(Some(received)) => received,
         Ok(None) => return Ok(()),
-        Err(e) => return refuse(&mut send, None, e).await,
+        Err(e) => return refuse(&mut send, &mut reader, None, e).await,
     };
-    match first {
+    match first.frame {
         Frame::Head { .. } | Frame::Publish { .. } => {
-            serve_publish(first, send, recv, ctx, peer, shutdown).await
+            serve_publish(first, send, reader, ctx, peer, shutdown).await
         }
         Frame::GetPolicies { .. } | Frame::PutPolicy { .. } => {
-            serve_policies(first, send, recv, ctx, peer, shutdown).await
+            serve_policies(first.frame, send, reader, ctx, peer, shutdown).await
         }
         Frame::Subscribe { request_id, topic, from, durable } => {
+            drop(first.reservation);
             let open = conn.subscriptions.fetch_add(1, Ordering::Relaxed);
             let result = if open >= ctx.limits.max_subscriptions_per_connection {
                 let err = Error::LimitExceeded("max_subscriptions_per_connection");
-                refuse(&mut send, Some(request_id), err).await
+                refuse(&mut send, &mut reader, Some(request_id), err).await
             } else {
                 let id = conn.ids.fetch_add(1, Ordering::Relaxed);
-                serve_subscription(request_id, id, topic, from, durable, send, recv, ctx, peer, shutdown)
-                    .await
+                let subscription = Subscription { request_id, id, topic, from, durable };
+                serve_subscription(subscription, send, reader, ctx, peer, &conn.budget, shutdown).await
             };
             conn.subscriptions.fetch_sub(1, Ordering::Relaxed);
             result
@@ -438,13 +479,19 @@ async fn serve_stream(
         _ => {
             let err =
                 Error::Protocol(sealpost_protocol::Error::Malformed("unexpected first frame on a stream"));
-            refuse(&mut send, None, err).await
+            refuse(&mut send, &mut reader, None, err).await
         }
     }
 }
 
-/// Sends one error frame and finishes the stream.
-async fn refuse(send: &mut quinn::SendStream, request_id: Option<u64>, err: Error) -> Result<()> {
+/// Sends one error frame, finishes the stream and stops reading it, with the error's code.
+async fn refuse(
+    send: &mut quinn::SendStream,
+    reader: &mut FrameReader,
+    request_id: Option<u64>,
+    err: Error,
+) -> Result<()> {
+    reader.stop(&err);
     write_frame(send, &error_frame(request_id, &err)).await?;
     let _ = send.finish();
     Err(err)
@@ -453,9 +500,9 @@ async fn refuse(send: &mut quinn::SendStream, request_id: Option<u64>, err: Erro
 type Answer = Pin<Box<dyn Future<Output = Frame> + Send>>;
 
 async fn serve_publish(
-    first: Frame,
+    first: Received,
     mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut reader: FrameReader,
     ctx: &Arc<Ctx>,
     peer: &Arc<Peer>,
     mut shutdown: watch::Receiver<bool>,
@@ -473,14 +520,15 @@ async fn serve_publish(
     });
     let mut next = Some(first);
     let result = loop {
-        let frame = match next.take() {
-            Some(frame) => frame,
+        let received = match next.take() {
+            Some(received) => received,
             None => tokio::select! {
-                frame = read_frame(&mut recv, ctx.limits.protocol.max_frame_len) => match frame {
-                    Ok(Some(frame)) => frame,
+                received = reader.next() => match received {
+                    Ok(Some(received)) => received,
                     Ok(None) => break Ok(()),
                     Err(e) => {
-                        // The stream's framing is broken: answer once, then stop reading it.
+                        // The stream's framing is broken or too slow: answer once, then stop reading it.
+                        reader.stop(&e);
                         let frame = error_frame(None, &e);
                         let _ = answers.send(Box::pin(async move { frame })).await;
                         break Err(e);
@@ -489,7 +537,7 @@ async fn serve_publish(
                 _ = shutdown.changed() => break Ok(()),
             },
         };
-        let answer = answer_publish_frame(frame, ctx, peer);
+        let answer = answer_publish_frame(received, ctx, peer);
         if answers.send(answer).await.is_err() {
             break Ok(());
         }
@@ -501,9 +549,10 @@ async fn serve_publish(
 
 /// Decides what to do with one frame on a publish stream. A batch that passes the checks is handed to
 /// the log *now*, so batches reach the sequencer in the order they arrived; the returned future resolves
-/// to the answer once the log has made it durable.
-fn answer_publish_frame(frame: Frame, ctx: &Arc<Ctx>, peer: &Peer) -> Answer {
+/// to the answer once the log has made it durable, and holds the frame's reservation until then.
+fn answer_publish_frame(received: Received, ctx: &Arc<Ctx>, peer: &Peer) -> Answer {
     let now = |frame: Frame| -> Answer { Box::pin(async move { frame }) };
+    let Received { frame, reservation } = received;
     match frame {
         Frame::Publish { request_id, batch } => {
             let checked =
@@ -519,12 +568,14 @@ fn answer_publish_frame(frame: Frame, ctx: &Arc<Ctx>, peer: &Peer) -> Answer {
                 Ok((topic, verified)) => {
                     let appended = ctx.log.submit(topic, verified);
                     Box::pin(async move {
-                        match appended.await {
+                        let answer = match appended.await {
                             Ok(Appended { first_offset, count, .. }) => {
                                 Frame::Published { request_id, first_offset, count }
                             }
                             Err(e) => error_frame(Some(request_id), &e),
-                        }
+                        };
+                        drop(reservation);
+                        answer
                     })
                 }
                 Err(e) => {
@@ -572,7 +623,7 @@ fn answer_publish_frame(frame: Frame, ctx: &Arc<Ctx>, peer: &Peer) -> Answer {
 async fn serve_policies(
     first: Frame,
     mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut reader: FrameReader,
     ctx: &Arc<Ctx>,
     peer: &Arc<Peer>,
     mut shutdown: watch::Receiver<bool>,
@@ -582,9 +633,10 @@ async fn serve_policies(
         let frame = match next.take() {
             Some(frame) => frame,
             None => tokio::select! {
-                frame = read_frame(&mut recv, ctx.limits.protocol.max_frame_len) => match frame? {
-                    Some(frame) => frame,
-                    None => break,
+                received = reader.next() => match received {
+                    Ok(Some(received)) => received.frame,
+                    Ok(None) => break,
+                    Err(e) => return refuse(&mut send, &mut reader, None, e).await,
                 },
                 _ = shutdown.changed() => break,
             },
@@ -609,7 +661,7 @@ async fn serve_policies(
                 let err = Error::Protocol(sealpost_protocol::Error::Malformed(
                     "unexpected frame on a policy stream",
                 ));
-                return refuse(&mut send, None, err).await;
+                return refuse(&mut send, &mut reader, None, err).await;
             }
         };
         write_frame(&mut send, &answer).await?;
@@ -632,22 +684,29 @@ async fn put_policy(ctx: &Arc<Ctx>, peer: &Peer, policy: bytes::Bytes) -> Result
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve_subscription(
+/// A subscribe request, as the broker received it.
+struct Subscription {
     request_id: u64,
-    subscription: u64,
+    /// The id the broker gave it on this connection.
+    id: u64,
     topic: Topic,
     from: StartAt,
     durable: Option<String>,
+}
+
+async fn serve_subscription(
+    request: Subscription,
     mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut reader: FrameReader,
     ctx: &Arc<Ctx>,
     peer: &Arc<Peer>,
+    budget: &Budget,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
+    let Subscription { request_id, id: subscription, topic, from, durable } = request;
     if let Err(e) = session::authorize_subscribe(peer, &ctx.acl, &topic, durable.as_deref()) {
         debug!(principal = %peer.principal, %topic, error = %e, "subscribe refused");
-        return refuse(&mut send, Some(request_id), e).await;
+        return refuse(&mut send, &mut reader, Some(request_id), e).await;
     }
     let store = ctx.log.store().clone();
     let mut end = ctx.log.durable_end(&topic)?;
@@ -663,24 +722,32 @@ async fn serve_subscription(
     // Acks and unsubscribe arrive on the receive half; this task ends when the client is done.
     let acks = {
         let (ctx, topic, principal) = (ctx.clone(), topic.clone(), peer.principal.clone());
-        let max = ctx.limits.protocol.max_frame_len;
         tokio::spawn(async move {
             loop {
-                match read_frame(&mut recv, max).await {
-                    Ok(Some(Frame::Ack { subscription: s, next_offset })) if s == subscription => {
+                let frame = match reader.next().await {
+                    Ok(Some(received)) => received.frame,
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        reader.stop(&e);
+                        return Err(e);
+                    }
+                };
+                match frame {
+                    Frame::Ack { subscription: s, next_offset } if s == subscription => {
                         if let Some(name) = &durable {
                             ctx.log
                                 .commit_offset(topic.clone(), principal.clone(), name.clone(), next_offset)
                                 .await?;
                         }
                     }
-                    Ok(Some(Frame::Unsubscribe { .. })) | Ok(None) => return Ok(()),
-                    Ok(Some(_)) => {
-                        return Err(Error::Protocol(sealpost_protocol::Error::Malformed(
+                    Frame::Unsubscribe { .. } => return Ok(()),
+                    _ => {
+                        let err = Error::Protocol(sealpost_protocol::Error::Malformed(
                             "unexpected frame on a subscription stream",
-                        )))
+                        ));
+                        reader.stop(&err);
+                        return Err(err);
                     }
-                    Err(e) => return Err(e),
                 }
             }
         })
@@ -692,6 +759,12 @@ async fn serve_subscription(
     loop {
         let durable_end = *end.borrow_and_update();
         if cursor < durable_end {
+            // What is read is held until QUIC takes it: it counts against the connection's budget.
+            let mut held = tokio::select! {
+                held = budget.reserve(read_bytes) => held,
+                _ = &mut acks => return Ok(()),
+                _ = shutdown.changed() => return Ok(()),
+            };
             // A subscriber that keeps up finds what it needs in the log's in-memory tail.
             let batches = match ctx.log.read_tail(&topic, cursor, read_bytes) {
                 Some(batches) => batches,
@@ -702,19 +775,33 @@ async fn serve_subscription(
                         .map_err(|e| Error::Storage(e.to_string()))??
                 }
             };
+            let size = batches.iter().map(|b| b.bytes.len()).sum::<usize>();
+            if size > held.bytes() {
+                // A single batch larger than a read: reserve the rest before sending it.
+                let extra = tokio::select! {
+                    extra = budget.reserve(size - held.bytes()) => extra,
+                    _ = &mut acks => return Ok(()),
+                    _ = shutdown.changed() => return Ok(()),
+                };
+                held.merge(extra);
+            }
+            held.shrink_to(size);
             let before = cursor;
             for batch in batches {
                 if batch.offset >= durable_end {
                     break;
                 }
+                let len = batch.bytes.len();
                 let frame = Frame::Deliver { subscription, offset: batch.offset, batch: batch.bytes };
                 tokio::select! {
                     written = write_frame(&mut send, &frame) => written?,
                     _ = &mut acks => return Ok(()),
                     _ = shutdown.changed() => return Ok(()),
                 }
+                held.shrink_to(held.bytes().saturating_sub(len));
                 cursor = batch.offset + u64::from(batch.count);
             }
+            drop(held);
             if cursor != before {
                 continue;
             }

@@ -277,6 +277,9 @@ fn refusal(action: Action, topic: &Topic, code: ErrorCode, message: &str) -> Str
         ErrorCode::UNAVAILABLE => "the broker is shutting down or unable to serve; retry later".to_owned(),
         ErrorCode::LIMIT_EXCEEDED => "a broker limit on connections or requests was reached".to_owned(),
         ErrorCode::INTERNAL => "internal error in the broker; nothing was stored".to_owned(),
+        ErrorCode::FRAME_TIMEOUT => "a frame did not reach the broker within its frame deadline (a very \
+                                     slow link, or a stalled sender)"
+            .to_owned(),
         code => format!("the broker answered {code}"),
     };
     format!("cannot {action} {topic}: {why}{detail}")

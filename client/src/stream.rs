@@ -1,16 +1,16 @@
 //! A frame stream: one bidirectional QUIC stream, opened by the client, that carries [`Frame`]s both ways.
 //!
-//! Reading is check-then-parse: the 4-byte length prefix is validated with [`Frame::length`] against the
-//! frame limit before any buffer is sized from it, and never more than the current frame's bytes are read
-//! from the stream. [`Link::read`] is cancel-safe (bytes read so far stay in the link's buffer), so it can
-//! sit in a `select!` beside timers and commands.
+//! Reading goes through the protocol's [`FrameBuffer`]: the 4-byte length prefix is validated against the
+//! frame limit before anything else, the buffer grows only with the bytes that arrive (a broker claiming a
+//! large frame does not make the client allocate it), and never more than the current frame's bytes are
+//! read from the stream. [`Link::read`] is cancel-safe (bytes read so far stay in the link's buffer), so it
+//! can sit in a `select!` beside timers and commands.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
 use quinn::{ReadError, WriteError};
-use sealpost_protocol::Frame;
+use sealpost_protocol::{Frame, FrameBuffer};
 
 use crate::connection::Shared;
 use crate::error::{Error, Result};
@@ -20,7 +20,7 @@ pub(crate) struct Link {
     shared: Arc<Shared>,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    buf: BytesMut,
+    buf: FrameBuffer,
     out: Vec<u8>,
     opened: Instant,
 }
@@ -34,7 +34,7 @@ impl Link {
             shared: shared.clone(),
             send,
             recv,
-            buf: BytesMut::new(),
+            buf: FrameBuffer::new(shared.limits.max_frame_len),
             out: Vec::new(),
             opened: Instant::now(),
         })
@@ -67,26 +67,16 @@ impl Link {
 
     /// The next frame, or `None` if the broker ended the stream cleanly between frames. Cancel-safe.
     pub(crate) async fn read(&mut self) -> Result<Option<Frame>> {
-        let max = self.shared.limits.max_frame_len;
+        /// Most bytes taken from QUIC at a time.
+        const READ_CHUNK: usize = 64 * 1024;
         loop {
-            let want = match self.buf.first_chunk::<4>() {
-                None => 4 - self.buf.len(),
-                Some(prefix) => {
-                    let len = Frame::length(*prefix, max)
-                        .map_err(|e| Error::violation(format!("bad frame length: {e}")))?;
-                    if self.buf.len() >= 4 + len {
-                        let frame = self.buf.split_to(4 + len);
-                        return Frame::decode_body(&frame[4..])
-                            .map(Some)
-                            .map_err(|e| Error::violation(format!("undecodable frame: {e}")));
-                    }
-                    // The length is within the limit: room for the whole frame may be reserved now.
-                    self.buf.reserve(4 + len - self.buf.len());
-                    4 + len - self.buf.len()
-                }
-            };
+            let bad = |e: sealpost_protocol::Error| Error::violation(format!("bad frame: {e}"));
+            if let Some(frame) = self.buf.next_frame().map_err(bad)? {
+                return Ok(Some(frame));
+            }
+            let want = self.buf.wanted().map_err(bad)?.min(READ_CHUNK);
             match self.recv.read_chunk(want, true).await {
-                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(Some(chunk)) => self.buf.extend(&chunk.bytes),
                 Ok(None) if self.buf.is_empty() => return Ok(None),
                 Ok(None) => {
                     return Err(Error::ConnectionLost {

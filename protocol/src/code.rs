@@ -55,6 +55,9 @@ codes! {
     STORAGE_FULL = 202, "storage full";
     /// The broker is shutting down or temporarily unable to serve.
     UNAVAILABLE = 203, "unavailable";
+    /// A frame whose first bytes arrived was not completed within the broker's frame deadline; the stream
+    /// is stopped.
+    FRAME_TIMEOUT = 204, "frame not completed in time";
     /// An internal error in the broker; nothing was stored.
     INTERNAL = 500, "internal error";
 }
@@ -115,6 +118,7 @@ mod tests {
             (ErrorCode::RATE_LIMITED, 201),
             (ErrorCode::STORAGE_FULL, 202),
             (ErrorCode::UNAVAILABLE, 203),
+            (ErrorCode::FRAME_TIMEOUT, 204),
             (ErrorCode::INTERNAL, 500),
         ];
         for (code, num) in published {

@@ -12,7 +12,8 @@
 //!   and read a topic in an epoch, and that epoch's content key wrapped to each member with HPKE; and the
 //!   [`PolicyBook`] that admits a topic's policies in order and refuses rollbacks and forks.
 //! - [`frame`]: the length-prefixed frames exchanged by clients and brokers, with a check step that bounds
-//!   every length before anything is allocated, and [`code`], their stable numeric error codes.
+//!   every length before anything is allocated, and [`code`], their stable numeric error codes;
+//!   [`frame_buffer`] cuts a stream's bytes into frames, holding only what arrived.
 //! - [`topic`]: validated topic names and the wildcard patterns used by access-control lists.
 //! - [`keys`]: signing keys, HPKE key-agreement keys, content keys and key ids; [`identity`], the shape of
 //!   a principal's identity file.
@@ -33,6 +34,7 @@ pub mod code;
 mod digest;
 mod error;
 pub mod frame;
+pub mod frame_buffer;
 pub mod identity;
 pub mod keys;
 mod limits;
@@ -47,6 +49,7 @@ pub use code::ErrorCode;
 pub use digest::Digest;
 pub use error::Error;
 pub use frame::{Frame, RequestId, StartAt, SubscriptionId};
+pub use frame_buffer::FrameBuffer;
 pub use keys::{ContentKey, Epoch, HpkePublicKey, HpkeSecretKey, KeyId, KeyLookup, PublicKey, SigningKey};
 pub use limits::Limits;
 pub use policy::{issue_policy, EpochKeys, Member, PolicyBook, PolicyParams, SignedPolicy, VerifiedPolicy};

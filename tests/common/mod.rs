@@ -382,6 +382,11 @@ impl Drop for BrokerProcess {
 /// Alice publishes and bob reads it back: the broker at `addr` still serves well-behaved clients after
 /// whatever a test did to it.
 pub async fn broker_still_serves(env: &Env, addr: SocketAddr) {
+    broker_still_serves_as(env, addr, "bob").await
+}
+
+/// Alice publishes and `reader` (a subscriber of demo.chat) reads it back.
+pub async fn broker_still_serves_as(env: &Env, addr: SocketAddr, reader: &str) {
     use futures_util::StreamExt;
     use sealpost_client::{Client, Identity, PublisherOptions, SubscribeOptions};
     let chat = Topic::new("demo.chat").unwrap();
@@ -390,11 +395,11 @@ pub async fn broker_still_serves(env: &Env, addr: SocketAddr) {
     let publisher =
         within("publisher", alice.publisher(chat.clone(), PublisherOptions::default())).await.unwrap();
     let receipt = within("publish", publisher.publish(bytes::Bytes::from("still here"))).await.unwrap();
-    let bob = Identity::load(env.identity("bob", addr)).unwrap();
-    let bob = within("connect", Client::connect(&bob)).await.unwrap();
+    let reader = Identity::load(env.identity(reader, addr)).unwrap();
+    let reader = within("connect", Client::connect(&reader)).await.unwrap();
     let options =
         SubscribeOptions { from: sealpost_protocol::StartAt::Offset(receipt.offset), durable: None };
-    let mut sub = within("subscribe", bob.subscribe(chat, options)).await.unwrap();
+    let mut sub = within("subscribe", reader.subscribe(chat, options)).await.unwrap();
     let m = within("message", sub.next()).await.unwrap().unwrap();
     assert_eq!(m.payload, bytes::Bytes::from("still here"));
 }
