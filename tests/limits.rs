@@ -231,3 +231,59 @@ async fn a_frame_not_completed_within_the_deadline_is_stopped_with_frame_timeout
     assert_eq!(answers[0].name(), "Policies");
     broker.shutdown().await.unwrap();
 }
+
+/// Every open stream holds state in the broker: beyond the principal's stream limit (over all its
+/// connections) a stream is refused at once with `LIMIT_EXCEEDED`, other principals are not affected, and a
+/// stream that closes makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_beyond_the_principals_limit_are_refused_with_limit_exceeded() {
+    use sealpost_protocol::Frame;
+
+    let mut env = Env::new();
+    let broker =
+        start(&mut env, ServerLimits { max_streams_per_principal: 3, ..ServerLimits::default() }).await;
+    let cert = env.ca.issue(&LeafSpec::client("alice", &[env.key("alice").public_key()])).unwrap();
+    let ca = env.ca.cert_pem();
+    let connect = || RawClient::connect(broker.local_addr(), &ca, ClientAuth::Cert(&cert));
+    let (first, second) = (connect().await.unwrap(), connect().await.unwrap());
+    let get = Frame::GetPolicies { request_id: 1, topic: chat() };
+    // Three streams over two connections, each answered and left open.
+    let mut open = Vec::new();
+    for raw in [&first, &second, &second] {
+        let (mut send, mut recv) = raw.conn.open_bi().await.unwrap();
+        send.write_all(&get.to_vec().unwrap()).await.unwrap();
+        assert_eq!(read_frame(&mut recv).await.name(), "Policies");
+        open.push((send, recv));
+    }
+    let (mut send, mut recv) = first.conn.open_bi().await.unwrap();
+    send.write_all(&get.to_vec().unwrap()).await.unwrap();
+    let refused = within("the fourth stream is refused", recv.read_to_end(1024)).await.unwrap_err();
+    let limit = quinn::VarInt::from(ErrorCode::LIMIT_EXCEEDED.0);
+    assert!(
+        matches!(refused, quinn::ReadToEndError::Read(quinn::ReadError::Reset(code)) if code == limit),
+        "{refused}"
+    );
+    // The limit is alice's: bob is served.
+    let bob_cert = env.ca.issue(&LeafSpec::client("bob", &[env.key("bob").public_key()])).unwrap();
+    let bob = RawClient::connect(broker.local_addr(), &ca, ClientAuth::Cert(&bob_cert)).await.unwrap();
+    assert_eq!(
+        within("bob", bob.exchange(std::slice::from_ref(&get), 1)).await.unwrap()[0].name(),
+        "Policies"
+    );
+
+    // One stream closes (both sides finish): a new one is served. The broker finishes its side just before
+    // its task gives the slot back, so a new stream may still find none: retry.
+    let (mut send, mut recv) = open.remove(0);
+    send.finish().unwrap();
+    within("the broker finishes the closed stream", recv.read_to_end(1 << 20)).await.unwrap();
+    let mut served = false;
+    for _ in 0..100 {
+        if let Ok(answers) = within("a new stream", first.exchange(std::slice::from_ref(&get), 1)).await {
+            assert_eq!(answers[0].name(), "Policies");
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "no new stream was served after one closed");
+    broker.shutdown().await.unwrap();
+}

@@ -19,11 +19,17 @@
 //!    less than [`MIN_WINDOW`].
 //! 3. **QUIC send buffers**: bytes written to a connection and not yet acknowledged by the peer, at most its
 //!    send window, shared the same way (`send_window_per_principal`, `send_window_per_connection`).
+//! 4. **Open streams**: the broker's task and quinn's state of each open stream, about 6.5 KB (measured
+//!    with 1,000 streams open, tests/memory.rs) whatever the stream carries. Besides QUIC's credit per
+//!    connection (`limits.max_streams_per_connection`), a stream takes a slot of its principal's
+//!    (`limits.max_streams_per_principal`) and of the broker's (`limits.max_streams`) when it is accepted;
+//!    a stream without one is refused at once (reset with `LIMIT_EXCEEDED`).
 //!
 //! So one principal holds at most `inflight_bytes_per_principal + receive_window_per_principal +
-//! send_window_per_principal` (when its connections times [`MIN_WINDOW`] stay below the window budgets),
-//! and all peers together at most `inflight_bytes_total` plus, for each open connection, its two windows.
-//! docs/reliability.md gives the figures for the defaults.
+//! send_window_per_principal + max_streams_per_principal x 6.5 KB` (when its connections times
+//! [`MIN_WINDOW`] stay below the window budgets), and all peers together at most `inflight_bytes_total +
+//! max_streams x 6.5 KB` plus, for each open connection, its two windows. docs/reliability.md gives the
+//! figures for the defaults.
 //!
 //! Reservations are deadlock-free: a reservation is taken whole before the bytes it covers are read, and a
 //! frame once reserved completes (or times out) without needing any other reservation.
@@ -156,68 +162,73 @@ fn semaphore(bytes: u64) -> Arc<Semaphore> {
     Arc::new(Semaphore::new(usize::try_from(bytes).unwrap_or(Semaphore::MAX_PERMITS)))
 }
 
-/// A byte budget shared by holders that reserve from it (a connection's, a principal's or the broker's).
+/// An amount (bytes, or streams) shared by holders that reserve from it: a connection's, a principal's or
+/// the broker's.
 #[derive(Clone, Debug)]
 pub struct Pool(Arc<Semaphore>);
 
 impl Pool {
-    /// A budget of `bytes`.
-    pub fn new(bytes: u64) -> Pool {
-        Pool(semaphore(bytes))
+    /// A pool of `amount`.
+    pub fn new(amount: u64) -> Pool {
+        Pool(semaphore(amount))
     }
 
-    /// Bytes not reserved now.
+    /// What is not reserved now.
     pub fn available(&self) -> usize {
         self.0.available_permits()
     }
 }
 
-/// The three budgets a connection's reservations come from.
+/// The pools a reservation is taken from, all of them, always in the same order (a connection's, then its
+/// principal's, then the broker's), so two reservations never wait on each other in a cycle.
 #[derive(Clone, Debug)]
 pub struct Budget {
-    connection: Pool,
-    principal: Pool,
-    total: Pool,
+    pools: Vec<Pool>,
 }
 
 impl Budget {
-    /// The budget of one connection: its own pool, its principal's and the broker's.
-    pub fn new(connection: Pool, principal: Pool, total: Pool) -> Budget {
-        Budget { connection, principal, total }
+    /// A budget over `pools`, innermost first.
+    pub fn new(pools: Vec<Pool>) -> Budget {
+        Budget { pools }
     }
 
-    /// Waits until `bytes` can be reserved from all three pools, and reserves them. Always in the same
-    /// order (connection, principal, broker), so two reservations never wait on each other in a cycle.
-    /// Cancel-safe: a cancelled wait reserves nothing.
-    pub async fn reserve(&self, bytes: usize) -> Reservation {
-        let n = u32::try_from(bytes).unwrap_or(u32::MAX);
-        let mut permits = Vec::with_capacity(3);
-        for pool in [&self.connection, &self.principal, &self.total] {
+    /// Reserves `amount` from every pool if they all have room now, without waiting.
+    pub fn try_reserve(&self, amount: usize) -> Option<Reservation> {
+        let n = u32::try_from(amount).ok()?;
+        let permits = self
+            .pools
+            .iter()
+            .map(|pool| pool.0.clone().try_acquire_many_owned(n).ok())
+            .collect::<Option<_>>()?;
+        Some(Reservation { permits, amount: n as usize })
+    }
+
+    /// Waits until `amount` can be reserved from every pool, and reserves it. Cancel-safe: a cancelled wait
+    /// reserves nothing.
+    pub async fn reserve(&self, amount: usize) -> Reservation {
+        let n = u32::try_from(amount).unwrap_or(u32::MAX);
+        let mut permits = Vec::with_capacity(self.pools.len());
+        for pool in &self.pools {
             // The pools are never closed, so acquiring fails only if they were: hold nothing then.
             if let Ok(permit) = pool.0.clone().acquire_many_owned(n).await {
                 permits.push(permit);
             }
         }
-        Reservation { permits, bytes: n as usize }
+        Reservation { permits, amount: n as usize }
     }
 }
 
-/// Bytes reserved from a [`Budget`], given back when dropped.
+/// An amount reserved from a [`Budget`], given back when dropped.
 #[derive(Debug)]
 pub struct Reservation {
     permits: Vec<OwnedSemaphorePermit>,
-    bytes: usize,
+    amount: usize,
 }
 
 impl Reservation {
-    /// A reservation of nothing.
-    pub fn none() -> Reservation {
-        Reservation { permits: Vec::new(), bytes: 0 }
-    }
-
-    /// Bytes reserved.
+    /// The amount reserved.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.amount
     }
 
     /// Adds `other` (taken from the same budget) to this reservation.
@@ -227,19 +238,19 @@ impl Reservation {
             mine.merge(theirs);
         }
         self.permits.extend(others);
-        self.bytes += other.bytes;
+        self.amount += other.amount;
     }
 
     /// Gives back all but `bytes` of the reservation (nothing if it holds `bytes` or less).
     pub fn shrink_to(&mut self, bytes: usize) {
-        if bytes >= self.bytes {
+        if bytes >= self.amount {
             return;
         }
-        let excess = self.bytes - bytes;
+        let excess = self.amount - bytes;
         for permit in &mut self.permits {
             drop(permit.split(excess));
         }
-        self.bytes = bytes;
+        self.amount = bytes;
     }
 }
 
@@ -277,8 +288,8 @@ mod tests {
     #[tokio::test]
     async fn a_reservation_waits_for_every_pool_and_gives_back_what_it_shrinks() {
         let (principal, total) = (Pool::new(100), Pool::new(1000));
-        let a = Budget::new(Pool::new(80), principal.clone(), total.clone());
-        let b = Budget::new(Pool::new(80), principal.clone(), total.clone());
+        let a = Budget::new(vec![Pool::new(80), principal.clone(), total.clone()]);
+        let b = Budget::new(vec![Pool::new(80), principal.clone(), total.clone()]);
         let mut first = a.reserve(70).await;
         assert_eq!((principal.available(), total.available()), (30, 930));
         // b's own pool has room, its principal's has not: b waits.
@@ -288,7 +299,12 @@ mod tests {
         first.shrink_to(40);
         let second = waiting.await;
         assert_eq!((second.bytes(), principal.available(), total.available()), (50, 10, 910));
-        drop((first, second));
+        // Without room, a reservation that may not wait gets nothing, and takes nothing.
+        assert!(a.try_reserve(20).is_none());
+        assert_eq!((principal.available(), total.available()), (10, 910));
+        let third = a.try_reserve(10).unwrap();
+        assert_eq!((principal.available(), total.available()), (0, 900));
+        drop((first, second, third));
         assert_eq!((principal.available(), total.available()), (100, 1000));
     }
 

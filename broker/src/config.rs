@@ -85,6 +85,12 @@ pub struct LimitsConfig {
     pub max_connections: u32,
     /// Most simultaneous streams a connection may open. Default: 256. At least 1.
     pub max_streams_per_connection: u32,
+    /// Most simultaneous streams of one principal, over its connections; a stream beyond is refused with
+    /// `LIMIT_EXCEEDED`. Default: 1024. At least 1.
+    pub max_streams_per_principal: u32,
+    /// Most simultaneous streams over all connections; a stream beyond is refused with `LIMIT_EXCEEDED`.
+    /// Default: 65536. At least 1.
+    pub max_streams: u32,
     /// A connection without traffic for this long is closed, in milliseconds. Default: 30000. At least 1.
     pub idle_timeout_ms: u64,
     /// How many bytes of stored batches a subscriber reads from the store at a time (at least one batch is
@@ -112,6 +118,8 @@ impl Default for LimitsConfig {
             max_batch_messages: 65_536,
             max_connections: 10_000,
             max_streams_per_connection: 256,
+            max_streams_per_principal: 1024,
+            max_streams: 65_536,
             idle_timeout_ms: 30_000,
             subscriber_read_bytes: 1024 * 1024,
             tail_cache_bytes: crate::log::DEFAULT_TAIL_BYTES,
@@ -148,6 +156,8 @@ impl LimitsConfig {
             ("max_batch_messages", u64::from(self.max_batch_messages)),
             ("max_connections", u64::from(self.max_connections)),
             ("max_streams_per_connection", u64::from(self.max_streams_per_connection)),
+            ("max_streams_per_principal", u64::from(self.max_streams_per_principal)),
+            ("max_streams", u64::from(self.max_streams)),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("subscriber_read_bytes", self.subscriber_read_bytes as u64),
             ("max_connections_per_principal", u64::from(self.max_connections_per_principal)),

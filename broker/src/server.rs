@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use sealpost_protocol::{
-    Frame, Limits, PublicKey, SealedBatch, SignedPolicy, StartAt, Topic, VerifiedPolicy,
+    ErrorCode, Frame, Limits, PublicKey, SealedBatch, SignedPolicy, StartAt, Topic, VerifiedPolicy,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -60,6 +60,10 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// Bidirectional streams a connection may have open at once.
     pub max_streams_per_connection: u32,
+    /// Streams one principal may have open at once, over its connections.
+    pub max_streams_per_principal: u32,
+    /// Streams open at once, over all connections.
+    pub max_streams: u32,
     /// A connection with no traffic for this long is closed.
     pub idle_timeout: Duration,
     /// Bytes a subscriber reads from storage at a time: its memory bound in the broker.
@@ -90,6 +94,8 @@ impl Default for ServerLimits {
             protocol: Limits::default(),
             max_connections: 10_000,
             max_streams_per_connection: 256,
+            max_streams_per_principal: 1024,
+            max_streams: 65_536,
             idle_timeout: Duration::from_secs(30),
             subscriber_read_bytes: 1024 * 1024,
             tail_cache_bytes: 0,
@@ -139,6 +145,8 @@ impl BrokerOptions {
             protocol: l.protocol_limits(),
             max_connections: l.max_connections as usize,
             max_streams_per_connection: l.max_streams_per_connection,
+            max_streams_per_principal: l.max_streams_per_principal,
+            max_streams: l.max_streams,
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),
             subscriber_read_bytes: l.subscriber_read_bytes,
             tail_cache_bytes: l.tail_cache_bytes,
@@ -165,6 +173,8 @@ struct Ctx {
     principals: Mutex<HashMap<String, PrincipalState>>,
     /// The in-flight budget of all peers together.
     inflight_total: Pool,
+    /// Streams open over all connections.
+    streams_total: Pool,
     /// The time origin of the rate limiters.
     started: std::time::Instant,
 }
@@ -174,6 +184,7 @@ struct PrincipalState {
     connections: HashMap<usize, quinn::Connection>,
     limiter: PublishLimiter,
     inflight: Pool,
+    streams: Pool,
 }
 
 impl Ctx {
@@ -202,9 +213,9 @@ impl Ctx {
     }
 
     /// Counts a new connection of `principal` and shares the principal's QUIC windows anew among its
-    /// connections; returns the connection's in-flight budget, or `None` (and nothing counted) if the
-    /// principal already has the most connections.
-    fn open_connection(&self, principal: &str, conn: &quinn::Connection) -> Option<Budget> {
+    /// connections; returns the connection's in-flight budget and stream slots, or `None` (and nothing
+    /// counted) if the principal already has the most connections.
+    fn open_connection(&self, principal: &str, conn: &quinn::Connection) -> Option<(Budget, Budget)> {
         let now = self.started.elapsed();
         let memory = &self.limits.memory;
         let mut principals = self.principals_lock();
@@ -216,6 +227,7 @@ impl Ctx {
                 now,
             ),
             inflight: Pool::new(memory.inflight_bytes_per_principal),
+            streams: Pool::new(self.limits.max_streams_per_principal.into()),
         });
         if state.connections.len() >= self.limits.max_connections_per_principal {
             return None;
@@ -223,7 +235,9 @@ impl Ctx {
         state.connections.insert(conn.stable_id(), conn.clone());
         share_windows(memory, state);
         let own = Pool::new(memory.inflight_bytes_per_connection);
-        Some(Budget::new(own, state.inflight.clone(), self.inflight_total.clone()))
+        let inflight = Budget::new(vec![own, state.inflight.clone(), self.inflight_total.clone()]);
+        let streams = Budget::new(vec![state.streams.clone(), self.streams_total.clone()]);
+        Some((inflight, streams))
     }
 
     fn close_connection(&self, principal: &str, conn: &quinn::Connection) {
@@ -273,7 +287,7 @@ impl Broker {
     pub async fn start(options: BrokerOptions) -> Result<Broker> {
         let crypto = tls::server_crypto(&options.tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        let memory = options.limits.memory;
+        let (memory, max_streams) = (options.limits.memory, options.limits.max_streams);
         let window = |bytes: u64| {
             quinn::VarInt::from_u64(bytes).map_err(|_| Error::Config("QUIC window too large".into()))
         };
@@ -305,6 +319,7 @@ impl Broker {
             connections: AtomicUsize::new(0),
             principals: Mutex::new(HashMap::new()),
             inflight_total: Pool::new(memory.inflight_bytes_total),
+            streams_total: Pool::new(max_streams.into()),
             started: std::time::Instant::now(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -390,7 +405,7 @@ async fn serve_connection(incoming: quinn::Incoming, ctx: &Arc<Ctx>, mut shutdow
             return;
         }
     };
-    let Some(budget) = ctx.open_connection(&peer.principal, &conn) else {
+    let Some((budget, stream_slots)) = ctx.open_connection(&peer.principal, &conn) else {
         warn!(%remote, principal = %peer.principal, "connection refused: max_connections_per_principal reached");
         conn.close(2u8.into(), b"too many connections for this principal");
         return;
@@ -402,12 +417,22 @@ async fn serve_connection(incoming: quinn::Incoming, ctx: &Arc<Ctx>, mut shutdow
     loop {
         tokio::select! {
             stream = conn.accept_bi() => match stream {
-                Ok((send, recv)) => {
+                Ok((mut send, mut recv)) => {
+                    // Every open stream holds state in the broker: beyond the principal's or the broker's
+                    // stream limit it is refused at once.
+                    let Some(held) = stream_slots.try_reserve(1) else {
+                        let code = quinn::VarInt::from(ErrorCode::LIMIT_EXCEEDED.0);
+                        let _ = send.reset(code);
+                        let _ = recv.stop(code);
+                        debug!(principal = %peer.principal, "stream refused: max_streams_per_principal or max_streams reached");
+                        continue;
+                    };
                     let (ctx, peer, state, shutdown) = (ctx.clone(), peer.clone(), state.clone(), shutdown.clone());
                     streams.spawn(async move {
                         if let Err(e) = serve_stream(send, recv, &ctx, &peer, &state, shutdown).await {
                             debug!(principal = %peer.principal, error = %e, "stream ended with an error");
                         }
+                        drop(held);
                     });
                 }
                 Err(e) => {
