@@ -55,6 +55,10 @@ codes! {
     STORAGE_FULL = 202, "storage full";
     /// The broker is shutting down or temporarily unable to serve.
     UNAVAILABLE = 203, "unavailable";
+    /// Stored messages were lost: the broker's storage failed a checksum where acknowledged data was (a
+    /// flipped bit, a damaged sector). Carried as the reason of [`Frame::Lost`](crate::Frame::Lost); the
+    /// subscription goes on after the lost range.
+    DATA_LOST = 204, "data lost: storage corruption";
     /// An internal error in the broker; nothing was stored.
     INTERNAL = 500, "internal error";
 }
@@ -115,6 +119,7 @@ mod tests {
             (ErrorCode::RATE_LIMITED, 201),
             (ErrorCode::STORAGE_FULL, 202),
             (ErrorCode::UNAVAILABLE, 203),
+            (ErrorCode::DATA_LOST, 204),
             (ErrorCode::INTERNAL, 500),
         ];
         for (code, num) in published {

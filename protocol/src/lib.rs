@@ -46,7 +46,7 @@ pub use chain::{ChainHead, ChainStart, ChainVerifier};
 pub use code::ErrorCode;
 pub use digest::Digest;
 pub use error::Error;
-pub use frame::{Frame, RequestId, StartAt, SubscriptionId};
+pub use frame::{Frame, LostBatch, RequestId, StartAt, SubscriptionId};
 pub use keys::{ContentKey, Epoch, HpkePublicKey, HpkeSecretKey, KeyId, KeyLookup, PublicKey, SigningKey};
 pub use limits::Limits;
 pub use policy::{issue_policy, EpochKeys, Member, PolicyBook, PolicyParams, SignedPolicy, VerifiedPolicy};
