@@ -45,7 +45,7 @@ use crate::config::Config;
 use crate::log::{Appended, Log};
 use crate::ratelimit::PublishLimiter;
 use crate::session;
-use crate::store::Store;
+use crate::store::{Store, Stored};
 use crate::tls::{self, Peer, TlsMaterial};
 use crate::wire::{error_frame, read_frame, write_frame};
 use crate::{Error, Result};
@@ -692,9 +692,10 @@ async fn serve_subscription(
     loop {
         let durable_end = *end.borrow_and_update();
         if cursor < durable_end {
-            // A subscriber that keeps up finds what it needs in the log's in-memory tail.
-            let batches = match ctx.log.read_tail(&topic, cursor, read_bytes) {
-                Some(batches) => batches,
+            // A subscriber that keeps up finds what it needs in the log's in-memory tail. The store may
+            // also yield lost ranges (damaged storage): they go out as `Lost` frames, in offset order.
+            let items: Vec<Stored> = match ctx.log.read_tail(&topic, cursor, read_bytes) {
+                Some(batches) => batches.into_iter().map(Stored::Batch).collect(),
                 None => {
                     let (store, t) = (store.clone(), topic.clone());
                     tokio::task::spawn_blocking(move || store.read(&t, cursor, read_bytes))
@@ -703,17 +704,18 @@ async fn serve_subscription(
                 }
             };
             let before = cursor;
-            for batch in batches {
-                if batch.offset >= durable_end {
+            for item in items {
+                if item.offset() >= durable_end {
                     break;
                 }
-                let frame = Frame::Deliver { subscription, offset: batch.offset, batch: batch.bytes };
+                let end = item.end();
+                let frame = item.into_frame(subscription);
                 tokio::select! {
                     written = write_frame(&mut send, &frame) => written?,
                     _ = &mut acks => return Ok(()),
                     _ = shutdown.changed() => return Ok(()),
                 }
-                cursor = batch.offset + u64::from(batch.count);
+                cursor = end;
             }
             if cursor != before {
                 continue;

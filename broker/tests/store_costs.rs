@@ -16,7 +16,13 @@ const ROUNDS: usize = 300;
 fn percentiles(mut samples: Vec<Duration>) -> String {
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
-    format!("\"p50_us\": {:.0}, \"p90_us\": {:.0}, \"p99_us\": {:.0}, \"max_us\": {:.0}", at(0.5), at(0.9), at(0.99), at(1.0))
+    format!(
+        "\"p50_us\": {:.0}, \"p90_us\": {:.0}, \"p99_us\": {:.0}, \"max_us\": {:.0}",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0)
+    )
 }
 
 /// Appends one 1 KiB batch at the topic's next offset, continuing publisher 1's chain.
