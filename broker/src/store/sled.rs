@@ -1450,6 +1450,136 @@ mod tests {
         assert_eq!(store.next_offset(&t).unwrap(), 3, "offsets stay gap-free: 3, 4 and 5 are dropped");
     }
 
+    /// A data folder as layout 2 left it: batch records in segment 0 (with a torn tail before the index's
+    /// checkpoint), more in segment 1; policies and a durable offset in sled only.
+    fn layout2_folder(dir: &Path, t: &Topic) -> Vec<Vec<u8>> {
+        let segments = dir.join("segments");
+        std::fs::create_dir_all(&segments).unwrap();
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open().unwrap();
+        let p = publisher(1);
+        let mut batches = Vec::new();
+        for (segment, range) in [(0u64, 0u64..3), (1, 3..5)] {
+            let mut file = Vec::new();
+            for offset in range {
+                let record =
+                    PublisherRecord { first_seq: offset + 1, count: 1, offset, digest: Default::default() };
+                let batch = vec![offset as u8; 100];
+                let body = record::batch(t, &p, &record, &batch);
+                let location = Location {
+                    segment,
+                    position: file.len() as u64,
+                    len: body.len() as u32,
+                    crc: crc32fast::hash(&body),
+                };
+                file.extend_from_slice(&location.len.to_be_bytes());
+                file.extend_from_slice(&location.crc.to_be_bytes());
+                file.extend_from_slice(&body);
+                let entry =
+                    Entry { offset, count: 1, location, publisher: *p.as_bytes(), first_seq: offset + 1 };
+                db.insert(batch_key(t, offset), &entry.encode()[..]).unwrap();
+                db.insert(publisher_key(t, &p, offset + 1), &record.encode()[..]).unwrap();
+                batches.push(batch);
+            }
+            if segment == 0 {
+                // A crash tore an append that was never indexed: layout-2 recovery left it there.
+                file.extend_from_slice(&[0, 0, 0, 90, 1, 2, 3, 4, 1, 6]);
+            }
+            if segment == 1 {
+                db.insert(
+                    CHECKPOINT_KEY,
+                    &Checkpoint { segment: 1, position: file.len() as u64 }.encode()[..],
+                )
+                .unwrap();
+            }
+            std::fs::write(segments.join(segment::segment_name(segment)), file).unwrap();
+        }
+        db.insert(topic_prefix(TOPIC, t, 0), &[][..]).unwrap();
+        db.insert(policy_key(t, 1), &b"policy one"[..]).unwrap();
+        db.insert(policy_key(t, 2), &b"policy two"[..]).unwrap();
+        db.insert(durable_key(t, "bob", "main").unwrap(), &3u64.to_be_bytes()[..]).unwrap();
+        db.insert(LAYOUT_KEY, &2u32.to_be_bytes()[..]).unwrap();
+        db.flush().unwrap();
+        batches
+    }
+
+    fn payloads(store: &SledStore, t: &Topic) -> Vec<Vec<u8>> {
+        store.read(t, 0, usize::MAX).unwrap().into_iter().map(|i| i.batch().unwrap().bytes.to_vec()).collect()
+    }
+
+    #[test]
+    fn a_layout_2_store_is_migrated_once_and_then_survives_losing_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = topic("demo.old");
+        let batches = layout2_folder(dir.path(), &t);
+        let check = |store: &SledStore| {
+            assert_eq!(payloads(store, &t), batches);
+            assert_eq!(store.next_offset(&t).unwrap(), 5);
+            assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap().map(|h| h.next_seq()), Some(6));
+            assert_eq!(
+                store.policies(&t, 5).unwrap(),
+                [Bytes::from("policy one"), Bytes::from("policy two")]
+            );
+            assert_eq!(store.durable_offset(&t, "bob", "main").unwrap(), Some(3));
+        };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            check(&store);
+            let layout = store.db.get(LAYOUT_KEY).unwrap().unwrap();
+            assert_eq!(layout.as_ref(), LAYOUT_VERSION.to_be_bytes());
+            assert_eq!(store.layout3_from(), 2, "the first segment written in layout 3");
+            // Layout 3 from now on: a commit is a record, and only the record moves it on.
+            store.set_durable_offset(&t, "bob", "main", 4).unwrap();
+            store.sync().unwrap();
+        }
+        // verify: the torn tail that layout 2 left in segment 0 is a note, not a finding.
+        let report = scrub::verify(dir.path()).unwrap();
+        assert!(report.findings.is_empty(), "{:?}", report.findings);
+        assert!(report.notes.iter().any(|n| n.contains("written before layout 3")), "{:?}", report.notes);
+        // The index is lost: everything comes back from the segments, policies and durable offsets included.
+        for name in ["db", "conf"] {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let name = entry.unwrap().file_name();
+            if name.to_string_lossy().starts_with("snap.") {
+                std::fs::remove_file(dir.path().join(name)).unwrap();
+            }
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.durable_offset(&t, "bob", "main").unwrap(), Some(4));
+        assert_eq!(store.policies(&t, 5).unwrap().len(), 2);
+        assert_eq!(payloads(&store, &t), batches);
+        assert_eq!(store.layout3_from(), 2);
+    }
+
+    #[test]
+    fn a_broken_index_is_moved_aside_and_rebuilt_from_the_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = topic("demo.rebuild");
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            append_n(&store, &t, 4);
+            store.set_durable_offset(&t, "bob", "main", 2).unwrap();
+            store.put_policy(&t, 1, &Bytes::from_static(b"policy")).unwrap();
+            store.sync().unwrap();
+        }
+        // The layout key says nothing sensible.
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.insert(LAYOUT_KEY, &b"??"[..]).unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(dir.path().join("index.corrupt-0").join("db").is_file(), "the old index is kept");
+        assert_eq!(store.next_offset(&t).unwrap(), 4);
+        assert_eq!(payloads(&store, &t).len(), 4);
+        assert_eq!(store.durable_offset(&t, "bob", "main").unwrap(), Some(2));
+        assert_eq!(store.policies(&t, 1).unwrap(), [Bytes::from_static(b"policy")]);
+        assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap().map(|h| h.next_seq()), Some(5));
+        append_n(&store, &t, 1);
+        assert_eq!(store.next_offset(&t).unwrap(), 5);
+    }
+
     #[test]
     fn opening_a_foreign_sled_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();

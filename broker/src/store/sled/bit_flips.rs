@@ -14,6 +14,9 @@
 //!
 //! Each layout runs twice: with the index complete (a clean stop), and with the index lacking everything
 //! after its checkpoint (a crash before its lazy sync, so that opening has only the segments to go by).
+//!
+//! Below them: damage found after opening (by a read, by the scrub), bytes replaced behind the broker's
+//! back, and a torn tail past the last sync.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,6 +30,7 @@ use sealpost_protocol::{
 };
 
 use super::record::Record;
+use super::scrub::scrub_pass;
 use super::*;
 use crate::store::segment::Walked;
 
@@ -572,4 +576,99 @@ fn a_torn_tail_past_the_last_sync_is_cut_without_noise() {
 fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let segments = dir.join("segments");
     segment::list(&segments).unwrap().into_iter().map(|n| segments.join(segment::segment_name(n))).collect()
+}
+
+/// Runs `f` with the store's log captured; returns the lines.
+fn logged(f: impl FnOnce()) -> Vec<String> {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    tracing::subscriber::with_default(subscriber, f);
+    captured.lines()
+}
+
+/// A store of `n` batches of `t`, closed, and opened once more so that all of it lies before the index's
+/// checkpoint (where opening does not look); returns the locations of the batches.
+fn settled_store(dir: &Path, t: &Topic, n: u64) -> Vec<Location> {
+    let w = &Fixture::build(3, false).written[0];
+    {
+        let store = SledStore::open(dir).unwrap();
+        for offset in 0..n {
+            let record = PublisherRecord { first_seq: offset + 1, count: 1, offset, digest: w.record.digest };
+            store.append(t, &w.publisher, &record, &Bytes::from(vec![offset as u8; 500])).unwrap();
+        }
+        store.sync().unwrap();
+    }
+    let store = SledStore::open(dir).unwrap();
+    (0..n)
+        .map(|offset| {
+            let key = batch_key(t, offset);
+            match Slot::decode(&key, &store.db.get(&key).unwrap().unwrap()).unwrap() {
+                Slot::Batch(e) => e.location,
+                Slot::Lost(_) => panic!("lost"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_scrub_finds_damage_after_opening_and_the_next_sync_marks_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Topic::new("flip.scrub").unwrap();
+    let at = settled_store(dir.path(), &t, 5);
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    // Bit rot while the broker runs.
+    flip(&dir.path().join("segments").join(segment::segment_name(at[2].segment)), at[2].position + 30, 0);
+    let weak = Arc::downgrade(&store);
+    let mut pass = None;
+    let lines = logged(|| pass = scrub_pass(&weak, u64::MAX));
+    assert_eq!(pass.map(|p| (p.batches, p.damaged)), Some((5, 1)));
+    assert!(
+        lines.iter().any(|l| l.contains("ERROR") && l.contains("2..3") && l.contains("found by the scrub")),
+        "{lines:#?}"
+    );
+    // Readers serve the loss at once; the next sync records it, and a restart serves it too.
+    assert!(matches!(&store.read(&t, 2, 1).unwrap()[0], Stored::Lost(l) if l.offset == 2 && l.count == 1));
+    store.sync().unwrap();
+    let key = batch_key(&t, 2);
+    assert!(matches!(Slot::decode(&key, &store.db.get(&key).unwrap().unwrap()).unwrap(), Slot::Lost(_)));
+    let lines =
+        logged(|| assert_eq!(scrub_pass(&weak, u64::MAX).map(|p| (p.batches, p.damaged)), Some((4, 0))));
+    assert!(lines.iter().all(|l| !l.contains("ERROR")), "reported once: {lines:#?}");
+    drop(store);
+    assert_eq!(scrub_pass(&weak, u64::MAX), None, "the scrub ends with its store");
+}
+
+#[test]
+fn a_record_replaced_behind_the_brokers_back_is_reported_as_possible_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Topic::new("flip.swap").unwrap();
+    let at = settled_store(dir.path(), &t, 4);
+    // Swap the records of offsets 1 and 2 (of equal length): each is intact, neither where the index
+    // says its batch is.
+    let file = dir.path().join("segments").join(segment::segment_name(at[1].segment));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let (a, b, len) =
+        (at[1].position as usize, at[2].position as usize, (at[1].end() - at[1].position) as usize);
+    assert_eq!(b, a + len);
+    let first = bytes[a..b].to_vec();
+    bytes.copy_within(b..b + len, a);
+    bytes[b..b + len].copy_from_slice(&first);
+    std::fs::write(&file, bytes).unwrap();
+    let lines = logged(|| {
+        let store = SledStore::open(dir.path()).unwrap();
+        let items = store.read(&t, 0, usize::MAX).unwrap();
+        let lost: Vec<_> = items
+            .iter()
+            .filter_map(|i| match i {
+                Stored::Lost(l) => Some((l.offset, l.reason)),
+                Stored::Batch(_) => None,
+            })
+            .collect();
+        assert_eq!(lost, [(1, LossReason::Replaced), (2, LossReason::Replaced)]);
+    });
+    assert_eq!(lines.iter().filter(|l| l.contains("possible tampering")).count(), 2, "{lines:#?}");
+    // verify says so too.
+    let report = scrub::verify(dir.path()).unwrap();
+    assert!(!report.findings.is_empty());
 }

@@ -523,10 +523,10 @@ pub(crate) fn spawn(store: Weak<SledStore>, bytes_per_sec: u64) -> Result<()> {
 
 /// What one pass checked.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Pass {
-    batches: u64,
-    bytes: u64,
-    damaged: u64,
+pub(super) struct Pass {
+    pub batches: u64,
+    pub bytes: u64,
+    pub damaged: u64,
 }
 
 /// Sleeps `total`, in short steps, while the store lives; false once it is gone.
@@ -545,7 +545,7 @@ fn pause(store: &Weak<SledStore>, total: Duration) -> bool {
 }
 
 /// One pass over every synced batch; `None` once the store is gone.
-fn scrub_pass(weak: &Weak<SledStore>, bytes_per_sec: u64) -> Option<Pass> {
+pub(super) fn scrub_pass(weak: &Weak<SledStore>, bytes_per_sec: u64) -> Option<Pass> {
     let mut pass = Pass::default();
     let started = Instant::now();
     let topics: Vec<Topic> = weak.upgrade()?.topics.lock().ok()?.iter().cloned().collect();
