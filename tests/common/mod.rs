@@ -330,8 +330,10 @@ impl Env {
         );
         let path = d.join("broker.toml");
         std::fs::write(&path, config).unwrap();
-        // The subprocess opens the same sled folder: seed its policies now and close it.
-        let store = SledStore::open(&self.data_dir()).unwrap();
+        // The subprocess opens the same sled folder: seed its policies now and close it. (Without a reserve:
+        // some tests give the data folder a small file system of its own.)
+        let options = sealpost_broker::store::SledOptions { reserve_bytes: 0, ..Default::default() };
+        let store = SledStore::open_with(&self.data_dir(), options).unwrap();
         self.seed(&store);
         drop(store);
         path

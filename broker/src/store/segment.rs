@@ -426,12 +426,23 @@ impl Segments {
     /// Appends `bytes` as one record and returns where it is. Not durable until [`sync`](Self::sync).
     /// On an error nothing of the record remains in the segment.
     pub fn append(&self, bytes: &[u8]) -> Result<Location> {
+        self.append_with(bytes, self.reserve_bytes)
+    }
+
+    /// [`append`](Self::append), leaving only the record's own bytes free: for the store's own small
+    /// records (sync markers, lost ranges, the layout mark) and its one-time migration, which must not
+    /// stop a broker from starting, or from reporting damage, on a device that is nearly full.
+    pub fn append_unreserved(&self, bytes: &[u8]) -> Result<Location> {
+        self.append_with(bytes, 0)
+    }
+
+    fn append_with(&self, bytes: &[u8], reserve: u64) -> Result<Location> {
         if bytes.is_empty() {
             return Err(Error::Storage("an empty record".into()));
         }
         let len = u32::try_from(bytes.len()).map_err(|_| Error::LimitExceeded("stored batch size"))?;
         let mut w = self.writer()?;
-        let needed = RECORD_HEADER.saturating_add(len.into()).saturating_add(self.reserve_bytes);
+        let needed = RECORD_HEADER.saturating_add(len.into()).saturating_add(reserve);
         if available_bytes(&self.dir)? < needed {
             return Err(Error::StorageFull);
         }

@@ -208,6 +208,14 @@ struct SyncState {
     root_entries: Option<BTreeSet<OsString>>,
 }
 
+/// Whether an append keeps the configured free-space reserve ([`Segments::append`]) or only needs room
+/// for itself ([`Segments::append_unreserved`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reserve {
+    Keep,
+    Ignore,
+}
+
 /// Sync markers still to write.
 #[derive(Debug, Default)]
 struct Markers {
@@ -770,7 +778,7 @@ impl SledStore {
             (IndexState::Layout3, _) => self.layout3_from(),
             (IndexState::Rebuilt(_), Some(from)) => from,
             (IndexState::Fresh | IndexState::Layout2 | IndexState::Rebuilt(_), _) => {
-                self.append_record(&record::layout(LAYOUT_VERSION))?;
+                self.append_record(&record::layout(LAYOUT_VERSION), Reserve::Ignore)?;
                 if *state == IndexState::Layout2 {
                     let (policies, durables) = self.copy_metadata_to_segments()?;
                     tracing::info!(
@@ -803,7 +811,7 @@ impl SledStore {
             let (key, value) = kv.map_err(sled_error)?;
             let (topic, rest) = split_topic(&key[1..]).ok_or_else(|| corrupt("policy key"))?;
             let epoch = u64_at(rest, 0)?;
-            self.append_record(&record::policy(&topic, epoch, &value))?;
+            self.append_record(&record::policy(&topic, epoch, &value), Reserve::Ignore)?;
             policies += 1;
         }
         for kv in self.db.scan_prefix([DURABLE]) {
@@ -816,7 +824,7 @@ impl SledStore {
             if Record::decode(&body).is_none() {
                 return Err(corrupt("durable key"));
             }
-            let at = self.append_record(&body)?;
+            let at = self.append_record(&body, Reserve::Ignore)?;
             self.db.insert(&key, durable_value(next_offset, Some(at))).map_err(sled_error)?;
             durables += 1;
         }
@@ -840,15 +848,18 @@ impl SledStore {
     }
 
     /// Appends one record, preceded by a sync marker if a sync since the last one is not named yet.
-    fn append_record(&self, body: &[u8]) -> Result<Location> {
+    fn append_record(&self, body: &[u8], reserve: Reserve) -> Result<Location> {
         let mut markers = lock(&self.markers, "sync marker")?;
         if let Some(checkpoint) = markers.pending {
-            let at = self.segments.append(&record::synced(checkpoint))?;
+            let at = self.segments.append_unreserved(&record::synced(checkpoint))?;
             self.unindexed_bytes.fetch_add(at.end() - at.position, Ordering::Relaxed);
             markers.pending = None;
         }
         drop(markers);
-        let at = self.segments.append(body)?;
+        let at = match reserve {
+            Reserve::Keep => self.segments.append(body)?,
+            Reserve::Ignore => self.segments.append_unreserved(body)?,
+        };
         self.unindexed_bytes.fetch_add(at.end() - at.position, Ordering::Relaxed);
         Ok(at)
     }
@@ -871,7 +882,7 @@ impl SledStore {
     /// Records `lost` of `topic`: a `lost` record in the segments, then its `b` value, and the `p` and `t`
     /// keys the index lacks. Durable at the next sync.
     fn mark_lost(&self, topic: &Topic, lost: &Lost) -> Result<()> {
-        self.append_record(&record::lost(topic, lost))?;
+        self.append_record(&record::lost(topic, lost), Reserve::Ignore)?;
         let mut topics = lock(&self.topics, "topic set")?;
         let writes = self.lost_writes(topic, lost, !topics.contains(topic)).map_err(sled_error)?;
         self.db.apply_batch(writes).map_err(sled_error)?;
@@ -1048,7 +1059,7 @@ impl Store for SledStore {
             return Err(offset_mismatch(topic, next, record.offset));
         }
         let body = record::batch(topic, publisher, record, batch);
-        let location = self.append_record(&body)?;
+        let location = self.append_record(&body, Reserve::Keep)?;
         let entry = Entry {
             offset: record.offset,
             count: record.count,
@@ -1192,7 +1203,7 @@ impl Store for SledStore {
 
     fn set_durable_offset(&self, topic: &Topic, principal: &str, name: &str, next_offset: u64) -> Result<()> {
         let key = durable_key(topic, principal, name)?;
-        let at = self.append_record(&record::durable(topic, principal, name, next_offset)?)?;
+        let at = self.append_record(&record::durable(topic, principal, name, next_offset)?, Reserve::Keep)?;
         if let Err(e) = self.db.insert(key, durable_value(next_offset, Some(at))) {
             // Recovery replays the record; until then the index would answer an older offset.
             self.segments.poison(format!("indexing a durable offset on {topic} failed: {e}"));
@@ -1202,7 +1213,7 @@ impl Store for SledStore {
     }
 
     fn put_policy(&self, topic: &Topic, epoch: u64, policy: &Bytes) -> Result<()> {
-        self.append_record(&record::policy(topic, epoch, policy))?;
+        self.append_record(&record::policy(topic, epoch, policy), Reserve::Keep)?;
         if let Err(e) = self.db.insert(policy_key(topic, epoch), &policy[..]) {
             self.segments.poison(format!("indexing a policy of {topic} failed: {e}"));
             return Err(sled_error(e));

@@ -393,7 +393,7 @@ impl<'s> Recovery<'s> {
 
     /// Marks `lost` of `topic` and logs it.
     fn lose(&mut self, topic: &Topic, lost: &Lost) -> Outcome<()> {
-        storage(self.store.append_record(&record::lost(topic, lost)))?;
+        storage(self.store.append_record(&record::lost(topic, lost), super::Reserve::Ignore))?;
         let writes = sled(self.store.lost_writes(topic, lost, !self.topics.contains(topic)))?;
         sled(self.store.db.apply_batch(writes))?;
         self.topics.insert(topic.clone());
