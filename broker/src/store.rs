@@ -25,9 +25,10 @@
 //!
 //! # Engines
 //!
-//! - [`SledStore`]: on disk: batch bytes in append-only [`segment`] files, everything else (the index of
-//!   batches, publisher records, durable offsets, policies) in one sled database. Its module,
-//!   [`self::sled`], documents the key layout, how `sync` makes both durable and how opening recovers.
+//! - [`SledStore`]: on disk: every record (batches, policies, durable offsets) in append-only [`segment`]
+//!   files that are the log, and an index of them (batches, publisher records, durable offsets, policies)
+//!   in one sled database that can be rebuilt from the log. Its module, [`self::sled`], documents the
+//!   layout, how `sync` makes them durable, how opening recovers, and how damage costs only what it hits.
 //! - [`MemoryStore`]: in memory, for tests and ephemeral brokers; `sync` only counts.
 //!
 //! Nothing of an engine leaks through [`Store`], so another engine (a NATS JetStream one is planned) can be

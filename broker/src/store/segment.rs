@@ -588,7 +588,7 @@ pub fn check_in(file: &File, at: &Location) -> io::Result<Check> {
         let end = at.position.saturating_add(RECORD_HEADER).saturating_add(len.into());
         if len > 0 && end <= file_len {
             let mut body = vec![0u8; len as usize];
-            read_exact_at(file, &mut body, at.position + RECORD_HEADER)?;
+            read_exact_at(file, &mut body, at.position.saturating_add(RECORD_HEADER))?;
             if crc32fast::hash(&body) == crc {
                 return Ok(Check::Replaced { len, crc });
             }
@@ -599,7 +599,7 @@ pub fn check_in(file: &File, at: &Location) -> io::Result<Check> {
         return Ok(Check::Torn);
     }
     let mut body = vec![0u8; at.len as usize];
-    read_exact_at(file, &mut body, at.position + RECORD_HEADER)?;
+    read_exact_at(file, &mut body, at.position.saturating_add(RECORD_HEADER))?;
     Ok(if crc32fast::hash(&body) == at.crc { Check::Intact(body) } else { Check::Corrupt })
 }
 

@@ -1591,6 +1591,78 @@ mod tests {
         assert_eq!(store.next_offset(&t).unwrap(), 5);
     }
 
+    /// The costs docs/benchmarks.md records, in one place and under the same conditions: a durable-offset
+    /// commit now (a segment record, one fdatasync) against what it cost while it lived in the index only
+    /// (an index sync on top: `meta_dirty`), and the scan of the whole index at opening. Ignored (it
+    /// measures the disk); `cargo test -p sealpost-broker --lib measure_ -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measures the disk; run by hand"]
+    fn measure_commit_paths_and_the_index_scan() {
+        const ROUNDS: usize = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let t = topic("bench.costs");
+        // Every round runs each path once, so that the disk's moods (it is shared) fall on all alike.
+        let paths: [(&str, &dyn Fn()); 4] = [
+            ("append + sync", &|| {
+                append_n(&store, &t, 1);
+                store.sync().unwrap();
+            }),
+            ("append + durable-offset commit + sync (layout 3)", &|| {
+                append_n(&store, &t, 1);
+                store.set_durable_offset(&t, "bob", "main", store.syncs()).unwrap();
+                store.sync().unwrap();
+            }),
+            ("append + durable-offset commit + sync + index sync (as layout 2 did)", &|| {
+                append_n(&store, &t, 1);
+                store.set_durable_offset(&t, "bob", "main", store.syncs()).unwrap();
+                store.meta_dirty.store(true, Ordering::SeqCst);
+                store.sync().unwrap();
+            }),
+            ("durable-offset commit + sync (layout 3)", &|| {
+                store.set_durable_offset(&t, "bob", "main", store.syncs()).unwrap();
+                store.sync().unwrap();
+            }),
+        ];
+        let mut samples = vec![Vec::new(); paths.len()];
+        for _ in 0..ROUNDS {
+            for (i, (_, f)) in paths.iter().enumerate() {
+                let started = std::time::Instant::now();
+                f();
+                samples[i].push(started.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        println!("settings: {ROUNDS} interleaved rounds, 1 KiB batches, {}", dir.path().display());
+        for ((name, _), mut samples) in paths.iter().zip(samples) {
+            samples.sort_by(f64::total_cmp);
+            let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+            println!(
+                "{{\"path\": \"{name}\", \"p50_us\": {:.0}, \"p90_us\": {:.0}, \"p99_us\": {:.0}}}",
+                at(0.5),
+                at(0.9),
+                at(0.99)
+            );
+        }
+        drop(store);
+        for batches in [10_000u64, 100_000] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = SledStore::open(dir.path()).unwrap();
+                append_n(&store, &t, batches as usize);
+                store.sync().unwrap();
+            }
+            let db = open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+            let keys = db.len();
+            let started = std::time::Instant::now();
+            scan_index(&db).unwrap();
+            let scan = started.elapsed().as_secs_f64() * 1e6;
+            println!(
+                "{{\"path\": \"index scan at open\", \"batches\": {batches}, \"keys\": {keys}, \"us\": {scan:.0}, \"us_per_key\": {:.2}}}",
+                scan / keys as f64
+            );
+        }
+    }
+
     #[test]
     fn opening_a_foreign_sled_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();

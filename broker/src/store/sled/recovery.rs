@@ -569,7 +569,7 @@ impl<'s> Recovery<'s> {
                 && d.hint.as_ref().is_some_and(|h| {
                     h.topic == *topic
                         && h.record.offset == from
-                        && h.record.offset + u64::from(h.record.count) == to
+                        && h.record.offset.saturating_add(u64::from(h.record.count)) == to
                 })
         });
         let chosen = exact.or_else(|| self.damage.iter().rposition(|d| !d.explained))?;

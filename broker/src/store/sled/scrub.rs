@@ -451,7 +451,7 @@ fn walk_segments(dir: &Path, mut index: IndexView, report: &mut Report) -> Resul
                     topic: hint.as_ref().map(|h| h.topic.clone()),
                     offsets: hint
                         .as_ref()
-                        .map(|h| h.record.offset..h.record.offset + u64::from(h.record.count)),
+                        .map(|h| h.record.offset..h.record.offset.saturating_add(u64::from(h.record.count))),
                     detail: format!(
                         "{len} bytes fail their checksum; they held {}",
                         looked_like.unwrap_or_else(|| "nothing the index names".into())
@@ -562,9 +562,12 @@ pub(super) fn scrub_pass(weak: &Weak<SledStore>, bytes_per_sec: u64) -> Option<P
                     }
                 }
             };
+            let mut unsynced = false;
             for entry in &entries {
                 let store = weak.upgrade()?;
                 if !entry.location.durable_by(store.segments.last_synced()) {
+                    // This one and every later one of the topic are not synced yet: next pass.
+                    unsynced = true;
                     break;
                 }
                 match store.segments.check(&entry.location) {
@@ -587,8 +590,8 @@ pub(super) fn scrub_pass(weak: &Weak<SledStore>, bytes_per_sec: u64) -> Option<P
                 }
             }
             match next {
-                Some(next) => from = next,
-                None => break,
+                Some(next) if !unsynced => from = next,
+                _ => break,
             }
         }
     }
