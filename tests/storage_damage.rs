@@ -179,7 +179,11 @@ async fn a_flipped_bit_costs_the_batch_that_holds_it_and_subscribers_get_a_typed
 
         let broker = BrokerProcess::start_logging(&config, "info");
         let (messages, lost) = read_all(&env, broker.addr, MESSAGES).await;
-        assert_eq!(lost, [hit.offsets.clone()], "{what}: one typed event, for the damaged batch");
+        assert_eq!(
+            lost,
+            std::slice::from_ref(&hit.offsets),
+            "{what}: one typed event, for the damaged batch"
+        );
         let expected: Vec<_> = published.iter().filter(|(o, _)| !hit.offsets.contains(o)).cloned().collect();
         assert_eq!(messages, expected, "{what}: every other message, in order");
         // Publishing goes on after the loss, continuing alice's chain.
