@@ -78,7 +78,7 @@ const SYNCED_LEN: usize = 24;
 const SCAN_BUDGET: u64 = 256 * 1024 * 1024;
 
 /// Where a record is: its segment, the position of its header, the length of its bytes and their CRC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Location {
     /// Number of the segment file.
     pub segment: u64,

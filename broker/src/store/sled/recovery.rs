@@ -24,13 +24,8 @@
 //!
 //! From the index's checkpoint `C` (the start of the log when the index is rebuilt):
 //!
-//! 1. **Index entries past `C`** (each topic's newest `b` keys, read back until one lies before `C`) are
-//!    checked against their records. A record inside `A` that is damaged, missing, or replaced by another
-//!    intact record is a **loss**: its `b` key becomes a lost range (its `p` key stays, so its publisher's
-//!    chain goes on), a `lost` record is appended to the segments, and an error names the segment file, the
-//!    byte position, the topic, the offsets and the publisher ("possible tampering" for a replaced record).
-//! 2. **The segments are walked** from `C` ([`segment::walk`]) with `A` and the positions of those index
-//!    entries. Inside `A` a bad record costs only itself: the walk skips it by its length, or resumes where
+//! 1. **The segments are walked** from `C` ([`segment::walk`]) with `A` and the positions of the index
+//!    entries past `C` (each topic's newest `b` keys, read back until one lies before `C`). Inside `A` a bad record costs only itself: the walk skips it by its length, or resumes where
 //!    the index says a record starts, or at the first place from which intact records run to the next such
 //!    place or to the end of the file. Records found by that scan could be bytes a publisher crafted inside
 //!    its batch (only if the flip hit that very batch's length: else the earliest such place is the true
@@ -40,6 +35,11 @@
 //!    written again (the last one wins), lost records re-applied. A batch that leaves a **hole** in its
 //!    topic's offsets inside `A` marks the hole lost, with the batch's details when the damaged record's
 //!    own header (cross-checked with the sealed batch inside it) names exactly that hole.
+//! 2. **Index entries past `C`** whose records the walk did not find intact are checked against their
+//!    records. A record inside `A` that is damaged, missing, or replaced by another intact record is a
+//!    **loss**: its `b` key becomes a lost range (its `p` key stays, so its publisher's chain goes on), a
+//!    `lost` record is appended to the segments, and an error names the segment file, the byte position,
+//!    the topic, the offsets and the publisher ("possible tampering" for a replaced record).
 //! 3. The first bad record **at or past `A`** ends the log: it and everything after it (the rest of its
 //!    segment, and later segments) was never acknowledged and is **cut**: truncated and fsynced, so that
 //!    no later checkpoint can claim it. Index entries past the cut, or whose records are not intact past
@@ -235,8 +235,8 @@ struct Recovery<'s> {
     suspects: HashMap<Topic, Vec<Entry>>,
     /// Per segment, where index entries say records start.
     hints: HashMap<u64, BTreeSet<u64>>,
-    /// Places of damaged records already reported as losses (from index entries).
-    reported: HashSet<(u64, u64)>,
+    /// The records the walk found intact where index entries past the checkpoint say records are.
+    seen: HashSet<Location>,
     damage: Vec<Damage>,
     /// The first bad record at or past the acknowledged extent: segment, position.
     cut: Option<(u64, u64)>,
@@ -272,7 +272,7 @@ impl<'s> Recovery<'s> {
             topics,
             suspects: HashMap::new(),
             hints: HashMap::new(),
-            reported: HashSet::new(),
+            seen: HashSet::new(),
             damage: Vec::new(),
             cut: None,
             layout3_from: None,
@@ -288,8 +288,8 @@ impl<'s> Recovery<'s> {
             .collect();
         self.collect_suspects()?;
         self.find_acked(&earlier)?;
-        self.judge_suspects_inside()?;
         self.walk(&earlier)?;
+        self.judge_suspects_inside()?;
         self.drop_suspects_past()?;
         self.explain_damage()?;
         self.cut_tails(&earlier)?;
@@ -339,12 +339,13 @@ impl<'s> Recovery<'s> {
         if let (Mode::Rebuild, Some(&newest)) = (self.mode, earlier.last()) {
             acked = acked.max(Checkpoint { segment: newest, position: 0 });
         }
-        // A marker names a checkpoint before itself: only markers in the segment of `acked` or later can
-        // move it.
+        // A marker names a sync that completed before it was written, and that sync rewrote the side file:
+        // only a marker past what the side file (or the checkpoint) says can move the extent (when the
+        // side file's last write was lost). Every checkpoint is a record boundary.
         let dir = self.store.segments.dir().to_path_buf();
-        let from = acked.segment;
-        for &n in earlier.iter().filter(|&&n| n >= from) {
-            let start = if n == self.checkpoint.segment { self.checkpoint.position } else { 0 };
+        let from = acked;
+        for &n in earlier.iter().filter(|&&n| n >= from.segment) {
+            let start = if n == from.segment { from.position } else { 0 };
             let bytes = storage(segment::read_from(&dir, n, start))?;
             let hints = self.hints.get(&n).cloned().unwrap_or_default();
             storage(segment::walk(&bytes, n, start, u64::MAX, &hints, |w| {
@@ -362,15 +363,19 @@ impl<'s> Recovery<'s> {
         Ok(())
     }
 
-    /// Checks an index entry's record: intact (and the batch the entry names) or not, and how.
+    /// Checks an index entry's record: intact (and the batch the entry names) or not, and how. A record the
+    /// walk found intact at the entry's place, with the entry's length and CRC, is the one it names.
     fn check(&self, topic: &Topic, entry: &Entry) -> Outcome<Option<Check>> {
+        if self.seen.contains(&entry.location) {
+            return Ok(None);
+        }
         Ok(match storage(self.store.segments.check(&entry.location))? {
             Check::Intact(body) if entry.matches(topic, &body) => None,
             check => Some(check),
         })
     }
 
-    /// Step 1: index entries past the checkpoint whose records lie inside the acknowledged extent and are
+    /// Step 2: index entries past the checkpoint whose records lie inside the acknowledged extent and are
     /// not intact are losses.
     fn judge_suspects_inside(&mut self) -> Outcome<()> {
         let inside: Vec<(Topic, Entry)> = self
@@ -385,7 +390,6 @@ impl<'s> Recovery<'s> {
                 range: self.store.lost_range(&topic, &entry, reason_of(&check)),
                 at: Some((entry.location.segment, entry.location.position)),
             };
-            self.reported.insert((entry.location.segment, entry.location.position));
             self.lose(&topic, &lost)?;
         }
         Ok(())
@@ -402,7 +406,7 @@ impl<'s> Recovery<'s> {
         Ok(())
     }
 
-    /// Step 2: walks the segments from the checkpoint and applies every intact record.
+    /// Step 1: walks the segments from the checkpoint and applies every intact record.
     fn walk(&mut self, earlier: &[u64]) -> Outcome<()> {
         let dir = self.store.segments.dir().to_path_buf();
         for &n in earlier {
@@ -422,10 +426,16 @@ impl<'s> Recovery<'s> {
             }))?;
             for item in found {
                 match item {
-                    Found::Record(at, body, unconfirmed) => self.apply(at, body, unconfirmed)?,
+                    Found::Record(at, body, unconfirmed) => {
+                        if hints.contains(&at.position) {
+                            self.seen.insert(at);
+                        }
+                        self.apply(at, body, unconfirmed)?
+                    }
                     Found::Damaged(position, len, claimed) => {
-                        let explained =
-                            self.reported.iter().any(|&(s, p)| s == n && p >= position && p < position + len);
+                        // Damage where an index entry says a record starts is that entry's: it is judged
+                        // (and reported) with the entries.
+                        let explained = hints.range(position..position.saturating_add(len)).next().is_some();
                         let decoded = claimed.and_then(Record::decode);
                         self.damage.push(Damage {
                             segment: n,
