@@ -97,7 +97,7 @@
 //! into `index.corrupt-<n>/` (never deleted) and rebuilds the index from every segment; without the scan,
 //! a damaged page would fail reads at run time and at every start. An older state is what the index looks
 //! like after any crash: [`recovery`] replays the segments from its (older) checkpoint, policies and
-//! durable offsets included. The scan costs about 0.6 µs per key (docs/benchmarks.md).
+//! durable offsets included. The scan costs about 1 µs per key, two keys per batch (docs/benchmarks.md).
 //!
 //! [`recovery`] then puts the index right after any stop: it knows the **acknowledged extent** of the
 //! segments, treats a bad record inside it as corruption that costs only that record (logged as an error,
