@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use rand::SeedableRng;
 use sealpost_broker::acl::Acl;
 use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
-use sealpost_broker::store::{MemoryStore, PublisherRecord, Store, StoredBatch};
+use sealpost_broker::store::{MemoryStore, PublisherRecord, Store, Stored, StoredBatch};
 use sealpost_client::{
     Client, Error, Identity, Message, Publisher, PublisherOptions, SubscribeOptions, Subscription,
 };
@@ -71,7 +71,7 @@ type PolicyView = Arc<dyn Fn(Vec<Bytes>) -> Vec<Bytes> + Send + Sync>;
 impl CheatingStore {
     /// The batches honestly stored on `topic`, in offset order.
     fn honest(&self, topic: &Topic) -> Vec<StoredBatch> {
-        self.inner.read(topic, 0, usize::MAX).unwrap()
+        self.inner.read(topic, 0, usize::MAX).unwrap().into_iter().filter_map(Stored::batch).collect()
     }
 
     /// Serves `view(honest batches)` on `topic`, at consecutive offsets from 0 (a broker that hides what it
@@ -131,10 +131,12 @@ impl Store for CheatingStore {
         self.inner.sync()
     }
 
-    fn read(&self, topic: &Topic, from: u64, max_bytes: usize) -> sealpost_broker::Result<Vec<StoredBatch>> {
+    fn read(&self, topic: &Topic, from: u64, max_bytes: usize) -> sealpost_broker::Result<Vec<Stored>> {
         let view = self.views.lock().unwrap().get(topic).cloned();
         let Some(view) = view else { return self.inner.read(topic, from, max_bytes) };
-        let served = view(self.inner.read(topic, 0, usize::MAX)?);
+        // The inner store is in memory: it holds batches only.
+        let stored = self.inner.read(topic, 0, usize::MAX)?.into_iter().filter_map(Stored::batch).collect();
+        let served = view(stored);
         // The `read` contract, applied to the served log: from the batch containing `from`, up to max_bytes.
         let mut total = 0usize;
         let mut out = Vec::new();
@@ -143,7 +145,7 @@ impl Store for CheatingStore {
             if !out.is_empty() && total > max_bytes {
                 break;
             }
-            out.push(batch);
+            out.push(Stored::Batch(batch));
         }
         Ok(out)
     }

@@ -157,7 +157,7 @@ impl sealpost_broker::store::Store for SyncAudit {
         t: &Topic,
         from: u64,
         max: usize,
-    ) -> sealpost_broker::Result<Vec<sealpost_broker::store::StoredBatch>> {
+    ) -> sealpost_broker::Result<Vec<sealpost_broker::store::Stored>> {
         self.inner.read(t, from, max)
     }
     fn next_offset(&self, t: &Topic) -> sealpost_broker::Result<u64> {

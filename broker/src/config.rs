@@ -184,6 +184,9 @@ pub struct StorageConfig {
     /// would eat into it fails with `STORAGE_FULL`, and publishing resumes by itself once space is made.
     /// Default: 64 MiB (67108864).
     pub reserve_bytes: u64,
+    /// Bytes per second the background scrub reads to check every stored batch against its checksum; a
+    /// damaged one is logged as an error and served as lost from then on. Default: 0, no scrub.
+    pub scrub_bytes_per_sec: u64,
 }
 
 impl Default for StorageConfig {
@@ -193,6 +196,7 @@ impl Default for StorageConfig {
             engine: StorageEngine::default(),
             cache_bytes: sled.cache_bytes,
             reserve_bytes: sled.reserve_bytes,
+            scrub_bytes_per_sec: 0,
         }
     }
 }

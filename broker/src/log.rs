@@ -724,7 +724,7 @@ mod tests {
             }
             self.inner.sync()
         }
-        fn read(&self, t: &Topic, from: u64, max: usize) -> Result<Vec<StoredBatch>> {
+        fn read(&self, t: &Topic, from: u64, max: usize) -> Result<Vec<crate::store::Stored>> {
             self.inner.read(t, from, max)
         }
         fn next_offset(&self, t: &Topic) -> Result<u64> {
@@ -820,8 +820,13 @@ mod tests {
         assert_eq!(answers, vec![appended(2, 3), appended(5, 1), appended(6, 2), appended(8, 4)]);
         // Opening, group 1, group 2.
         assert_eq!(store.syncs(), 3);
-        let stored: Vec<_> =
-            store.read(&t, 0, usize::MAX).unwrap().iter().map(|s| (s.offset, s.count)).collect();
+        let stored: Vec<_> = store
+            .read(&t, 0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.batch().unwrap())
+            .map(|s| (s.offset, s.count))
+            .collect();
         assert_eq!(stored, vec![(0, 2), (2, 3), (5, 1), (6, 2), (8, 4)]);
     }
 
@@ -989,7 +994,8 @@ mod tests {
         // Batches cover 0..2, 2..5, 5..6, 6..10; reads start with the batch that contains `from`.
         for (from, max) in [(0, usize::MAX), (3, usize::MAX), (5, 1), (9, usize::MAX), (10, usize::MAX)] {
             let tail = log.read_tail(&t, from, max).unwrap();
-            let stored = store.read(&t, from, max).unwrap();
+            let stored: Vec<_> =
+                store.read(&t, from, max).unwrap().into_iter().map(|s| s.batch().unwrap()).collect();
             assert_eq!(tail, stored, "from {from}, max {max}");
         }
         assert!(log.read_tail(&topic("demo.other"), 0, usize::MAX).is_none());

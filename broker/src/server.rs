@@ -46,7 +46,7 @@ use crate::config::Config;
 use crate::log::{Appended, Log};
 use crate::ratelimit::PublishLimiter;
 use crate::session;
-use crate::store::Store;
+use crate::store::{Store, Stored};
 use crate::tls::{self, Peer, TlsMaterial};
 use crate::wire::{error_frame, write_frame, FrameReader, Received};
 use crate::{Error, Result};
@@ -790,9 +790,10 @@ async fn serve_subscription(
                 _ = &mut acks => return Ok(()),
                 _ = shutdown.changed() => return Ok(()),
             };
-            // A subscriber that keeps up finds what it needs in the log's in-memory tail.
-            let batches = match ctx.log.read_tail(&topic, cursor, read_bytes) {
-                Some(batches) => batches,
+            // A subscriber that keeps up finds what it needs in the log's in-memory tail. The store may
+            // also yield lost ranges (damaged storage): they go out as `Lost` frames, in offset order.
+            let items: Vec<Stored> = match ctx.log.read_tail(&topic, cursor, read_bytes) {
+                Some(batches) => batches.into_iter().map(Stored::Batch).collect(),
                 None => {
                     let (store, t) = (store.clone(), topic.clone());
                     tokio::task::spawn_blocking(move || store.read(&t, cursor, read_bytes))
@@ -800,7 +801,7 @@ async fn serve_subscription(
                         .map_err(|e| Error::Storage(e.to_string()))??
                 }
             };
-            let size = batches.iter().map(|b| b.bytes.len()).sum::<usize>();
+            let size = items.iter().map(Stored::bytes_len).sum::<usize>();
             if size > held.bytes() {
                 // A single batch larger than a read: reserve the rest before sending it.
                 let extra = tokio::select! {
@@ -812,19 +813,19 @@ async fn serve_subscription(
             }
             held.shrink_to(size);
             let before = cursor;
-            for batch in batches {
-                if batch.offset >= durable_end {
+            for item in items {
+                if item.offset() >= durable_end {
                     break;
                 }
-                let len = batch.bytes.len();
-                let frame = Frame::Deliver { subscription, offset: batch.offset, batch: batch.bytes };
+                let (end, len) = (item.end(), item.bytes_len());
+                let frame = item.into_frame(subscription);
                 tokio::select! {
                     written = write_frame(&mut send, &frame) => written?,
                     _ = &mut acks => return Ok(()),
                     _ = shutdown.changed() => return Ok(()),
                 }
                 held.shrink_to(held.bytes().saturating_sub(len));
-                cursor = batch.offset + u64::from(batch.count);
+                cursor = end;
             }
             drop(held);
             if cursor != before {

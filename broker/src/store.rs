@@ -4,7 +4,10 @@
 //!
 //! - the **log** of sealed batches. Offsets are per topic, start at 0 and count *messages*: a batch of `n`
 //!   messages stored at offset `o` covers `o..o + n`, and the next batch starts at `o + n`. Offsets are
-//!   monotonic and gap-free ([`Store::append`] refuses any other offset);
+//!   monotonic and gap-free ([`Store::append`] refuses any other offset). An engine that finds stored
+//!   bytes damaged (a checksum fails where acknowledged data was) keeps the offsets and serves them as a
+//!   [`LostRange`] instead of a batch, forever after: [`Store::read`] yields [`Stored`] items, never a
+//!   silent gap;
 //! - the **publisher index**: for each (topic, publisher key, first sequence number) the batch's
 //!   [`PublisherRecord`] (where it was stored and its digest), which answers "is this a retry?" and "where
 //!   does this publisher's chain stand?";
@@ -22,9 +25,10 @@
 //!
 //! # Engines
 //!
-//! - [`SledStore`]: on disk: batch bytes in append-only [`segment`] files, everything else (the index of
-//!   batches, publisher records, durable offsets, policies) in one sled database. Its module,
-//!   [`self::sled`], documents the key layout, how `sync` makes both durable and how opening recovers.
+//! - [`SledStore`]: on disk: every record (batches, policies, durable offsets) in append-only [`segment`]
+//!   files that are the log, and an index of them (batches, publisher records, durable offsets, policies)
+//!   in one sled database that can be rebuilt from the log. Its module, [`self::sled`], documents the
+//!   layout, how `sync` makes them durable, how opening recovers, and how damage costs only what it hits.
 //! - [`MemoryStore`]: in memory, for tests and ephemeral brokers; `sync` only counts.
 //!
 //! Nothing of an engine leaks through [`Store`], so another engine (a NATS JetStream one is planned) can be
@@ -35,7 +39,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sealpost_protocol::{Digest, PublicKey, Topic};
+use sealpost_protocol::{Digest, ErrorCode, Frame, LostBatch, PublicKey, SubscriptionId, Topic};
 
 use crate::config::{StorageConfig, StorageEngine};
 use crate::{Error, Result};
@@ -62,6 +66,133 @@ impl StoredBatch {
     /// The offset right after the batch's last message.
     pub fn end(&self) -> u64 {
         self.offset.saturating_add(self.count.into())
+    }
+}
+
+/// Why stored offsets are lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LossReason {
+    /// The record that held them fails its checksum, or is cut short, inside the part of the log a sync
+    /// had covered: storage corruption (a flipped bit, a damaged sector).
+    Corrupt,
+    /// The record that held them is missing: its segment file is gone, or ends before it.
+    Missing,
+    /// Another record, intact, is where theirs was: bytes the broker did not put there (the data folder was
+    /// changed behind its back, or two folders were mixed).
+    Replaced,
+}
+
+impl LossReason {
+    /// The code peers are told.
+    pub fn code(self) -> ErrorCode {
+        ErrorCode::DATA_LOST
+    }
+
+    /// Stable one-byte encoding, for the on-disk engines.
+    pub(crate) fn encode(self) -> u8 {
+        match self {
+            LossReason::Corrupt => 1,
+            LossReason::Missing => 2,
+            LossReason::Replaced => 3,
+        }
+    }
+
+    /// Inverse of [`encode`](Self::encode).
+    pub(crate) fn decode(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(LossReason::Corrupt),
+            2 => Some(LossReason::Missing),
+            3 => Some(LossReason::Replaced),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LossReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LossReason::Corrupt => "its record fails its checksum",
+            LossReason::Missing => "its record is missing",
+            LossReason::Replaced => "another record is where its record was",
+        })
+    }
+}
+
+/// Offsets of a topic whose messages are lost: `offset..offset + count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LostRange {
+    /// The first lost offset.
+    pub offset: u64,
+    /// How many offsets, at least 1.
+    pub count: u64,
+    /// The one batch that held them, when the store knows it.
+    pub batch: Option<LostBatch>,
+    /// Why they are lost.
+    pub reason: LossReason,
+}
+
+impl LostRange {
+    /// The offset right after the range.
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.count)
+    }
+}
+
+/// One item of a topic's log as [`Store::read`] yields it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// A stored batch.
+    Batch(StoredBatch),
+    /// Offsets whose messages are lost (boxed: rare, and large next to a batch).
+    Lost(Box<LostRange>),
+}
+
+impl Stored {
+    /// Its first offset.
+    pub fn offset(&self) -> u64 {
+        match self {
+            Stored::Batch(b) => b.offset,
+            Stored::Lost(l) => l.offset,
+        }
+    }
+
+    /// The offset right after it.
+    pub fn end(&self) -> u64 {
+        match self {
+            Stored::Batch(b) => b.end(),
+            Stored::Lost(l) => l.end(),
+        }
+    }
+
+    /// Bytes of batch it holds in memory (none for a lost range).
+    pub fn bytes_len(&self) -> usize {
+        match self {
+            Stored::Batch(b) => b.bytes.len(),
+            Stored::Lost(_) => 0,
+        }
+    }
+
+    /// The batch, if it is one.
+    pub fn batch(self) -> Option<StoredBatch> {
+        match self {
+            Stored::Batch(b) => Some(b),
+            Stored::Lost(_) => None,
+        }
+    }
+
+    /// The frame that tells `subscription` of it: `Deliver` or `Lost`.
+    pub fn into_frame(self, subscription: SubscriptionId) -> Frame {
+        match self {
+            Stored::Batch(b) => Frame::Deliver { subscription, offset: b.offset, batch: b.bytes },
+            Stored::Lost(l) => Frame::Lost {
+                subscription,
+                offset: l.offset,
+                count: l.count,
+                batch: l.batch,
+                reason: l.reason.code(),
+            },
+        }
     }
 }
 
@@ -133,11 +264,13 @@ pub trait Store: Send + Sync + 'static {
     /// fdatasync) that covers it.
     fn sync(&self) -> Result<()>;
 
-    /// Stored batches of `topic` in offset order, starting with the batch that contains offset `from` (or
-    /// the first batch after it), and stopping before the batch that would take the total of their bytes
-    /// over `max_bytes`. The first batch is always returned if there is one, even if it alone is larger.
-    /// Empty if nothing is stored at or after `from`.
-    fn read(&self, topic: &Topic, from: u64, max_bytes: usize) -> Result<Vec<StoredBatch>>;
+    /// Stored batches of `topic` in offset order, and lost ranges where batches were lost, starting with the
+    /// item that contains offset `from` (or the first one after it), and stopping before the batch that
+    /// would take the total of their bytes over `max_bytes` (a lost range counts no bytes). The first item
+    /// is always returned if there is one, even if it alone is larger. Empty if nothing is stored at or
+    /// after `from`. A batch whose bytes turn out damaged when read comes back as a [`Stored::Lost`] (and
+    /// the engine reports it), not as an error.
+    fn read(&self, topic: &Topic, from: u64, max_bytes: usize) -> Result<Vec<Stored>>;
 
     /// The offset the next message on `topic` gets: 0 for an empty topic.
     fn next_offset(&self, topic: &Topic) -> Result<u64>;
@@ -175,14 +308,21 @@ pub trait Store: Send + Sync + 'static {
     fn syncs(&self) -> u64;
 }
 
-/// Opens the configured engine: a [`SledStore`] in `data_dir` (created if missing), or an empty
-/// [`MemoryStore`] (which ignores `data_dir` and the sled settings).
+/// Opens the configured engine: a [`SledStore`] in `data_dir` (created if missing), with its background
+/// scrub if `storage.scrub_bytes_per_sec` is set, or an empty [`MemoryStore`] (which ignores `data_dir`
+/// and the sled settings).
 pub fn open(config: &StorageConfig, data_dir: &Path) -> Result<Arc<dyn Store>> {
     Ok(match config.engine {
-        StorageEngine::Sled => Arc::new(SledStore::open_with(
-            data_dir,
-            SledOptions { cache_bytes: config.cache_bytes, reserve_bytes: config.reserve_bytes },
-        )?),
+        StorageEngine::Sled => {
+            let store = Arc::new(SledStore::open_with(
+                data_dir,
+                SledOptions { cache_bytes: config.cache_bytes, reserve_bytes: config.reserve_bytes },
+            )?);
+            if config.scrub_bytes_per_sec > 0 {
+                self::sled::scrub::spawn(Arc::downgrade(&store), config.scrub_bytes_per_sec)?;
+            }
+            store
+        }
         StorageEngine::Memory => Arc::new(MemoryStore::new()),
     })
 }
@@ -233,8 +373,12 @@ mod tests {
         record
     }
 
-    fn offsets(batches: &[StoredBatch]) -> Vec<(u64, u32)> {
-        batches.iter().map(|b| (b.offset, b.count)).collect()
+    fn offsets(items: &[Stored]) -> Vec<(u64, u32)> {
+        items.iter().map(|i| (i.offset(), i.end().saturating_sub(i.offset()) as u32)).collect()
+    }
+
+    fn batches(items: Vec<Stored>) -> Vec<StoredBatch> {
+        items.into_iter().map(|i| i.batch().expect("a batch, not a loss")).collect()
     }
 
     fn empty_topic_starts_at_zero(store: &dyn Store) {
@@ -257,6 +401,7 @@ mod tests {
         assert_eq!(store.first_offset(&t).unwrap(), 0);
         let all = store.read(&t, 0, usize::MAX).unwrap();
         assert_eq!(offsets(&all), vec![(0, 3), (3, 1), (4, 5)]);
+        let all = batches(all);
         assert_eq!(all[1].bytes, Bytes::from(vec![3u8; 10]));
         assert_eq!(all[2].end(), 9);
     }
@@ -415,10 +560,10 @@ mod tests {
             let records = [append(&store, &t, &p, 2, 16), append(&store, &t, &p, 3, 300 * 1024)];
             store.set_durable_offset(&t, "alice", "main", 2).unwrap();
             store.sync().unwrap();
-            (records, store.read(&t, 0, usize::MAX).unwrap())
+            (records, batches(store.read(&t, 0, usize::MAX).unwrap()))
         };
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.read(&t, 0, usize::MAX).unwrap(), written);
+        assert_eq!(batches(store.read(&t, 0, usize::MAX).unwrap()), written);
         assert_eq!(store.next_offset(&t).unwrap(), 5);
         assert_eq!(store.publisher_head(&t, &p).unwrap(), Some(records[1]));
         assert_eq!(store.publisher_record(&t, &p, 1).unwrap(), Some(records[0]));

@@ -4,12 +4,13 @@
 //! the topic authority ([`Error::NoPolicy`], [`Error::NoContentKey`], [`Error::NotAPublisher`]), the
 //! network or the broker's operator ([`Error::Unreachable`], [`Error::ConnectionLost`],
 //! [`Error::BrokerNotTrusted`], [`Error::CertificateRejected`]), the broker's access policy
-//! ([`Error::Refused`]), and whoever tampered with the stored log or the stored topic policies
-//! ([`Error::Integrity`], [`Error::UntrustedPublisher`], [`Error::Policy`]). Every message is one line that
+//! ([`Error::Refused`]), the broker's storage ([`Error::DataLost`]), and whoever tampered with the stored log
+//! or the stored topic policies ([`Error::Integrity`], [`Error::UntrustedPublisher`], [`Error::Policy`]). Every message is one line that
 //! says what failed and, where there is one, what to do about it. No message ever contains a payload or key
 //! material; text that the broker sends is shown only after control characters are removed.
 
 use std::fmt;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -139,6 +140,24 @@ pub enum Error {
         /// The key that signed it.
         publisher: Box<PublicKey>,
     },
+    /// The broker reports stored messages of the topic as lost: its storage failed a checksum where they were
+    /// (a flipped bit, a damaged disk), after it had acknowledged them. Nothing of them can be delivered; the
+    /// subscription goes on with the offsets after them. When the broker names the batch that held them,
+    /// the publisher's chain continues after it without a second, gap error.
+    ///
+    /// The broker's word, unsigned: a broker could pass a withheld batch off as lost, but it cannot do so
+    /// without this error reaching the application.
+    #[error("data lost at offsets {}..{}: {}", offsets.start, offsets.end, loss_reason(*reason))]
+    DataLost {
+        /// The topic subscribed to.
+        topic: Topic,
+        /// The lost offsets (those this subscription had not yielded yet).
+        offsets: Range<u64>,
+        /// The key that signed the lost batch, when the broker named it.
+        publisher: Option<KeyId>,
+        /// Why, as the broker says: [`ErrorCode::DATA_LOST`] (storage corruption).
+        reason: ErrorCode,
+    },
     /// A topic policy failed a check: the broker served one that is not signed by the pinned topic
     /// authority, is malformed, is for another topic, or rolls the topic back to an older epoch than one
     /// this client has already seen (or forks its history); or a policy handed to
@@ -209,11 +228,17 @@ impl fmt::Display for Action {
 
 impl Error {
     /// Whether this error is an integrity failure of one delivered batch ([`Error::Integrity`] or
-    /// [`Error::UntrustedPublisher`]) or of a topic policy the broker served ([`Error::Policy`]). A
-    /// subscription goes on after such an item, with the policies it trusted before; after any other error
-    /// item it ends.
+    /// [`Error::UntrustedPublisher`]), of a topic policy the broker served ([`Error::Policy`]), or a range
+    /// of stored messages the broker reports lost ([`Error::DataLost`]). A subscription goes on after such
+    /// an item, with the policies it trusted before; after any other error item it ends.
     pub fn is_integrity(&self) -> bool {
-        matches!(self, Error::Integrity { .. } | Error::UntrustedPublisher { .. } | Error::Policy { .. })
+        matches!(
+            self,
+            Error::Integrity { .. }
+                | Error::UntrustedPublisher { .. }
+                | Error::Policy { .. }
+                | Error::DataLost { .. }
+        )
     }
 
     /// Whether reconnecting may cure this error.
@@ -248,6 +273,14 @@ pub(crate) fn sanitize(text: &str) -> String {
         out.push('…');
     }
     out.trim().to_owned()
+}
+
+/// Why messages were lost, from the reason code of a `Lost` frame.
+fn loss_reason(reason: ErrorCode) -> String {
+    match reason {
+        ErrorCode::DATA_LOST => "storage corruption".to_owned(),
+        other => format!("the broker answered {other}"),
+    }
 }
 
 fn publisher_suffix(publisher: &Option<KeyId>) -> String {
@@ -368,6 +401,21 @@ mod tests {
              sequence: expected 5, got 9"
         );
         assert!(!Error::Closed.is_integrity());
+    }
+
+    #[test]
+    fn a_loss_reads_as_one_line_and_lets_the_subscription_go_on() {
+        let e = Error::DataLost {
+            topic: topic(),
+            offsets: 500..525,
+            publisher: None,
+            reason: ErrorCode::DATA_LOST,
+        };
+        assert!(e.is_integrity());
+        assert!(!e.is_retryable());
+        assert_eq!(e.to_string(), "data lost at offsets 500..525: storage corruption");
+        let e = Error::DataLost { topic: topic(), offsets: 1..2, publisher: None, reason: ErrorCode(777) };
+        assert_eq!(e.to_string(), "data lost at offsets 1..2: the broker answered unknown error (code 777)");
     }
 
     #[test]

@@ -26,7 +26,8 @@
 //!             println!("{} says {:?}", message.publisher, message.payload);
 //!             subscription.ack(&message)?;
 //!         }
-//!         Err(e) if e.is_integrity() => eprintln!("{e}"), // a batch failed a check; nothing from it
+//!         // a batch failed a check (nothing from it is yielded), or the broker lost stored messages
+//!         Err(e) if e.is_integrity() => eprintln!("{e}"),
 //!         Err(e) => return Err(e),
 //!     }
 //! }

@@ -22,6 +22,13 @@
 //!    [`Error::Integrity`] item and nothing else;
 //! 5. yields its messages, and moves the next expected offset past the batch.
 //!
+//! For every `Lost { offset, count, batch }` (the broker's storage failed a checksum there) the reader
+//! yields one [`Error::DataLost`] item for the offsets it has not yielded yet (nothing if it has yielded
+//! them all: a durable subscription resuming from an older offset), and moves the next expected offset
+//! past them. When the broker names the lost batch, the [`ChainVerifier`] moves past it
+//! ([`ChainVerifier::skip_lost`]), so the publisher's next batch is no gap; if the batch named is not where
+//! the chain stands, the chain does not move and the next batch reports the gap.
+//!
 //! # Offsets
 //!
 //! Offsets are chosen by the broker and are not signed. Only the **first** batch the reader judges may
@@ -39,7 +46,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sealpost_protocol::{
-    open, ChainStart, ChainVerifier, Epoch, Limits, SealedBatch, StartAt, Timestamp, Topic,
+    open, ChainStart, ChainVerifier, Epoch, ErrorCode, Limits, LostBatch, SealedBatch, StartAt, Timestamp,
+    Topic,
 };
 
 use crate::error::{Error, Result};
@@ -224,6 +232,37 @@ impl Reader {
         self.judged(first, count, items)
     }
 
+    /// What the application sees of the broker's report that offsets `offset..offset + count` are lost, held
+    /// by `batch` if the broker names it, for `reason`.
+    pub(crate) fn lost(
+        &mut self,
+        offset: u64,
+        count: u64,
+        batch: Option<LostBatch>,
+        reason: ErrorCode,
+    ) -> Vec<Result<Message>> {
+        let end = offset.saturating_add(count);
+        if end <= self.next_offset {
+            tracing::debug!(topic = %self.topic, offset, count, "dropping a loss of offsets already yielded");
+            return Vec::new();
+        }
+        if let Some(b) = &batch {
+            if !self.chain.skip_lost(&self.topic, &b.publisher, b.first_seq, count, b.digest) {
+                tracing::debug!(topic = %self.topic, offset, "the lost batch is not where its chain stands");
+            }
+        }
+        let start = offset.max(self.next_offset);
+        tracing::warn!(topic = %self.topic, start, end, %reason, "the broker reports stored messages lost");
+        self.started = true;
+        self.next_offset = end;
+        vec![Err(Error::DataLost {
+            topic: self.topic.clone(),
+            offsets: start..end,
+            publisher: batch.map(|b| b.publisher.key_id()),
+            reason,
+        })]
+    }
+
     /// The batch at `offset` with `count` messages was judged, with `items` as the outcome.
     fn judged(&mut self, offset: u64, count: u64, items: Vec<Result<Message>>) -> Delivery {
         self.started = true;
@@ -347,6 +386,7 @@ mod tests {
                 Ok(m) => format!("{}@{}", String::from_utf8_lossy(&m.payload), m.offset),
                 Err(Error::Integrity { check, .. }) => format!("integrity: {check:?}"),
                 Err(Error::UntrustedPublisher { offset, .. }) => format!("untrusted publisher@{offset}"),
+                Err(Error::DataLost { offsets, .. }) => format!("lost {}..{}", offsets.start, offsets.end),
                 Err(e) => format!("error: {e}"),
             })
             .collect()
@@ -488,6 +528,58 @@ mod tests {
             summary(r.feed(0, other.as_bytes().clone())),
             ["integrity: WrongTopic { expected: Topic(\"demo.x\"), got: Topic(\"demo.y\") }"]
         );
+    }
+
+    // Losses the broker reports.
+
+    fn lost_batch(batch: &Bytes) -> LostBatch {
+        let sealed = SealedBatch::decode(batch.clone(), &Limits::default()).unwrap().verify().unwrap();
+        LostBatch {
+            publisher: sealed.header().publisher,
+            first_seq: sealed.header().first_seq,
+            digest: sealed.digest(),
+        }
+    }
+
+    #[test]
+    fn a_named_lost_batch_is_one_item_and_the_chain_continues_after_it() {
+        let batches = chain(&[2, 3, 1]);
+        let mut r = reader(ChainStart::Genesis, 0);
+        assert_eq!(summary(r.feed(0, batches[0].1.clone())), ["b0m0@0", "b0m1@1"]);
+        let items = r.lost(2, 3, Some(lost_batch(&batches[1].1)), ErrorCode::DATA_LOST);
+        assert!(items[0].as_ref().unwrap_err().is_integrity());
+        assert_eq!(summary(items), ["lost 2..5"]);
+        assert_eq!(r.next_offset(), 5);
+        // No gap: the broker named the batch, and the chain moved past it.
+        assert_eq!(summary(r.feed(5, batches[2].1.clone())), ["b2m0@5"]);
+    }
+
+    #[test]
+    fn an_anonymous_loss_is_one_item_and_the_next_batch_reports_the_gap() {
+        let batches = chain(&[1, 1, 1]);
+        let mut r = reader(ChainStart::Genesis, 0);
+        r.feed(0, batches[0].1.clone());
+        assert_eq!(summary(r.lost(1, 1, None, ErrorCode::DATA_LOST)), ["lost 1..2"]);
+        assert_eq!(
+            summary(r.feed(2, batches[2].1.clone())),
+            ["integrity: Gap { expected: 2, got: 3 }", "b2m0@2"]
+        );
+    }
+
+    #[test]
+    fn a_loss_of_offsets_already_yielded_is_dropped_and_a_partial_one_reports_the_rest() {
+        let batches = chain(&[2, 2]);
+        let mut r = reader(ChainStart::Genesis, 0);
+        r.feed(0, batches[0].1.clone());
+        assert!(r.lost(0, 2, None, ErrorCode::DATA_LOST).is_empty());
+        assert_eq!(summary(r.lost(1, 3, None, ErrorCode::DATA_LOST)), ["lost 2..4"]);
+        // From the middle: the loss before the requested offset is cut to it.
+        let mut r = reader(ChainStart::FirstSeen, 3);
+        assert_eq!(
+            summary(r.lost(2, 2, Some(lost_batch(&batches[1].1)), ErrorCode::DATA_LOST)),
+            ["lost 3..4"]
+        );
+        assert_eq!(r.next_offset(), 4);
     }
 
     // Offsets chosen by the broker (finding: batch served over delivered offsets).

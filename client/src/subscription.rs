@@ -82,7 +82,8 @@ const QUEUE: usize = 4;
 type Items = Vec<Result<Message>>;
 
 /// A stream of messages from one topic: `Ok` for each verified message, in offset order and once each,
-/// and `Err` for each batch that failed a check.
+/// `Err` for each batch that failed a check, and [`Error::DataLost`] for each range of stored messages the
+/// broker reports lost (in offset order, where the messages would have been).
 ///
 /// After an item whose error [`is_integrity`](Error::is_integrity), the subscription goes on; after any
 /// other error (the broker refused, or stayed unreachable through every retry) it ends.
@@ -401,6 +402,18 @@ impl Task {
             }
             Ok(Some(Frame::Deliver { subscription, .. })) => {
                 tracing::debug!(subscription, "ignoring a delivery for another subscription");
+            }
+            Ok(Some(Frame::Lost { subscription, offset, count, batch, reason }))
+                if subscription == self.subscription =>
+            {
+                self.backoff.reset();
+                let items = self.reader.lost(offset, count, batch, reason);
+                if !items.is_empty() && self.items.send(items).await.is_err() {
+                    return Ok(Flow::Stop);
+                }
+            }
+            Ok(Some(Frame::Lost { subscription, .. })) => {
+                tracing::debug!(subscription, "ignoring a loss for another subscription");
             }
             Ok(Some(Frame::Error { code, message, .. })) => {
                 let refusal = Error::refused(Action::Subscribe, &self.topic, code, &message);

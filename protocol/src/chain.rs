@@ -92,6 +92,43 @@ impl ChainVerifier {
         self.publishers.get(&(topic.clone(), *publisher)).map(|s| s.head)
     }
 
+    /// The broker reports the batch of `publisher` on `topic` that starts at `first_seq`, with `count`
+    /// messages and digest `digest`, as lost (its storage failed a checksum). If that batch is the next one
+    /// the chain expects (or the first one seen of a publisher read from the middle, or a genesis batch),
+    /// the chain moves past it: the publisher's next batch then continues it without a [`Error::Gap`].
+    /// Returns whether it did; otherwise nothing changes, and what is missing before the lost batch is
+    /// reported as a gap when the publisher's next batch arrives.
+    ///
+    /// The claim is the broker's, unsigned: a lying broker can make a withheld batch look lost, but the
+    /// caller reports every loss to the application, so nothing is hidden. The digest is the broker's too:
+    /// if it is wrong, the publisher's next batch is reported as a [`Error::Fork`].
+    pub fn skip_lost(
+        &mut self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        first_seq: u64,
+        count: u64,
+        digest: Digest,
+    ) -> bool {
+        let Some(next_seq) = first_seq.checked_add(count).filter(|_| count > 0) else {
+            return false;
+        };
+        let head = ChainHead { next_seq, prev_digest: digest };
+        match self.publishers.get_mut(&(topic.clone(), *publisher)) {
+            Some(state) if state.head.next_seq == first_seq => {
+                state.head = head;
+                true
+            }
+            Some(_) => false,
+            None if self.start == ChainStart::FirstSeen || first_seq == ChainHead::GENESIS.next_seq => {
+                self.publishers
+                    .insert((topic.clone(), *publisher), PublisherState { head, recent: VecDeque::new() });
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Checks that the verified batch with `header` and `digest` continues its publisher's chain.
     ///
     /// - `Ok(())`: it does; the chain moves past it.

@@ -60,6 +60,10 @@ codes! {
     FRAME_TIMEOUT = 204, "frame not completed in time";
     /// An internal error in the broker; nothing was stored.
     INTERNAL = 500, "internal error";
+    /// Stored messages were lost: the broker's storage failed a checksum where acknowledged data was (a
+    /// flipped bit, a damaged sector). Carried as the reason of [`Frame::Lost`](crate::Frame::Lost); the
+    /// subscription goes on after the lost range.
+    DATA_LOST = 501, "data lost: storage corruption";
 }
 
 impl ErrorCode {
@@ -120,6 +124,7 @@ mod tests {
             (ErrorCode::UNAVAILABLE, 203),
             (ErrorCode::FRAME_TIMEOUT, 204),
             (ErrorCode::INTERNAL, 500),
+            (ErrorCode::DATA_LOST, 501),
         ];
         for (code, num) in published {
             assert_eq!(code.0, num);

@@ -24,7 +24,7 @@ use crate::chain::ChainHead;
 use crate::code::ErrorCode;
 use crate::keys::PublicKey;
 use crate::topic::Topic;
-use crate::{Error, Result};
+use crate::{Digest, Error, Result};
 
 /// The frame format version this build writes and reads.
 pub const FRAME_VERSION: u8 = 1;
@@ -46,6 +46,21 @@ pub enum StartAt {
     Latest,
     /// The message with this offset (or the batch that contains it).
     Offset(u64),
+}
+
+/// What the broker's index knew of a lost batch, in [`Frame::Lost`]: the publisher's chain continues after
+/// it, so a subscriber's chain verifier can move past it instead of reporting a second, false gap.
+///
+/// Unsigned: a broker that lies here can hide a withheld batch behind a loss, but the loss itself is a
+/// typed event the application sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostBatch {
+    /// The key that signed the lost batch.
+    pub publisher: PublicKey,
+    /// The sequence number of its first message; it held as many messages as the lost range has offsets.
+    pub first_seq: u64,
+    /// Its digest: what the publisher's next batch names as `prev_digest`.
+    pub digest: Digest,
 }
 
 /// A client <-> broker message. Variants are appended, never reordered: their index is on the wire.
@@ -165,6 +180,21 @@ pub enum Frame {
         /// The canonical bytes of each [`SignedPolicy`](crate::SignedPolicy).
         policies: Vec<Bytes>,
     },
+    /// Broker -> client: the stored messages at offsets `offset..offset + count` are lost (the broker's
+    /// storage failed a checksum there); the subscription goes on with the offsets after them. Sent in
+    /// offset order, where their `Deliver` would have been.
+    Lost {
+        /// The subscription it is for.
+        subscription: SubscriptionId,
+        /// The first lost offset.
+        offset: u64,
+        /// How many offsets are lost, at least 1.
+        count: u64,
+        /// The one batch that held them, when the broker's index knew it.
+        batch: Option<LostBatch>,
+        /// Why: [`ErrorCode::DATA_LOST`] (storage corruption).
+        reason: ErrorCode,
+    },
 }
 
 /// Lets postcard append to a caller's buffer without an intermediate allocation.
@@ -194,6 +224,7 @@ impl Frame {
             Frame::PolicyStored { .. } => "PolicyStored",
             Frame::GetPolicies { .. } => "GetPolicies",
             Frame::Policies { .. } => "Policies",
+            Frame::Lost { .. } => "Lost",
         }
     }
 
@@ -350,6 +381,7 @@ mod tests {
             Frame::GetPolicies { request_id: 1, topic: Topic::new("a").unwrap() },
             Frame::Policies { request_id: 1, policies: Vec::new() },
             Frame::Ack { subscription: 1, next_offset: 1 },
+            Frame::Lost { subscription: 1, offset: 0, count: 1, batch: None, reason: ErrorCode::DATA_LOST },
         ];
         let names: std::collections::HashSet<_> = frames.iter().map(Frame::name).collect();
         assert_eq!(names.len(), frames.len());

@@ -48,7 +48,7 @@ pub use chain::{ChainHead, ChainStart, ChainVerifier};
 pub use code::ErrorCode;
 pub use digest::Digest;
 pub use error::Error;
-pub use frame::{Frame, RequestId, StartAt, SubscriptionId};
+pub use frame::{Frame, LostBatch, RequestId, StartAt, SubscriptionId};
 pub use frame_buffer::FrameBuffer;
 pub use keys::{ContentKey, Epoch, HpkePublicKey, HpkeSecretKey, KeyId, KeyLookup, PublicKey, SigningKey};
 pub use limits::Limits;

@@ -94,3 +94,47 @@ fn chain_keeps_publishers_and_topics_apart() {
     admit(&mut v, &b).unwrap();
     admit(&mut v, &c).unwrap();
 }
+
+#[test]
+fn a_batch_reported_lost_lets_the_chain_continue_after_it_without_a_gap() {
+    let c = chain(4, 2);
+    let (t, a) = (topic("demo.chat"), alice().public_key());
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    admit(&mut v, &c[0]).unwrap();
+    // The broker lost the second batch (sequences 3..5) and says so.
+    assert!(v.skip_lost(&t, &a, 3, 2, c[1].digest()));
+    admit(&mut v, &c[2]).unwrap();
+    // A loss claimed where the chain does not stand changes nothing: the next batch reports the gap.
+    assert!(!v.skip_lost(&t, &a, 9, 1, c[3].digest()));
+    admit(&mut v, &c[3]).unwrap();
+}
+
+#[test]
+fn a_lost_batch_with_a_wrong_digest_shows_as_a_fork() {
+    let c = chain(3, 1);
+    let (t, a) = (topic("demo.chat"), alice().public_key());
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    admit(&mut v, &c[0]).unwrap();
+    assert!(v.skip_lost(&t, &a, 2, 1, Digest([9; 32])));
+    assert_eq!(admit(&mut v, &c[2]), Err(Error::Fork { seq: 3 }));
+}
+
+#[test]
+fn a_lost_first_batch_starts_the_chain_only_where_it_may() {
+    let c = chain(3, 1);
+    let (t, a) = (topic("demo.chat"), alice().public_key());
+    // From genesis: a lost genesis batch starts the chain, a lost later one does not.
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    assert!(!v.skip_lost(&t, &a, 2, 1, c[1].digest()));
+    assert_eq!(admit(&mut v, &c[2]), Err(Error::Gap { expected: 1, got: 3 }));
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    assert!(v.skip_lost(&t, &a, 1, 1, c[0].digest()));
+    admit(&mut v, &c[1]).unwrap();
+    // From the middle, the first batch seen may be a lost one.
+    let mut v = ChainVerifier::new(ChainStart::FirstSeen);
+    assert!(v.skip_lost(&t, &a, 2, 1, c[1].digest()));
+    admit(&mut v, &c[2]).unwrap();
+    // Nothing can be lost with no messages, nor past the last sequence number.
+    assert!(!v.skip_lost(&t, &a, 4, 0, c[2].digest()));
+    assert!(!v.skip_lost(&t, &a, u64::MAX, 2, c[2].digest()));
+}

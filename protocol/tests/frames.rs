@@ -49,6 +49,21 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
             .prop_map(|(request_id, topic)| Frame::GetPolicies { request_id, topic }),
         (any::<u64>(), proptest::collection::vec(bytes, 0..3))
             .prop_map(|(request_id, policies)| Frame::Policies { request_id, policies }),
+        (
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u16>()),
+            proptest::option::of((any::<[u8; 32]>(), any::<u64>(), any::<[u8; 32]>())),
+        )
+            .prop_map(|((subscription, offset, count, reason), batch)| Frame::Lost {
+                subscription,
+                offset,
+                count,
+                batch: batch.map(|(seed, first_seq, d)| LostBatch {
+                    publisher: SigningKey::from_bytes(&seed).public_key(),
+                    first_seq,
+                    digest: Digest(d),
+                }),
+                reason: ErrorCode(reason),
+            }),
     ]
 }
 

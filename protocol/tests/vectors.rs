@@ -88,6 +88,20 @@ fn frames_match_golden_vectors() {
             "frame-policies",
             Frame::Policies { request_id: 7, policies: vec![first.into_bytes(), second.into_bytes()] },
         ),
+        (
+            "frame-lost",
+            Frame::Lost {
+                subscription: 5,
+                offset: 1000,
+                count: 1,
+                batch: Some(LostBatch {
+                    publisher: alice().public_key(),
+                    first_seq: 3,
+                    digest: golden_batch().digest(),
+                }),
+                reason: ErrorCode::DATA_LOST,
+            },
+        ),
     ];
     for (name, frame) in frames {
         let bytes = frame.to_vec().unwrap();

@@ -311,6 +311,10 @@ impl RawClient {
 pub struct BrokerProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// Every line it wrote to stderr (its log) so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Signalled when its stderr closes: it exited.
+    exited: std::sync::mpsc::Receiver<()>,
 }
 
 impl Env {
@@ -326,8 +330,10 @@ impl Env {
         );
         let path = d.join("broker.toml");
         std::fs::write(&path, config).unwrap();
-        // The subprocess opens the same sled folder: seed its policies now and close it.
-        let store = SledStore::open(&self.data_dir()).unwrap();
+        // The subprocess opens the same sled folder: seed its policies now and close it. (Without a reserve:
+        // some tests give the data folder a small file system of its own.)
+        let options = sealpost_broker::store::SledOptions { reserve_bytes: 0, ..Default::default() };
+        let store = SledStore::open_with(&self.data_dir(), options).unwrap();
         self.seed(&store);
         drop(store);
         path
@@ -337,32 +343,53 @@ impl Env {
 impl BrokerProcess {
     /// Starts `sealpost-broker serve --config CONFIG` and waits (bounded) for it to report its address.
     pub fn start(config: &Path) -> BrokerProcess {
+        Self::start_logging(config, "warn")
+    }
+
+    /// [`start`](Self::start), logging at `level` (`RUST_LOG`).
+    pub fn start_logging(config: &Path, level: &str) -> BrokerProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(cargo_bin("sealpost-broker"))
             .arg("serve")
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let (exited_tx, exited) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
                 }
+                lines.lock().unwrap().push(line);
             }
+            let _ = exited_tx.send(());
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => BrokerProcess { child, addr: addr.parse().unwrap() },
+            Ok(addr) => BrokerProcess { child, addr: addr.parse().unwrap(), log, exited },
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("broker did not start");
             }
         }
+    }
+
+    /// SIGTERM, and waits (bounded) for a clean exit: the final sync runs.
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        // Its stderr closes as it exits.
+        self.exited.recv_timeout(Duration::from_secs(30)).expect("broker did not stop on SIGTERM");
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "broker exited with {status}");
     }
 
     /// SIGKILL: no shutdown path runs.

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::Bytes;
 use sealpost_protocol::{PublicKey, Topic};
 
-use super::{offset_mismatch, PublisherRecord, Store, StoredBatch};
+use super::{offset_mismatch, PublisherRecord, Store, Stored, StoredBatch};
 use crate::{Error, Result};
 
 /// A [`Store`] held in memory.
@@ -76,7 +76,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn read(&self, topic: &Topic, from: u64, max_bytes: usize) -> Result<Vec<StoredBatch>> {
+    fn read(&self, topic: &Topic, from: u64, max_bytes: usize) -> Result<Vec<Stored>> {
         let state = self.state()?;
         let Some(log) = state.batches.get(topic) else { return Ok(Vec::new()) };
         // Start at the batch containing `from` if there is one, else at the first one after it.
@@ -91,7 +91,7 @@ impl Store for MemoryStore {
                 break;
             }
             total = total.saturating_add(bytes.len());
-            out.push(StoredBatch { offset, count: *count, bytes: bytes.clone() });
+            out.push(Stored::Batch(StoredBatch { offset, count: *count, bytes: bytes.clone() }));
         }
         Ok(out)
     }

@@ -15,16 +15,26 @@
 //! len u32 | crc32 u32 | bytes [len]        (big-endian; crc32 is CRC-32/ISO-HDLC of the bytes)
 //! ```
 //!
-//! A segment is **rolled** (the next number is created) once it holds [`SEGMENT_BYTES`] or more, and at every
-//! open: appends never go to a file that existed before the process started, so a torn tail left by a crash
-//! is never appended to, and the recovery below only has to judge records, never repair files.
+//! Every record has at least one byte (an 8-byte run of zeros, which a file system may leave where a crash
+//! cut a write short, is no record). A segment is **rolled** (the next number is created) once it holds
+//! [`SEGMENT_BYTES`] or more, and at every open: appends never go to a file that existed before the process
+//! started, so a torn tail left by a crash is never appended to. Opening the store judges the segments of
+//! earlier runs and cuts a torn tail off ([`Segments::truncate`]) before anything new claims them durable.
+//!
+//! `segments/synced` is a side file of 24 bytes: `"SPSY" | segment u64 | position u64 | crc32` (CRC of the
+//! 20 bytes before it), rewritten in place after every successful sync, **without** an fsync of its own. It
+//! survives the death of the process (it is in the page cache), not necessarily a power cut; whatever it
+//! says is true, since it is written only after the sync it names. A copy that fails its CRC is ignored.
 //!
 //! # Durability
 //!
 //! [`Segments::sync`] fdatasyncs every segment written since the last sync (the rolled ones and the active
 //! one) and, if a segment was created, the folder; it returns the [`Checkpoint`] up to which every segment is
-//! now durable. [`Segments::replay`] reads the intact records from a checkpoint on, which is how the engine
-//! rebuilds what its index lacks after a crash: the segments are the log, the index a cache of it.
+//! now durable, and writes it to the side file. [`walk`] reads the records of a segment's bytes and says,
+//! for the **acknowledged extent** (what some sync is known to have covered), where records are damaged and
+//! where intact ones resume, and past it, where a torn tail begins: that is how the engine rebuilds what its
+//! index lacks after a crash, and how it tells corruption from a torn tail. The segments are the log, the
+//! index a cache of it.
 //!
 //! # Running out of space
 //!
@@ -39,9 +49,9 @@
 //! Every later append and sync fails with [`Error::Storage`]; the broker must be restarted, and the open
 //! recovery drops whatever was not durable (nothing that was acknowledged).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 #[cfg(unix)]
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -54,11 +64,21 @@ use crate::{Error, Result};
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Size of a record's header: `len u32 | crc32 u32`.
 pub const RECORD_HEADER: u64 = 8;
+/// Records up to this size are checked with a single read (64 MiB); a larger length (a damaged index
+/// entry) is checked against the file's length first.
+const MAX_FAST_READ: usize = 64 * 1024 * 1024;
 /// Most open read handles kept; beyond it the cache starts afresh.
 const MAX_READERS: usize = 256;
+/// The side file naming the last synced checkpoint (see the module documentation).
+pub const SYNCED_FILE: &str = "synced";
+const SYNCED_MAGIC: &[u8; 4] = b"SPSY";
+const SYNCED_LEN: usize = 24;
+/// Most bytes one [`walk`] checksums while it looks for intact records after damage it cannot skip by
+/// the damaged record's length: bounds the work crafted bytes can cause (256 MiB).
+const SCAN_BUDGET: u64 = 256 * 1024 * 1024;
 
 /// Where a record is: its segment, the position of its header, the length of its bytes and their CRC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Location {
     /// Number of the segment file.
     pub segment: u64,
@@ -111,8 +131,9 @@ impl Location {
     }
 }
 
-/// Everything before `position` in `segment`, and every earlier segment, is durable.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Everything before `position` in `segment`, and every earlier segment, is durable. Checkpoints order as
+/// the places they name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Checkpoint {
     /// Number of the segment.
     pub segment: u64,
@@ -132,6 +153,21 @@ impl Checkpoint {
         out
     }
 
+    /// Where, in `segment`, the acknowledged extent this checkpoint names ends: everything of an earlier
+    /// segment is inside it (`u64::MAX`), nothing of a later one (0).
+    pub fn end_in(&self, segment: u64) -> u64 {
+        match segment.cmp(&self.segment) {
+            std::cmp::Ordering::Less => u64::MAX,
+            std::cmp::Ordering::Equal => self.position,
+            std::cmp::Ordering::Greater => 0,
+        }
+    }
+
+    /// Whether the byte at `position` of `segment` lies before this checkpoint.
+    pub fn covers(&self, segment: u64, position: u64) -> bool {
+        position < self.end_in(segment)
+    }
+
     /// Inverse of [`encode`](Self::encode).
     pub fn decode(bytes: &[u8]) -> Option<Checkpoint> {
         let bytes: &[u8; Self::ENCODED_LEN] = bytes.try_into().ok()?;
@@ -139,6 +175,27 @@ impl Checkpoint {
         let position: &[u8; 8] = position.try_into().ok()?;
         Some(Checkpoint { segment: u64::from_be_bytes(*segment), position: u64::from_be_bytes(*position) })
     }
+}
+
+/// What is at the place a [`Location`] names, as [`Segments::check`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The record, intact: its bytes.
+    Intact(Vec<u8>),
+    /// The segment file is gone, or ends before the record's header.
+    Missing,
+    /// The segment file ends inside the record.
+    Torn,
+    /// The record's header or bytes do not match its length and CRC: damaged.
+    Corrupt,
+    /// Another record, intact, is there (its length and CRC differ from the location's): not a torn or
+    /// damaged write, but bytes the store did not put there.
+    Replaced {
+        /// The length the record there has.
+        len: u32,
+        /// Its CRC.
+        crc: u32,
+    },
 }
 
 /// The segment files of one store. Appends and syncs come from the store's single writer; reads may run
@@ -149,6 +206,10 @@ pub struct Segments {
     reserve_bytes: u64,
     writer: Mutex<Writer>,
     readers: Mutex<HashMap<u64, Arc<File>>>,
+    /// What the side file said when the segments were opened.
+    synced_at_open: Option<Checkpoint>,
+    /// The checkpoint of the last successful sync (of this run).
+    last_synced: Mutex<Checkpoint>,
 }
 
 #[derive(Debug)]
@@ -163,9 +224,12 @@ struct Writer {
     created: bool,
     /// Set by a failed fsync or a failed truncate: the files' state is unknown, nothing more is written.
     poisoned: Option<String>,
+    /// The side file, rewritten after every sync.
+    synced: Option<File>,
 }
 
-fn segment_name(number: u64) -> String {
+/// The file name of segment `number`.
+pub fn segment_name(number: u64) -> String {
     format!("{number:020}.seg")
 }
 
@@ -195,6 +259,53 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
+}
+
+/// The numbers of the segment files in `dir`, in order.
+pub fn list(dir: &Path) -> Result<Vec<u64>> {
+    let listing = std::fs::read_dir(dir).map_err(|e| io_error(&format!("listing {}", dir.display()), &e))?;
+    let mut numbers = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(|e| io_error(&format!("listing {}", dir.display()), &e))?;
+        if let Some(n) = entry.file_name().to_str().and_then(segment_number) {
+            numbers.push(n);
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// The bytes of segment `number` in `dir` from `from` on (empty if the file is shorter).
+pub fn read_from(dir: &Path, number: u64, from: u64) -> Result<Vec<u8>> {
+    let path = dir.join(segment_name(number));
+    let read_error = |e: io::Error| io_error(&format!("reading {}", path.display()), &e);
+    let mut file = File::open(&path).map_err(read_error)?;
+    let len = file.metadata().map_err(read_error)?.len();
+    let mut bytes = Vec::with_capacity(usize::try_from(len.saturating_sub(from)).unwrap_or(0));
+    if from < len {
+        io::Seek::seek(&mut file, io::SeekFrom::Start(from)).map_err(read_error)?;
+        file.read_to_end(&mut bytes).map_err(read_error)?;
+    }
+    Ok(bytes)
+}
+
+/// What the side file in `dir` says, if it is there and intact.
+pub fn read_synced(dir: &Path) -> Option<Checkpoint> {
+    let bytes = std::fs::read(dir.join(SYNCED_FILE)).ok()?;
+    let bytes: &[u8; SYNCED_LEN] = bytes.as_slice().try_into().ok()?;
+    let (signed, crc) = bytes.split_last_chunk::<4>()?;
+    let (magic, checkpoint) = signed.split_first_chunk::<4>()?;
+    (magic == SYNCED_MAGIC && crc32fast::hash(signed) == u32::from_be_bytes(*crc))
+        .then(|| Checkpoint::decode(checkpoint))?
+}
+
+fn synced_bytes(checkpoint: Checkpoint) -> [u8; SYNCED_LEN] {
+    let mut out = [0u8; SYNCED_LEN];
+    out[..4].copy_from_slice(SYNCED_MAGIC);
+    out[4..20].copy_from_slice(&checkpoint.encode());
+    let crc = crc32fast::hash(&out[..20]);
+    out[20..].copy_from_slice(&crc.to_be_bytes());
+    out
 }
 
 /// Bytes available to unprivileged writers on the file system holding `dir`.
@@ -230,6 +341,17 @@ impl Segments {
         }
         let active = last.map_or(0, |n| n.saturating_add(1));
         let file = create_segment(dir, active)?;
+        let synced_at_open = read_synced(dir);
+        let synced_path = dir.join(SYNCED_FILE);
+        let synced = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&synced_path)
+            .map_err(
+                |e| tracing::warn!(file = %synced_path.display(), error = %e, "cannot open the synced file"),
+            )
+            .ok();
         Ok(Segments {
             dir: dir.to_path_buf(),
             reserve_bytes,
@@ -240,9 +362,55 @@ impl Segments {
                 rolled: Vec::new(),
                 created: true,
                 poisoned: None,
+                synced,
             }),
             readers: Mutex::new(HashMap::new()),
+            synced_at_open,
+            last_synced: Mutex::new(Checkpoint::default()),
         })
+    }
+
+    /// The folder of the segment files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The number of the segment appends go to (created by this run).
+    pub fn active(&self) -> Result<u64> {
+        Ok(self.writer.lock().map_err(|_| Error::Storage("segment writer lock poisoned".into()))?.active)
+    }
+
+    /// The numbers of the segments written before this run (every one but the active), in order.
+    pub fn earlier(&self) -> Result<Vec<u64>> {
+        let active = self.active()?;
+        Ok(list(&self.dir)?.into_iter().filter(|&n| n != active).collect())
+    }
+
+    /// What the side file said when the segments were opened: the last checkpoint an earlier run synced,
+    /// if it survived.
+    pub fn synced_at_open(&self) -> Option<Checkpoint> {
+        self.synced_at_open
+    }
+
+    /// The checkpoint of this run's last successful sync.
+    pub fn last_synced(&self) -> Checkpoint {
+        self.last_synced.lock().map(|c| *c).unwrap_or_default()
+    }
+
+    /// Cuts segment `number` (not the active one) to `len` bytes and makes that durable: what recovery does
+    /// to a torn tail, so that no later checkpoint claims its bytes.
+    pub fn truncate(&self, number: u64, len: u64) -> Result<()> {
+        if number == self.active()? {
+            return Err(Error::Storage("the active segment is never truncated".into()));
+        }
+        let path = self.dir.join(segment_name(number));
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_error(&format!("opening {}", path.display()), &e))?;
+        file.set_len(len)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io_error(&format!("truncating {}", path.display()), &e))
     }
 
     fn writer(&self) -> Result<MutexGuard<'_, Writer>> {
@@ -258,9 +426,23 @@ impl Segments {
     /// Appends `bytes` as one record and returns where it is. Not durable until [`sync`](Self::sync).
     /// On an error nothing of the record remains in the segment.
     pub fn append(&self, bytes: &[u8]) -> Result<Location> {
+        self.append_with(bytes, self.reserve_bytes)
+    }
+
+    /// [`append`](Self::append), leaving only the record's own bytes free: for the store's own small
+    /// records (sync markers, lost ranges, the layout mark) and its one-time migration, which must not
+    /// stop a broker from starting, or from reporting damage, on a device that is nearly full.
+    pub fn append_unreserved(&self, bytes: &[u8]) -> Result<Location> {
+        self.append_with(bytes, 0)
+    }
+
+    fn append_with(&self, bytes: &[u8], reserve: u64) -> Result<Location> {
+        if bytes.is_empty() {
+            return Err(Error::Storage("an empty record".into()));
+        }
         let len = u32::try_from(bytes.len()).map_err(|_| Error::LimitExceeded("stored batch size"))?;
         let mut w = self.writer()?;
-        let needed = RECORD_HEADER.saturating_add(len.into()).saturating_add(self.reserve_bytes);
+        let needed = RECORD_HEADER.saturating_add(len.into()).saturating_add(reserve);
         if available_bytes(&self.dir)? < needed {
             return Err(Error::StorageFull);
         }
@@ -308,7 +490,17 @@ impl Segments {
             Ok(()) => {
                 w.rolled.clear();
                 w.created = false;
-                Ok(Checkpoint { segment: w.active, position: w.len })
+                let checkpoint = Checkpoint { segment: w.active, position: w.len };
+                if let Some(synced) = &w.synced {
+                    // Best effort, and no fsync: see the module documentation.
+                    if let Err(e) = write_all_at(synced, &synced_bytes(checkpoint), 0) {
+                        tracing::warn!(error = %e, "cannot write the synced file");
+                    }
+                }
+                if let Ok(mut last) = self.last_synced.lock() {
+                    *last = checkpoint;
+                }
+                Ok(checkpoint)
             }
             Err(e) => {
                 w.poisoned = Some(format!("{e}"));
@@ -323,42 +515,6 @@ impl Segments {
         if let Ok(mut w) = self.writer.lock() {
             w.poisoned.get_or_insert(why);
         }
-    }
-
-    /// Calls `f` with every intact record from `from` on, in the order they were appended: in each segment
-    /// numbered `from.segment` or later (from `from.position` in that one), up to the end of the segment or
-    /// its first record that is torn or fails its CRC (nothing after it in that segment was ever
-    /// acknowledged). The active segment is skipped: it was created by this process.
-    pub fn replay(&self, from: Checkpoint, mut f: impl FnMut(Location, &[u8]) -> Result<()>) -> Result<()> {
-        let active =
-            self.writer.lock().map_err(|_| Error::Storage("segment writer lock poisoned".into()))?.active;
-        let mut numbers = Vec::new();
-        let listing = std::fs::read_dir(&self.dir)
-            .map_err(|e| io_error(&format!("listing {}", self.dir.display()), &e))?;
-        for entry in listing {
-            let entry = entry.map_err(|e| io_error(&format!("listing {}", self.dir.display()), &e))?;
-            if let Some(n) = entry.file_name().to_str().and_then(segment_number) {
-                if n >= from.segment && n != active {
-                    numbers.push(n);
-                }
-            }
-        }
-        numbers.sort_unstable();
-        for segment in numbers {
-            let start = if segment == from.segment { from.position } else { 0 };
-            let path = self.dir.join(segment_name(segment));
-            let read_error = |e: io::Error| io_error(&format!("reading {}", path.display()), &e);
-            let mut file = File::open(&path).map_err(read_error)?;
-            file.seek(io::SeekFrom::Start(start)).map_err(read_error)?;
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes).map_err(read_error)?;
-            let mut position = start;
-            while let Some((location, body)) = record_at(&bytes, segment, start, position) {
-                f(location, body)?;
-                position = location.end();
-            }
-        }
-        Ok(())
     }
 
     fn reader(&self, segment: u64) -> Result<Arc<File>> {
@@ -377,54 +533,264 @@ impl Segments {
         Ok(file)
     }
 
-    /// The bytes of the record at `at`, checked against its length and CRC.
-    pub fn read(&self, at: &Location) -> Result<Vec<u8>> {
-        self.read_checked(at)?.ok_or_else(|| {
-            Error::Storage(format!(
-                "corrupt store: the record at {}:{} does not match its index entry",
-                segment_name(at.segment),
-                at.position
-            ))
-        })
-    }
-
-    /// The bytes of the record at `at`, or `None` if the segment does not hold that record intact (missing,
-    /// short, or a header or CRC that does not match): what recovery asks of records it cannot vouch for.
-    pub fn read_checked(&self, at: &Location) -> Result<Option<Vec<u8>>> {
+    /// The record at `at`, checked against its length and CRC (see [`Check`]). An error only for an I/O
+    /// failure other than a missing file or a short read.
+    pub fn check(&self, at: &Location) -> Result<Check> {
         let file = match self.reader(at.segment) {
             Ok(file) => file,
-            Err(_) if !self.dir.join(segment_name(at.segment)).exists() => return Ok(None),
+            Err(_) if !self.dir.join(segment_name(at.segment)).exists() => return Ok(Check::Missing),
             Err(e) => return Err(e),
         };
-        let mut record =
-            vec![0u8; usize::try_from(at.end().saturating_sub(at.position)).unwrap_or(usize::MAX)];
-        match read_exact_at(&file, &mut record, at.position) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(io_error(&format!("reading segment {}", at.segment), &e)),
-        }
-        let bytes = record.split_off(RECORD_HEADER as usize);
-        let mut expected = [0u8; RECORD_HEADER as usize];
-        expected[..4].copy_from_slice(&at.len.to_be_bytes());
-        expected[4..].copy_from_slice(&at.crc.to_be_bytes());
-        Ok((record == expected && crc32fast::hash(&bytes) == at.crc).then_some(bytes))
+        check_in(&file, at).map_err(|e| io_error(&format!("reading segment {}", at.segment), &e))
     }
+
+    /// The bytes of the record at `at`, or an error if it is not intact.
+    pub fn read(&self, at: &Location) -> Result<Vec<u8>> {
+        match self.check(at)? {
+            Check::Intact(bytes) => Ok(bytes),
+            other => Err(Error::Storage(format!(
+                "corrupt store: the record at {}:{} is not intact ({other:?})",
+                segment_name(at.segment),
+                at.position
+            ))),
+        }
+    }
+}
+
+/// [`Segments::check`] on an open segment file.
+pub fn check_in(file: &File, at: &Location) -> io::Result<Check> {
+    // The common case in one read: the whole record, as the location describes it.
+    let whole = usize::try_from(RECORD_HEADER + u64::from(at.len)).unwrap_or(usize::MAX);
+    if whole <= MAX_FAST_READ {
+        let mut record = vec![0u8; whole];
+        match read_exact_at(file, &mut record, at.position) {
+            Ok(()) => {
+                let body = record.split_off(RECORD_HEADER as usize);
+                let header: &[u8; RECORD_HEADER as usize] = record.as_slice().try_into().unwrap_or(&[0; 8]);
+                if split_header(header) == (at.len, at.crc) && crc32fast::hash(&body) == at.crc {
+                    return Ok(Check::Intact(body));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut header = [0u8; RECORD_HEADER as usize];
+    match read_exact_at(file, &mut header, at.position) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Check::Missing),
+        Err(e) => return Err(e),
+    }
+    let (len, crc) = split_header(&header);
+    let file_len = file.metadata()?.len();
+    if (len, crc) != (at.len, at.crc) {
+        // Another record, if the header there describes one that is intact; else damage.
+        let end = at.position.saturating_add(RECORD_HEADER).saturating_add(len.into());
+        if len > 0 && end <= file_len {
+            let mut body = vec![0u8; len as usize];
+            read_exact_at(file, &mut body, at.position.saturating_add(RECORD_HEADER))?;
+            if crc32fast::hash(&body) == crc {
+                return Ok(Check::Replaced { len, crc });
+            }
+        }
+        return Ok(if at.end() > file_len { Check::Torn } else { Check::Corrupt });
+    }
+    if at.end() > file_len {
+        return Ok(Check::Torn);
+    }
+    let mut body = vec![0u8; at.len as usize];
+    read_exact_at(file, &mut body, at.position.saturating_add(RECORD_HEADER))?;
+    Ok(if crc32fast::hash(&body) == at.crc { Check::Intact(body) } else { Check::Corrupt })
+}
+
+fn split_header(header: &[u8; RECORD_HEADER as usize]) -> (u32, u32) {
+    let (len, crc) = header.split_at(4);
+    let word = |b: &[u8]| b.try_into().map(u32::from_be_bytes).unwrap_or(0);
+    (word(len), word(crc))
 }
 
 /// The intact record at `position` of `segment`, whose bytes from `base` on are `bytes`, if there is one.
 fn record_at(bytes: &[u8], segment: u64, base: u64, position: u64) -> Option<(Location, &[u8])> {
+    let (len, crc, body) = claimed_at(bytes, base, position)?;
+    (crc32fast::hash(body) == crc).then_some((Location { segment, position, len, crc }, body))
+}
+
+/// The length, CRC and bytes that the header at `position` claims, if the bytes are all there and there
+/// is at least one (no record is empty).
+fn claimed_at(bytes: &[u8], base: u64, position: u64) -> Option<(u32, u32, &[u8])> {
     let start = usize::try_from(position.checked_sub(base)?).ok()?;
-    let header = bytes.get(start..start.checked_add(RECORD_HEADER as usize)?)?;
-    let len = u32::from_be_bytes(header.get(..4)?.try_into().ok()?);
-    let crc = u32::from_be_bytes(header.get(4..)?.try_into().ok()?);
+    let header: &[u8; RECORD_HEADER as usize] =
+        bytes.get(start..start.checked_add(RECORD_HEADER as usize)?)?.try_into().ok()?;
+    let (len, crc) = split_header(header);
+    if len == 0 {
+        return None;
+    }
     let body_start = start + RECORD_HEADER as usize;
     let body = bytes.get(body_start..body_start.checked_add(usize::try_from(len).ok()?)?)?;
-    (crc32fast::hash(body) == crc).then_some((Location { segment, position, len, crc }, body))
+    Some((len, crc, body))
+}
+
+/// What [`walk`] found at one place of a segment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Walked<'a> {
+    /// An intact record. `unconfirmed`: the walk resumed by scanning for a header whose CRC verifies
+    /// since the last place it could trust (the start of the segment, a record it skipped to by a damaged
+    /// record's length, or a place the index names), so the record might be bytes inside a damaged
+    /// record that only look like one: judge it on its own merits.
+    Record {
+        /// Where it is.
+        at: Location,
+        /// Its bytes.
+        body: &'a [u8],
+        /// See above.
+        unconfirmed: bool,
+    },
+    /// `len` bytes from `position`, inside the acknowledged extent, hold no intact record. `claimed`: the
+    /// damaged record's bytes, when the walk knows them: it skipped the record by its length (the damage is
+    /// in its bytes or its CRC), or the bytes up to where it resumed match the record's CRC (the damage is
+    /// in its length).
+    Damaged {
+        /// Where the damage starts.
+        position: u64,
+        /// How many bytes the walk skipped.
+        len: u64,
+        /// The damaged record's bytes, if its length could be trusted.
+        claimed: Option<&'a [u8]>,
+    },
+    /// From `position` on (`len` bytes to the end of the file), past the acknowledged extent, from the
+    /// first record that is not intact: a torn tail, never acknowledged.
+    Tail {
+        /// Where the first bad record starts.
+        position: u64,
+        /// Bytes from there to the end of the file.
+        len: u64,
+    },
+}
+
+/// Walks the records of segment `segment`, whose bytes from position `base` on are `bytes`, and calls `f`
+/// with each thing found, in order.
+///
+/// Positions below `acked_end` are acknowledged. A record there that is not intact is damage. If one bit
+/// of its length is wrong, the bytes up to its true end match its CRC: the walk resumes there. Otherwise it
+/// skips the record by its length if that lands on the end of the file, on a position in `hints` (where
+/// the index says a record starts) or on an intact record, without jumping over a hint; otherwise it
+/// resumes at the first position before the next hint from which intact records run exactly to that hint
+/// (or to the end of the file), scanning at most [`SCAN_BUDGET`] bytes of checksums; failing that, at the
+/// next hint; failing that, the rest of the file is damage. The first record at or past `acked_end` that is not intact ends the walk with a
+/// [`Walked::Tail`].
+pub fn walk<'a>(
+    bytes: &'a [u8],
+    segment: u64,
+    base: u64,
+    acked_end: u64,
+    hints: &BTreeSet<u64>,
+    mut f: impl FnMut(Walked<'a>) -> Result<()>,
+) -> Result<()> {
+    let end = base.saturating_add(bytes.len() as u64);
+    let mut position = base;
+    let mut unconfirmed = false;
+    let mut budget = SCAN_BUDGET;
+    while position < end {
+        if let Some((at, body)) = record_at(bytes, segment, base, position) {
+            if hints.contains(&position) {
+                unconfirmed = false;
+            }
+            f(Walked::Record { at, body, unconfirmed })?;
+            position = at.end();
+            continue;
+        }
+        if position >= acked_end {
+            return f(Walked::Tail { position, len: end - position });
+        }
+        let next_hint = hints.range(position.saturating_add(1)..end).next().copied();
+        let boundary =
+            |q: u64| q == end || hints.contains(&q) || record_at(bytes, segment, base, q).is_some();
+        // Only the length is damaged (one bit of it): a shorter or longer run of the bytes after the header
+        // matches the CRC, up to a place where a record starts.
+        if let Some(q) = length_only(bytes, base, position, next_hint.unwrap_or(end), boundary) {
+            let body = &bytes[(position - base + RECORD_HEADER) as usize..(q - base) as usize];
+            f(Walked::Damaged { position, len: q - position, claimed: Some(body) })?;
+            position = q;
+            continue;
+        }
+        // The bytes are damaged, not the length: skip by it, if it lands where a record starts and does not
+        // jump over a place the index names.
+        if let Some((len, _, body)) = claimed_at(bytes, base, position) {
+            let next = position + RECORD_HEADER + u64::from(len);
+            if boundary(next) && next_hint.is_none_or(|h| h >= next) {
+                f(Walked::Damaged { position, len: next - position, claimed: Some(body) })?;
+                position = next;
+                continue;
+            }
+        }
+        let limit = next_hint.unwrap_or(end);
+        let resumed = (position + 1..limit).find(|&q| runs_to(bytes, segment, base, q, limit, &mut budget));
+        let (resume, scanned) = match (resumed, next_hint) {
+            (Some(q), _) => (q, true),
+            (None, Some(h)) => (h, false),
+            (None, None) => (end, false),
+        };
+        f(Walked::Damaged { position, len: resume - position, claimed: None })?;
+        position = resume;
+        unconfirmed = scanned;
+    }
+    Ok(())
+}
+
+/// Where the record at `position` ends if one bit of its length is damaged: the nearest length one bit
+/// away from the claimed one whose bytes, ending at most at `limit`, match the record's CRC and end where
+/// `boundary` says a record starts.
+fn length_only(
+    bytes: &[u8],
+    base: u64,
+    position: u64,
+    limit: u64,
+    boundary: impl Fn(u64) -> bool,
+) -> Option<u64> {
+    let start = usize::try_from(position.checked_sub(base)?).ok()?;
+    let header: &[u8; RECORD_HEADER as usize] =
+        bytes.get(start..start.checked_add(RECORD_HEADER as usize)?)?.try_into().ok()?;
+    let (claimed, crc) = split_header(header);
+    let body_start = start + RECORD_HEADER as usize;
+    let mut ends: Vec<u64> = (0..32)
+        .map(|bit| claimed ^ (1 << bit))
+        .filter(|&len| len > 0)
+        .map(|len| position + RECORD_HEADER + u64::from(len))
+        .filter(|&end| end <= limit)
+        .collect();
+    ends.sort_unstable();
+    ends.into_iter().find(|&end| {
+        let body_end = usize::try_from(end - base).unwrap_or(usize::MAX);
+        bytes.get(body_start..body_end).is_some_and(|body| crc32fast::hash(body) == crc) && boundary(end)
+    })
+}
+
+/// Whether intact records run from `from` exactly to `limit`, checksumming at most `budget` bytes.
+fn runs_to(bytes: &[u8], segment: u64, base: u64, from: u64, limit: u64, budget: &mut u64) -> bool {
+    let mut position = from;
+    while position < limit {
+        let Some((len, _, _)) = claimed_at(bytes, base, position) else { return false };
+        let Some(left) = budget.checked_sub(len.into()) else {
+            *budget = 0;
+            return false;
+        };
+        *budget = left;
+        match record_at(bytes, segment, base, position) {
+            Some((at, _)) => position = at.end(),
+            None => return false,
+        }
+    }
+    position == limit
 }
 
 #[cfg(unix)]
 fn read_exact_at(file: &File, buf: &mut [u8], position: u64) -> io::Result<()> {
     file.read_exact_at(buf, position)
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &File, buf: &[u8], position: u64) -> io::Result<()> {
+    file.write_all_at(buf, position)
 }
 
 #[cfg(test)]
@@ -454,27 +820,145 @@ mod tests {
         // A run that appended nothing leaves no empty segment behind once the store is opened again.
         drop(Segments::open(&path, 0).unwrap());
         drop(Segments::open(&path, 0).unwrap());
-        let names: Vec<_> = std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names.len(), 3, "segments 0 and 1 and the newest, empty one: {names:?}");
+        assert_eq!(list(&path).unwrap(), [0, 1, 3], "segments 0 and 1 and the newest, empty one");
         assert!(!c.durable_by(Checkpoint { segment: 0, position: u64::MAX }));
         assert_eq!(segments.read(&a).unwrap(), b"first record");
     }
 
     #[test]
-    fn a_record_that_does_not_match_its_location_is_not_returned() {
+    fn check_tells_intact_damaged_torn_missing_and_replaced_records_apart() {
         let dir = tempfile::tempdir().unwrap();
         let segments = Segments::open(dir.path(), 0).unwrap();
         let at = segments.append(b"0123456789").unwrap();
         segments.sync().unwrap();
-        assert!(segments.read_checked(&Location { crc: at.crc ^ 1, ..at }).unwrap().is_none());
-        assert!(segments.read_checked(&Location { len: 9, ..at }).unwrap().is_none());
-        assert!(segments.read_checked(&Location { position: 1, ..at }).unwrap().is_none());
-        assert!(segments.read_checked(&Location { segment: 9, ..at }).unwrap().is_none());
-        // Torn: the file ends inside the record.
-        let file = OpenOptions::new().write(true).open(dir.path().join(segment_name(0))).unwrap();
-        file.set_len(at.end() - 1).unwrap();
-        assert!(segments.read_checked(&at).unwrap().is_none());
+        assert_eq!(segments.check(&at).unwrap(), Check::Intact(b"0123456789".to_vec()));
+        // The record there is intact but is not the one named: bytes the store did not put there.
+        let replaced = Check::Replaced { len: at.len, crc: at.crc };
+        assert_eq!(segments.check(&Location { crc: at.crc ^ 1, ..at }).unwrap(), replaced);
+        assert_eq!(segments.check(&Location { len: 9, ..at }).unwrap(), replaced);
+        assert_eq!(segments.check(&Location { position: 1, ..at }).unwrap(), Check::Torn);
+        assert_eq!(segments.check(&Location { segment: 9, ..at }).unwrap(), Check::Missing);
+        assert_eq!(segments.check(&Location { position: 100, ..at }).unwrap(), Check::Missing);
+        // A flipped bit in the bytes.
+        let path = dir.path().join(segment_name(0));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[12] ^= 4;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(segments.check(&at).unwrap(), Check::Corrupt);
         assert!(matches!(segments.read(&at), Err(Error::Storage(_))));
+        // Torn: the file ends inside the record.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(at.end() - 1).unwrap();
+        assert_eq!(segments.check(&at).unwrap(), Check::Torn);
+    }
+
+    #[test]
+    fn every_sync_names_its_checkpoint_in_the_synced_file() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let segments = Segments::open(dir.path(), 0).unwrap();
+            assert_eq!(segments.synced_at_open(), None);
+            segments.append(b"one").unwrap();
+            let checkpoint = segments.sync().unwrap();
+            assert_eq!(read_synced(dir.path()), Some(checkpoint));
+            assert_eq!(segments.last_synced(), checkpoint);
+        }
+        let segments = Segments::open(dir.path(), 0).unwrap();
+        assert_eq!(segments.synced_at_open(), Some(Checkpoint { segment: 0, position: 11 }));
+        // A copy that fails its CRC says nothing.
+        let path = dir.path().join(SYNCED_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[10] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_synced(dir.path()), None);
+        assert_eq!(read_synced(&dir.path().join("nowhere")), None);
+    }
+
+    /// The records `bodies`, one after the other, as a segment holds them, and where each starts.
+    fn segment_of(bodies: &[&[u8]]) -> (Vec<u8>, Vec<u64>) {
+        let mut bytes = Vec::new();
+        let mut starts = Vec::new();
+        for body in bodies {
+            starts.push(bytes.len() as u64);
+            bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(body).to_be_bytes());
+            bytes.extend_from_slice(body);
+        }
+        (bytes, starts)
+    }
+
+    /// What `walk` finds, in a compact form: `r<position>`, `r?<position>` (unconfirmed), `d<position>+<len>`
+    /// (`d*` when it knew the damaged record's bytes), `t<position>+<len>`.
+    fn walked(bytes: &[u8], base: u64, acked_end: u64, hints: &[u64]) -> Vec<String> {
+        let hints: BTreeSet<u64> = hints.iter().copied().collect();
+        let mut out = Vec::new();
+        walk(&bytes[base as usize..], 7, base, acked_end, &hints, |w| {
+            out.push(match w {
+                Walked::Record { at, unconfirmed: false, .. } => format!("r{}", at.position),
+                Walked::Record { at, unconfirmed: true, .. } => format!("r?{}", at.position),
+                Walked::Damaged { position, len, claimed: Some(_) } => format!("d*{position}+{len}"),
+                Walked::Damaged { position, len, claimed: None } => format!("d{position}+{len}"),
+                Walked::Tail { position, len } => format!("t{position}+{len}"),
+            });
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn walk_skips_a_damaged_record_by_its_length_inside_the_acknowledged_extent() {
+        let (mut bytes, s) = segment_of(&[b"aaaa", &[b'b'; 100], b"cccc", b"dddd"]);
+        assert_eq!(walked(&bytes, 0, u64::MAX, &[]), ["r0", "r12", "r120", "r132"]);
+        bytes[s[1] as usize + 50] ^= 0x10;
+        assert_eq!(walked(&bytes, 0, u64::MAX, &[]), ["r0", "d*12+108", "r120", "r132"]);
+        // A walk from the middle of the segment.
+        assert_eq!(walked(&bytes, s[2], u64::MAX, &[]), ["r120", "r132"]);
+        // The same damage past the acknowledged extent is a torn tail: nothing after it is kept.
+        assert_eq!(walked(&bytes, 0, s[1], &[]), ["r0", "t12+132"]);
+        assert_eq!(walked(&bytes, 0, 0, &[]), ["r0", "t12+132"]);
+    }
+
+    #[test]
+    fn walk_resumes_after_a_damaged_length_where_the_crc_matches_or_at_the_index_or_where_records_run_to_the_end(
+    ) {
+        let (mut bytes, s) = segment_of(&[b"aaaa", &[b'b'; 100], b"cccc", b"dddd"]);
+        // One bit of the second record's length: the bytes up to the third record match its CRC.
+        bytes[s[1] as usize + 2] ^= 0x40;
+        assert_eq!(walked(&bytes, 0, u64::MAX, &[]), ["r0", "d*12+108", "r120", "r132"]);
+        // Its length and its bytes damaged: the walk scans for records that run to the end of the file.
+        bytes[s[1] as usize + 50] ^= 1;
+        assert_eq!(walked(&bytes, 0, u64::MAX, &[]), ["r0", "d12+108", "r?120", "r?132"]);
+        // With the index naming the third record, the walk trusts what follows it.
+        assert_eq!(walked(&bytes, 0, u64::MAX, &[s[2]]), ["r0", "d12+108", "r120", "r132"]);
+        assert_eq!(walked(&bytes, 0, u64::MAX, &[s[3]]), ["r0", "d12+108", "r?120", "r132"]);
+        // Garbage to the end of the file.
+        let (mut bytes, s) = segment_of(&[b"aaaa", &[b'b'; 100]]);
+        bytes[s[1] as usize + 1] ^= 0x40;
+        bytes[s[1] as usize + 9] ^= 0x40;
+        assert_eq!(walked(&bytes, 0, u64::MAX, &[]), ["r0", "d12+108"]);
+    }
+
+    #[test]
+    fn walk_does_not_resume_inside_a_damaged_record_at_bytes_that_only_look_like_records() {
+        // The second record's bytes hold a record of their own, as a publisher could craft them.
+        let (inner, _) = segment_of(&[b"fake"]);
+        let mut second = vec![b'x'; 20];
+        second.extend_from_slice(&inner);
+        second.extend_from_slice(&[b'y'; 20]);
+        let (mut bytes, s) = segment_of(&[b"aaaa", &second, b"cccc"]);
+        bytes[s[1] as usize + 1] ^= 0x40;
+        bytes[s[1] as usize + 10] ^= 1;
+        // The fake record does not run to a record boundary: the walk finds the real third record.
+        assert_eq!(walked(&bytes, 0, u64::MAX, &[]), ["r0", "d12+60", "r?72"]);
+    }
+
+    #[test]
+    fn zeros_are_no_record() {
+        let mut bytes = segment_of(&[b"aaaa"]).0;
+        bytes.extend_from_slice(&[0u8; 64]);
+        assert_eq!(walked(&bytes, 0, u64::MAX, &[]), ["r0", "d12+64"]);
+        assert_eq!(walked(&bytes, 0, 12, &[]), ["r0", "t12+64"]);
     }
 
     #[test]
@@ -507,41 +991,14 @@ mod tests {
     }
 
     #[test]
-    fn replay_yields_intact_records_and_stops_each_segment_at_its_first_bad_one() {
+    fn truncate_cuts_an_earlier_segment_never_the_active_one() {
         let dir = tempfile::tempdir().unwrap();
-        let mut written = Vec::new();
-        {
-            let segments = Segments::open(dir.path(), 0).unwrap();
-            for i in 0..4u8 {
-                written.push((segments.append(&[i; 100]).unwrap(), vec![i; 100]));
-            }
-        }
-        {
-            // A second run: segment 1, two records.
-            let segments = Segments::open(dir.path(), 0).unwrap();
-            for i in 4..6u8 {
-                written.push((segments.append(&[i; 100]).unwrap(), vec![i; 100]));
-            }
-        }
-        // Tear segment 0 inside its third record: records 2 and 3 are gone, segment 1 is replayed whole.
-        let file = OpenOptions::new().write(true).open(dir.path().join(segment_name(0))).unwrap();
-        file.set_len(written[2].0.position + 50).unwrap();
+        let at = Segments::open(dir.path(), 0).unwrap().append(&[5u8; 100]).unwrap();
         let segments = Segments::open(dir.path(), 0).unwrap();
-        let replay = |from| {
-            let mut seen = Vec::new();
-            segments
-                .replay(from, |at, body| {
-                    seen.push((at, body.to_vec()));
-                    Ok(())
-                })
-                .unwrap();
-            seen
-        };
-        let expected: Vec<_> = [0, 1, 4, 5].iter().map(|&i| written[i].clone()).collect();
-        assert_eq!(replay(Checkpoint::default()), expected);
-        let from_second = Checkpoint { segment: 0, position: written[1].0.position };
-        assert_eq!(replay(from_second), expected[1..]);
-        assert_eq!(replay(Checkpoint { segment: 1, position: written[5].0.position }), expected[3..]);
+        assert_eq!(segments.earlier().unwrap(), [0]);
+        segments.truncate(0, 50).unwrap();
+        assert_eq!(segments.check(&at).unwrap(), Check::Torn);
+        assert!(segments.truncate(segments.active().unwrap(), 0).is_err());
         // A poisoned store takes no more appends.
         segments.poison("test".into());
         assert!(matches!(segments.append(b"x"), Err(Error::Storage(_))));
@@ -557,5 +1014,7 @@ mod tests {
         assert_eq!(Checkpoint::decode(&[0; 15]), None);
         assert_eq!(segment_number(&segment_name(42)), Some(42));
         assert_eq!(segment_number("42.seg"), None);
+        assert_eq!((c.end_in(8), c.end_in(9), c.end_in(10)), (u64::MAX, 12, 0));
+        assert!(c.covers(9, 11) && !c.covers(9, 12) && c.covers(3, 1 << 40) && !c.covers(10, 0));
     }
 }

@@ -39,7 +39,9 @@ enum Command {
         /// The messages; without any, one message per line of stdin.
         messages: Vec<String>,
     },
-    /// Print messages, one payload per line (invalid UTF-8 is replaced).
+    /// Print messages, one payload per line (invalid UTF-8 is replaced). A batch that fails a check, or
+    /// messages the broker reports lost ("data lost at offsets X..Y: storage corruption"), is one line on
+    /// stderr, and printing goes on.
     Sub {
         /// The topic.
         topic: Topic,
