@@ -43,7 +43,8 @@ use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use rand_core::CryptoRngCore;
 
 use crate::digest::context;
-use crate::keys::{ContentKey, Epoch, KeyLookup, PublicKey, SigningKey};
+use crate::epoch::Epoch;
+use crate::keys::{ContentKey, KeyLookup, PublicKey, SigningKey};
 use crate::reader::Reader;
 use crate::topic::Topic;
 use crate::{Digest, Error, Limits, Result, Timestamp};

@@ -1,6 +1,6 @@
 //! The one error type of `sealpost-protocol`.
 
-use crate::keys::Epoch;
+use crate::epoch::Epoch;
 use crate::topic::Topic;
 
 /// Everything that can go wrong in the protocol layer.

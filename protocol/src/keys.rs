@@ -16,17 +16,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::digest::context;
+/// The epoch a content key belongs to (defined in `epoch.rs`; also at the crate root).
+pub use crate::epoch::Epoch;
 use crate::{Error, Result};
-
-/// The epoch of a topic's content key. Each rotation or revocation starts a new epoch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Epoch(pub u64);
-
-impl fmt::Display for Epoch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 /// An ed25519 signing key. Zeroized on drop.
 pub struct SigningKey(ed25519_dalek::SigningKey);

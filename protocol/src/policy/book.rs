@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use crate::batch::BatchHeader;
-use crate::keys::{Epoch, PublicKey};
+use crate::epoch::Epoch;
+use crate::keys::PublicKey;
 use crate::topic::Topic;
 use crate::{Error, Limits, Result, Timestamp};
 

@@ -40,7 +40,8 @@
 
 use crate::batch::SIGNATURE_LEN;
 use crate::digest::context;
-use crate::keys::{Epoch, HpkePublicKey, PublicKey};
+use crate::epoch::Epoch;
+use crate::keys::{HpkePublicKey, PublicKey};
 use crate::reader::Reader;
 use crate::topic::Topic;
 use crate::{Digest, Error, Limits, Result, Timestamp};

@@ -5,7 +5,8 @@
 
 use std::collections::{btree_map, BTreeMap};
 
-use crate::keys::{ContentKey, Epoch, HpkeSecretKey, KeyLookup};
+use crate::epoch::Epoch;
+use crate::keys::{ContentKey, HpkeSecretKey, KeyLookup};
 use crate::topic::Topic;
 use crate::{Error, Result};
 

@@ -2,7 +2,8 @@
 
 use rand_chacha::rand_core::SeedableRng;
 
-use crate::keys::{ContentKey, Epoch, HpkeSecretKey, SigningKey};
+use crate::epoch::Epoch;
+use crate::keys::{ContentKey, HpkeSecretKey, SigningKey};
 use crate::topic::Topic;
 use crate::{Limits, Result, Timestamp};
 

@@ -7,7 +7,8 @@
 
 use rand_core::CryptoRngCore;
 
-use crate::keys::{ContentKey, Epoch, SigningKey};
+use crate::epoch::Epoch;
+use crate::keys::{ContentKey, SigningKey};
 use crate::topic::Topic;
 use crate::{Digest, Error, Limits, Result, Timestamp};
 

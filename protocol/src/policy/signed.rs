@@ -8,7 +8,8 @@
 use bytes::Bytes;
 
 use crate::batch::SIGNATURE_LEN;
-use crate::keys::{ContentKey, Epoch, HpkeSecretKey, PublicKey};
+use crate::epoch::Epoch;
+use crate::keys::{ContentKey, HpkeSecretKey, PublicKey};
 use crate::topic::Topic;
 use crate::{Digest, Error, Limits, Result, Timestamp};
 

@@ -12,7 +12,8 @@ use hpke::{Deserializable, Serializable};
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
-use crate::keys::{ContentKey, Epoch, HpkePublicKey, HpkeSecretKey};
+use crate::epoch::Epoch;
+use crate::keys::{ContentKey, HpkePublicKey, HpkeSecretKey};
 use crate::topic::Topic;
 use crate::{Error, Result};
 
