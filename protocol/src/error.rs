@@ -45,6 +45,10 @@ pub enum Error {
     /// A topic pattern broke the pattern rules.
     #[error("invalid topic pattern: {0}")]
     InvalidPattern(&'static str),
+    /// A principal name (of a certificate, a policy member, an identity file) broke the naming rule: 1 to
+    /// 64 bytes of ASCII letters, digits, `.`, `_` and `-`.
+    #[error("invalid principal name: {0}")]
+    InvalidPrincipal(&'static str),
     /// Key bytes do not form a valid key.
     #[error("invalid key: {0}")]
     InvalidKey(&'static str),

@@ -15,8 +15,8 @@
 //!   every length before anything is allocated, and [`code`], their stable numeric error codes;
 //!   [`frame_buffer`] cuts a stream's bytes into frames, holding only what arrived.
 //! - [`topic`]: validated topic names and the wildcard patterns used by access-control lists.
-//! - [`keys`]: signing keys, HPKE key-agreement keys, content keys and key ids; [`identity`], the shape of
-//!   a principal's identity file.
+//! - [`keys`]: signing keys, HPKE key-agreement keys, content keys and key ids; [`principal`], validated
+//!   principal names; [`identity`], the shape of a principal's identity file.
 //!
 //! # What this crate does not do
 //!
@@ -40,6 +40,7 @@ pub mod identity;
 pub mod keys;
 mod limits;
 pub mod policy;
+pub mod principal;
 mod reader;
 mod time;
 pub mod topic;
@@ -55,6 +56,7 @@ pub use frame_buffer::FrameBuffer;
 pub use keys::{ContentKey, HpkePublicKey, HpkeSecretKey, KeyId, KeyLookup, PublicKey, SigningKey};
 pub use limits::Limits;
 pub use policy::{issue_policy, EpochKeys, Member, PolicyBook, PolicyParams, SignedPolicy, VerifiedPolicy};
+pub use principal::Principal;
 pub use time::Timestamp;
 pub use topic::{Topic, TopicPattern};
 
