@@ -181,7 +181,7 @@ impl Store for CheatingStore {
     fn durable_offset(
         &self,
         topic: &Topic,
-        principal: &str,
+        principal: &sealpost_protocol::Principal,
         name: &str,
     ) -> sealpost_broker::Result<Option<u64>> {
         self.inner.durable_offset(topic, principal, name)
@@ -190,7 +190,7 @@ impl Store for CheatingStore {
     fn set_durable_offset(
         &self,
         topic: &Topic,
-        principal: &str,
+        principal: &sealpost_protocol::Principal,
         name: &str,
         next_offset: u64,
     ) -> sealpost_broker::Result<()> {

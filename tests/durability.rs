@@ -181,10 +181,21 @@ impl sealpost_broker::store::Store for SyncAudit {
     ) -> sealpost_broker::Result<Option<sealpost_broker::store::PublisherRecord>> {
         self.inner.publisher_head(t, p)
     }
-    fn durable_offset(&self, t: &Topic, who: &str, name: &str) -> sealpost_broker::Result<Option<u64>> {
+    fn durable_offset(
+        &self,
+        t: &Topic,
+        who: &sealpost_protocol::Principal,
+        name: &str,
+    ) -> sealpost_broker::Result<Option<u64>> {
         self.inner.durable_offset(t, who, name)
     }
-    fn set_durable_offset(&self, t: &Topic, who: &str, name: &str, next: u64) -> sealpost_broker::Result<()> {
+    fn set_durable_offset(
+        &self,
+        t: &Topic,
+        who: &sealpost_protocol::Principal,
+        name: &str,
+        next: u64,
+    ) -> sealpost_broker::Result<()> {
         self.inner.set_durable_offset(t, who, name, next)
     }
     fn put_policy(&self, t: &Topic, epoch: u64, policy: &Bytes) -> sealpost_broker::Result<()> {

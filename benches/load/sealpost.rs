@@ -118,7 +118,7 @@ impl Drop for SealpostServer {
 fn seed_policies(pki: &Pki, data: &Path) {
     let store = SledStore::open(data).unwrap();
     let member = Member {
-        principal: "load".into(),
+        principal: "load".parse().unwrap(),
         publish: true,
         subscribe: true,
         signing_key: pki.signing.public_key(),
@@ -176,7 +176,7 @@ fn spawn(config: &Path) -> (Child, SocketAddr, Instant, Instant) {
 
 fn write_identity(pki: &Pki, dir: &Path, addr: SocketAddr) -> Identity {
     let identity = IdentityFile {
-        principal: "load".into(),
+        principal: "load".parse().unwrap(),
         broker: addr.to_string(),
         server_name: "localhost".into(),
         ca: "ca.pem".into(),

@@ -31,7 +31,7 @@ use core::fmt;
 use core::str::FromStr;
 use std::path::Path;
 
-use sealpost_protocol::{Topic, TopicPattern};
+use sealpost_protocol::{Principal, Topic, TopicPattern};
 use serde::Deserialize;
 
 use crate::{Error, Result};
@@ -97,10 +97,10 @@ pub enum Principals {
 }
 
 impl Principals {
-    fn matches(&self, principal: &str) -> bool {
+    fn matches(&self, principal: &Principal) -> bool {
         match self {
             Principals::Any => true,
-            Principals::Named(names) => names.iter().any(|n| n == principal),
+            Principals::Named(names) => names.iter().any(|n| principal == n.as_str()),
         }
     }
 }
@@ -119,7 +119,7 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, principal: &str, topic: &Topic, action: Action) -> bool {
+    fn matches(&self, principal: &Principal, topic: &Topic, action: Action) -> bool {
         self.actions.contains(&action)
             && self.principals.matches(principal)
             && self.topics.iter().any(|p| p.matches(topic))
@@ -225,7 +225,7 @@ impl Acl {
 
     /// Whether `principal` may perform `action` on `topic`: true only if at least one rule allows it and
     /// no rule denies it.
-    pub fn allows(&self, principal: &str, topic: &Topic, action: Action) -> bool {
+    pub fn allows(&self, principal: &Principal, topic: &Topic, action: Action) -> bool {
         let mut allowed = false;
         for rule in self.rules.iter().filter(|r| r.matches(principal, topic, action)) {
             match rule.effect {
@@ -243,6 +243,10 @@ mod tests {
 
     fn t(s: &str) -> Topic {
         Topic::new(s).unwrap()
+    }
+
+    fn p(s: &str) -> Principal {
+        Principal::new(s).unwrap()
     }
 
     fn acl(text: &str) -> Acl {
@@ -268,31 +272,31 @@ mod tests {
     fn empty_acl_denies_everything() {
         let acl = acl("");
         for action in [Action::Publish, Action::Subscribe, Action::Admin] {
-            assert!(!acl.allows("alice", &t("demo.chat"), action));
+            assert!(!acl.allows(&p("alice"), &t("demo.chat"), action));
         }
-        assert!(!Acl::default().allows("alice", &t("demo.chat"), Action::Publish));
+        assert!(!Acl::default().allows(&p("alice"), &t("demo.chat"), Action::Publish));
     }
 
     #[test]
     fn acl_denies_unlisted_principal_and_topic() {
         let acl = acl(ALICE_PUBLISHES_DEMO);
-        assert!(!acl.allows("bob", &t("demo.chat"), Action::Publish));
-        assert!(!acl.allows("alice", &t("demo.other"), Action::Publish));
+        assert!(!acl.allows(&p("bob"), &t("demo.chat"), Action::Publish));
+        assert!(!acl.allows(&p("alice"), &t("demo.other"), Action::Publish));
     }
 
     #[test]
     fn acl_allows_listed_publish() {
-        assert!(acl(ALICE_PUBLISHES_DEMO).allows("alice", &t("demo.chat"), Action::Publish));
+        assert!(acl(ALICE_PUBLISHES_DEMO).allows(&p("alice"), &t("demo.chat"), Action::Publish));
     }
 
     #[test]
     fn actions_are_separate() {
         let acl = acl(ALICE_PUBLISHES_DEMO);
-        assert!(!acl.allows("alice", &t("demo.chat"), Action::Subscribe));
-        assert!(!acl.allows("alice", &t("demo.chat"), Action::Admin));
+        assert!(!acl.allows(&p("alice"), &t("demo.chat"), Action::Subscribe));
+        assert!(!acl.allows(&p("alice"), &t("demo.chat"), Action::Admin));
         let sub = acl_from_rules(&[("alice", "demo.chat", "subscribe", "allow")]);
-        assert!(sub.allows("alice", &t("demo.chat"), Action::Subscribe));
-        assert!(!sub.allows("alice", &t("demo.chat"), Action::Publish));
+        assert!(sub.allows(&p("alice"), &t("demo.chat"), Action::Subscribe));
+        assert!(!sub.allows(&p("alice"), &t("demo.chat"), Action::Publish));
     }
 
     fn acl_from_rules(rules: &[(&str, &str, &str, &str)]) -> Acl {
@@ -313,8 +317,8 @@ mod tests {
         let deny = ("alice", "demo.secret", "publish", "deny");
         for rules in [[allow, deny], [deny, allow]] {
             let acl = acl_from_rules(&rules);
-            assert!(!acl.allows("alice", &t("demo.secret"), Action::Publish), "{rules:?}");
-            assert!(acl.allows("alice", &t("demo.chat"), Action::Publish), "{rules:?}");
+            assert!(!acl.allows(&p("alice"), &t("demo.secret"), Action::Publish), "{rules:?}");
+            assert!(acl.allows(&p("alice"), &t("demo.chat"), Action::Publish), "{rules:?}");
         }
     }
 
@@ -322,16 +326,16 @@ mod tests {
     fn deny_for_everyone_overrides_a_named_allow() {
         let acl =
             acl_from_rules(&[("alice", "demo.chat", "publish", "allow"), ("*", "demo.*", "publish", "deny")]);
-        assert!(!acl.allows("alice", &t("demo.chat"), Action::Publish));
+        assert!(!acl.allows(&p("alice"), &t("demo.chat"), Action::Publish));
     }
 
     #[test]
     fn star_principal_matches_every_principal() {
         let acl = acl_from_rules(&[("*", "public.news", "subscribe", "allow")]);
         for who in ["alice", "bob", "svc-42"] {
-            assert!(acl.allows(who, &t("public.news"), Action::Subscribe), "{who}");
+            assert!(acl.allows(&p(who), &t("public.news"), Action::Subscribe), "{who}");
         }
-        assert!(!acl.allows("alice", &t("public.news"), Action::Publish));
+        assert!(!acl.allows(&p("alice"), &t("public.news"), Action::Publish));
     }
 
     #[test]
@@ -340,12 +344,12 @@ mod tests {
             ("alice", "demo.*", "subscribe", "allow"),
             ("alice", "orders.>", "publish", "allow"),
         ]);
-        assert!(acl.allows("alice", &t("demo.chat"), Action::Subscribe));
-        assert!(!acl.allows("alice", &t("demo.chat.eu"), Action::Subscribe));
-        assert!(!acl.allows("alice", &t("demo"), Action::Subscribe));
-        assert!(acl.allows("alice", &t("orders.eu"), Action::Publish));
-        assert!(acl.allows("alice", &t("orders.eu.west"), Action::Publish));
-        assert!(!acl.allows("alice", &t("orders"), Action::Publish));
+        assert!(acl.allows(&p("alice"), &t("demo.chat"), Action::Subscribe));
+        assert!(!acl.allows(&p("alice"), &t("demo.chat.eu"), Action::Subscribe));
+        assert!(!acl.allows(&p("alice"), &t("demo"), Action::Subscribe));
+        assert!(acl.allows(&p("alice"), &t("orders.eu"), Action::Publish));
+        assert!(acl.allows(&p("alice"), &t("orders.eu.west"), Action::Publish));
+        assert!(!acl.allows(&p("alice"), &t("orders"), Action::Publish));
     }
 
     #[test]
@@ -360,12 +364,12 @@ mod tests {
         for who in ["alice", "bob"] {
             for topic in ["a.x", "b.y.z"] {
                 for action in [Action::Publish, Action::Subscribe] {
-                    assert!(acl.allows(who, &t(topic), action), "{who} {topic} {action}");
+                    assert!(acl.allows(&p(who), &t(topic), action), "{who} {topic} {action}");
                 }
-                assert!(!acl.allows(who, &t(topic), Action::Admin));
+                assert!(!acl.allows(&p(who), &t(topic), Action::Admin));
             }
         }
-        assert!(!acl.allows("carol", &t("a.x"), Action::Publish));
+        assert!(!acl.allows(&p("carol"), &t("a.x"), Action::Publish));
     }
 
     #[test]

@@ -100,7 +100,7 @@ fn build(dir: &Path, listen: SocketAddr) -> Result<()> {
         write(&dir.join(format!("pki/{name}.pem")), &cert.cert_pem, false)?;
         write(&dir.join(format!("pki/{name}.key")), &cert.key_pem, true)?;
         let identity = IdentityFile {
-            principal: name.to_string(),
+            principal: name.parse()?,
             broker: listen.to_string(),
             server_name: "localhost".into(),
             ca: "../pki/ca.pem".into(),
@@ -117,12 +117,14 @@ fn build(dir: &Path, listen: SocketAddr) -> Result<()> {
     }
 
     // The demo topics' first policies: alice publishes and subscribes, bob subscribes.
-    let member = |i: usize, publish: bool| Member {
-        principal: PRINCIPALS[i].to_string(),
-        publish,
-        subscribe: true,
-        signing_key: signing[i].public_key(),
-        hpke_key: hpke[i].public_key(),
+    let member = |i: usize, publish: bool| -> Result<Member> {
+        Ok(Member {
+            principal: PRINCIPALS[i].parse()?,
+            publish,
+            subscribe: true,
+            signing_key: signing[i].public_key(),
+            hpke_key: hpke[i].public_key(),
+        })
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -133,7 +135,7 @@ fn build(dir: &Path, listen: SocketAddr) -> Result<()> {
             topic: Topic::new(topic)?,
             epoch: Epoch(1),
             prev: None,
-            members: vec![member(0, true), member(1, false)],
+            members: vec![member(0, true)?, member(1, false)?],
             created_at: Timestamp(now),
         };
         let policy =

@@ -56,7 +56,7 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
-use sealpost_protocol::{PublicKey, Topic, VerifiedBatch};
+use sealpost_protocol::{Principal, PublicKey, Topic, VerifiedBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::sequencer::{self, Decision};
@@ -216,7 +216,7 @@ enum Request {
     },
     Commit {
         topic: Topic,
-        principal: String,
+        principal: Principal,
         name: String,
         next_offset: u64,
         reply: oneshot::Sender<Result<()>>,
@@ -325,7 +325,7 @@ impl Log {
     pub async fn commit_offset(
         &self,
         topic: Topic,
-        principal: String,
+        principal: Principal,
         name: String,
         next_offset: u64,
     ) -> Result<()> {
@@ -739,10 +739,10 @@ mod tests {
         fn publisher_head(&self, t: &Topic, p: &PublicKey) -> Result<Option<PublisherRecord>> {
             self.inner.publisher_head(t, p)
         }
-        fn durable_offset(&self, t: &Topic, who: &str, name: &str) -> Result<Option<u64>> {
+        fn durable_offset(&self, t: &Topic, who: &Principal, name: &str) -> Result<Option<u64>> {
             self.inner.durable_offset(t, who, name)
         }
-        fn set_durable_offset(&self, t: &Topic, who: &str, name: &str, next: u64) -> Result<()> {
+        fn set_durable_offset(&self, t: &Topic, who: &Principal, name: &str, next: u64) -> Result<()> {
             self.inner.set_durable_offset(t, who, name, next)
         }
         fn put_policy(&self, t: &Topic, epoch: u64, policy: &Bytes) -> Result<()> {
@@ -956,7 +956,9 @@ mod tests {
         let commit = {
             let log = log.clone();
             let t = t.clone();
-            tokio::spawn(async move { log.commit_offset(t, "alice".into(), "main".into(), 1).await })
+            tokio::spawn(
+                async move { log.commit_offset(t, "alice".parse().unwrap(), "main".into(), 1).await },
+            )
         };
         wait_queued(&log, 3).await;
         gate.open();
@@ -1059,8 +1061,8 @@ mod tests {
         let log = Log::open(store.clone()).unwrap();
         let t = topic("demo.commit");
         let before = store.syncs();
-        log.commit_offset(t.clone(), "alice".into(), "main".into(), 42).await.unwrap();
-        assert_eq!(store.durable_offset(&t, "alice", "main").unwrap(), Some(42));
+        log.commit_offset(t.clone(), "alice".parse().unwrap(), "main".into(), 42).await.unwrap();
+        assert_eq!(store.durable_offset(&t, &"alice".parse().unwrap(), "main").unwrap(), Some(42));
         assert_eq!(store.syncs(), before + 1);
     }
 

@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use sealpost_protocol::{
-    ErrorCode, Frame, Limits, PublicKey, SealedBatch, SignedPolicy, StartAt, Topic, VerifiedPolicy,
+    ErrorCode, Frame, Limits, Principal, PublicKey, SealedBatch, SignedPolicy, StartAt, Topic, VerifiedPolicy,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -170,7 +170,7 @@ struct Ctx {
     limits: ServerLimits,
     connections: AtomicUsize,
     /// Open connections, publish limiter and in-flight budget of each principal seen.
-    principals: Mutex<HashMap<String, PrincipalState>>,
+    principals: Mutex<HashMap<Principal, PrincipalState>>,
     /// The in-flight budget of all peers together.
     inflight_total: Pool,
     /// Streams open over all connections.
@@ -207,7 +207,7 @@ impl Ctx {
         Ok(policy)
     }
 
-    fn principals_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PrincipalState>> {
+    fn principals_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Principal, PrincipalState>> {
         // Counters only: recover them from a poisoned lock.
         self.principals.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -215,11 +215,11 @@ impl Ctx {
     /// Counts a new connection of `principal` and shares the principal's QUIC windows anew among its
     /// connections; returns the connection's in-flight budget and stream slots, or `None` (and nothing
     /// counted) if the principal already has the most connections.
-    fn open_connection(&self, principal: &str, conn: &quinn::Connection) -> Option<(Budget, Budget)> {
+    fn open_connection(&self, principal: &Principal, conn: &quinn::Connection) -> Option<(Budget, Budget)> {
         let now = self.started.elapsed();
         let memory = &self.limits.memory;
         let mut principals = self.principals_lock();
-        let state = principals.entry(principal.to_string()).or_insert_with(|| PrincipalState {
+        let state = principals.entry(principal.clone()).or_insert_with(|| PrincipalState {
             connections: HashMap::new(),
             limiter: PublishLimiter::new(
                 self.limits.publish_msgs_per_sec,
@@ -240,7 +240,7 @@ impl Ctx {
         Some((inflight, streams))
     }
 
-    fn close_connection(&self, principal: &str, conn: &quinn::Connection) {
+    fn close_connection(&self, principal: &Principal, conn: &quinn::Connection) {
         if let Some(state) = self.principals_lock().get_mut(principal) {
             state.connections.remove(&conn.stable_id());
             share_windows(&self.limits.memory, state);
@@ -248,7 +248,7 @@ impl Ctx {
     }
 
     /// Takes a batch of `messages` and `bytes` from `principal`'s publish allowance.
-    fn allow_publish(&self, principal: &str, messages: u64, bytes: u64) -> Result<()> {
+    fn allow_publish(&self, principal: &Principal, messages: u64, bytes: u64) -> Result<()> {
         let now = self.started.elapsed();
         let mut principals = self.principals_lock();
         let allowed = principals.get_mut(principal).is_none_or(|s| s.limiter.try_take(messages, bytes, now));

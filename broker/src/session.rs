@@ -2,12 +2,13 @@
 //! each is unit-tested: may this principal publish this batch, ask for this chain head, subscribe here,
 //! and where does a subscription start.
 
+use sealpost_protocol::principal::valid_principal;
 use sealpost_protocol::{
     PublicKey, SealedBatch, SignedPolicy, StartAt, Topic, VerifiedBatch, VerifiedPolicy,
 };
 
 use crate::acl::{Acl, Action};
-use crate::tls::{valid_principal, Peer};
+use crate::tls::Peer;
 use crate::{Error, Result};
 
 /// Checks a published batch (already decoded within the frame limits): ACL, signer bound to the principal
@@ -90,7 +91,9 @@ pub fn authorize_head(peer: &Peer, acl: &Acl, topic: &Topic, publisher: &PublicK
     Ok(())
 }
 
-/// Checks a subscribe request, including the durable subscription's name (same rules as principals).
+/// Checks a subscribe request, including the durable subscription's name: it follows the principal-name
+/// rule ([`valid_principal`]) but is no principal, so it stays a string (see the protocol's `principal`
+/// module).
 pub fn authorize_subscribe(peer: &Peer, acl: &Acl, topic: &Topic, durable: Option<&str>) -> Result<()> {
     if !acl.allows(&peer.principal, topic, Action::Subscribe) {
         return Err(Error::NotAuthorized);
@@ -138,7 +141,7 @@ mod tests {
 
     fn member(who: &str, publish: bool) -> Member {
         Member {
-            principal: who.into(),
+            principal: who.parse().unwrap(),
             publish,
             subscribe: true,
             signing_key: key(who).public_key(),
@@ -174,7 +177,7 @@ mod tests {
     }
 
     fn peer(name: &str) -> Peer {
-        Peer { principal: name.into(), signing_keys: vec![key(name).public_key()] }
+        Peer { principal: name.parse().unwrap(), signing_keys: vec![key(name).public_key()] }
     }
 
     #[test]

@@ -39,7 +39,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sealpost_protocol::{Digest, ErrorCode, Frame, LostBatch, PublicKey, SubscriptionId, Topic};
+use sealpost_protocol::{Digest, ErrorCode, Frame, LostBatch, Principal, PublicKey, SubscriptionId, Topic};
 
 use crate::config::{StorageConfig, StorageEngine};
 use crate::{Error, Result};
@@ -290,11 +290,17 @@ pub trait Store: Send + Sync + 'static {
     fn publisher_head(&self, topic: &Topic, publisher: &PublicKey) -> Result<Option<PublisherRecord>>;
 
     /// The next offset committed by the durable subscription `name` of `principal` on `topic`.
-    fn durable_offset(&self, topic: &Topic, principal: &str, name: &str) -> Result<Option<u64>>;
+    fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<u64>>;
 
     /// Records `next_offset` as the committed position of the durable subscription `name` of `principal`
     /// on `topic`, replacing any previous value. Not durable until [`sync`](Self::sync).
-    fn set_durable_offset(&self, topic: &Topic, principal: &str, name: &str, next_offset: u64) -> Result<()>;
+    fn set_durable_offset(
+        &self,
+        topic: &Topic,
+        principal: &Principal,
+        name: &str,
+        next_offset: u64,
+    ) -> Result<()>;
 
     /// Stores the signed topic policy `policy` of `topic` under `epoch` (the caller has verified it and
     /// checked that epochs only grow). Not durable until [`sync`](Self::sync).
@@ -354,6 +360,10 @@ mod tests {
         Topic::new(s).unwrap()
     }
 
+    fn principal(s: &str) -> Principal {
+        Principal::new(s).unwrap()
+    }
+
     fn publisher(n: u8) -> PublicKey {
         sealpost_protocol::SigningKey::from_bytes(&[n; 32]).public_key()
     }
@@ -388,7 +398,7 @@ mod tests {
         assert!(store.read(&t, 0, usize::MAX).unwrap().is_empty());
         assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap(), None);
         assert_eq!(store.publisher_record(&t, &publisher(1), 1).unwrap(), None);
-        assert_eq!(store.durable_offset(&t, "alice", "d").unwrap(), None);
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "d").unwrap(), None);
     }
 
     fn appends_read_back_in_offset_order(store: &dyn Store) {
@@ -474,21 +484,21 @@ mod tests {
 
     fn durable_offsets_are_per_topic_principal_and_name(store: &dyn Store) {
         let (t, u) = (topic("demo.d"), topic("demo.e"));
-        store.set_durable_offset(&t, "alice", "main", 5).unwrap();
-        store.set_durable_offset(&t, "bob", "main", 7).unwrap();
-        store.set_durable_offset(&t, "alice", "other", 9).unwrap();
-        store.set_durable_offset(&u, "alice", "main", 11).unwrap();
+        store.set_durable_offset(&t, &principal("alice"), "main", 5).unwrap();
+        store.set_durable_offset(&t, &principal("bob"), "main", 7).unwrap();
+        store.set_durable_offset(&t, &principal("alice"), "other", 9).unwrap();
+        store.set_durable_offset(&u, &principal("alice"), "main", 11).unwrap();
         // Length-prefixed keys: ("ab", "c") and ("a", "bc") are different subscriptions.
-        store.set_durable_offset(&t, "ab", "c", 1).unwrap();
-        store.set_durable_offset(&t, "a", "bc", 2).unwrap();
-        assert_eq!(store.durable_offset(&t, "alice", "main").unwrap(), Some(5));
-        assert_eq!(store.durable_offset(&t, "bob", "main").unwrap(), Some(7));
-        assert_eq!(store.durable_offset(&t, "alice", "other").unwrap(), Some(9));
-        assert_eq!(store.durable_offset(&u, "alice", "main").unwrap(), Some(11));
-        assert_eq!(store.durable_offset(&t, "ab", "c").unwrap(), Some(1));
-        assert_eq!(store.durable_offset(&t, "a", "bc").unwrap(), Some(2));
-        store.set_durable_offset(&t, "alice", "main", 6).unwrap();
-        assert_eq!(store.durable_offset(&t, "alice", "main").unwrap(), Some(6));
+        store.set_durable_offset(&t, &principal("ab"), "c", 1).unwrap();
+        store.set_durable_offset(&t, &principal("a"), "bc", 2).unwrap();
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(5));
+        assert_eq!(store.durable_offset(&t, &principal("bob"), "main").unwrap(), Some(7));
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "other").unwrap(), Some(9));
+        assert_eq!(store.durable_offset(&u, &principal("alice"), "main").unwrap(), Some(11));
+        assert_eq!(store.durable_offset(&t, &principal("ab"), "c").unwrap(), Some(1));
+        assert_eq!(store.durable_offset(&t, &principal("a"), "bc").unwrap(), Some(2));
+        store.set_durable_offset(&t, &principal("alice"), "main", 6).unwrap();
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(6));
     }
 
     fn sync_counts_successful_syncs(store: &dyn Store) {
@@ -558,7 +568,7 @@ mod tests {
             // One batch large enough that sled stores its node in a blob file, so reopening proves that
             // sync covers blobs too.
             let records = [append(&store, &t, &p, 2, 16), append(&store, &t, &p, 3, 300 * 1024)];
-            store.set_durable_offset(&t, "alice", "main", 2).unwrap();
+            store.set_durable_offset(&t, &principal("alice"), "main", 2).unwrap();
             store.sync().unwrap();
             (records, batches(store.read(&t, 0, usize::MAX).unwrap()))
         };
@@ -567,7 +577,7 @@ mod tests {
         assert_eq!(store.next_offset(&t).unwrap(), 5);
         assert_eq!(store.publisher_head(&t, &p).unwrap(), Some(records[1]));
         assert_eq!(store.publisher_record(&t, &p, 1).unwrap(), Some(records[0]));
-        assert_eq!(store.durable_offset(&t, "alice", "main").unwrap(), Some(2));
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(2));
         // Appends continue where the reopened log ends.
         assert_eq!(append(&store, &t, &p, 1, 8).offset, 5);
     }

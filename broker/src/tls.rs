@@ -10,8 +10,9 @@
 //! # The principal rule
 //!
 //! A client certificate names its principal in exactly one URI subject-alternative name of the form
-//! `sealpost://<principal>`, where `<principal>` is 1 to 64 characters from `[A-Za-z0-9._-]`. A certificate
-//! with no such URI, or with more than one, is refused. The common name is ignored.
+//! `sealpost://<principal>`, where `<principal>` is 1 to 64 characters from `[A-Za-z0-9._-]` (the rule of
+//! [`Principal`], written once in the protocol crate). A certificate with no such URI, with more than one,
+//! or with an invalid name, is refused. The common name is ignored.
 //!
 //! The certificate may also bind ed25519 signing keys to that principal, one URI SAN
 //! `urn:sealpost:ed25519:<64 hex digits>` each: the broker accepts a published batch only if its signer is
@@ -27,7 +28,7 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
-use sealpost_protocol::PublicKey;
+use sealpost_protocol::{Principal, PublicKey};
 use x509_parser::extensions::GeneralName;
 
 use crate::{Error, Result};
@@ -48,17 +49,11 @@ pub fn key_binding_uri(key: &PublicKey) -> String {
     format!("{KEY_BINDING_PREFIX}{key}")
 }
 
-/// Whether `name` is a valid principal name.
-pub fn valid_principal(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 /// Who is on the other end of a connection, as its verified certificate says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
     /// The principal.
-    pub principal: String,
+    pub principal: Principal,
     /// The signing keys its certificate binds to it.
     pub signing_keys: Vec<PublicKey>,
 }
@@ -80,8 +75,10 @@ impl Peer {
             }
         }
         match principals.as_slice() {
-            [p] if valid_principal(p) => Ok(Peer { principal: (*p).to_string(), signing_keys }),
-            [_] => Err(refuse("invalid principal name")),
+            [p] => match Principal::new(*p) {
+                Ok(principal) => Ok(Peer { principal, signing_keys }),
+                Err(_) => Err(refuse("invalid principal name")),
+            },
             [] => Err(refuse("no sealpost:// URI")),
             _ => Err(refuse("more than one sealpost:// URI")),
         }
@@ -229,7 +226,7 @@ mod tests {
         let key = sealpost_protocol::SigningKey::from_bytes(&[7; 32]).public_key();
         let cert = ca.issue(&LeafSpec::client("alice", &[key])).unwrap();
         let peer = Peer::from_certificate(&der(&cert.cert_pem)).unwrap();
-        assert_eq!(peer, Peer { principal: "alice".into(), signing_keys: vec![key] });
+        assert_eq!(peer, Peer { principal: "alice".parse().unwrap(), signing_keys: vec![key] });
     }
 
     #[test]
@@ -255,7 +252,7 @@ mod tests {
     fn invalid_principal_names_are_refused() {
         let ca = DevCa::generate("test CA").unwrap();
         for bad in ["", "a b", "alice/admin", &"x".repeat(65)] {
-            assert!(!valid_principal(bad), "{bad:?}");
+            assert!(Principal::new(bad).is_err(), "{bad:?}");
         }
         let cert = ca.issue(&LeafSpec::client("alice%2f", &[])).unwrap();
         assert!(Peer::from_certificate(&der(&cert.cert_pem)).is_err());

@@ -55,14 +55,15 @@ fn commit_paths_and_opening() {
         store.sync().unwrap();
     });
     println!("{{\"path\": \"append 1 KiB + sync\", {}}}", percentiles(batch));
+    let bob = "bob".parse().unwrap();
     let commit = timed(&|| {
-        store.set_durable_offset(&topic, "bob", "main", store.syncs()).unwrap();
+        store.set_durable_offset(&topic, &bob, "main", store.syncs()).unwrap();
         store.sync().unwrap();
     });
     println!("{{\"path\": \"durable-offset commit + sync\", {}}}", percentiles(commit));
     let both = timed(&|| {
         append(&store, &topic, 1024);
-        store.set_durable_offset(&topic, "bob", "main", store.syncs()).unwrap();
+        store.set_durable_offset(&topic, &bob, "main", store.syncs()).unwrap();
         store.sync().unwrap();
     });
     println!("{{\"path\": \"append 1 KiB + durable-offset commit + sync\", {}}}", percentiles(both));

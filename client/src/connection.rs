@@ -355,7 +355,7 @@ impl Client {
             options,
             limits: Limits::default(),
             keys: KeySource::new(
-                identity.principal().to_owned(),
+                identity.principal().clone(),
                 identity.inner().hpke.clone(),
                 identity.authority(),
                 Limits::default(),

@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sealpost_protocol::{ErrorCode, KeyId, PublicKey, Topic};
+use sealpost_protocol::{ErrorCode, KeyId, Principal, PublicKey, Topic};
 
 /// Everything that can go wrong in the client library.
 ///
@@ -63,7 +63,7 @@ pub enum Error {
         /// The topic.
         topic: Topic,
         /// This identity's principal.
-        principal: String,
+        principal: Principal,
         /// The epoch of the topic's current policy.
         epoch: u64,
     },

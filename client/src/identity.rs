@@ -18,7 +18,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sealpost_protocol::identity::IdentityFile;
-use sealpost_protocol::{HpkePublicKey, HpkeSecretKey, Member, PublicKey, SigningKey};
+use sealpost_protocol::{HpkePublicKey, HpkeSecretKey, Member, Principal, PublicKey, SigningKey};
 
 use crate::error::{Error, Result};
 
@@ -82,7 +82,7 @@ impl Identity {
     }
 
     /// The principal this identity claims to be (the broker believes its certificate, not this field).
-    pub fn principal(&self) -> &str {
+    pub fn principal(&self) -> &Principal {
         &self.inner.file.principal
     }
 
@@ -109,7 +109,7 @@ impl Identity {
     /// This principal as a member of a topic policy, with the given roles and its public keys.
     pub fn member(&self, publish: bool, subscribe: bool) -> Member {
         Member {
-            principal: self.principal().to_owned(),
+            principal: self.principal().clone(),
             publish,
             subscribe,
             signing_key: self.public_key(),

@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sealpost_protocol::{
-    ContentKey, Epoch, EpochKeys, HpkeSecretKey, Limits, PolicyBook, PublicKey, SignedPolicy, Topic,
-    VerifiedPolicy,
+    ContentKey, Epoch, EpochKeys, HpkeSecretKey, Limits, PolicyBook, Principal, PublicKey, SignedPolicy,
+    Topic, VerifiedPolicy,
 };
 
 use crate::error::{Error, Result};
@@ -94,7 +94,11 @@ impl TopicKeys {
 
     /// The key to seal new batches with: the one of the current epoch, if `principal` is a publisher of the
     /// current policy with `signer` as its signing key.
-    pub(crate) fn sealing_key(&self, principal: &str, signer: &PublicKey) -> Result<(Epoch, &ContentKey)> {
+    pub(crate) fn sealing_key(
+        &self,
+        principal: &Principal,
+        signer: &PublicKey,
+    ) -> Result<(Epoch, &ContentKey)> {
         let topic = self.book.topic();
         let Some(current) = self.book.current() else {
             return Err(Error::NoPolicy { topic: topic.clone() });
@@ -105,7 +109,7 @@ impl TopicKeys {
             _ => {
                 return Err(Error::NotAPublisher {
                     topic: topic.clone(),
-                    principal: principal.to_owned(),
+                    principal: principal.clone(),
                     epoch: epoch.0,
                 })
             }
@@ -128,7 +132,7 @@ pub(crate) enum Freshness {
 
 /// The policies and keys of every topic a client has used, kept for the life of the client.
 pub(crate) struct KeySource {
-    principal: String,
+    principal: Principal,
     hpke: HpkeSecretKey,
     authority: PublicKey,
     limits: Limits,
@@ -178,7 +182,12 @@ impl Slot {
 
 impl KeySource {
     /// A source for `principal`, unwrapping with `hpke` the keys of policies signed by `authority`.
-    pub(crate) fn new(principal: String, hpke: HpkeSecretKey, authority: PublicKey, limits: Limits) -> Self {
+    pub(crate) fn new(
+        principal: Principal,
+        hpke: HpkeSecretKey,
+        authority: PublicKey,
+        limits: Limits,
+    ) -> Self {
         Self { principal, hpke, authority, limits, topics: Mutex::new(HashMap::new()) }
     }
 
@@ -294,7 +303,7 @@ pub(crate) mod tests {
 
     pub(crate) fn member(name: &str, publish: bool, subscribe: bool) -> Member {
         Member {
-            principal: name.into(),
+            principal: name.parse().unwrap(),
             publish,
             subscribe,
             signing_key: signer(name).public_key(),
@@ -326,7 +335,7 @@ pub(crate) mod tests {
     }
 
     fn source(name: &str) -> KeySource {
-        KeySource::new(name.into(), hpke(name), authority().public_key(), Limits::default())
+        KeySource::new(name.parse().unwrap(), hpke(name), authority().public_key(), Limits::default())
     }
 
     fn admit(source: &KeySource, served: &[&VerifiedPolicy]) -> Result<Arc<TopicKeys>> {
@@ -346,15 +355,16 @@ pub(crate) mod tests {
         assert_eq!(keys.keys().get(Epoch(2)).unwrap().as_bytes(), content_key(2).as_bytes());
         keys.check_readable().unwrap();
         // bob is no publisher.
-        let e = keys.sealing_key("bob", &signer("bob").public_key()).unwrap_err();
+        let e = keys.sealing_key(&"bob".parse().unwrap(), &signer("bob").public_key()).unwrap_err();
         assert!(matches!(e, Error::NotAPublisher { epoch: 2, .. }), "{e}");
         let alice = source("alice");
         let keys = admit(&alice, &[&p1, &p2]).unwrap();
-        let (epoch, key) = keys.sealing_key("alice", &signer("alice").public_key()).unwrap();
+        let (epoch, key) =
+            keys.sealing_key(&"alice".parse().unwrap(), &signer("alice").public_key()).unwrap();
         assert_eq!((epoch, key.as_bytes()), (Epoch(2), content_key(2).as_bytes()));
         // The same principal with another signing key is not the publisher the policy names.
         assert!(matches!(
-            keys.sealing_key("alice", &signer("zed").public_key()),
+            keys.sealing_key(&"alice".parse().unwrap(), &signer("zed").public_key()),
             Err(Error::NotAPublisher { .. })
         ));
     }
@@ -365,7 +375,7 @@ pub(crate) mod tests {
         let keys = admit(&carol, &[]).unwrap();
         assert!(matches!(keys.check_readable(), Err(Error::NoPolicy { .. })));
         assert!(matches!(
-            keys.sealing_key("carol", &signer("carol").public_key()),
+            keys.sealing_key(&"carol".parse().unwrap(), &signer("carol").public_key()),
             Err(Error::NoPolicy { .. })
         ));
         let p1 = policy(1, None, vec![member("alice", true, true)], 1000);

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use sealpost_protocol::{PublicKey, Timestamp, Topic};
+use sealpost_protocol::{Principal, PublicKey, Timestamp, Topic};
 
 /// One message, delivered by a [`Subscription`](crate::Subscription) only after its batch's signature,
 /// topic, records, publisher (against the topic policy of its epoch) and place in its publisher's chain
@@ -14,7 +14,7 @@ pub struct Message {
     /// The plaintext.
     pub payload: Bytes,
     /// The publisher's principal, as named by the topic policy that lists its key as a publisher.
-    pub publisher: String,
+    pub publisher: Principal,
     /// The key that signed the message's batch.
     pub publisher_key: PublicKey,
     /// The topic.

@@ -94,7 +94,7 @@ fn keys_of(name: &str) -> (SigningKey, HpkeSecretKey) {
 fn member(name: &str, publish: bool, subscribe: bool) -> Member {
     let (signing, hpke) = keys_of(name);
     Member {
-        principal: name.into(),
+        principal: name.parse().unwrap(),
         publish,
         subscribe,
         signing_key: signing.public_key(),

@@ -27,14 +27,15 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::keys::{HpkeSecretKey, PublicKey, SigningKey};
+use crate::principal::Principal;
 use crate::{Error, Result};
 
 /// The contents of an identity file.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityFile {
-    /// The principal named by this identity's certificate.
-    pub principal: String,
+    /// The principal named by this identity's certificate (a file with an invalid name does not load).
+    pub principal: Principal,
     /// `host:port` of the broker.
     pub broker: String,
     /// The DNS name or IP address the broker's certificate must be valid for.
@@ -117,6 +118,20 @@ mod tests {
             hex::encode([1u8; 32]),
             hex::encode([2u8; 32]),
         ))
+    }
+
+    #[test]
+    fn an_invalid_principal_name_does_not_load() {
+        let pinned = SigningKey::from_bytes(&[0xAA; 32]).public_key();
+        let id = identity(&format!("authority = \"{pinned}\"\n")).unwrap();
+        assert_eq!(id.principal, "admin");
+        let text = toml::to_string(&id).unwrap();
+        assert!(text.contains("principal = \"admin\""), "{text}");
+        for bad in ["", "ad min", "admin/x"] {
+            let err =
+                toml::from_str::<IdentityFile>(&text.replace("\"admin\"", &format!("{bad:?}"))).unwrap_err();
+            assert!(err.to_string().contains("invalid principal name"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ fn members_strategy() -> impl Strategy<Value = Vec<Member>> {
             m.into_iter()
                 .map(|(principal, (roles, seed))| Member {
                     hpke_key: hpke_secret(&principal).public_key(),
-                    principal,
+                    principal: principal.parse().unwrap(),
                     publish: roles & 1 != 0,
                     subscribe: roles & 2 != 0,
                     signing_key: SigningKey::from_bytes(&seed).public_key(),
@@ -98,7 +98,7 @@ proptest! {
         for m in &sorted {
             prop_assert_eq!(decoded.member(&m.principal), Some(m));
             prop_assert_eq!(decoded.publisher(&m.signing_key).is_some(), m.publish);
-            let unwrapped = decoded.content_key(&m.principal, &hpke_secret(&m.principal)).unwrap();
+            let unwrapped = decoded.content_key(&m.principal, &hpke_secret(m.principal.as_str())).unwrap();
             prop_assert_eq!(unwrapped.as_bytes(), &key);
         }
     }
@@ -284,7 +284,7 @@ fn default_member_limit_is_4096_and_a_full_policy_fits() {
     assert_eq!(Limits::default().max_policy_members, 4096);
     let members: Vec<Member> = (0..4096u32)
         .map(|i| Member {
-            principal: format!("{i:0>64}"),
+            principal: format!("{i:0>64}").parse().unwrap(),
             publish: true,
             subscribe: true,
             signing_key: {

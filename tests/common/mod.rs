@@ -78,7 +78,7 @@ impl Env {
     /// `who` as a policy member.
     pub fn member(&self, who: &str, publish: bool, subscribe: bool) -> Member {
         Member {
-            principal: who.into(),
+            principal: who.parse().unwrap(),
             publish,
             subscribe,
             signing_key: self.key(who).public_key(),
@@ -186,7 +186,7 @@ impl Env {
         std::fs::write(d.join(format!("{who}.pem")), &cert.cert_pem).unwrap();
         std::fs::write(d.join(format!("{who}.key")), &cert.key_pem).unwrap();
         let identity = IdentityFile {
-            principal: who.into(),
+            principal: who.parse().unwrap(),
             broker: addr.to_string(),
             server_name: "localhost".into(),
             ca: ca_file.into(),

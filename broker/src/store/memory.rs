@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use sealpost_protocol::{PublicKey, Topic};
+use sealpost_protocol::{Principal, PublicKey, Topic};
 
 use super::{offset_mismatch, PublisherRecord, Store, Stored, StoredBatch};
 use crate::{Error, Result};
@@ -27,7 +27,7 @@ struct State {
     /// Per (topic, publisher): first_seq -> record.
     publishers: HashMap<(Topic, PublicKey), BTreeMap<u64, PublisherRecord>>,
     /// (topic, principal, name) -> committed next offset.
-    durables: HashMap<(Topic, String, String), u64>,
+    durables: HashMap<(Topic, Principal, String), u64>,
     /// Per topic: epoch -> signed policy.
     policies: HashMap<Topic, BTreeMap<u64, Bytes>>,
 }
@@ -128,14 +128,20 @@ impl Store for MemoryStore {
             .map(|(_, r)| *r))
     }
 
-    fn durable_offset(&self, topic: &Topic, principal: &str, name: &str) -> Result<Option<u64>> {
+    fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<u64>> {
         let state = self.state()?;
-        Ok(state.durables.get(&(topic.clone(), principal.to_owned(), name.to_owned())).copied())
+        Ok(state.durables.get(&(topic.clone(), principal.clone(), name.to_owned())).copied())
     }
 
-    fn set_durable_offset(&self, topic: &Topic, principal: &str, name: &str, next_offset: u64) -> Result<()> {
+    fn set_durable_offset(
+        &self,
+        topic: &Topic,
+        principal: &Principal,
+        name: &str,
+        next_offset: u64,
+    ) -> Result<()> {
         let mut state = self.state()?;
-        state.durables.insert((topic.clone(), principal.to_owned(), name.to_owned()), next_offset);
+        state.durables.insert((topic.clone(), principal.clone(), name.to_owned()), next_offset);
         Ok(())
     }
 

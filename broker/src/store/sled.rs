@@ -124,7 +124,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use sealpost_protocol::{LostBatch, PublicKey, Topic};
+use sealpost_protocol::{LostBatch, Principal, PublicKey, Topic};
 
 use self::record::{BatchRecord, Lost, Record};
 use super::segment::{self, sync_dir, Check, Checkpoint, Location, Segments};
@@ -293,8 +293,8 @@ fn publisher_key(topic: &Topic, publisher: &PublicKey, first_seq: u64) -> Vec<u8
     publisher_key_bytes(topic, publisher.as_bytes(), first_seq)
 }
 
-fn durable_key(topic: &Topic, principal: &str, name: &str) -> Result<Vec<u8>> {
-    let mut key = topic_prefix(DURABLE, topic, 8 + principal.len() + name.len());
+fn durable_key(topic: &Topic, principal: &Principal, name: &str) -> Result<Vec<u8>> {
+    let mut key = topic_prefix(DURABLE, topic, 8 + principal.as_str().len() + name.len());
     record::principal_and_name(&mut key, principal, name)?;
     Ok(key)
 }
@@ -1192,7 +1192,7 @@ impl Store for SledStore {
         }
     }
 
-    fn durable_offset(&self, topic: &Topic, principal: &str, name: &str) -> Result<Option<u64>> {
+    fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<u64>> {
         match self.db.get(durable_key(topic, principal, name)?).map_err(sled_error)? {
             Some(v) => {
                 decode_durable(&v).map(|(offset, _)| Some(offset)).ok_or_else(|| corrupt("durable offset"))
@@ -1201,7 +1201,13 @@ impl Store for SledStore {
         }
     }
 
-    fn set_durable_offset(&self, topic: &Topic, principal: &str, name: &str, next_offset: u64) -> Result<()> {
+    fn set_durable_offset(
+        &self,
+        topic: &Topic,
+        principal: &Principal,
+        name: &str,
+        next_offset: u64,
+    ) -> Result<()> {
         let key = durable_key(topic, principal, name)?;
         let at = self.append_record(&record::durable(topic, principal, name, next_offset)?, Reserve::Keep)?;
         if let Err(e) = self.db.insert(key, durable_value(next_offset, Some(at))) {
@@ -1242,6 +1248,10 @@ mod tests {
 
     fn topic(s: &str) -> Topic {
         Topic::new(s).unwrap()
+    }
+
+    fn bob() -> Principal {
+        "bob".parse().unwrap()
     }
 
     #[test]
@@ -1389,7 +1399,7 @@ mod tests {
         append_n(&store, &t, 2);
         store.sync().unwrap();
         // A durable offset and a policy are records in the segments: they need no index sync either.
-        store.set_durable_offset(&t, "bob", "main", 2).unwrap();
+        store.set_durable_offset(&t, &bob(), "main", 2).unwrap();
         store.put_policy(&t, 1, &Bytes::from_static(b"policy")).unwrap();
         store.sync().unwrap();
         assert_eq!(checkpoint(), at_open, "nothing makes the index durable before 64 MiB");
@@ -1402,17 +1412,17 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             append_n(&store, &t, 2);
-            store.set_durable_offset(&t, "bob", "main", 1).unwrap();
-            store.set_durable_offset(&t, "bob", "main", 2).unwrap();
+            store.set_durable_offset(&t, &bob(), "main", 1).unwrap();
+            store.set_durable_offset(&t, &bob(), "main", 2).unwrap();
             store.put_policy(&t, 1, &Bytes::from_static(b"policy one")).unwrap();
             store.sync().unwrap();
             // The index never got them (a crash before its lazy sync): only the segments have them.
-            store.db.remove(durable_key(&t, "bob", "main").unwrap()).unwrap();
+            store.db.remove(durable_key(&t, &bob(), "main").unwrap()).unwrap();
             store.db.remove(policy_key(&t, 1)).unwrap();
             store.db.flush().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.durable_offset(&t, "bob", "main").unwrap(), Some(2), "the last commit wins");
+        assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(2), "the last commit wins");
         assert_eq!(store.policies(&t, 2).unwrap(), [Bytes::from_static(b"policy one")]);
         assert_eq!(store.next_offset(&t).unwrap(), 2);
     }
@@ -1507,7 +1517,7 @@ mod tests {
         db.insert(topic_prefix(TOPIC, t, 0), &[][..]).unwrap();
         db.insert(policy_key(t, 1), &b"policy one"[..]).unwrap();
         db.insert(policy_key(t, 2), &b"policy two"[..]).unwrap();
-        db.insert(durable_key(t, "bob", "main").unwrap(), &3u64.to_be_bytes()[..]).unwrap();
+        db.insert(durable_key(t, &bob(), "main").unwrap(), &3u64.to_be_bytes()[..]).unwrap();
         db.insert(LAYOUT_KEY, &2u32.to_be_bytes()[..]).unwrap();
         db.flush().unwrap();
         batches
@@ -1530,7 +1540,7 @@ mod tests {
                 store.policies(&t, 5).unwrap(),
                 [Bytes::from("policy one"), Bytes::from("policy two")]
             );
-            assert_eq!(store.durable_offset(&t, "bob", "main").unwrap(), Some(3));
+            assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(3));
         };
         {
             let store = SledStore::open(dir.path()).unwrap();
@@ -1539,7 +1549,7 @@ mod tests {
             assert_eq!(layout.as_ref(), LAYOUT_VERSION.to_be_bytes());
             assert_eq!(store.layout3_from(), 2, "the first segment written in layout 3");
             // Layout 3 from now on: a commit is a record, and only the record moves it on.
-            store.set_durable_offset(&t, "bob", "main", 4).unwrap();
+            store.set_durable_offset(&t, &bob(), "main", 4).unwrap();
             store.sync().unwrap();
         }
         // verify: the torn tail that layout 2 left in segment 0 is a note, not a finding.
@@ -1557,7 +1567,7 @@ mod tests {
             }
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.durable_offset(&t, "bob", "main").unwrap(), Some(4));
+        assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(4));
         assert_eq!(store.policies(&t, 5).unwrap().len(), 2);
         assert_eq!(payloads(&store, &t), batches);
         assert_eq!(store.layout3_from(), 2);
@@ -1570,7 +1580,7 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             append_n(&store, &t, 4);
-            store.set_durable_offset(&t, "bob", "main", 2).unwrap();
+            store.set_durable_offset(&t, &bob(), "main", 2).unwrap();
             store.put_policy(&t, 1, &Bytes::from_static(b"policy")).unwrap();
             store.sync().unwrap();
         }
@@ -1584,7 +1594,7 @@ mod tests {
         assert!(dir.path().join("index.corrupt-0").join("db").is_file(), "the old index is kept");
         assert_eq!(store.next_offset(&t).unwrap(), 4);
         assert_eq!(payloads(&store, &t).len(), 4);
-        assert_eq!(store.durable_offset(&t, "bob", "main").unwrap(), Some(2));
+        assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(2));
         assert_eq!(store.policies(&t, 1).unwrap(), [Bytes::from_static(b"policy")]);
         assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap().map(|h| h.next_seq()), Some(5));
         append_n(&store, &t, 1);
@@ -1610,17 +1620,17 @@ mod tests {
             }),
             ("append + durable-offset commit + sync (layout 3)", &|| {
                 append_n(&store, &t, 1);
-                store.set_durable_offset(&t, "bob", "main", store.syncs()).unwrap();
+                store.set_durable_offset(&t, &bob(), "main", store.syncs()).unwrap();
                 store.sync().unwrap();
             }),
             ("append + durable-offset commit + sync + index sync (as layout 2 did)", &|| {
                 append_n(&store, &t, 1);
-                store.set_durable_offset(&t, "bob", "main", store.syncs()).unwrap();
+                store.set_durable_offset(&t, &bob(), "main", store.syncs()).unwrap();
                 store.meta_dirty.store(true, Ordering::SeqCst);
                 store.sync().unwrap();
             }),
             ("durable-offset commit + sync (layout 3)", &|| {
-                store.set_durable_offset(&t, "bob", "main", store.syncs()).unwrap();
+                store.set_durable_offset(&t, &bob(), "main", store.syncs()).unwrap();
                 store.sync().unwrap();
             }),
         ];

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use clap::{ArgGroup, Parser, Subcommand};
 use futures_util::StreamExt;
-use sealpost_client::protocol::policy::valid_principal;
+use sealpost_client::protocol::principal::valid_principal;
 use sealpost_client::protocol::{HpkeSecretKey, SigningKey};
 use sealpost_client::{Client, Identity, PublisherOptions, StartAt, SubscribeOptions, Topic};
 use tokio::io::AsyncBufReadExt;

@@ -42,6 +42,7 @@ use crate::batch::SIGNATURE_LEN;
 use crate::digest::context;
 use crate::epoch::Epoch;
 use crate::keys::{HpkePublicKey, PublicKey};
+use crate::principal::Principal;
 use crate::reader::Reader;
 use crate::topic::Topic;
 use crate::{Digest, Error, Limits, Result, Timestamp};
@@ -84,7 +85,7 @@ impl Body {
     pub(super) fn encoded_len(&self) -> usize {
         HEADER_FIXED_LEN
             + self.topic.as_str().len()
-            + self.members.iter().map(|m| MEMBER_FIXED_LEN + m.principal.len()).sum::<usize>()
+            + self.members.iter().map(|m| MEMBER_FIXED_LEN + m.principal.as_str().len()).sum::<usize>()
             + SIGNATURE_LEN
     }
 
@@ -102,9 +103,10 @@ impl Body {
         // issue_policy checks that the count fits a u16.
         out.extend_from_slice(&(self.members.len() as u16).to_be_bytes());
         for (m, w) in self.members.iter().zip(&self.wrapped) {
-            // valid_principal guarantees 1..=64 bytes.
-            out.push(m.principal.len() as u8);
-            out.extend_from_slice(m.principal.as_bytes());
+            // Principal guarantees 1..=64 bytes.
+            let principal = m.principal.as_str().as_bytes();
+            out.push(principal.len() as u8);
+            out.extend_from_slice(principal);
             out.push(m.roles());
             out.extend_from_slice(m.signing_key.as_bytes());
             out.extend_from_slice(&m.hpke_key.0);
@@ -138,9 +140,11 @@ impl Body {
         for _ in 0..count {
             let len = r.u8("principal length")?;
             let principal = core::str::from_utf8(r.take(len.into(), "principal")?)
-                .map_err(|_| Error::InvalidPolicy("principal name is not 1 to 64 of [A-Za-z0-9._-]"))?;
-            if let Some(last) = members.last().map(|m: &Member| m.principal.as_str()) {
-                if last >= principal {
+                .ok()
+                .and_then(|name| Principal::new(name).ok())
+                .ok_or(Error::InvalidPolicy("principal name is not 1 to 64 of [A-Za-z0-9._-]"))?;
+            if let Some(last) = members.last().map(|m: &Member| &m.principal) {
+                if *last >= principal {
                     return Err(Error::InvalidPolicy("members not sorted by principal, or listed twice"));
                 }
             }
@@ -149,7 +153,7 @@ impl Body {
                 return Err(Error::InvalidPolicy("unknown member role bits"));
             }
             let member = Member {
-                principal: principal.to_owned(),
+                principal,
                 publish: roles & ROLE_PUBLISH != 0,
                 subscribe: roles & ROLE_SUBSCRIBE != 0,
                 signing_key: PublicKey::from_bytes(&r.array("member signing key")?)?,
@@ -163,7 +167,7 @@ impl Body {
         Ok(Self { topic, epoch, created_at, prev_digest, authority, members, wrapped, by_key })
     }
 
-    /// The index of the member named `principal`.
+    /// The index of the member named `principal` (a name that is not a valid principal is no member).
     pub(super) fn member_index(&self, principal: &str) -> Option<usize> {
         self.members.binary_search_by(|m| m.principal.as_str().cmp(principal)).ok()
     }
@@ -244,6 +248,7 @@ pub(super) fn signed_message(digest: &Digest) -> [u8; SIGNATURE_DOMAIN.len() + 3
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::codec;
     use crate::policy::fixtures::{issue, member};
 
     #[test]
@@ -254,6 +259,20 @@ mod tests {
         assert_eq!(MEMBER_FIXED_LEN, 1 + 1 + 32 + 32 + 32 + 48);
         let p = issue(vec![member("alice", 1, true, true)]).unwrap();
         assert_eq!(p.as_bytes().len(), HEADER_FIXED_LEN + 9 + MEMBER_FIXED_LEN + 5 + SIGNATURE_LEN);
+    }
+
+    #[test]
+    fn decode_refuses_a_member_whose_principal_name_is_invalid() {
+        let raw = issue(vec![member("bob-smith", 2, true, false)]).unwrap().as_bytes().to_vec();
+        let at = raw.windows(9).position(|w| w == b"bob-smith").unwrap();
+        for bad in [b' ', b'/', 0xC3] {
+            let mut patched = raw.clone();
+            patched[at + 3] = bad;
+            assert_eq!(
+                codec::decode(&patched, &Limits::default()).unwrap_err(),
+                Error::InvalidPolicy("principal name is not 1 to 64 of [A-Za-z0-9._-]")
+            );
+        }
     }
 
     #[test]

@@ -34,7 +34,12 @@ impl EpochKeys {
     /// Unwraps and keeps the content key of `policy`'s epoch for `principal` (see
     /// [`VerifiedPolicy::content_key`]). Does nothing if that epoch's key is already held; fails with
     /// [`Error::WrongTopic`] for a policy of another topic.
-    pub fn unlock(&mut self, policy: &VerifiedPolicy, principal: &str, secret: &HpkeSecretKey) -> Result<()> {
+    pub fn unlock(
+        &mut self,
+        policy: &VerifiedPolicy,
+        principal: impl AsRef<str>,
+        secret: &HpkeSecretKey,
+    ) -> Result<()> {
         if policy.topic() != &self.topic {
             return Err(Error::WrongTopic { expected: self.topic.clone(), got: policy.topic().clone() });
         }

@@ -15,7 +15,7 @@ pub(super) fn rng() -> rand_chacha::ChaCha20Rng {
 
 pub(super) fn member(name: &str, seed: u8, publish: bool, subscribe: bool) -> Member {
     Member {
-        principal: name.into(),
+        principal: name.parse().unwrap(),
         publish,
         subscribe,
         signing_key: SigningKey::from_bytes(&[seed; 32]).public_key(),

@@ -49,6 +49,9 @@ pub use book::PolicyBook;
 pub use codec::POLICY_VERSION;
 pub use epoch_keys::EpochKeys;
 pub use issue::{issue_policy, PolicyParams};
-pub use member::{valid_principal, Member, MAX_PRINCIPAL_LEN};
+pub use member::Member;
 pub use signed::{SignedPolicy, VerifiedPolicy};
 pub use wrap::{ENC_LEN, WRAPPED_LEN};
+
+/// The principal-name rule, at its former path: it lives in [`principal`](crate::principal).
+pub use crate::principal::{valid_principal, MAX_PRINCIPAL_LEN};

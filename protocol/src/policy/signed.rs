@@ -126,9 +126,10 @@ impl VerifiedPolicy {
         &self.policy.body.members
     }
 
-    /// The member named `principal`, if any.
-    pub fn member(&self, principal: &str) -> Option<&Member> {
-        self.policy.body.member_index(principal).map(|i| &self.policy.body.members[i])
+    /// The member named `principal`, if any (a [`Principal`](crate::Principal) or any string: a name that is
+    /// not a valid principal is no member).
+    pub fn member(&self, principal: impl AsRef<str>) -> Option<&Member> {
+        self.policy.body.member_index(principal.as_ref()).map(|i| &self.policy.body.members[i])
     }
 
     /// The member that signs with `key`, if it has the publish role.
@@ -140,7 +141,8 @@ impl VerifiedPolicy {
     ///
     /// Fails with [`Error::NotAMember`] if `principal` is not a member, and with [`Error::KeyUnwrap`] if
     /// `secret` does not open the key wrapped for it.
-    pub fn content_key(&self, principal: &str, secret: &HpkeSecretKey) -> Result<ContentKey> {
+    pub fn content_key(&self, principal: impl AsRef<str>, secret: &HpkeSecretKey) -> Result<ContentKey> {
+        let principal = principal.as_ref();
         let body = &self.policy.body;
         let i = body.member_index(principal).ok_or(Error::NotAMember)?;
         body.wrapped[i].open(secret, principal, &content_key_info(&body.topic, body.epoch))

@@ -81,7 +81,7 @@ pub fn hpke_secret(principal: &str) -> HpkeSecretKey {
 
 pub fn member(principal: &str, key: &SigningKey, publish: bool, subscribe: bool) -> Member {
     Member {
-        principal: principal.into(),
+        principal: principal.parse().unwrap(),
         publish,
         subscribe,
         signing_key: key.public_key(),

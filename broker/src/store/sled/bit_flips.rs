@@ -61,6 +61,10 @@ struct Fixture {
     older_durables: HashMap<Topic, Vec<u64>>,
 }
 
+fn bob() -> Principal {
+    "bob".parse().unwrap()
+}
+
 fn topics() -> [Topic; 2] {
     [Topic::new("flip.a").unwrap(), Topic::new("flip.b").unwrap()]
 }
@@ -79,7 +83,7 @@ fn policy(
         .iter()
         .enumerate()
         .map(|(i, s)| Member {
-            principal: format!("p{i}"),
+            principal: format!("p{i}").parse().unwrap(),
             publish: true,
             subscribe: true,
             signing_key: s.public_key(),
@@ -166,7 +170,7 @@ impl Fixture {
                 });
                 if rng.gen_bool(0.3) {
                     let next = record.offset + u64::from(record.count);
-                    store.set_durable_offset(t, "bob", "main", next).unwrap();
+                    store.set_durable_offset(t, &bob(), "main", next).unwrap();
                     if let Some(old) = fixture.durables.insert(t.clone(), next) {
                         fixture.older_durables.entry(t.clone()).or_default().push(old);
                     }
@@ -192,7 +196,7 @@ impl Fixture {
                 for t in &topics {
                     removals.remove(policy_key(t, 2));
                     assert_eq!(policies[t].len(), 1);
-                    let key = durable_key(t, "bob", "main").unwrap();
+                    let key = durable_key(t, &bob(), "main").unwrap();
                     match durables.get(t) {
                         // Its record was before the checkpoint: where exactly does not matter here.
                         Some(v) => removals.insert(
@@ -368,7 +372,7 @@ fn check(fixture: &Fixture, dir: &Path, hit: Option<&Written>, what: &str, outco
                 policies == *want || (fixture.lagging && hit.is_none() && policies[..] == want[..1]),
                 "{what}: policies of {t}"
             );
-            let durable = store.durable_offset(&t, "bob", "main").unwrap();
+            let durable = store.durable_offset(&t, &bob(), "main").unwrap();
             let want = fixture.durables.get(&t).copied();
             let older = fixture.older_durables.get(&t).cloned().unwrap_or_default();
             assert!(

@@ -21,7 +21,7 @@
 //! fsync of its own; what it says is true whenever it is there at all (it is written after the sync it
 //! names). Decoding checks every length against the bytes present and never panics.
 
-use sealpost_protocol::{Digest, LostBatch, PublicKey, Topic};
+use sealpost_protocol::{Digest, LostBatch, Principal, PublicKey, Topic};
 
 use super::super::segment::Checkpoint;
 use super::super::{LossReason, LostRange, PublisherRecord};
@@ -122,7 +122,7 @@ pub(super) enum Record<'a> {
     Batch(BatchRecord, &'a [u8]),
     Synced(Checkpoint),
     Policy { topic: Topic, epoch: u64, policy: &'a [u8] },
-    Durable { topic: Topic, principal: String, name: String, next_offset: u64 },
+    Durable { topic: Topic, principal: Principal, name: String, next_offset: u64 },
     Lost { topic: Topic, lost: Lost },
     Layout(u32),
 }
@@ -173,6 +173,7 @@ impl<'a> Record<'a> {
             DURABLE => {
                 let (topic, rest) = take_topic(rest)?;
                 let (principal, rest) = take_str(rest)?;
+                let principal = Principal::new(principal).ok()?;
                 let (name, rest) = take_str(rest)?;
                 let (next_offset, rest) = take_u64(rest)?;
                 rest.is_empty().then_some(Record::Durable { topic, principal, name, next_offset })
@@ -239,8 +240,8 @@ pub(super) fn policy(topic: &Topic, epoch: u64, policy: &[u8]) -> Vec<u8> {
 }
 
 /// `len u32 | principal | len u32 | name`, as durable keys and records end.
-pub(super) fn principal_and_name(out: &mut Vec<u8>, principal: &str, name: &str) -> Result<()> {
-    for part in [principal, name] {
+pub(super) fn principal_and_name(out: &mut Vec<u8>, principal: &Principal, name: &str) -> Result<()> {
+    for part in [principal.as_str(), name] {
         let len = u32::try_from(part.len()).map_err(|_| Error::LimitExceeded("durable subscription name"))?;
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(part.as_bytes());
@@ -249,8 +250,8 @@ pub(super) fn principal_and_name(out: &mut Vec<u8>, principal: &str, name: &str)
 }
 
 /// The body of a durable-offset record.
-pub(super) fn durable(topic: &Topic, principal: &str, name: &str, next_offset: u64) -> Result<Vec<u8>> {
-    let mut out = topic_prefix(DURABLE, topic, 16 + principal.len() + name.len());
+pub(super) fn durable(topic: &Topic, principal: &Principal, name: &str, next_offset: u64) -> Result<Vec<u8>> {
+    let mut out = topic_prefix(DURABLE, topic, 16 + principal.as_str().len() + name.len());
     principal_and_name(&mut out, principal, name)?;
     out.extend_from_slice(&next_offset.to_be_bytes());
     Ok(out)
@@ -297,10 +298,10 @@ mod tests {
             Some(Record::Policy { topic: topic(), epoch: 4, policy: b"signed" })
         );
         assert_eq!(
-            Record::decode(&durable(&topic(), "bob", "main", 12).unwrap()),
+            Record::decode(&durable(&topic(), &"bob".parse().unwrap(), "main", 12).unwrap()),
             Some(Record::Durable {
                 topic: topic(),
-                principal: "bob".into(),
+                principal: "bob".parse().unwrap(),
                 name: "main".into(),
                 next_offset: 12
             })
@@ -336,7 +337,7 @@ mod tests {
         assert!(Record::decode(&[]).is_none());
         assert!(Record::decode(&[0]).is_none());
         assert!(Record::decode(&[77, 1, 2, 3]).is_none());
-        let mut d = durable(&topic(), "bob", "main", 1).unwrap();
+        let mut d = durable(&topic(), &"bob".parse().unwrap(), "main", 1).unwrap();
         d.push(0);
         assert!(Record::decode(&d).is_none());
         assert!(Lost::decode(0, &[0; Lost::ENCODED_LEN]).is_none(), "no empty range");

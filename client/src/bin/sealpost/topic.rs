@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use sealpost_client::protocol::policy::valid_principal;
+use sealpost_client::protocol::principal::valid_principal;
 use sealpost_client::protocol::{
     issue_policy, ContentKey, Epoch, HpkePublicKey, HpkeSecretKey, Limits, Member, PolicyParams, PublicKey,
     SigningKey, VerifiedPolicy,
@@ -142,7 +142,7 @@ impl Members {
 
     fn member(&self, name: &str, publish: bool, subscribe: bool) -> anyhow::Result<Member> {
         let (signing_key, hpke_key) = self.keys(name)?;
-        Ok(Member { principal: name.to_owned(), publish, subscribe, signing_key, hpke_key })
+        Ok(Member { principal: name.parse()?, publish, subscribe, signing_key, hpke_key })
     }
 }
 
@@ -180,7 +180,7 @@ pub(crate) fn next_members(
     let mut next = current.members().to_vec();
     match change {
         Change::Create { .. } | Change::Rotate => {}
-        Change::Grant { name, role } => match next.iter_mut().find(|m| &m.principal == name) {
+        Change::Grant { name, role } => match next.iter_mut().find(|m| m.principal == name.as_str()) {
             Some(m) => {
                 let has = match role {
                     Role::Publish => std::mem::replace(&mut m.publish, true),
@@ -198,7 +198,7 @@ pub(crate) fn next_members(
         },
         Change::Revoke { name } => {
             let before = next.len();
-            next.retain(|m| &m.principal != name);
+            next.retain(|m| m.principal != name.as_str());
             if next.len() == before {
                 bail!("{name} is not a member of the policy of {topic} (epoch {})", current.epoch());
             }
@@ -287,7 +287,7 @@ fn print_members(policy: &VerifiedPolicy) {
     if policy.members().is_empty() {
         println!("  no members: nobody may publish or read");
     }
-    let width = policy.members().iter().map(|m| m.principal.len()).max().unwrap_or(0);
+    let width = policy.members().iter().map(|m| m.principal.as_str().len()).max().unwrap_or(0);
     for m in policy.members() {
         let roles = match (m.publish, m.subscribe) {
             (true, true) => "publish,subscribe",
@@ -393,7 +393,7 @@ mod tests {
     }
 
     fn roles(policy_members: &[Member]) -> Vec<(String, bool, bool)> {
-        policy_members.iter().map(|m| (m.principal.clone(), m.publish, m.subscribe)).collect()
+        policy_members.iter().map(|m| (m.principal.to_string(), m.publish, m.subscribe)).collect()
     }
 
     fn make(current: Option<&VerifiedPolicy>, change: Change, members: &Members, now: u64) -> VerifiedPolicy {
