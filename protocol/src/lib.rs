@@ -14,7 +14,8 @@
 //! - [`frame`]: the length-prefixed frames exchanged by clients and brokers, with a check step that bounds
 //!   every length before anything is allocated, and [`code`], their stable numeric error codes;
 //!   [`frame_buffer`] cuts a stream's bytes into frames, holding only what arrived.
-//! - [`topic`]: validated topic names and the wildcard patterns used by access-control lists.
+//! - [`topic`]: validated topic names and the wildcard patterns used by access-control lists; [`offset`],
+//!   the place of a message in a topic's log, a type apart from publisher sequence numbers.
 //! - [`keys`]: signing keys, HPKE key-agreement keys, content keys and key ids; [`principal`], validated
 //!   principal names; [`identity`], the shape of a principal's identity file.
 //!
@@ -39,6 +40,7 @@ pub mod frame_buffer;
 pub mod identity;
 pub mod keys;
 mod limits;
+pub mod offset;
 pub mod policy;
 pub mod principal;
 mod reader;
@@ -55,6 +57,7 @@ pub use frame::{Frame, LostBatch, RequestId, StartAt, SubscriptionId};
 pub use frame_buffer::FrameBuffer;
 pub use keys::{ContentKey, HpkePublicKey, HpkeSecretKey, KeyId, KeyLookup, PublicKey, SigningKey};
 pub use limits::Limits;
+pub use offset::Offset;
 pub use policy::{issue_policy, EpochKeys, Member, PolicyBook, PolicyParams, SignedPolicy, VerifiedPolicy};
 pub use principal::Principal;
 pub use time::Timestamp;
