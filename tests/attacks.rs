@@ -34,8 +34,8 @@ use sealpost_client::{
     Client, Error, Identity, Message, Publisher, PublisherOptions, SubscribeOptions, Subscription,
 };
 use sealpost_protocol::{
-    seal, ChainHead, Epoch, KeyId, Limits, PublicKey, SealParams, SealedBatch, SigningKey, StartAt, Topic,
-    VerifiedBatch,
+    seal, ChainHead, Epoch, KeyId, Limits, Offset, PublicKey, SealParams, SealedBatch, SigningKey, StartAt,
+    Topic, VerifiedBatch,
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ type PolicyView = Arc<dyn Fn(Vec<Bytes>) -> Vec<Bytes> + Send + Sync>;
 impl CheatingStore {
     /// The batches honestly stored on `topic`, in offset order.
     fn honest(&self, topic: &Topic) -> Vec<StoredBatch> {
-        self.inner.read(topic, 0, usize::MAX).unwrap().into_iter().filter_map(Stored::batch).collect()
+        self.inner.read(topic, Offset(0), usize::MAX).unwrap().into_iter().filter_map(Stored::batch).collect()
     }
 
     /// Serves `view(honest batches)` on `topic`, at consecutive offsets from 0 (a broker that hides what it
@@ -109,7 +109,7 @@ fn consecutive(batches: Vec<Bytes>) -> Vec<StoredBatch> {
         .map(|bytes| {
             let count =
                 SealedBatch::decode(bytes.clone(), &Limits::default()).map_or(1, |b| b.header().count);
-            let stored = StoredBatch { offset, count, bytes };
+            let stored = StoredBatch { offset: Offset(offset), count, bytes };
             offset += u64::from(count);
             stored
         })
@@ -131,11 +131,12 @@ impl Store for CheatingStore {
         self.inner.sync()
     }
 
-    fn read(&self, topic: &Topic, from: u64, max_bytes: usize) -> sealpost_broker::Result<Vec<Stored>> {
+    fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> sealpost_broker::Result<Vec<Stored>> {
         let view = self.views.lock().unwrap().get(topic).cloned();
         let Some(view) = view else { return self.inner.read(topic, from, max_bytes) };
         // The inner store is in memory: it holds batches only.
-        let stored = self.inner.read(topic, 0, usize::MAX)?.into_iter().filter_map(Stored::batch).collect();
+        let stored =
+            self.inner.read(topic, Offset(0), usize::MAX)?.into_iter().filter_map(Stored::batch).collect();
         let served = view(stored);
         // The `read` contract, applied to the served log: from the batch containing `from`, up to max_bytes.
         let mut total = 0usize;
@@ -150,13 +151,13 @@ impl Store for CheatingStore {
         Ok(out)
     }
 
-    fn next_offset(&self, topic: &Topic) -> sealpost_broker::Result<u64> {
+    fn next_offset(&self, topic: &Topic) -> sealpost_broker::Result<Offset> {
         self.inner.next_offset(topic)
     }
 
-    fn first_offset(&self, topic: &Topic) -> sealpost_broker::Result<u64> {
+    fn first_offset(&self, topic: &Topic) -> sealpost_broker::Result<Offset> {
         match *self.first_offset.lock().unwrap() {
-            Some(lie) => Ok(lie),
+            Some(lie) => Ok(Offset(lie)),
             None => self.inner.first_offset(topic),
         }
     }
@@ -183,7 +184,7 @@ impl Store for CheatingStore {
         topic: &Topic,
         principal: &sealpost_protocol::Principal,
         name: &str,
-    ) -> sealpost_broker::Result<Option<u64>> {
+    ) -> sealpost_broker::Result<Option<Offset>> {
         self.inner.durable_offset(topic, principal, name)
     }
 
@@ -192,7 +193,7 @@ impl Store for CheatingStore {
         topic: &Topic,
         principal: &sealpost_protocol::Principal,
         name: &str,
-        next_offset: u64,
+        next_offset: Offset,
     ) -> sealpost_broker::Result<()> {
         self.inner.set_durable_offset(topic, principal, name, next_offset)
     }
@@ -322,7 +323,7 @@ impl Scene {
             self.publish(&format!("m{i}")).await;
         }
         let honest = self.store.honest(&chat());
-        assert_eq!(honest.iter().map(|b| (b.offset, b.count)).collect::<Vec<_>>(), one_each(n));
+        assert_eq!(honest.iter().map(|b| (b.offset.0, b.count)).collect::<Vec<_>>(), one_each(n));
         honest.into_iter().map(|b| b.bytes).collect()
     }
 
@@ -377,18 +378,18 @@ async fn next_seen(env: &Env, sub: &mut Subscription) -> Seen {
         Ok(m) => {
             assert_eq!((m.publisher.as_str(), m.publisher_key), ("alice", env.key("alice").public_key()));
             assert_eq!(m.topic, chat());
-            Seen::Msg(String::from_utf8(m.payload.to_vec()).unwrap(), m.offset, m.seq)
+            Seen::Msg(String::from_utf8(m.payload.to_vec()).unwrap(), m.offset.0, m.seq)
         }
         Err(e) => {
             assert!(e.is_integrity(), "a non-integrity error ends the subscription: {e}");
             match e {
                 Error::Integrity { topic, offset, publisher, check } => {
                     assert_eq!(topic, chat());
-                    Seen::Integrity { offset, publisher, check }
+                    Seen::Integrity { offset: offset.0, publisher, check }
                 }
                 Error::UntrustedPublisher { topic, offset, publisher } => {
                     assert_eq!(topic, chat());
-                    Seen::Untrusted { offset, publisher: *publisher }
+                    Seen::Untrusted { offset: offset.0, publisher: *publisher }
                 }
                 other => panic!("unexpected integrity error: {other}"),
             }
@@ -741,10 +742,10 @@ async fn batch_served_over_delivered_offsets_cannot_hide_its_first_messages() {
         within("publish ack", p).await.unwrap();
     }
     let honest = scene.store.honest(&chat());
-    assert_eq!(honest.iter().map(|b| (b.offset, b.count)).collect::<Vec<_>>(), vec![(0, 3), (3, 3)]);
+    assert_eq!(honest.iter().map(|b| (b.offset.0, b.count)).collect::<Vec<_>>(), vec![(0, 3), (3, 3)]);
     // The second batch (offsets 3..6) is served at offset 1 (claiming 1..4).
     scene.store.serve_at(&chat(), |mut log| {
-        log[1].offset = 1;
+        log[1].offset = Offset(1);
         log
     });
 
@@ -767,7 +768,7 @@ async fn deleted_prefix_is_reported_even_if_the_broker_claims_the_log_starts_lat
     let scene = Scene::new(one_per_batch()).await;
     scene.publish_chat(4).await;
     scene.store.claim_first_offset(2);
-    scene.store.serve_at(&chat(), |log| log.into_iter().filter(|b| b.offset >= 2).collect());
+    scene.store.serve_at(&chat(), |log| log.into_iter().filter(|b| b.offset >= Offset(2)).collect());
 
     let mut sub = scene.subscribe().await;
     let alice = scene.alice_id();

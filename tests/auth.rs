@@ -139,7 +139,7 @@ async fn bob_is_refused_publish() {
     let mut sub =
         bob.subscribe(chat(), SubscribeOptions { from: StartAt::Earliest, durable: None }).await.unwrap();
     let first = within("message", sub.next()).await.unwrap().unwrap();
-    assert_eq!((first.offset, first.payload), (0, Bytes::from("still here")));
+    assert_eq!((first.offset.0, first.payload), (0, Bytes::from("still here")));
     broker.shutdown().await.unwrap();
 }
 

@@ -55,7 +55,7 @@ async fn read_log(env: &Env, addr: SocketAddr, last: u64) -> Vec<Bytes> {
             .await
             .expect("subscription ended")
             .unwrap_or_else(|e| panic!("error item at offset {}: {e}", stored.len()));
-        assert_eq!(m.offset, stored.len() as u64, "offsets are consecutive from 0, each once");
+        assert_eq!(m.offset.0, stored.len() as u64, "offsets are consecutive from 0, each once");
         stored.push(m.payload);
     }
     stored
@@ -106,7 +106,7 @@ async fn acknowledged_messages_survive_20_random_sigkills() {
                     for (payload, ack) in pending {
                         match ack.await {
                             Ok(receipt) => {
-                                round_acked.lock().unwrap().push((receipt.offset, payload));
+                                round_acked.lock().unwrap().push((receipt.offset.0, payload));
                                 count_tx.send_modify(|n| *n += 1);
                             }
                             Err(e) => return e,
@@ -168,7 +168,7 @@ async fn acknowledged_messages_survive_20_random_sigkills() {
     let alice = within("alice connects", Client::connect(&alice)).await.unwrap();
     let publisher = alice.publisher(chat(), PublisherOptions::default()).await.unwrap();
     let receipt = within("publish after the last restart", publisher.publish("after")).await.unwrap();
-    assert!(receipt.offset > acked.last().unwrap().0);
+    assert!(receipt.offset.0 > acked.last().unwrap().0);
     broker.kill();
     eprintln!(
         "{ROUNDS} SIGKILL rounds: {} acknowledged messages, {checked} acknowledged-message checks after restarts, \
@@ -267,7 +267,7 @@ async fn disk_full_fails_publishes_cleanly_and_service_resumes() {
             .collect();
         for (p, ack) in pending {
             match within("publish while filling", ack).await {
-                Ok(receipt) => acked.push((receipt.offset, p)),
+                Ok(receipt) => acked.push((receipt.offset.0, p)),
                 Err(e) => failures.push(e),
             }
         }
@@ -299,7 +299,7 @@ async fn disk_full_fails_publishes_cleanly_and_service_resumes() {
         j += 1;
         match within("publish on a full device", publisher.publish(payload("full", j))).await {
             Ok(receipt) => {
-                acked.push((receipt.offset, payload("full", j)));
+                acked.push((receipt.offset.0, payload("full", j)));
                 acked_while_full += 1;
                 refused_in_a_row = 0;
             }
@@ -322,7 +322,7 @@ async fn disk_full_fails_publishes_cleanly_and_service_resumes() {
         let receipt = within("publish after space was made", publisher.publish(p.clone()))
             .await
             .unwrap_or_else(|e| panic!("publish {j} after space was made failed: {e}"));
-        acked.push((receipt.offset, p));
+        acked.push((receipt.offset.0, p));
     }
     let resumed_in = resumed.elapsed();
     let stored = read_log(&env, broker.addr, acked.last().unwrap().0).await;

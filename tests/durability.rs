@@ -80,7 +80,7 @@ async fn every_acknowledged_message_survives_sigkill() {
                     .collect();
                 for (payload, ack) in pending {
                     match ack.await {
-                        Ok(receipt) => acked.lock().unwrap().push((receipt.offset, payload)),
+                        Ok(receipt) => acked.lock().unwrap().push((receipt.offset.0, payload)),
                         Err(_) => return,
                     }
                 }
@@ -110,7 +110,7 @@ async fn every_acknowledged_message_survives_sigkill() {
     let mut stored = Vec::new();
     while stored.len() as u64 <= last {
         let m = within("stored message", sub.next()).await.unwrap().expect("integrity error after restart");
-        assert_eq!(m.offset, stored.len() as u64, "offsets are consecutive, each once");
+        assert_eq!(m.offset.0, stored.len() as u64, "offsets are consecutive, each once");
         stored.push(m.payload);
     }
     for (offset, payload) in &acked {
@@ -122,7 +122,7 @@ async fn every_acknowledged_message_survives_sigkill() {
     let alice = within("connect", Client::connect(&alice)).await.unwrap();
     let publisher = alice.publisher(chat(), PublisherOptions::default()).await.unwrap();
     let receipt = within("publish after restart", publisher.publish(Bytes::from("after"))).await.unwrap();
-    assert!(receipt.offset > last);
+    assert!(receipt.offset.0 > last);
     broker.kill();
 }
 
@@ -144,7 +144,7 @@ impl sealpost_broker::store::Store for SyncAudit {
         b: &Bytes,
     ) -> sealpost_broker::Result<()> {
         let done = self.completed.load(std::sync::atomic::Ordering::SeqCst);
-        self.appended_at.lock().unwrap().insert(r.offset, done);
+        self.appended_at.lock().unwrap().insert(r.offset.0, done);
         self.inner.append(t, p, r, b)
     }
     fn sync(&self) -> sealpost_broker::Result<()> {
@@ -155,15 +155,15 @@ impl sealpost_broker::store::Store for SyncAudit {
     fn read(
         &self,
         t: &Topic,
-        from: u64,
+        from: sealpost_protocol::Offset,
         max: usize,
     ) -> sealpost_broker::Result<Vec<sealpost_broker::store::Stored>> {
         self.inner.read(t, from, max)
     }
-    fn next_offset(&self, t: &Topic) -> sealpost_broker::Result<u64> {
+    fn next_offset(&self, t: &Topic) -> sealpost_broker::Result<sealpost_protocol::Offset> {
         self.inner.next_offset(t)
     }
-    fn first_offset(&self, t: &Topic) -> sealpost_broker::Result<u64> {
+    fn first_offset(&self, t: &Topic) -> sealpost_broker::Result<sealpost_protocol::Offset> {
         self.inner.first_offset(t)
     }
     fn publisher_record(
@@ -186,7 +186,7 @@ impl sealpost_broker::store::Store for SyncAudit {
         t: &Topic,
         who: &sealpost_protocol::Principal,
         name: &str,
-    ) -> sealpost_broker::Result<Option<u64>> {
+    ) -> sealpost_broker::Result<Option<sealpost_protocol::Offset>> {
         self.inner.durable_offset(t, who, name)
     }
     fn set_durable_offset(
@@ -194,7 +194,7 @@ impl sealpost_broker::store::Store for SyncAudit {
         t: &Topic,
         who: &sealpost_protocol::Principal,
         name: &str,
-        next: u64,
+        next: sealpost_protocol::Offset,
     ) -> sealpost_broker::Result<()> {
         self.inner.set_durable_offset(t, who, name, next)
     }
@@ -234,7 +234,7 @@ async fn every_ack_follows_a_sync_that_covers_its_batch() {
     // Pipelined, so that groups form and several batches share a sync.
     let pending: Vec<_> = (0..2_000).map(|i| publisher.publish(Bytes::from(format!("m{i}")))).collect();
     for ack in pending {
-        let offset = within("ack", ack).await.unwrap().offset;
+        let offset = within("ack", ack).await.unwrap().offset.0;
         // Read after the ack arrived: a sync completed after the append of every batch acknowledged so far.
         let completed_now = audit.completed.load(std::sync::atomic::Ordering::SeqCst);
         let appended_at = audit.appended_at.lock().unwrap();

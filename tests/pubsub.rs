@@ -8,7 +8,7 @@ use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
 use sealpost_client::{Client, Identity, Message, PublisherOptions, SubscribeOptions, Subscription};
-use sealpost_protocol::{StartAt, Topic};
+use sealpost_protocol::{Offset, StartAt, Topic};
 
 fn chat() -> Topic {
     Topic::new("demo.chat").unwrap()
@@ -25,7 +25,7 @@ async fn publish_all(client: &Client, topic: Topic, payloads: impl IntoIterator<
     let pending: Vec<_> = payloads.into_iter().map(|p| publisher.publish(Bytes::from(p))).collect();
     let mut offsets = Vec::new();
     for p in pending {
-        offsets.push(within("publish ack", p).await.unwrap().offset);
+        offsets.push(within("publish ack", p).await.unwrap().offset.0);
     }
     publisher.close().await.unwrap();
     offsets
@@ -53,7 +53,7 @@ async fn round_trip(engine: Engine) {
     assert_eq!(m.publisher, "alice");
     assert_eq!(m.publisher_key, env.key("alice").public_key());
     assert_eq!(m.topic, chat());
-    assert_eq!((m.offset, m.seq), (0, 1));
+    assert_eq!((m.offset.0, m.seq), (0, 1));
     broker.shutdown().await.unwrap();
 }
 
@@ -68,13 +68,13 @@ async fn subscribe_from_earliest_latest_and_offset(engine: Engine) {
     for i in 0..5 {
         assert_eq!(next(&mut earliest).await.payload, Bytes::from(format!("m{i}")));
     }
-    let mut from_3 = subscribe(&bob, StartAt::Offset(3), None).await;
+    let mut from_3 = subscribe(&bob, StartAt::Offset(Offset(3)), None).await;
     assert_eq!(next(&mut from_3).await.payload, Bytes::from("m3"));
     assert_eq!(next(&mut from_3).await.payload, Bytes::from("m4"));
     let mut latest = subscribe(&bob, StartAt::Latest, None).await;
     publish_all(&alice, chat(), ["m5".to_string()]).await;
     let m = next(&mut latest).await;
-    assert_eq!((m.payload, m.offset), (Bytes::from("m5"), 5));
+    assert_eq!((m.payload, m.offset.0), (Bytes::from("m5"), 5));
     // And the live message reaches the older subscriptions too, after what they already had.
     assert_eq!(next(&mut earliest).await.payload, Bytes::from("m5"));
     broker.shutdown().await.unwrap();
@@ -91,7 +91,7 @@ async fn ten_thousand_messages_arrive_in_order_each_once(engine: Engine) {
     assert_eq!(offsets, (0..N).collect::<Vec<_>>(), "acks carry consecutive offsets");
     for i in 0..N {
         let m = next(&mut sub).await;
-        assert_eq!((m.offset, m.seq), (i, i + 1));
+        assert_eq!((m.offset.0, m.seq), (i, i + 1));
         assert_eq!(m.payload, Bytes::from(format!("message {i}")));
     }
     broker.shutdown().await.unwrap();
@@ -116,7 +116,7 @@ async fn durable_subscription_resumes_after_client_reconnect(engine: Engine) {
     // `from` is ignored for a durable subscription that exists.
     let mut sub = subscribe(&bob, StartAt::Latest, Some("inbox")).await;
     let m = next(&mut sub).await;
-    assert_eq!((m.payload, m.offset), (Bytes::from("m4"), 4));
+    assert_eq!((m.payload, m.offset.0), (Bytes::from("m4"), 4));
     broker.shutdown().await.unwrap();
 }
 
@@ -140,7 +140,7 @@ async fn durable_subscription_resumes_after_broker_restart(engine: Engine) {
     let bob = client(&env, "bob", &broker).await;
     let mut sub = subscribe(&bob, StartAt::Earliest, Some("inbox")).await;
     let m = next(&mut sub).await;
-    assert_eq!((m.payload, m.offset), (Bytes::from("m7"), 7));
+    assert_eq!((m.payload, m.offset.0), (Bytes::from("m7"), 7));
     broker.shutdown().await.unwrap();
 }
 
@@ -179,17 +179,17 @@ async fn retried_batch_is_stored_once(engine: Engine) {
     assert_eq!(
         answers,
         vec![
-            Frame::Published { request_id: 1, first_offset: 0, count: 1 },
-            Frame::Published { request_id: 2, first_offset: 0, count: 1 },
-            Frame::Published { request_id: 3, first_offset: 0, count: 1 },
-            Frame::Published { request_id: 4, first_offset: 1, count: 1 },
+            Frame::Published { request_id: 1, first_offset: Offset(0), count: 1 },
+            Frame::Published { request_id: 2, first_offset: Offset(0), count: 1 },
+            Frame::Published { request_id: 3, first_offset: Offset(0), count: 1 },
+            Frame::Published { request_id: 4, first_offset: Offset(1), count: 1 },
         ]
     );
     let bob = client(&env, "bob", &broker).await;
     let mut sub = subscribe(&bob, StartAt::Earliest, None).await;
     assert_eq!(next(&mut sub).await.payload, Bytes::from("once"));
     let m = next(&mut sub).await;
-    assert_eq!((m.payload, m.offset), (Bytes::from("twice?"), 1));
+    assert_eq!((m.payload, m.offset.0), (Bytes::from("twice?"), 1));
     broker.shutdown().await.unwrap();
 }
 

@@ -108,13 +108,13 @@ async fn read_all(
     while next < end {
         match within("an item", sub.next()).await.expect("the subscription ended") {
             Ok(m) => {
-                next = m.offset + 1;
-                messages.push((m.offset, m.payload));
+                next = m.offset.0 + 1;
+                messages.push((m.offset.0, m.payload));
             }
             Err(Error::DataLost { offsets, reason, .. }) => {
                 assert_eq!(reason, ErrorCode::DATA_LOST);
-                next = offsets.end;
-                lost.push(offsets);
+                next = offsets.end.0;
+                lost.push(offsets.start.0..offsets.end.0);
             }
             Err(e) => panic!("unexpected error item at offset {next}: {e}"),
         }
@@ -143,7 +143,7 @@ async fn a_flipped_bit_costs_the_batch_that_holds_it_and_subscribers_get_a_typed
         for i in 0..MESSAGES {
             let payload = Bytes::from(format!("message {i}: {}", "x".repeat(rng.gen_range(10..200))));
             let receipt = within("publish", publisher.publish(payload.clone())).await.unwrap();
-            published.push((receipt.offset, payload));
+            published.push((receipt.offset.0, payload));
         }
         publisher.close().await.unwrap();
         published
@@ -192,7 +192,7 @@ async fn a_flipped_bit_costs_the_batch_that_holds_it_and_subscribers_get_a_typed
         let publisher =
             within("publisher", alice.publisher(chat(), PublisherOptions::default())).await.unwrap();
         let after = within("publish after", publisher.publish(Bytes::from("after"))).await.unwrap();
-        assert_eq!(after.offset, MESSAGES, "{what}");
+        assert_eq!(after.offset.0, MESSAGES, "{what}");
         publisher.close().await.unwrap();
         let log = broker.log.lock().unwrap().clone();
         broker.terminate();

@@ -56,7 +56,7 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
-use sealpost_protocol::{Principal, PublicKey, Topic, VerifiedBatch};
+use sealpost_protocol::{Offset, Principal, PublicKey, Topic, VerifiedBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::sequencer::{self, Decision};
@@ -79,7 +79,7 @@ pub const DEFAULT_TAIL_BYTES: usize = 8 * 1024 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
     /// Offset of the batch's first message.
-    pub first_offset: u64,
+    pub first_offset: Offset,
     /// Number of messages: the batch covers `first_offset..first_offset + count`.
     pub count: u32,
     /// The batch was already stored (a retry): these are its original offsets and nothing new was stored.
@@ -103,7 +103,7 @@ struct Shared {
     store: Arc<dyn Store>,
     /// Per topic, the durable end. An entry exists for every topic the writer has appended to since the
     /// last successful sync, so a missing entry means the store holds nothing undurable for that topic.
-    watches: Mutex<HashMap<Topic, watch::Sender<u64>>>,
+    watches: Mutex<HashMap<Topic, watch::Sender<Offset>>>,
     /// Requests sent and not yet taken by the writer.
     queued: AtomicUsize,
     /// Recently appended batches, for readers.
@@ -111,7 +111,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn watches(&self) -> MutexGuard<'_, HashMap<Topic, watch::Sender<u64>>> {
+    fn watches(&self) -> MutexGuard<'_, HashMap<Topic, watch::Sender<Offset>>> {
         // The map only holds senders; a panic elsewhere cannot leave it inconsistent.
         self.watches.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -186,7 +186,7 @@ impl Tail {
 
     /// What [`Store::read`] would return for `topic` from `from` within `max_bytes`, if the tail covers
     /// `from`; `None` if it does not.
-    fn read(&self, topic: &Topic, from: u64, max_bytes: usize) -> Option<Vec<StoredBatch>> {
+    fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Option<Vec<StoredBatch>> {
         let batches = self.topics.get(topic)?;
         let first = batches.front()?;
         if from < first.offset {
@@ -218,7 +218,7 @@ enum Request {
         topic: Topic,
         principal: Principal,
         name: String,
-        next_offset: u64,
+        next_offset: Offset,
         reply: oneshot::Sender<Result<()>>,
     },
     Policy {
@@ -327,7 +327,7 @@ impl Log {
         topic: Topic,
         principal: Principal,
         name: String,
-        next_offset: u64,
+        next_offset: Offset,
     ) -> Result<()> {
         Self::answer(self.enqueue(|reply| Request::Commit { topic, principal, name, next_offset, reply }))
             .await
@@ -343,7 +343,7 @@ impl Log {
     /// them, if the in-memory tail covers `from`; `None` if it does not, and the store must be read. Like
     /// the store, the tail may hold batches that are not durable yet: bound what you deliver by
     /// [`durable_end`](Self::durable_end).
-    pub fn read_tail(&self, topic: &Topic, from: u64, max_bytes: usize) -> Option<Vec<StoredBatch>> {
+    pub fn read_tail(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Option<Vec<StoredBatch>> {
         self.shared.tail().read(topic, from, max_bytes)
     }
 
@@ -355,7 +355,7 @@ impl Log {
     /// A watch of the offset up to which `topic` is durable: every stored message below it survives a
     /// crash. Subscribers deliver only below it and wait for it to change. Created on first use from the
     /// store.
-    pub fn durable_end(&self, topic: &Topic) -> Result<watch::Receiver<u64>> {
+    pub fn durable_end(&self, topic: &Topic) -> Result<watch::Receiver<Offset>> {
         let mut watches = self.shared.watches();
         if let Some(sender) = watches.get(topic) {
             return Ok(sender.subscribe());
@@ -427,7 +427,7 @@ enum Reply {
 struct Writer {
     shared: Arc<Shared>,
     /// Next offset per topic, as the writer has made it (durable or in the current group).
-    next_offsets: HashMap<Topic, u64>,
+    next_offsets: HashMap<Topic, Offset>,
     /// Last stored batch per (topic, publisher); `None` for a publisher with no batch on the topic.
     heads: HashMap<(Topic, PublicKey), Option<PublisherRecord>>,
     /// Topics appended to since the last successful sync.
@@ -575,7 +575,7 @@ impl Writer {
         }
     }
 
-    fn next_offset(&mut self, topic: &Topic) -> Result<u64> {
+    fn next_offset(&mut self, topic: &Topic) -> Result<Offset> {
         if let Some(&next) = self.next_offsets.get(topic) {
             return Ok(next);
         }
@@ -590,7 +590,7 @@ impl Writer {
     /// Called before the first write to `topic` since the last successful sync, while the topic's
     /// `durable` end is what the store holds: makes sure a watch exists so that [`Log::durable_end`] never
     /// initialises one from a store that is ahead of the disk.
-    fn before_write(&mut self, topic: &Topic, durable: u64) {
+    fn before_write(&mut self, topic: &Topic, durable: Offset) {
         if !self.unsynced.contains(topic) {
             self.unsynced.insert(topic.clone());
             self.shared.watches().entry(topic.clone()).or_insert_with(|| watch::channel(durable).0);
@@ -724,13 +724,13 @@ mod tests {
             }
             self.inner.sync()
         }
-        fn read(&self, t: &Topic, from: u64, max: usize) -> Result<Vec<crate::store::Stored>> {
+        fn read(&self, t: &Topic, from: Offset, max: usize) -> Result<Vec<crate::store::Stored>> {
             self.inner.read(t, from, max)
         }
-        fn next_offset(&self, t: &Topic) -> Result<u64> {
+        fn next_offset(&self, t: &Topic) -> Result<Offset> {
             self.inner.next_offset(t)
         }
-        fn first_offset(&self, t: &Topic) -> Result<u64> {
+        fn first_offset(&self, t: &Topic) -> Result<Offset> {
             self.inner.first_offset(t)
         }
         fn publisher_record(&self, t: &Topic, p: &PublicKey, s: u64) -> Result<Option<PublisherRecord>> {
@@ -739,10 +739,10 @@ mod tests {
         fn publisher_head(&self, t: &Topic, p: &PublicKey) -> Result<Option<PublisherRecord>> {
             self.inner.publisher_head(t, p)
         }
-        fn durable_offset(&self, t: &Topic, who: &Principal, name: &str) -> Result<Option<u64>> {
+        fn durable_offset(&self, t: &Topic, who: &Principal, name: &str) -> Result<Option<Offset>> {
             self.inner.durable_offset(t, who, name)
         }
-        fn set_durable_offset(&self, t: &Topic, who: &Principal, name: &str, next: u64) -> Result<()> {
+        fn set_durable_offset(&self, t: &Topic, who: &Principal, name: &str, next: Offset) -> Result<()> {
             self.inner.set_durable_offset(t, who, name, next)
         }
         fn put_policy(&self, t: &Topic, epoch: u64, policy: &Bytes) -> Result<()> {
@@ -786,7 +786,7 @@ mod tests {
     }
 
     fn appended(first_offset: u64, count: u32) -> Appended {
-        Appended { first_offset, count, duplicate: false }
+        Appended { first_offset: Offset(first_offset), count, duplicate: false }
     }
 
     #[tokio::test]
@@ -821,11 +821,11 @@ mod tests {
         // Opening, group 1, group 2.
         assert_eq!(store.syncs(), 3);
         let stored: Vec<_> = store
-            .read(&t, 0, usize::MAX)
+            .read(&t, Offset(0), usize::MAX)
             .unwrap()
             .into_iter()
             .map(|s| s.batch().unwrap())
-            .map(|s| (s.offset, s.count))
+            .map(|s| (s.offset.0, s.count))
             .collect();
         assert_eq!(stored, vec![(0, 2), (2, 3), (5, 1), (6, 2), (8, 4)]);
     }
@@ -842,10 +842,10 @@ mod tests {
         assert_eq!(log.append(t.clone(), second.clone()).await.unwrap(), appended(3, 2));
         for (batch, offset, count) in [(first, 0, 3), (second, 3, 2)] {
             let answer = log.append(t.clone(), batch).await.unwrap();
-            assert_eq!(answer, Appended { first_offset: offset, count, duplicate: true });
+            assert_eq!(answer, Appended { first_offset: Offset(offset), count, duplicate: true });
         }
-        assert_eq!(store.read(&t, 0, usize::MAX).unwrap().len(), 2);
-        assert_eq!(store.next_offset(&t).unwrap(), 5);
+        assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap().len(), 2);
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(5));
         // Opening and the two appends synced; the retries of durable batches needed no sync.
         assert_eq!(store.syncs(), 3);
     }
@@ -872,7 +872,7 @@ mod tests {
             log.append(t.clone(), fork).await,
             Err(Error::SequenceConflict { expected: 2, got: 1 })
         ));
-        assert_eq!(store.next_offset(&t).unwrap(), 1);
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(1));
     }
 
     #[tokio::test]
@@ -894,9 +894,9 @@ mod tests {
             (1..TASKS).map(|i| spawn_append(&log, &t, genesis_batch(&signer(i as u8), &t, 1))).collect();
         wait_queued(&log, TASKS - 1).await;
         gate.open();
-        let mut offsets = vec![first.await.unwrap().unwrap().first_offset];
+        let mut offsets = vec![first.await.unwrap().unwrap().first_offset.0];
         for task in tasks {
-            offsets.push(task.await.unwrap().unwrap().first_offset);
+            offsets.push(task.await.unwrap().unwrap().first_offset.0);
         }
         offsets.sort_unstable();
         assert_eq!(offsets, (0..TASKS as u64).collect::<Vec<_>>());
@@ -910,7 +910,7 @@ mod tests {
         let (log, store, mut gate) = gated_log().await;
         let (watched, fresh, other) = (topic("demo.watched"), topic("demo.fresh"), topic("demo.other"));
         let mut end = log.durable_end(&watched).unwrap();
-        assert_eq!(*end.borrow(), 0);
+        assert_eq!(*end.borrow(), Offset(0));
         // Group 1 holds the writer in its sync while group 2 queues up.
         let blocker = spawn_append(&log, &other, genesis_batch(&signer(9), &other, 1));
         gate.entered().await;
@@ -922,19 +922,19 @@ mod tests {
         assert_eq!(blocker.await.unwrap().unwrap(), appended(0, 1));
         // Group 2 is stored and its sync waits at the gate.
         gate.entered().await;
-        assert_eq!(store.next_offset(&watched).unwrap(), 2);
-        assert_eq!(store.next_offset(&fresh).unwrap(), 3);
+        assert_eq!(store.next_offset(&watched).unwrap(), Offset(2));
+        assert_eq!(store.next_offset(&fresh).unwrap(), Offset(3));
         assert!(!end.has_changed().unwrap());
-        assert_eq!(*end.borrow(), 0);
+        assert_eq!(*end.borrow(), Offset(0));
         // A topic first asked about now reports its durable end, not what the store holds.
         let mut fresh_end = log.durable_end(&fresh).unwrap();
-        assert_eq!(*fresh_end.borrow(), 0);
+        assert_eq!(*fresh_end.borrow(), Offset(0));
         gate.open();
         assert_eq!(a.await.unwrap().unwrap(), appended(0, 2));
         assert_eq!(b.await.unwrap().unwrap(), appended(0, 3));
-        assert_eq!(*end.wait_for(|&e| e == 2).await.unwrap(), 2);
-        assert_eq!(*fresh_end.wait_for(|&e| e == 3).await.unwrap(), 3);
-        assert_eq!(*log.durable_end(&watched).unwrap().borrow(), 2);
+        assert_eq!(*end.wait_for(|&e| e == Offset(2)).await.unwrap(), Offset(2));
+        assert_eq!(*fresh_end.wait_for(|&e| e == Offset(3)).await.unwrap(), Offset(3));
+        assert_eq!(*log.durable_end(&watched).unwrap().borrow(), Offset(2));
     }
 
     #[tokio::test]
@@ -956,9 +956,9 @@ mod tests {
         let commit = {
             let log = log.clone();
             let t = t.clone();
-            tokio::spawn(
-                async move { log.commit_offset(t, "alice".parse().unwrap(), "main".into(), 1).await },
-            )
+            tokio::spawn(async move {
+                log.commit_offset(t, "alice".parse().unwrap(), "main".into(), Offset(1)).await
+            })
         };
         wait_queued(&log, 3).await;
         gate.open();
@@ -967,20 +967,21 @@ mod tests {
             assert!(matches!(task.await.unwrap(), Err(Error::StorageFull)));
         }
         assert!(matches!(commit.await.unwrap(), Err(Error::StorageFull)));
-        assert_eq!(*end.borrow_and_update(), 1);
+        assert_eq!(*end.borrow_and_update(), Offset(1));
         // The failed group's offsets may be reused: the tail forgets everything, readers go to the store.
-        assert!(log.read_tail(&t, 0, usize::MAX).is_none());
+        assert!(log.read_tail(&t, Offset(0), usize::MAX).is_none());
         // The store kept the failed group's batches: retries are duplicates with their original offsets,
         // and the chain continues from the store, not from a stale cache.
-        let dup = |first_offset, count| Appended { first_offset, count, duplicate: true };
+        let dup =
+            |first_offset, count| Appended { first_offset: Offset(first_offset), count, duplicate: true };
         assert_eq!(log.append(t.clone(), a2).await.unwrap(), dup(1, 2));
         assert_eq!(log.append(t.clone(), b1).await.unwrap(), dup(3, 3));
         assert_eq!(log.append(t.clone(), sealed(&a, &t, &mut ha, 1)).await.unwrap(), appended(6, 1));
-        assert_eq!(*end.wait_for(|&e| e == 7).await.unwrap(), 7);
+        assert_eq!(*end.wait_for(|&e| e == Offset(7)).await.unwrap(), Offset(7));
         // Appends after the failure fill the tail again, from where they start.
-        let tail = log.read_tail(&t, 6, usize::MAX).unwrap();
-        assert_eq!(tail.iter().map(|b| (b.offset, b.count)).collect::<Vec<_>>(), [(6, 1)]);
-        assert!(log.read_tail(&t, 5, usize::MAX).is_none());
+        let tail = log.read_tail(&t, Offset(6), usize::MAX).unwrap();
+        assert_eq!(tail.iter().map(|b| (b.offset.0, b.count)).collect::<Vec<_>>(), [(6, 1)]);
+        assert!(log.read_tail(&t, Offset(5), usize::MAX).is_none());
     }
 
     #[tokio::test]
@@ -995,20 +996,21 @@ mod tests {
         }
         // Batches cover 0..2, 2..5, 5..6, 6..10; reads start with the batch that contains `from`.
         for (from, max) in [(0, usize::MAX), (3, usize::MAX), (5, 1), (9, usize::MAX), (10, usize::MAX)] {
+            let from = Offset(from);
             let tail = log.read_tail(&t, from, max).unwrap();
             let stored: Vec<_> =
                 store.read(&t, from, max).unwrap().into_iter().map(|s| s.batch().unwrap()).collect();
             assert_eq!(tail, stored, "from {from}, max {max}");
         }
-        assert!(log.read_tail(&topic("demo.other"), 0, usize::MAX).is_none());
+        assert!(log.read_tail(&topic("demo.other"), Offset(0), usize::MAX).is_none());
     }
 
     fn stored(offset: u64, count: u32, len: usize) -> StoredBatch {
-        StoredBatch { offset, count, bytes: Bytes::from(vec![0; len]) }
+        StoredBatch { offset: Offset(offset), count, bytes: Bytes::from(vec![0; len]) }
     }
 
     fn offsets(batches: &[StoredBatch]) -> Vec<(u64, u32)> {
-        batches.iter().map(|b| (b.offset, b.count)).collect()
+        batches.iter().map(|b| (b.offset.0, b.count)).collect()
     }
 
     #[test]
@@ -1018,19 +1020,19 @@ mod tests {
         tail.push(&a, stored(0, 1, 100));
         tail.push(&b, stored(0, 1, 100));
         tail.push(&a, stored(1, 1, 100));
-        assert_eq!(offsets(&tail.read(&a, 0, usize::MAX).unwrap()), [(0, 1), (1, 1)]);
+        assert_eq!(offsets(&tail.read(&a, Offset(0), usize::MAX).unwrap()), [(0, 1), (1, 1)]);
         // Over budget: a's first batch, the oldest of all, goes; a read from it now misses.
         tail.push(&b, stored(1, 1, 100));
-        assert!(tail.read(&a, 0, usize::MAX).is_none());
-        assert_eq!(offsets(&tail.read(&a, 1, usize::MAX).unwrap()), [(1, 1)]);
-        assert_eq!(offsets(&tail.read(&b, 0, usize::MAX).unwrap()), [(0, 1), (1, 1)]);
+        assert!(tail.read(&a, Offset(0), usize::MAX).is_none());
+        assert_eq!(offsets(&tail.read(&a, Offset(1), usize::MAX).unwrap()), [(1, 1)]);
+        assert_eq!(offsets(&tail.read(&b, Offset(0), usize::MAX).unwrap()), [(0, 1), (1, 1)]);
         assert_eq!(tail.bytes, 300);
         // A batch larger than the whole budget is not kept, nor is anything before it on its topic.
         tail.push(&b, stored(2, 1, 301));
-        assert!(tail.read(&b, 2, usize::MAX).is_none());
+        assert!(tail.read(&b, Offset(2), usize::MAX).is_none());
         assert_eq!(tail.bytes, 100);
         tail.push(&a, stored(2, 1, 100));
-        assert_eq!(offsets(&tail.read(&a, 1, usize::MAX).unwrap()), [(1, 1), (2, 1)]);
+        assert_eq!(offsets(&tail.read(&a, Offset(1), usize::MAX).unwrap()), [(1, 1), (2, 1)]);
     }
 
     #[test]
@@ -1039,11 +1041,11 @@ mod tests {
         let mut tail = Tail::new(1000);
         tail.push(&a, stored(0, 2, 10));
         tail.push(&a, stored(5, 1, 10));
-        assert!(tail.read(&a, 0, usize::MAX).is_none());
-        assert_eq!(offsets(&tail.read(&a, 5, usize::MAX).unwrap()), [(5, 1)]);
+        assert!(tail.read(&a, Offset(0), usize::MAX).is_none());
+        assert_eq!(offsets(&tail.read(&a, Offset(5), usize::MAX).unwrap()), [(5, 1)]);
         assert_eq!(tail.bytes, 10);
         // Past the end: covered, and nothing there yet.
-        assert_eq!(tail.read(&a, 6, usize::MAX).unwrap(), []);
+        assert_eq!(tail.read(&a, Offset(6), usize::MAX).unwrap(), []);
     }
 
     #[test]
@@ -1051,7 +1053,7 @@ mod tests {
         let a = topic("demo.a");
         let mut tail = Tail::new(0);
         tail.push(&a, stored(0, 1, 1));
-        assert!(tail.read(&a, 0, usize::MAX).is_none());
+        assert!(tail.read(&a, Offset(0), usize::MAX).is_none());
         assert_eq!(tail.bytes, 0);
     }
 
@@ -1061,8 +1063,8 @@ mod tests {
         let log = Log::open(store.clone()).unwrap();
         let t = topic("demo.commit");
         let before = store.syncs();
-        log.commit_offset(t.clone(), "alice".parse().unwrap(), "main".into(), 42).await.unwrap();
-        assert_eq!(store.durable_offset(&t, &"alice".parse().unwrap(), "main").unwrap(), Some(42));
+        log.commit_offset(t.clone(), "alice".parse().unwrap(), "main".into(), Offset(42)).await.unwrap();
+        assert_eq!(store.durable_offset(&t, &"alice".parse().unwrap(), "main").unwrap(), Some(Offset(42)));
         assert_eq!(store.syncs(), before + 1);
     }
 
@@ -1075,7 +1077,7 @@ mod tests {
         log.close().await.unwrap();
         // The writer thread and the log held the other references.
         assert_eq!(Arc::strong_count(&store), 1);
-        assert_eq!(store.next_offset(&t).unwrap(), 1);
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(1));
     }
 
     #[tokio::test]
@@ -1092,11 +1094,11 @@ mod tests {
         }
         let store = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
         let log = Log::open(store.clone()).unwrap();
-        assert_eq!(*log.durable_end(&t).unwrap().borrow(), 2);
+        assert_eq!(*log.durable_end(&t).unwrap().borrow(), Offset(2));
         let retry = log.append(t.clone(), first).await.unwrap();
-        assert_eq!(retry, Appended { first_offset: 0, count: 2, duplicate: true });
+        assert_eq!(retry, Appended { first_offset: Offset(0), count: 2, duplicate: true });
         assert_eq!(log.append(t.clone(), sealed(&a, &t, &mut head, 1)).await.unwrap(), appended(2, 1));
-        assert_eq!(store.read(&t, 0, usize::MAX).unwrap().len(), 2);
+        assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap().len(), 2);
     }
 
     #[test]

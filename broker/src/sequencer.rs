@@ -73,7 +73,7 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests {
-    use sealpost_protocol::{Epoch, SigningKey, Timestamp, Topic};
+    use sealpost_protocol::{Epoch, Offset, SigningKey, Timestamp, Topic};
 
     use super::*;
 
@@ -90,7 +90,7 @@ mod tests {
     }
 
     fn record(first_seq: u64, count: u32, offset: u64, digest: u8) -> PublisherRecord {
-        PublisherRecord { first_seq, count, offset, digest: Digest([digest; 32]) }
+        PublisherRecord { first_seq, count, offset: Offset(offset), digest: Digest([digest; 32]) }
     }
 
     fn assert_conflict(result: Result<Decision>, expected: u64, got: u64) {

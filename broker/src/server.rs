@@ -742,7 +742,7 @@ async fn serve_subscription(
     let first = store.first_offset(&topic)?;
     let start = session::start_offset(from, committed, first, *end.borrow_and_update());
     write_frame(&mut send, &Frame::Subscribed { request_id, subscription, start_offset: start }).await?;
-    info!(principal = %peer.principal, %topic, start, durable = durable.as_deref().unwrap_or(""), "subscribed");
+    info!(principal = %peer.principal, %topic, %start, durable = durable.as_deref().unwrap_or(""), "subscribed");
 
     // Acks and unsubscribe arrive on the receive half; this task ends when the client is done.
     let acks = {

@@ -4,7 +4,7 @@
 
 use sealpost_protocol::principal::valid_principal;
 use sealpost_protocol::{
-    PublicKey, SealedBatch, SignedPolicy, StartAt, Topic, VerifiedBatch, VerifiedPolicy,
+    Offset, PublicKey, SealedBatch, SignedPolicy, StartAt, Topic, VerifiedBatch, VerifiedPolicy,
 };
 
 use crate::acl::{Acl, Action};
@@ -106,7 +106,7 @@ pub fn authorize_subscribe(peer: &Peer, acl: &Acl, topic: &Topic, durable: Optio
 
 /// Where a subscription starts: a durable subscription's committed offset if it has one, else `from`
 /// resolved against the topic's first stored offset and durable end.
-pub fn start_offset(from: StartAt, committed: Option<u64>, first: u64, end: u64) -> u64 {
+pub fn start_offset(from: StartAt, committed: Option<Offset>, first: Offset, end: Offset) -> Offset {
     match (committed, from) {
         (Some(offset), _) => offset,
         (None, StartAt::Earliest) => first,
@@ -293,10 +293,11 @@ mod tests {
 
     #[test]
     fn start_offset_prefers_the_committed_offset() {
-        assert_eq!(start_offset(StartAt::Earliest, Some(42), 0, 100), 42);
-        assert_eq!(start_offset(StartAt::Earliest, None, 5, 100), 5);
-        assert_eq!(start_offset(StartAt::Latest, None, 5, 100), 100);
-        assert_eq!(start_offset(StartAt::Offset(50), None, 5, 100), 50);
-        assert_eq!(start_offset(StartAt::Offset(1), None, 5, 100), 5);
+        let (first, end) = (Offset(5), Offset(100));
+        assert_eq!(start_offset(StartAt::Earliest, Some(Offset(42)), Offset(0), end), Offset(42));
+        assert_eq!(start_offset(StartAt::Earliest, None, first, end), first);
+        assert_eq!(start_offset(StartAt::Latest, None, first, end), end);
+        assert_eq!(start_offset(StartAt::Offset(Offset(50)), None, first, end), Offset(50));
+        assert_eq!(start_offset(StartAt::Offset(Offset(1)), None, first, end), first);
     }
 }

@@ -39,7 +39,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sealpost_protocol::{Digest, ErrorCode, Frame, LostBatch, Principal, PublicKey, SubscriptionId, Topic};
+use sealpost_protocol::{
+    Digest, ErrorCode, Frame, LostBatch, Offset, Principal, PublicKey, SubscriptionId, Topic,
+};
 
 use crate::config::{StorageConfig, StorageEngine};
 use crate::{Error, Result};
@@ -55,7 +57,7 @@ pub use self::sled::{SledOptions, SledStore};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredBatch {
     /// Offset of its first message.
-    pub offset: u64,
+    pub offset: Offset,
     /// Number of messages; the batch covers `offset..offset + count`.
     pub count: u32,
     /// The canonical sealed batch, exactly as the publisher signed it.
@@ -64,7 +66,7 @@ pub struct StoredBatch {
 
 impl StoredBatch {
     /// The offset right after the batch's last message.
-    pub fn end(&self) -> u64 {
+    pub fn end(&self) -> Offset {
         self.offset.saturating_add(self.count.into())
     }
 }
@@ -123,7 +125,7 @@ impl std::fmt::Display for LossReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LostRange {
     /// The first lost offset.
-    pub offset: u64,
+    pub offset: Offset,
     /// How many offsets, at least 1.
     pub count: u64,
     /// The one batch that held them, when the store knows it.
@@ -134,7 +136,7 @@ pub struct LostRange {
 
 impl LostRange {
     /// The offset right after the range.
-    pub fn end(&self) -> u64 {
+    pub fn end(&self) -> Offset {
         self.offset.saturating_add(self.count)
     }
 }
@@ -150,7 +152,7 @@ pub enum Stored {
 
 impl Stored {
     /// Its first offset.
-    pub fn offset(&self) -> u64 {
+    pub fn offset(&self) -> Offset {
         match self {
             Stored::Batch(b) => b.offset,
             Stored::Lost(l) => l.offset,
@@ -158,7 +160,7 @@ impl Stored {
     }
 
     /// The offset right after it.
-    pub fn end(&self) -> u64 {
+    pub fn end(&self) -> Offset {
         match self {
             Stored::Batch(b) => b.end(),
             Stored::Lost(l) => l.end(),
@@ -204,7 +206,7 @@ pub struct PublisherRecord {
     /// Its number of messages.
     pub count: u32,
     /// The topic offset of its first message.
-    pub offset: u64,
+    pub offset: Offset,
     /// Its digest (what its signature covers, and what the publisher's next batch names as `prev_digest`).
     pub digest: Digest,
 }
@@ -215,6 +217,11 @@ impl PublisherRecord {
         self.first_seq.saturating_add(self.count.into())
     }
 
+    /// The offset right after the batch's last message.
+    pub fn end(&self) -> Offset {
+        self.offset.saturating_add(self.count.into())
+    }
+
     /// Encoded size: first_seq, count, offset, digest.
     pub(crate) const ENCODED_LEN: usize = 8 + 4 + 8 + 32;
 
@@ -223,7 +230,7 @@ impl PublisherRecord {
         let mut out = [0u8; Self::ENCODED_LEN];
         out[..8].copy_from_slice(&self.first_seq.to_be_bytes());
         out[8..12].copy_from_slice(&self.count.to_be_bytes());
-        out[12..20].copy_from_slice(&self.offset.to_be_bytes());
+        out[12..20].copy_from_slice(&self.offset.0.to_be_bytes());
         out[20..].copy_from_slice(self.digest.as_bytes());
         out
     }
@@ -236,7 +243,7 @@ impl PublisherRecord {
         }
         let first_seq = u64::from_be_bytes(bytes[..8].try_into().map_err(|_| corrupt())?);
         let count = u32::from_be_bytes(bytes[8..12].try_into().map_err(|_| corrupt())?);
-        let offset = u64::from_be_bytes(bytes[12..20].try_into().map_err(|_| corrupt())?);
+        let offset = Offset(u64::from_be_bytes(bytes[12..20].try_into().map_err(|_| corrupt())?));
         let digest = Digest(bytes[20..].try_into().map_err(|_| corrupt())?);
         Ok(Self { first_seq, count, offset, digest })
     }
@@ -270,13 +277,13 @@ pub trait Store: Send + Sync + 'static {
     /// is always returned if there is one, even if it alone is larger. Empty if nothing is stored at or
     /// after `from`. A batch whose bytes turn out damaged when read comes back as a [`Stored::Lost`] (and
     /// the engine reports it), not as an error.
-    fn read(&self, topic: &Topic, from: u64, max_bytes: usize) -> Result<Vec<Stored>>;
+    fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>>;
 
     /// The offset the next message on `topic` gets: 0 for an empty topic.
-    fn next_offset(&self, topic: &Topic) -> Result<u64>;
+    fn next_offset(&self, topic: &Topic) -> Result<Offset>;
 
     /// The offset of the first message still stored on `topic` (0 for an empty topic).
-    fn first_offset(&self, topic: &Topic) -> Result<u64>;
+    fn first_offset(&self, topic: &Topic) -> Result<Offset>;
 
     /// The record of the batch of `publisher` on `topic` that starts at sequence number `first_seq`.
     fn publisher_record(
@@ -290,7 +297,7 @@ pub trait Store: Send + Sync + 'static {
     fn publisher_head(&self, topic: &Topic, publisher: &PublicKey) -> Result<Option<PublisherRecord>>;
 
     /// The next offset committed by the durable subscription `name` of `principal` on `topic`.
-    fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<u64>>;
+    fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>>;
 
     /// Records `next_offset` as the committed position of the durable subscription `name` of `principal`
     /// on `topic`, replacing any previous value. Not durable until [`sync`](Self::sync).
@@ -299,7 +306,7 @@ pub trait Store: Send + Sync + 'static {
         topic: &Topic,
         principal: &Principal,
         name: &str,
-        next_offset: u64,
+        next_offset: Offset,
     ) -> Result<()>;
 
     /// Stores the signed topic policy `policy` of `topic` under `epoch` (the caller has verified it and
@@ -346,7 +353,7 @@ pub(crate) fn io_error(context: &str, e: &std::io::Error) -> Error {
 }
 
 /// The error an append at the wrong offset gets.
-pub(crate) fn offset_mismatch(topic: &Topic, expected: u64, got: u64) -> Error {
+pub(crate) fn offset_mismatch(topic: &Topic, expected: Offset, got: Offset) -> Error {
     Error::Storage(format!("append on {topic} at offset {got}, but the next offset is {expected}"))
 }
 
@@ -377,14 +384,14 @@ mod tests {
     fn append(store: &dyn Store, t: &Topic, p: &PublicKey, count: u32, len: usize) -> PublisherRecord {
         let first_seq = store.publisher_head(t, p).unwrap().map_or(1, |h| h.next_seq());
         let offset = store.next_offset(t).unwrap();
-        let record = PublisherRecord { first_seq, count, offset, digest: digest((offset % 251) as u8) };
-        let bytes = Bytes::from(vec![(offset % 256) as u8; len]);
+        let record = PublisherRecord { first_seq, count, offset, digest: digest((offset.0 % 251) as u8) };
+        let bytes = Bytes::from(vec![(offset.0 % 256) as u8; len]);
         store.append(t, p, &record, &bytes).unwrap();
         record
     }
 
     fn offsets(items: &[Stored]) -> Vec<(u64, u32)> {
-        items.iter().map(|i| (i.offset(), i.end().saturating_sub(i.offset()) as u32)).collect()
+        items.iter().map(|i| (i.offset().0, i.end().saturating_count_from(i.offset()) as u32)).collect()
     }
 
     fn batches(items: Vec<Stored>) -> Vec<StoredBatch> {
@@ -393,9 +400,9 @@ mod tests {
 
     fn empty_topic_starts_at_zero(store: &dyn Store) {
         let t = topic("empty.topic");
-        assert_eq!(store.next_offset(&t).unwrap(), 0);
-        assert_eq!(store.first_offset(&t).unwrap(), 0);
-        assert!(store.read(&t, 0, usize::MAX).unwrap().is_empty());
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(0));
+        assert_eq!(store.first_offset(&t).unwrap(), Offset(0));
+        assert!(store.read(&t, Offset(0), usize::MAX).unwrap().is_empty());
         assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap(), None);
         assert_eq!(store.publisher_record(&t, &publisher(1), 1).unwrap(), None);
         assert_eq!(store.durable_offset(&t, &principal("alice"), "d").unwrap(), None);
@@ -406,14 +413,14 @@ mod tests {
         let a = append(store, &t, &publisher(1), 3, 10);
         let b = append(store, &t, &publisher(2), 1, 10);
         let c = append(store, &t, &publisher(1), 5, 10);
-        assert_eq!((a.offset, b.offset, c.offset), (0, 3, 4));
-        assert_eq!(store.next_offset(&t).unwrap(), 9);
-        assert_eq!(store.first_offset(&t).unwrap(), 0);
-        let all = store.read(&t, 0, usize::MAX).unwrap();
+        assert_eq!((a.offset, b.offset, c.offset), (Offset(0), Offset(3), Offset(4)));
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(9));
+        assert_eq!(store.first_offset(&t).unwrap(), Offset(0));
+        let all = store.read(&t, Offset(0), usize::MAX).unwrap();
         assert_eq!(offsets(&all), vec![(0, 3), (3, 1), (4, 5)]);
         let all = batches(all);
         assert_eq!(all[1].bytes, Bytes::from(vec![3u8; 10]));
-        assert_eq!(all[2].end(), 9);
+        assert_eq!(all[2].end(), Offset(9));
     }
 
     fn topics_are_independent(store: &dyn Store) {
@@ -421,9 +428,9 @@ mod tests {
         let (a, ab) = (topic("a"), topic("a.b"));
         append(store, &a, &publisher(1), 2, 4);
         append(store, &ab, &publisher(1), 7, 4);
-        assert_eq!(store.next_offset(&a).unwrap(), 2);
-        assert_eq!(store.next_offset(&ab).unwrap(), 7);
-        assert_eq!(offsets(&store.read(&a, 0, usize::MAX).unwrap()), vec![(0, 2)]);
+        assert_eq!(store.next_offset(&a).unwrap(), Offset(2));
+        assert_eq!(store.next_offset(&ab).unwrap(), Offset(7));
+        assert_eq!(offsets(&store.read(&a, Offset(0), usize::MAX).unwrap()), vec![(0, 2)]);
         assert_eq!(store.publisher_head(&a, &publisher(1)).unwrap().map(|h| h.count), Some(2));
     }
 
@@ -433,11 +440,11 @@ mod tests {
             append(store, &t, &publisher(1), 4, 8);
         }
         // Batches cover 0..4, 4..8, 8..12.
-        assert_eq!(offsets(&store.read(&t, 5, usize::MAX).unwrap()), vec![(4, 4), (8, 4)]);
-        assert_eq!(offsets(&store.read(&t, 4, usize::MAX).unwrap()), vec![(4, 4), (8, 4)]);
-        assert_eq!(offsets(&store.read(&t, 11, usize::MAX).unwrap()), vec![(8, 4)]);
-        assert!(store.read(&t, 12, usize::MAX).unwrap().is_empty());
-        assert!(store.read(&t, u64::MAX, usize::MAX).unwrap().is_empty());
+        assert_eq!(offsets(&store.read(&t, Offset(5), usize::MAX).unwrap()), vec![(4, 4), (8, 4)]);
+        assert_eq!(offsets(&store.read(&t, Offset(4), usize::MAX).unwrap()), vec![(4, 4), (8, 4)]);
+        assert_eq!(offsets(&store.read(&t, Offset(11), usize::MAX).unwrap()), vec![(8, 4)]);
+        assert!(store.read(&t, Offset(12), usize::MAX).unwrap().is_empty());
+        assert!(store.read(&t, Offset(u64::MAX), usize::MAX).unwrap().is_empty());
     }
 
     fn read_stops_at_max_bytes_but_returns_at_least_one_batch(store: &dyn Store) {
@@ -445,12 +452,12 @@ mod tests {
         for _ in 0..4 {
             append(store, &t, &publisher(1), 1, 100);
         }
-        assert_eq!(store.read(&t, 0, 250).unwrap().len(), 2);
-        assert_eq!(store.read(&t, 0, 200).unwrap().len(), 2);
-        assert_eq!(store.read(&t, 0, 199).unwrap().len(), 1);
-        assert_eq!(offsets(&store.read(&t, 1, 1).unwrap()), vec![(1, 1)]);
-        assert_eq!(store.read(&t, 0, 0).unwrap().len(), 1);
-        assert_eq!(store.read(&t, 0, 10_000).unwrap().len(), 4);
+        assert_eq!(store.read(&t, Offset(0), 250).unwrap().len(), 2);
+        assert_eq!(store.read(&t, Offset(0), 200).unwrap().len(), 2);
+        assert_eq!(store.read(&t, Offset(0), 199).unwrap().len(), 1);
+        assert_eq!(offsets(&store.read(&t, Offset(1), 1).unwrap()), vec![(1, 1)]);
+        assert_eq!(store.read(&t, Offset(0), 0).unwrap().len(), 1);
+        assert_eq!(store.read(&t, Offset(0), 10_000).unwrap().len(), 4);
     }
 
     fn publisher_records_and_heads_are_indexed(store: &dyn Store) {
@@ -473,32 +480,32 @@ mod tests {
         let t = topic("demo.wrong");
         let p = publisher(1);
         append(store, &t, &p, 2, 8);
-        for offset in [0, 1, 3] {
+        for offset in [0, 1, 3].map(Offset) {
             let record = PublisherRecord { first_seq: 3, count: 1, offset, digest: digest(9) };
             assert!(store.append(&t, &p, &record, &Bytes::from_static(b"x")).is_err(), "offset {offset}");
         }
-        assert_eq!(store.next_offset(&t).unwrap(), 2);
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(2));
         assert_eq!(store.publisher_record(&t, &p, 3).unwrap(), None);
-        assert_eq!(store.read(&t, 0, usize::MAX).unwrap().len(), 1);
+        assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap().len(), 1);
     }
 
     fn durable_offsets_are_per_topic_principal_and_name(store: &dyn Store) {
         let (t, u) = (topic("demo.d"), topic("demo.e"));
-        store.set_durable_offset(&t, &principal("alice"), "main", 5).unwrap();
-        store.set_durable_offset(&t, &principal("bob"), "main", 7).unwrap();
-        store.set_durable_offset(&t, &principal("alice"), "other", 9).unwrap();
-        store.set_durable_offset(&u, &principal("alice"), "main", 11).unwrap();
+        store.set_durable_offset(&t, &principal("alice"), "main", Offset(5)).unwrap();
+        store.set_durable_offset(&t, &principal("bob"), "main", Offset(7)).unwrap();
+        store.set_durable_offset(&t, &principal("alice"), "other", Offset(9)).unwrap();
+        store.set_durable_offset(&u, &principal("alice"), "main", Offset(11)).unwrap();
         // Length-prefixed keys: ("ab", "c") and ("a", "bc") are different subscriptions.
-        store.set_durable_offset(&t, &principal("ab"), "c", 1).unwrap();
-        store.set_durable_offset(&t, &principal("a"), "bc", 2).unwrap();
-        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(5));
-        assert_eq!(store.durable_offset(&t, &principal("bob"), "main").unwrap(), Some(7));
-        assert_eq!(store.durable_offset(&t, &principal("alice"), "other").unwrap(), Some(9));
-        assert_eq!(store.durable_offset(&u, &principal("alice"), "main").unwrap(), Some(11));
-        assert_eq!(store.durable_offset(&t, &principal("ab"), "c").unwrap(), Some(1));
-        assert_eq!(store.durable_offset(&t, &principal("a"), "bc").unwrap(), Some(2));
-        store.set_durable_offset(&t, &principal("alice"), "main", 6).unwrap();
-        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(6));
+        store.set_durable_offset(&t, &principal("ab"), "c", Offset(1)).unwrap();
+        store.set_durable_offset(&t, &principal("a"), "bc", Offset(2)).unwrap();
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(Offset(5)));
+        assert_eq!(store.durable_offset(&t, &principal("bob"), "main").unwrap(), Some(Offset(7)));
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "other").unwrap(), Some(Offset(9)));
+        assert_eq!(store.durable_offset(&u, &principal("alice"), "main").unwrap(), Some(Offset(11)));
+        assert_eq!(store.durable_offset(&t, &principal("ab"), "c").unwrap(), Some(Offset(1)));
+        assert_eq!(store.durable_offset(&t, &principal("a"), "bc").unwrap(), Some(Offset(2)));
+        store.set_durable_offset(&t, &principal("alice"), "main", Offset(6)).unwrap();
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(Offset(6)));
     }
 
     fn sync_counts_successful_syncs(store: &dyn Store) {
@@ -568,18 +575,18 @@ mod tests {
             // One batch large enough that sled stores its node in a blob file, so reopening proves that
             // sync covers blobs too.
             let records = [append(&store, &t, &p, 2, 16), append(&store, &t, &p, 3, 300 * 1024)];
-            store.set_durable_offset(&t, &principal("alice"), "main", 2).unwrap();
+            store.set_durable_offset(&t, &principal("alice"), "main", Offset(2)).unwrap();
             store.sync().unwrap();
-            (records, batches(store.read(&t, 0, usize::MAX).unwrap()))
+            (records, batches(store.read(&t, Offset(0), usize::MAX).unwrap()))
         };
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(batches(store.read(&t, 0, usize::MAX).unwrap()), written);
-        assert_eq!(store.next_offset(&t).unwrap(), 5);
+        assert_eq!(batches(store.read(&t, Offset(0), usize::MAX).unwrap()), written);
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(5));
         assert_eq!(store.publisher_head(&t, &p).unwrap(), Some(records[1]));
         assert_eq!(store.publisher_record(&t, &p, 1).unwrap(), Some(records[0]));
-        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(2));
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(Offset(2)));
         // Appends continue where the reopened log ends.
-        assert_eq!(append(&store, &t, &p, 1, 8).offset, 5);
+        assert_eq!(append(&store, &t, &p, 1, 8).offset, Offset(5));
     }
 
     #[test]
@@ -594,7 +601,7 @@ mod tests {
 
     #[test]
     fn publisher_record_encoding_round_trips() {
-        let r = PublisherRecord { first_seq: 7, count: 3, offset: 1 << 40, digest: digest(0xAB) };
+        let r = PublisherRecord { first_seq: 7, count: 3, offset: Offset(1 << 40), digest: digest(0xAB) };
         assert_eq!(PublisherRecord::decode(&r.encode()).unwrap(), r);
         assert!(PublisherRecord::decode(&r.encode()[1..]).is_err());
     }

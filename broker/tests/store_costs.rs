@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sealpost_broker::store::{PublisherRecord, SledStore, Store};
-use sealpost_protocol::{Digest, SigningKey, Topic};
+use sealpost_protocol::{Digest, Offset, SigningKey, Topic};
 
 const ROUNDS: usize = 300;
 
@@ -57,13 +57,13 @@ fn commit_paths_and_opening() {
     println!("{{\"path\": \"append 1 KiB + sync\", {}}}", percentiles(batch));
     let bob = "bob".parse().unwrap();
     let commit = timed(&|| {
-        store.set_durable_offset(&topic, &bob, "main", store.syncs()).unwrap();
+        store.set_durable_offset(&topic, &bob, "main", Offset(store.syncs())).unwrap();
         store.sync().unwrap();
     });
     println!("{{\"path\": \"durable-offset commit + sync\", {}}}", percentiles(commit));
     let both = timed(&|| {
         append(&store, &topic, 1024);
-        store.set_durable_offset(&topic, &bob, "main", store.syncs()).unwrap();
+        store.set_durable_offset(&topic, &bob, "main", Offset(store.syncs())).unwrap();
         store.sync().unwrap();
     });
     println!("{{\"path\": \"append 1 KiB + durable-offset commit + sync\", {}}}", percentiles(both));
@@ -86,7 +86,7 @@ fn commit_paths_and_opening() {
         let store = SledStore::open(dir.path()).unwrap();
         let open = t.elapsed();
         let t = Instant::now();
-        let read = store.read(&topic, 0, usize::MAX).unwrap().len();
+        let read = store.read(&topic, Offset(0), usize::MAX).unwrap().len();
         let scan = t.elapsed();
         assert_eq!(read, batches);
         drop(store);

@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sealpost_protocol::{ErrorCode, KeyId, Principal, PublicKey, Topic};
+use sealpost_protocol::{ErrorCode, KeyId, Offset, Principal, PublicKey, Topic};
 
 /// Everything that can go wrong in the client library.
 ///
@@ -120,7 +120,7 @@ pub enum Error {
         /// The topic subscribed to.
         topic: Topic,
         /// The offset the broker delivered the batch at.
-        offset: u64,
+        offset: Offset,
         /// The publisher whose chain is affected, when the batch's signature verified.
         publisher: Option<KeyId>,
         /// The failed check.
@@ -136,7 +136,7 @@ pub enum Error {
         /// The topic subscribed to.
         topic: Topic,
         /// The offset the broker delivered the batch at.
-        offset: u64,
+        offset: Offset,
         /// The key that signed it.
         publisher: Box<PublicKey>,
     },
@@ -152,7 +152,7 @@ pub enum Error {
         /// The topic subscribed to.
         topic: Topic,
         /// The lost offsets (those this subscription had not yielded yet).
-        offsets: Range<u64>,
+        offsets: Range<Offset>,
         /// The key that signed the lost batch, when the broker named it.
         publisher: Option<KeyId>,
         /// Why, as the broker says: [`ErrorCode::DATA_LOST`] (storage corruption).
@@ -390,7 +390,7 @@ mod tests {
     fn integrity_errors_are_flagged_and_name_the_publisher() {
         let e = Error::Integrity {
             topic: topic(),
-            offset: 12,
+            offset: Offset(12),
             publisher: Some(KeyId([0xab; 8])),
             check: sealpost_protocol::Error::Gap { expected: 5, got: 9 },
         };
@@ -407,14 +407,19 @@ mod tests {
     fn a_loss_reads_as_one_line_and_lets_the_subscription_go_on() {
         let e = Error::DataLost {
             topic: topic(),
-            offsets: 500..525,
+            offsets: Offset(500)..Offset(525),
             publisher: None,
             reason: ErrorCode::DATA_LOST,
         };
         assert!(e.is_integrity());
         assert!(!e.is_retryable());
         assert_eq!(e.to_string(), "data lost at offsets 500..525: storage corruption");
-        let e = Error::DataLost { topic: topic(), offsets: 1..2, publisher: None, reason: ErrorCode(777) };
+        let e = Error::DataLost {
+            topic: topic(),
+            offsets: Offset(1)..Offset(2),
+            publisher: None,
+            reason: ErrorCode(777),
+        };
         assert_eq!(e.to_string(), "data lost at offsets 1..2: the broker answered unknown error (code 777)");
     }
 

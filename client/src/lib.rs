@@ -100,4 +100,6 @@ pub use subscription::{SubscribeOptions, Subscription};
 /// The protocol crate, for the types of integrity errors ([`Error::Integrity`]), keys and topic policies
 /// ([`issue_policy`](sealpost_protocol::issue_policy), [`VerifiedPolicy`]).
 pub use sealpost_protocol as protocol;
-pub use sealpost_protocol::{ErrorCode, KeyId, PublicKey, StartAt, Timestamp, Topic, VerifiedPolicy};
+pub use sealpost_protocol::{
+    ErrorCode, KeyId, Offset, Principal, PublicKey, StartAt, Timestamp, Topic, VerifiedPolicy,
+};

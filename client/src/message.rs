@@ -3,7 +3,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use sealpost_protocol::{Principal, PublicKey, Timestamp, Topic};
+use sealpost_protocol::{Offset, Principal, PublicKey, Timestamp, Topic};
 
 /// One message, delivered by a [`Subscription`](crate::Subscription) only after its batch's signature,
 /// topic, records, publisher (against the topic policy of its epoch) and place in its publisher's chain
@@ -20,7 +20,7 @@ pub struct Message {
     /// The topic.
     pub topic: Topic,
     /// Its offset in the topic's log, assigned by the broker.
-    pub offset: u64,
+    pub offset: Offset,
     /// Its sequence number in the publisher's chain on the topic, signed by the publisher.
     pub seq: u64,
     /// When the publisher sealed it, as the publisher claims (signed).

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use sealpost_protocol::{seal, ChainHead, ErrorCode, Frame, SealParams, Topic, VerifiedBatch};
+use sealpost_protocol::{seal, ChainHead, ErrorCode, Frame, Offset, SealParams, Topic, VerifiedBatch};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -51,7 +51,7 @@ impl Default for PublisherOptions {
 #[non_exhaustive]
 pub struct Receipt {
     /// Its offset in the topic's log.
-    pub offset: u64,
+    pub offset: Offset,
     /// Its sequence number in this identity's chain on the topic.
     pub seq: u64,
 }
@@ -525,9 +525,8 @@ impl Task {
                         batch.request_id, batch.count
                     )));
                 }
-                for ((waiter, offset), seq) in
-                    batch.waiters.into_iter().zip(first_offset..).zip(batch.first_seq..)
-                {
+                for ((i, waiter), seq) in batch.waiters.into_iter().enumerate().zip(batch.first_seq..) {
+                    let offset = first_offset.saturating_add(i as u64);
                     let _ = waiter.send(Ok(Receipt { offset, seq }));
                 }
                 self.resolved += u64::from(count);

@@ -46,8 +46,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sealpost_protocol::{
-    open, ChainStart, ChainVerifier, Epoch, ErrorCode, Limits, LostBatch, SealedBatch, StartAt, Timestamp,
-    Topic,
+    open, ChainStart, ChainVerifier, Epoch, ErrorCode, Limits, LostBatch, Offset, SealedBatch, StartAt,
+    Timestamp, Topic,
 };
 
 use crate::error::{Error, Result};
@@ -73,11 +73,11 @@ pub(crate) enum Delivery {
 /// - Otherwise (from an offset, from the latest, or a durable subscription resuming from the committed
 ///   offset the broker holds) the first batch seen of each publisher starts its chain
 ///   ([`ChainStart::FirstSeen`]), from `start_offset` (or the offset asked, if later).
-pub(crate) fn start_point(from: StartAt, durable: bool, start_offset: u64) -> (ChainStart, u64) {
+pub(crate) fn start_point(from: StartAt, durable: bool, start_offset: Offset) -> (ChainStart, Offset) {
     match (durable, from) {
-        (false, StartAt::Earliest | StartAt::Offset(0)) => (ChainStart::Genesis, 0),
+        (false, StartAt::Earliest | StartAt::Offset(Offset::ZERO)) => (ChainStart::Genesis, Offset::ZERO),
         (false, StartAt::Offset(n)) => (ChainStart::FirstSeen, n.max(start_offset)),
-        (true, StartAt::Earliest) if start_offset == 0 => (ChainStart::Genesis, 0),
+        (true, StartAt::Earliest) if start_offset == Offset::ZERO => (ChainStart::Genesis, Offset::ZERO),
         _ => (ChainStart::FirstSeen, start_offset),
     }
 }
@@ -87,7 +87,7 @@ pub(crate) struct Reader {
     topic: Topic,
     keys: Arc<TopicKeys>,
     chain: ChainVerifier,
-    next_offset: u64,
+    next_offset: Offset,
     /// Whether a batch was judged already: only the first may start below `next_offset`.
     started: bool,
     /// The newest epoch the policies were fetched again for: batches of it or older never cause a fetch
@@ -104,7 +104,7 @@ impl Reader {
         topic: Topic,
         keys: Arc<TopicKeys>,
         start: ChainStart,
-        next_offset: u64,
+        next_offset: Offset,
         grace: Duration,
         limits: Limits,
     ) -> Self {
@@ -121,7 +121,7 @@ impl Reader {
     }
 
     /// The offset of the next message to yield: where to resubscribe after a reconnect.
-    pub(crate) fn next_offset(&self) -> u64 {
+    pub(crate) fn next_offset(&self) -> Offset {
         self.next_offset
     }
 
@@ -147,13 +147,13 @@ impl Reader {
     }
 
     /// What becomes of the batch delivered at `offset`, judged at `now`.
-    pub(crate) fn deliver(&mut self, offset: u64, batch: Bytes, now: Timestamp) -> Delivery {
+    pub(crate) fn deliver(&mut self, offset: Offset, batch: Bytes, now: Timestamp) -> Delivery {
         // The header's count is read before verification only to recognise a batch seen before; a broker
         // that lies about it can make us skip what it could as well withhold, which the chain reports.
         let count =
             SealedBatch::decode(batch.clone(), &self.limits).map_or(1, |b| u64::from(b.header().count));
         if offset.saturating_add(count) <= self.next_offset {
-            tracing::debug!(topic = %self.topic, offset, "dropping a batch delivered before");
+            tracing::debug!(topic = %self.topic, %offset, "dropping a batch delivered before");
             return Delivery::Items(Vec::new());
         }
         let keys = self.keys.clone();
@@ -176,7 +176,7 @@ impl Reader {
                 return Delivery::Refetch(epoch)
             }
             Err(sealpost_protocol::Error::UntrustedPublisher) => {
-                tracing::warn!(topic = %self.topic, offset, "batch signed by a key that is no publisher");
+                tracing::warn!(topic = %self.topic, %offset, "batch signed by a key that is no publisher");
                 let item = Error::UntrustedPublisher {
                     topic: self.topic.clone(),
                     offset,
@@ -205,15 +205,15 @@ impl Reader {
             if offset < self.next_offset {
                 tracing::warn!(
                     topic = %self.topic,
-                    offset,
-                    next_offset = self.next_offset,
+                    %offset,
+                    next_offset = %self.next_offset,
                     "the broker served a new batch over offsets already yielded: yielding all of its \
                      messages after them"
                 );
             }
             (offset.max(self.next_offset), 0)
         } else {
-            (offset, self.next_offset.saturating_sub(offset))
+            (offset, self.next_offset.saturating_count_from(offset))
         };
         for ((i, payload), seq) in opened.messages.into_iter().enumerate().zip(header.first_seq..) {
             if (i as u64) < skip {
@@ -236,23 +236,23 @@ impl Reader {
     /// by `batch` if the broker names it, for `reason`.
     pub(crate) fn lost(
         &mut self,
-        offset: u64,
+        offset: Offset,
         count: u64,
         batch: Option<LostBatch>,
         reason: ErrorCode,
     ) -> Vec<Result<Message>> {
         let end = offset.saturating_add(count);
         if end <= self.next_offset {
-            tracing::debug!(topic = %self.topic, offset, count, "dropping a loss of offsets already yielded");
+            tracing::debug!(topic = %self.topic, %offset, count, "dropping a loss of offsets already yielded");
             return Vec::new();
         }
         if let Some(b) = &batch {
             if !self.chain.skip_lost(&self.topic, &b.publisher, b.first_seq, count, b.digest) {
-                tracing::debug!(topic = %self.topic, offset, "the lost batch is not where its chain stands");
+                tracing::debug!(topic = %self.topic, %offset, "the lost batch is not where its chain stands");
             }
         }
         let start = offset.max(self.next_offset);
-        tracing::warn!(topic = %self.topic, start, end, %reason, "the broker reports stored messages lost");
+        tracing::warn!(topic = %self.topic, %start, %end, %reason, "the broker reports stored messages lost");
         self.started = true;
         self.next_offset = end;
         vec![Err(Error::DataLost {
@@ -264,7 +264,7 @@ impl Reader {
     }
 
     /// The batch at `offset` with `count` messages was judged, with `items` as the outcome.
-    fn judged(&mut self, offset: u64, count: u64, items: Vec<Result<Message>>) -> Delivery {
+    fn judged(&mut self, offset: Offset, count: u64, items: Vec<Result<Message>>) -> Delivery {
         self.started = true;
         self.next_offset = self.next_offset.max(offset.saturating_add(count));
         Delivery::Items(items)
@@ -272,11 +272,11 @@ impl Reader {
 
     fn integrity(
         &self,
-        offset: u64,
+        offset: Offset,
         publisher: Option<sealpost_protocol::KeyId>,
         check: sealpost_protocol::Error,
     ) -> Error {
-        tracing::warn!(topic = %self.topic, offset, %check, "integrity check failed");
+        tracing::warn!(topic = %self.topic, %offset, %check, "integrity check failed");
         Error::Integrity { topic: self.topic.clone(), offset, publisher, check }
     }
 }
@@ -347,7 +347,7 @@ mod tests {
     impl Reader {
         /// Delivers at `now` and expects items, not a refetch.
         fn feed_at(&mut self, offset: u64, batch: Bytes, now: u64) -> Vec<Result<Message>> {
-            match self.deliver(offset, batch, Timestamp(now)) {
+            match self.deliver(Offset(offset), batch, Timestamp(now)) {
                 Delivery::Items(items) => items,
                 Delivery::Refetch(epoch) => panic!("unexpected refetch for epoch {epoch}"),
             }
@@ -375,7 +375,7 @@ mod tests {
     }
 
     fn reader(start: ChainStart, next: u64) -> Reader {
-        Reader::new(topic(), keys(), start, next, GRACE, Limits::default())
+        Reader::new(topic(), keys(), start, Offset(next), GRACE, Limits::default())
     }
 
     /// Payloads and offsets of the messages, and the integrity checks, in order.
@@ -400,12 +400,12 @@ mod tests {
         let first = items[0].as_ref().unwrap();
         assert_eq!(first.publisher, "alice");
         assert_eq!(first.publisher_key, alice().public_key());
-        assert_eq!((first.offset, first.seq), (0, 1));
+        assert_eq!((first.offset, first.seq), (Offset(0), 1));
         assert_eq!(first.timestamp, Timestamp(1_763_856_000_000));
         assert_eq!(first.topic, topic());
         assert_eq!(summary(items), ["b0m0@0", "b0m1@1"]);
         assert_eq!(summary(r.feed(batches[1].0, batches[1].1.clone())), ["b1m0@2"]);
-        assert_eq!(r.next_offset(), 3);
+        assert_eq!(r.next_offset(), Offset(3));
     }
 
     #[test]
@@ -458,7 +458,7 @@ mod tests {
         r.feed(batches[1].0, batches[1].1.clone());
         let items = r.feed(3, batches[1].1.clone());
         assert_eq!(summary(items), ["integrity: Replay { seq: 3 }"]);
-        assert_eq!(r.next_offset(), 4);
+        assert_eq!(r.next_offset(), Offset(4));
     }
 
     #[test]
@@ -493,7 +493,7 @@ mod tests {
         let items = r.feed(0, bytes.into());
         assert_eq!(summary(items), ["integrity: BadSignature"]);
         // The offsets are consumed: the honest batch delivered again later counts as seen.
-        assert_eq!(r.next_offset(), 3);
+        assert_eq!(r.next_offset(), Offset(3));
     }
 
     #[test]
@@ -502,7 +502,7 @@ mod tests {
         let items = r.feed(0, Bytes::from_static(b"\x01\x00"));
         assert_eq!(items.len(), 1);
         assert!(items[0].as_ref().unwrap_err().is_integrity());
-        assert_eq!(r.next_offset(), 1);
+        assert_eq!(r.next_offset(), Offset(1));
     }
 
     #[test]
@@ -513,7 +513,7 @@ mod tests {
         assert_eq!(items.len(), 1);
         assert!(matches!(
             &items[0],
-            Err(Error::UntrustedPublisher { publisher, offset: 0, .. }) if **publisher == mallory().public_key()
+            Err(Error::UntrustedPublisher { publisher, offset: Offset(0), .. }) if **publisher == mallory().public_key()
         ));
         // Mallory's batch did not start alice's chain: alice's genesis batch is still fine.
         let ok = chain(&[1]);
@@ -546,10 +546,10 @@ mod tests {
         let batches = chain(&[2, 3, 1]);
         let mut r = reader(ChainStart::Genesis, 0);
         assert_eq!(summary(r.feed(0, batches[0].1.clone())), ["b0m0@0", "b0m1@1"]);
-        let items = r.lost(2, 3, Some(lost_batch(&batches[1].1)), ErrorCode::DATA_LOST);
+        let items = r.lost(Offset(2), 3, Some(lost_batch(&batches[1].1)), ErrorCode::DATA_LOST);
         assert!(items[0].as_ref().unwrap_err().is_integrity());
         assert_eq!(summary(items), ["lost 2..5"]);
-        assert_eq!(r.next_offset(), 5);
+        assert_eq!(r.next_offset(), Offset(5));
         // No gap: the broker named the batch, and the chain moved past it.
         assert_eq!(summary(r.feed(5, batches[2].1.clone())), ["b2m0@5"]);
     }
@@ -559,7 +559,7 @@ mod tests {
         let batches = chain(&[1, 1, 1]);
         let mut r = reader(ChainStart::Genesis, 0);
         r.feed(0, batches[0].1.clone());
-        assert_eq!(summary(r.lost(1, 1, None, ErrorCode::DATA_LOST)), ["lost 1..2"]);
+        assert_eq!(summary(r.lost(Offset(1), 1, None, ErrorCode::DATA_LOST)), ["lost 1..2"]);
         assert_eq!(
             summary(r.feed(2, batches[2].1.clone())),
             ["integrity: Gap { expected: 2, got: 3 }", "b2m0@2"]
@@ -571,15 +571,15 @@ mod tests {
         let batches = chain(&[2, 2]);
         let mut r = reader(ChainStart::Genesis, 0);
         r.feed(0, batches[0].1.clone());
-        assert!(r.lost(0, 2, None, ErrorCode::DATA_LOST).is_empty());
-        assert_eq!(summary(r.lost(1, 3, None, ErrorCode::DATA_LOST)), ["lost 2..4"]);
+        assert!(r.lost(Offset(0), 2, None, ErrorCode::DATA_LOST).is_empty());
+        assert_eq!(summary(r.lost(Offset(1), 3, None, ErrorCode::DATA_LOST)), ["lost 2..4"]);
         // From the middle: the loss before the requested offset is cut to it.
         let mut r = reader(ChainStart::FirstSeen, 3);
         assert_eq!(
-            summary(r.lost(2, 2, Some(lost_batch(&batches[1].1)), ErrorCode::DATA_LOST)),
+            summary(r.lost(Offset(2), 2, Some(lost_batch(&batches[1].1)), ErrorCode::DATA_LOST)),
             ["lost 3..4"]
         );
-        assert_eq!(r.next_offset(), 4);
+        assert_eq!(r.next_offset(), Offset(4));
     }
 
     // Offsets chosen by the broker (finding: batch served over delivered offsets).
@@ -595,7 +595,7 @@ mod tests {
         let seqs: Vec<u64> = items.iter().map(|i| i.as_ref().unwrap().seq).collect();
         assert_eq!(summary(items), ["b1m0@3", "b1m1@4", "b1m2@5"]);
         assert_eq!(seqs, [4, 5, 6]);
-        assert_eq!(r.next_offset(), 6);
+        assert_eq!(r.next_offset(), Offset(6));
     }
 
     #[test]
@@ -613,7 +613,7 @@ mod tests {
         let batches = chain(&[2, 2]);
         let mut r = reader(ChainStart::FirstSeen, 1);
         assert_eq!(summary(r.feed(1, Bytes::from_static(b"\x01\x00\x00"))).len(), 1);
-        assert_eq!(r.next_offset(), 2);
+        assert_eq!(r.next_offset(), Offset(2));
         // Served over the offsets of the failed batch: not the first batch, nothing of it is skipped.
         assert_eq!(summary(r.feed(1, batches[1].1.clone())), ["b1m0@2", "b1m1@3"]);
     }
@@ -625,7 +625,7 @@ mod tests {
         r.feed(batches[0].0, batches[0].1.clone());
         // The broker serves the second batch at offset 0 (end 2 <= next offset 2): dropped unopened.
         assert!(r.feed(0, batches[1].1.clone()).is_empty());
-        assert_eq!(r.next_offset(), 2);
+        assert_eq!(r.next_offset(), Offset(2));
         assert_eq!(
             summary(r.feed(batches[2].0, batches[2].1.clone())),
             ["integrity: Gap { expected: 3, got: 5 }", "b2m0@4", "b2m1@5"]
@@ -636,12 +636,15 @@ mod tests {
 
     #[test]
     fn a_plain_subscription_from_earliest_checks_chains_from_genesis_whatever_the_broker_claims() {
-        assert_eq!(start_point(StartAt::Earliest, false, 0), (ChainStart::Genesis, 0));
-        assert_eq!(start_point(StartAt::Earliest, false, 2), (ChainStart::Genesis, 0));
-        assert_eq!(start_point(StartAt::Offset(0), false, 5), (ChainStart::Genesis, 0));
+        assert_eq!(start_point(StartAt::Earliest, false, Offset(0)), (ChainStart::Genesis, Offset(0)));
+        assert_eq!(start_point(StartAt::Earliest, false, Offset(2)), (ChainStart::Genesis, Offset(0)));
+        assert_eq!(
+            start_point(StartAt::Offset(Offset(0)), false, Offset(5)),
+            (ChainStart::Genesis, Offset(0))
+        );
         // The broker deleted alice's first two batches and claims the log starts at offset 2.
         let batches = chain(&[1, 1, 1, 1]);
-        let (start, next) = start_point(StartAt::Earliest, false, 2);
+        let (start, next) = start_point(StartAt::Earliest, false, Offset(2));
         let mut r = Reader::new(topic(), keys(), start, next, GRACE, Limits::default());
         assert_eq!(
             summary(r.feed(2, batches[2].1.clone())),
@@ -652,13 +655,19 @@ mod tests {
 
     #[test]
     fn other_subscriptions_start_chains_at_the_first_batch_seen() {
-        assert_eq!(start_point(StartAt::Offset(7), false, 0), (ChainStart::FirstSeen, 7));
-        assert_eq!(start_point(StartAt::Offset(7), false, 9), (ChainStart::FirstSeen, 9));
-        assert_eq!(start_point(StartAt::Latest, false, 12), (ChainStart::FirstSeen, 12));
+        assert_eq!(
+            start_point(StartAt::Offset(Offset(7)), false, Offset(0)),
+            (ChainStart::FirstSeen, Offset(7))
+        );
+        assert_eq!(
+            start_point(StartAt::Offset(Offset(7)), false, Offset(9)),
+            (ChainStart::FirstSeen, Offset(9))
+        );
+        assert_eq!(start_point(StartAt::Latest, false, Offset(12)), (ChainStart::FirstSeen, Offset(12)));
         // A durable subscription resumes from the offset the broker holds (a non-claim).
-        assert_eq!(start_point(StartAt::Earliest, true, 5), (ChainStart::FirstSeen, 5));
-        assert_eq!(start_point(StartAt::Earliest, true, 0), (ChainStart::Genesis, 0));
-        assert_eq!(start_point(StartAt::Latest, true, 0), (ChainStart::FirstSeen, 0));
+        assert_eq!(start_point(StartAt::Earliest, true, Offset(5)), (ChainStart::FirstSeen, Offset(5)));
+        assert_eq!(start_point(StartAt::Earliest, true, Offset(0)), (ChainStart::Genesis, Offset(0)));
+        assert_eq!(start_point(StartAt::Latest, true, Offset(0)), (ChainStart::FirstSeen, Offset(0)));
     }
 
     // Topic policies.
@@ -683,7 +692,7 @@ mod tests {
         let p2 = second_policy(&p1);
         let keys = keys_of("bob", &[&p1, &p2]);
         let batches = chain(&[1, 1]);
-        let mut r = Reader::new(topic(), keys, ChainStart::Genesis, 0, GRACE, Limits::default());
+        let mut r = Reader::new(topic(), keys, ChainStart::Genesis, Offset(0), GRACE, Limits::default());
         // Sealed under epoch 1, read just before the grace window of epoch 2 ends.
         let within = T2 + GRACE.as_millis() as u64 - 1;
         assert_eq!(summary(r.feed_at(0, batches[0].1.clone(), within)), ["b0m0@0"]);
@@ -707,7 +716,7 @@ mod tests {
             topic(),
             keys_of("bob", &[&p1, &p2]),
             ChainStart::Genesis,
-            0,
+            Offset(0),
             GRACE,
             Limits::default(),
         );
@@ -723,20 +732,20 @@ mod tests {
         let mut r = reader(ChainStart::Genesis, 0);
         let batch = sealed_by(&alice(), topic(), 2, ChainHead::GENESIS, &["after the rotation"]);
         let now = Timestamp(T2 + 1);
-        assert!(matches!(r.deliver(0, batch.as_bytes().clone(), now), Delivery::Refetch(Epoch(2))));
+        assert!(matches!(r.deliver(Offset(0), batch.as_bytes().clone(), now), Delivery::Refetch(Epoch(2))));
         // Nothing moved while it waits.
-        assert_eq!(r.next_offset(), 0);
+        assert_eq!(r.next_offset(), Offset(0));
         r.fetched(Epoch(2), Some(keys_of("bob", &[&p1, &p2])));
         assert_eq!(summary(r.feed_at(0, batch.as_bytes().clone(), T2 + 1)), ["after the rotation@0"]);
         // Epoch 3 is not served: one refetch, then the integrity item.
         let third = sealed_by(&alice(), topic(), 3, ChainHead::GENESIS, &["x"]);
-        assert!(matches!(r.deliver(1, third.as_bytes().clone(), now), Delivery::Refetch(Epoch(3))));
+        assert!(matches!(r.deliver(Offset(1), third.as_bytes().clone(), now), Delivery::Refetch(Epoch(3))));
         r.fetched(Epoch(3), None);
         assert_eq!(
             summary(r.feed_at(1, third.as_bytes().clone(), T2 + 1)),
             ["integrity: UnknownEpoch(Epoch(3))"]
         );
-        assert_eq!(r.next_offset(), 2);
+        assert_eq!(r.next_offset(), Offset(2));
     }
 
     #[test]
@@ -750,7 +759,7 @@ mod tests {
             topic(),
             keys_of("dave", &[&p1, &p2]),
             ChainStart::Genesis,
-            0,
+            Offset(0),
             GRACE,
             Limits::default(),
         );

@@ -46,7 +46,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::Stream;
-use sealpost_protocol::{ErrorCode, Frame, StartAt, SubscriptionId, Topic};
+use sealpost_protocol::{ErrorCode, Frame, Offset, StartAt, SubscriptionId, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::{wall_clock, Backoff, Shared, STABLE_AFTER};
@@ -100,7 +100,7 @@ pub struct Subscription {
     topic: Topic,
     items: mpsc::Receiver<Items>,
     buffered: VecDeque<Result<Message>>,
-    acks: watch::Sender<u64>,
+    acks: watch::Sender<Offset>,
     close: oneshot::Sender<Done>,
     durable: bool,
 }
@@ -125,10 +125,10 @@ impl Subscription {
         let keys = shared.topic_keys_retrying(&topic, Action::Subscribe, Freshness::Now).await?;
         keys.check_readable()?;
         let (start, next_offset) = start_point(options.from, options.durable.is_some(), start_offset);
-        tracing::debug!(%topic, subscription, start_offset, ?start, "subscribed");
+        tracing::debug!(%topic, subscription, %start_offset, ?start, "subscribed");
         let durable = options.durable.is_some();
         let (items_tx, items) = mpsc::channel(QUEUE);
-        let (acks, acks_rx) = watch::channel(0);
+        let (acks, acks_rx) = watch::channel(Offset::ZERO);
         let (close, close_rx) = oneshot::channel();
         let task = Task {
             reader: Reader::new(
@@ -149,7 +149,7 @@ impl Subscription {
             last_loss: None,
             items: items_tx,
             acks: acks_rx,
-            acked: 0,
+            acked: Offset::ZERO,
         };
         tokio::spawn(task.run(close_rx));
         Ok(Subscription { topic, items, buffered: VecDeque::new(), acks, close, durable })
@@ -168,7 +168,7 @@ impl Subscription {
     }
 
     /// Acknowledges every message below `next_offset`.
-    pub fn ack_offset(&self, next_offset: u64) -> Result<()> {
+    pub fn ack_offset(&self, next_offset: Offset) -> Result<()> {
         if self.acks.is_closed() {
             return Err(Error::Closed);
         }
@@ -189,7 +189,7 @@ impl Subscription {
     /// the last acknowledgement, and fails if it cannot: the broker would then resume from an older offset.
     pub async fn close(self) -> Result<()> {
         let Subscription { mut items, buffered, acks, close, durable, .. } = self;
-        let must_commit = durable && *acks.borrow() > 0;
+        let must_commit = durable && *acks.borrow() > Offset::ZERO;
         // If the task failed before it was asked, its error is among the items; it matters only if there
         // was something to commit.
         let mut failure = fatal(buffered);
@@ -256,7 +256,7 @@ async fn subscribe_once(
     topic: &Topic,
     from: StartAt,
     durable: Option<String>,
-) -> Result<(Link, SubscriptionId, u64)> {
+) -> Result<(Link, SubscriptionId, Offset)> {
     let mut link = Link::open(shared).await?;
     let request_id = shared.request_id();
     link.send(&Frame::Subscribe { request_id, topic: topic.clone(), from, durable }).await?;
@@ -295,9 +295,9 @@ struct Task {
     last_loss: Option<Error>,
     backoff: Backoff,
     items: mpsc::Sender<Items>,
-    acks: watch::Receiver<u64>,
+    acks: watch::Receiver<Offset>,
     /// The acknowledgement last sent on the current stream.
-    acked: u64,
+    acked: Offset,
 }
 
 /// Answers a [`Subscription::close`] with the outcome of closing.
@@ -363,7 +363,7 @@ impl Task {
 
     /// Whether closing must commit an acknowledgement (a durable subscription that acknowledged something).
     fn must_commit(&self) -> bool {
-        self.durable.is_some() && *self.acks.borrow() > 0
+        self.durable.is_some() && *self.acks.borrow() > Offset::ZERO
     }
 
     async fn on_frame(&mut self, frame: Result<Option<Frame>>) -> Result<Flow> {
@@ -496,11 +496,11 @@ impl Task {
             let from = StartAt::Offset(self.reader.next_offset());
             match subscribe_once(&self.shared, &self.topic, from, self.durable.clone()).await {
                 Ok((link, subscription, start_offset)) => {
-                    tracing::info!(topic = %self.topic, subscription, start_offset, "subscribed again");
+                    tracing::info!(topic = %self.topic, subscription, %start_offset, "subscribed again");
                     self.last_loss = None;
                     self.link = Some(link);
                     self.subscription = subscription;
-                    self.acked = 0;
+                    self.acked = Offset::ZERO;
                     return self.send_ack().await;
                 }
                 Err(e) if e.is_retryable() => self.last_loss = Some(e),

@@ -23,7 +23,7 @@ use sealpost_client::protocol::{
     SealedBatch, SignedPolicy, SigningKey, VerifiedPolicy,
 };
 use sealpost_client::{
-    Client, ClientOptions, Error, ErrorCode, Identity, PublisherOptions, Reconnect, StartAt,
+    Client, ClientOptions, Error, ErrorCode, Identity, Offset, PublisherOptions, Reconnect, StartAt,
     SubscribeOptions, Timestamp, Topic,
 };
 use tokio::sync::Notify;
@@ -337,7 +337,7 @@ impl Mock {
                             conn.close(0u32.into(), b"fault injected");
                             return;
                         }
-                        Frame::Published { request_id, first_offset, count }
+                        Frame::Published { request_id, first_offset: Offset(first_offset), count }
                     }
                     Err(code) => Frame::Error { request_id: Some(request_id), code, message: "no".into() },
                 },
@@ -352,11 +352,14 @@ impl Mock {
                             _ if l.ignore_from => 0,
                             StartAt::Earliest => 0,
                             StartAt::Latest => l.next_offset,
-                            StartAt::Offset(n) => n,
+                            StartAt::Offset(n) => n.0,
                         }
                     });
-                    write(&mut send, &Frame::Subscribed { request_id, subscription: 7, start_offset: start })
-                        .await;
+                    write(
+                        &mut send,
+                        &Frame::Subscribed { request_id, subscription: 7, start_offset: Offset(start) },
+                    )
+                    .await;
                     // The client's side: acknowledgements, then Unsubscribe or the end of its stream, after
                     // which the broker ends its side too.
                     let log = self.log.clone();
@@ -364,7 +367,9 @@ impl Mock {
                     tokio::spawn(async move {
                         while let Some(frame) = read_frame(&mut recv).await {
                             match frame {
-                                Frame::Ack { next_offset, .. } => log.lock().unwrap().acks.push(next_offset),
+                                Frame::Ack { next_offset, .. } => {
+                                    log.lock().unwrap().acks.push(next_offset.0)
+                                }
                                 Frame::Unsubscribe { .. } => break,
                                 other => panic!("mock broker got {other:?} on a subscription"),
                             }
@@ -433,7 +438,7 @@ impl Mock {
             let due: Vec<_> =
                 self.with(|l| l.entries.iter().filter(|e| e.0 + u64::from(e.1) > next).cloned().collect());
             for (offset, count, batch) in due {
-                let frame = Frame::Deliver { subscription: 7, offset, batch };
+                let frame = Frame::Deliver { subscription: 7, offset: Offset(offset), batch };
                 if send.write_all(&frame.to_vec().unwrap()).await.is_err() {
                     return;
                 }
@@ -491,7 +496,7 @@ async fn receipts_name_consecutive_offsets_and_sequence_numbers_in_publishing_or
     let receipts: Vec<_> = (0..500).map(|i| publisher.publish(format!("m{i}"))).collect();
     let receipts = futures_util::future::try_join_all(receipts).await.unwrap();
     for (i, r) in receipts.iter().enumerate() {
-        assert_eq!((r.offset, r.seq), (i as u64, i as u64 + 1));
+        assert_eq!((r.offset, r.seq), (Offset(i as u64), i as u64 + 1));
     }
     publisher.close().await.unwrap();
     let entries = mock.with(|l| l.entries.len());
@@ -509,7 +514,7 @@ async fn a_batch_stored_but_not_acknowledged_is_resent_and_stored_once() {
     let publisher = client.publisher(topic(), options).await.unwrap();
     let receipts: Vec<_> = (0..20).map(|i| publisher.publish(format!("m{i}"))).collect();
     let receipts = futures_util::future::try_join_all(receipts).await.unwrap();
-    let offsets: Vec<u64> = receipts.iter().map(|r| r.offset).collect();
+    let offsets: Vec<u64> = receipts.iter().map(|r| r.offset.0).collect();
     assert_eq!(offsets, (0..20).collect::<Vec<_>>());
     publisher.close().await.unwrap();
     let (stored, received) = mock.with(|l| (l.next_offset, l.publishes_received));
@@ -519,7 +524,7 @@ async fn a_batch_stored_but_not_acknowledged_is_resent_and_stored_once() {
     // The chain continues after the resend: a new publisher picks up where the broker's head is.
     let publisher = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
     let r = publisher.publish("after").await.unwrap();
-    assert_eq!((r.offset, r.seq), (20, 21));
+    assert_eq!((r.offset, r.seq), (Offset(20), 21));
     client.close().await;
 }
 
@@ -548,7 +553,7 @@ async fn a_subscription_yields_each_message_once_in_order_across_a_reconnect() {
             }
         }
         let m = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap().unwrap();
-        got.push((m.offset, String::from_utf8(m.payload.to_vec()).unwrap()));
+        got.push((m.offset.0, String::from_utf8(m.payload.to_vec()).unwrap()));
         sub.ack(&m).unwrap();
     }
     let expected: Vec<_> = (0..45).map(|i| (i as u64, format!("m{i}"))).collect();
@@ -572,10 +577,10 @@ async fn subscribing_from_an_offset_inside_a_batch_starts_there() {
         drop(publisher.publish(format!("m{i}")));
     }
     publisher.close().await.unwrap();
-    let options = SubscribeOptions { from: StartAt::Offset(7), durable: None };
+    let options = SubscribeOptions { from: StartAt::Offset(Offset(7)), durable: None };
     let mut sub = client.subscribe(topic(), options).await.unwrap();
     let first = sub.next().await.unwrap().unwrap();
-    assert_eq!((first.offset, first.seq, &first.payload[..]), (7, 8, &b"m7"[..]));
+    assert_eq!((first.offset, first.seq, &first.payload[..]), (Offset(7), 8, &b"m7"[..]));
     assert_eq!(first.publisher, "alice");
     client.close().await;
 }
@@ -593,7 +598,7 @@ async fn a_refused_batch_fails_its_messages_and_the_publisher_resumes_from_the_b
     assert!(e.to_string().starts_with("cannot publish on demo.x: the batch does not continue"), "{e}");
     // The next message goes on a new stream, after the broker's head.
     let r = second.publish("c").await.unwrap();
-    assert_eq!((r.offset, r.seq), (1, 2));
+    assert_eq!((r.offset, r.seq), (Offset(1), 2));
     second.flush().await.unwrap();
     assert_eq!(mock.with(|l| l.next_offset), 2);
     client.close().await;
@@ -746,7 +751,7 @@ async fn after_a_rotation_publishers_seal_under_the_new_epoch_and_subscribers_fo
     });
     assert_eq!(epochs, [1, 2]);
     let m = next_item(&mut sub).await.unwrap();
-    assert_eq!((&m.payload[..], m.offset, m.seq), (&b"after"[..], 1, 2));
+    assert_eq!((&m.payload[..], m.offset, m.seq), (&b"after"[..], Offset(1), 2));
     assert!(mock.with(|l| l.get_policies) >= fetched + 2, "both clients fetched the new policy");
     publisher.close().await.unwrap();
     publishing.close().await;
@@ -777,7 +782,7 @@ async fn a_revoked_member_can_neither_seal_nor_open_the_new_epoch() {
     match next_item(&mut sub).await {
         Err(Error::Integrity {
             check: sealpost_client::protocol::Error::UnknownEpoch(Epoch(2)),
-            offset: 1,
+            offset: Offset(1),
             ..
         }) => {}
         other => panic!("{other:?}"),
@@ -854,7 +859,7 @@ async fn a_subscription_reports_a_bad_policy_served_at_a_rotation_and_goes_on() 
         other => panic!("{other:?}"),
     }
     match next_item(&mut sub).await {
-        Err(Error::Integrity { check: Check::UnknownEpoch(Epoch(2)), offset: 1, .. }) => {}
+        Err(Error::Integrity { check: Check::UnknownEpoch(Epoch(2)), offset: Offset(1), .. }) => {}
         other => panic!("{other:?}"),
     }
     // The subscription goes on. Epoch 2 was asked for once already: its batches stay unreadable until the
@@ -862,7 +867,7 @@ async fn a_subscription_reports_a_bad_policy_served_at_a_rotation_and_goes_on() 
     publisher.publish("epoch 2 again").await.unwrap();
     let m = next_item(&mut sub).await;
     assert!(
-        matches!(m, Err(Error::Integrity { check: Check::UnknownEpoch(Epoch(2)), offset: 2, .. })),
+        matches!(m, Err(Error::Integrity { check: Check::UnknownEpoch(Epoch(2)), offset: Offset(2), .. })),
         "{m:?}"
     );
     publisher.close().await.unwrap();

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::chain::ChainHead;
 use crate::code::ErrorCode;
 use crate::keys::PublicKey;
+use crate::offset::Offset;
 use crate::topic::Topic;
 use crate::{Digest, Error, Result};
 
@@ -45,7 +46,7 @@ pub enum StartAt {
     /// Only messages published after the subscription starts.
     Latest,
     /// The message with this offset (or the batch that contains it).
-    Offset(u64),
+    Offset(Offset),
 }
 
 /// What the broker's index knew of a lost batch, in [`Frame::Lost`]: the publisher's chain continues after
@@ -78,7 +79,7 @@ pub enum Frame {
         /// The request answered.
         request_id: RequestId,
         /// Offset of the batch's first message; its messages have consecutive offsets.
-        first_offset: u64,
+        first_offset: Offset,
         /// Number of messages in the batch.
         count: u32,
     },
@@ -101,14 +102,14 @@ pub enum Frame {
         /// The name of the subscription in later frames.
         subscription: SubscriptionId,
         /// The offset the subscription starts at.
-        start_offset: u64,
+        start_offset: Offset,
     },
     /// Broker -> client: one stored batch.
     Deliver {
         /// The subscription it is for.
         subscription: SubscriptionId,
         /// Offset of the batch's first message.
-        offset: u64,
+        offset: Offset,
         /// The canonical bytes of the stored batch.
         batch: Bytes,
     },
@@ -118,7 +119,7 @@ pub enum Frame {
         /// The subscription acknowledged.
         subscription: SubscriptionId,
         /// The first offset not yet processed.
-        next_offset: u64,
+        next_offset: Offset,
     },
     /// Client -> broker: end a subscription.
     Unsubscribe {
@@ -187,7 +188,7 @@ pub enum Frame {
         /// The subscription it is for.
         subscription: SubscriptionId,
         /// The first lost offset.
-        offset: u64,
+        offset: Offset,
         /// How many offsets are lost, at least 1.
         count: u64,
         /// The one batch that held them, when the broker's index knew it.
@@ -307,7 +308,7 @@ mod tests {
 
     #[test]
     fn check_waits_for_a_whole_frame() {
-        let f = Frame::Ack { subscription: 3, next_offset: 9 }.to_vec().unwrap();
+        let f = Frame::Ack { subscription: 3, next_offset: Offset(9) }.to_vec().unwrap();
         for cut in 0..f.len() {
             assert_eq!(Frame::check(&f[..cut], 1024), Ok(None), "cut at {cut}");
         }
@@ -380,8 +381,14 @@ mod tests {
             Frame::PolicyStored { request_id: 1 },
             Frame::GetPolicies { request_id: 1, topic: Topic::new("a").unwrap() },
             Frame::Policies { request_id: 1, policies: Vec::new() },
-            Frame::Ack { subscription: 1, next_offset: 1 },
-            Frame::Lost { subscription: 1, offset: 0, count: 1, batch: None, reason: ErrorCode::DATA_LOST },
+            Frame::Ack { subscription: 1, next_offset: Offset(1) },
+            Frame::Lost {
+                subscription: 1,
+                offset: Offset(0),
+                count: 1,
+                batch: None,
+                reason: ErrorCode::DATA_LOST,
+            },
         ];
         let names: std::collections::HashSet<_> = frames.iter().map(Frame::name).collect();
         assert_eq!(names.len(), frames.len());

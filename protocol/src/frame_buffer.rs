@@ -110,7 +110,7 @@ mod tests {
     use crate::Error;
 
     fn ack(n: u64) -> Frame {
-        Frame::Ack { subscription: 1, next_offset: n }
+        Frame::Ack { subscription: 1, next_offset: crate::Offset(n) }
     }
 
     #[test]

@@ -11,7 +11,11 @@ fn topic_strategy() -> impl Strategy<Value = Topic> {
 }
 
 fn start_strategy() -> impl Strategy<Value = StartAt> {
-    prop_oneof![Just(StartAt::Earliest), Just(StartAt::Latest), any::<u64>().prop_map(StartAt::Offset)]
+    prop_oneof![
+        Just(StartAt::Earliest),
+        Just(StartAt::Latest),
+        any::<u64>().prop_map(|n| StartAt::Offset(Offset(n)))
+    ]
 }
 
 fn frame_strategy() -> impl Strategy<Value = Frame> {
@@ -19,18 +23,21 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (any::<u64>(), bytes.clone()).prop_map(|(request_id, batch)| Frame::Publish { request_id, batch }),
         (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(request_id, first_offset, count)| {
-            Frame::Published { request_id, first_offset, count }
+            Frame::Published { request_id, first_offset: Offset(first_offset), count }
         }),
         (any::<u64>(), topic_strategy(), start_strategy(), proptest::option::of("[a-z]{0,12}")).prop_map(
             |(request_id, topic, from, durable)| Frame::Subscribe { request_id, topic, from, durable }
         ),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(request_id, subscription, start_offset)| {
-            Frame::Subscribed { request_id, subscription, start_offset }
+            Frame::Subscribed { request_id, subscription, start_offset: Offset(start_offset) }
         }),
-        (any::<u64>(), any::<u64>(), bytes.clone())
-            .prop_map(|(subscription, offset, batch)| Frame::Deliver { subscription, offset, batch }),
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(subscription, next_offset)| Frame::Ack { subscription, next_offset }),
+        (any::<u64>(), any::<u64>(), bytes.clone()).prop_map(|(subscription, offset, batch)| {
+            Frame::Deliver { subscription, offset: Offset(offset), batch }
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(subscription, next_offset)| Frame::Ack {
+            subscription,
+            next_offset: Offset(next_offset)
+        }),
         any::<u64>().prop_map(|subscription| Frame::Unsubscribe { subscription }),
         (proptest::option::of(any::<u64>()), any::<u16>(), ".{0,40}").prop_map(
             |(request_id, code, message)| Frame::Error { request_id, code: ErrorCode(code), message }
@@ -55,7 +62,7 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
         )
             .prop_map(|((subscription, offset, count, reason), batch)| Frame::Lost {
                 subscription,
-                offset,
+                offset: Offset(offset),
                 count,
                 batch: batch.map(|(seed, first_seq, d)| LostBatch {
                     publisher: SigningKey::from_bytes(&seed).public_key(),

@@ -54,19 +54,22 @@ fn frames_match_golden_vectors() {
     let (first, second) = policy_chain();
     let frames = [
         ("frame-publish", Frame::Publish { request_id: 1, batch: batch.clone() }),
-        ("frame-published", Frame::Published { request_id: 1, first_offset: 1000, count: 1 }),
+        ("frame-published", Frame::Published { request_id: 1, first_offset: Offset(1000), count: 1 }),
         (
             "frame-subscribe",
             Frame::Subscribe {
                 request_id: 2,
                 topic: topic("demo.chat"),
-                from: StartAt::Offset(1000),
+                from: StartAt::Offset(Offset(1000)),
                 durable: Some("audit".into()),
             },
         ),
-        ("frame-subscribed", Frame::Subscribed { request_id: 2, subscription: 5, start_offset: 1000 }),
-        ("frame-deliver", Frame::Deliver { subscription: 5, offset: 1000, batch }),
-        ("frame-ack", Frame::Ack { subscription: 5, next_offset: 1001 }),
+        (
+            "frame-subscribed",
+            Frame::Subscribed { request_id: 2, subscription: 5, start_offset: Offset(1000) },
+        ),
+        ("frame-deliver", Frame::Deliver { subscription: 5, offset: Offset(1000), batch }),
+        ("frame-ack", Frame::Ack { subscription: 5, next_offset: Offset(1001) }),
         ("frame-unsubscribe", Frame::Unsubscribe { subscription: 5 }),
         (
             "frame-error",
@@ -92,7 +95,7 @@ fn frames_match_golden_vectors() {
             "frame-lost",
             Frame::Lost {
                 subscription: 5,
-                offset: 1000,
+                offset: Offset(1000),
                 count: 1,
                 batch: Some(LostBatch {
                     publisher: alice().public_key(),

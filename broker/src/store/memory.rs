@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use sealpost_protocol::{Principal, PublicKey, Topic};
+use sealpost_protocol::{Offset, Principal, PublicKey, Topic};
 
 use super::{offset_mismatch, PublisherRecord, Store, Stored, StoredBatch};
 use crate::{Error, Result};
@@ -23,21 +23,21 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct State {
     /// Per topic: first offset -> (count, bytes).
-    batches: HashMap<Topic, BTreeMap<u64, (u32, Bytes)>>,
+    batches: HashMap<Topic, BTreeMap<Offset, (u32, Bytes)>>,
     /// Per (topic, publisher): first_seq -> record.
     publishers: HashMap<(Topic, PublicKey), BTreeMap<u64, PublisherRecord>>,
     /// (topic, principal, name) -> committed next offset.
-    durables: HashMap<(Topic, Principal, String), u64>,
+    durables: HashMap<(Topic, Principal, String), Offset>,
     /// Per topic: epoch -> signed policy.
     policies: HashMap<Topic, BTreeMap<u64, Bytes>>,
 }
 
 impl State {
-    fn next_offset(&self, topic: &Topic) -> u64 {
+    fn next_offset(&self, topic: &Topic) -> Offset {
         self.batches
             .get(topic)
             .and_then(|log| log.last_key_value())
-            .map_or(0, |(offset, (count, _))| offset.saturating_add((*count).into()))
+            .map_or(Offset::ZERO, |(offset, (count, _))| offset.saturating_add((*count).into()))
     }
 }
 
@@ -76,7 +76,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn read(&self, topic: &Topic, from: u64, max_bytes: usize) -> Result<Vec<Stored>> {
+    fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>> {
         let state = self.state()?;
         let Some(log) = state.batches.get(topic) else { return Ok(Vec::new()) };
         // Start at the batch containing `from` if there is one, else at the first one after it.
@@ -96,13 +96,17 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
-    fn next_offset(&self, topic: &Topic) -> Result<u64> {
+    fn next_offset(&self, topic: &Topic) -> Result<Offset> {
         Ok(self.state()?.next_offset(topic))
     }
 
-    fn first_offset(&self, topic: &Topic) -> Result<u64> {
+    fn first_offset(&self, topic: &Topic) -> Result<Offset> {
         let state = self.state()?;
-        Ok(state.batches.get(topic).and_then(|log| log.first_key_value()).map_or(0, |(offset, _)| *offset))
+        Ok(state
+            .batches
+            .get(topic)
+            .and_then(|log| log.first_key_value())
+            .map_or(Offset::ZERO, |(offset, _)| *offset))
     }
 
     fn publisher_record(
@@ -128,7 +132,7 @@ impl Store for MemoryStore {
             .map(|(_, r)| *r))
     }
 
-    fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<u64>> {
+    fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>> {
         let state = self.state()?;
         Ok(state.durables.get(&(topic.clone(), principal.clone(), name.to_owned())).copied())
     }
@@ -138,7 +142,7 @@ impl Store for MemoryStore {
         topic: &Topic,
         principal: &Principal,
         name: &str,
-        next_offset: u64,
+        next_offset: Offset,
     ) -> Result<()> {
         let mut state = self.state()?;
         state.durables.insert((topic.clone(), principal.clone(), name.to_owned()), next_offset);

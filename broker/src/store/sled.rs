@@ -124,7 +124,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use sealpost_protocol::{LostBatch, Principal, PublicKey, Topic};
+use sealpost_protocol::{LostBatch, Offset, Principal, PublicKey, Topic};
 
 use self::record::{BatchRecord, Lost, Record};
 use super::segment::{self, sync_dir, Check, Checkpoint, Location, Segments};
@@ -231,7 +231,7 @@ struct Damaged {
     /// Records already reported (segment, position): reported once per run.
     reported: HashSet<(u64, u64)>,
     /// To be marked lost by the next sync: topic, offset, where its record was, why.
-    pending: Vec<(Topic, u64, Location, LossReason)>,
+    pending: Vec<(Topic, Offset, Location, LossReason)>,
 }
 
 fn sled_error(e: sled::Error) -> Error {
@@ -276,9 +276,9 @@ fn topic_prefix(kind: u8, topic: &Topic, extra: usize) -> Vec<u8> {
     key
 }
 
-fn batch_key(topic: &Topic, offset: u64) -> Vec<u8> {
+fn batch_key(topic: &Topic, offset: Offset) -> Vec<u8> {
     let mut key = topic_prefix(BATCH, topic, 8);
-    key.extend_from_slice(&offset.to_be_bytes());
+    key.extend_from_slice(&offset.0.to_be_bytes());
     key
 }
 
@@ -302,8 +302,8 @@ fn durable_key(topic: &Topic, principal: &Principal, name: &str) -> Result<Vec<u
 /// A `d` value: the committed offset and where the record that committed it is (so that recovery, which
 /// replays the segments from an older checkpoint, never puts an older commit over it). Layout 2 values
 /// hold the offset only.
-fn durable_value(next_offset: u64, at: Option<Location>) -> Vec<u8> {
-    let mut value = next_offset.to_be_bytes().to_vec();
+fn durable_value(next_offset: Offset, at: Option<Location>) -> Vec<u8> {
+    let mut value = next_offset.0.to_be_bytes().to_vec();
     if let Some(at) = at {
         value.extend_from_slice(&at.segment.to_be_bytes());
         value.extend_from_slice(&at.position.to_be_bytes());
@@ -312,10 +312,11 @@ fn durable_value(next_offset: u64, at: Option<Location>) -> Vec<u8> {
 }
 
 /// Inverse of [`durable_value`]: the offset, and where its record is if the value says.
-fn decode_durable(value: &[u8]) -> Option<(u64, Option<(u64, u64)>)> {
+fn decode_durable(value: &[u8]) -> Option<(Offset, Option<(u64, u64)>)> {
+    let offset = Offset(u64_at(value, 0).ok()?);
     match value.len() {
-        8 => Some((u64_at(value, 0).ok()?, None)),
-        24 => Some((u64_at(value, 0).ok()?, Some((u64_at(value, 8).ok()?, u64_at(value, 16).ok()?)))),
+        8 => Some((offset, None)),
+        24 => Some((offset, Some((u64_at(value, 8).ok()?, u64_at(value, 16).ok()?)))),
         _ => None,
     }
 }
@@ -329,7 +330,7 @@ fn policy_key(topic: &Topic, epoch: u64) -> Vec<u8> {
 /// A `b` entry that names a batch: where it is and whose it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
-    offset: u64,
+    offset: Offset,
     count: u32,
     location: Location,
     publisher: [u8; 32],
@@ -339,7 +340,7 @@ struct Entry {
 impl Entry {
     const ENCODED_LEN: usize = 4 + Location::ENCODED_LEN + 32 + 8;
 
-    fn end(&self) -> u64 {
+    fn end(&self) -> Offset {
         self.offset.saturating_add(self.count.into())
     }
 
@@ -355,7 +356,7 @@ impl Entry {
         out
     }
 
-    fn decode(offset: u64, value: &[u8]) -> Result<Entry> {
+    fn decode(offset: Offset, value: &[u8]) -> Result<Entry> {
         if value.len() != Self::ENCODED_LEN {
             return Err(corrupt("batch index entry"));
         }
@@ -394,7 +395,7 @@ enum Slot {
 impl Slot {
     /// From a `b` key and its value.
     fn decode(key: &[u8], value: &[u8]) -> Result<Slot> {
-        let offset = u64_at(key, key.len().saturating_sub(8))?;
+        let offset = Offset(u64_at(key, key.len().saturating_sub(8))?);
         match value.len() {
             Entry::ENCODED_LEN => Entry::decode(offset, value).map(Slot::Batch),
             Lost::ENCODED_LEN => Lost::decode(offset, value)
@@ -404,14 +405,14 @@ impl Slot {
         }
     }
 
-    fn offset(&self) -> u64 {
+    fn offset(&self) -> Offset {
         match self {
             Slot::Batch(e) => e.offset,
             Slot::Lost(l) => l.range.offset,
         }
     }
 
-    fn end(&self) -> u64 {
+    fn end(&self) -> Offset {
         match self {
             Slot::Batch(e) => e.end(),
             Slot::Lost(l) => l.range.end(),
@@ -590,7 +591,7 @@ fn open_index(
 /// damage that opening did not notice comes out, before anything is served.
 fn scan_index(db: &sled::Db) -> std::result::Result<(), String> {
     // Each topic's `b` keys come in offset order, and cover its offsets without a hole.
-    let mut last: Option<(Vec<u8>, u64)> = None;
+    let mut last: Option<(Vec<u8>, Offset)> = None;
     for kv in db.iter() {
         let (key, value) = kv.map_err(|e| format!("reading it: {e}"))?;
         let decodes = match key.split_first() {
@@ -599,7 +600,7 @@ fn scan_index(db: &sled::Db) -> std::result::Result<(), String> {
                     let prefix = key[..key.len().saturating_sub(8)].to_vec();
                     let expected = match &last {
                         Some((p, end)) if *p == prefix => *end,
-                        _ => 0,
+                        _ => Offset::ZERO,
                     };
                     if slot.offset() != expected {
                         return Err(format!(
@@ -820,7 +821,7 @@ impl SledStore {
             let (next_offset, _) = decode_durable(&value).ok_or_else(|| corrupt("durable offset"))?;
             let mut body = topic_prefix(record::DURABLE, &topic, rest.len() + 8);
             body.extend_from_slice(rest);
-            body.extend_from_slice(&next_offset.to_be_bytes());
+            body.extend_from_slice(&next_offset.0.to_be_bytes());
             if Record::decode(&body).is_none() {
                 return Err(corrupt("durable key"));
             }
@@ -833,7 +834,7 @@ impl SledStore {
 
     /// The slot of `topic` with the highest offset.
     fn last_slot(&self, topic: &Topic) -> Result<Option<Slot>> {
-        match self.db.range(batch_key(topic, 0)..=batch_key(topic, u64::MAX)).next_back() {
+        match self.db.range(batch_key(topic, Offset::ZERO)..=batch_key(topic, Offset::MAX)).next_back() {
             Some(kv) => {
                 let (k, v) = kv.map_err(sled_error)?;
                 Slot::decode(&k, &v).map(Some)
@@ -843,8 +844,8 @@ impl SledStore {
     }
 
     /// The offset after the last slot of `topic`.
-    fn end_of(&self, topic: &Topic) -> Result<u64> {
-        Ok(self.last_slot(topic)?.map_or(0, |s| s.end()))
+    fn end_of(&self, topic: &Topic) -> Result<Offset> {
+        Ok(self.last_slot(topic)?.map_or(Offset::ZERO, |s| s.end()))
     }
 
     /// Appends one record, preceded by a sync marker if a sync since the last one is not named yet.
@@ -937,7 +938,7 @@ impl SledStore {
     /// Reports, once per run, that a range recorded as lost is served as such.
     fn serving_lost(&self, topic: &Topic, lost: &Lost) {
         // Ranges without a place are told apart by an impossible segment number and their offset.
-        let (segment, position) = lost.at.unwrap_or((u64::MAX, lost.range.offset));
+        let (segment, position) = lost.at.unwrap_or((u64::MAX, lost.range.offset.0));
         if let Ok(mut damaged) = self.damaged.lock() {
             if damaged.reported.insert((segment, position)) {
                 tracing::warn!(
@@ -973,7 +974,7 @@ impl SledStore {
                 }
             })();
             if let Err(e) = marked {
-                tracing::warn!(%topic, offset, error = %e, "could not mark a damaged batch lost yet");
+                tracing::warn!(%topic, %offset, error = %e, "could not mark a damaged batch lost yet");
                 again.push((topic, offset, at, reason));
             }
         }
@@ -1114,9 +1115,9 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn read(&self, topic: &Topic, from: u64, max_bytes: usize) -> Result<Vec<Stored>> {
+    fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>> {
         // Start at the slot containing `from` if there is one, else at the first one after it.
-        let start = match self.db.range(batch_key(topic, 0)..=batch_key(topic, from)).next_back() {
+        let start = match self.db.range(batch_key(topic, Offset::ZERO)..=batch_key(topic, from)).next_back() {
             Some(kv) => {
                 let (k, v) = kv.map_err(sled_error)?;
                 let slot = Slot::decode(&k, &v)?;
@@ -1131,7 +1132,7 @@ impl Store for SledStore {
         let prefix = BatchRecord::prefix_len(topic);
         let mut out = Vec::new();
         let mut total = 0usize;
-        for kv in self.db.range(batch_key(topic, start)..=batch_key(topic, u64::MAX)) {
+        for kv in self.db.range(batch_key(topic, start)..=batch_key(topic, Offset::MAX)) {
             let (k, v) = kv.map_err(sled_error)?;
             let entry = match Slot::decode(&k, &v)? {
                 Slot::Lost(lost) => {
@@ -1158,17 +1159,17 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn next_offset(&self, topic: &Topic) -> Result<u64> {
+    fn next_offset(&self, topic: &Topic) -> Result<Offset> {
         self.end_of(topic)
     }
 
-    fn first_offset(&self, topic: &Topic) -> Result<u64> {
-        match self.db.range(batch_key(topic, 0)..=batch_key(topic, u64::MAX)).keys().next() {
+    fn first_offset(&self, topic: &Topic) -> Result<Offset> {
+        match self.db.range(batch_key(topic, Offset::ZERO)..=batch_key(topic, Offset::MAX)).keys().next() {
             Some(k) => {
                 let k = k.map_err(sled_error)?;
-                u64_at(&k, k.len().saturating_sub(8))
+                u64_at(&k, k.len().saturating_sub(8)).map(Offset)
             }
-            None => Ok(0),
+            None => Ok(Offset::ZERO),
         }
     }
 
@@ -1192,7 +1193,7 @@ impl Store for SledStore {
         }
     }
 
-    fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<u64>> {
+    fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>> {
         match self.db.get(durable_key(topic, principal, name)?).map_err(sled_error)? {
             Some(v) => {
                 decode_durable(&v).map(|(offset, _)| Some(offset)).ok_or_else(|| corrupt("durable offset"))
@@ -1206,7 +1207,7 @@ impl Store for SledStore {
         topic: &Topic,
         principal: &Principal,
         name: &str,
-        next_offset: u64,
+        next_offset: Offset,
     ) -> Result<()> {
         let key = durable_key(topic, principal, name)?;
         let at = self.append_record(&record::durable(topic, principal, name, next_offset)?, Reserve::Keep)?;
@@ -1257,13 +1258,14 @@ mod tests {
     #[test]
     fn batch_keys_sort_by_offset_within_a_topic() {
         let t = topic("demo.chat");
-        let keys: Vec<_> = [0u64, 1, 255, 256, 1 << 40, u64::MAX].iter().map(|&o| batch_key(&t, o)).collect();
+        let keys: Vec<_> =
+            [0u64, 1, 255, 256, 1 << 40, u64::MAX].iter().map(|&o| batch_key(&t, Offset(o))).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
     fn topic_prefixes_do_not_overlap() {
-        let (a, ab) = (batch_key(&topic("a"), 0), batch_key(&topic("a.b"), 0));
+        let (a, ab) = (batch_key(&topic("a"), Offset(0)), batch_key(&topic("a.b"), Offset(0)));
         assert!(!ab.starts_with(&a[..a.len() - 8]));
     }
 
@@ -1303,7 +1305,7 @@ mod tests {
             let offset = store.next_offset(t).unwrap();
             let first_seq = store.publisher_head(t, &p).unwrap().map_or(1, |h| h.next_seq());
             let record = PublisherRecord { first_seq, count: 1, offset, digest: Default::default() };
-            store.append(t, &p, &record, &Bytes::from(vec![offset as u8; 1000])).unwrap();
+            store.append(t, &p, &record, &Bytes::from(vec![offset.0 as u8; 1000])).unwrap();
         }
     }
 
@@ -1339,20 +1341,24 @@ mod tests {
         OpenOptions::new().write(true).open(&active).unwrap().set_len(synced + 500).unwrap();
 
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.next_offset(&t).unwrap(), 5, "the five batches that were never synced are gone");
-        assert_eq!(store.read(&t, 0, usize::MAX).unwrap().len(), 5);
+        assert_eq!(
+            store.next_offset(&t).unwrap(),
+            Offset(5),
+            "the five batches that were never synced are gone"
+        );
+        assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap().len(), 5);
         assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap().map(|h| h.next_seq()), Some(6));
         assert_eq!(store.publisher_record(&t, &publisher(1), 6).unwrap(), None);
-        assert_eq!(store.next_offset(&other).unwrap(), 2);
+        assert_eq!(store.next_offset(&other).unwrap(), Offset(2));
         // The log continues at offset 5, in a new segment, and that survives another reopen.
         append_n(&store, &t, 2);
         store.sync().unwrap();
         drop(store);
         let store = SledStore::open(dir.path()).unwrap();
         let batches: Vec<_> =
-            store.read(&t, 0, usize::MAX).unwrap().into_iter().map(|b| b.batch().unwrap()).collect();
-        assert_eq!(batches.iter().map(|b| b.offset).collect::<Vec<_>>(), (0..7).collect::<Vec<_>>());
-        assert!(batches.iter().all(|b| b.bytes == vec![b.offset as u8; 1000]));
+            store.read(&t, Offset(0), usize::MAX).unwrap().into_iter().map(|b| b.batch().unwrap()).collect();
+        assert_eq!(batches.iter().map(|b| b.offset.0).collect::<Vec<_>>(), (0..7).collect::<Vec<_>>());
+        assert!(batches.iter().all(|b| b.bytes == vec![b.offset.0 as u8; 1000]));
     }
 
     #[test]
@@ -1366,7 +1372,7 @@ mod tests {
             store.sync().unwrap();
             let records: Vec<_> =
                 (1..=3).map(|seq| store.publisher_record(&t, &publisher(1), seq).unwrap().unwrap()).collect();
-            let written = store.read(&t, 0, usize::MAX).unwrap();
+            let written = store.read(&t, Offset(0), usize::MAX).unwrap();
             // A crash before the index reached the disk loses its entries: remove them, as a crash would.
             for r in &records {
                 store.db.remove(batch_key(&t, r.offset)).unwrap();
@@ -1377,11 +1383,11 @@ mod tests {
             (records, written)
         };
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.read(&t, 0, usize::MAX).unwrap(), written);
+        assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap(), written);
         assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap(), records.last().copied());
         assert_eq!(store.publisher_record(&t, &publisher(1), 2).unwrap(), Some(records[1]));
         append_n(&store, &t, 1);
-        assert_eq!(store.next_offset(&t).unwrap(), 4);
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(4));
     }
 
     #[test]
@@ -1399,7 +1405,7 @@ mod tests {
         append_n(&store, &t, 2);
         store.sync().unwrap();
         // A durable offset and a policy are records in the segments: they need no index sync either.
-        store.set_durable_offset(&t, &bob(), "main", 2).unwrap();
+        store.set_durable_offset(&t, &bob(), "main", Offset(2)).unwrap();
         store.put_policy(&t, 1, &Bytes::from_static(b"policy")).unwrap();
         store.sync().unwrap();
         assert_eq!(checkpoint(), at_open, "nothing makes the index durable before 64 MiB");
@@ -1412,8 +1418,8 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             append_n(&store, &t, 2);
-            store.set_durable_offset(&t, &bob(), "main", 1).unwrap();
-            store.set_durable_offset(&t, &bob(), "main", 2).unwrap();
+            store.set_durable_offset(&t, &bob(), "main", Offset(1)).unwrap();
+            store.set_durable_offset(&t, &bob(), "main", Offset(2)).unwrap();
             store.put_policy(&t, 1, &Bytes::from_static(b"policy one")).unwrap();
             store.sync().unwrap();
             // The index never got them (a crash before its lazy sync): only the segments have them.
@@ -1422,9 +1428,13 @@ mod tests {
             store.db.flush().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(2), "the last commit wins");
+        assert_eq!(
+            store.durable_offset(&t, &bob(), "main").unwrap(),
+            Some(Offset(2)),
+            "the last commit wins"
+        );
         assert_eq!(store.policies(&t, 2).unwrap(), [Bytes::from_static(b"policy one")]);
-        assert_eq!(store.next_offset(&t).unwrap(), 2);
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(2));
     }
 
     #[test]
@@ -1439,8 +1449,8 @@ mod tests {
             store.db.flush().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.next_offset(&t).unwrap(), 6);
-        assert_eq!(store.read(&t, 0, usize::MAX).unwrap().len(), 6);
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(6));
+        assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap().len(), 6);
     }
 
     #[test]
@@ -1458,7 +1468,7 @@ mod tests {
         let file = segment_files(dir.path()).pop().unwrap();
         let at = {
             let db = sled::open(dir.path()).unwrap();
-            let key = batch_key(&t, 3);
+            let key = batch_key(&t, Offset(3));
             let Ok(Slot::Batch(entry)) = Slot::decode(&key, &db.get(&key).unwrap().unwrap()) else {
                 panic!()
             };
@@ -1468,7 +1478,11 @@ mod tests {
         bytes[at.position as usize + 100] ^= 1;
         std::fs::write(&file, bytes).unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.next_offset(&t).unwrap(), 3, "offsets stay gap-free: 3, 4 and 5 are dropped");
+        assert_eq!(
+            store.next_offset(&t).unwrap(),
+            Offset(3),
+            "offsets stay gap-free: 3, 4 and 5 are dropped"
+        );
     }
 
     /// A data folder as layout 2 left it: batch records in segment 0 (with a torn tail before the index's
@@ -1481,10 +1495,10 @@ mod tests {
         let mut batches = Vec::new();
         for (segment, range) in [(0u64, 0u64..3), (1, 3..5)] {
             let mut file = Vec::new();
-            for offset in range {
-                let record =
-                    PublisherRecord { first_seq: offset + 1, count: 1, offset, digest: Default::default() };
-                let batch = vec![offset as u8; 100];
+            for n in range {
+                let (offset, first_seq) = (Offset(n), n + 1);
+                let record = PublisherRecord { first_seq, count: 1, offset, digest: Default::default() };
+                let batch = vec![n as u8; 100];
                 let body = record::batch(t, &p, &record, &batch);
                 let location = Location {
                     segment,
@@ -1495,10 +1509,9 @@ mod tests {
                 file.extend_from_slice(&location.len.to_be_bytes());
                 file.extend_from_slice(&location.crc.to_be_bytes());
                 file.extend_from_slice(&body);
-                let entry =
-                    Entry { offset, count: 1, location, publisher: *p.as_bytes(), first_seq: offset + 1 };
+                let entry = Entry { offset, count: 1, location, publisher: *p.as_bytes(), first_seq };
                 db.insert(batch_key(t, offset), &entry.encode()[..]).unwrap();
-                db.insert(publisher_key(t, &p, offset + 1), &record.encode()[..]).unwrap();
+                db.insert(publisher_key(t, &p, first_seq), &record.encode()[..]).unwrap();
                 batches.push(batch);
             }
             if segment == 0 {
@@ -1524,7 +1537,12 @@ mod tests {
     }
 
     fn payloads(store: &SledStore, t: &Topic) -> Vec<Vec<u8>> {
-        store.read(t, 0, usize::MAX).unwrap().into_iter().map(|i| i.batch().unwrap().bytes.to_vec()).collect()
+        store
+            .read(t, Offset(0), usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.batch().unwrap().bytes.to_vec())
+            .collect()
     }
 
     #[test]
@@ -1534,13 +1552,13 @@ mod tests {
         let batches = layout2_folder(dir.path(), &t);
         let check = |store: &SledStore| {
             assert_eq!(payloads(store, &t), batches);
-            assert_eq!(store.next_offset(&t).unwrap(), 5);
+            assert_eq!(store.next_offset(&t).unwrap(), Offset(5));
             assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap().map(|h| h.next_seq()), Some(6));
             assert_eq!(
                 store.policies(&t, 5).unwrap(),
                 [Bytes::from("policy one"), Bytes::from("policy two")]
             );
-            assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(3));
+            assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(Offset(3)));
         };
         {
             let store = SledStore::open(dir.path()).unwrap();
@@ -1549,7 +1567,7 @@ mod tests {
             assert_eq!(layout.as_ref(), LAYOUT_VERSION.to_be_bytes());
             assert_eq!(store.layout3_from(), 2, "the first segment written in layout 3");
             // Layout 3 from now on: a commit is a record, and only the record moves it on.
-            store.set_durable_offset(&t, &bob(), "main", 4).unwrap();
+            store.set_durable_offset(&t, &bob(), "main", Offset(4)).unwrap();
             store.sync().unwrap();
         }
         // verify: the torn tail that layout 2 left in segment 0 is a note, not a finding.
@@ -1567,7 +1585,7 @@ mod tests {
             }
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(4));
+        assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(Offset(4)));
         assert_eq!(store.policies(&t, 5).unwrap().len(), 2);
         assert_eq!(payloads(&store, &t), batches);
         assert_eq!(store.layout3_from(), 2);
@@ -1580,7 +1598,7 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             append_n(&store, &t, 4);
-            store.set_durable_offset(&t, &bob(), "main", 2).unwrap();
+            store.set_durable_offset(&t, &bob(), "main", Offset(2)).unwrap();
             store.put_policy(&t, 1, &Bytes::from_static(b"policy")).unwrap();
             store.sync().unwrap();
         }
@@ -1592,13 +1610,13 @@ mod tests {
         }
         let store = SledStore::open(dir.path()).unwrap();
         assert!(dir.path().join("index.corrupt-0").join("db").is_file(), "the old index is kept");
-        assert_eq!(store.next_offset(&t).unwrap(), 4);
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(4));
         assert_eq!(payloads(&store, &t).len(), 4);
-        assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(2));
+        assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(Offset(2)));
         assert_eq!(store.policies(&t, 1).unwrap(), [Bytes::from_static(b"policy")]);
         assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap().map(|h| h.next_seq()), Some(5));
         append_n(&store, &t, 1);
-        assert_eq!(store.next_offset(&t).unwrap(), 5);
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(5));
     }
 
     /// The costs docs/benchmarks.md records, in one place and under the same conditions: a durable-offset
@@ -1620,17 +1638,17 @@ mod tests {
             }),
             ("append + durable-offset commit + sync (layout 3)", &|| {
                 append_n(&store, &t, 1);
-                store.set_durable_offset(&t, &bob(), "main", store.syncs()).unwrap();
+                store.set_durable_offset(&t, &bob(), "main", Offset(store.syncs())).unwrap();
                 store.sync().unwrap();
             }),
             ("append + durable-offset commit + sync + index sync (as layout 2 did)", &|| {
                 append_n(&store, &t, 1);
-                store.set_durable_offset(&t, &bob(), "main", store.syncs()).unwrap();
+                store.set_durable_offset(&t, &bob(), "main", Offset(store.syncs())).unwrap();
                 store.meta_dirty.store(true, Ordering::SeqCst);
                 store.sync().unwrap();
             }),
             ("durable-offset commit + sync (layout 3)", &|| {
-                store.set_durable_offset(&t, &bob(), "main", store.syncs()).unwrap();
+                store.set_durable_offset(&t, &bob(), "main", Offset(store.syncs())).unwrap();
                 store.sync().unwrap();
             }),
         ];

@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _};
 use clap::{ArgGroup, Parser, Subcommand};
 use futures_util::StreamExt;
 use sealpost_client::protocol::principal::valid_principal;
-use sealpost_client::protocol::{HpkeSecretKey, SigningKey};
+use sealpost_client::protocol::{HpkeSecretKey, Offset, SigningKey};
 use sealpost_client::{Client, Identity, PublisherOptions, StartAt, SubscribeOptions, Topic};
 use tokio::io::AsyncBufReadExt;
 use zeroize::Zeroizing;
@@ -133,7 +133,7 @@ fn parse_start(s: &str) -> Result<StartAt, String> {
         "latest" => Ok(StartAt::Latest),
         n => n
             .parse()
-            .map(StartAt::Offset)
+            .map(|n| StartAt::Offset(Offset(n)))
             .map_err(|_| format!("expected earliest, latest or an offset, got {n:?}")),
     }
 }

@@ -48,7 +48,7 @@ struct Written {
 }
 
 /// Where a record is, and the batch it holds: segment, start, end, (topic, offset).
-type Place = (u64, u64, u64, Option<(Topic, u64)>);
+type Place = (u64, u64, u64, Option<(Topic, Offset)>);
 
 /// A store written in two runs, and what it holds.
 struct Fixture {
@@ -56,9 +56,9 @@ struct Fixture {
     lagging: bool,
     written: Vec<Written>,
     policies: HashMap<Topic, Vec<Bytes>>,
-    durables: HashMap<Topic, u64>,
+    durables: HashMap<Topic, Offset>,
     /// Durable offsets committed before, per topic (a damaged commit record may leave an older one).
-    older_durables: HashMap<Topic, Vec<u64>>,
+    older_durables: HashMap<Topic, Vec<Offset>>,
 }
 
 fn bob() -> Principal {
@@ -169,7 +169,7 @@ impl Fixture {
                     bytes: batch.as_bytes().clone(),
                 });
                 if rng.gen_bool(0.3) {
-                    let next = record.offset + u64::from(record.count);
+                    let next = record.end();
                     store.set_durable_offset(t, &bob(), "main", next).unwrap();
                     if let Some(old) = fixture.durables.insert(t.clone(), next) {
                         fixture.older_durables.entry(t.clone()).or_default().push(old);
@@ -301,17 +301,16 @@ fn check(fixture: &Fixture, dir: &Path, hit: Option<&Written>, what: &str, outco
         let mut unknown_tail = false;
         for t in topics() {
             let expected: Vec<&Written> = fixture.written.iter().filter(|w| w.topic == t).collect();
-            let items = store.read(&t, 0, usize::MAX).unwrap();
+            let items = store.read(&t, Offset(0), usize::MAX).unwrap();
             let mut items = items.into_iter();
             for w in &expected {
-                let end = w.record.offset + u64::from(w.record.count);
+                let end = w.record.end();
                 let is_hit = hit.is_some_and(|h| h.topic == w.topic && h.record.offset == w.record.offset);
                 let item = items.next();
                 if is_hit
                     && item.is_none()
                     && fixture.lagging
-                    && w.record.offset + u64::from(w.record.count)
-                        == expected.last().map_or(0, |l| l.record.offset + u64::from(l.record.count))
+                    && w.record.end() == expected.last().map_or(Offset::ZERO, |l| l.record.end())
                 {
                     unknown_tail = true;
                     continue;
@@ -346,10 +345,10 @@ fn check(fixture: &Fixture, dir: &Path, hit: Option<&Written>, what: &str, outco
                 }
             }
             assert!(items.next().is_none(), "{what}: more items than batches on {t}");
-            let end = expected.last().map_or(0, |w| w.record.offset + u64::from(w.record.count));
+            let end = expected.last().map_or(Offset::ZERO, |w| w.record.end());
             let next = store.next_offset(&t).unwrap();
             if unknown_tail && hit.is_some_and(|h| h.topic == t) {
-                assert_eq!(next, hit.map_or(0, |h| h.record.offset), "{what}");
+                assert_eq!(next, hit.map_or(Offset::ZERO, |h| h.record.offset), "{what}");
             } else {
                 assert_eq!(next, end, "{what}: next offset of {t}");
             }
@@ -401,7 +400,7 @@ fn check(fixture: &Fixture, dir: &Path, hit: Option<&Written>, what: &str, outco
         outcome.rebuilt += 1;
     }
     if let Some(h) = hit {
-        let offsets = format!("{}..{}", h.record.offset, h.record.offset + u64::from(h.record.count));
+        let offsets = format!("{}..{}", h.record.offset, h.record.end());
         let named = lines.iter().any(|l| {
             (l.contains("ERROR") || l.contains("WARN"))
                 && l.contains(&offsets)
@@ -556,7 +555,7 @@ fn a_torn_tail_past_the_last_sync_is_cut_without_noise() {
             let record = PublisherRecord {
                 first_seq: 1000 + i,
                 count: 1,
-                offset: before + i,
+                offset: before.saturating_add(i),
                 digest: w.record.digest,
             };
             store.append(t, &w.publisher, &record, &w.bytes).unwrap();
@@ -568,8 +567,12 @@ fn a_torn_tail_past_the_last_sync_is_cut_without_noise() {
     std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len - 20).unwrap();
     tracing::subscriber::with_default(subscriber, || {
         let store = SledStore::open(dir).unwrap();
-        assert_eq!(store.next_offset(t).unwrap(), unsynced + 2, "the two intact unsynced batches are kept");
-        assert!(store.read(t, 0, usize::MAX).unwrap().iter().all(|i| matches!(i, Stored::Batch(_))));
+        assert_eq!(
+            store.next_offset(t).unwrap(),
+            unsynced.saturating_add(2),
+            "the two intact unsynced batches are kept"
+        );
+        assert!(store.read(t, Offset(0), usize::MAX).unwrap().iter().all(|i| matches!(i, Stored::Batch(_))));
     });
     let lines = captured.lines();
     assert!(lines.iter().all(|l| !l.contains("ERROR") && !l.contains("WARN")), "{lines:#?}");
@@ -598,7 +601,12 @@ fn settled_store(dir: &Path, t: &Topic, n: u64) -> Vec<Location> {
     {
         let store = SledStore::open(dir).unwrap();
         for offset in 0..n {
-            let record = PublisherRecord { first_seq: offset + 1, count: 1, offset, digest: w.record.digest };
+            let record = PublisherRecord {
+                first_seq: offset + 1,
+                count: 1,
+                offset: Offset(offset),
+                digest: w.record.digest,
+            };
             store.append(t, &w.publisher, &record, &Bytes::from(vec![offset as u8; 500])).unwrap();
         }
         store.sync().unwrap();
@@ -606,7 +614,7 @@ fn settled_store(dir: &Path, t: &Topic, n: u64) -> Vec<Location> {
     let store = SledStore::open(dir).unwrap();
     (0..n)
         .map(|offset| {
-            let key = batch_key(t, offset);
+            let key = batch_key(t, Offset(offset));
             match Slot::decode(&key, &store.db.get(&key).unwrap().unwrap()).unwrap() {
                 Slot::Batch(e) => e.location,
                 Slot::Lost(_) => panic!("lost"),
@@ -632,9 +640,11 @@ fn the_scrub_finds_damage_after_opening_and_the_next_sync_marks_it_lost() {
         "{lines:#?}"
     );
     // Readers serve the loss at once; the next sync records it, and a restart serves it too.
-    assert!(matches!(&store.read(&t, 2, 1).unwrap()[0], Stored::Lost(l) if l.offset == 2 && l.count == 1));
+    assert!(
+        matches!(&store.read(&t, Offset(2), 1).unwrap()[0], Stored::Lost(l) if l.offset == Offset(2) && l.count == 1)
+    );
     store.sync().unwrap();
-    let key = batch_key(&t, 2);
+    let key = batch_key(&t, Offset(2));
     assert!(matches!(Slot::decode(&key, &store.db.get(&key).unwrap().unwrap()).unwrap(), Slot::Lost(_)));
     let lines =
         logged(|| assert_eq!(scrub_pass(&weak, u64::MAX).map(|p| (p.batches, p.damaged)), Some((4, 0))));
@@ -661,7 +671,7 @@ fn a_record_replaced_behind_the_brokers_back_is_reported_as_possible_tampering()
     std::fs::write(&file, bytes).unwrap();
     let lines = logged(|| {
         let store = SledStore::open(dir.path()).unwrap();
-        let items = store.read(&t, 0, usize::MAX).unwrap();
+        let items = store.read(&t, Offset(0), usize::MAX).unwrap();
         let lost: Vec<_> = items
             .iter()
             .filter_map(|i| match i {
@@ -669,7 +679,7 @@ fn a_record_replaced_behind_the_brokers_back_is_reported_as_possible_tampering()
                 Stored::Batch(_) => None,
             })
             .collect();
-        assert_eq!(lost, [(1, LossReason::Replaced), (2, LossReason::Replaced)]);
+        assert_eq!(lost, [(Offset(1), LossReason::Replaced), (Offset(2), LossReason::Replaced)]);
     });
     assert_eq!(lines.iter().filter(|l| l.contains("possible tampering")).count(), 2, "{lines:#?}");
     // verify says so too.

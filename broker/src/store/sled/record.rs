@@ -21,7 +21,7 @@
 //! fsync of its own; what it says is true whenever it is there at all (it is written after the sync it
 //! names). Decoding checks every length against the bytes present and never panics.
 
-use sealpost_protocol::{Digest, LostBatch, Principal, PublicKey, Topic};
+use sealpost_protocol::{Digest, LostBatch, Offset, Principal, PublicKey, Topic};
 
 use super::super::segment::Checkpoint;
 use super::super::{LossReason, LostRange, PublisherRecord};
@@ -89,7 +89,7 @@ impl Lost {
     }
 
     /// The lost range starting at `offset` that `bytes` (exactly one encoding) describes.
-    pub fn decode(offset: u64, bytes: &[u8]) -> Option<Lost> {
+    pub fn decode(offset: Offset, bytes: &[u8]) -> Option<Lost> {
         let bytes: &[u8; Self::ENCODED_LEN] = bytes.try_into().ok()?;
         let (count, rest) = bytes.split_first_chunk::<8>()?;
         let (&[reason, flags], rest) = rest.split_first_chunk::<2>()?;
@@ -122,7 +122,7 @@ pub(super) enum Record<'a> {
     Batch(BatchRecord, &'a [u8]),
     Synced(Checkpoint),
     Policy { topic: Topic, epoch: u64, policy: &'a [u8] },
-    Durable { topic: Topic, principal: Principal, name: String, next_offset: u64 },
+    Durable { topic: Topic, principal: Principal, name: String, next_offset: Offset },
     Lost { topic: Topic, lost: Lost },
     Layout(u32),
 }
@@ -138,6 +138,10 @@ fn take_u64(rest: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_be_bytes(*n), rest))
 }
 
+fn take_offset(rest: &[u8]) -> Option<(Offset, &[u8])> {
+    take_u64(rest).map(|(n, rest)| (Offset(n), rest))
+}
+
 fn take_str(rest: &[u8]) -> Option<(String, &[u8])> {
     let (len, rest) = rest.split_first_chunk::<4>()?;
     let (s, rest) = rest.split_at_checked(usize::try_from(u32::from_be_bytes(*len)).ok()?)?;
@@ -151,7 +155,7 @@ impl<'a> Record<'a> {
         match kind {
             BATCH => {
                 let (topic, rest) = take_topic(rest)?;
-                let (offset, rest) = take_u64(rest)?;
+                let (offset, rest) = take_offset(rest)?;
                 let (count, rest) = rest.split_first_chunk::<4>()?;
                 let (publisher, rest) = rest.split_first_chunk::<32>()?;
                 let (first_seq, rest) = take_u64(rest)?;
@@ -175,12 +179,12 @@ impl<'a> Record<'a> {
                 let (principal, rest) = take_str(rest)?;
                 let principal = Principal::new(principal).ok()?;
                 let (name, rest) = take_str(rest)?;
-                let (next_offset, rest) = take_u64(rest)?;
+                let (next_offset, rest) = take_offset(rest)?;
                 rest.is_empty().then_some(Record::Durable { topic, principal, name, next_offset })
             }
             LOST => {
                 let (topic, rest) = take_topic(rest)?;
-                let (offset, rest) = take_u64(rest)?;
+                let (offset, rest) = take_offset(rest)?;
                 Some(Record::Lost { topic, lost: Lost::decode(offset, rest)? })
             }
             LAYOUT => {
@@ -194,12 +198,9 @@ impl<'a> Record<'a> {
     /// A few words on what the record is, for logs: never its payload.
     pub fn describe(&self) -> String {
         match self {
-            Record::Batch(b, _) => format!(
-                "a batch of {} at offsets {}..{}",
-                b.topic,
-                b.record.offset,
-                b.record.offset.saturating_add(b.record.count.into())
-            ),
+            Record::Batch(b, _) => {
+                format!("a batch of {} at offsets {}..{}", b.topic, b.record.offset, b.record.end())
+            }
             Record::Synced(c) => format!("a sync marker (segment {}, position {})", c.segment, c.position),
             Record::Policy { topic, epoch, .. } => format!("the topic policy of {topic}, epoch {epoch}"),
             Record::Durable { topic, .. } => format!("a durable subscription's offset on {topic}"),
@@ -214,7 +215,7 @@ impl<'a> Record<'a> {
 /// The body of a batch record.
 pub(super) fn batch(topic: &Topic, publisher: &PublicKey, record: &PublisherRecord, batch: &[u8]) -> Vec<u8> {
     let mut out = topic_prefix(BATCH, topic, BatchRecord::prefix_len(topic) + batch.len());
-    out.extend_from_slice(&record.offset.to_be_bytes());
+    out.extend_from_slice(&record.offset.0.to_be_bytes());
     out.extend_from_slice(&record.count.to_be_bytes());
     out.extend_from_slice(publisher.as_bytes());
     out.extend_from_slice(&record.first_seq.to_be_bytes());
@@ -250,17 +251,22 @@ pub(super) fn principal_and_name(out: &mut Vec<u8>, principal: &Principal, name:
 }
 
 /// The body of a durable-offset record.
-pub(super) fn durable(topic: &Topic, principal: &Principal, name: &str, next_offset: u64) -> Result<Vec<u8>> {
+pub(super) fn durable(
+    topic: &Topic,
+    principal: &Principal,
+    name: &str,
+    next_offset: Offset,
+) -> Result<Vec<u8>> {
     let mut out = topic_prefix(DURABLE, topic, 16 + principal.as_str().len() + name.len());
     principal_and_name(&mut out, principal, name)?;
-    out.extend_from_slice(&next_offset.to_be_bytes());
+    out.extend_from_slice(&next_offset.0.to_be_bytes());
     Ok(out)
 }
 
 /// The body of a lost record.
 pub(super) fn lost(topic: &Topic, lost: &Lost) -> Vec<u8> {
     let mut out = topic_prefix(LOST, topic, 8 + Lost::ENCODED_LEN);
-    out.extend_from_slice(&lost.range.offset.to_be_bytes());
+    out.extend_from_slice(&lost.range.offset.0.to_be_bytes());
     out.extend_from_slice(&lost.encode());
     out
 }
@@ -286,7 +292,7 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips() {
-        let r = PublisherRecord { first_seq: 9, count: 3, offset: 77, digest: Digest([5; 32]) };
+        let r = PublisherRecord { first_seq: 9, count: 3, offset: Offset(77), digest: Digest([5; 32]) };
         let body = batch(&topic(), &publisher(), &r, b"sealed");
         assert_eq!(body.len(), BatchRecord::prefix_len(&topic()) + 6);
         let expected = BatchRecord { topic: topic(), publisher: *publisher().as_bytes(), record: r };
@@ -298,19 +304,19 @@ mod tests {
             Some(Record::Policy { topic: topic(), epoch: 4, policy: b"signed" })
         );
         assert_eq!(
-            Record::decode(&durable(&topic(), &"bob".parse().unwrap(), "main", 12).unwrap()),
+            Record::decode(&durable(&topic(), &"bob".parse().unwrap(), "main", Offset(12)).unwrap()),
             Some(Record::Durable {
                 topic: topic(),
                 principal: "bob".parse().unwrap(),
                 name: "main".into(),
-                next_offset: 12
+                next_offset: Offset(12)
             })
         );
         let batch_lost = LostBatch { publisher: publisher(), first_seq: 9, digest: Digest([5; 32]) };
         for l in [
             Lost {
                 range: LostRange {
-                    offset: 77,
+                    offset: Offset(77),
                     count: 3,
                     batch: Some(batch_lost),
                     reason: LossReason::Corrupt,
@@ -318,7 +324,7 @@ mod tests {
                 at: Some((4, 1 << 33)),
             },
             Lost {
-                range: LostRange { offset: 7, count: 1, batch: None, reason: LossReason::Replaced },
+                range: LostRange { offset: Offset(7), count: 1, batch: None, reason: LossReason::Replaced },
                 at: None,
             },
         ] {
@@ -330,17 +336,17 @@ mod tests {
 
     #[test]
     fn garbage_decodes_to_nothing() {
-        let r = PublisherRecord { first_seq: 1, count: 1, offset: 0, digest: Digest::ZERO };
+        let r = PublisherRecord { first_seq: 1, count: 1, offset: Offset(0), digest: Digest::ZERO };
         let body = batch(&topic(), &publisher(), &r, b"x");
         assert!(Record::decode(&body[..20]).is_none());
         assert!(Record::decode(&[BATCH, 1, b'a']).is_none());
         assert!(Record::decode(&[]).is_none());
         assert!(Record::decode(&[0]).is_none());
         assert!(Record::decode(&[77, 1, 2, 3]).is_none());
-        let mut d = durable(&topic(), &"bob".parse().unwrap(), "main", 1).unwrap();
+        let mut d = durable(&topic(), &"bob".parse().unwrap(), "main", Offset(1)).unwrap();
         d.push(0);
         assert!(Record::decode(&d).is_none());
-        assert!(Lost::decode(0, &[0; Lost::ENCODED_LEN]).is_none(), "no empty range");
+        assert!(Lost::decode(Offset(0), &[0; Lost::ENCODED_LEN]).is_none(), "no empty range");
         assert!(Record::decode(&layout(3)[..4]).is_none());
     }
 }

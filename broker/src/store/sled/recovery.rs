@@ -56,7 +56,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::Bytes;
-use sealpost_protocol::{Limits, LostBatch, PublicKey, SealedBatch, SignedPolicy, Topic};
+use sealpost_protocol::{Limits, LostBatch, Offset, PublicKey, SealedBatch, SignedPolicy, Topic};
 
 use super::record::{self, BatchRecord, Lost, Record};
 use super::{
@@ -152,7 +152,7 @@ impl Hint {
             let record = PublisherRecord {
                 first_seq: header.first_seq,
                 count: header.count,
-                offset: u64::from_be_bytes(offset.try_into().ok()?),
+                offset: Offset(u64::from_be_bytes(offset.try_into().ok()?)),
                 digest: batch.digest(),
             };
             Some(Hint { topic: header.topic.clone(), publisher: header.publisher, record, verified: true })
@@ -216,7 +216,7 @@ struct Damage {
     /// What a damaged batch record's header claims (topic, offset, count) when no full hint could be had:
     /// the count from the sealed header inside it if that is of the same topic, else the record's own if
     /// it is a count a batch can have.
-    claim: Option<(Topic, u64, u64)>,
+    claim: Option<(Topic, Offset, u64)>,
     /// A policy record whose signed policy still verifies, with its topic and epoch.
     policy: Option<(Topic, u64, Vec<u8>)>,
     /// A loss (or an index entry) accounts for it.
@@ -310,7 +310,9 @@ impl<'s> Recovery<'s> {
     fn collect_suspects(&mut self) -> Outcome<()> {
         for topic in &self.topics {
             let mut suspects = Vec::new();
-            for kv in self.store.db.range(batch_key(topic, 0)..=batch_key(topic, u64::MAX)).rev() {
+            for kv in
+                self.store.db.range(batch_key(topic, Offset::ZERO)..=batch_key(topic, Offset::MAX)).rev()
+            {
                 let (k, v) = sled(kv)?;
                 match index(Slot::decode(&k, &v))? {
                     Slot::Batch(entry) if entry.location.durable_by(self.checkpoint) => break,
@@ -518,7 +520,7 @@ impl<'s> Recovery<'s> {
         Ok(())
     }
 
-    fn end_of(&self, topic: &Topic) -> Outcome<u64> {
+    fn end_of(&self, topic: &Topic) -> Outcome<Offset> {
         index(self.store.end_of(topic))
     }
 
@@ -532,11 +534,11 @@ impl<'s> Recovery<'s> {
                     sled(db.insert(entry.publisher_key(&r.topic), &r.record.encode()[..]))?;
                 }
                 Slot::Batch(_) => {
-                    tracing::warn!(topic = %r.topic, offset = r.record.offset, "recovery skipped a \
+                    tracing::warn!(topic = %r.topic, offset = %r.record.offset, "recovery skipped a \
                     record whose offset another record holds (an append that failed before it was indexed)")
                 }
                 Slot::Lost(_) => {
-                    tracing::warn!(topic = %r.topic, offset = r.record.offset, "recovery skipped \
+                    tracing::warn!(topic = %r.topic, offset = %r.record.offset, "recovery skipped \
                     an intact record at offsets already marked lost")
                 }
             }
@@ -550,7 +552,7 @@ impl<'s> Recovery<'s> {
         if let Some(lost) = &hole {
             self.lose(&r.topic, lost)?;
         } else if offset != next {
-            tracing::warn!(topic = %r.topic, offset, next, "recovery skipped a record that does not continue its topic");
+            tracing::warn!(topic = %r.topic, %offset, %next, "recovery skipped a record that does not continue its topic");
             return Ok(());
         }
         let entry = Entry {
@@ -573,14 +575,12 @@ impl<'s> Recovery<'s> {
 
     /// The loss that explains the hole `from..to` of `topic`: the damage whose header names exactly that
     /// batch, else the latest damage no loss explains yet. `None` if no damage can explain it.
-    fn explain_hole(&mut self, topic: &Topic, from: u64, to: u64) -> Option<Lost> {
+    fn explain_hole(&mut self, topic: &Topic, from: Offset, to: Offset) -> Option<Lost> {
         let exact = self.damage.iter().position(|d| {
             !d.explained
-                && d.hint.as_ref().is_some_and(|h| {
-                    h.topic == *topic
-                        && h.record.offset == from
-                        && h.record.offset.saturating_add(u64::from(h.record.count)) == to
-                })
+                && d.hint
+                    .as_ref()
+                    .is_some_and(|h| h.topic == *topic && h.record.offset == from && h.record.end() == to)
         });
         let chosen = exact.or_else(|| self.damage.iter().rposition(|d| !d.explained))?;
         let damage = self.damage.get_mut(chosen)?;
@@ -589,7 +589,12 @@ impl<'s> Recovery<'s> {
         Some(match (exact, &damage.hint) {
             (Some(_), Some(hint)) => hint.lost(at),
             _ => Lost {
-                range: LostRange { offset: from, count: to - from, batch: None, reason: LossReason::Corrupt },
+                range: LostRange {
+                    offset: from,
+                    count: to.saturating_count_from(from),
+                    batch: None,
+                    reason: LossReason::Corrupt,
+                },
                 at: Some(at),
             },
         })
@@ -639,7 +644,7 @@ impl<'s> Recovery<'s> {
                     cut.is_some_and(|(s, p)| (entry.location.segment, entry.location.position) >= (s, p));
                 let check = if past_cut { None } else { self.check(&topic, entry)? };
                 if let Some(Check::Replaced { .. }) = check {
-                    tracing::error!(%topic, offset = entry.offset, segment = entry.location.segment,
+                    tracing::error!(%topic, offset = %entry.offset, segment = entry.location.segment,
                         position = entry.location.position, "possible tampering with the data folder: an intact \
                         record that is not the batch the index names is where that batch was written, past the \
                         last sync");
@@ -658,7 +663,7 @@ impl<'s> Recovery<'s> {
             sled(self.store.db.apply_batch(removals))?;
             tracing::info!(
                 %topic,
-                from_offset = entries[bad].offset,
+                from_offset = %entries[bad].offset,
                 batches = entries.len() - bad,
                 "recovery dropped batches written past the last sync; they were never acknowledged"
             );
@@ -770,7 +775,7 @@ enum Found<'a> {
 }
 
 /// The topic, offset and count a damaged batch record claims (see [`Damage::claim`]).
-fn claim_of(claimed: &[u8]) -> Option<(Topic, u64, u64)> {
+fn claim_of(claimed: &[u8]) -> Option<(Topic, Offset, u64)> {
     let Some(Record::Batch(r, sealed)) = Record::decode(claimed) else { return None };
     let count = match SealedBatch::decode(Bytes::copy_from_slice(sealed), &STORED) {
         Ok(batch) if batch.header().topic == r.topic => batch.header().count,

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use sealpost_protocol::Topic;
+use sealpost_protocol::{Offset, Topic};
 
 use super::record::{Lost, Record};
 use super::recovery::Hint;
@@ -73,7 +73,7 @@ pub struct Finding {
     /// The topic concerned, when known.
     pub topic: Option<Topic>,
     /// The offsets concerned, when known.
-    pub offsets: Option<Range<u64>>,
+    pub offsets: Option<Range<Offset>>,
     /// What is wrong, in a sentence.
     pub detail: String,
 }
@@ -129,7 +129,7 @@ struct IndexView {
     /// (segment, position) -> the batch entry there.
     batches: HashMap<(u64, u64), Indexed>,
     /// (topic, offset) -> where the entry says the record is, or `None` for a lost range.
-    slots: HashMap<(Topic, u64), Option<(u64, u64)>>,
+    slots: HashMap<(Topic, Offset), Option<(u64, u64)>>,
     checkpoint: Checkpoint,
     layout3_from: Option<u64>,
 }
@@ -205,7 +205,7 @@ fn read_index(dir: &Path, report: &mut Report) -> Result<IndexView> {
 fn scan_index(db: &sled::Db, report: &mut Report) -> std::result::Result<IndexView, sled::Error> {
     let mut view = IndexView::default();
     let mut topics_with_key = HashSet::new();
-    let mut ends: HashMap<Topic, u64> = HashMap::new();
+    let mut ends: HashMap<Topic, Offset> = HashMap::new();
     let bad = |report: &mut Report, what: String| report.findings.push(finding(FindingKind::Index, what));
     for kv in db.iter() {
         let (key, value) = kv?;
@@ -245,7 +245,7 @@ fn scan_index(db: &sled::Db, report: &mut Report) -> std::result::Result<IndexVi
                         continue;
                     }
                 };
-                let expected = ends.get(&topic).copied().unwrap_or(0);
+                let expected = ends.get(&topic).copied().unwrap_or(Offset::ZERO);
                 if slot.offset() != expected {
                     report.findings.push(Finding {
                         kind: FindingKind::Mismatch,
@@ -405,7 +405,7 @@ fn walk_segments(dir: &Path, mut index: IndexView, report: &mut Report) -> Resul
                                 kind: FindingKind::Mismatch,
                                 place: Some((shown.clone(), at.position)),
                                 topic: Some(r.topic.clone()),
-                                offsets: Some(r.record.offset..r.record.offset.saturating_add(r.record.count.into())),
+                                offsets: Some(r.record.offset..r.record.end()),
                                 detail: "an intact batch inside the indexed part of the log that the index does not name".into(),
                             }),
                         }
@@ -449,9 +449,7 @@ fn walk_segments(dir: &Path, mut index: IndexView, report: &mut Report) -> Resul
                     kind: FindingKind::Corrupt,
                     place: Some((shown.clone(), position)),
                     topic: hint.as_ref().map(|h| h.topic.clone()),
-                    offsets: hint
-                        .as_ref()
-                        .map(|h| h.record.offset..h.record.offset.saturating_add(u64::from(h.record.count))),
+                    offsets: hint.as_ref().map(|h| h.record.offset..h.record.end()),
                     detail: format!(
                         "{len} bytes fail their checksum; they held {}",
                         looked_like.unwrap_or_else(|| "nothing the index names".into())
@@ -550,7 +548,7 @@ pub(super) fn scrub_pass(weak: &Weak<SledStore>, bytes_per_sec: u64) -> Option<P
     let started = Instant::now();
     let topics: Vec<Topic> = weak.upgrade()?.topics.lock().ok()?.iter().cloned().collect();
     for topic in topics {
-        let mut from = 0u64;
+        let mut from = Offset::ZERO;
         loop {
             let (entries, next) = {
                 let store = weak.upgrade()?;
@@ -577,7 +575,7 @@ pub(super) fn scrub_pass(weak: &Weak<SledStore>, bytes_per_sec: u64) -> Option<P
                         pass.damaged += 1;
                     }
                     Err(e) => {
-                        tracing::warn!(%topic, offset = entry.offset, error = %e, "the scrub could not read a record")
+                        tracing::warn!(%topic, offset = %entry.offset, error = %e, "the scrub could not read a record")
                     }
                 }
                 drop(store);
@@ -601,10 +599,10 @@ pub(super) fn scrub_pass(weak: &Weak<SledStore>, bytes_per_sec: u64) -> Option<P
 impl SledStore {
     /// Up to `max` batch entries of `topic` from offset `from` on, and the offset to continue from (`None`
     /// at the end).
-    fn batch_entries(&self, topic: &Topic, from: u64, max: usize) -> Result<(Vec<Entry>, Option<u64>)> {
+    fn batch_entries(&self, topic: &Topic, from: Offset, max: usize) -> Result<(Vec<Entry>, Option<Offset>)> {
         let mut entries = Vec::new();
         let mut next = None;
-        for (i, kv) in self.db.range(batch_key(topic, from)..=batch_key(topic, u64::MAX)).enumerate() {
+        for (i, kv) in self.db.range(batch_key(topic, from)..=batch_key(topic, Offset::MAX)).enumerate() {
             let (k, v) = kv.map_err(super::sled_error)?;
             let slot = Slot::decode(&k, &v)?;
             if i == max {
