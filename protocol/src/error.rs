@@ -1,4 +1,9 @@
 //! The one error type of `sealpost-protocol`.
+//!
+//! It names two value types in its variants, [`Epoch`] and [`Topic`], so that a caller can match on the
+//! very topic or epoch at fault. `epoch.rs` needs nothing from here; `topic.rs` does (a bad name is an
+//! [`Error::InvalidTopic`]): that pair is the crate's one mutual import, kept on purpose rather than
+//! carrying topic names as strings in errors.
 
 use crate::epoch::Epoch;
 use crate::topic::Topic;
