@@ -77,25 +77,28 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod batcher;
-mod connection;
+mod backoff;
+mod client;
+mod clock;
 mod error;
 mod identity;
 mod keyring;
+mod link;
 mod message;
+mod options;
 mod policies;
-mod publisher;
-mod reader;
-mod stream;
-mod subscription;
+mod publish;
+mod shared;
+mod subscribe;
 mod tls;
 
-pub use connection::{Client, ClientOptions, Reconnect};
+pub use client::Client;
 pub use error::{Action, Error, Result};
 pub use identity::Identity;
 pub use message::Message;
-pub use publisher::{PublishFuture, Publisher, PublisherOptions, Receipt};
-pub use subscription::{SubscribeOptions, Subscription};
+pub use options::{ClientOptions, PublisherOptions, Reconnect, SubscribeOptions};
+pub use publish::{PublishFuture, Publisher, Receipt};
+pub use subscribe::Subscription;
 
 /// The protocol crate, for the types of integrity errors ([`Error::Integrity`]), keys and topic policies
 /// ([`issue_policy`](sealpost_protocol::issue_policy), [`VerifiedPolicy`]).

@@ -49,29 +49,19 @@ use futures_util::Stream;
 use sealpost_protocol::{ErrorCode, Frame, Offset, StartAt, SubscriptionId, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::connection::{wall_clock, Backoff, Shared, STABLE_AFTER};
+use crate::backoff::{Backoff, STABLE_AFTER};
+use crate::clock::wall_clock;
 use crate::error::{Action, Error, Result};
 use crate::keyring::Freshness;
+use crate::link::{unexpected, Link};
 use crate::message::Message;
-use crate::reader::{start_point, Delivery, Reader};
-use crate::stream::{unexpected, Link};
+use crate::options::SubscribeOptions;
+use crate::policies;
+use crate::shared::Shared;
 
-/// Where and how a subscription starts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SubscribeOptions {
-    /// Where a new subscription starts reading. Default [`StartAt::Latest`]: only what is published from
-    /// now on.
-    pub from: StartAt,
-    /// The name of a durable subscription: the broker stores what it acknowledges, and a durable
-    /// subscription that already exists resumes from there, ignoring `from`. Default `None`.
-    pub durable: Option<String>,
-}
+mod reader;
 
-impl Default for SubscribeOptions {
-    fn default() -> Self {
-        Self { from: StartAt::Latest, durable: None }
-    }
-}
+use reader::{start_point, Delivery, Reader};
 
 /// How long closing waits for the broker to end its side of the stream.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -122,7 +112,7 @@ impl Subscription {
         };
         // Fetched after the broker accepted the subscription, so that a principal the ACL refuses hears
         // that, rather than about keys it should not have anyway.
-        let keys = shared.topic_keys_retrying(&topic, Action::Subscribe, Freshness::Now).await?;
+        let keys = policies::topic_keys_retrying(&shared, &topic, Action::Subscribe, Freshness::Now).await?;
         keys.check_readable()?;
         let (start, next_offset) = start_point(options.from, options.durable.is_some(), start_offset);
         tracing::debug!(%topic, subscription, %start_offset, ?start, "subscribed");
@@ -257,7 +247,7 @@ async fn subscribe_once(
     from: StartAt,
     durable: Option<String>,
 ) -> Result<(Link, SubscriptionId, Offset)> {
-    let mut link = Link::open(shared).await?;
+    let mut link = shared.open_link().await?;
     let request_id = shared.request_id();
     link.send(&Frame::Subscribe { request_id, topic: topic.clone(), from, durable }).await?;
     match link.read().await? {
@@ -379,7 +369,9 @@ impl Task {
                         }
                         Delivery::Refetch(epoch) => {
                             let fresh = Freshness::Epoch(epoch);
-                            match self.shared.topic_keys(&self.topic, Action::Subscribe, fresh).await {
+                            match policies::topic_keys(&self.shared, &self.topic, Action::Subscribe, fresh)
+                                .await
+                            {
                                 Ok(keys) => self.reader.fetched(epoch, Some(keys)),
                                 // The batch comes again after resubscribing: the reader did not move.
                                 Err(e) if e.is_retryable() => {
@@ -441,7 +433,9 @@ impl Task {
             return Ok(Vec::new());
         }
         self.keys_checked = Instant::now();
-        match self.shared.topic_keys(&self.topic, Action::Subscribe, Freshness::Within(every)).await {
+        match policies::topic_keys(&self.shared, &self.topic, Action::Subscribe, Freshness::Within(every))
+            .await
+        {
             Ok(keys) => {
                 self.reader.set_keys(keys);
                 Ok(Vec::new())

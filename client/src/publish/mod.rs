@@ -6,7 +6,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use rand::SeedableRng;
@@ -15,36 +14,18 @@ use sealpost_protocol::{seal, ChainHead, ErrorCode, Frame, Offset, SealParams, T
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::batcher::{Batch, Batcher, TooLarge};
-use crate::connection::{wall_clock, Backoff, Shared, STABLE_AFTER};
+use crate::backoff::{Backoff, STABLE_AFTER};
+use crate::clock::wall_clock;
 use crate::error::{Action, Error, Result};
 use crate::keyring::{Freshness, TopicKeys};
-use crate::stream::{unexpected, Link};
+use crate::link::{unexpected, Link};
+use crate::options::PublisherOptions;
+use crate::policies;
+use crate::shared::Shared;
 
-/// How a publisher batches and pipelines.
-#[derive(Clone, Debug)]
-pub struct PublisherOptions {
-    /// Most messages in one sealed batch (clamped to 1..=65,536). Default 256.
-    pub max_batch: usize,
-    /// How long the first message of a batch that is not full waits for others before the batch may be
-    /// sealed. Default 0: batching needs no timer (see below).
-    ///
-    /// Whatever `linger` says, a batch that is not full is sealed only while fewer than two earlier
-    /// batches await their answers (or on [`Publisher::flush`] and [`Publisher::close`]): what is
-    /// published while two batches are in flight gathers into the next one, which goes when an answer
-    /// comes, or as soon as it is full. So a message published to a quiet publisher goes at once, and
-    /// under load batches grow to what arrives during part of a round trip (the broker's fsync
-    /// included).
-    pub linger: Duration,
-    /// Most batches sent but not yet acknowledged (at least 1). Default 64.
-    pub max_in_flight: usize,
-}
+mod batcher;
 
-impl Default for PublisherOptions {
-    fn default() -> Self {
-        Self { max_batch: 256, linger: Duration::ZERO, max_in_flight: 64 }
-    }
-}
+use batcher::{Batch, Batcher, TooLarge};
 
 /// Where a published message was stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +116,7 @@ impl Publisher {
         topic: Topic,
         options: PublisherOptions,
     ) -> Result<Publisher> {
-        let keys = shared.topic_keys_retrying(&topic, Action::Publish, Freshness::Now).await?;
+        let keys = policies::topic_keys_retrying(&shared, &topic, Action::Publish, Freshness::Now).await?;
         // The nonces of every record this publisher seals: a CSPRNG seeded once from the OS rather than a
         // system call per record. XChaCha20 nonces are 192 random bits, so collisions stay negligible.
         let rng = ChaCha20Rng::from_rng(rand::rngs::OsRng)
@@ -355,7 +336,7 @@ impl Task {
 
     /// Opens a publish stream: `Head`, then every unacknowledged batch again. One attempt.
     async fn open_once(&mut self) -> Result<()> {
-        let mut link = Link::open(&self.shared).await?;
+        let mut link = self.shared.open_link().await?;
         let request_id = self.shared.request_id();
         let publisher = self.shared.identity.public_key();
         link.send(&Frame::Head { request_id, topic: self.topic.clone(), publisher }).await?;
@@ -459,7 +440,7 @@ impl Task {
         }
         let fresh = if self.keys_checked.is_some() { Freshness::Within(every) } else { Freshness::Now };
         self.keys_checked = Some(Instant::now());
-        match self.shared.topic_keys(&self.topic, Action::Publish, fresh).await {
+        match policies::topic_keys(&self.shared, &self.topic, Action::Publish, fresh).await {
             Ok(keys) => {
                 if keys.current_epoch() != self.keys.current_epoch() {
                     let epoch = keys.current_epoch();

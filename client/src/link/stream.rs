@@ -9,15 +9,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use quinn::{ReadError, WriteError};
 use sealpost_protocol::{Frame, FrameBuffer};
 
-use crate::connection::Shared;
 use crate::error::{Error, Result};
+
+use super::connector::Connector;
+use super::error_map::ErrorMap;
 
 /// An open frame stream.
 pub(crate) struct Link {
-    shared: Arc<Shared>,
+    errors: Arc<ErrorMap>,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     buf: FrameBuffer,
@@ -27,14 +28,14 @@ pub(crate) struct Link {
 
 impl Link {
     /// Opens a new stream on the client's current connection (dialing one if it is down).
-    pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Link> {
-        let conn = shared.connection().await?;
-        let (send, recv) = conn.open_bi().await.map_err(|e| shared.connection_error(&e))?;
+    pub(crate) async fn open(connector: &Connector) -> Result<Link> {
+        let conn = connector.connection().await?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| connector.errors.connection(&e))?;
         Ok(Link {
-            shared: shared.clone(),
+            errors: connector.errors.clone(),
             send,
             recv,
-            buf: FrameBuffer::new(shared.limits.max_frame_len),
+            buf: FrameBuffer::new(connector.max_frame_len),
             out: Vec::new(),
             opened: Instant::now(),
         })
@@ -57,7 +58,7 @@ impl Link {
 
     /// Sends bytes that are already one or more encoded frames.
     pub(crate) async fn send_encoded(&mut self, bytes: &[u8]) -> Result<()> {
-        self.send.write_all(bytes).await.map_err(|e| self.write_error(e))
+        self.send.write_all(bytes).await.map_err(|e| self.errors.write(e))
     }
 
     /// Ends the client's side of the stream: the broker reads what was sent, then the end.
@@ -83,28 +84,8 @@ impl Link {
                         reason: "the broker ended the stream inside a frame".into(),
                     })
                 }
-                Err(e) => return Err(self.read_error(e)),
+                Err(e) => return Err(self.errors.read(e)),
             }
-        }
-    }
-
-    fn read_error(&self, e: ReadError) -> Error {
-        match e {
-            ReadError::ConnectionLost(e) => self.shared.connection_error(&e),
-            ReadError::Reset(code) => {
-                Error::ConnectionLost { reason: format!("the broker reset the stream (code {code})") }
-            }
-            e => Error::ConnectionLost { reason: format!("stream failed: {e}") },
-        }
-    }
-
-    fn write_error(&self, e: WriteError) -> Error {
-        match e {
-            WriteError::ConnectionLost(e) => self.shared.connection_error(&e),
-            WriteError::Stopped(code) => {
-                Error::ConnectionLost { reason: format!("the broker stopped the stream (code {code})") }
-            }
-            e => Error::ConnectionLost { reason: format!("stream failed: {e}") },
         }
     }
 }
