@@ -88,6 +88,7 @@ mod message;
 mod options;
 mod policies;
 mod publish;
+mod reconnect;
 mod shared;
 mod subscribe;
 mod tls;

@@ -20,10 +20,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use sealpost_protocol::{Frame, Topic, VerifiedPolicy};
 
-use crate::backoff::Backoff;
 use crate::error::{Action, Error, Result};
 use crate::keyring::{Freshness, TopicKeys};
 use crate::link::unexpected;
+use crate::reconnect::Reconnector;
 use crate::shared::Shared;
 
 /// Asks the broker for the stored policies of `topic`. A refusal is reported as a refusal of `action`, what
@@ -94,13 +94,8 @@ pub(crate) async fn topic_keys_retrying(
     action: Action,
     fresh: Freshness,
 ) -> Result<Arc<TopicKeys>> {
-    let mut backoff = Backoff::new(shared.options.reconnect.clone());
-    loop {
-        match topic_keys(shared, topic, action, fresh).await {
-            Err(e) if e.is_retryable() => backoff.wait(e).await?,
-            result => return result,
-        }
-    }
+    let mut reconnect = Reconnector::new(shared.options.reconnect.clone());
+    reconnect.run(|| topic_keys(shared, topic, action, fresh)).await
 }
 
 /// The policies of `topic` as the broker stores them, verified and admitted into the client's book, oldest
@@ -108,13 +103,8 @@ pub(crate) async fn topic_keys_retrying(
 pub(crate) async fn read(shared: &Shared, topic: &Topic) -> Result<Vec<VerifiedPolicy>> {
     let slot = shared.keys.slot(topic);
     let _fetching = slot.fetching.lock().await;
-    let mut backoff = Backoff::new(shared.options.reconnect.clone());
-    let served = loop {
-        match get(shared, topic, Action::ReadPolicies).await {
-            Err(e) if e.is_retryable() => backoff.wait(e).await?,
-            result => break result?,
-        }
-    };
+    let mut reconnect = Reconnector::new(shared.options.reconnect.clone());
+    let served = reconnect.run(|| get(shared, topic, Action::ReadPolicies)).await?;
     let (_, verified) = shared.keys.admit(&slot, topic, served, Instant::now())?;
     Ok(verified)
 }

@@ -14,13 +14,13 @@ use sealpost_protocol::{seal, ChainHead, ErrorCode, Frame, Offset, SealParams, T
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::backoff::{Backoff, STABLE_AFTER};
 use crate::clock::wall_clock;
 use crate::error::{Action, Error, Result};
 use crate::keyring::{Freshness, TopicKeys};
 use crate::link::{unexpected, Link};
 use crate::options::PublisherOptions;
 use crate::policies;
+use crate::reconnect::Reconnector;
 use crate::shared::Shared;
 
 mod batcher;
@@ -126,7 +126,7 @@ impl Publisher {
         let mut task = Task {
             batcher: Batcher::new(&topic, options.max_batch, options.linger, &shared.limits),
             max_in_flight: options.max_in_flight.max(1),
-            backoff: Backoff::new(shared.options.reconnect.clone()),
+            reconnect: Reconnector::new(shared.options.reconnect.clone()),
             shared,
             topic: topic.clone(),
             keys,
@@ -134,7 +134,6 @@ impl Publisher {
             head: ChainHead::GENESIS,
             in_flight: VecDeque::new(),
             link: None,
-            last_loss: None,
             commands: rx,
             closing: false,
             enqueued: 0,
@@ -256,9 +255,7 @@ struct Task {
     in_flight: VecDeque<InFlight>,
     /// The publish stream; `None` after a loss (reconnect and resend) or a refusal (new stream, new head).
     link: Option<Link>,
-    /// Why the last stream was lost, if it was.
-    last_loss: Option<Error>,
-    backoff: Backoff,
+    reconnect: Reconnector,
     commands: mpsc::UnboundedReceiver<Command>,
     /// Every handle is gone: send what is queued, then stop.
     closing: bool,
@@ -334,62 +331,33 @@ impl Task {
         }
     }
 
-    /// Opens a publish stream: `Head`, then every unacknowledged batch again. One attempt.
-    async fn open_once(&mut self) -> Result<()> {
-        let mut link = self.shared.open_link().await?;
-        let request_id = self.shared.request_id();
-        let publisher = self.shared.identity.public_key();
-        link.send(&Frame::Head { request_id, topic: self.topic.clone(), publisher }).await?;
-        match link.read().await? {
-            Some(Frame::HeadIs { request_id: answered, head }) if answered == request_id => {
-                if self.in_flight.is_empty() {
-                    self.head = head;
-                } else {
-                    tracing::debug!(topic = %self.topic, broker_next_seq = head.next_seq, "resuming");
-                }
-            }
-            Some(Frame::Error { code, message, .. }) => {
-                return Err(Error::refused(Action::Publish, &self.topic, code, &message))
-            }
-            Some(other) => return Err(unexpected(&other, "a Head request")),
-            None => {
-                return Err(Error::ConnectionLost {
-                    reason: "the broker ended the stream before answering".into(),
-                })
-            }
-        }
-        for batch in &self.in_flight {
-            link.send_encoded(&batch.frame).await?;
-        }
-        if !self.in_flight.is_empty() {
-            tracing::info!(topic = %self.topic, batches = self.in_flight.len(), "resent unacknowledged batches");
+    /// Opens a new stream: at once the first time (the publisher's start, or after a refusal), then with
+    /// backoff while the attempts fail for reasons that reconnecting may cure.
+    async fn reopen(&mut self) -> Result<()> {
+        let (shared, topic, in_flight) = (&self.shared, &self.topic, &self.in_flight);
+        let (link, head) = self.reconnect.run(|| open_once(shared, topic, in_flight)).await?;
+        if self.in_flight.is_empty() {
+            self.head = head;
+        } else {
+            tracing::debug!(topic = %self.topic, broker_next_seq = head.next_seq, "resuming");
         }
         self.link = Some(link);
         Ok(())
     }
 
-    /// Opens a new stream: at once the first time (the publisher's start, or after a refusal), then with
-    /// backoff while the attempts fail for reasons that reconnecting may cure.
-    async fn reopen(&mut self) -> Result<()> {
-        loop {
-            if let Some(cause) = self.last_loss.take() {
-                self.backoff.wait(cause).await?;
-            }
-            match self.open_once().await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_retryable() => self.last_loss = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     fn lose(&mut self, cause: Error) {
         tracing::info!(topic = %self.topic, error = %cause, "publish stream lost");
-        if self.link.as_ref().is_some_and(|l| l.age() >= STABLE_AFTER) {
-            self.backoff.reset();
+        let age = self.link.take().map(|link| link.age());
+        self.reconnect.lost(cause, age);
+    }
+
+    /// The stream failed with `e`: a loss if reconnecting may cure it, else the end of the publisher.
+    fn absorb(&mut self, e: Error) -> Result<()> {
+        if !Reconnector::cures(&e) {
+            return Err(e);
         }
-        self.link = None;
-        self.last_loss = Some(cause);
+        self.lose(e);
+        Ok(())
     }
 
     async fn send_batch(&mut self, batch: Batch<Waiter>) -> Result<()> {
@@ -421,10 +389,8 @@ impl Task {
             waiters: batch.waiters,
         });
         if let Some(link) = self.link.as_mut() {
-            match link.send_encoded(&frame).await {
-                Ok(()) => {}
-                Err(e) if e.is_retryable() => self.lose(e),
-                Err(e) => return Err(e),
+            if let Err(e) = link.send_encoded(&frame).await {
+                self.absorb(e)?;
             }
         }
         Ok(())
@@ -449,7 +415,7 @@ impl Task {
                 self.keys = keys;
                 Ok(())
             }
-            Err(e) if e.is_retryable() => {
+            Err(e) if Reconnector::cures(&e) => {
                 tracing::debug!(topic = %self.topic, error = %e, "could not fetch the topic's policies");
                 Ok(())
             }
@@ -511,7 +477,7 @@ impl Task {
                     let _ = waiter.send(Ok(Receipt { offset, seq }));
                 }
                 self.resolved += u64::from(count);
-                self.backoff.reset();
+                self.reconnect.progress();
                 Ok(())
             }
             Ok(Some(Frame::Error { request_id, code, message })) => {
@@ -546,11 +512,7 @@ impl Task {
                 self.lose(Error::ConnectionLost { reason: "the broker ended the publish stream".into() });
                 Ok(())
             }
-            Err(e) if e.is_retryable() => {
-                self.lose(e);
-                Ok(())
-            }
-            Err(e) => Err(e),
+            Err(e) => self.absorb(e),
         }
     }
 
@@ -581,6 +543,38 @@ impl Task {
         }
         self.flushes.clear();
     }
+}
+
+/// Opens a publish stream: `Head`, then every unacknowledged batch again; the stream and the chain head
+/// the broker holds. One attempt.
+async fn open_once(
+    shared: &Shared,
+    topic: &Topic,
+    in_flight: &VecDeque<InFlight>,
+) -> Result<(Link, ChainHead)> {
+    let mut link = shared.open_link().await?;
+    let request_id = shared.request_id();
+    let publisher = shared.identity.public_key();
+    link.send(&Frame::Head { request_id, topic: topic.clone(), publisher }).await?;
+    let head = match link.read().await? {
+        Some(Frame::HeadIs { request_id: answered, head }) if answered == request_id => head,
+        Some(Frame::Error { code, message, .. }) => {
+            return Err(Error::refused(Action::Publish, topic, code, &message))
+        }
+        Some(other) => return Err(unexpected(&other, "a Head request")),
+        None => {
+            return Err(Error::ConnectionLost {
+                reason: "the broker ended the stream before answering".into(),
+            })
+        }
+    };
+    for batch in in_flight {
+        link.send_encoded(&batch.frame).await?;
+    }
+    if !in_flight.is_empty() {
+        tracing::info!(%topic, batches = in_flight.len(), "resent unacknowledged batches");
+    }
+    Ok((link, head))
 }
 
 /// The next reply on the publish stream; never resolves without one.
