@@ -5,10 +5,16 @@
 //! large frame does not make the client allocate it), and never more than the current frame's bytes are
 //! read from the stream. [`Link::read`] is cancel-safe (bytes read so far stay in the link's buffer), so it
 //! can sit in a `select!` beside timers and commands.
+//!
+//! Copies: a frame's bytes are copied once, from QUIC's chunks into the frame buffer; the frame is then
+//! decoded with [`Frame::decode_bytes`], so a delivered batch is a slice of that buffer. Frames that are
+//! already encoded ([`Link::send_encoded`], a sealed batch's `Publish` frame) are handed to QUIC as
+//! [`Bytes`], which it keeps without copying until they are acknowledged, and resends reuse them.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use sealpost_protocol::{Frame, FrameBuffer};
 
 use crate::error::{Error, Result};
@@ -50,15 +56,13 @@ impl Link {
     pub(crate) async fn send(&mut self, frame: &Frame) -> Result<()> {
         self.out.clear();
         frame.encode(&mut self.out)?;
-        let out = std::mem::take(&mut self.out);
-        let result = self.send_encoded(&out).await;
-        self.out = out;
-        result
+        self.send.write_all(&self.out).await.map_err(|e| self.errors.write(e))
     }
 
-    /// Sends bytes that are already one or more encoded frames.
-    pub(crate) async fn send_encoded(&mut self, bytes: &[u8]) -> Result<()> {
-        self.send.write_all(bytes).await.map_err(|e| self.errors.write(e))
+    /// Sends bytes that are already one or more encoded frames. QUIC keeps `frames` as they are (a
+    /// reference to their buffer) until they are acknowledged: they are not copied.
+    pub(crate) async fn send_encoded(&mut self, frames: Bytes) -> Result<()> {
+        self.send.write_chunk(frames).await.map_err(|e| self.errors.write(e))
     }
 
     /// Ends the client's side of the stream: the broker reads what was sent, then the end.
@@ -72,8 +76,9 @@ impl Link {
         const READ_CHUNK: usize = 64 * 1024;
         loop {
             let bad = |e: sealpost_protocol::Error| Error::violation(format!("bad frame: {e}"));
-            if let Some(frame) = self.buf.next_frame().map_err(bad)? {
-                return Ok(Some(frame));
+            if let Some(frame) = self.buf.next_frame_bytes().map_err(bad)? {
+                // Byte fields (a delivered batch) stay slices of the frame's buffer: no copy.
+                return Frame::decode_bytes(frame).map(Some).map_err(bad);
             }
             let want = self.buf.wanted().map_err(bad)?.min(READ_CHUNK);
             match self.recv.read_chunk(want, true).await {

@@ -229,7 +229,7 @@ impl Task {
         };
         self.pipeline.sent(batch.waiters, &sealed, request_id, frame.clone());
         if let Some(link) = self.link.as_mut() {
-            if let Err(e) = link.send_encoded(&frame).await {
+            if let Err(e) = link.send_encoded(frame).await {
                 self.absorb(e)?;
             }
         }
@@ -354,7 +354,7 @@ async fn open_once(shared: &Shared, topic: &Topic, resend: &[Bytes]) -> Result<(
         }
     };
     for frame in resend {
-        link.send_encoded(frame).await?;
+        link.send_encoded(frame.clone()).await?;
     }
     Ok((link, head))
 }

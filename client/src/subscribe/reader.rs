@@ -7,8 +7,9 @@
 //!    the broker's offset and the batch's unverified message count only, so a broker can make the reader
 //!    drop a batch it has not seen: that is no more than withholding it, which the chain verifier reports
 //!    as a gap when the publisher's next batch arrives (unless it is the newest tail, see the non-claims);
-//! 2. opens it ([`sealpost_protocol::open`]: size and structure, signature, topic, the content key of its
-//!    epoch, every record) with the content keys unwrapped from the topic's policies, and on failure yields
+//! 2. opens it (the checks of [`sealpost_protocol::open`], on the batch decoded in step 1: size and
+//!    structure, signature, topic, the content key of its epoch, every record) with the content keys
+//!    unwrapped from the topic's policies, and on failure yields
 //!    one [`Error::Integrity`] item and nothing else. A batch of an epoch newer than every policy the reader
 //!    knows is not judged yet: the reader asks for the topic's policies to be fetched again (a rotation
 //!    happened, see [`Delivery::Refetch`]), once per epoch, and is handed the batch again;
@@ -46,8 +47,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sealpost_protocol::{
-    open, ChainStart, ChainVerifier, Epoch, ErrorCode, Limits, LostBatch, Offset, SealedBatch, StartAt,
-    Timestamp, Topic,
+    ChainStart, ChainVerifier, Epoch, ErrorCode, KeyLookup, Limits, LostBatch, Offset, OpenedBatch,
+    SealedBatch, StartAt, Timestamp, Topic,
 };
 
 use crate::error::{Error, Result};
@@ -148,16 +149,17 @@ impl Reader {
 
     /// What becomes of the batch delivered at `offset`, judged at `now`.
     pub(crate) fn deliver(&mut self, offset: Offset, batch: Bytes, now: Timestamp) -> Delivery {
-        // The header's count is read before verification only to recognise a batch seen before; a broker
-        // that lies about it can make us skip what it could as well withhold, which the chain reports.
-        let count =
-            SealedBatch::decode(batch.clone(), &self.limits).map_or(1, |b| u64::from(b.header().count));
+        // Decoded once, for both uses. The header's count is read before verification only to recognise a
+        // batch seen before; a broker that lies about it can make us skip what it could as well withhold,
+        // which the chain reports.
+        let decoded = SealedBatch::decode(batch, &self.limits);
+        let count = decoded.as_ref().map_or(1, |b| u64::from(b.header().count));
         if offset.saturating_add(count) <= self.next_offset {
             tracing::debug!(topic = %self.topic, %offset, "dropping a batch delivered before");
             return Delivery::Items(Vec::new());
         }
         let keys = self.keys.clone();
-        let opened = match open(batch, &self.topic, keys.keys(), &self.limits) {
+        let opened = match decoded.and_then(|sealed| open_decoded(sealed, &self.topic, keys.keys())) {
             Ok(opened) => opened,
             Err(sealpost_protocol::Error::UnknownEpoch(epoch)) if self.must_refetch(epoch) => {
                 return Delivery::Refetch(epoch)
@@ -279,6 +281,26 @@ impl Reader {
         tracing::warn!(topic = %self.topic, %offset, %check, "integrity check failed");
         Error::Integrity { topic: self.topic.clone(), offset, publisher, check }
     }
+}
+
+/// The checks of [`sealpost_protocol::open`], in its order, on a batch already decoded: its signature, that
+/// it was sealed for `topic`, the content key of its epoch in `keys`, and every record.
+fn open_decoded(
+    sealed: SealedBatch,
+    topic: &Topic,
+    keys: &impl KeyLookup,
+) -> sealpost_protocol::Result<OpenedBatch> {
+    let batch = sealed.verify()?;
+    let header = batch.header();
+    if &header.topic != topic {
+        return Err(sealpost_protocol::Error::WrongTopic {
+            expected: topic.clone(),
+            got: header.topic.clone(),
+        });
+    }
+    let key = keys.content_key(header.epoch).ok_or(sealpost_protocol::Error::UnknownEpoch(header.epoch))?;
+    let messages = batch.decrypt(key)?;
+    Ok(OpenedBatch { header: header.clone(), digest: batch.digest(), messages })
 }
 
 #[cfg(test)]
@@ -518,6 +540,47 @@ mod tests {
         // Mallory's batch did not start alice's chain: alice's genesis batch is still fine.
         let ok = chain(&[1]);
         assert_eq!(summary(r.feed(1, ok[0].1.clone())), ["b0m0@1"]);
+    }
+
+    #[test]
+    fn a_batch_decoded_once_is_judged_as_protocol_open_judges_it() {
+        let good = chain(&[2])[0].1.clone();
+        let mut flipped = good.to_vec();
+        let at = flipped.len() - 80;
+        flipped[at] ^= 1;
+        let other_topic = sealed_by(&alice(), Topic::new("demo.y").unwrap(), 1, ChainHead::GENESIS, &["x"]);
+        let unknown_epoch = sealed_by(&alice(), topic(), 7, ChainHead::GENESIS, &["x"]);
+        // Signed, but sealed with another key than the policy's for epoch 1: a record does not decrypt.
+        let params = SealParams {
+            topic: topic(),
+            epoch: Epoch(1),
+            first_seq: 1,
+            prev_digest: Digest::ZERO,
+            created_at: Timestamp(T1),
+        };
+        let wrong_key = ContentKey::from_bytes(&[0x42; 32]);
+        let tampered_record =
+            seal(&alice(), &wrong_key, params, &["x"], &Limits::default(), &mut rand::rngs::OsRng).unwrap();
+        let keys = keys();
+        for batch in [
+            good,
+            flipped.into(),
+            other_topic.as_bytes().clone(),
+            unknown_epoch.as_bytes().clone(),
+            tampered_record.as_bytes().clone(),
+            Bytes::from_static(b"\x01\x00"),
+        ] {
+            let once = SealedBatch::decode(batch.clone(), &Limits::default())
+                .and_then(|sealed| open_decoded(sealed, &topic(), keys.keys()));
+            let twice = sealpost_protocol::open(batch, &topic(), keys.keys(), &Limits::default());
+            match (once, twice) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!((a.header, a.digest, a.messages), (b.header, b.digest, b.messages));
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b),
+                (a, b) => panic!("{a:?} != {b:?}"),
+            }
+        }
     }
 
     #[test]
