@@ -12,9 +12,10 @@
 
 use std::sync::Arc;
 
-use sealpost_protocol::{Topic, VerifiedPolicy};
+use sealpost_protocol::{ErrorCode, Topic, VerifiedPolicy};
 
-use crate::error::Result;
+use crate::authority;
+use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::options::{ClientOptions, PublisherOptions, SubscribeOptions};
 use crate::policies;
@@ -81,9 +82,12 @@ impl Client {
     /// durably. Publishers and subscriptions of every client move to it when they next fetch the topic's
     /// policies (see [`ClientOptions::policy_refresh`]).
     ///
-    /// Make `policy` with [`issue_policy`](sealpost_protocol::issue_policy), signed with the authority's
-    /// key ([`Identity::authority_key`]), of epoch 1 for a topic without policy, else chained to the current
-    /// policy (from [`policies`](Self::policies)) with the next epoch and a fresh content key.
+    /// Make `policy` with an [`Authority`](crate::authority::Authority) (or with
+    /// [`issue_policy`](sealpost_protocol::issue_policy), signed with the authority's key
+    /// ([`Identity::authority_key`]), of epoch 1 for a topic without policy, else chained to the current
+    /// policy (from [`policies`](Self::policies)) with the next epoch and a fresh content key).
+    /// [`store_policy`](Self::store_policy) does the same and tells the two reasons for `POLICY_REJECTED`
+    /// apart.
     ///
     /// Fails with [`Error::Policy`] if `policy` is not signed by this identity's pinned authority (nothing
     /// is sent), and with [`Error::Refused`] if the broker refuses it: with
@@ -94,6 +98,22 @@ impl Client {
     /// the policy meanwhile: fetch it again and redo the change). One attempt: it is not retried.
     pub async fn put_policy(&self, policy: &VerifiedPolicy) -> Result<()> {
         policies::store(&self.shared, policy).await
+    }
+
+    /// Stores `next`, a topic's next policy made by an [`Authority`](crate::authority::Authority) from the
+    /// topic's current policy, like [`put_policy`](Self::put_policy), but says why the broker refused it
+    /// with `POLICY_REJECTED`: [`Error::StalePolicy`] if the topic's policy changed since the one `next` was
+    /// made from (fetch the policies again and redo the change), [`Error::AuthorityRejected`] if it did not
+    /// (the broker is configured with another topic authority). To tell, it fetches the topic's policies
+    /// once more after the refusal.
+    pub async fn store_policy(&self, next: &VerifiedPolicy) -> Result<()> {
+        match self.put_policy(next).await {
+            Err(Error::Refused { code: ErrorCode::POLICY_REJECTED, .. }) => {
+                let current = self.policies(next.topic()).await.ok().and_then(|mut p| p.pop());
+                Err(authority::rejection(next, current.as_ref().map(VerifiedPolicy::epoch)))
+            }
+            result => result,
+        }
     }
 
     /// The identity this client connects as.

@@ -77,6 +77,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod authority;
 mod backoff;
 mod client;
 mod clock;
@@ -89,6 +90,7 @@ mod options;
 mod policies;
 mod publish;
 mod reconnect;
+mod role;
 mod shared;
 mod subscribe;
 mod tls;
