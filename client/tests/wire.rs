@@ -19,8 +19,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sealpost_client::protocol::{
-    issue_policy, ChainHead, ContentKey, Epoch, Frame, HpkeSecretKey, Limits, Member, PolicyParams,
-    SealedBatch, SignedPolicy, SigningKey, VerifiedPolicy,
+    issue_policy, ChainHead, ContentKey, Epoch, Frame, FrameBuffer, HpkeSecretKey, Limits, Member,
+    PolicyParams, SealedBatch, SignedPolicy, SigningKey, VerifiedPolicy,
 };
 use sealpost_client::{
     Client, ClientOptions, Error, ErrorCode, Identity, Offset, PublisherOptions, Reconnect, StartAt,
@@ -287,8 +287,9 @@ impl Mock {
         f(&mut self.log.lock().unwrap())
     }
 
-    async fn serve(self, conn: quinn::Connection, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        while let Some(frame) = read_frame(&mut recv).await {
+    async fn serve(self, conn: quinn::Connection, mut send: quinn::SendStream, recv: quinn::RecvStream) {
+        let mut recv = FrameReader::new(recv);
+        while let Some(frame) = recv.next().await {
             let reply = match frame {
                 Frame::Head { request_id, publisher, .. } => {
                     if self.with(|l| l.deny) {
@@ -365,7 +366,7 @@ impl Mock {
                     let log = self.log.clone();
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                     tokio::spawn(async move {
-                        while let Some(frame) = read_frame(&mut recv).await {
+                        while let Some(frame) = recv.next().await {
                             match frame {
                                 Frame::Ack { next_offset, .. } => {
                                     log.lock().unwrap().acks.push(next_offset.0)
@@ -459,13 +460,30 @@ fn denied(request_id: u64) -> Frame {
     Frame::Error { request_id: Some(request_id), code: ErrorCode::NOT_AUTHORIZED, message: "denied".into() }
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream) -> Option<Frame> {
-    let mut prefix = [0u8; 4];
-    recv.read_exact(&mut prefix).await.ok()?;
-    let len = Frame::length(prefix, Limits::DEFAULT_MAX_FRAME_LEN).unwrap();
-    let mut body = vec![0; len];
-    recv.read_exact(&mut body).await.ok()?;
-    Some(Frame::decode_body(&body).unwrap())
+/// The frames of one stream, cut by the protocol's `FrameBuffer` like every other reader of frames.
+struct FrameReader {
+    recv: quinn::RecvStream,
+    buf: FrameBuffer,
+}
+
+impl FrameReader {
+    fn new(recv: quinn::RecvStream) -> Self {
+        Self { recv, buf: FrameBuffer::new(Limits::DEFAULT_MAX_FRAME_LEN) }
+    }
+
+    /// The next frame; `None` once the stream ends or fails.
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self.buf.next_frame().unwrap() {
+                return Some(frame);
+            }
+            let want = self.buf.wanted().unwrap();
+            match self.recv.read_chunk(want, true).await {
+                Ok(Some(chunk)) => self.buf.extend(&chunk.bytes),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
 }
 
 async fn write(send: &mut quinn::SendStream, frame: &Frame) {
