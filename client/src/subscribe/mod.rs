@@ -20,7 +20,7 @@
 //!
 //! # Where chains start
 //!
-//! A plain subscription from [`StartAt::Earliest`] checks every publisher's chain from its genesis batch,
+//! A plain subscription from [`StartAt::Earliest`](sealpost_protocol::StartAt::Earliest) checks every publisher's chain from its genesis batch,
 //! whatever offset the broker claims the log starts at (the broker keeps every batch; an honest one starts
 //! at offset 0): a deleted prefix of the log is reported as a gap. A subscription from an offset or from the
 //! latest message, and a durable subscription that resumes from the committed offset the broker holds,
