@@ -2,15 +2,13 @@
 //! mallory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::cargo_bin;
+use crate::harness::cargo_bin;
 
 struct DevBroker {
     child: Child,

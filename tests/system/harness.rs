@@ -1,6 +1,6 @@
 //! The system-test harness: a real broker on 127.0.0.1:0 (in-process or as a subprocess), a PKI and
 //! identity files made in the test, and the real client.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

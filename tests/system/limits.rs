@@ -2,12 +2,10 @@
 //! serving within them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
+use crate::harness::*;
 use bytes::Bytes;
-use common::*;
 use sealpost_broker::pki::LeafSpec;
 use sealpost_broker::server::{Broker, ServerLimits};
 use sealpost_client::{
