@@ -4,6 +4,8 @@
 //!
 //! - [`harness`]: what the tests share: a deployment made in the test ([`harness::Env`]), brokers in
 //!   process and as subprocesses, a bare QUIC client that speaks frames, bounded waits.
+//! - [`process`]: starts a process and waits (bounded) for its ready line; also used by
+//!   `broker/tests/dev.rs` and the load bench (`benches/load/`).
 //!
 //! The tests run in parallel, as cargo runs any test binary, and nothing in them is process-wide: each test
 //! makes its own temp folder, CA and keys, gets its ports from the OS, and measures subprocess brokers by
@@ -11,6 +13,7 @@
 //! environment variable, changes the working directory or measures this process itself.
 
 mod harness;
+mod process;
 
 mod attacks;
 mod auth;
