@@ -297,15 +297,36 @@ impl RawClient {
         }
         let mut out = Vec::new();
         for _ in 0..answers {
-            let mut prefix = [0u8; 4];
-            within("answer", recv.read_exact(&mut prefix)).await.map_err(|e| e.to_string())?;
-            let len = sealpost_protocol::Frame::length(prefix, 1 << 24).unwrap();
-            let mut body = vec![0u8; len];
-            within("answer", recv.read_exact(&mut body)).await.map_err(|e| e.to_string())?;
-            out.push(sealpost_protocol::Frame::decode_body(&body).unwrap());
+            out.push(try_read_frame(&mut recv).await?);
         }
         Ok(out)
     }
+}
+
+/// Reads one frame from `recv` (see [`try_read_frame`]); a read error panics.
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> sealpost_protocol::Frame {
+    try_read_frame(recv).await.unwrap()
+}
+
+/// Reads one frame from `recv` through the protocol's [`FrameBuffer`](sealpost_protocol::FrameBuffer), the
+/// reader the broker and the client use, asking the stream for no more than the frame lacks (so a stream's
+/// next frame stays in the stream). A read error, or the end of the stream before a whole frame, is `Err`;
+/// a frame the protocol refuses panics; bounded by [`within`].
+pub async fn try_read_frame(recv: &mut quinn::RecvStream) -> Result<sealpost_protocol::Frame, String> {
+    let mut frames = sealpost_protocol::FrameBuffer::new(1 << 24);
+    within("frame", async {
+        loop {
+            if let Some(frame) = frames.next_frame().unwrap() {
+                return Ok(frame);
+            }
+            let wanted = frames.wanted().unwrap();
+            let Some(chunk) = recv.read_chunk(wanted, true).await.map_err(|e| e.to_string())? else {
+                return Err(format!("the stream ended {} bytes into a frame", frames.buffered()));
+            };
+            frames.extend(&chunk.bytes);
+        }
+    })
+    .await
 }
 
 /// A broker running as a child process (`sealpost-broker serve`), for crash tests: a [`ServerProcess`]

@@ -135,15 +135,6 @@ async fn connections_beyond_the_total_limit_are_refused() {
     broker.shutdown().await.unwrap();
 }
 
-/// Reads one frame from `recv`.
-async fn read_frame(recv: &mut quinn::RecvStream) -> sealpost_protocol::Frame {
-    let mut prefix = [0u8; 4];
-    within("frame length", recv.read_exact(&mut prefix)).await.unwrap();
-    let mut body = vec![0u8; sealpost_protocol::Frame::length(prefix, 1 << 24).unwrap()];
-    within("frame body", recv.read_exact(&mut body)).await.unwrap();
-    sealpost_protocol::Frame::decode_body(&body).unwrap()
-}
-
 /// The stream limit is QUIC stream credit: a connection can have `max_streams_per_connection` streams open
 /// at once; opening one more waits (in QUIC that is not an error) until one of them closes, and the
 /// connection goes on working.
