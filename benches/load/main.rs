@@ -25,6 +25,8 @@
 mod chart;
 mod nats;
 mod pki;
+#[path = "../../tests/system/process.rs"]
+mod process;
 mod progress;
 mod report;
 mod sealpost;

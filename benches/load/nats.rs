@@ -7,17 +7,20 @@
 //! acknowledgement, as Sealpost does. The binary is installed by [`SCRIPT`]; the bench never installs
 //! anything itself.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
 use crate::pki::{Pki, TlsFiles};
+use crate::process::{Ready, ServerProcess};
 
 /// The script that installs `nats-server` (relative to the repository root).
 pub const SCRIPT: &str = "benches/nats/nats-server.sh";
+
+/// How long a server asked to stop may take before it is killed.
+const STOP_WITHIN: Duration = Duration::from_secs(60);
 
 /// The JetStream stream that holds every bench subject.
 pub const STREAM: &str = "BENCH";
@@ -88,7 +91,7 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
     tls: TlsFiles,
-    child: Option<Child>,
+    process: Option<ServerProcess>,
     pub url: String,
     pub spawned: Instant,
     pub listening: Instant,
@@ -114,34 +117,37 @@ impl NatsServer {
             ca = tls.ca.display(),
         );
         std::fs::write(d.join("server.conf"), config).unwrap();
-        let (child, url, spawned, listening) = spawn(bin, &d.join("server.conf"));
-        NatsServer { dir, bin: bin.to_path_buf(), tls, child: Some(child), url, spawned, listening }
+        let process = spawn(bin, &d.join("server.conf"));
+        let (url, spawned, listening) = (url(&process), process.spawned, process.ready_at);
+        NatsServer { dir, bin: bin.to_path_buf(), tls, process: Some(process), url, spawned, listening }
     }
 
     /// Stops the process gracefully (`nats-server --signal term=PID`) and waits for it, at most a minute.
     pub fn stop(&mut self) {
-        let Some(child) = self.child.take() else { return };
+        let Some(process) = self.process.take() else { return };
         let _ = Command::new(&self.bin)
             .arg("--signal")
-            .arg(format!("term={}", child.id()))
+            .arg(format!("term={}", process.pid()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        crate::system::wait_or_kill(child, "nats-server");
+        if process.wait_or_kill(STOP_WITHIN).is_none() {
+            eprintln!("nats-server did not stop within {} s: killed it", STOP_WITHIN.as_secs());
+        }
     }
 
     /// Starts a new process on the same configuration and store (after [`stop`](Self::stop)).
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart after stop");
-        let (child, url, spawned, listening) = spawn(&self.bin, &self.dir.path().join("server.conf"));
-        self.child = Some(child);
-        self.url = url;
-        self.spawned = spawned;
-        self.listening = listening;
+        assert!(self.process.is_none(), "restart after stop");
+        let process = spawn(&self.bin, &self.dir.path().join("server.conf"));
+        self.url = url(&process);
+        self.spawned = process.spawned;
+        self.listening = process.ready_at;
+        self.process = Some(process);
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().map(ServerProcess::pid)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -179,43 +185,17 @@ impl NatsServer {
     }
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Spawns `nats-server -c CONFIG` and waits (bounded) for the log line that gives its client port; its
+/// errors are copied to the bench's standard error. Killed when dropped.
+fn spawn(bin: &Path, config: &Path) -> ServerProcess {
+    let mut command = Command::new(bin);
+    command.arg("-c").arg(config).stdin(Stdio::null()).stdout(Stdio::null());
+    let ready = Ready::new("Listening for client connections on ", Duration::from_secs(600))
+        .echo("  [nats-server] ", |line| line.contains("[ERR]") || line.contains("[FTL]"));
+    ServerProcess::start(&mut command, ready)
 }
 
-/// Spawns `nats-server -c CONFIG` and waits (bounded) for the log line that gives its client port.
-fn spawn(bin: &Path, config: &Path) -> (Child, String, Instant, Instant) {
-    let spawned = Instant::now();
-    let mut child = Command::new(bin)
-        .arg("-c")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
-                let _ = tx.send((addr.trim().to_string(), Instant::now()));
-            } else if line.contains("[ERR]") || line.contains("[FTL]") {
-                eprintln!("  [nats-server] {line}");
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(600)) {
-        Ok((addr, at)) => (child, format!("tls://{addr}"), spawned, at),
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("nats-server did not report its client port within 600 s (config {})", config.display());
-        }
-    }
+/// The client URL of a started server.
+fn url(process: &ServerProcess) -> String {
+    format!("tls://{}", process.addr)
 }

@@ -7,10 +7,10 @@
 //! depending on a separately built, possibly stale `sealpost-broker` binary. The broker stops gracefully
 //! (`Broker::shutdown`) when its standard input closes, so no signal is needed.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sealpost_broker::config::Config;
@@ -21,16 +21,17 @@ use sealpost_protocol::identity::IdentityFile;
 use sealpost_protocol::{issue_policy, ContentKey, Epoch, Limits, Member, PolicyParams, Timestamp, Topic};
 
 use crate::pki::Pki;
+use crate::process::{Ready, ServerProcess, LISTENING};
 
 /// The first argument that turns this executable into a broker process.
 pub const BROKER_MODE: &str = "--sealpost-broker-process";
 
-/// The topics the bench uses; both get a policy naming the `load` principal.
-pub const TOPICS: [&str; 2] = [crate::system::TOPIC, crate::system::IDLE_TOPIC];
-
 /// Connections one principal may hold: raised from the default 64 because W4 opens 1,000 connections as
 /// the one `load` principal. Printed with the settings.
 pub const MAX_CONNECTIONS_PER_PRINCIPAL: u32 = 4096;
+
+/// How long a broker asked to stop may take before it is killed.
+const STOP_WITHIN: Duration = Duration::from_secs(60);
 
 const ACL: &str = "[[rule]]\nprincipals = [\"load\"]\ntopics = [\"bench.>\"]\nactions = [\"publish\", \"subscribe\"]\neffect = \"allow\"\n";
 
@@ -50,7 +51,7 @@ pub fn run_broker_process(config: &Path) -> anyhow::Result<()> {
 /// A broker process and everything it was made from.
 pub struct SealpostServer {
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    process: Option<ServerProcess>,
     pub addr: SocketAddr,
     pub identity: Identity,
     /// When the current process was spawned and when it said it listens.
@@ -59,8 +60,9 @@ pub struct SealpostServer {
 }
 
 impl SealpostServer {
-    /// A new data folder with the bench's topic policies, and a broker process serving it.
-    pub fn start(pki: &Pki) -> SealpostServer {
+    /// A new data folder where each of `topics` has a policy naming the `load` principal, and a broker
+    /// process serving it.
+    pub fn start(pki: &Pki, topics: &[&str]) -> SealpostServer {
         let dir = tempfile::Builder::new().prefix("sealpost-load-").tempdir().unwrap();
         let d = dir.path();
         pki.write(d);
@@ -72,33 +74,36 @@ impl SealpostServer {
             pki.authority.public_key()
         );
         std::fs::write(d.join("broker.toml"), config).unwrap();
-        seed_policies(pki, &d.join("data"));
-        let (child, addr, spawned, listening) = spawn(&d.join("broker.toml"));
+        seed_policies(pki, &d.join("data"), topics);
+        let process = spawn(&d.join("broker.toml"));
+        let (addr, spawned, listening) = (process.addr, process.spawned, process.ready_at);
         let identity = write_identity(pki, d, addr);
-        SealpostServer { dir, child: Some(child), addr, identity, spawned, listening }
+        SealpostServer { dir, process: Some(process), addr, identity, spawned, listening }
     }
 
     /// Stops the process gracefully (its standard input closes) and waits for it, at most a minute.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            drop(child.stdin.take());
-            crate::system::wait_or_kill(child, "sealpost broker");
+        if let Some(mut process) = self.process.take() {
+            drop(process.child.stdin.take());
+            if process.wait_or_kill(STOP_WITHIN).is_none() {
+                eprintln!("sealpost broker did not stop within {} s: killed it", STOP_WITHIN.as_secs());
+            }
         }
     }
 
     /// Starts a new process on the same data folder (after [`stop`](Self::stop)).
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart after stop");
-        let (child, addr, spawned, listening) = spawn(&self.dir.path().join("broker.toml"));
-        self.identity = write_identity_reload(self.dir.path(), addr);
-        self.child = Some(child);
-        self.addr = addr;
-        self.spawned = spawned;
-        self.listening = listening;
+        assert!(self.process.is_none(), "restart after stop");
+        let process = spawn(&self.dir.path().join("broker.toml"));
+        self.identity = write_identity_reload(self.dir.path(), process.addr);
+        self.addr = process.addr;
+        self.spawned = process.spawned;
+        self.listening = process.ready_at;
+        self.process = Some(process);
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().map(ServerProcess::pid)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -106,16 +111,7 @@ impl SealpostServer {
     }
 }
 
-impl Drop for SealpostServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn seed_policies(pki: &Pki, data: &Path) {
+fn seed_policies(pki: &Pki, data: &Path, topics: &[&str]) {
     let store = SledStore::open(data).unwrap();
     let member = Member {
         principal: "load".parse().unwrap(),
@@ -125,7 +121,7 @@ fn seed_policies(pki: &Pki, data: &Path) {
         hpke_key: pki.hpke.public_key(),
     };
     let mut rng = rand::rngs::OsRng;
-    for topic in TOPICS {
+    for &topic in topics {
         let topic = Topic::new(topic).unwrap();
         let params = PolicyParams {
             topic: topic.clone(),
@@ -141,37 +137,13 @@ fn seed_policies(pki: &Pki, data: &Path) {
     store.sync().unwrap();
 }
 
-/// Spawns the broker process and waits (bounded) for the line that gives its address.
-fn spawn(config: &Path) -> (Child, SocketAddr, Instant, Instant) {
-    let spawned = Instant::now();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .arg(BROKER_MODE)
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            match line.split("listening on ").nth(1) {
-                Some(addr) => {
-                    let _ = tx.send((addr.trim().to_string(), Instant::now()));
-                }
-                None => eprintln!("  [sealpost broker] {line}"),
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(600)) {
-        Ok((addr, at)) => (child, addr.parse().unwrap(), spawned, at),
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the sealpost broker process did not report its address within 600 s");
-        }
-    }
+/// Spawns the broker process and waits (bounded) for the line that gives its address; its other lines are
+/// copied to the bench's standard error. Killed when dropped.
+fn spawn(config: &Path) -> ServerProcess {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.arg(BROKER_MODE).arg(config).stdin(Stdio::piped()).stdout(Stdio::null());
+    let ready = Ready::new(LISTENING, Duration::from_secs(600)).echo("  [sealpost broker] ", |_| true);
+    ServerProcess::start(&mut command, ready)
 }
 
 fn write_identity(pki: &Pki, dir: &Path, addr: SocketAddr) -> Identity {

@@ -89,7 +89,7 @@ pub struct Memory {
 impl Server {
     pub async fn start(system: System, env: &Env<'_>) -> Server {
         match system {
-            System::Sealpost => Server::Sealpost(SealpostServer::start(env.pki)),
+            System::Sealpost => Server::Sealpost(SealpostServer::start(env.pki, &[TOPIC, IDLE_TOPIC])),
             System::Nats(fsync) => {
                 let bin = env.nats_bin.expect("nats-server was found before any NATS workload");
                 let server = NatsServer::start(bin, env.pki, fsync);
@@ -311,19 +311,5 @@ impl Subscriber {
                 None => anyhow::bail!("jetstream consumer ended"),
             },
         }
-    }
-}
-
-/// Waits for a server process that was asked to stop, at most a minute; kills it after that.
-pub fn wait_or_kill(mut child: std::process::Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            eprintln!("{what} did not stop within 60 s: killing it");
-            let _ = child.kill();
-            let _ = child.wait();
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }

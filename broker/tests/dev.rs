@@ -1,58 +1,26 @@
 //! `sealpost-broker dev` as an operator runs it: first run sets up, SIGTERM exits 0, second run reuses.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+#[path = "../../tests/system/process.rs"]
+mod process;
+
+use std::process::Command;
 use std::time::Duration;
+
+use process::{Ready, ServerProcess, LISTENING};
 
 /// Starts `sealpost-broker dev` and waits (bounded) until it prints that it listens. Returns the process
 /// and everything it printed to stderr up to then.
-fn start_dev(dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost-broker"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = String::new();
-    loop {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("broker did not report listening; it printed:\n{seen}");
-        };
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("listening on") {
-            return (child, seen);
-        }
-    }
+fn start_dev(dir: &std::path::Path) -> (ServerProcess, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sealpost-broker"));
+    command.args(["dev", "--listen", "127.0.0.1:0", "--data"]).arg(dir).env("RUST_LOG", "warn");
+    let process = ServerProcess::start(&mut command, Ready::new(LISTENING, Duration::from_secs(60)));
+    let seen = process.log_text();
+    (process, seen)
 }
 
-fn sigterm_and_wait(mut child: Child) -> std::process::ExitStatus {
-    let pid = child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait()));
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(status) => status.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            panic!("broker did not exit within 30 s of SIGTERM");
-        }
-    }
+fn sigterm_and_wait(process: ServerProcess) -> std::process::ExitStatus {
+    process.terminate(Duration::from_secs(30))
 }
 
 #[test]

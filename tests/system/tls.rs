@@ -2,9 +2,7 @@
 //! sees a clear error, and the broker keeps serving the others.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use rcgen::ExtendedKeyUsagePurpose;
 use sealpost_broker::pki::{Issued, LeafSpec};
 use sealpost_client::{Client, Error, Identity, PublisherOptions};

@@ -6,14 +6,12 @@
 //! published (sled rewrote and cached whole nodes of large values); the absolute bound below guards that.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::harness::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::StreamExt;
 use sealpost_client::{Client, ErrorCode, Identity, PublisherOptions, SubscribeOptions};
 use sealpost_protocol::{StartAt, Topic};

@@ -10,14 +10,12 @@
 //! sub` prints the loss as one line on stderr; and `sealpost-broker verify-store` finds it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::harness::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::StreamExt;
 use rand::{Rng, SeedableRng};
 use sealpost_client::{Client, Error, ErrorCode, Identity, PublisherOptions, SubscribeOptions};

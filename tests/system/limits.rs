@@ -2,12 +2,10 @@
 //! serving within them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
+use crate::harness::*;
 use bytes::Bytes;
-use common::*;
 use sealpost_broker::pki::LeafSpec;
 use sealpost_broker::server::{Broker, ServerLimits};
 use sealpost_client::{
@@ -135,15 +133,6 @@ async fn connections_beyond_the_total_limit_are_refused() {
     // The first connection is still served.
     within("policies", alice.policies(&chat())).await.unwrap();
     broker.shutdown().await.unwrap();
-}
-
-/// Reads one frame from `recv`.
-async fn read_frame(recv: &mut quinn::RecvStream) -> sealpost_protocol::Frame {
-    let mut prefix = [0u8; 4];
-    within("frame length", recv.read_exact(&mut prefix)).await.unwrap();
-    let mut body = vec![0u8; sealpost_protocol::Frame::length(prefix, 1 << 24).unwrap()];
-    within("frame body", recv.read_exact(&mut body)).await.unwrap();
-    sealpost_protocol::Frame::decode_body(&body).unwrap()
 }
 
 /// The stream limit is QUIC stream credit: a connection can have `max_streams_per_connection` streams open

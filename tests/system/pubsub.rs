@@ -2,10 +2,8 @@
 //! in the test, and the real client. Each scenario runs against both storage engines.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::harness::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::StreamExt;
 use sealpost_client::{Client, Identity, Message, PublisherOptions, SubscribeOptions, Subscription};
 use sealpost_protocol::{Offset, StartAt, Topic};

@@ -2,49 +2,29 @@
 //! mallory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::cargo_bin;
+use crate::harness::cargo_bin;
+use crate::process::{Ready, ServerProcess, LISTENING};
 
+/// `sealpost-broker dev` as a process (killed when dropped) and its folder.
 struct DevBroker {
-    child: Child,
+    _process: ServerProcess,
     dir: PathBuf,
-}
-
-impl Drop for DevBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts `sealpost-broker dev` on 127.0.0.1:0 and points the identity files at the port it got.
 fn start_dev(tmp: &Path) -> DevBroker {
     let dir = tmp.join("sealpost-dev");
-    let mut child = Command::new(cargo_bin("sealpost-broker"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&dir)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on ").nth(1) {
-                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let broker = DevBroker { child, dir };
-    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("dev broker did not start");
+    let mut command = Command::new(cargo_bin("sealpost-broker"));
+    command.args(["dev", "--listen", "127.0.0.1:0", "--data"]).arg(&dir).env("RUST_LOG", "warn");
+    let process = ServerProcess::start(&mut command, Ready::new(LISTENING, Duration::from_secs(60)));
+    let addr = process.addr.to_string();
+    let broker = DevBroker { _process: process, dir };
     for who in ["alice", "bob", "mallory", "admin"] {
         let path = broker.dir.join(format!("identities/{who}.toml"));
         let text = std::fs::read_to_string(&path).unwrap();

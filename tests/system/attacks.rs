@@ -16,15 +16,13 @@
 //! a rollback to an older policy epoch) change what the broker serves as topic policies.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::harness::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::StreamExt;
 use rand::SeedableRng;
 use sealpost_broker::acl::Acl;

@@ -2,10 +2,8 @@
 //! serving others afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::harness::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::StreamExt;
 use sealpost_broker::pki::{DevCa, LeafSpec};
 use sealpost_client::{Action, Client, Error, ErrorCode, Identity, PublisherOptions, SubscribeOptions};

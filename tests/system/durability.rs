@@ -1,13 +1,11 @@
 //! What is on disk: payloads never are in plaintext, and every acknowledged message survives SIGKILL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::harness::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::StreamExt;
 use sealpost_client::{Client, ClientOptions, Identity, PublisherOptions, Reconnect, SubscribeOptions};
 use sealpost_protocol::{StartAt, Topic};

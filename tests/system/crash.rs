@@ -2,16 +2,14 @@
 //! SIGKILL at random moments, and a full device fails publishes cleanly and lets service resume.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::harness::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::StreamExt;
 use rand::{Rng, SeedableRng};
 use sealpost_client::{

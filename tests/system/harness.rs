@@ -1,12 +1,13 @@
 //! The system-test harness: a real broker on 127.0.0.1:0 (in-process or as a subprocess), a PKI and
 //! identity files made in the test, and the real client.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::process::{Ready, ServerProcess, LISTENING};
 use sealpost_broker::acl::Acl;
 use sealpost_broker::pki::{DevCa, Issued, LeafSpec};
 use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
@@ -296,25 +297,53 @@ impl RawClient {
         }
         let mut out = Vec::new();
         for _ in 0..answers {
-            let mut prefix = [0u8; 4];
-            within("answer", recv.read_exact(&mut prefix)).await.map_err(|e| e.to_string())?;
-            let len = sealpost_protocol::Frame::length(prefix, 1 << 24).unwrap();
-            let mut body = vec![0u8; len];
-            within("answer", recv.read_exact(&mut body)).await.map_err(|e| e.to_string())?;
-            out.push(sealpost_protocol::Frame::decode_body(&body).unwrap());
+            out.push(try_read_frame(&mut recv).await?);
         }
         Ok(out)
     }
 }
 
-/// A broker running as a child process (`sealpost-broker serve`), for crash tests.
-pub struct BrokerProcess {
-    pub child: std::process::Child,
-    pub addr: SocketAddr,
-    /// Every line it wrote to stderr (its log) so far.
-    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    /// Signalled when its stderr closes: it exited.
-    exited: std::sync::mpsc::Receiver<()>,
+/// Reads one frame from `recv` (see [`try_read_frame`]); a read error panics.
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> sealpost_protocol::Frame {
+    try_read_frame(recv).await.unwrap()
+}
+
+/// Reads one frame from `recv` through the protocol's [`FrameBuffer`](sealpost_protocol::FrameBuffer), the
+/// reader the broker and the client use, asking the stream for no more than the frame lacks (so a stream's
+/// next frame stays in the stream). A read error, or the end of the stream before a whole frame, is `Err`;
+/// a frame the protocol refuses panics; bounded by [`within`].
+pub async fn try_read_frame(recv: &mut quinn::RecvStream) -> Result<sealpost_protocol::Frame, String> {
+    let mut frames = sealpost_protocol::FrameBuffer::new(1 << 24);
+    within("frame", async {
+        loop {
+            if let Some(frame) = frames.next_frame().unwrap() {
+                return Ok(frame);
+            }
+            let wanted = frames.wanted().unwrap();
+            let Some(chunk) = recv.read_chunk(wanted, true).await.map_err(|e| e.to_string())? else {
+                return Err(format!("the stream ended {} bytes into a frame", frames.buffered()));
+            };
+            frames.extend(&chunk.bytes);
+        }
+    })
+    .await
+}
+
+/// A broker running as a child process (`sealpost-broker serve`), for crash tests: a [`ServerProcess`]
+/// (read its `child`, `addr` and `log` through it), killed when dropped.
+pub struct BrokerProcess(ServerProcess);
+
+impl std::ops::Deref for BrokerProcess {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for BrokerProcess {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.0
+    }
 }
 
 impl Env {
@@ -348,61 +377,20 @@ impl BrokerProcess {
 
     /// [`start`](Self::start), logging at `level` (`RUST_LOG`).
     pub fn start_logging(config: &Path, level: &str) -> BrokerProcess {
-        use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(cargo_bin("sealpost-broker"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", level)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (exited_tx, exited) = std::sync::mpsc::channel();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-                }
-                lines.lock().unwrap().push(line);
-            }
-            let _ = exited_tx.send(());
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => BrokerProcess { child, addr: addr.parse().unwrap(), log, exited },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("broker did not start");
-            }
-        }
+        let mut command = std::process::Command::new(cargo_bin("sealpost-broker"));
+        command.arg("serve").arg("--config").arg(config).env("RUST_LOG", level);
+        BrokerProcess(ServerProcess::start(&mut command, Ready::new(LISTENING, Duration::from_secs(60))))
     }
 
     /// SIGTERM, and waits (bounded) for a clean exit: the final sync runs.
-    pub fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success());
-        // Its stderr closes as it exits.
-        self.exited.recv_timeout(Duration::from_secs(30)).expect("broker did not stop on SIGTERM");
-        let status = self.child.wait().unwrap();
+    pub fn terminate(self) {
+        let status = self.0.terminate(Duration::from_secs(30));
         assert!(status.success(), "broker exited with {status}");
     }
 
     /// SIGKILL: no shutdown path runs.
-    pub fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn kill(self) {
+        self.0.kill();
     }
 }
 

@@ -1,0 +1,27 @@
+//! The system tests, one test binary: a real broker on 127.0.0.1:0 (in-process, or the `sealpost-broker`
+//! binary as a subprocess), real QUIC with mutual TLS, certificates made in the test, and the real client
+//! and CLI. One module per area; a test's name is `MODULE::TEST` (`cargo test --test system attacks::`).
+//!
+//! - [`harness`]: what the tests share: a deployment made in the test ([`harness::Env`]), brokers in
+//!   process and as subprocesses, a bare QUIC client that speaks frames, bounded waits.
+//! - [`process`]: starts a process and waits (bounded) for its ready line; also used by
+//!   `broker/tests/dev.rs` and the load bench (`benches/load/`).
+//!
+//! The tests run in parallel, as cargo runs any test binary, and nothing in them is process-wide: each test
+//! makes its own temp folder, CA and keys, gets its ports from the OS, and measures subprocess brokers by
+//! their own pid (`memory`); the disk-full test (`crash`) mounts a tmpfs of its own. Nothing here sets an
+//! environment variable, changes the working directory or measures this process itself.
+
+mod harness;
+mod process;
+
+mod attacks;
+mod auth;
+mod cli;
+mod crash;
+mod durability;
+mod limits;
+mod memory;
+mod pubsub;
+mod storage_damage;
+mod tls;
