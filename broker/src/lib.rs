@@ -16,6 +16,7 @@ pub mod budget;
 pub mod config;
 pub mod dev;
 mod error;
+pub mod limits;
 pub mod log;
 pub mod pki;
 pub mod ratelimit;

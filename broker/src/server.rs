@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use sealpost_protocol::{
-    ErrorCode, Frame, Limits, Principal, PublicKey, SealedBatch, SignedPolicy, StartAt, Topic, VerifiedPolicy,
+    ErrorCode, Frame, Principal, PublicKey, SealedBatch, SignedPolicy, StartAt, Topic, VerifiedPolicy,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -51,63 +51,7 @@ use crate::tls::{self, Peer, TlsMaterial};
 use crate::wire::{error_frame, write_frame, FrameReader, Received};
 use crate::{Error, Result};
 
-/// Limits the server enforces on peers.
-#[derive(Clone, Debug)]
-pub struct ServerLimits {
-    /// Frame and batch limits.
-    pub protocol: Limits,
-    /// Connections open at once, in total.
-    pub max_connections: usize,
-    /// Bidirectional streams a connection may have open at once.
-    pub max_streams_per_connection: u32,
-    /// Streams one principal may have open at once, over its connections.
-    pub max_streams_per_principal: u32,
-    /// Streams open at once, over all connections.
-    pub max_streams: u32,
-    /// A connection with no traffic for this long is closed.
-    pub idle_timeout: Duration,
-    /// Bytes a subscriber reads from storage at a time: its memory bound in the broker.
-    pub subscriber_read_bytes: usize,
-    /// Bytes of recently appended batches kept in memory, over all topics, so that subscribers that keep
-    /// up need not read the store (0: none). Default 0 here: the tail assumes that the store reads back
-    /// exactly what was appended, which holds for the built-in engines that a configuration file names
-    /// (where `limits.tail_cache_bytes` defaults to 8 MiB), but not necessarily for any [`Store`] an
-    /// embedder passes in.
-    pub tail_cache_bytes: usize,
-    /// Publishes on one stream waiting for durability at once.
-    pub max_in_flight_per_stream: usize,
-    /// Connections one principal may have open at once.
-    pub max_connections_per_principal: usize,
-    /// Subscriptions one connection may have open at once.
-    pub max_subscriptions_per_connection: usize,
-    /// Messages per second one principal may publish (0: unlimited).
-    pub publish_msgs_per_sec: u64,
-    /// Bytes of sealed batches per second one principal may publish (0: unlimited).
-    pub publish_bytes_per_sec: u64,
-    /// What peers can make the broker hold: in-flight budgets, the frame deadline, QUIC windows.
-    pub memory: MemoryLimits,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        Self {
-            protocol: Limits::default(),
-            max_connections: 10_000,
-            max_streams_per_connection: 256,
-            max_streams_per_principal: 1024,
-            max_streams: 65_536,
-            idle_timeout: Duration::from_secs(30),
-            subscriber_read_bytes: 1024 * 1024,
-            tail_cache_bytes: 0,
-            max_in_flight_per_stream: 1024,
-            max_connections_per_principal: 64,
-            max_subscriptions_per_connection: 128,
-            publish_msgs_per_sec: 0,
-            publish_bytes_per_sec: 0,
-            memory: MemoryLimits::default(),
-        }
-    }
-}
+pub use crate::limits::ServerLimits;
 
 /// Everything a broker needs to run.
 pub struct BrokerOptions {
@@ -140,23 +84,7 @@ impl BrokerOptions {
         };
         let acl = Acl::load(&config.acl)?;
         let store = crate::store::open(&config.storage, &config.data_dir)?;
-        let l = &config.limits;
-        let limits = ServerLimits {
-            protocol: l.protocol_limits(),
-            max_connections: l.max_connections as usize,
-            max_streams_per_connection: l.max_streams_per_connection,
-            max_streams_per_principal: l.max_streams_per_principal,
-            max_streams: l.max_streams,
-            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
-            subscriber_read_bytes: l.subscriber_read_bytes,
-            tail_cache_bytes: l.tail_cache_bytes,
-            max_connections_per_principal: l.max_connections_per_principal as usize,
-            max_subscriptions_per_connection: l.max_subscriptions_per_connection as usize,
-            publish_msgs_per_sec: l.publish_msgs_per_sec,
-            publish_bytes_per_sec: l.publish_bytes_per_sec,
-            memory: config.memory,
-            ..ServerLimits::default()
-        };
+        let limits = config.limits;
         Ok(BrokerOptions { listen: config.listen, tls, acl, store, authority: config.authority, limits })
     }
 }
@@ -196,7 +124,7 @@ impl Ctx {
         }
         let newest = self.log.store().policies(topic, 1)?.pop();
         let policy = match (newest, &self.authority) {
-            (Some(bytes), Some(authority)) => SignedPolicy::decode(bytes, &self.limits.protocol)
+            (Some(bytes), Some(authority)) => SignedPolicy::decode(bytes, &self.limits.protocol_limits())
                 .and_then(|p| p.verify(authority))
                 .map(Arc::new)
                 .map_err(|e| warn!(%topic, error = %e, "stored policy does not verify; ignoring it"))
@@ -229,7 +157,7 @@ impl Ctx {
             inflight: Pool::new(memory.inflight_bytes_per_principal),
             streams: Pool::new(self.limits.max_streams_per_principal.into()),
         });
-        if state.connections.len() >= self.limits.max_connections_per_principal {
+        if state.connections.len() >= self.limits.max_connections_per_principal as usize {
             return None;
         }
         state.connections.insert(conn.stable_id(), conn.clone());
@@ -350,7 +278,7 @@ async fn accept_loop(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if ctx.connections.load(Ordering::Relaxed) >= ctx.limits.max_connections {
+                if ctx.connections.load(Ordering::Relaxed) >= ctx.limits.max_connections as usize {
                     warn!(remote = %incoming.remote_address(), "connection refused: max_connections reached");
                     incoming.refuse();
                     continue;
@@ -469,12 +397,8 @@ async fn serve_stream(
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let memory = &ctx.limits.memory;
-    let mut reader = FrameReader::new(
-        recv,
-        ctx.limits.protocol.max_frame_len,
-        conn.budget.clone(),
-        memory.frame_timeout(),
-    );
+    let mut reader =
+        FrameReader::new(recv, ctx.limits.max_frame_len, conn.budget.clone(), memory.frame_timeout());
     let first = match reader.next().await {
         Ok(Some(received)) => received,
         Ok(None) => return Ok(()),
@@ -490,7 +414,7 @@ async fn serve_stream(
         Frame::Subscribe { request_id, topic, from, durable } => {
             drop(first.reservation);
             let open = conn.subscriptions.fetch_add(1, Ordering::Relaxed);
-            let result = if open >= ctx.limits.max_subscriptions_per_connection {
+            let result = if open >= ctx.limits.max_subscriptions_per_connection as usize {
                 let err = Error::LimitExceeded("max_subscriptions_per_connection");
                 refuse(&mut send, &mut reader, Some(request_id), err).await
             } else {
@@ -580,8 +504,9 @@ fn answer_publish_frame(received: Received, ctx: &Arc<Ctx>, peer: &Peer) -> Answ
     let Received { frame, reservation } = received;
     match frame {
         Frame::Publish { request_id, batch } => {
-            let checked =
-                SealedBatch::decode(batch, &ctx.limits.protocol).map_err(Error::from).and_then(|sealed| {
+            let checked = SealedBatch::decode(batch, &ctx.limits.protocol_limits())
+                .map_err(Error::from)
+                .and_then(|sealed| {
                     let policy = ctx.current_policy(&sealed.header().topic)?;
                     session::authorize_publish(peer, &ctx.acl, policy.as_deref(), sealed)
                 });
@@ -697,7 +622,7 @@ async fn serve_policies(
 
 /// Verifies and durably stores a policy, then makes it the topic's current one for publish checks.
 async fn put_policy(ctx: &Arc<Ctx>, peer: &Peer, policy: bytes::Bytes) -> Result<()> {
-    let signed = SignedPolicy::decode(policy, &ctx.limits.protocol)?;
+    let signed = SignedPolicy::decode(policy, &ctx.limits.protocol_limits())?;
     let topic = signed.topic().clone();
     let current = ctx.current_policy(&topic)?;
     let verified =
