@@ -8,16 +8,24 @@
 //! The async shell ([`server`]) only moves bytes; decisions live in small synchronous modules with their own
 //! tests: [`acl`] (who may do what), [`sequencer`] (does a batch continue its chain, or is it a retry),
 //! [`store`] (what is durable), [`budget`] (what peers can make the broker hold).
+//!
+//! # Features
+//!
+//! - `dev` (default): [`dev`], the `sealpost-broker dev` setup, and [`pki`], a throwaway certificate
+//!   authority for development and tests. They pull in rcgen; a program that embeds the broker and makes
+//!   its certificates elsewhere turns them off with `default-features = false`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod acl;
 pub mod budget;
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod dev;
 mod error;
 pub mod limits;
 pub mod log;
+#[cfg(any(test, feature = "dev"))]
 pub mod pki;
 pub mod ratelimit;
 pub mod sequencer;

@@ -125,7 +125,24 @@ mod tests {
         SealParams, SigningKey, Timestamp,
     };
 
-    use crate::dev::ACL;
+    /// The dev ACL (`crate::dev::ACL`, which needs the `dev` feature).
+    const ACL: &str = r#"
+        [[rule]]
+        principals = ["alice"]
+        topics = ["demo.>"]
+        actions = ["publish", "subscribe"]
+        effect = "allow"
+        [[rule]]
+        principals = ["bob"]
+        topics = ["demo.>"]
+        actions = ["subscribe"]
+        effect = "allow"
+        [[rule]]
+        principals = ["admin"]
+        topics = [">"]
+        actions = ["admin"]
+        effect = "allow"
+    "#;
 
     fn rng() -> rand::rngs::StdRng {
         rand::rngs::StdRng::seed_from_u64(1)
