@@ -5,9 +5,11 @@
 //! to the principal, sequence chain), stores it durably (an ack follows an `fdatasync` that covers it), and
 //! streams stored batches to subscribers. It never holds a topic's content key and never sees a payload.
 //!
-//! The async shell ([`server`]) only moves bytes; decisions live in small synchronous modules with their own
-//! tests: [`acl`] (who may do what), [`sequencer`] (does a batch continue its chain, or is it a retry),
-//! [`store`] (what is durable), [`budget`] (what peers can make the broker hold).
+//! The async shell ([`server`]) only moves bytes; decisions live in synchronous modules with their own
+//! tests: [`session`] (sans-IO: admission and per-principal limits, authorization, the policy cache, what to
+//! do with each frame on each kind of stream), [`acl`] (who may do what), [`sequencer`] (does a batch
+//! continue its chain, or is it a retry), [`store`] (what is durable), [`budget`] (what peers can make the
+//! broker hold), [`limits`] (the limits, defined once). docs/locks.md lists every lock and their order.
 //!
 //! # Features
 //!
@@ -33,6 +35,5 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod tls;
-mod wire;
 
 pub use error::{Error, Result};

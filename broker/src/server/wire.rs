@@ -10,6 +10,7 @@ use quinn::VarInt;
 use sealpost_protocol::{Error as ProtocolError, Frame, FrameBuffer};
 
 use crate::budget::{Budget, Reservation};
+use crate::session::Refusal;
 use crate::{Error, Result};
 
 /// Most bytes taken from QUIC at a time for one frame.
@@ -107,11 +108,11 @@ pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<
     send.write_all(&bytes).await.map_err(|e| Error::Io(e.into()))
 }
 
-/// The error frame a peer is sent for `err`: the stable code and a message with no internal detail.
-pub fn error_frame(request_id: Option<u64>, err: &Error) -> Frame {
-    let message = match err {
-        Error::Storage(_) | Error::Io(_) | Error::Config(_) => "internal error".to_string(),
-        other => other.to_string(),
-    };
-    Frame::Error { request_id, code: err.code(), message }
+/// Refuses a stream as the session says: sends its error frame, finishes the stream and stops reading it
+/// with its code. Returns the refusal's error.
+pub async fn refuse(send: &mut quinn::SendStream, reader: &mut FrameReader, refusal: Refusal) -> Result<()> {
+    reader.stop(&refusal.error);
+    write_frame(send, &refusal.frame()).await?;
+    let _ = send.finish();
+    Err(refusal.error)
 }
