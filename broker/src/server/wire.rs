@@ -3,6 +3,13 @@
 //! A [`FrameReader`] cuts a stream into frames with the protocol's [`FrameBuffer`] (which grows only with
 //! the bytes that arrive) and holds each frame within the connection's [`Budget`] and the frame deadline:
 //! see [`crate::budget`] for what that bounds.
+//!
+//! # Copies
+//!
+//! A frame's bytes are copied once on the way in, from QUIC's chunks into the frame's buffer; a published
+//! batch is then a slice of that buffer ([`Frame::decode_bytes`]). On the way out [`write_frame`] hands QUIC
+//! a frame's small head and its batch as separate [`Bytes`](bytes::Bytes) ([`Frame::encode_split`],
+//! `write_all_chunks`): a delivered batch is not copied by the broker at all.
 
 use std::time::Duration;
 
@@ -67,7 +74,7 @@ impl FrameReader {
         let reservation = self.budget.reserve(total).await;
         loop {
             if let Some(bytes) = self.buf.next_frame_bytes()? {
-                let frame = Frame::decode(&bytes)?;
+                let frame = Frame::decode_bytes(bytes)?;
                 return Ok(Some(Received { frame, reservation }));
             }
             self.read_more(self.buf.wanted()?.min(READ_CHUNK)).await?;
@@ -102,10 +109,10 @@ impl FrameReader {
     }
 }
 
-/// Writes one frame.
+/// Writes one frame: its head, then its batch (if it carries one) without copying it.
 pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<()> {
-    let bytes = frame.to_vec()?;
-    send.write_all(&bytes).await.map_err(|e| Error::Io(e.into()))
+    let (head, batch) = frame.encode_split()?;
+    send.write_all_chunks(&mut [head, batch]).await.map_err(|e| Error::Io(e.into()))
 }
 
 /// Refuses a stream as the session says: sends its error frame, finishes the stream and stops reading it
