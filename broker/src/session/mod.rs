@@ -140,3 +140,57 @@ pub use self::policy_stream::{PolicyAction, PolicyStream, POLICIES_SERVED};
 pub use self::publish::{PublishAction, PublishStream};
 pub use self::reply::{Close, ConnectionRefused, Refusal};
 pub use self::subscribe::{AckAction, Cursor, Read, Started, Subscribing, Subscription, SubscriptionSlot};
+
+#[cfg(test)]
+mod tests {
+    //! The pieces driven together as a driver would, over a memory store and the real writer, without a
+    //! socket: the shape of an in-memory client/broker pair.
+
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use sealpost_protocol::{Frame, Offset, StartAt};
+
+    use super::testing::{batch_bytes, endpoint, key, peer, topic, Windows};
+    use super::*;
+    use crate::limits::ServerLimits;
+    use crate::log::Log;
+
+    #[tokio::test]
+    async fn a_batch_published_through_the_session_is_delivered_to_a_subscriber() {
+        let now = Instant::now();
+        let (endpoint, store) = endpoint(ServerLimits::default(), now);
+        let log = Log::with_tail(store.clone(), 0).unwrap();
+        let open =
+            |who| Connection::open(&endpoint, Ok(peer(who)), Arc::new(Windows::default()), now).unwrap();
+        let (alice, bob) = (open("alice"), open("bob"));
+
+        let publish = Frame::Publish { request_id: 1, batch: batch_bytes(&key("alice"), "demo.chat") };
+        assert_eq!(alice.stream_kind(&publish).unwrap(), StreamKind::Publish);
+        let PublishAction::Submit { request_id, topic: t, batch } =
+            alice.publish_stream().on_frame(publish, store.as_ref(), now)
+        else {
+            panic!("not submitted");
+        };
+        let published = PublishStream::published(request_id, log.submit(t, *batch).await);
+        assert_eq!(published, Frame::Published { request_id: 1, first_offset: Offset(0), count: 1 });
+
+        let subscribe = Frame::Subscribe {
+            request_id: 2,
+            topic: topic("demo.chat"),
+            from: StartAt::Earliest,
+            durable: None,
+        };
+        let subscribing = bob.subscribe(subscribe).unwrap();
+        let end = *log.durable_end(subscribing.topic()).unwrap().borrow();
+        let Started { subscribed, mut cursor, .. } = subscribing.start(store.as_ref(), end).unwrap();
+        assert!(matches!(subscribed, Frame::Subscribed { request_id: 2, start_offset: Offset(0), .. }));
+        let read = cursor.next_read(end).unwrap();
+        let items = crate::store::Store::read(store.as_ref(), &topic("demo.chat"), read.from, read.max_bytes)
+            .unwrap();
+        let frames: Vec<Frame> = items.into_iter().filter_map(|item| cursor.deliver(item, end)).collect();
+        assert!(matches!(frames.as_slice(), [Frame::Deliver { offset: Offset(0), .. }]));
+        assert_eq!(cursor.next_read(end), None);
+        log.close().await.unwrap();
+    }
+}

@@ -175,14 +175,17 @@ mod tests {
     #[test]
     fn each_refusal_answers_its_request() {
         let now = Instant::now();
-        let (bob, store) = stream("bob", ServerLimits::default(), now);
+        let (endpoint, store) = endpoint(ServerLimits::default(), now);
         let store = store.as_ref();
+        let (alice, bob) = (
+            PublishStream::new(endpoint.clone(), Arc::new(peer("alice"))),
+            PublishStream::new(endpoint, Arc::new(peer("bob"))),
+        );
         // The ACL lets bob only subscribe.
         assert_eq!(
             refused(bob.on_frame(publish(1, "bob", "demo.chat"), store, now)),
             (Some(1), ErrorCode::NOT_AUTHORIZED)
         );
-        let (alice, _) = stream("alice", ServerLimits::default(), now);
         // No policy on demo.events: nobody publishes there.
         assert_eq!(
             refused(alice.on_frame(publish(2, "alice", "demo.events"), store, now)),
