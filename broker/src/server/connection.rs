@@ -49,12 +49,14 @@ pub(super) async fn serve(
         }
     };
     let peer = Peer::from_connection(&conn);
+    let claimed = peer.as_ref().map(|p| p.principal.to_string()).unwrap_or_default();
     let session = match Connection::open(&endpoint, peer, Arc::new(conn.clone()), Instant::now()) {
         Ok(session) => Arc::new(session),
         Err(refused) => {
+            let error = &refused.error;
             match refused.close {
-                Close::TOO_MANY_CONNECTIONS => warn!(%remote, error = %refused.error, "connection refused"),
-                _ => info!(%remote, error = %refused.error, "connection refused"),
+                Close::CERTIFICATE_REFUSED => info!(%remote, %error, "connection refused"),
+                _ => warn!(%remote, principal = %claimed, %error, "connection refused"),
             }
             close(&conn, refused.close);
             return;
