@@ -301,7 +301,8 @@ impl Scene {
             acl: Acl::from_toml(ACL).unwrap(),
             store: store.clone(),
             authority: Some(env.authority.public_key()),
-            limits: ServerLimits::default(),
+            // The store lies on reads: no in-memory tail may serve the honest bytes instead.
+            limits: ServerLimits { tail_cache_bytes: 0, ..ServerLimits::default() },
         };
         let broker = within("broker start", Broker::start(broker_options)).await.unwrap();
         let alice = connect(&env, "alice", &broker).await;

@@ -1,12 +1,13 @@
-//! The `sealpost-broker` binary: `serve --config FILE` for operators, `dev` for a throwaway local setup,
+//! The `sealpost-broker` binary: `serve --config FILE` for operators, `dev` for a throwaway local setup (with
+//! the `dev` feature, on by default),
 //! `verify-store DIR` to check a stopped broker's data folder.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sealpost_broker::config::Config;
+#[cfg(feature = "dev")]
 use sealpost_broker::dev;
 use sealpost_broker::server::{Broker, BrokerOptions};
 use sealpost_broker::store::sled::scrub;
@@ -38,13 +39,14 @@ enum Command {
         config: PathBuf,
     },
     /// Run on a throwaway PKI generated in DIR on first run and reused after.
+    #[cfg(feature = "dev")]
     Dev {
         /// Folder for the PKI, identities, ACL, configuration and data.
         #[arg(long, default_value = "./sealpost-dev")]
         data: PathBuf,
         /// Address to listen on (used when DIR is first set up).
         #[arg(long, default_value = "127.0.0.1:7443")]
-        listen: SocketAddr,
+        listen: std::net::SocketAddr,
     },
     /// Check a stopped broker's data folder: every record against its checksum, and the index against the
     /// segments. Prints one line per finding; exit status 0 when clean, 1 with findings, 2 if it cannot
@@ -109,6 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config_path = match cli.command {
         Command::Serve { config } => config,
         Command::VerifyStore { .. } => unreachable!("handled in main"),
+        #[cfg(feature = "dev")]
         Command::Dev { data, listen } => {
             let setup =
                 dev::prepare(&data, listen).with_context(|| format!("setting up {}", data.display()))?;

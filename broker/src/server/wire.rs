@@ -3,6 +3,13 @@
 //! A [`FrameReader`] cuts a stream into frames with the protocol's [`FrameBuffer`] (which grows only with
 //! the bytes that arrive) and holds each frame within the connection's [`Budget`] and the frame deadline:
 //! see [`crate::budget`] for what that bounds.
+//!
+//! # Copies
+//!
+//! A frame's bytes are copied once on the way in, from QUIC's chunks into the frame's buffer; a published
+//! batch is then a slice of that buffer ([`Frame::decode_bytes`]). On the way out [`write_frame`] hands QUIC
+//! a frame's small head and its batch as separate [`Bytes`](bytes::Bytes) ([`Frame::encode_split`],
+//! `write_all_chunks`): a delivered batch is not copied by the broker at all.
 
 use std::time::Duration;
 
@@ -10,6 +17,7 @@ use quinn::VarInt;
 use sealpost_protocol::{Error as ProtocolError, Frame, FrameBuffer};
 
 use crate::budget::{Budget, Reservation};
+use crate::session::Refusal;
 use crate::{Error, Result};
 
 /// Most bytes taken from QUIC at a time for one frame.
@@ -66,7 +74,7 @@ impl FrameReader {
         let reservation = self.budget.reserve(total).await;
         loop {
             if let Some(bytes) = self.buf.next_frame_bytes()? {
-                let frame = Frame::decode(&bytes)?;
+                let frame = Frame::decode_bytes(bytes)?;
                 return Ok(Some(Received { frame, reservation }));
             }
             self.read_more(self.buf.wanted()?.min(READ_CHUNK)).await?;
@@ -101,17 +109,17 @@ impl FrameReader {
     }
 }
 
-/// Writes one frame.
+/// Writes one frame: its head, then its batch (if it carries one) without copying it.
 pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<()> {
-    let bytes = frame.to_vec()?;
-    send.write_all(&bytes).await.map_err(|e| Error::Io(e.into()))
+    let (head, batch) = frame.encode_split()?;
+    send.write_all_chunks(&mut [head, batch]).await.map_err(|e| Error::Io(e.into()))
 }
 
-/// The error frame a peer is sent for `err`: the stable code and a message with no internal detail.
-pub fn error_frame(request_id: Option<u64>, err: &Error) -> Frame {
-    let message = match err {
-        Error::Storage(_) | Error::Io(_) | Error::Config(_) => "internal error".to_string(),
-        other => other.to_string(),
-    };
-    Frame::Error { request_id, code: err.code(), message }
+/// Refuses a stream as the session says: sends its error frame, finishes the stream and stops reading it
+/// with its code. Returns the refusal's error.
+pub async fn refuse(send: &mut quinn::SendStream, reader: &mut FrameReader, refusal: Refusal) -> Result<()> {
+    reader.stop(&refusal.error);
+    write_frame(send, &refusal.frame()).await?;
+    let _ = send.finish();
+    Err(refusal.error)
 }

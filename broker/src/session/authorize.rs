@@ -1,6 +1,12 @@
-//! The broker's synchronous decisions about one client request, separate from the async shell so that
-//! each is unit-tested: may this principal publish this batch, ask for this chain head, subscribe here,
-//! and where does a subscription start.
+//! Authorization: may this peer publish this batch, store this policy, read these policies, ask for this
+//! chain head, subscribe here; and where does a subscription start.
+//!
+//! Pure functions of the peer (its principal and the keys its certificate binds), the operator's ACL and
+//! the topic's current policy: they hold no state and read nothing, so the stream types of the session
+//! ([`PublishStream`](super::PublishStream), [`PolicyStream`](super::PolicyStream),
+//! [`Subscribing`](super::Subscribing)) call them with what they looked up. A refusal that concerns a
+//! topic the peer may not use reads the same as one for a topic that does not exist
+//! ([`Error::NotAuthorized`]).
 
 use sealpost_protocol::principal::valid_principal;
 use sealpost_protocol::{
@@ -119,70 +125,13 @@ pub fn start_offset(from: StartAt, committed: Option<Offset>, first: Offset, end
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use rand::SeedableRng;
-    use sealpost_protocol::{
-        issue_policy, seal, ContentKey, Digest, Epoch, HpkeSecretKey, Limits, Member, PolicyParams,
-        SealParams, SigningKey, Timestamp,
-    };
+    use sealpost_protocol::{Limits, SigningKey};
 
-    use crate::dev::ACL;
-
-    fn rng() -> rand::rngs::StdRng {
-        rand::rngs::StdRng::seed_from_u64(1)
-    }
-
-    fn key(who: &str) -> SigningKey {
-        SigningKey::from_bytes(&[who.as_bytes()[0]; 32])
-    }
-
-    fn authority() -> SigningKey {
-        SigningKey::from_bytes(&[0xAA; 32])
-    }
-
-    fn member(who: &str, publish: bool) -> Member {
-        Member {
-            principal: who.parse().unwrap(),
-            publish,
-            subscribe: true,
-            signing_key: key(who).public_key(),
-            hpke_key: HpkeSecretKey::from_bytes(&[9; 32]).public_key(),
-        }
-    }
-
-    fn policy(topic: &str, epoch: u64, prev: Option<&VerifiedPolicy>) -> VerifiedPolicy {
-        let params = PolicyParams {
-            topic: Topic::new(topic).unwrap(),
-            epoch: Epoch(epoch),
-            prev,
-            members: vec![member("alice", true), member("bob", false)],
-            created_at: Timestamp(epoch),
-        };
-        issue_policy(&authority(), params, &ContentKey::from_bytes(&[1; 32]), &Limits::default(), &mut rng())
-            .unwrap()
-    }
-
-    fn batch(signer: &SigningKey, topic: &str) -> SealedBatch {
-        let params = SealParams {
-            topic: Topic::new(topic).unwrap(),
-            epoch: Epoch(1),
-            first_seq: 1,
-            prev_digest: Digest::ZERO,
-            created_at: Timestamp(0),
-        };
-        let sealed =
-            seal(signer, &ContentKey::from_bytes(&[1; 32]), params, &[b"x"], &Limits::default(), &mut rng())
-                .unwrap()
-                .into_bytes();
-        SealedBatch::decode(sealed, &Limits::default()).unwrap()
-    }
-
-    fn peer(name: &str) -> Peer {
-        Peer { principal: name.parse().unwrap(), signing_keys: vec![key(name).public_key()] }
-    }
+    use crate::session::testing::{acl_from, authority, batch, key, peer, policy, ACL};
 
     #[test]
     fn publish_by_policy_publisher_with_bound_key_is_accepted() {
-        let acl = Acl::from_toml(ACL).unwrap();
+        let acl = acl_from(ACL);
         let p = policy("demo.chat", 1, None);
         let (topic, _) =
             authorize_publish(&peer("alice"), &acl, Some(&p), batch(&key("alice"), "demo.chat")).unwrap();
@@ -191,7 +140,7 @@ mod tests {
 
     #[test]
     fn publish_denied_by_acl_is_not_authorized() {
-        let acl = Acl::from_toml(ACL).unwrap();
+        let acl = acl_from(ACL);
         let p = policy("demo.chat", 1, None);
         let err = authorize_publish(&peer("bob"), &acl, Some(&p), batch(&key("bob"), "demo.chat"));
         assert!(matches!(err, Err(Error::NotAuthorized)));
@@ -202,14 +151,14 @@ mod tests {
 
     #[test]
     fn publish_on_a_topic_without_policy_is_not_authorized() {
-        let acl = Acl::from_toml(ACL).unwrap();
+        let acl = acl_from(ACL);
         let err = authorize_publish(&peer("alice"), &acl, None, batch(&key("alice"), "demo.chat"));
         assert!(matches!(err, Err(Error::NotAuthorized)));
     }
 
     #[test]
     fn publish_signed_by_key_not_bound_by_certificate_is_refused() {
-        let acl = Acl::from_toml(ACL).unwrap();
+        let acl = acl_from(ACL);
         let p = policy("demo.chat", 1, None);
         let err = authorize_publish(&peer("alice"), &acl, Some(&p), batch(&key("mallory"), "demo.chat"));
         assert!(matches!(err, Err(Error::SignerNotBound(_))));
@@ -219,8 +168,7 @@ mod tests {
     fn publish_by_signer_not_a_policy_publisher_is_refused() {
         // Bob's certificate binds his key and the ACL would let him publish, but the policy makes him a
         // subscriber only.
-        let acl =
-            Acl::from_toml(&ACL.replace("actions = [\"subscribe\"]", "actions = [\"publish\"]")).unwrap();
+        let acl = acl_from(&ACL.replace("actions = [\"subscribe\"]", "actions = [\"publish\"]"));
         let p = policy("demo.chat", 1, None);
         let err = authorize_publish(&peer("bob"), &acl, Some(&p), batch(&key("bob"), "demo.chat"));
         assert!(matches!(err, Err(Error::SignerNotBound(_))), "{err:?}");
@@ -228,7 +176,7 @@ mod tests {
 
     #[test]
     fn publish_with_bad_signature_is_refused() {
-        let acl = Acl::from_toml(ACL).unwrap();
+        let acl = acl_from(ACL);
         let p = policy("demo.chat", 1, None);
         let mut raw = batch(&key("alice"), "demo.chat").into_bytes().to_vec();
         let last = raw.len() - 1;
@@ -244,7 +192,7 @@ mod tests {
 
     #[test]
     fn put_policy_needs_admin_the_authority_and_the_next_epoch() {
-        let acl = Acl::from_toml(ACL).unwrap();
+        let acl = acl_from(ACL);
         let auth = authority().public_key();
         let first = policy("demo.chat", 1, None);
         let second = policy("demo.chat", 2, Some(&first));
@@ -271,7 +219,7 @@ mod tests {
 
     #[test]
     fn policies_are_readable_by_members_of_the_acl_only() {
-        let acl = Acl::from_toml(ACL).unwrap();
+        let acl = acl_from(ACL);
         let chat = Topic::new("demo.chat").unwrap();
         for who in ["alice", "bob", "admin"] {
             assert!(authorize_get_policies(&peer(who), &acl, &chat).is_ok(), "{who}");
@@ -281,7 +229,7 @@ mod tests {
 
     #[test]
     fn subscribe_follows_the_acl_and_checks_durable_names() {
-        let acl = Acl::from_toml(ACL).unwrap();
+        let acl = acl_from(ACL);
         let chat = Topic::new("demo.chat").unwrap();
         assert!(authorize_subscribe(&peer("bob"), &acl, &chat, Some("audit")).is_ok());
         assert!(matches!(

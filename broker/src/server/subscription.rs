@@ -1,0 +1,115 @@
+//! A subscription stream's tasks: deliveries out, read from the log's tail or the store (off the async
+//! workers) within the connection's budget, as far as the session's cursor says; acks in, each handed to
+//! the session and its commit executed through the log.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::wire::{write_frame, FrameReader};
+use crate::budget::Budget;
+use crate::log::Log;
+use crate::session::{AckAction, Connection, Started, Subscribing, Subscription};
+use crate::store::Stored;
+use crate::{Error, Result};
+
+/// Serves a subscription the session accepted.
+pub(super) async fn serve(
+    subscribing: Subscribing,
+    mut send: quinn::SendStream,
+    reader: FrameReader,
+    session: &Connection,
+    log: &Arc<Log>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut end = log.durable_end(subscribing.topic())?;
+    let store = log.store().clone();
+    let Started { subscribed, subscription, mut cursor } =
+        subscribing.start(store.as_ref(), *end.borrow_and_update())?;
+    write_frame(&mut send, &subscribed).await?;
+    let topic = subscription.topic().clone();
+
+    // Acks and unsubscribe arrive on the receive half; this task ends when the client is done.
+    let acks = tokio::spawn(read_acks(subscription, reader, log.clone()));
+    tokio::pin!(acks);
+
+    let budget: &Budget = session.budget();
+    loop {
+        let durable_end = *end.borrow_and_update();
+        if let Some(read) = cursor.next_read(durable_end) {
+            // What is read is held until QUIC takes it: it counts against the connection's budget.
+            let mut held = tokio::select! {
+                held = budget.reserve(read.max_bytes) => held,
+                _ = &mut acks => return Ok(()),
+                _ = shutdown.changed() => return Ok(()),
+            };
+            // A subscriber that keeps up finds what it needs in the log's in-memory tail. The store may
+            // also yield lost ranges (damaged storage): they go out as `Lost` frames, in offset order.
+            let items: Vec<Stored> = match log.read_tail(&topic, read.from, read.max_bytes) {
+                Some(batches) => batches.into_iter().map(Stored::Batch).collect(),
+                None => {
+                    let (store, t) = (store.clone(), topic.clone());
+                    tokio::task::spawn_blocking(move || store.read(&t, read.from, read.max_bytes))
+                        .await
+                        .map_err(|e| Error::Storage(e.to_string()))??
+                }
+            };
+            let size = items.iter().map(Stored::bytes_len).sum::<usize>();
+            if size > held.bytes() {
+                // A single batch larger than a read: reserve the rest before sending it.
+                let extra = tokio::select! {
+                    extra = budget.reserve(size - held.bytes()) => extra,
+                    _ = &mut acks => return Ok(()),
+                    _ = shutdown.changed() => return Ok(()),
+                };
+                held.merge(extra);
+            }
+            held.shrink_to(size);
+            let before = cursor.position();
+            for item in items {
+                let len = item.bytes_len();
+                let Some(frame) = cursor.deliver(item, durable_end) else { break };
+                tokio::select! {
+                    written = write_frame(&mut send, &frame) => written?,
+                    _ = &mut acks => return Ok(()),
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                held.shrink_to(held.bytes().saturating_sub(len));
+            }
+            drop(held);
+            if cursor.position() != before {
+                continue;
+            }
+        }
+        tokio::select! {
+            changed = end.changed() => if changed.is_err() { return Ok(()) },
+            _ = &mut acks => return Ok(()),
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// Reads the subscriber's frames until it is done, committing durable acks through the log.
+async fn read_acks(subscription: Subscription, mut reader: FrameReader, log: Arc<Log>) -> Result<()> {
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(received)) => received.frame,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                reader.stop(&e);
+                return Err(e);
+            }
+        };
+        match subscription.on_frame(frame) {
+            AckAction::Nothing => {}
+            AckAction::Commit { topic, principal, name, next_offset } => {
+                log.commit_offset(topic, principal, name, next_offset).await?;
+            }
+            AckAction::End => return Ok(()),
+            AckAction::Refuse(err) => {
+                reader.stop(&err);
+                return Err(err);
+            }
+        }
+    }
+}
