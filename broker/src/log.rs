@@ -60,7 +60,7 @@ use sealpost_protocol::{Offset, Principal, PublicKey, Topic, VerifiedBatch};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::sequencer::{self, Decision};
-use crate::store::{PublisherRecord, Store, StoredBatch};
+use crate::store::{Append, PublisherRecord, Store, StoredBatch};
 use crate::{Error, Result};
 
 /// Most requests the writer takes into one group (one sync).
@@ -558,18 +558,13 @@ impl Writer {
                 let end = offset
                     .checked_add(header.count.into())
                     .ok_or_else(|| Error::Storage(format!("offsets of {topic} exhausted")))?;
-                let record = PublisherRecord {
-                    first_seq: header.first_seq,
-                    count: header.count,
-                    offset,
-                    digest: batch.digest(),
-                };
+                let append = Append::new(batch, offset);
                 self.before_write(topic, offset);
-                self.shared.store.append(topic, &header.publisher, &record, batch.as_bytes())?;
+                self.shared.store.append(append)?;
                 let stored = StoredBatch { offset, count: header.count, bytes: batch.as_bytes().clone() };
                 self.shared.tail().push(topic, stored);
                 self.next_offsets.insert(topic.clone(), end);
-                self.heads.insert(key, Some(record));
+                self.heads.insert(key, Some(append.record()));
                 Ok(Ok(Appended { first_offset: offset, count: header.count, duplicate: false }))
             }
         }
@@ -711,8 +706,8 @@ mod tests {
     }
 
     impl Store for GatedStore {
-        fn append(&self, t: &Topic, p: &PublicKey, r: &PublisherRecord, b: &Bytes) -> Result<()> {
-            self.inner.append(t, p, r, b)
+        fn append(&self, batch: Append<'_>) -> Result<()> {
+            self.inner.append(batch)
         }
         fn sync(&self) -> Result<()> {
             let call = self.calls.fetch_add(1, Ordering::SeqCst);

@@ -620,15 +620,8 @@ fn answer_publish_frame(received: Received, ctx: &Arc<Ctx>, peer: &Peer) -> Answ
                                 .map_err(|e| Error::Storage(e.to_string()))
                                 .and_then(|r| r);
                         match head {
-                            Ok(Some(record)) => Frame::HeadIs {
-                                request_id,
-                                head: sealpost_protocol::ChainHead {
-                                    next_seq: record.first_seq + u64::from(record.count),
-                                    prev_digest: record.digest,
-                                },
-                            },
-                            Ok(None) => {
-                                Frame::HeadIs { request_id, head: sealpost_protocol::ChainHead::GENESIS }
+                            Ok(last) => {
+                                Frame::HeadIs { request_id, head: crate::store::chain_head(last.as_ref()) }
                             }
                             Err(e) => error_frame(Some(request_id), &e),
                         }

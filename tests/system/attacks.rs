@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 use rand::SeedableRng;
 use sealpost_broker::acl::Acl;
 use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
-use sealpost_broker::store::{MemoryStore, PublisherRecord, Store, Stored, StoredBatch};
+use sealpost_broker::store::{Append, MemoryStore, PublisherRecord, Store, Stored, StoredBatch};
 use sealpost_client::{
     Client, Error, Identity, Message, Publisher, PublisherOptions, SubscribeOptions, Subscription,
 };
@@ -115,14 +115,8 @@ fn consecutive(batches: Vec<Bytes>) -> Vec<StoredBatch> {
 }
 
 impl Store for CheatingStore {
-    fn append(
-        &self,
-        topic: &Topic,
-        publisher: &PublicKey,
-        record: &PublisherRecord,
-        batch: &Bytes,
-    ) -> sealpost_broker::Result<()> {
-        self.inner.append(topic, publisher, record, batch)
+    fn append(&self, batch: Append<'_>) -> sealpost_broker::Result<()> {
+        self.inner.append(batch)
     }
 
     fn sync(&self) -> sealpost_broker::Result<()> {

@@ -134,16 +134,10 @@ struct SyncAudit {
 }
 
 impl sealpost_broker::store::Store for SyncAudit {
-    fn append(
-        &self,
-        t: &Topic,
-        p: &sealpost_protocol::PublicKey,
-        r: &sealpost_broker::store::PublisherRecord,
-        b: &Bytes,
-    ) -> sealpost_broker::Result<()> {
+    fn append(&self, batch: sealpost_broker::store::Append<'_>) -> sealpost_broker::Result<()> {
         let done = self.completed.load(std::sync::atomic::Ordering::SeqCst);
-        self.appended_at.lock().unwrap().insert(r.offset.0, done);
-        self.inner.append(t, p, r, b)
+        self.appended_at.lock().unwrap().insert(batch.offset().0, done);
+        self.inner.append(batch)
     }
     fn sync(&self) -> sealpost_broker::Result<()> {
         self.inner.sync()?;

@@ -128,7 +128,9 @@ use sealpost_protocol::{LostBatch, Offset, Principal, PublicKey, Topic};
 
 use self::record::{BatchRecord, Lost, Record};
 use super::segment::{self, sync_dir, Check, Checkpoint, Location, Segments};
-use super::{io_error, offset_mismatch, LossReason, LostRange, PublisherRecord, Store, Stored, StoredBatch};
+use super::{
+    io_error, offset_mismatch, Append, LossReason, LostRange, PublisherRecord, Store, Stored, StoredBatch,
+};
 use crate::{Error, Result};
 
 #[cfg(test)]
@@ -1048,18 +1050,13 @@ fn split_topic(bytes: &[u8]) -> Option<(Topic, &[u8])> {
 }
 
 impl Store for SledStore {
-    fn append(
-        &self,
-        topic: &Topic,
-        publisher: &PublicKey,
-        record: &PublisherRecord,
-        batch: &Bytes,
-    ) -> Result<()> {
+    fn append(&self, batch: Append<'_>) -> Result<()> {
+        let (topic, publisher, record) = (batch.topic(), batch.publisher(), batch.record());
         let next = self.end_of(topic)?;
         if record.offset != next {
             return Err(offset_mismatch(topic, next, record.offset));
         }
-        let body = record::batch(topic, publisher, record, batch);
+        let body = record::batch(topic, publisher, &record, batch.bytes());
         let location = self.append_record(&body, Reserve::Keep)?;
         let entry = Entry {
             offset: record.offset,
@@ -1298,15 +1295,19 @@ mod tests {
         sealpost_protocol::SigningKey::from_bytes(&[n; 32]).public_key()
     }
 
-    /// Appends `n` one-message batches of `publisher(1)` on `t`, continuing its chain.
-    fn append_n(store: &SledStore, t: &Topic, n: usize) {
-        let p = publisher(1);
-        for _ in 0..n {
-            let offset = store.next_offset(t).unwrap();
-            let first_seq = store.publisher_head(t, &p).unwrap().map_or(1, |h| h.next_seq());
-            let record = PublisherRecord { first_seq, count: 1, offset, digest: Default::default() };
-            store.append(t, &p, &record, &Bytes::from(vec![offset.0 as u8; 1000])).unwrap();
-        }
+    /// Appends `n` batches of one 1000-byte message by `publisher(1)` on `t`, continuing its stored chain;
+    /// returns their bytes.
+    fn append_n(store: &SledStore, t: &Topic, n: usize) -> Vec<Bytes> {
+        let signer = sealpost_protocol::SigningKey::from_bytes(&[1; 32]);
+        (0..n)
+            .map(|_| {
+                let head =
+                    super::super::chain_head(store.publisher_head(t, &signer.public_key()).unwrap().as_ref());
+                let batch = super::super::testing::sealed_batch(&signer, t, head, 1, 1000).unwrap();
+                store.append(Append::new(&batch, store.next_offset(t).unwrap())).unwrap();
+                batch.into_bytes()
+            })
+            .collect()
     }
 
     /// The segment files of a store, newest last.
@@ -1323,9 +1324,9 @@ mod tests {
     fn recovery_drops_indexed_batches_whose_bytes_never_reached_the_disk() {
         let dir = tempfile::tempdir().unwrap();
         let (t, other) = (topic("demo.crash"), topic("demo.calm"));
-        let synced_len = {
+        let (synced_len, mut written) = {
             let store = SledStore::open(dir.path()).unwrap();
-            append_n(&store, &t, 5);
+            let written = append_n(&store, &t, 5);
             append_n(&store, &other, 2);
             store.sync().unwrap();
             let synced_len = std::fs::metadata(segment_files(dir.path()).pop().unwrap()).unwrap().len();
@@ -1333,7 +1334,7 @@ mod tests {
             // segment loses everything after the checkpoint, as a crash before the fdatasync can leave it).
             append_n(&store, &t, 5);
             store.db.flush().unwrap();
-            synced_len
+            (synced_len, written)
         };
         let active = segment_files(dir.path()).pop().unwrap();
         let synced = synced_len;
@@ -1351,14 +1352,14 @@ mod tests {
         assert_eq!(store.publisher_record(&t, &publisher(1), 6).unwrap(), None);
         assert_eq!(store.next_offset(&other).unwrap(), Offset(2));
         // The log continues at offset 5, in a new segment, and that survives another reopen.
-        append_n(&store, &t, 2);
+        written.extend(append_n(&store, &t, 2));
         store.sync().unwrap();
         drop(store);
         let store = SledStore::open(dir.path()).unwrap();
         let batches: Vec<_> =
             store.read(&t, Offset(0), usize::MAX).unwrap().into_iter().map(|b| b.batch().unwrap()).collect();
         assert_eq!(batches.iter().map(|b| b.offset.0).collect::<Vec<_>>(), (0..7).collect::<Vec<_>>());
-        assert!(batches.iter().all(|b| b.bytes == vec![b.offset.0 as u8; 1000]));
+        assert_eq!(batches.into_iter().map(|b| b.bytes).collect::<Vec<_>>(), written);
     }
 
     #[test]

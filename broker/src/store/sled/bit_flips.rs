@@ -33,6 +33,7 @@ use super::record::Record;
 use super::scrub::scrub_pass;
 use super::*;
 use crate::store::segment::Walked;
+use crate::store::testing::sealed_batch;
 
 /// Trials per layout: flips in the segments and flips in sled's files.
 const SEGMENT_TRIALS: usize = 60;
@@ -154,14 +155,10 @@ impl Fixture {
                     &mut rng,
                 )
                 .unwrap();
-                let record = PublisherRecord {
-                    first_seq: head.next_seq,
-                    count: count as u32,
-                    offset: store.next_offset(t).unwrap(),
-                    digest: batch.digest(),
-                };
+                let append = Append::new(&batch, store.next_offset(t).unwrap());
+                let record = append.record();
                 *head = ChainHead::after(&batch);
-                store.append(t, &signers[si].public_key(), &record, batch.as_bytes()).unwrap();
+                store.append(append).unwrap();
                 fixture.written.push(Written {
                     topic: t.clone(),
                     record,
@@ -550,15 +547,13 @@ fn a_torn_tail_past_the_last_sync_is_cut_without_noise() {
     let (unsynced, file, len) = {
         let store = SledStore::open(dir).unwrap();
         let before = store.next_offset(t).unwrap();
-        let w = &fixture.written[0];
+        // Three batches of a publisher of its own, past the last sync.
+        let signer = SigningKey::from_bytes(&[7; 32]);
+        let mut head = ChainHead::GENESIS;
         for i in 0..3 {
-            let record = PublisherRecord {
-                first_seq: 1000 + i,
-                count: 1,
-                offset: before.saturating_add(i),
-                digest: w.record.digest,
-            };
-            store.append(t, &w.publisher, &record, &w.bytes).unwrap();
+            let batch = sealed_batch(&signer, t, head, 1, 200).unwrap();
+            head = ChainHead::after(&batch);
+            store.append(Append::new(&batch, before.saturating_add(i))).unwrap();
         }
         let file = segment_files(dir).pop().unwrap();
         (before, file.clone(), std::fs::metadata(&file).unwrap().len())
@@ -597,17 +592,15 @@ fn logged(f: impl FnOnce()) -> Vec<String> {
 /// A store of `n` batches of `t`, closed, and opened once more so that all of it lies before the index's
 /// checkpoint (where opening does not look); returns the locations of the batches.
 fn settled_store(dir: &Path, t: &Topic, n: u64) -> Vec<Location> {
-    let w = &Fixture::build(3, false).written[0];
+    let signer = SigningKey::from_bytes(&[1; 32]);
     {
         let store = SledStore::open(dir).unwrap();
+        let mut head = ChainHead::GENESIS;
         for offset in 0..n {
-            let record = PublisherRecord {
-                first_seq: offset + 1,
-                count: 1,
-                offset: Offset(offset),
-                digest: w.record.digest,
-            };
-            store.append(t, &w.publisher, &record, &Bytes::from(vec![offset as u8; 500])).unwrap();
+            // One message of one length: every record of the store has the same length.
+            let batch = sealed_batch(&signer, t, head, 1, 400).unwrap();
+            head = ChainHead::after(&batch);
+            store.append(Append::new(&batch, Offset(offset))).unwrap();
         }
         store.sync().unwrap();
     }
