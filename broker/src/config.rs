@@ -122,7 +122,7 @@ impl Default for LimitsConfig {
             max_streams: 65_536,
             idle_timeout_ms: 30_000,
             subscriber_read_bytes: 1024 * 1024,
-            tail_cache_bytes: crate::log::DEFAULT_TAIL_BYTES,
+            tail_cache_bytes: crate::writer::DEFAULT_TAIL_BYTES,
             max_connections_per_principal: 64,
             max_subscriptions_per_connection: 128,
             publish_msgs_per_sec: 0,

@@ -6,7 +6,7 @@
 //! streams stored batches to subscribers. It never holds a topic's content key and never sees a payload.
 //!
 //! The async shell ([`server`]) only moves bytes; decisions live in small synchronous modules with their own
-//! tests: [`acl`] (who may do what), [`sequencer`] (does a batch continue its chain, or is it a retry),
+//! tests: [`acl`] (who may do what), [`writer::sequencer`] (does a batch continue its chain, or is it a retry),
 //! [`store`] (what is durable), [`budget`] (what peers can make the broker hold).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -16,14 +16,13 @@ pub mod budget;
 pub mod config;
 pub mod dev;
 mod error;
-pub mod log;
 pub mod pki;
 pub mod ratelimit;
-pub mod sequencer;
 pub mod server;
 pub mod session;
 pub mod store;
 pub mod tls;
 mod wire;
+pub mod writer;
 
 pub use error::{Error, Result};

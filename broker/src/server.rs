@@ -43,12 +43,12 @@ use tracing::{debug, info, warn};
 use crate::acl::Acl;
 use crate::budget::{Budget, MemoryLimits, Pool};
 use crate::config::Config;
-use crate::log::{Appended, Log};
 use crate::ratelimit::PublishLimiter;
 use crate::session;
 use crate::store::{Store, Stored};
 use crate::tls::{self, Peer, TlsMaterial};
 use crate::wire::{error_frame, write_frame, FrameReader, Received};
+use crate::writer::{Appended, Log};
 use crate::{Error, Result};
 
 /// Limits the server enforces on peers.

@@ -20,8 +20,8 @@
 //! Nothing written through the store is durable until [`Store::sync`] returns `Ok`: then everything appended
 //! or committed before the call survives a crash of the process or of the machine. An append is atomic: after
 //! a crash, a batch is either present together with its publisher record, or neither is. The store does not
-//! decide what to store (the [`sequencer`](crate::sequencer) does) and is written by a single writer (the
-//! [`log`](crate::log)); it may be read concurrently.
+//! decide what to store (the [`sequencer`](crate::writer::sequencer) does) and is written by a single writer (the
+//! [`writer`](crate::writer)); it may be read concurrently.
 //!
 //! # Engines
 //!
@@ -264,7 +264,7 @@ impl PublisherRecord {
 
 /// The chain head of a publisher whose last stored batch on a topic is `last`: [`ChainHead::GENESIS`]
 /// without one. The one place it is built: the broker answers a publisher's `Head` request with it, and
-/// the [`sequencer`](crate::sequencer) checks every batch against it.
+/// the [`sequencer`](crate::writer::sequencer) checks every batch against it.
 pub fn chain_head(last: Option<&PublisherRecord>) -> ChainHead {
     last.map_or(ChainHead::GENESIS, PublisherRecord::head)
 }
@@ -315,12 +315,12 @@ impl<'a> Append<'a> {
 ///
 /// Writes come from a single writer; reads may run concurrently with them and see every completed write,
 /// durable or not (callers that must only expose durable data track it themselves, as the
-/// [`log`](crate::log) does with its durable end).
+/// [`writer`](crate::writer) does with its durable end).
 pub trait Store: Send + Sync + 'static {
     /// Atomically stores the batch at its offset on its topic, **and** indexes its record under (topic,
     /// publisher, first sequence number). Not durable until [`sync`](Self::sync).
     ///
-    /// The [`log`](crate::log) writer assigns offsets; the engine only checks: an offset other than
+    /// The [`writer`](crate::writer) assigns offsets; the engine only checks: an offset other than
     /// [`next_offset`](Self::next_offset) stores nothing and is an error.
     fn append(&self, batch: Append<'_>) -> Result<()>;
 

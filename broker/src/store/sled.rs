@@ -43,7 +43,7 @@
 //! 2. syncs the segments ([`Segments::sync`]: fdatasync of every segment written since the last sync, and of
 //!    their folder if a segment was created; then the `synced` side file). Every record appended so far is
 //!    now durable: batches, policies and durable offsets alike. **This is what an acknowledgement waits
-//!    for**, one fdatasync per group of the [`log`](crate::log). A durable-offset commit or a policy costs
+//!    for**, one fdatasync per group of the [`writer`](crate::writer). A durable-offset commit or a policy costs
 //!    no more than a batch;
 //! 3. remembers the checkpoint, so that the next record appended is preceded by a sync marker naming it;
 //! 4. makes the index durable only once [`INDEX_SYNC_BYTES`] of records were appended since it last was

@@ -2,7 +2,7 @@
 //! it a retry of a batch already stored, or does it conflict?
 //!
 //! A pure function of what the store says about the publisher on the topic and of the signed header, so it
-//! is tested without a store. The [`log`](crate::log) writer calls it for every batch, in order, with the
+//! is tested without a store. The [`writer`](super::group) calls it for every batch, in order, with the
 //! chain as it stands after every earlier batch of the same group.
 //!
 //! # Rules
