@@ -139,7 +139,7 @@ impl BrokerOptions {
             crls_pem: config.tls.crls.iter().map(|p| read(p, "tls.crls")).collect::<Result<_>>()?,
         };
         let acl = Acl::load(&config.acl)?;
-        let store = crate::store::open(&config.storage, &config.data_dir)?;
+        let store = crate::store::open(config.storage.engine(), &config.data_dir)?;
         let l = &config.limits;
         let limits = ServerLimits {
             protocol: l.protocol_limits(),

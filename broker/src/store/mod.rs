@@ -35,24 +35,22 @@
 //! added without touching its callers. The behavioural tests at the bottom of this file are written once
 //! and run against every engine.
 
-use std::path::Path;
-use std::sync::Arc;
-
 use bytes::Bytes;
 use sealpost_protocol::{
     ChainHead, Digest, ErrorCode, Frame, LostBatch, Offset, Principal, PublicKey, SubscriptionId, Topic,
     VerifiedBatch,
 };
 
-use crate::config::{StorageConfig, StorageEngine};
 use crate::{Error, Result};
 
 pub mod memory;
+mod open;
 pub mod segment;
 pub mod sled;
 pub mod testing;
 
 pub use self::memory::MemoryStore;
+pub use self::open::{open, Engine};
 pub use self::sled::{SledOptions, SledStore};
 
 /// A batch as stored: its first offset, its number of messages and its canonical sealed bytes.
@@ -376,25 +374,6 @@ pub trait Store: Send + Sync + 'static {
     /// How many calls to [`sync`](Self::sync) have succeeded since the store was opened (lets tests prove
     /// that acknowledgements follow an fsync, and that syncs are shared).
     fn syncs(&self) -> u64;
-}
-
-/// Opens the configured engine: a [`SledStore`] in `data_dir` (created if missing), with its background
-/// scrub if `storage.scrub_bytes_per_sec` is set, or an empty [`MemoryStore`] (which ignores `data_dir`
-/// and the sled settings).
-pub fn open(config: &StorageConfig, data_dir: &Path) -> Result<Arc<dyn Store>> {
-    Ok(match config.engine {
-        StorageEngine::Sled => {
-            let store = Arc::new(SledStore::open_with(
-                data_dir,
-                SledOptions { cache_bytes: config.cache_bytes, reserve_bytes: config.reserve_bytes },
-            )?);
-            if config.scrub_bytes_per_sec > 0 {
-                self::sled::scrub::spawn(Arc::downgrade(&store), config.scrub_bytes_per_sec)?;
-            }
-            store
-        }
-        StorageEngine::Memory => Arc::new(MemoryStore::new()),
-    })
 }
 
 /// Maps an I/O error of a storage engine: a full device becomes [`Error::StorageFull`] (so the peer is told
