@@ -1,16 +1,12 @@
 //! The [`Log`]'s contract, tested through its public API on a memory store (a gated one where a test
 //! must hold the writer in its sync) and on the disk engine.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
-
-use bytes::Bytes;
 use rand::SeedableRng;
 use sealpost_protocol::{seal, ChainHead, ContentKey, Epoch, Limits, SealParams, SigningKey, Timestamp};
 
 use super::*;
-use crate::store::{Append, MemoryStore, PublisherRecord};
-use sealpost_protocol::{Principal, PublicKey};
+use crate::store::testing::{SyncGate, TestStore};
+use crate::store::MemoryStore;
 
 fn topic(s: &str) -> Topic {
     Topic::new(s).unwrap()
@@ -38,98 +34,10 @@ fn sealed(signer: &SigningKey, topic: &Topic, head: &mut ChainHead, count: usize
     batch
 }
 
-/// A memory store whose syncs stop at a gate until the test releases them, and that can fail one.
-struct GatedStore {
-    inner: MemoryStore,
-    entered: mpsc::UnboundedSender<()>,
-    release: Mutex<std::sync::mpsc::Receiver<()>>,
-    calls: AtomicU64,
-    fail_call: AtomicU64,
-}
-
-/// The test's side of a [`GatedStore`].
-struct Gate {
-    entered: mpsc::UnboundedReceiver<()>,
-    release: Option<std::sync::mpsc::Sender<()>>,
-}
-
-impl Gate {
-    /// Waits until a sync is waiting at the gate (or has passed it, if released in advance).
-    async fn entered(&mut self) {
-        self.entered.recv().await.unwrap();
-    }
-    /// Lets one sync through.
-    fn release_one(&self) {
-        self.release.as_ref().unwrap().send(()).unwrap();
-    }
-    /// Lets every sync through from now on.
-    fn open(&mut self) {
-        self.release = None;
-    }
-}
-
-fn gated() -> (Arc<GatedStore>, Gate) {
-    let (entered_tx, entered) = mpsc::unbounded_channel();
-    let (release, release_rx) = std::sync::mpsc::channel();
-    let store = GatedStore {
-        inner: MemoryStore::new(),
-        entered: entered_tx,
-        release: Mutex::new(release_rx),
-        calls: AtomicU64::new(0),
-        fail_call: AtomicU64::new(u64::MAX),
-    };
-    (Arc::new(store), Gate { entered, release: Some(release) })
-}
-
-impl Store for GatedStore {
-    fn append(&self, batch: Append<'_>) -> Result<()> {
-        self.inner.append(batch)
-    }
-    fn sync(&self) -> Result<()> {
-        let call = self.calls.fetch_add(1, Ordering::SeqCst);
-        let _ = self.entered.send(());
-        // An error means the gate was opened for good.
-        let _ = self.release.lock().unwrap().recv();
-        if call == self.fail_call.load(Ordering::SeqCst) {
-            return Err(Error::StorageFull);
-        }
-        self.inner.sync()
-    }
-    fn read(&self, t: &Topic, from: Offset, max: usize) -> Result<Vec<crate::store::Stored>> {
-        self.inner.read(t, from, max)
-    }
-    fn next_offset(&self, t: &Topic) -> Result<Offset> {
-        self.inner.next_offset(t)
-    }
-    fn first_offset(&self, t: &Topic) -> Result<Offset> {
-        self.inner.first_offset(t)
-    }
-    fn publisher_record(&self, t: &Topic, p: &PublicKey, s: u64) -> Result<Option<PublisherRecord>> {
-        self.inner.publisher_record(t, p, s)
-    }
-    fn publisher_head(&self, t: &Topic, p: &PublicKey) -> Result<Option<PublisherRecord>> {
-        self.inner.publisher_head(t, p)
-    }
-    fn durable_offset(&self, t: &Topic, who: &Principal, name: &str) -> Result<Option<Offset>> {
-        self.inner.durable_offset(t, who, name)
-    }
-    fn set_durable_offset(&self, t: &Topic, who: &Principal, name: &str, next: Offset) -> Result<()> {
-        self.inner.set_durable_offset(t, who, name, next)
-    }
-    fn put_policy(&self, t: &Topic, epoch: u64, policy: &Bytes) -> Result<()> {
-        self.inner.put_policy(t, epoch, policy)
-    }
-    fn policies(&self, t: &Topic, max: usize) -> Result<Vec<Bytes>> {
-        self.inner.policies(t, max)
-    }
-    fn syncs(&self) -> u64 {
-        self.inner.syncs()
-    }
-}
-
-/// Opens a log over a gated store, letting its opening sync through.
-async fn gated_log() -> (Arc<Log>, Arc<GatedStore>, Gate) {
-    let (store, mut gate) = gated();
+/// Opens a log over a memory store whose syncs wait at a gate, letting its opening sync through.
+async fn gated_log() -> (Arc<Log>, Arc<TestStore>, SyncGate) {
+    let store = Arc::new(TestStore::default());
+    let mut gate = store.gate_syncs();
     gate.release_one();
     let log = Arc::new(Log::open(store.clone()).unwrap());
     gate.entered().await;
@@ -318,7 +226,7 @@ async fn failed_sync_fails_the_whole_group_and_retries_find_the_stored_batches()
     let ok = spawn_append(&log, &t, a1);
     gate.entered().await;
     // Group 2: two appends and a commit, whose sync (the store's third) fails.
-    store.fail_call.store(2, Ordering::SeqCst);
+    store.fail_sync(2);
     let failing = [spawn_append(&log, &t, a2.clone()), spawn_append(&log, &t, b1.clone())];
     wait_queued(&log, 2).await;
     let commit = {
