@@ -194,7 +194,7 @@ impl StorageConfig {
     pub fn engine(&self) -> crate::store::Engine {
         match self.engine {
             StorageEngine::Sled => crate::store::Engine::Disk {
-                options: crate::store::SledOptions {
+                options: crate::store::DiskOptions {
                     cache_bytes: self.cache_bytes,
                     reserve_bytes: self.reserve_bytes,
                 },
@@ -207,11 +207,11 @@ impl StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        let sled = crate::store::SledOptions::default();
+        let disk = crate::store::DiskOptions::default();
         Self {
             engine: StorageEngine::default(),
-            cache_bytes: sled.cache_bytes,
-            reserve_bytes: sled.reserve_bytes,
+            cache_bytes: disk.cache_bytes,
+            reserve_bytes: disk.reserve_bytes,
             scrub_bytes_per_sec: 0,
         }
     }

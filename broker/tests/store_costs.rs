@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use sealpost_broker::store::testing::sealed_batch;
-use sealpost_broker::store::{Append, SledStore, Store};
+use sealpost_broker::store::{Append, DiskStore, Store};
 use sealpost_protocol::{ChainHead, Offset, SigningKey, Topic, VerifiedBatch};
 
 const ROUNDS: usize = 300;
@@ -42,7 +42,7 @@ fn batches(topic: &Topic, n: usize, len: usize) -> RefCell<std::vec::IntoIter<Ve
 }
 
 /// Appends the next of `batches` at the topic's next offset.
-fn append(store: &SledStore, topic: &Topic, batches: &RefCell<std::vec::IntoIter<VerifiedBatch>>) {
+fn append(store: &DiskStore, topic: &Topic, batches: &RefCell<std::vec::IntoIter<VerifiedBatch>>) {
     let batch = batches.borrow_mut().next().unwrap();
     store.append(Append::new(&batch, store.next_offset(topic).unwrap())).unwrap();
 }
@@ -56,7 +56,7 @@ fn commit_paths_and_opening() {
         "settings: {ROUNDS} rounds per path, batches of one 1 KiB message, data folder {}",
         dir.path().display()
     );
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = DiskStore::open(dir.path()).unwrap();
     let kib = batches(&topic, 2 * ROUNDS, 1024);
     let timed = |f: &dyn Fn()| {
         (0..ROUNDS)
@@ -90,7 +90,7 @@ fn commit_paths_and_opening() {
     for batches in [10_000usize, 100_000] {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = DiskStore::open(dir.path()).unwrap();
             let small = self::batches(&topic, batches, 256);
             for i in 0..batches {
                 append(&store, &topic, &small);
@@ -101,7 +101,7 @@ fn commit_paths_and_opening() {
             store.sync().unwrap();
         }
         let t = Instant::now();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
         let open = t.elapsed();
         let t = Instant::now();
         let read = store.read(&topic, Offset(0), usize::MAX).unwrap().len();
@@ -110,7 +110,7 @@ fn commit_paths_and_opening() {
         drop(store);
         // Opened again: nothing to recover (the first open made the index durable), only the checks.
         let t = Instant::now();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
         let reopen = t.elapsed();
         drop(store);
         println!(

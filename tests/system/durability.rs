@@ -132,7 +132,7 @@ async fn every_ack_follows_a_sync_that_covers_its_batch() {
     let mut env = Env::new();
     // A sled store that records, for every append, how many syncs had completed, and counts completed
     // syncs: each acknowledged batch must then be covered by a sync that finished after it was appended.
-    let audit = Arc::new(TestStore::new(sealpost_broker::store::SledStore::open(&env.data_dir()).unwrap()));
+    let audit = Arc::new(TestStore::new(sealpost_broker::store::DiskStore::open(&env.data_dir()).unwrap()));
     let completed = Arc::new(AtomicU64::new(0));
     let appended_at = Arc::new(Mutex::new(std::collections::BTreeMap::<u64, u64>::new()));
     {

@@ -20,20 +20,24 @@
 //! Nothing written through the store is durable until [`Store::sync`] returns `Ok`: then everything appended
 //! or committed before the call survives a crash of the process or of the machine. An append is atomic: after
 //! a crash, a batch is either present together with its publisher record, or neither is. The store does not
-//! decide what to store (the [`sequencer`](crate::writer::sequencer) does) and is written by a single writer (the
-//! [`writer`](crate::writer)); it may be read concurrently.
+//! decide what to store (the [`sequencer`](crate::writer::sequencer) does) nor at which offset (the
+//! [`writer`](crate::writer) assigns offsets; an engine only checks them), and is written by that single
+//! writer; it may be read concurrently.
 //!
 //! # Engines
 //!
-//! - [`SledStore`]: on disk: every record (batches, policies, durable offsets) in append-only [`segment`]
-//!   files that are the log, and an index of them (batches, publisher records, durable offsets, policies)
-//!   in one sled database that can be rebuilt from the log. Its module, [`self::sled`], documents the
-//!   layout, how `sync` makes them durable, how opening recovers, and how damage costs only what it hits.
+//! - [`DiskStore`]: on disk: every record (batches, policies, durable offsets) in append-only
+//!   [segment](disk::segment) files that are the log, and an index of them (batches, publisher records,
+//!   durable offsets, policies) in one sled database that can be rebuilt from the log. Its module,
+//!   [`disk`], documents the layout, how `sync` makes them durable, how opening recovers, and how damage
+//!   costs only what it hits.
 //! - [`MemoryStore`]: in memory, for tests and ephemeral brokers; `sync` only counts.
 //!
-//! Nothing of an engine leaks through [`Store`], so another engine (a NATS JetStream one is planned) can be
-//! added without touching its callers. The behavioural tests at the bottom of this file are written once
-//! and run against every engine.
+//! [`open`] opens the one a configuration names. [`testing::TestStore`] wraps either, for tests that inject
+//! faults. Nothing of an engine leaks through [`Store`], so another engine (a NATS JetStream one is
+//! planned) can be added without touching its callers. The behavioural tests at the bottom of this file
+//! are written once and run against every engine.
+//!
 
 use bytes::Bytes;
 use sealpost_protocol::{
@@ -43,15 +47,19 @@ use sealpost_protocol::{
 
 use crate::{Error, Result};
 
+pub mod disk;
 pub mod memory;
 mod open;
-pub mod segment;
-pub mod sled;
 pub mod testing;
 
+pub use self::disk::{DiskOptions, DiskStore};
 pub use self::memory::MemoryStore;
 pub use self::open::{open, Engine};
-pub use self::sled::{SledOptions, SledStore};
+
+/// The former name of [`DiskStore`], whose index is in sled (its batches are in segment files).
+pub type SledStore = DiskStore;
+/// The former name of [`DiskOptions`].
+pub type SledOptions = DiskOptions;
 
 /// A batch as stored: its first offset, its number of messages and its canonical sealed bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -388,6 +396,14 @@ pub(crate) fn io_error(context: &str, e: &std::io::Error) -> Error {
     }
 }
 
+/// Locks `mutex` of an engine; a poisoned one (a panic while it was held) is refused, not guessed at.
+pub(crate) fn lock<'m, T>(
+    mutex: &'m std::sync::Mutex<T>,
+    what: &str,
+) -> Result<std::sync::MutexGuard<'m, T>> {
+    mutex.lock().map_err(|_| Error::Storage(format!("{what} lock poisoned")))
+}
+
 /// The error an append at the wrong offset gets.
 pub(crate) fn offset_mismatch(topic: &Topic, expected: Offset, got: Offset) -> Error {
     Error::Storage(format!("append on {topic} at offset {got}, but the next offset is {expected}"))
@@ -574,15 +590,15 @@ mod tests {
         assert_eq!(store.policies(&t, 10).unwrap().len(), 3);
     }
 
-    /// Defines `sled_<scenario>` and `memory_<scenario>` tests for each scenario.
+    /// Defines `disk_engine::<scenario>` and `memory_engine::<scenario>` tests for each scenario.
     macro_rules! every_engine {
         ($($scenario:ident),* $(,)?) => {
-            mod sled_engine {
+            mod disk_engine {
                 $(
                     #[test]
                     fn $scenario() {
                         let dir = tempfile::tempdir().unwrap();
-                        let store = super::SledStore::open(dir.path()).unwrap();
+                        let store = super::DiskStore::open(dir.path()).unwrap();
                         super::$scenario(&store);
                     }
                 )*
@@ -612,19 +628,19 @@ mod tests {
     );
 
     #[test]
-    fn sled_data_and_durable_offsets_survive_reopen_after_sync() {
+    fn disk_data_and_durable_offsets_survive_reopen_after_sync() {
         let dir = tempfile::tempdir().unwrap();
         let t = topic("demo.reopen");
         let p = publisher(1);
         let (records, written) = {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = DiskStore::open(dir.path()).unwrap();
             // A small batch and a large one (300 KiB).
             let records = [append(&store, &t, 1, 2, 16), append(&store, &t, 1, 3, 100 * 1024)];
             store.set_durable_offset(&t, &principal("alice"), "main", Offset(2)).unwrap();
             store.sync().unwrap();
             (records, batches(store.read(&t, Offset(0), usize::MAX).unwrap()))
         };
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
         assert_eq!(batches(store.read(&t, Offset(0), usize::MAX).unwrap()), written);
         assert_eq!(store.next_offset(&t).unwrap(), Offset(5));
         assert_eq!(store.publisher_head(&t, &p).unwrap(), Some(records[1]));

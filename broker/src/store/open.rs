@@ -4,17 +4,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::sled::{self, SledOptions, SledStore};
+use super::disk::{scrub, DiskOptions, DiskStore};
 use super::{MemoryStore, Store};
 use crate::Result;
 
 /// An engine to open, and its settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
-    /// A [`SledStore`] in the data folder.
+    /// A [`DiskStore`] in the data folder.
     Disk {
         /// How to open it.
-        options: SledOptions,
+        options: DiskOptions,
         /// Bytes per second its background scrub reads; 0: no scrub.
         scrub_bytes_per_sec: u64,
     },
@@ -22,14 +22,14 @@ pub enum Engine {
     Memory,
 }
 
-/// Opens `engine`: a [`SledStore`] in `data_dir` (created if missing), with its background scrub if one
+/// Opens `engine`: a [`DiskStore`] in `data_dir` (created if missing), with its background scrub if one
 /// is asked for, or an empty [`MemoryStore`] (which ignores `data_dir`).
 pub fn open(engine: Engine, data_dir: &Path) -> Result<Arc<dyn Store>> {
     Ok(match engine {
         Engine::Disk { options, scrub_bytes_per_sec } => {
-            let store = Arc::new(SledStore::open_with(data_dir, options)?);
+            let store = Arc::new(DiskStore::open_with(data_dir, options)?);
             if scrub_bytes_per_sec > 0 {
-                sled::scrub::spawn(Arc::downgrade(&store), scrub_bytes_per_sec)?;
+                scrub::spawn(Arc::downgrade(&store), scrub_bytes_per_sec)?;
             }
             store
         }

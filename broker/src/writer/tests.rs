@@ -304,18 +304,18 @@ async fn close_stops_the_writer_and_releases_the_store() {
 }
 
 #[tokio::test]
-async fn acknowledged_batches_survive_a_restart_on_sled_and_retries_stay_duplicates() {
+async fn acknowledged_batches_survive_a_restart_on_disk_and_retries_stay_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let t = topic("demo.restart");
     let a = signer(1);
     let mut head = ChainHead::GENESIS;
     let first = sealed(&a, &t, &mut head, 2);
     {
-        let log = Log::open(Arc::new(crate::store::SledStore::open(dir.path()).unwrap())).unwrap();
+        let log = Log::open(Arc::new(crate::store::DiskStore::open(dir.path()).unwrap())).unwrap();
         assert_eq!(log.append(t.clone(), first.clone()).await.unwrap(), appended(0, 2));
         log.close().await.unwrap();
     }
-    let store = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+    let store = Arc::new(crate::store::DiskStore::open(dir.path()).unwrap());
     let log = Log::open(store.clone()).unwrap();
     assert_eq!(*log.durable_end(&t).unwrap().borrow(), Offset(2));
     let retry = log.append(t.clone(), first).await.unwrap();

@@ -23,10 +23,10 @@
 
 use sealpost_protocol::{Digest, LostBatch, Offset, Principal, PublicKey, Topic};
 
-use super::super::segment::Checkpoint;
-use super::super::{LossReason, LostRange, PublisherRecord};
-use super::topic_prefix;
-use crate::{Error, Result};
+use super::codec::{principal_and_name, split_topic, take_offset, take_str, take_u64, topic_prefix};
+use super::segment::Checkpoint;
+use crate::store::{LossReason, LostRange, PublisherRecord};
+use crate::Result;
 
 /// Kind of a record holding a batch.
 pub(super) const BATCH: u8 = 1;
@@ -127,34 +127,13 @@ pub(super) enum Record<'a> {
     Layout(u32),
 }
 
-fn take_topic(rest: &[u8]) -> Option<(Topic, &[u8])> {
-    let (&len, rest) = rest.split_first()?;
-    let (name, rest) = rest.split_at_checked(len.into())?;
-    Some((Topic::new(std::str::from_utf8(name).ok()?).ok()?, rest))
-}
-
-fn take_u64(rest: &[u8]) -> Option<(u64, &[u8])> {
-    let (n, rest) = rest.split_first_chunk::<8>()?;
-    Some((u64::from_be_bytes(*n), rest))
-}
-
-fn take_offset(rest: &[u8]) -> Option<(Offset, &[u8])> {
-    take_u64(rest).map(|(n, rest)| (Offset(n), rest))
-}
-
-fn take_str(rest: &[u8]) -> Option<(String, &[u8])> {
-    let (len, rest) = rest.split_first_chunk::<4>()?;
-    let (s, rest) = rest.split_at_checked(usize::try_from(u32::from_be_bytes(*len)).ok()?)?;
-    Some((String::from_utf8(s.to_vec()).ok()?, rest))
-}
-
 impl<'a> Record<'a> {
     /// What `body` says; `None` if it is no record this layout knows.
     pub fn decode(body: &'a [u8]) -> Option<Record<'a>> {
         let (&kind, rest) = body.split_first()?;
         match kind {
             BATCH => {
-                let (topic, rest) = take_topic(rest)?;
+                let (topic, rest) = split_topic(rest)?;
                 let (offset, rest) = take_offset(rest)?;
                 let (count, rest) = rest.split_first_chunk::<4>()?;
                 let (publisher, rest) = rest.split_first_chunk::<32>()?;
@@ -170,12 +149,12 @@ impl<'a> Record<'a> {
             }
             SYNCED => Checkpoint::decode(rest).map(Record::Synced),
             POLICY => {
-                let (topic, rest) = take_topic(rest)?;
+                let (topic, rest) = split_topic(rest)?;
                 let (epoch, policy) = take_u64(rest)?;
                 Some(Record::Policy { topic, epoch, policy })
             }
             DURABLE => {
-                let (topic, rest) = take_topic(rest)?;
+                let (topic, rest) = split_topic(rest)?;
                 let (principal, rest) = take_str(rest)?;
                 let principal = Principal::new(principal).ok()?;
                 let (name, rest) = take_str(rest)?;
@@ -183,7 +162,7 @@ impl<'a> Record<'a> {
                 rest.is_empty().then_some(Record::Durable { topic, principal, name, next_offset })
             }
             LOST => {
-                let (topic, rest) = take_topic(rest)?;
+                let (topic, rest) = split_topic(rest)?;
                 let (offset, rest) = take_offset(rest)?;
                 Some(Record::Lost { topic, lost: Lost::decode(offset, rest)? })
             }
@@ -238,16 +217,6 @@ pub(super) fn policy(topic: &Topic, epoch: u64, policy: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&epoch.to_be_bytes());
     out.extend_from_slice(policy);
     out
-}
-
-/// `len u32 | principal | len u32 | name`, as durable keys and records end.
-pub(super) fn principal_and_name(out: &mut Vec<u8>, principal: &Principal, name: &str) -> Result<()> {
-    for part in [principal.as_str(), name] {
-        let len = u32::try_from(part.len()).map_err(|_| Error::LimitExceeded("durable subscription name"))?;
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(part.as_bytes());
-    }
-    Ok(())
 }
 
 /// The body of a durable-offset record.
