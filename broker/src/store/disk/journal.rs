@@ -67,18 +67,19 @@ impl Journal {
         self.segments
     }
 
-    /// Appends one record, preceded by a sync marker if a sync since the last one is not named yet.
-    pub(super) fn append(&self, body: &[u8], reserve: Reserve) -> Result<Location> {
+    /// Appends one record whose body is `parts`, one after the other (written as they are, not copied
+    /// together), preceded by a sync marker if a sync since the last one is not named yet.
+    pub(super) fn append(&self, parts: &[&[u8]], reserve: Reserve) -> Result<Location> {
         let mut markers = lock(&self.markers, "sync marker")?;
         if let Some(checkpoint) = markers.pending {
-            let at = self.segments.append_unreserved(&record::synced(checkpoint))?;
+            let at = self.segments.append_unreserved(&[&record::synced(checkpoint)])?;
             self.unindexed_bytes.fetch_add(at.end() - at.position, Ordering::Relaxed);
             markers.pending = None;
         }
         drop(markers);
         let at = match reserve {
-            Reserve::Keep => self.segments.append(body)?,
-            Reserve::Ignore => self.segments.append_unreserved(body)?,
+            Reserve::Keep => self.segments.append(parts)?,
+            Reserve::Ignore => self.segments.append_unreserved(parts)?,
         };
         self.unindexed_bytes.fetch_add(at.end() - at.position, Ordering::Relaxed);
         Ok(at)

@@ -47,7 +47,7 @@ pub(super) fn finish(
         (IndexState::Layout3, _) => known,
         (IndexState::Rebuilt(_), Some(from)) => from,
         (IndexState::Fresh | IndexState::Layout2 | IndexState::Rebuilt(_), _) => {
-            journal.append(&record::layout(LAYOUT_VERSION), Reserve::Ignore)?;
+            journal.append(&[&record::layout(LAYOUT_VERSION)], Reserve::Ignore)?;
             if *state == IndexState::Layout2 {
                 let (policies, durables) = copy_metadata_to_segments(db, journal)?;
                 tracing::info!(
@@ -79,7 +79,7 @@ fn copy_metadata_to_segments(db: &sled::Db, journal: &Journal) -> Result<(u64, u
         let (key, value) = kv.map_err(sled_error)?;
         let (topic, rest) = split_topic(&key[1..]).ok_or_else(|| corrupt("policy key"))?;
         let epoch = u64_at(rest, 0)?;
-        journal.append(&record::policy(&topic, epoch, &value), Reserve::Ignore)?;
+        journal.append(&[&record::policy_prefix(&topic, epoch), &value], Reserve::Ignore)?;
         policies += 1;
     }
     for kv in db.scan_prefix([DURABLE]) {
@@ -92,7 +92,7 @@ fn copy_metadata_to_segments(db: &sled::Db, journal: &Journal) -> Result<(u64, u
         if Record::decode(&body).is_none() {
             return Err(corrupt("durable key"));
         }
-        let at = journal.append(&body, Reserve::Ignore)?;
+        let at = journal.append(&[&body], Reserve::Ignore)?;
         db.insert(&key, durable_value(next_offset, Some(at))).map_err(sled_error)?;
         durables += 1;
     }

@@ -261,7 +261,7 @@ impl DiskStore {
     /// Records `lost` of `topic`: a `lost` record in the segments, then its `b` value, and the `p` and `t`
     /// keys the index lacks. Durable at the next sync.
     fn mark_lost(&self, topic: &Topic, lost: &Lost) -> Result<()> {
-        self.journal.append(&record::lost(topic, lost), Reserve::Ignore)?;
+        self.journal.append(&[&record::lost(topic, lost)], Reserve::Ignore)?;
         let mut topics = lock(&self.topics, "topic set")?;
         let writes =
             index::lost_writes(&self.db, topic, lost, !topics.contains(topic)).map_err(sled_error)?;
@@ -305,8 +305,9 @@ impl Store for DiskStore {
         if record.offset != next {
             return Err(offset_mismatch(topic, next, record.offset));
         }
-        let body = record::batch(topic, publisher, &record, batch.bytes());
-        let location = self.journal.append(&body, Reserve::Keep)?;
+        // The record's fields, then the sealed batch itself: written as they are, not copied together.
+        let prefix = record::batch_prefix(topic, publisher, &record);
+        let location = self.journal.append(&[&prefix, batch.bytes()], Reserve::Keep)?;
         let entry = Entry {
             offset: record.offset,
             count: record.count,
@@ -375,7 +376,8 @@ impl Store for DiskStore {
             total = total.saturating_add(len);
             let item = match self.segments().check(&entry.location)? {
                 Check::Intact(body) if body.len() >= prefix && entry.matches(topic, &body) => {
-                    let bytes = Bytes::from(body).slice(prefix..);
+                    // A slice of the buffer the record was read into: no copy.
+                    let bytes = body.slice(prefix..);
                     Stored::Batch(StoredBatch { offset: entry.offset, count: entry.count, bytes })
                 }
                 check => Stored::Lost(Box::new(self.damaged(topic, &entry, &check, "reading it"))),
@@ -423,8 +425,8 @@ impl Store for DiskStore {
         next_offset: Offset,
     ) -> Result<()> {
         let key = durable_key(topic, principal, name)?;
-        let at =
-            self.journal.append(&record::durable(topic, principal, name, next_offset)?, Reserve::Keep)?;
+        let body = record::durable(topic, principal, name, next_offset)?;
+        let at = self.journal.append(&[&body], Reserve::Keep)?;
         if let Err(e) = self.db.insert(key, durable_value(next_offset, Some(at))) {
             // Recovery replays the record; until then the index would answer an older offset.
             self.segments().poison(format!("indexing a durable offset on {topic} failed: {e}"));
@@ -434,7 +436,7 @@ impl Store for DiskStore {
     }
 
     fn put_policy(&self, topic: &Topic, epoch: u64, policy: &Bytes) -> Result<()> {
-        self.journal.append(&record::policy(topic, epoch, policy), Reserve::Keep)?;
+        self.journal.append(&[&record::policy_prefix(topic, epoch), policy], Reserve::Keep)?;
         if let Err(e) = self.db.insert(policy_key(topic, epoch), &policy[..]) {
             self.segments().poison(format!("indexing a policy of {topic} failed: {e}"));
             return Err(sled_error(e));

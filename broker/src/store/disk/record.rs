@@ -191,14 +191,22 @@ impl<'a> Record<'a> {
     }
 }
 
-/// The body of a batch record.
-pub(super) fn batch(topic: &Topic, publisher: &PublicKey, record: &PublisherRecord, batch: &[u8]) -> Vec<u8> {
-    let mut out = topic_prefix(BATCH, topic, BatchRecord::prefix_len(topic) + batch.len());
+/// The body of a batch record up to its sealed batch: the record is this, then the batch's bytes, written
+/// without copying them together ([`Segments::append`](super::segment::Segments::append) takes parts).
+pub(super) fn batch_prefix(topic: &Topic, publisher: &PublicKey, record: &PublisherRecord) -> Vec<u8> {
+    let mut out = topic_prefix(BATCH, topic, BatchRecord::prefix_len(topic));
     out.extend_from_slice(&record.offset.0.to_be_bytes());
     out.extend_from_slice(&record.count.to_be_bytes());
     out.extend_from_slice(publisher.as_bytes());
     out.extend_from_slice(&record.first_seq.to_be_bytes());
     out.extend_from_slice(record.digest.as_bytes());
+    out
+}
+
+/// The whole body of a batch record, in one buffer (tests build folders with it).
+#[cfg(test)]
+pub(super) fn batch(topic: &Topic, publisher: &PublicKey, record: &PublisherRecord, batch: &[u8]) -> Vec<u8> {
+    let mut out = batch_prefix(topic, publisher, record);
     out.extend_from_slice(batch);
     out
 }
@@ -211,10 +219,17 @@ pub(super) fn synced(checkpoint: Checkpoint) -> Vec<u8> {
     out
 }
 
-/// The body of a policy record.
-pub(super) fn policy(topic: &Topic, epoch: u64, policy: &[u8]) -> Vec<u8> {
-    let mut out = topic_prefix(POLICY, topic, 8 + policy.len());
+/// The body of a policy record up to the signed policy, which follows it.
+pub(super) fn policy_prefix(topic: &Topic, epoch: u64) -> Vec<u8> {
+    let mut out = topic_prefix(POLICY, topic, 8);
     out.extend_from_slice(&epoch.to_be_bytes());
+    out
+}
+
+/// The whole body of a policy record, in one buffer (tests check the codec with it).
+#[cfg(test)]
+pub(super) fn policy(topic: &Topic, epoch: u64, policy: &[u8]) -> Vec<u8> {
+    let mut out = policy_prefix(topic, epoch);
     out.extend_from_slice(policy);
     out
 }

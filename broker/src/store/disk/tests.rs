@@ -433,3 +433,24 @@ fn opening_a_foreign_sled_database_is_refused() {
     }
     assert!(matches!(DiskStore::open(dir.path()), Err(Error::Storage(_))));
 }
+
+#[test]
+fn a_batch_record_on_disk_is_its_header_its_fields_and_the_sealed_batch() {
+    // The on-disk format of layout 3, byte for byte: written in parts, it must read as one record.
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("demo.format");
+    let store = DiskStore::open(dir.path()).unwrap();
+    let bytes = append_n(&store, &t, 1).remove(0);
+    store.sync().unwrap();
+    let record = store.publisher_head(&t, &publisher(1)).unwrap().unwrap();
+    let body = record::batch(&t, &publisher(1), &record, &bytes);
+    let mut expected = (body.len() as u32).to_be_bytes().to_vec();
+    expected.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+    expected.extend_from_slice(&body);
+    let file = std::fs::read(segment_files(dir.path()).pop().unwrap()).unwrap();
+    assert!(
+        file.windows(expected.len()).any(|w| w == expected.as_slice()),
+        "len u32 | crc32 u32 | batch fields | sealed batch"
+    );
+    assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap()[0].clone().batch().unwrap().bytes, bytes);
+}

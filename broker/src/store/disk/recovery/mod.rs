@@ -217,7 +217,7 @@ impl<'s> Recovery<'s> {
 
     /// Marks `lost` of `topic` and logs it.
     fn lose(&mut self, topic: &Topic, lost: &Lost) -> Outcome<()> {
-        storage(self.journal.append(&record::lost(topic, lost), Reserve::Ignore))?;
+        storage(self.journal.append(&[&record::lost(topic, lost)], Reserve::Ignore))?;
         let writes = sled(index::lost_writes(self.db, topic, lost, !self.topics.contains(topic)))?;
         sled(self.db.apply_batch(writes))?;
         self.topics.insert(topic.clone());
