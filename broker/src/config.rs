@@ -113,13 +113,29 @@ pub struct StorageConfig {
     pub scrub_bytes_per_sec: u64,
 }
 
+impl StorageConfig {
+    /// The engine [`store::open`](crate::store::open) opens, with these settings.
+    pub fn engine(&self) -> crate::store::Engine {
+        match self.engine {
+            StorageEngine::Sled => crate::store::Engine::Disk {
+                options: crate::store::DiskOptions {
+                    cache_bytes: self.cache_bytes,
+                    reserve_bytes: self.reserve_bytes,
+                },
+                scrub_bytes_per_sec: self.scrub_bytes_per_sec,
+            },
+            StorageEngine::Memory => crate::store::Engine::Memory,
+        }
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
-        let sled = crate::store::SledOptions::default();
+        let disk = crate::store::DiskOptions::default();
         Self {
             engine: StorageEngine::default(),
-            cache_bytes: sled.cache_bytes,
-            reserve_bytes: sled.reserve_bytes,
+            cache_bytes: disk.cache_bytes,
+            reserve_bytes: disk.reserve_bytes,
             scrub_bytes_per_sec: 0,
         }
     }

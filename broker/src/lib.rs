@@ -7,7 +7,7 @@
 //!
 //! The async shell ([`server`]) only moves bytes; decisions live in synchronous modules with their own
 //! tests: [`session`] (sans-IO: admission and per-principal limits, authorization, the policy cache, what to
-//! do with each frame on each kind of stream), [`acl`] (who may do what), [`sequencer`] (does a batch
+//! do with each frame on each kind of stream), [`acl`] (who may do what), [`writer::sequencer`] (does a batch
 //! continue its chain, or is it a retry), [`store`] (what is durable), [`budget`] (what peers can make the
 //! broker hold), [`limits`] (the limits, defined once). docs/locks.md lists every lock and their order.
 //!
@@ -26,14 +26,13 @@ pub mod config;
 pub mod dev;
 mod error;
 pub mod limits;
-pub mod log;
 #[cfg(any(test, feature = "dev"))]
 pub mod pki;
 pub mod ratelimit;
-pub mod sequencer;
 pub mod server;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod writer;
 
 pub use error::{Error, Result};

@@ -84,7 +84,7 @@ impl Default for ServerLimits {
             max_streams: 65_536,
             idle_timeout: Duration::from_secs(30),
             subscriber_read_bytes: MIB,
-            tail_cache_bytes: 8 * MIB,
+            tail_cache_bytes: crate::writer::DEFAULT_TAIL_BYTES,
             max_connections_per_principal: 64,
             max_subscriptions_per_connection: 128,
             publish_msgs_per_sec: 0,

@@ -10,7 +10,7 @@ use sealpost_broker::config::Config;
 #[cfg(feature = "dev")]
 use sealpost_broker::dev;
 use sealpost_broker::server::{Broker, BrokerOptions};
-use sealpost_broker::store::sled::scrub;
+use sealpost_broker::store::disk::verify;
 
 /// jemalloc, with its background threads purging freed pages (after `dirty_decay_ms`, 10 s by default):
 /// memory that peers made the broker hold goes back to the system once they are gone. With glibc's
@@ -75,9 +75,9 @@ fn main() {
     }
 }
 
-/// `verify-store DIR`: prints what [`scrub::verify`] finds; returns the exit status.
+/// `verify-store DIR`: prints what [`verify::verify`] finds; returns the exit status.
 fn verify_store(dir: &std::path::Path) -> i32 {
-    match scrub::verify(dir) {
+    match verify::verify(dir) {
         Err(e) => {
             eprintln!("sealpost-broker: cannot verify {}: {e}", dir.display());
             2

@@ -10,9 +10,9 @@ use tracing::{debug, info, warn};
 
 use super::wire::{refuse, FrameReader};
 use super::{policies, publish, subscription};
-use crate::log::Log;
 use crate::session::{Close, Connection, Endpoint, FlowControl, Refusal, StreamKind};
 use crate::tls::Peer;
+use crate::writer::Log;
 use crate::Result;
 
 /// The session sets a connection's windows to its share of its principal's.

@@ -41,9 +41,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::log::Log;
 use crate::session::{Close, Endpoint};
 use crate::tls;
+use crate::writer::Log;
 use crate::{Error, Result};
 
 mod connection;

@@ -42,7 +42,7 @@ impl BrokerOptions {
             crls_pem: config.tls.crls.iter().map(|p| read(p, "tls.crls")).collect::<Result<_>>()?,
         };
         let acl = Acl::load(&config.acl)?;
-        let store = crate::store::open(&config.storage, &config.data_dir)?;
+        let store = crate::store::open(config.storage.engine(), &config.data_dir)?;
         let limits = config.limits;
         Ok(BrokerOptions { listen: config.listen, tls, acl, store, authority: config.authority, limits })
     }

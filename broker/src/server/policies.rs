@@ -7,8 +7,8 @@ use sealpost_protocol::Frame;
 use tokio::sync::watch;
 
 use super::wire::{refuse, write_frame, FrameReader};
-use crate::log::Log;
 use crate::session::{Connection, PolicyAction, PolicyStream};
+use crate::writer::Log;
 use crate::Result;
 
 /// Serves a policy stream whose first frame is `first`.

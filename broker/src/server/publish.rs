@@ -10,8 +10,8 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
 use super::wire::{write_frame, FrameReader, Received};
-use crate::log::Log;
 use crate::session::{Connection, PublishAction, PublishStream};
+use crate::writer::Log;
 use crate::{Error, Result};
 
 /// The answer to one request: ready at once, or once the log or the store has answered.

@@ -8,9 +8,9 @@ use tokio::sync::watch;
 
 use super::wire::{write_frame, FrameReader};
 use crate::budget::Budget;
-use crate::log::Log;
 use crate::session::{AckAction, Connection, Started, Subscribing, Subscription};
 use crate::store::Stored;
+use crate::writer::Log;
 use crate::{Error, Result};
 
 /// Serves a subscription the session accepted.

@@ -154,7 +154,7 @@ mod tests {
     use super::testing::{batch_bytes, endpoint, key, peer, topic, Windows};
     use super::*;
     use crate::limits::ServerLimits;
-    use crate::log::Log;
+    use crate::writer::Log;
 
     #[tokio::test]
     async fn a_batch_published_through_the_session_is_delivered_to_a_subscriber() {

@@ -19,15 +19,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use sealpost_protocol::{ChainHead, Frame, PublicKey, RequestId, SealedBatch, Topic, VerifiedBatch};
+use sealpost_protocol::{Frame, PublicKey, RequestId, SealedBatch, Topic, VerifiedBatch};
 use tracing::debug;
 
 use super::authorize::{authorize_head, authorize_publish};
 use super::endpoint::Endpoint;
 use super::reply::error_frame;
-use crate::log::Appended;
 use crate::store::{PublisherRecord, Store};
 use crate::tls::Peer;
+use crate::writer::Appended;
 use crate::{Error, Result};
 
 /// What to do with one frame of a publish stream.
@@ -116,11 +116,7 @@ impl PublishStream {
     /// chain continues, [`ChainHead::GENESIS`] if it has none.
     pub fn head_is(request_id: RequestId, head: Result<Option<PublisherRecord>>) -> Frame {
         match head {
-            Ok(Some(record)) => Frame::HeadIs {
-                request_id,
-                head: ChainHead { next_seq: record.next_seq(), prev_digest: record.digest },
-            },
-            Ok(None) => Frame::HeadIs { request_id, head: ChainHead::GENESIS },
+            Ok(last) => Frame::HeadIs { request_id, head: crate::store::chain_head(last.as_ref()) },
             Err(e) => error_frame(Some(request_id), &e),
         }
     }
@@ -133,7 +129,7 @@ impl PublishStream {
 
 #[cfg(test)]
 mod tests {
-    use sealpost_protocol::{Digest, ErrorCode, Offset};
+    use sealpost_protocol::{ChainHead, Digest, ErrorCode, Offset};
 
     use super::*;
     use crate::limits::ServerLimits;

@@ -1,39 +1,33 @@
-//! Checking stored data against its checksums: [`verify`], offline (`sealpost-broker verify-store DIR`),
-//! and the background scrub ([`spawn`]) of a running broker, at a configured pace.
+//! Checking a stopped store against its checksums: [`verify`] (`sealpost-broker verify-store DIR`).
 //!
-//! **verify** checks a stopped store completely: it opens the index (sled's own recovery may rewrite its
-//! files, as a start of the broker would), reads every key and checks that it decodes, that each topic's
-//! offsets are covered without a hole, and that every batch has its publisher record; then it walks every
-//! segment ([`segment::walk`]) with the acknowledged extent as recovery computes it, and reports every record
+//! It checks a stopped store completely: it opens the index (sled's own recovery may rewrite its files, as
+//! a start of the broker would), reads every key and checks that it decodes, that each topic's offsets are
+//! covered without a hole, and that every batch has its publisher record; then it walks every segment
+//! ([`segment::walk`]) with the acknowledged extent as recovery computes it, and reports every record
 //! inside it that fails its checksum (with the topic and offsets the index or the damaged header names),
 //! every index entry whose record is not intact, every intact batch the index should name and does not,
 //! and every range recorded as lost. A torn tail past the last sync, records a start will index, and bad
 //! bytes at the end of a segment written before layout 3 are notes, not findings. It changes nothing of
-//! Sealpost's own data. It holds the whole index's locations in memory (about 100 bytes per batch).
-//!
-//! **The scrub** reads, in a thread of its own, every stored batch that a sync covers, topic by topic, at
-//! `storage.scrub_bytes_per_sec`, and starts over at least a minute after it finished. A batch whose record
-//! is not intact is reported as an error (once per run) and marked lost at the next sync, exactly as a
-//! subscriber's read would find it; readers serve the loss from then on. It checks batches only: policies
-//! and durable offsets are also in the index, and `verify` checks their records.
+//! Sealpost's own data. It holds the whole index's locations in memory (about 100 bytes per batch). A
+//! running broker checks itself with its [`scrub`](super::scrub).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::Weak;
-use std::time::{Duration, Instant};
 
 use sealpost_protocol::{Offset, Topic};
 
-use super::record::{Lost, Record};
-use super::recovery::Hint;
-use super::{
-    batch_key, open_sled, panic_message, split_topic, Entry, SledStore, Slot, BATCH, CHECKPOINT_KEY, DURABLE,
-    LAYOUT3_FROM_KEY, LAYOUT_KEY, POLICY, PUBLISHER, TOPIC,
+use super::codec::split_topic;
+use super::index::{
+    decode_durable, Entry, Slot, BATCH, CHECKPOINT_KEY, DURABLE, LAYOUT3_FROM_KEY, LAYOUT_KEY, POLICY,
+    PUBLISHER, TOPIC,
 };
-use crate::store::segment::{self, Checkpoint, Walked};
+use super::open::{drop_quietly, open_sled, panic_message};
+use super::record::{Lost, Record};
+use super::recovery::damage::Hint;
+use super::segment::{self, Checkpoint, Walked};
 use crate::store::PublisherRecord;
 use crate::{Error, Result};
 
@@ -198,7 +192,7 @@ fn read_index(dir: &Path, report: &mut Report) -> Result<IndexView> {
             IndexView::default()
         }
     };
-    super::drop_quietly(db);
+    drop_quietly(db);
     Ok(view)
 }
 
@@ -283,7 +277,7 @@ fn scan_index(db: &sled::Db, report: &mut Report) -> std::result::Result<IndexVi
                 }
             }
             DURABLE => {
-                if super::decode_durable(&value).is_none() {
+                if decode_durable(&value).is_none() {
                     bad(report, format!("a durable offset of {topic} does not decode"));
                 }
             }
@@ -491,128 +485,4 @@ fn walk_segments(dir: &Path, mut index: IndexView, report: &mut Report) -> Resul
         });
     }
     Ok(())
-}
-
-/// Starts the background scrub of `store`, reading at most `bytes_per_sec` (see the module
-/// documentation). The thread ends when the store is dropped.
-pub(crate) fn spawn(store: Weak<SledStore>, bytes_per_sec: u64) -> Result<()> {
-    std::thread::Builder::new().name("sealpost-scrub".into()).spawn(move || {
-        tracing::info!(bytes_per_sec, "background scrub started");
-        let mut passes = 0u64;
-        loop {
-            let started = Instant::now();
-            let Some(pass) = scrub_pass(&store, bytes_per_sec) else { return };
-            passes += 1;
-            tracing::info!(
-                pass = passes,
-                batches = pass.batches,
-                bytes = pass.bytes,
-                damaged = pass.damaged,
-                seconds = started.elapsed().as_secs(),
-                "scrub pass done"
-            );
-            if !pause(&store, Duration::from_secs(60).saturating_sub(started.elapsed())) {
-                return;
-            }
-        }
-    })?;
-    Ok(())
-}
-
-/// What one pass checked.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Pass {
-    pub batches: u64,
-    pub bytes: u64,
-    pub damaged: u64,
-}
-
-/// Sleeps `total`, in short steps, while the store lives; false once it is gone.
-fn pause(store: &Weak<SledStore>, total: Duration) -> bool {
-    let until = Instant::now() + total;
-    loop {
-        if store.strong_count() == 0 {
-            return false;
-        }
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(200)));
-    }
-}
-
-/// One pass over every synced batch; `None` once the store is gone.
-pub(super) fn scrub_pass(weak: &Weak<SledStore>, bytes_per_sec: u64) -> Option<Pass> {
-    let mut pass = Pass::default();
-    let started = Instant::now();
-    let topics: Vec<Topic> = weak.upgrade()?.topics.lock().ok()?.iter().cloned().collect();
-    for topic in topics {
-        let mut from = Offset::ZERO;
-        loop {
-            let (entries, next) = {
-                let store = weak.upgrade()?;
-                match store.batch_entries(&topic, from, 256) {
-                    Ok(found) => found,
-                    Err(e) => {
-                        tracing::warn!(%topic, error = %e, "the scrub could not read the index");
-                        break;
-                    }
-                }
-            };
-            let mut unsynced = false;
-            for entry in &entries {
-                let store = weak.upgrade()?;
-                if !entry.location.durable_by(store.segments.last_synced()) {
-                    // This one and every later one of the topic are not synced yet: next pass.
-                    unsynced = true;
-                    break;
-                }
-                match store.segments.check(&entry.location) {
-                    Ok(segment::Check::Intact(body)) if entry.matches(&topic, &body) => {}
-                    Ok(check) => {
-                        store.damaged(&topic, entry, &check, "found by the scrub");
-                        pass.damaged += 1;
-                    }
-                    Err(e) => {
-                        tracing::warn!(%topic, offset = %entry.offset, error = %e, "the scrub could not read a record")
-                    }
-                }
-                drop(store);
-                pass.batches += 1;
-                pass.bytes += u64::from(entry.location.len);
-                // Pace: the bytes read so far may take this long.
-                let due = Duration::from_secs_f64(pass.bytes as f64 / bytes_per_sec.max(1) as f64);
-                if !pause(weak, due.saturating_sub(started.elapsed())) {
-                    return None;
-                }
-            }
-            match next {
-                Some(next) if !unsynced => from = next,
-                _ => break,
-            }
-        }
-    }
-    Some(pass)
-}
-
-impl SledStore {
-    /// Up to `max` batch entries of `topic` from offset `from` on, and the offset to continue from (`None`
-    /// at the end).
-    fn batch_entries(&self, topic: &Topic, from: Offset, max: usize) -> Result<(Vec<Entry>, Option<Offset>)> {
-        let mut entries = Vec::new();
-        let mut next = None;
-        for (i, kv) in self.db.range(batch_key(topic, from)..=batch_key(topic, Offset::MAX)).enumerate() {
-            let (k, v) = kv.map_err(super::sled_error)?;
-            let slot = Slot::decode(&k, &v)?;
-            if i == max {
-                next = Some(slot.offset());
-                break;
-            }
-            if let Slot::Batch(entry) = slot {
-                entries.push(entry);
-            }
-        }
-        Ok((entries, next))
-    }
 }

@@ -23,10 +23,10 @@
 
 use sealpost_protocol::{Digest, LostBatch, Offset, Principal, PublicKey, Topic};
 
-use super::super::segment::Checkpoint;
-use super::super::{LossReason, LostRange, PublisherRecord};
-use super::topic_prefix;
-use crate::{Error, Result};
+use super::codec::{principal_and_name, split_topic, take_offset, take_str, take_u64, topic_prefix};
+use super::segment::Checkpoint;
+use crate::store::{LossReason, LostRange, PublisherRecord};
+use crate::Result;
 
 /// Kind of a record holding a batch.
 pub(super) const BATCH: u8 = 1;
@@ -127,34 +127,13 @@ pub(super) enum Record<'a> {
     Layout(u32),
 }
 
-fn take_topic(rest: &[u8]) -> Option<(Topic, &[u8])> {
-    let (&len, rest) = rest.split_first()?;
-    let (name, rest) = rest.split_at_checked(len.into())?;
-    Some((Topic::new(std::str::from_utf8(name).ok()?).ok()?, rest))
-}
-
-fn take_u64(rest: &[u8]) -> Option<(u64, &[u8])> {
-    let (n, rest) = rest.split_first_chunk::<8>()?;
-    Some((u64::from_be_bytes(*n), rest))
-}
-
-fn take_offset(rest: &[u8]) -> Option<(Offset, &[u8])> {
-    take_u64(rest).map(|(n, rest)| (Offset(n), rest))
-}
-
-fn take_str(rest: &[u8]) -> Option<(String, &[u8])> {
-    let (len, rest) = rest.split_first_chunk::<4>()?;
-    let (s, rest) = rest.split_at_checked(usize::try_from(u32::from_be_bytes(*len)).ok()?)?;
-    Some((String::from_utf8(s.to_vec()).ok()?, rest))
-}
-
 impl<'a> Record<'a> {
     /// What `body` says; `None` if it is no record this layout knows.
     pub fn decode(body: &'a [u8]) -> Option<Record<'a>> {
         let (&kind, rest) = body.split_first()?;
         match kind {
             BATCH => {
-                let (topic, rest) = take_topic(rest)?;
+                let (topic, rest) = split_topic(rest)?;
                 let (offset, rest) = take_offset(rest)?;
                 let (count, rest) = rest.split_first_chunk::<4>()?;
                 let (publisher, rest) = rest.split_first_chunk::<32>()?;
@@ -170,12 +149,12 @@ impl<'a> Record<'a> {
             }
             SYNCED => Checkpoint::decode(rest).map(Record::Synced),
             POLICY => {
-                let (topic, rest) = take_topic(rest)?;
+                let (topic, rest) = split_topic(rest)?;
                 let (epoch, policy) = take_u64(rest)?;
                 Some(Record::Policy { topic, epoch, policy })
             }
             DURABLE => {
-                let (topic, rest) = take_topic(rest)?;
+                let (topic, rest) = split_topic(rest)?;
                 let (principal, rest) = take_str(rest)?;
                 let principal = Principal::new(principal).ok()?;
                 let (name, rest) = take_str(rest)?;
@@ -183,7 +162,7 @@ impl<'a> Record<'a> {
                 rest.is_empty().then_some(Record::Durable { topic, principal, name, next_offset })
             }
             LOST => {
-                let (topic, rest) = take_topic(rest)?;
+                let (topic, rest) = split_topic(rest)?;
                 let (offset, rest) = take_offset(rest)?;
                 Some(Record::Lost { topic, lost: Lost::decode(offset, rest)? })
             }
@@ -212,14 +191,22 @@ impl<'a> Record<'a> {
     }
 }
 
-/// The body of a batch record.
-pub(super) fn batch(topic: &Topic, publisher: &PublicKey, record: &PublisherRecord, batch: &[u8]) -> Vec<u8> {
-    let mut out = topic_prefix(BATCH, topic, BatchRecord::prefix_len(topic) + batch.len());
+/// The body of a batch record up to its sealed batch: the record is this, then the batch's bytes, written
+/// without copying them together ([`Segments::append`](super::segment::Segments::append) takes parts).
+pub(super) fn batch_prefix(topic: &Topic, publisher: &PublicKey, record: &PublisherRecord) -> Vec<u8> {
+    let mut out = topic_prefix(BATCH, topic, BatchRecord::prefix_len(topic));
     out.extend_from_slice(&record.offset.0.to_be_bytes());
     out.extend_from_slice(&record.count.to_be_bytes());
     out.extend_from_slice(publisher.as_bytes());
     out.extend_from_slice(&record.first_seq.to_be_bytes());
     out.extend_from_slice(record.digest.as_bytes());
+    out
+}
+
+/// The whole body of a batch record, in one buffer (tests build folders with it).
+#[cfg(test)]
+pub(super) fn batch(topic: &Topic, publisher: &PublicKey, record: &PublisherRecord, batch: &[u8]) -> Vec<u8> {
+    let mut out = batch_prefix(topic, publisher, record);
     out.extend_from_slice(batch);
     out
 }
@@ -232,22 +219,19 @@ pub(super) fn synced(checkpoint: Checkpoint) -> Vec<u8> {
     out
 }
 
-/// The body of a policy record.
-pub(super) fn policy(topic: &Topic, epoch: u64, policy: &[u8]) -> Vec<u8> {
-    let mut out = topic_prefix(POLICY, topic, 8 + policy.len());
+/// The body of a policy record up to the signed policy, which follows it.
+pub(super) fn policy_prefix(topic: &Topic, epoch: u64) -> Vec<u8> {
+    let mut out = topic_prefix(POLICY, topic, 8);
     out.extend_from_slice(&epoch.to_be_bytes());
-    out.extend_from_slice(policy);
     out
 }
 
-/// `len u32 | principal | len u32 | name`, as durable keys and records end.
-pub(super) fn principal_and_name(out: &mut Vec<u8>, principal: &Principal, name: &str) -> Result<()> {
-    for part in [principal.as_str(), name] {
-        let len = u32::try_from(part.len()).map_err(|_| Error::LimitExceeded("durable subscription name"))?;
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(part.as_bytes());
-    }
-    Ok(())
+/// The whole body of a policy record, in one buffer (tests check the codec with it).
+#[cfg(test)]
+pub(super) fn policy(topic: &Topic, epoch: u64, policy: &[u8]) -> Vec<u8> {
+    let mut out = policy_prefix(topic, epoch);
+    out.extend_from_slice(policy);
+    out
 }
 
 /// The body of a durable-offset record.

@@ -20,38 +20,54 @@
 //! Nothing written through the store is durable until [`Store::sync`] returns `Ok`: then everything appended
 //! or committed before the call survives a crash of the process or of the machine. An append is atomic: after
 //! a crash, a batch is either present together with its publisher record, or neither is. The store does not
-//! decide what to store (the [`sequencer`](crate::sequencer) does) and is written by a single writer (the
-//! [`log`](crate::log)); it may be read concurrently.
+//! decide what to store (the [`sequencer`](crate::writer::sequencer) does) nor at which offset (the
+//! [`writer`](crate::writer) assigns offsets; an engine only checks them), and is written by that single
+//! writer; it may be read concurrently.
 //!
 //! # Engines
 //!
-//! - [`SledStore`]: on disk: every record (batches, policies, durable offsets) in append-only [`segment`]
-//!   files that are the log, and an index of them (batches, publisher records, durable offsets, policies)
-//!   in one sled database that can be rebuilt from the log. Its module, [`self::sled`], documents the
-//!   layout, how `sync` makes them durable, how opening recovers, and how damage costs only what it hits.
+//! - [`DiskStore`]: on disk: every record (batches, policies, durable offsets) in append-only
+//!   [segment](disk::segment) files that are the log, and an index of them (batches, publisher records,
+//!   durable offsets, policies) in one sled database that can be rebuilt from the log. Its module,
+//!   [`disk`], documents the layout, how `sync` makes them durable, how opening recovers, and how damage
+//!   costs only what it hits.
 //! - [`MemoryStore`]: in memory, for tests and ephemeral brokers; `sync` only counts.
 //!
-//! Nothing of an engine leaks through [`Store`], so another engine (a NATS JetStream one is planned) can be
-//! added without touching its callers. The behavioural tests at the bottom of this file are written once
-//! and run against every engine.
-
-use std::path::Path;
-use std::sync::Arc;
+//! [`open`] opens the one a configuration names. [`testing::TestStore`] wraps either, for tests that inject
+//! faults. Nothing of an engine leaks through [`Store`], so another engine (a NATS JetStream one is
+//! planned) can be added without touching its callers. The behavioural tests at the bottom of this file
+//! are written once and run against every engine.
+//!
+//! # Copies
+//!
+//! A batch is stored from the very `Bytes` the writer was handed: engines take it by reference
+//! ([`Append::bytes`]). The memory engine and the writer's tail share it; the disk engine writes the
+//! record's header (8 bytes), the record's fields (about 90 bytes) and the batch's bytes with one vectored
+//! write, computing the CRC over them in place: no copy of the batch in user space. A read from disk reads
+//! the whole record into one buffer and hands out a `Bytes` slice of it: no copy after the read. (Topic
+//! policies read from the index are copied out of sled's buffer, which cannot be shared.)
 
 use bytes::Bytes;
 use sealpost_protocol::{
-    Digest, ErrorCode, Frame, LostBatch, Offset, Principal, PublicKey, SubscriptionId, Topic,
+    ChainHead, Digest, ErrorCode, Frame, LostBatch, Offset, Principal, PublicKey, SubscriptionId, Topic,
+    VerifiedBatch,
 };
 
-use crate::config::{StorageConfig, StorageEngine};
 use crate::{Error, Result};
 
+pub mod disk;
 pub mod memory;
-pub mod segment;
-pub mod sled;
+mod open;
+pub mod testing;
 
+pub use self::disk::{DiskOptions, DiskStore};
 pub use self::memory::MemoryStore;
-pub use self::sled::{SledOptions, SledStore};
+pub use self::open::{open, Engine};
+
+/// The former name of [`DiskStore`], whose index is in sled (its batches are in segment files).
+pub type SledStore = DiskStore;
+/// The former name of [`DiskOptions`].
+pub type SledOptions = DiskOptions;
 
 /// A batch as stored: its first offset, its number of messages and its canonical sealed bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,9 +228,20 @@ pub struct PublisherRecord {
 }
 
 impl PublisherRecord {
+    /// The record of `batch` stored at `offset`.
+    pub fn of(batch: &VerifiedBatch, offset: Offset) -> Self {
+        let header = batch.header();
+        Self { first_seq: header.first_seq, count: header.count, offset, digest: batch.digest() }
+    }
+
     /// The sequence number the publisher's next batch must start at.
     pub fn next_seq(&self) -> u64 {
         self.first_seq.saturating_add(self.count.into())
+    }
+
+    /// The publisher's chain head after this batch: what its next batch must continue.
+    pub fn head(&self) -> ChainHead {
+        ChainHead { next_seq: self.next_seq(), prev_digest: self.digest }
     }
 
     /// The offset right after the batch's last message.
@@ -249,23 +276,67 @@ impl PublisherRecord {
     }
 }
 
+/// The chain head of a publisher whose last stored batch on a topic is `last`: [`ChainHead::GENESIS`]
+/// without one. The one place it is built: the broker answers a publisher's `Head` request with it, and
+/// the [`sequencer`](crate::writer::sequencer) checks every batch against it.
+pub fn chain_head(last: Option<&PublisherRecord>) -> ChainHead {
+    last.map_or(ChainHead::GENESIS, PublisherRecord::head)
+}
+
+/// One batch to append, as [`Store::append`] takes it: a verified batch and the offset the writer gave it.
+///
+/// Everything an engine stores of the batch (its topic, its publisher, its [`PublisherRecord`] and its
+/// canonical bytes) is read from these two, so they cannot disagree; the bytes are shared, never copied.
+#[derive(Clone, Copy, Debug)]
+pub struct Append<'a> {
+    batch: &'a VerifiedBatch,
+    offset: Offset,
+}
+
+impl<'a> Append<'a> {
+    /// `batch`, to be stored at `offset`.
+    pub fn new(batch: &'a VerifiedBatch, offset: Offset) -> Self {
+        Self { batch, offset }
+    }
+
+    /// The topic the batch was sealed for, and is stored on.
+    pub fn topic(&self) -> &'a Topic {
+        &self.batch.header().topic
+    }
+
+    /// The key that signed the batch.
+    pub fn publisher(&self) -> &'a PublicKey {
+        &self.batch.header().publisher
+    }
+
+    /// Offset of the batch's first message.
+    pub fn offset(&self) -> Offset {
+        self.offset
+    }
+
+    /// What the publisher index keeps of the batch.
+    pub fn record(&self) -> PublisherRecord {
+        PublisherRecord::of(self.batch, self.offset)
+    }
+
+    /// The canonical sealed batch, exactly as the publisher signed it.
+    pub fn bytes(&self) -> &'a Bytes {
+        self.batch.as_bytes()
+    }
+}
+
 /// The storage interface of the broker. Object-safe: the broker holds an `Arc<dyn Store>`.
 ///
 /// Writes come from a single writer; reads may run concurrently with them and see every completed write,
 /// durable or not (callers that must only expose durable data track it themselves, as the
-/// [`log`](crate::log) does with its durable end).
+/// [`writer`](crate::writer) does with its durable end).
 pub trait Store: Send + Sync + 'static {
-    /// Atomically stores `batch` (canonical sealed bytes) at `record.offset` on `topic`, **and** indexes it
-    /// under (`topic`, `publisher`, `record.first_seq`). `record.offset` must equal
-    /// [`next_offset`](Self::next_offset), otherwise nothing is stored and an error is returned. Not
-    /// durable until [`sync`](Self::sync).
-    fn append(
-        &self,
-        topic: &Topic,
-        publisher: &PublicKey,
-        record: &PublisherRecord,
-        batch: &Bytes,
-    ) -> Result<()>;
+    /// Atomically stores the batch at its offset on its topic, **and** indexes its record under (topic,
+    /// publisher, first sequence number). Not durable until [`sync`](Self::sync).
+    ///
+    /// The [`writer`](crate::writer) assigns offsets; the engine only checks: an offset other than
+    /// [`next_offset`](Self::next_offset) stores nothing and is an error.
+    fn append(&self, batch: Append<'_>) -> Result<()>;
 
     /// Makes everything appended or committed so far durable: returns `Ok` only after an fsync (or
     /// fdatasync) that covers it.
@@ -321,25 +392,6 @@ pub trait Store: Send + Sync + 'static {
     fn syncs(&self) -> u64;
 }
 
-/// Opens the configured engine: a [`SledStore`] in `data_dir` (created if missing), with its background
-/// scrub if `storage.scrub_bytes_per_sec` is set, or an empty [`MemoryStore`] (which ignores `data_dir`
-/// and the sled settings).
-pub fn open(config: &StorageConfig, data_dir: &Path) -> Result<Arc<dyn Store>> {
-    Ok(match config.engine {
-        StorageEngine::Sled => {
-            let store = Arc::new(SledStore::open_with(
-                data_dir,
-                SledOptions { cache_bytes: config.cache_bytes, reserve_bytes: config.reserve_bytes },
-            )?);
-            if config.scrub_bytes_per_sec > 0 {
-                self::sled::scrub::spawn(Arc::downgrade(&store), config.scrub_bytes_per_sec)?;
-            }
-            store
-        }
-        StorageEngine::Memory => Arc::new(MemoryStore::new()),
-    })
-}
-
 /// Maps an I/O error of a storage engine: a full device becomes [`Error::StorageFull`] (so the peer is told
 /// `STORAGE_FULL`), anything else [`Error::Storage`].
 pub(crate) fn io_error(context: &str, e: &std::io::Error) -> Error {
@@ -350,6 +402,14 @@ pub(crate) fn io_error(context: &str, e: &std::io::Error) -> Error {
     } else {
         Error::Storage(format!("{context}: {e}"))
     }
+}
+
+/// Locks `mutex` of an engine; a poisoned one (a panic while it was held) is refused, not guessed at.
+pub(crate) fn lock<'m, T>(
+    mutex: &'m std::sync::Mutex<T>,
+    what: &str,
+) -> Result<std::sync::MutexGuard<'m, T>> {
+    mutex.lock().map_err(|_| Error::Storage(format!("{what} lock poisoned")))
 }
 
 /// The error an append at the wrong offset gets.
@@ -371,23 +431,31 @@ mod tests {
         Principal::new(s).unwrap()
     }
 
+    fn signer(n: u8) -> sealpost_protocol::SigningKey {
+        sealpost_protocol::SigningKey::from_bytes(&[n; 32])
+    }
+
     fn publisher(n: u8) -> PublicKey {
-        sealpost_protocol::SigningKey::from_bytes(&[n; 32]).public_key()
+        signer(n).public_key()
     }
 
     fn digest(n: u8) -> Digest {
         Digest([n; 32])
     }
 
-    /// Appends a fake batch of `count` messages and `len` bytes for publisher `p` at the topic's next offset,
-    /// continuing the publisher's head; returns its record.
-    fn append(store: &dyn Store, t: &Topic, p: &PublicKey, count: u32, len: usize) -> PublisherRecord {
-        let first_seq = store.publisher_head(t, p).unwrap().map_or(1, |h| h.next_seq());
-        let offset = store.next_offset(t).unwrap();
-        let record = PublisherRecord { first_seq, count, offset, digest: digest((offset.0 % 251) as u8) };
-        let bytes = Bytes::from(vec![(offset.0 % 256) as u8; len]);
-        store.append(t, p, &record, &bytes).unwrap();
-        record
+    /// Appends a real batch of `count` messages of `len` bytes each by `publisher(p)` at the topic's next
+    /// offset, continuing the publisher's stored chain; returns its record and its bytes.
+    fn append_batch(store: &dyn Store, t: &Topic, p: u8, count: u32, len: usize) -> (PublisherRecord, Bytes) {
+        let head = chain_head(store.publisher_head(t, &publisher(p)).unwrap().as_ref());
+        let batch = testing::sealed_batch(&signer(p), t, head, count as usize, len).unwrap();
+        let append = Append::new(&batch, store.next_offset(t).unwrap());
+        store.append(append).unwrap();
+        (append.record(), batch.as_bytes().clone())
+    }
+
+    /// [`append_batch`], returning the record only.
+    fn append(store: &dyn Store, t: &Topic, p: u8, count: u32, len: usize) -> PublisherRecord {
+        append_batch(store, t, p, count, len).0
     }
 
     fn offsets(items: &[Stored]) -> Vec<(u64, u32)> {
@@ -410,24 +478,24 @@ mod tests {
 
     fn appends_read_back_in_offset_order(store: &dyn Store) {
         let t = topic("demo.chat");
-        let a = append(store, &t, &publisher(1), 3, 10);
-        let b = append(store, &t, &publisher(2), 1, 10);
-        let c = append(store, &t, &publisher(1), 5, 10);
+        let a = append(store, &t, 1, 3, 10);
+        let (b, b_bytes) = append_batch(store, &t, 2, 1, 10);
+        let c = append(store, &t, 1, 5, 10);
         assert_eq!((a.offset, b.offset, c.offset), (Offset(0), Offset(3), Offset(4)));
         assert_eq!(store.next_offset(&t).unwrap(), Offset(9));
         assert_eq!(store.first_offset(&t).unwrap(), Offset(0));
         let all = store.read(&t, Offset(0), usize::MAX).unwrap();
         assert_eq!(offsets(&all), vec![(0, 3), (3, 1), (4, 5)]);
         let all = batches(all);
-        assert_eq!(all[1].bytes, Bytes::from(vec![3u8; 10]));
+        assert_eq!(all[1].bytes, b_bytes);
         assert_eq!(all[2].end(), Offset(9));
     }
 
     fn topics_are_independent(store: &dyn Store) {
         // "a" is a prefix of "a.b" as a string: the engines must still keep them apart.
         let (a, ab) = (topic("a"), topic("a.b"));
-        append(store, &a, &publisher(1), 2, 4);
-        append(store, &ab, &publisher(1), 7, 4);
+        append(store, &a, 1, 2, 4);
+        append(store, &ab, 1, 7, 4);
         assert_eq!(store.next_offset(&a).unwrap(), Offset(2));
         assert_eq!(store.next_offset(&ab).unwrap(), Offset(7));
         assert_eq!(offsets(&store.read(&a, Offset(0), usize::MAX).unwrap()), vec![(0, 2)]);
@@ -437,7 +505,7 @@ mod tests {
     fn read_from_inside_a_batch_starts_with_that_batch(store: &dyn Store) {
         let t = topic("demo.inside");
         for _ in 0..3 {
-            append(store, &t, &publisher(1), 4, 8);
+            append(store, &t, 1, 4, 8);
         }
         // Batches cover 0..4, 4..8, 8..12.
         assert_eq!(offsets(&store.read(&t, Offset(5), usize::MAX).unwrap()), vec![(4, 4), (8, 4)]);
@@ -449,23 +517,25 @@ mod tests {
 
     fn read_stops_at_max_bytes_but_returns_at_least_one_batch(store: &dyn Store) {
         let t = topic("demo.bytes");
-        for _ in 0..4 {
-            append(store, &t, &publisher(1), 1, 100);
+        // Four batches of one size (one message of 100 bytes each, on one topic).
+        let size = append_batch(store, &t, 1, 1, 100).1.len();
+        for _ in 0..3 {
+            assert_eq!(append_batch(store, &t, 1, 1, 100).1.len(), size);
         }
-        assert_eq!(store.read(&t, Offset(0), 250).unwrap().len(), 2);
-        assert_eq!(store.read(&t, Offset(0), 200).unwrap().len(), 2);
-        assert_eq!(store.read(&t, Offset(0), 199).unwrap().len(), 1);
+        assert_eq!(store.read(&t, Offset(0), 2 * size + size / 2).unwrap().len(), 2);
+        assert_eq!(store.read(&t, Offset(0), 2 * size).unwrap().len(), 2);
+        assert_eq!(store.read(&t, Offset(0), 2 * size - 1).unwrap().len(), 1);
         assert_eq!(offsets(&store.read(&t, Offset(1), 1).unwrap()), vec![(1, 1)]);
         assert_eq!(store.read(&t, Offset(0), 0).unwrap().len(), 1);
-        assert_eq!(store.read(&t, Offset(0), 10_000).unwrap().len(), 4);
+        assert_eq!(store.read(&t, Offset(0), 100 * size).unwrap().len(), 4);
     }
 
     fn publisher_records_and_heads_are_indexed(store: &dyn Store) {
         let t = topic("demo.pub");
         let (p1, p2) = (publisher(1), publisher(2));
-        let r1 = append(store, &t, &p1, 2, 8);
-        let r2 = append(store, &t, &p2, 3, 8);
-        let r3 = append(store, &t, &p1, 4, 8);
+        let r1 = append(store, &t, 1, 2, 8);
+        let r2 = append(store, &t, 2, 3, 8);
+        let r3 = append(store, &t, 1, 4, 8);
         assert_eq!(r3.first_seq, 3);
         assert_eq!(store.publisher_record(&t, &p1, 1).unwrap(), Some(r1));
         assert_eq!(store.publisher_record(&t, &p1, 3).unwrap(), Some(r3));
@@ -479,10 +549,10 @@ mod tests {
     fn append_at_a_wrong_offset_stores_nothing(store: &dyn Store) {
         let t = topic("demo.wrong");
         let p = publisher(1);
-        append(store, &t, &p, 2, 8);
+        let first = append(store, &t, 1, 2, 8);
+        let next = testing::sealed_batch(&signer(1), &t, first.head(), 1, 8).unwrap();
         for offset in [0, 1, 3].map(Offset) {
-            let record = PublisherRecord { first_seq: 3, count: 1, offset, digest: digest(9) };
-            assert!(store.append(&t, &p, &record, &Bytes::from_static(b"x")).is_err(), "offset {offset}");
+            assert!(store.append(Append::new(&next, offset)).is_err(), "offset {offset}");
         }
         assert_eq!(store.next_offset(&t).unwrap(), Offset(2));
         assert_eq!(store.publisher_record(&t, &p, 3).unwrap(), None);
@@ -510,7 +580,7 @@ mod tests {
 
     fn sync_counts_successful_syncs(store: &dyn Store) {
         let before = store.syncs();
-        append(store, &topic("demo.sync"), &publisher(1), 1, 8);
+        append(store, &topic("demo.sync"), 1, 1, 8);
         store.sync().unwrap();
         store.sync().unwrap();
         assert_eq!(store.syncs(), before + 2);
@@ -528,15 +598,15 @@ mod tests {
         assert_eq!(store.policies(&t, 10).unwrap().len(), 3);
     }
 
-    /// Defines `sled_<scenario>` and `memory_<scenario>` tests for each scenario.
+    /// Defines `disk_engine::<scenario>` and `memory_engine::<scenario>` tests for each scenario.
     macro_rules! every_engine {
         ($($scenario:ident),* $(,)?) => {
-            mod sled_engine {
+            mod disk_engine {
                 $(
                     #[test]
                     fn $scenario() {
                         let dir = tempfile::tempdir().unwrap();
-                        let store = super::SledStore::open(dir.path()).unwrap();
+                        let store = super::DiskStore::open(dir.path()).unwrap();
                         super::$scenario(&store);
                     }
                 )*
@@ -566,27 +636,26 @@ mod tests {
     );
 
     #[test]
-    fn sled_data_and_durable_offsets_survive_reopen_after_sync() {
+    fn disk_data_and_durable_offsets_survive_reopen_after_sync() {
         let dir = tempfile::tempdir().unwrap();
         let t = topic("demo.reopen");
         let p = publisher(1);
         let (records, written) = {
-            let store = SledStore::open(dir.path()).unwrap();
-            // One batch large enough that sled stores its node in a blob file, so reopening proves that
-            // sync covers blobs too.
-            let records = [append(&store, &t, &p, 2, 16), append(&store, &t, &p, 3, 300 * 1024)];
+            let store = DiskStore::open(dir.path()).unwrap();
+            // A small batch and a large one (300 KiB).
+            let records = [append(&store, &t, 1, 2, 16), append(&store, &t, 1, 3, 100 * 1024)];
             store.set_durable_offset(&t, &principal("alice"), "main", Offset(2)).unwrap();
             store.sync().unwrap();
             (records, batches(store.read(&t, Offset(0), usize::MAX).unwrap()))
         };
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
         assert_eq!(batches(store.read(&t, Offset(0), usize::MAX).unwrap()), written);
         assert_eq!(store.next_offset(&t).unwrap(), Offset(5));
         assert_eq!(store.publisher_head(&t, &p).unwrap(), Some(records[1]));
         assert_eq!(store.publisher_record(&t, &p, 1).unwrap(), Some(records[0]));
         assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(Offset(2)));
         // Appends continue where the reopened log ends.
-        assert_eq!(append(&store, &t, &p, 1, 8).offset, Offset(5));
+        assert_eq!(append(&store, &t, 1, 1, 8).offset, Offset(5));
     }
 
     #[test]
@@ -604,5 +673,12 @@ mod tests {
         let r = PublisherRecord { first_seq: 7, count: 3, offset: Offset(1 << 40), digest: digest(0xAB) };
         assert_eq!(PublisherRecord::decode(&r.encode()).unwrap(), r);
         assert!(PublisherRecord::decode(&r.encode()[1..]).is_err());
+    }
+
+    #[test]
+    fn the_chain_head_continues_the_last_record_or_starts_at_genesis() {
+        let r = PublisherRecord { first_seq: 7, count: 3, offset: Offset(40), digest: digest(0xAB) };
+        assert_eq!(chain_head(Some(&r)), ChainHead { next_seq: 10, prev_digest: digest(0xAB) });
+        assert_eq!(chain_head(None), ChainHead::GENESIS);
     }
 }

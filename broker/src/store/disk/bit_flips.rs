@@ -29,10 +29,14 @@ use sealpost_protocol::{
     PublicKey, SealParams, SigningKey, Timestamp, Topic, VerifiedPolicy,
 };
 
+use super::index::{batch_key, durable_key, durable_value, policy_key, publisher_key, CHECKPOINT_KEY};
 use super::record::Record;
 use super::scrub::scrub_pass;
+use super::segment::{self, Checkpoint, Location, Walked};
+use super::sync::entries;
 use super::*;
-use crate::store::segment::Walked;
+use crate::store::testing::sealed_batch;
+use crate::store::LossReason;
 
 /// Trials per layout: flips in the segments and flips in sled's files.
 const SEGMENT_TRIALS: usize = 60;
@@ -118,7 +122,7 @@ impl Fixture {
         };
         let mut first_policies = Vec::new();
         for run in 0..2 {
-            let store = SledStore::open(fixture.dir.path()).unwrap();
+            let store = DiskStore::open(fixture.dir.path()).unwrap();
             let checkpoint = Checkpoint::decode(&store.db.get(CHECKPOINT_KEY).unwrap().unwrap()).unwrap();
             let before = (fixture.written.len(), fixture.policies.clone(), fixture.durables.clone());
             for (i, t) in topics.iter().enumerate() {
@@ -154,14 +158,10 @@ impl Fixture {
                     &mut rng,
                 )
                 .unwrap();
-                let record = PublisherRecord {
-                    first_seq: head.next_seq,
-                    count: count as u32,
-                    offset: store.next_offset(t).unwrap(),
-                    digest: batch.digest(),
-                };
+                let append = Append::new(&batch, store.next_offset(t).unwrap());
+                let record = append.record();
                 *head = ChainHead::after(&batch);
-                store.append(t, &signers[si].public_key(), &record, batch.as_bytes()).unwrap();
+                store.append(append).unwrap();
                 fixture.written.push(Written {
                     topic: t.clone(),
                     record,
@@ -297,7 +297,7 @@ fn check(fixture: &Fixture, dir: &Path, hit: Option<&Written>, what: &str, outco
         .with_max_level(tracing::Level::INFO)
         .finish();
     tracing::subscriber::with_default(subscriber, || {
-        let store = SledStore::open(dir).unwrap_or_else(|e| panic!("{what}: opening failed: {e}"));
+        let store = DiskStore::open(dir).unwrap_or_else(|e| panic!("{what}: opening failed: {e}"));
         let mut unknown_tail = false;
         for t in topics() {
             let expected: Vec<&Written> = fixture.written.iter().filter(|w| w.topic == t).collect();
@@ -479,9 +479,9 @@ fn flips_cost_at_most_the_record_that_holds_them(lagging: bool) {
         // closed store only when its epoch-based garbage is collected, which other threads can delay.)
         let again = tempfile::tempdir().unwrap();
         copy_dir(copy.path(), again.path());
-        let report = scrub::verify(again.path()).unwrap();
+        let report = verify::verify(again.path()).unwrap();
         assert!(
-            report.findings.iter().any(|f| f.kind == scrub::FindingKind::Corrupt
+            report.findings.iter().any(|f| f.kind == verify::FindingKind::Corrupt
                 && f.place
                     .as_ref()
                     .is_some_and(|(p, at)| p.ends_with(segment::segment_name(segment)) && *at <= position)),
@@ -548,17 +548,15 @@ fn a_torn_tail_past_the_last_sync_is_cut_without_noise() {
     let t = &topics()[0];
     let dir = fixture.dir.path();
     let (unsynced, file, len) = {
-        let store = SledStore::open(dir).unwrap();
+        let store = DiskStore::open(dir).unwrap();
         let before = store.next_offset(t).unwrap();
-        let w = &fixture.written[0];
+        // Three batches of a publisher of its own, past the last sync.
+        let signer = SigningKey::from_bytes(&[7; 32]);
+        let mut head = ChainHead::GENESIS;
         for i in 0..3 {
-            let record = PublisherRecord {
-                first_seq: 1000 + i,
-                count: 1,
-                offset: before.saturating_add(i),
-                digest: w.record.digest,
-            };
-            store.append(t, &w.publisher, &record, &w.bytes).unwrap();
+            let batch = sealed_batch(&signer, t, head, 1, 200).unwrap();
+            head = ChainHead::after(&batch);
+            store.append(Append::new(&batch, before.saturating_add(i))).unwrap();
         }
         let file = segment_files(dir).pop().unwrap();
         (before, file.clone(), std::fs::metadata(&file).unwrap().len())
@@ -566,7 +564,7 @@ fn a_torn_tail_past_the_last_sync_is_cut_without_noise() {
     // The crash tore the last record.
     std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len - 20).unwrap();
     tracing::subscriber::with_default(subscriber, || {
-        let store = SledStore::open(dir).unwrap();
+        let store = DiskStore::open(dir).unwrap();
         assert_eq!(
             store.next_offset(t).unwrap(),
             unsynced.saturating_add(2),
@@ -577,7 +575,7 @@ fn a_torn_tail_past_the_last_sync_is_cut_without_noise() {
     let lines = captured.lines();
     assert!(lines.iter().all(|l| !l.contains("ERROR") && !l.contains("WARN")), "{lines:#?}");
     assert!(lines.iter().any(|l| l.contains("cut") && l.contains("never acknowledged")), "{lines:#?}");
-    assert!(scrub::verify(dir).unwrap().findings.is_empty());
+    assert!(verify::verify(dir).unwrap().findings.is_empty());
 }
 
 fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -597,21 +595,19 @@ fn logged(f: impl FnOnce()) -> Vec<String> {
 /// A store of `n` batches of `t`, closed, and opened once more so that all of it lies before the index's
 /// checkpoint (where opening does not look); returns the locations of the batches.
 fn settled_store(dir: &Path, t: &Topic, n: u64) -> Vec<Location> {
-    let w = &Fixture::build(3, false).written[0];
+    let signer = SigningKey::from_bytes(&[1; 32]);
     {
-        let store = SledStore::open(dir).unwrap();
+        let store = DiskStore::open(dir).unwrap();
+        let mut head = ChainHead::GENESIS;
         for offset in 0..n {
-            let record = PublisherRecord {
-                first_seq: offset + 1,
-                count: 1,
-                offset: Offset(offset),
-                digest: w.record.digest,
-            };
-            store.append(t, &w.publisher, &record, &Bytes::from(vec![offset as u8; 500])).unwrap();
+            // One message of one length: every record of the store has the same length.
+            let batch = sealed_batch(&signer, t, head, 1, 400).unwrap();
+            head = ChainHead::after(&batch);
+            store.append(Append::new(&batch, Offset(offset))).unwrap();
         }
         store.sync().unwrap();
     }
-    let store = SledStore::open(dir).unwrap();
+    let store = DiskStore::open(dir).unwrap();
     (0..n)
         .map(|offset| {
             let key = batch_key(t, Offset(offset));
@@ -628,7 +624,7 @@ fn the_scrub_finds_damage_after_opening_and_the_next_sync_marks_it_lost() {
     let dir = tempfile::tempdir().unwrap();
     let t = Topic::new("flip.scrub").unwrap();
     let at = settled_store(dir.path(), &t, 5);
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let store = Arc::new(DiskStore::open(dir.path()).unwrap());
     // Bit rot while the broker runs.
     flip(&dir.path().join("segments").join(segment::segment_name(at[2].segment)), at[2].position + 30, 0);
     let weak = Arc::downgrade(&store);
@@ -670,7 +666,7 @@ fn a_record_replaced_behind_the_brokers_back_is_reported_as_possible_tampering()
     bytes[b..b + len].copy_from_slice(&first);
     std::fs::write(&file, bytes).unwrap();
     let lines = logged(|| {
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
         let items = store.read(&t, Offset(0), usize::MAX).unwrap();
         let lost: Vec<_> = items
             .iter()
@@ -683,6 +679,6 @@ fn a_record_replaced_behind_the_brokers_back_is_reported_as_possible_tampering()
     });
     assert_eq!(lines.iter().filter(|l| l.contains("possible tampering")).count(), 2, "{lines:#?}");
     // verify says so too.
-    let report = scrub::verify(dir.path()).unwrap();
+    let report = verify::verify(dir.path()).unwrap();
     assert!(!report.findings.is_empty());
 }

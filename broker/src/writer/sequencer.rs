@@ -2,7 +2,7 @@
 //! it a retry of a batch already stored, or does it conflict?
 //!
 //! A pure function of what the store says about the publisher on the topic and of the signed header, so it
-//! is tested without a store. The [`log`](crate::log) writer calls it for every batch, in order, with the
+//! is tested without a store. The [`writer`](super::group) calls it for every batch, in order, with the
 //! chain as it stands after every earlier batch of the same group.
 //!
 //! # Rules
@@ -24,7 +24,7 @@
 
 use sealpost_protocol::{BatchHeader, Digest};
 
-use crate::store::PublisherRecord;
+use crate::store::{chain_head, PublisherRecord};
 use crate::{Error, Result};
 
 /// What to do with a verified batch.
@@ -36,15 +36,10 @@ pub enum Decision {
     Duplicate(PublisherRecord),
 }
 
-/// The sequence number a publisher's next batch must start at, given its stored `head`.
-pub fn next_seq(head: Option<&PublisherRecord>) -> u64 {
-    head.map_or(1, PublisherRecord::next_seq)
-}
-
 /// Whether the caller must look up a stored record with the batch's first sequence number before calling
 /// [`decide`]: only a batch that starts before the chain's next sequence number can be a retry.
 pub fn may_be_retry(head: Option<&PublisherRecord>, header: &BatchHeader) -> bool {
-    header.first_seq < next_seq(head)
+    header.first_seq < chain_head(head).next_seq
 }
 
 /// Decides what to do with a verified batch with `header` and `digest`.
@@ -62,12 +57,11 @@ pub fn decide(
             return Ok(Decision::Duplicate(*stored));
         }
     }
-    let expected = next_seq(head);
-    let prev_digest = head.map_or(Digest::ZERO, |h| h.digest);
-    if header.first_seq == expected && header.prev_digest == prev_digest {
+    let expected = chain_head(head);
+    if header.first_seq == expected.next_seq && header.prev_digest == expected.prev_digest {
         Ok(Decision::Append)
     } else {
-        Err(Error::SequenceConflict { expected, got: header.first_seq })
+        Err(Error::SequenceConflict { expected: expected.next_seq, got: header.first_seq })
     }
 }
 
@@ -173,7 +167,7 @@ mod tests {
         let head = record(1, 3, 0, 7);
         assert!(!may_be_retry(Some(&head), &header(4, 1, Digest([7; 32]))));
         assert!(may_be_retry(Some(&head), &header(3, 1, Digest([7; 32]))));
-        assert_eq!(next_seq(Some(&head)), 4);
-        assert_eq!(next_seq(None), 1);
+        assert_eq!(chain_head(Some(&head)).next_seq, 4);
+        assert_eq!(chain_head(None).next_seq, 1);
     }
 }
