@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
+use sealpost_protocol::{Offset, Topic};
 use tokio::sync::watch;
 
 use super::wire::{write_frame, FrameReader};
 use crate::budget::Budget;
 use crate::session::{AckAction, Connection, Started, Subscribing, Subscription};
-use crate::store::Stored;
+use crate::store::{Store, Stored};
 use crate::writer::Log;
 use crate::{Error, Result};
 
@@ -37,34 +38,26 @@ pub(super) async fn serve(
     loop {
         let durable_end = *end.borrow_and_update();
         if let Some(read) = cursor.next_read(durable_end) {
-            // What is read is held until QUIC takes it: it counts against the connection's budget.
-            let mut held = tokio::select! {
-                held = budget.reserve(read.max_bytes) => held,
-                _ = &mut acks => return Ok(()),
-                _ = shutdown.changed() => return Ok(()),
-            };
-            // A subscriber that keeps up finds what it needs in the log's in-memory tail. The store may
-            // also yield lost ranges (damaged storage): they go out as `Lost` frames, in offset order.
-            let items: Vec<Stored> = match log.read_tail(&topic, read.from, read.max_bytes) {
-                Some(batches) => batches.into_iter().map(Stored::Batch).collect(),
-                None => {
-                    let (store, t) = (store.clone(), topic.clone());
-                    tokio::task::spawn_blocking(move || store.read(&t, read.from, read.max_bytes))
-                        .await
-                        .map_err(|e| Error::Storage(e.to_string()))??
-                }
-            };
-            let size = items.iter().map(Stored::bytes_len).sum::<usize>();
-            if size > held.bytes() {
-                // A single batch larger than a read: reserve the rest before sending it.
-                let extra = tokio::select! {
-                    extra = budget.reserve(size - held.bytes()) => extra,
+            // What is read is held until QUIC takes it: it counts against the connection's budget, and
+            // is reserved whole before it is read. A single batch larger than a read is put back with
+            // its reservation, and read again once its whole size is reserved: holding part of the
+            // budget while waiting for more could leave subscriptions each holding a part and waiting
+            // on the others. (The second read returns the same batch: stored bytes do not change.)
+            let mut want = read.max_bytes;
+            let (mut held, items) = loop {
+                let held = tokio::select! {
+                    held = budget.reserve(want) => held,
                     _ = &mut acks => return Ok(()),
                     _ = shutdown.changed() => return Ok(()),
                 };
-                held.merge(extra);
-            }
-            held.shrink_to(size);
+                let items = read_from(log, &store, &topic, read.from, want).await?;
+                let size = items.iter().map(Stored::bytes_len).sum::<usize>();
+                if size <= held.bytes() {
+                    break (held, items);
+                }
+                want = size;
+            };
+            held.shrink_to(items.iter().map(Stored::bytes_len).sum::<usize>());
             let before = cursor.position();
             for item in items {
                 let len = item.bytes_len();
@@ -87,6 +80,25 @@ pub(super) async fn serve(
             _ = shutdown.changed() => return Ok(()),
         }
     }
+}
+
+/// Up to `max_bytes` of `topic` from `from` on (at least one batch): from the log's in-memory tail when a
+/// subscriber keeps up, else from the store, which may also yield lost ranges (damaged storage); they go
+/// out as `Lost` frames, in offset order.
+async fn read_from(
+    log: &Log,
+    store: &Arc<dyn Store>,
+    topic: &Topic,
+    from: Offset,
+    max_bytes: usize,
+) -> Result<Vec<Stored>> {
+    if let Some(batches) = log.read_tail(topic, from, max_bytes) {
+        return Ok(batches.into_iter().map(Stored::Batch).collect());
+    }
+    let (store, topic) = (store.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || store.read(&topic, from, max_bytes))
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?
 }
 
 /// Reads the subscriber's frames until it is done, committing durable acks through the log.

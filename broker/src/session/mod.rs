@@ -73,7 +73,7 @@
 //!
 //! It does not read or write streams, wait for a budget (it hands out [`Budget`](crate::budget::Budget)s; the driver reserves
 //! frame bytes from them as they arrive), check the publishers' sequence chains (the writer's
-//! [`sequencer`](crate::sequencer) does, in order), decide what is durable (the writer does), or parse
+//! [`sequencer`](crate::writer::sequencer) does, in order), decide what is durable (the writer does), or parse
 //! certificates ([`crate::tls`] does).
 //!
 //! # Driving it without sockets

@@ -13,8 +13,9 @@
 //!
 //! # Locks
 //!
-//! The marker mutex is taken first and released before the segments' writer lock is taken for the
-//! record itself; the two are never held together.
+//! The marker mutex is taken first. While it is held, a pending sync marker is written, which takes the
+//! segments' writer lock inside it; the marker mutex is released before the writer lock is taken for the
+//! record itself. Nothing takes the two the other way round.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

@@ -48,8 +48,8 @@
 //!
 //! In the order they may be taken: the sync lock ([`sync::IndexFiles::lock`], for a whole sync), the
 //! damaged-batch queue ([`loss::Damaged`], briefly), the topic set (`topics`, while a batch or a loss is
-//! indexed), then the journal's marker lock and the segments' writer lock (never together, see
-//! [`journal`]) and the segments' reader cache. Sled's own locks are taken inside any of them.
+//! indexed), then the journal's marker lock, the segments' writer lock (taken inside the marker lock only to
+//! write a sync marker, see [`journal`]) and the segments' reader cache. Sled's own locks are taken inside any of them.
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
