@@ -105,6 +105,15 @@ fn frames_match_golden_vectors() {
                 reason: ErrorCode::DATA_LOST,
             },
         ),
+        (
+            "frame-get-policy-history",
+            Frame::GetPolicyHistory {
+                request_id: 8,
+                topic: topic("demo.chat"),
+                before: Some(Epoch(5)),
+                max: 64,
+            },
+        ),
     ];
     for (name, frame) in frames {
         let bytes = frame.to_vec().unwrap();

@@ -165,6 +165,19 @@ impl Store for MemoryStore {
         Ok(newest)
     }
 
+    fn policy_history(
+        &self,
+        topic: &Topic,
+        before: Option<u64>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>> {
+        let state = self.state()?;
+        let Some(all) = state.policies.get(topic) else { return Ok(Vec::new()) };
+        let below = all.range(..before.unwrap_or(u64::MAX)).rev().map(|(_, p)| Ok(p.clone()));
+        super::history_page(below, max, max_bytes)
+    }
+
     fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::SeqCst)
     }

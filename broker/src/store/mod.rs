@@ -387,9 +387,40 @@ pub trait Store: Send + Sync + 'static {
     /// The stored policies of `topic` with the `max` highest epochs, oldest first.
     fn policies(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>>;
 
+    /// A page of `topic`'s policy history, **newest first**: the stored policies of the highest epochs
+    /// below `before` (of all epochs if `None`), at most `max` of them and, past the first, at most
+    /// `max_bytes` of policy bytes in all (the first is returned whatever its size).
+    fn policy_history(
+        &self,
+        topic: &Topic,
+        before: Option<u64>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>>;
+
     /// How many calls to [`sync`](Self::sync) have succeeded since the store was opened (lets tests prove
     /// that acknowledgements follow an fsync, and that syncs are shared).
     fn syncs(&self) -> u64;
+}
+
+/// Takes policies, newest first, into a page of [`Store::policy_history`]: at most `max` of them and, past
+/// the first, at most `max_bytes` of policy bytes in all.
+pub(crate) fn history_page<E>(
+    newest_first: impl Iterator<Item = std::result::Result<Bytes, E>>,
+    max: usize,
+    max_bytes: usize,
+) -> std::result::Result<Vec<Bytes>, E> {
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    for policy in newest_first.take(max) {
+        let policy = policy?;
+        bytes = bytes.saturating_add(policy.len());
+        if !page.is_empty() && bytes > max_bytes {
+            break;
+        }
+        page.push(policy);
+    }
+    Ok(page)
 }
 
 /// Maps an I/O error of a storage engine: a full device becomes [`Error::StorageFull`] (so the peer is told
@@ -598,6 +629,26 @@ mod tests {
         assert_eq!(store.policies(&t, 10).unwrap().len(), 3);
     }
 
+    fn policy_history_pages_back_newest_first_within_count_and_bytes(store: &dyn Store) {
+        let t = topic("demo.history");
+        assert!(store.policy_history(&t, None, 10, usize::MAX).unwrap().is_empty());
+        for epoch in 1u64..=5 {
+            store.put_policy(&t, epoch, &Bytes::from(format!("policy {epoch}"))).unwrap();
+        }
+        store.put_policy(&topic("demo.other"), 9, &Bytes::from("other")).unwrap();
+        let page = |before, max, max_bytes| {
+            let got = store.policy_history(&t, before, max, max_bytes).unwrap();
+            got.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(page(None, 2, usize::MAX), ["policy 5", "policy 4"]);
+        assert_eq!(page(Some(4), 10, usize::MAX), ["policy 3", "policy 2", "policy 1"]);
+        assert_eq!(page(Some(1), 10, usize::MAX), Vec::<String>::new());
+        // "policy n" is 8 bytes: two fit in 16, and the first always comes.
+        assert_eq!(page(None, 10, 16), ["policy 5", "policy 4"]);
+        assert_eq!(page(Some(3), 10, 1), ["policy 2"]);
+        assert_eq!(page(None, 0, usize::MAX), Vec::<String>::new());
+    }
+
     /// Defines `disk_engine::<scenario>` and `memory_engine::<scenario>` tests for each scenario.
     macro_rules! every_engine {
         ($($scenario:ident),* $(,)?) => {
@@ -633,6 +684,7 @@ mod tests {
         durable_offsets_are_per_topic_principal_and_name,
         sync_counts_successful_syncs,
         policies_keep_the_newest_epochs_oldest_first,
+        policy_history_pages_back_newest_first_within_count_and_bytes,
     );
 
     #[test]

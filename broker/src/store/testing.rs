@@ -19,8 +19,8 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use rand::SeedableRng;
 use sealpost_protocol::{
-    seal, ChainHead, ContentKey, Epoch, Limits, Offset, Principal, PublicKey, SealParams, SigningKey,
-    Timestamp, Topic, VerifiedBatch,
+    seal, ChainHead, ContentKey, Epoch, Limits, Offset, Principal, PublicKey, SealParams, SignedPolicy,
+    SigningKey, Timestamp, Topic, VerifiedBatch,
 };
 use tokio::sync::mpsc;
 
@@ -260,6 +260,24 @@ impl<S: Store> Store for TestStore<S> {
         let mut served = view(self.inner.policies(topic, usize::MAX)?);
         let skip = served.len().saturating_sub(max);
         Ok(served.split_off(skip))
+    }
+
+    /// Under a policy view, the page is cut from `view(every stored policy)` by the epoch each served
+    /// policy claims (one that does not decode counts as below every epoch).
+    fn policy_history(
+        &self,
+        topic: &Topic,
+        before: Option<u64>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>> {
+        let view = self.hooks().policies.clone();
+        let Some(view) = view else { return self.inner.policy_history(topic, before, max, max_bytes) };
+        let served = view(self.inner.policies(topic, usize::MAX)?);
+        let epoch =
+            |p: &Bytes| SignedPolicy::decode(p.clone(), &Limits::default()).map_or(0, |p| p.epoch().0);
+        let below = served.into_iter().rev().filter(|p| before.is_none_or(|b| epoch(p) < b));
+        super::history_page(below.map(Ok::<_, Error>), max, max_bytes)
     }
 
     fn syncs(&self) -> u64 {

@@ -454,6 +454,19 @@ impl Store for DiskStore {
         Ok(newest)
     }
 
+    fn policy_history(
+        &self,
+        topic: &Topic,
+        before: Option<u64>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>> {
+        let below = policy_key(topic, before.unwrap_or(u64::MAX));
+        let entries = self.db.range(codec::topic_prefix(POLICY, topic, 0)..below).rev();
+        let newest_first = entries.map(|entry| entry.map(|(_, value)| Bytes::copy_from_slice(&value)));
+        super::history_page(newest_first, max, max_bytes).map_err(sled_error)
+    }
+
     fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::SeqCst)
     }
