@@ -52,7 +52,7 @@ pub use chain::{ChainHead, ChainStart, ChainVerifier};
 pub use code::ErrorCode;
 pub use digest::Digest;
 pub use epoch::Epoch;
-pub use error::Error;
+pub use error::{Error, PolicyLinkFault};
 pub use frame::{Frame, LostBatch, RequestId, StartAt, SubscriptionId};
 pub use frame_buffer::FrameBuffer;
 pub use keys::{ContentKey, HpkePublicKey, HpkeSecretKey, KeyId, KeyLookup, PublicKey, SigningKey};
