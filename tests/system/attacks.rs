@@ -827,3 +827,171 @@ async fn rollback_to_an_older_policy_epoch_after_revocation_is_reported() {
     assert!(matches!(err, Some(Error::Policy { .. })), "{err:?}");
     scene.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The policy history: older epochs are read through the chain of policies, which the broker cannot forge.
+// ---------------------------------------------------------------------------------------------------------
+
+/// A policy of demo.chat signed by the authority, created at `created_at` ms.
+fn chat_policy_at(
+    env: &Env,
+    epoch: u64,
+    prev: &sealpost_protocol::VerifiedPolicy,
+    members: Vec<sealpost_protocol::Member>,
+    created_at: u64,
+) -> sealpost_protocol::VerifiedPolicy {
+    let params = sealpost_protocol::PolicyParams {
+        topic: chat(),
+        epoch: Epoch(epoch),
+        prev: Some(prev),
+        members,
+        created_at: sealpost_protocol::Timestamp(created_at),
+    };
+    let key = sealpost_protocol::ContentKey::from_bytes(&[0x10 * epoch as u8; 32]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(epoch + 2000);
+    sealpost_protocol::issue_policy(&env.authority, params, &key, &Limits::default(), &mut rng).unwrap()
+}
+
+/// The next policy of demo.chat with `members`, created now, stored through the broker by admin.
+async fn store_next(
+    scene: &Scene,
+    admin: &Client,
+    prev: &sealpost_protocol::VerifiedPolicy,
+    members: Vec<sealpost_protocol::Member>,
+    created_at: u64,
+) -> sealpost_protocol::VerifiedPolicy {
+    let next = chat_policy_at(&scene.env, prev.epoch().0 + 1, prev, members, created_at);
+    within("store policy", admin.put_policy(&next)).await.unwrap();
+    next
+}
+
+/// alice publishes in epoch 1 and, from a new client, in epoch 2; epoch 3 revokes her (dated after her
+/// last batch). bob reads from the earliest message after the revocation: her batches sealed before it are
+/// delivered (epoch 1's through the history walk), and a batch she seals under epoch 2's key after the
+/// revocation, continuing her chain, which the broker serves in place of her last one, is an untrusted
+/// publisher, not a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_publishers_batches_before_the_revocation_stay_readable_and_after_it_are_refused() {
+    let scene = Scene::new(one_per_batch()).await;
+    let env = &scene.env;
+    let admin = connect(env, "admin", &scene.broker).await;
+    scene.publish("m0").await;
+    let first = env.first_policy("demo.chat");
+    let both = || vec![env.member("alice", true, true), env.member("bob", false, true)];
+    let second = store_next(&scene, &admin, &first, both(), now_ms()).await;
+    let alice2 = connect(env, "alice", &scene.broker).await;
+    let publisher2 = within("publisher", alice2.publisher(chat(), one_per_batch())).await.unwrap();
+    // m2 only moves the topic's durable end past the batch the broker serves in its place (subscribers are
+    // sent nothing beyond it, and after the revocation no one may publish).
+    for m in ["m1", "m2"] {
+        within("publish", publisher2.publish(Bytes::from(m))).await.unwrap();
+    }
+    let honest = scene.store.honest_log(&chat());
+    let last = verified(&honest[1].bytes);
+    assert_eq!((decode(&honest[0].bytes).header().epoch, last.header().epoch), (Epoch(1), Epoch(2)));
+    // Revoked after her last batch, by its own date at least.
+    let revoked_at = now_ms().max(decode(&honest[2].bytes).header().created_at.0 + 1);
+    let third = store_next(&scene, &admin, &second, vec![env.member("bob", false, true)], revoked_at).await;
+    // After the revocation, alice (her key stolen, or herself) seals under epoch 2's key, which she holds,
+    // continuing her chain after m1; the broker withholds m2 and serves it there.
+    let params = SealParams {
+        topic: chat(),
+        epoch: Epoch(2),
+        first_seq: last.header().first_seq + 1,
+        prev_digest: last.digest(),
+        created_at: third.created_at(),
+    };
+    let key2 = sealpost_protocol::ContentKey::from_bytes(&[0x20; 32]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(71);
+    let after = seal(env.key("alice"), &key2, params, &["after my revocation"], &Limits::default(), &mut rng)
+        .unwrap()
+        .into_bytes();
+    scene.store.serve(&chat(), move |mut log| {
+        log.truncate(2);
+        log.push(after.clone());
+        log
+    });
+    let mut sub = scene.subscribe().await;
+    expect(
+        env,
+        &mut sub,
+        &[
+            msg("m0", 0, 1),
+            msg("m1", 1, 2),
+            Seen::Untrusted { offset: 2, publisher: env.key("alice").public_key() },
+        ],
+    )
+    .await;
+    within("publisher close", publisher2.close()).await.unwrap();
+    alice2.close().await;
+    admin.close().await;
+    scene.shutdown().await;
+}
+
+/// alice publishes in epoch 1, then the topic rotates to epochs 2, 3 and 4. The broker serves the current
+/// policies honestly but lies in the history below them: a forged epoch 2 (signed by the authority, but not
+/// the one epoch 3 names), a gap (epoch 2 left out), an epoch 2 not signed by the authority. Each time a
+/// new bob reading from the earliest message gets one `Error::Policy` naming demo.chat, epoch 2 and the
+/// fault, then epoch 1's batch as an integrity item (its key is not trusted), and no message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_serving_a_broken_policy_history_is_reported_with_the_epoch() {
+    use sealpost_protocol::PolicyLinkFault;
+    let scene = Scene::new(one_per_batch()).await;
+    let env = &scene.env;
+    let admin = connect(env, "admin", &scene.broker).await;
+    scene.publish("m0").await;
+    let first = env.first_policy("demo.chat");
+    let both = || vec![env.member("alice", true, true), env.member("bob", false, true)];
+    let second = store_next(&scene, &admin, &first, both(), now_ms()).await;
+    let third = store_next(&scene, &admin, &second, both(), now_ms()).await;
+    store_next(&scene, &admin, &third, both(), now_ms()).await;
+
+    let forged = chat_policy_at(env, 2, &first, vec![env.member("bob", true, true)], now_ms()).into_bytes();
+    let impostor = SigningKey::from_bytes(&[0x1F; 32]);
+    let mut unsigned_chain = chat_policy(&impostor, 1, None, both(), &env.content_key);
+    unsigned_chain = chat_policy(&impostor, 2, Some(&unsigned_chain), both(), &env.content_key);
+    let not_signed = unsigned_chain.into_bytes();
+    // What the broker serves in place of epoch 2 (nothing: a gap).
+    let cases = [
+        (PolicyLinkFault::NotNamedByNext, Some(forged)),
+        (PolicyLinkFault::Missing { got: Some(Epoch(1)) }, None),
+        (PolicyLinkFault::NotFromAuthority, Some(not_signed)),
+    ];
+    for (fault, epoch_2) in cases {
+        scene.store.serve_policies(move |stored| {
+            stored
+                .into_iter()
+                .filter_map(|p| if policy_epoch(&p) == 2 { epoch_2.clone() } else { Some(p) })
+                .collect()
+        });
+        let bob = connect(env, "bob", &scene.broker).await;
+        let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+        let mut sub = within("subscribe", bob.subscribe(chat(), options)).await.unwrap();
+        match within("next item", sub.next()).await.expect("the stream ended") {
+            Err(Error::Policy { topic, check }) => {
+                assert_eq!(topic, chat());
+                assert_eq!(
+                    check,
+                    sealpost_protocol::Error::PolicyLinkBroken { topic: chat(), epoch: Epoch(2), fault }
+                );
+            }
+            other => panic!("expected the broken link, got {other:?}"),
+        }
+        assert_eq!(
+            next_seen(env, &mut sub).await,
+            Seen::Integrity {
+                offset: 0,
+                publisher: None,
+                check: sealpost_protocol::Error::UnknownEpoch(Epoch(1))
+            }
+        );
+        bob.close().await;
+    }
+    admin.close().await;
+    scene.shutdown().await;
+}
+
+/// The epoch a stored policy claims (0 if it does not decode).
+fn policy_epoch(policy: &Bytes) -> u64 {
+    sealpost_protocol::SignedPolicy::decode(policy.clone(), &Limits::default()).map_or(0, |p| p.epoch().0)
+}
