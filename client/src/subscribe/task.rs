@@ -272,9 +272,16 @@ impl Task {
                             self.reader.walked(epoch, None);
                         }
                         // The batch comes again after resubscribing: the reader did not move.
-                        Err(e) => {
-                            self.absorb(e)?;
+                        Err(e) if Reconnector::cures(&e) => {
+                            self.lose(e);
                             return Ok(items);
+                        }
+                        // A broker that refuses the history (one older than `GetPolicyHistory` refuses
+                        // the frame): the batch is judged without it, as an integrity item, and the
+                        // subscription goes on as it did before older epochs were readable.
+                        Err(e) => {
+                            tracing::warn!(topic = %self.topic, %epoch, error = %e, "could not read the policy history");
+                            self.reader.walked(epoch, None);
                         }
                     }
                 }

@@ -123,14 +123,13 @@ impl PolicyBook {
     /// admitted policy of the epoch above names as its `prev_digest`; else [`Error::PolicyLinkBroken`]
     /// names the topic, that epoch and the fault. A policy already admitted must be that same policy
     /// ([`Error::PolicyFork`]), and one admitted for the epoch below must be the one it names
-    /// ([`Error::PolicyChainBroken`]).
-    /// Policies served below `until` are ignored. An empty page (or one that stops short) is no error by
-    /// itself: it returns where the walk stands.
+    /// ([`Error::PolicyChainBroken`]). Policies served below `until` are ignored.
     ///
     /// Returns `None` when every epoch from `before - 1` down to `until` is admitted, else `Some(e)`: the
-    /// walk goes on with the next page below `e` (the oldest epoch admitted so far, strictly below
-    /// `before`: a page that admits nothing is a [`PolicyLinkFault::Missing`]). The links admitted before
-    /// an error stay admitted: each was checked.
+    /// page stopped short (the broker's page limit), and the walk goes on with the next page below `e`, the
+    /// oldest epoch admitted so far, strictly below `before`. A page that admits nothing (empty: the broker
+    /// says there is no more) is [`PolicyLinkFault::Missing`], so every walk ends. The links admitted
+    /// before an error stay admitted: each was checked.
     pub fn admit_history(
         &mut self,
         before: Epoch,
