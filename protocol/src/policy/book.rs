@@ -187,9 +187,11 @@ impl PolicyBook {
         Ok(Some(above))
     }
 
-    /// Whether a batch sealed under `epoch` is acceptable at `now`: `epoch` is the current one, or the one
-    /// before it and `now` is less than `grace_ms` after the current policy's `created_at`. An epoch newer
-    /// than the current one is not acceptable: fetch the topic's policies first.
+    /// Whether `epoch` may be sealed under at `now`: it is the current one, or the one before it and `now`
+    /// is less than `grace_ms` after the current policy's `created_at`. An epoch newer than the current one
+    /// is not acceptable: fetch the topic's policies first. (A reader judges a batch by the policy that
+    /// followed its own epoch, see [`authorize`](Self::authorize); for the previous epoch that is the same
+    /// rule, with the batch's `created_at` as `now`.)
     pub fn accepts_epoch(&self, epoch: Epoch, now: Timestamp, grace_ms: u64) -> bool {
         let Some(current) = self.current() else {
             return false;
