@@ -214,8 +214,16 @@ struct Host {
     tls: TlsMaterial,
     store: Arc<TestStore>,
     served: Arc<ServedPolicies>,
-    runtime: Option<tokio::runtime::Runtime>,
+    running: Option<Running>,
+}
+
+/// A broker and the runtime it runs on.
+struct Running {
+    runtime: tokio::runtime::Runtime,
+    /// `None` only while it starts.
     broker: Option<Broker>,
+    /// How many threads of `runtime` are alive.
+    threads: tokio::sync::watch::Receiver<usize>,
 }
 
 impl Host {
@@ -231,24 +239,24 @@ impl Host {
             view.reads.fetch_add(1, Ordering::SeqCst);
             view.lies.lock().unwrap().pop_front().unwrap_or(stored)
         });
-        let mut host = Host {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            tls: pki.tls(),
-            store,
-            served,
-            runtime: None,
-            broker: None,
-        };
+        let mut host =
+            Host { addr: "127.0.0.1:0".parse().unwrap(), tls: pki.tls(), store, served, running: None };
         host.launch().await;
         host
     }
 
     /// Starts a broker at `self.addr` (any port the first time).
     async fn launch(&mut self) {
-        assert!(self.runtime.is_none(), "a broker is running");
+        assert!(self.running.is_none(), "a broker is running");
+        // Counts the runtime's live threads, so that a test can wait until it is gone with all it held.
+        let (threads_tx, threads) = tokio::sync::watch::channel(0usize);
+        let threads_tx = Arc::new(threads_tx);
+        let (started, stopped) = (threads_tx.clone(), threads_tx);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("wire-broker")
+            .on_thread_start(move || started.send_modify(|n| *n += 1))
+            .on_thread_stop(move || stopped.send_modify(|n| *n -= 1))
             .enable_all()
             .build()
             .unwrap();
@@ -260,55 +268,49 @@ impl Host {
             authority: Some(authority().public_key()),
             limits: ServerLimits::default(),
         };
-        let started = runtime.spawn(Broker::start(options));
-        self.runtime = Some(runtime);
-        let broker = within("broker start", started).await.unwrap().unwrap();
+        let starting = runtime.spawn(Broker::start(options));
+        let running = self.running.insert(Running { runtime, broker: None, threads });
+        let broker = within("broker start", starting).await.unwrap().unwrap();
         self.addr = broker.local_addr();
-        self.broker = Some(broker);
+        running.broker = Some(broker);
     }
 
     /// Shuts the broker down as an operator does (it finishes what it took, syncs, closes connections),
     /// and waits until its runtime and socket are gone.
     async fn stop(&mut self) {
-        let runtime = self.runtime.take().unwrap();
-        let broker = self.broker.take().unwrap();
-        within("broker shutdown", runtime.spawn(broker.shutdown())).await.unwrap().unwrap();
-        Self::end(runtime).await;
+        let Running { runtime, broker, threads } = self.running.take().unwrap();
+        within("broker shutdown", runtime.spawn(broker.unwrap().shutdown())).await.unwrap().unwrap();
+        runtime.shutdown_background();
+        Self::gone(threads).await;
     }
 
-    /// Kills the broker: its tasks are dropped without running again, so nothing it has not answered yet
-    /// is ever answered. `held` (what a blocked store hook waits on) is dropped once the runtime takes no
-    /// more work, before its tasks are. Waits until the runtime and its socket are gone.
+    /// Kills the broker: its runtime stops, so its tasks are never polled again and nothing it has not
+    /// answered yet is ever answered. Then `held`, what a blocked store hook waits on, is dropped (the
+    /// hook's thread may go on: whatever it wakes is not run). Waits until the runtime and its socket are
+    /// gone.
     async fn crash(&mut self, held: impl Send + 'static) {
-        let runtime = self.runtime.take().unwrap();
+        let Running { runtime, broker, threads } = self.running.take().unwrap();
         let handle = runtime.handle().clone();
-        let ended = Self::end(runtime);
-        let refusing = async {
-            // A task spawned on a runtime that is shutting down is cancelled instead of run; from then on
-            // the broker's tasks are never polled again (a wake-up from another thread is dropped).
-            for _ in 0..100_000 {
-                if handle.spawn(async {}).await.is_err() {
-                    return;
-                }
-                tokio::task::yield_now().await;
+        // Returns at once; the runtime's worker stops polling, then drops every task in the background.
+        runtime.shutdown_background();
+        // A task spawned once the worker has stopped polling is cancelled as it is spawned. (Not awaited:
+        // the worker may block on dropping the broker's log, which waits for `held`.)
+        let stopped = async {
+            while !handle.spawn(async {}).is_finished() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            panic!("the broker's runtime does not shut down");
         };
-        let ((), ()) = within(
-            "broker crash",
-            futures_util::future::join(ended, async {
-                refusing.await;
-                drop(held);
-            }),
-        )
-        .await;
+        within("the broker's runtime to stop polling", stopped).await;
+        drop(held);
+        Self::gone(threads).await;
         // Dropped only now: dropping it earlier would have asked the broker to shut down gracefully.
-        drop(self.broker.take());
+        drop(broker);
     }
 
-    /// Shuts `runtime` down (dropping whatever tasks it still has) and waits for its threads to end.
-    async fn end(runtime: tokio::runtime::Runtime) {
-        tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(10))).await.unwrap();
+    /// Waits until every thread of a runtime that was shut down has ended: its tasks, and the sockets
+    /// they held, are dropped.
+    async fn gone(mut threads: tokio::sync::watch::Receiver<usize>) {
+        within("the broker's runtime to end", threads.wait_for(|n| *n == 0)).await.unwrap();
     }
 
     /// The next reads of topic policies are served `lies`, one each, instead of what is stored.
@@ -359,8 +361,8 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+        if let Some(running) = self.running.take() {
+            running.runtime.shutdown_background();
         }
     }
 }
@@ -976,6 +978,7 @@ async fn the_cli_manages_topic_policies_as_the_authority() {
     let e = failure(&cli(&admin, &["topic", "rotate", "demo.new"]).await);
     assert_eq!(e, "sealpost: the policy of demo.new changed meanwhile (stale epoch): run the command again");
     assert_eq!(current(&broker, &t).epoch(), Epoch(5));
+    assert_eq!(broker.lies_left(), 0, "the CLI read the policies as they were before");
 
     // alice publishes and reads under the policy the CLI made.
     stdout(&cli(&alice_id, &["pub", "demo.new", "made by the cli"]).await);
