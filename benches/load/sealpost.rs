@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use sealpost_broker::config::Config;
 use sealpost_broker::server::{Broker, BrokerOptions};
-use sealpost_broker::store::{SledStore, Store};
+use sealpost_broker::store::{DiskStore, Store};
 use sealpost_client::Identity;
 use sealpost_protocol::identity::IdentityFile;
 use sealpost_protocol::{issue_policy, ContentKey, Epoch, Limits, Member, PolicyParams, Timestamp, Topic};
@@ -112,7 +112,7 @@ impl SealpostServer {
 }
 
 fn seed_policies(pki: &Pki, data: &Path, topics: &[&str]) {
-    let store = SledStore::open(data).unwrap();
+    let store = DiskStore::open(data).unwrap();
     let member = Member {
         principal: "load".parse().unwrap(),
         publish: true,

@@ -20,7 +20,7 @@
 //! 3. **QUIC send buffers**: bytes written to a connection and not yet acknowledged by the peer, at most its
 //!    send window, shared the same way (`send_window_per_principal`, `send_window_per_connection`).
 //! 4. **Open streams**: the broker's task and quinn's state of each open stream, about 6.5 KB (measured
-//!    with 1,000 streams open, tests/memory.rs) whatever the stream carries. Besides QUIC's credit per
+//!    with 1,000 streams open, tests/system/memory.rs) whatever the stream carries. Besides QUIC's credit per
 //!    connection (`limits.max_streams_per_connection`), a stream takes a slot of its principal's
 //!    (`limits.max_streams_per_principal`) and of the broker's (`limits.max_streams`) when it is accepted;
 //!    a stream without one is refused at once (reset with `LIMIT_EXCEEDED`).

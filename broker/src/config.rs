@@ -1,6 +1,8 @@
 //! The broker's configuration file.
 //!
-//! This module owns the TOML shape of the file, its defaults and the resolution of the paths in it. It
+//! This module owns the TOML shape of the file, its defaults and the resolution of the paths in it (the
+//! `[limits]` and `[memory]` tables are types of their own, [`ServerLimits`] and
+//! [`MemoryLimits`], with their defaults; a program that embeds the broker uses the same types). It
 //! guarantees that a loaded [`Config`] names no unknown key (a typo is an error, not a silently ignored
 //! setting), that its limits are usable, and that [`Config::load`] resolves every relative path in it
 //! (the default `data_dir` included) against **the folder of the file**, so a configuration names the same
@@ -24,17 +26,16 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::budget::MemoryLimits;
+use crate::limits::ServerLimits;
 use crate::{Error, Result};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "ConfigFile")]
 pub struct Config {
     /// UDP address the QUIC endpoint listens on. Default: `127.0.0.1:7443`.
-    #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// Folder of the durable store (created if missing). Default: `./sealpost-data`.
-    #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Certificates and key of mutual TLS. Required.
     pub tls: TlsConfig,
@@ -42,18 +43,40 @@ pub struct Config {
     pub acl: PathBuf,
     /// The topic authority's ed25519 public key, hex. The broker stores only topic policies signed by it.
     /// Default: none, and then no policy is accepted and nothing can be published.
-    #[serde(default)]
     pub authority: Option<sealpost_protocol::PublicKey>,
-    /// Connection and size limits. Every field has a default.
-    #[serde(default)]
-    pub limits: LimitsConfig,
+    /// Connection and size limits: the `[limits]` table, and in `limits.memory` the `[memory]` table (what
+    /// peers can make the broker hold in memory: in-flight budgets, the frame deadline and QUIC windows, see
+    /// [`crate::budget`]). Every field of both has a default.
+    pub limits: ServerLimits,
     /// Storage engine. Default: sled.
-    #[serde(default)]
     pub storage: StorageConfig,
-    /// What peers can make the broker hold in memory: in-flight budgets, the frame deadline and QUIC
-    /// windows (see [`crate::budget`]). Every field has a default.
+}
+
+/// The file as written: [`Config`] with `[memory]` beside `[limits]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    tls: TlsConfig,
+    acl: PathBuf,
     #[serde(default)]
-    pub memory: MemoryLimits,
+    authority: Option<sealpost_protocol::PublicKey>,
+    #[serde(default)]
+    limits: ServerLimits,
+    #[serde(default)]
+    storage: StorageConfig,
+    #[serde(default)]
+    memory: MemoryLimits,
+}
+
+impl From<ConfigFile> for Config {
+    fn from(file: ConfigFile) -> Config {
+        let ConfigFile { listen, data_dir, tls, acl, authority, limits, storage, memory } = file;
+        Config { listen, data_dir, tls, acl, authority, limits: ServerLimits { memory, ..limits }, storage }
+    }
 }
 
 /// The `[tls]` table: PEM files. Every field is required.
@@ -70,105 +93,6 @@ pub struct TlsConfig {
     /// Read at start-up. Default: none (no revocation checking).
     #[serde(default)]
     pub crls: Vec<PathBuf>,
-}
-
-/// The `[limits]` table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Largest frame a peer may send, in bytes (version byte and body, not the 4-byte length prefix).
-    /// Default: 4 MiB (4194304). At least 1 KiB.
-    pub max_frame_len: u32,
-    /// Most messages in one sealed batch. Default: 65536. At least 1.
-    pub max_batch_messages: u32,
-    /// Most simultaneous connections. Default: 10000. At least 1.
-    pub max_connections: u32,
-    /// Most simultaneous streams a connection may open. Default: 256. At least 1.
-    pub max_streams_per_connection: u32,
-    /// Most simultaneous streams of one principal, over its connections; a stream beyond is refused with
-    /// `LIMIT_EXCEEDED`. Default: 1024. At least 1.
-    pub max_streams_per_principal: u32,
-    /// Most simultaneous streams over all connections; a stream beyond is refused with `LIMIT_EXCEEDED`.
-    /// Default: 65536. At least 1.
-    pub max_streams: u32,
-    /// A connection without traffic for this long is closed, in milliseconds. Default: 30000. At least 1.
-    pub idle_timeout_ms: u64,
-    /// How many bytes of stored batches a subscriber reads from the store at a time (at least one batch is
-    /// always read). Default: 1 MiB (1048576). At least 1.
-    pub subscriber_read_bytes: usize,
-    /// Bytes of recently appended batches the broker keeps in memory, over all topics, so that subscribers
-    /// that keep up are served without reading the store. Default: 8 MiB (8388608). 0 keeps none.
-    pub tail_cache_bytes: usize,
-    /// Most simultaneous connections of one principal. Default: 64. At least 1.
-    pub max_connections_per_principal: u32,
-    /// Most simultaneous subscriptions on one connection. Default: 128. At least 1.
-    pub max_subscriptions_per_connection: u32,
-    /// Messages per second one principal may publish, across its connections (token bucket, burst of one
-    /// second). Default: 0, unlimited.
-    pub publish_msgs_per_sec: u64,
-    /// Bytes of sealed batches per second one principal may publish (token bucket, burst of one second).
-    /// Default: 0, unlimited.
-    pub publish_bytes_per_sec: u64,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_frame_len: sealpost_protocol::Limits::DEFAULT_MAX_FRAME_LEN,
-            max_batch_messages: 65_536,
-            max_connections: 10_000,
-            max_streams_per_connection: 256,
-            max_streams_per_principal: 1024,
-            max_streams: 65_536,
-            idle_timeout_ms: 30_000,
-            subscriber_read_bytes: 1024 * 1024,
-            tail_cache_bytes: crate::log::DEFAULT_TAIL_BYTES,
-            max_connections_per_principal: 64,
-            max_subscriptions_per_connection: 128,
-            publish_msgs_per_sec: 0,
-            publish_bytes_per_sec: 0,
-        }
-    }
-}
-
-impl LimitsConfig {
-    /// Room a publish frame needs around its batch: request id, variant tag and length varint.
-    const FRAME_OVERHEAD: u32 = 64;
-    /// Smallest accepted `max_frame_len`.
-    const MIN_FRAME_LEN: u32 = 1024;
-
-    /// The decoding limits these settings imply: a batch must fit in a frame with room for its envelope.
-    pub fn protocol_limits(&self) -> sealpost_protocol::Limits {
-        sealpost_protocol::Limits {
-            max_frame_len: self.max_frame_len,
-            max_batch_len: self.max_frame_len.saturating_sub(Self::FRAME_OVERHEAD),
-            max_batch_messages: self.max_batch_messages,
-            ..sealpost_protocol::Limits::default()
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        let fail = |msg: &str| Err(Error::Config(format!("[limits] {msg}")));
-        if self.max_frame_len < Self::MIN_FRAME_LEN {
-            return fail("max_frame_len must be at least 1024");
-        }
-        for (name, value) in [
-            ("max_batch_messages", u64::from(self.max_batch_messages)),
-            ("max_connections", u64::from(self.max_connections)),
-            ("max_streams_per_connection", u64::from(self.max_streams_per_connection)),
-            ("max_streams_per_principal", u64::from(self.max_streams_per_principal)),
-            ("max_streams", u64::from(self.max_streams)),
-            ("idle_timeout_ms", self.idle_timeout_ms),
-            ("subscriber_read_bytes", self.subscriber_read_bytes as u64),
-            ("max_connections_per_principal", u64::from(self.max_connections_per_principal)),
-            ("max_subscriptions_per_connection", u64::from(self.max_subscriptions_per_connection)),
-        ] {
-            if value == 0 {
-                return fail(&format!("{name} must be at least 1"));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The `[storage]` table.
@@ -189,13 +113,29 @@ pub struct StorageConfig {
     pub scrub_bytes_per_sec: u64,
 }
 
+impl StorageConfig {
+    /// The engine [`store::open`](crate::store::open) opens, with these settings.
+    pub fn engine(&self) -> crate::store::Engine {
+        match self.engine {
+            StorageEngine::Sled => crate::store::Engine::Disk {
+                options: crate::store::DiskOptions {
+                    cache_bytes: self.cache_bytes,
+                    reserve_bytes: self.reserve_bytes,
+                },
+                scrub_bytes_per_sec: self.scrub_bytes_per_sec,
+            },
+            StorageEngine::Memory => crate::store::Engine::Memory,
+        }
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
-        let sled = crate::store::SledOptions::default();
+        let disk = crate::store::DiskOptions::default();
         Self {
             engine: StorageEngine::default(),
-            cache_bytes: sled.cache_bytes,
-            reserve_bytes: sled.reserve_bytes,
+            cache_bytes: disk.cache_bytes,
+            reserve_bytes: disk.reserve_bytes,
             scrub_bytes_per_sec: 0,
         }
     }
@@ -226,7 +166,6 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config> {
         let config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         config.limits.validate()?;
-        config.memory.validate(config.limits.max_frame_len, config.limits.subscriber_read_bytes)?;
         Ok(config)
     }
 
@@ -286,12 +225,13 @@ mod tests {
         assert_eq!(c.limits.max_batch_messages, 65_536);
         assert_eq!(c.limits.max_connections, 10_000);
         assert_eq!(c.limits.max_streams_per_connection, 256);
-        assert_eq!(c.limits.idle_timeout_ms, 30_000);
+        assert_eq!(c.limits.idle_timeout, std::time::Duration::from_secs(30));
         assert_eq!(c.limits.subscriber_read_bytes, 1024 * 1024);
         assert_eq!(c.limits.tail_cache_bytes, 8 * 1024 * 1024);
         assert_eq!(c.storage.engine, StorageEngine::Sled);
         assert_eq!(c.limits.protocol_limits(), sealpost_protocol::Limits::default());
-        assert_eq!(c.memory, MemoryLimits::default());
+        assert_eq!(c.limits.memory, MemoryLimits::default());
+        assert_eq!(c.limits, ServerLimits::default());
     }
 
     #[test]
@@ -308,6 +248,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/sp"));
         assert_eq!(c.limits.max_frame_len, 65536);
         assert_eq!(c.limits.subscriber_read_bytes, 4096);
+        assert_eq!(c.limits.idle_timeout, std::time::Duration::from_millis(1000));
         assert_eq!(c.limits.tail_cache_bytes, 0);
         assert_eq!(c.storage.engine, StorageEngine::Memory);
         assert_eq!(c.limits.protocol_limits().max_batch_len, 65536 - 64);
@@ -343,8 +284,8 @@ mod tests {
             "{MINIMAL}\n[memory]\nframe_timeout_ms = 250\ninflight_bytes_per_connection = 8388608\n"
         ))
         .unwrap();
-        assert_eq!(c.memory.frame_timeout_ms, 250);
-        assert_eq!(c.memory.inflight_bytes_per_connection, 8 * 1024 * 1024);
+        assert_eq!(c.limits.memory.frame_timeout_ms, 250);
+        assert_eq!(c.limits.memory.inflight_bytes_per_connection, 8 * 1024 * 1024);
         let msg = config_error(&format!("{MINIMAL}\n[memory]\ninflight_bytes_per_connection = 1048576\n"));
         assert!(msg.contains("inflight_bytes_per_connection"), "{msg}");
         let msg = config_error(&format!("{MINIMAL}\n[memory]\nframe_timout_ms = 5\n"));

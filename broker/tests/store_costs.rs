@@ -5,11 +5,12 @@
 //! one JSON object of figures (microseconds) per measurement. docs/benchmarks.md records the results.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use sealpost_broker::store::{PublisherRecord, SledStore, Store};
-use sealpost_protocol::{Digest, Offset, SigningKey, Topic};
+use sealpost_broker::store::testing::sealed_batch;
+use sealpost_broker::store::{Append, DiskStore, Store};
+use sealpost_protocol::{ChainHead, Offset, SigningKey, Topic, VerifiedBatch};
 
 const ROUNDS: usize = 300;
 
@@ -25,13 +26,25 @@ fn percentiles(mut samples: Vec<Duration>) -> String {
     )
 }
 
-/// Appends one 1 KiB batch at the topic's next offset, continuing publisher 1's chain.
-fn append(store: &SledStore, topic: &Topic, len: usize) {
-    let publisher = SigningKey::from_bytes(&[1; 32]).public_key();
-    let offset = store.next_offset(topic).unwrap();
-    let first_seq = store.publisher_head(topic, &publisher).unwrap().map_or(1, |h| h.next_seq());
-    let record = PublisherRecord { first_seq, count: 1, offset, digest: Digest([3; 32]) };
-    store.append(topic, &publisher, &record, &Bytes::from(vec![7u8; len])).unwrap();
+/// `n` batches of one `len`-byte message each by publisher 1 on `topic`, chained: sealed before any
+/// timing starts, so that the figures are the store's alone.
+fn batches(topic: &Topic, n: usize, len: usize) -> RefCell<std::vec::IntoIter<VerifiedBatch>> {
+    let signer = SigningKey::from_bytes(&[1; 32]);
+    let mut head = ChainHead::GENESIS;
+    let sealed: Vec<_> = (0..n)
+        .map(|_| {
+            let batch = sealed_batch(&signer, topic, head, 1, len).unwrap();
+            head = ChainHead::after(&batch);
+            batch
+        })
+        .collect();
+    RefCell::new(sealed.into_iter())
+}
+
+/// Appends the next of `batches` at the topic's next offset.
+fn append(store: &DiskStore, topic: &Topic, batches: &RefCell<std::vec::IntoIter<VerifiedBatch>>) {
+    let batch = batches.borrow_mut().next().unwrap();
+    store.append(Append::new(&batch, store.next_offset(topic).unwrap())).unwrap();
 }
 
 #[test]
@@ -39,8 +52,12 @@ fn append(store: &SledStore, topic: &Topic, len: usize) {
 fn commit_paths_and_opening() {
     let dir = tempfile::tempdir().unwrap();
     let topic = Topic::new("bench.costs").unwrap();
-    println!("settings: {ROUNDS} rounds per path, 1 KiB batches, data folder {}", dir.path().display());
-    let store = SledStore::open(dir.path()).unwrap();
+    println!(
+        "settings: {ROUNDS} rounds per path, batches of one 1 KiB message, data folder {}",
+        dir.path().display()
+    );
+    let store = DiskStore::open(dir.path()).unwrap();
+    let kib = batches(&topic, 2 * ROUNDS, 1024);
     let timed = |f: &dyn Fn()| {
         (0..ROUNDS)
             .map(|_| {
@@ -51,7 +68,7 @@ fn commit_paths_and_opening() {
             .collect::<Vec<_>>()
     };
     let batch = timed(&|| {
-        append(&store, &topic, 1024);
+        append(&store, &topic, &kib);
         store.sync().unwrap();
     });
     println!("{{\"path\": \"append 1 KiB + sync\", {}}}", percentiles(batch));
@@ -62,7 +79,7 @@ fn commit_paths_and_opening() {
     });
     println!("{{\"path\": \"durable-offset commit + sync\", {}}}", percentiles(commit));
     let both = timed(&|| {
-        append(&store, &topic, 1024);
+        append(&store, &topic, &kib);
         store.set_durable_offset(&topic, &bob, "main", Offset(store.syncs())).unwrap();
         store.sync().unwrap();
     });
@@ -73,9 +90,10 @@ fn commit_paths_and_opening() {
     for batches in [10_000usize, 100_000] {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = DiskStore::open(dir.path()).unwrap();
+            let small = self::batches(&topic, batches, 256);
             for i in 0..batches {
-                append(&store, &topic, 256);
+                append(&store, &topic, &small);
                 if i % 10_000 == 9_999 {
                     store.sync().unwrap();
                 }
@@ -83,7 +101,7 @@ fn commit_paths_and_opening() {
             store.sync().unwrap();
         }
         let t = Instant::now();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
         let open = t.elapsed();
         let t = Instant::now();
         let read = store.read(&topic, Offset(0), usize::MAX).unwrap().len();
@@ -92,7 +110,7 @@ fn commit_paths_and_opening() {
         drop(store);
         // Opened again: nothing to recover (the first open made the index durable), only the checks.
         let t = Instant::now();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
         let reopen = t.elapsed();
         drop(store);
         println!(

@@ -1,13 +1,16 @@
 //! The one error type of `sealpost-client`.
 //!
 //! Variants are grouped by who has to act: the person who wrote the identity file ([`Error::Identity`]),
-//! the topic authority ([`Error::NoPolicy`], [`Error::NoContentKey`], [`Error::NotAPublisher`]), the
-//! network or the broker's operator ([`Error::Unreachable`], [`Error::ConnectionLost`],
+//! the topic authority ([`Error::NoPolicy`], [`Error::NoContentKey`], [`Error::NotAPublisher`], and the
+//! policy changes it asks for: [`Error::NoAuthorityKey`], [`Error::PolicyExists`], [`Error::RoleHeld`],
+//! [`Error::UnknownMember`], [`Error::NotAMember`], [`Error::StalePolicy`], [`Error::AuthorityRejected`]),
+//! the network or the broker's operator ([`Error::Unreachable`], [`Error::ConnectionLost`],
 //! [`Error::BrokerNotTrusted`], [`Error::CertificateRejected`]), the broker's access policy
-//! ([`Error::Refused`]), the broker's storage ([`Error::DataLost`]), and whoever tampered with the stored log
-//! or the stored topic policies ([`Error::Integrity`], [`Error::UntrustedPublisher`], [`Error::Policy`]). Every message is one line that
-//! says what failed and, where there is one, what to do about it. No message ever contains a payload or key
-//! material; text that the broker sends is shown only after control characters are removed.
+//! ([`Error::Refused`]), the broker's storage ([`Error::DataLost`]), and whoever tampered with the stored
+//! log or the stored topic policies ([`Error::Integrity`], [`Error::UntrustedPublisher`],
+//! [`Error::Policy`]). Every message is one line that says what failed and, where there is one, what to do
+//! about it. No message ever contains a payload or key material; text that the broker sends is shown only
+//! after control characters are removed.
 
 use std::fmt;
 use std::ops::Range;
@@ -15,6 +18,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sealpost_protocol::{ErrorCode, KeyId, Offset, Principal, PublicKey, Topic};
+
+use crate::role::Role;
 
 /// Everything that can go wrong in the client library.
 ///
@@ -66,6 +71,78 @@ pub enum Error {
         principal: Principal,
         /// The epoch of the topic's current policy.
         epoch: u64,
+    },
+    /// This identity holds no `authority_key`, so it cannot sign topic policies
+    /// ([`Authority::of`](crate::authority::Authority::of)).
+    #[error("this identity holds no authority_key: only the topic authority can change policies")]
+    NoAuthorityKey,
+    /// The topic has a policy already: it is changed, not created
+    /// ([`Authority::create`](crate::authority::Authority::create)).
+    #[error(
+        "{topic} already has a policy (epoch {epoch}): change it with sealpost topic grant, revoke or rotate"
+    )]
+    PolicyExists {
+        /// The topic.
+        topic: Topic,
+        /// The epoch of its current policy.
+        epoch: u64,
+    },
+    /// The member holds the role already: the policy would not change
+    /// ([`Authority::grant`](crate::authority::Authority::grant)).
+    #[error("{principal} already has the {role} role on {topic} (epoch {epoch})")]
+    RoleHeld {
+        /// The topic.
+        topic: Topic,
+        /// The member.
+        principal: Principal,
+        /// The role it holds.
+        role: Role,
+        /// The epoch of the topic's current policy.
+        epoch: u64,
+    },
+    /// A principal that is not a member was granted a role without its public keys: the authority must
+    /// name the keys to add it ([`Authority::grant`](crate::authority::Authority::grant)).
+    #[error(
+        "{principal} is not a member of the policy of {topic}: its public keys (signing and hpke) are \
+         needed to add it"
+    )]
+    UnknownMember {
+        /// The topic.
+        topic: Topic,
+        /// The principal.
+        principal: Principal,
+    },
+    /// The principal to revoke is not a member of the topic's current policy
+    /// ([`Authority::revoke`](crate::authority::Authority::revoke)).
+    #[error("{principal} is not a member of the policy of {topic} (epoch {epoch})")]
+    NotAMember {
+        /// The topic.
+        topic: Topic,
+        /// The principal.
+        principal: Principal,
+        /// The epoch of the topic's current policy.
+        epoch: u64,
+    },
+    /// The broker refused a new policy because the topic's policy changed since the one it was made from
+    /// (another administrator was faster): fetch the policies again and redo the change
+    /// ([`Client::store_policy`](crate::Client::store_policy)).
+    #[error(
+        "the policy of {topic} changed meanwhile (stale epoch {epoch}): fetch it again and redo the change"
+    )]
+    StalePolicy {
+        /// The topic.
+        topic: Topic,
+        /// The epoch of the refused policy.
+        epoch: u64,
+    },
+    /// The broker refused a new policy although it follows the topic's current one: the broker is
+    /// configured with another topic authority ([`Client::store_policy`](crate::Client::store_policy)).
+    #[error("the broker rejected the policy of {topic}: it is not configured with this topic authority ({authority})")]
+    AuthorityRejected {
+        /// The topic.
+        topic: Topic,
+        /// The authority that signed the refused policy.
+        authority: Box<PublicKey>,
     },
     /// No connection to the broker could be made: wrong address, broker down, or the network drops its
     /// packets.

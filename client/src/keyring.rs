@@ -119,7 +119,7 @@ impl TopicKeys {
     }
 }
 
-/// How recent a snapshot must be for [`Shared::topic_keys`](crate::connection::Shared::topic_keys).
+/// How recent a snapshot must be for `policies::topic_keys`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Freshness {
     /// Fetched from the broker at most this long ago.

@@ -42,9 +42,9 @@
 //! a fresh content key wrapped (HPKE) to every member. The broker stores them; the client fetches them,
 //! verifies them against the pinned key and keeps them for the life of the [`Client`], so the broker can
 //! neither forge one nor roll a client back to an older one (see [`Error::Policy`]). The topic authority
-//! (an identity holding `authority_key`) makes new ones with [`Client::put_policy`]; the `sealpost topic`
-//! commands do it for people: create, grant, revoke (a new epoch whose key the removed member cannot
-//! unwrap), rotate, show.
+//! (an identity holding `authority_key`) makes new ones with the [`authority`] module (create, grant,
+//! revoke: a new epoch whose key the removed member cannot unwrap, rotate) and stores them with
+//! [`Client::store_policy`]; the `sealpost topic` commands do the same for people.
 //!
 //! # What it guarantees
 //!
@@ -74,28 +74,52 @@
 //! committed offset a durable subscription resumes from (the broker holds that offset). A batch sealed
 //! under an epoch whose policy the broker no longer serves (two rotations ago) cannot be read. It never
 //! logs payloads or keys.
+//!
+//! # How it is built
+//!
+//! Each file owns one job, and imports only files below it:
+//!
+//! ```text
+//! client          the facade: connect, publisher, subscribe, policies, store_policy
+//! authority       create / grant / revoke / rotate: a topic's next policy (sans-IO)
+//! publish/        Publisher (mod), its task (task), the sans-IO pipeline (pipeline: window, resend,
+//!                 receipts, refusals) and the batcher
+//! subscribe/      Subscription (mod), its task (task), the sans-IO reader (reader: open, authorize, chain)
+//! policies        fetching a topic's policies into the keyring; storing one
+//! shared          what a client's publishers and subscriptions share
+//! reconnect       the one reconnect loop (backoff from backoff, what reconnecting cures)
+//! link/           the QUIC connection (connector), frame streams (stream), transport errors (error_map)
+//! keyring         verified policies and the content keys unwrapped from them
+//! tls, identity, options, clock, message, role, error
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod batcher;
-mod connection;
+pub mod authority;
+mod backoff;
+mod client;
+mod clock;
 mod error;
 mod identity;
 mod keyring;
+mod link;
 mod message;
+mod options;
 mod policies;
-mod publisher;
-mod reader;
-mod stream;
-mod subscription;
+mod publish;
+mod reconnect;
+mod role;
+mod shared;
+mod subscribe;
 mod tls;
 
-pub use connection::{Client, ClientOptions, Reconnect};
+pub use client::Client;
 pub use error::{Action, Error, Result};
 pub use identity::Identity;
 pub use message::Message;
-pub use publisher::{PublishFuture, Publisher, PublisherOptions, Receipt};
-pub use subscription::{SubscribeOptions, Subscription};
+pub use options::{ClientOptions, PublisherOptions, Reconnect, SubscribeOptions};
+pub use publish::{PublishFuture, Publisher, Receipt};
+pub use subscribe::Subscription;
 
 /// The protocol crate, for the types of integrity errors ([`Error::Integrity`]), keys and topic policies
 /// ([`issue_policy`](sealpost_protocol::issue_policy), [`VerifiedPolicy`]).

@@ -1,4 +1,6 @@
-//! A delivered message.
+//! A delivered [`Message`]: what a [`Subscription`](crate::Subscription) yields once every check of its
+//! batch passed (see `subscribe/reader.rs`). Plain data; its `Debug` output never shows the payload, only
+//! its length.
 
 use std::fmt;
 

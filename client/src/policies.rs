@@ -1,4 +1,6 @@
-//! The policy stream: fetching a topic's policies from the broker and storing a new one.
+//! Topic policies from the broker: fetching them into the client's [`KeySource`](crate::keyring::KeySource)
+//! (the keys a publisher seals with and a subscription opens with), reading them for the application, and
+//! storing a new one.
 //!
 //! A client-opened stream whose first frame is `GetPolicies` or `PutPolicy` is a policy stream. Each
 //! request here opens its own, sends one request, reads the answer and ends the stream. The broker answers
@@ -8,21 +10,26 @@
 //! action, if the policy is signed by the authority the broker is configured with and its epoch follows the
 //! stored current one.
 //!
-//! What is fetched is only bytes here: the [`KeySource`](crate::keyring::KeySource) verifies and admits it.
+//! What is fetched is only bytes until the key source verifies and admits it: nothing the broker serves is
+//! trusted here. Fetches of one topic are serialised, so that they are admitted in the order they were
+//! answered.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use sealpost_protocol::{Frame, Topic};
+use sealpost_protocol::{Frame, Topic, VerifiedPolicy};
 
-use crate::connection::Shared;
 use crate::error::{Action, Error, Result};
-use crate::stream::{unexpected, Link};
+use crate::keyring::{Freshness, TopicKeys};
+use crate::link::unexpected;
+use crate::reconnect::Reconnector;
+use crate::shared::Shared;
 
 /// Asks the broker for the stored policies of `topic`. A refusal is reported as a refusal of `action`, what
 /// the caller was about to do. One attempt.
-pub(crate) async fn get(shared: &Arc<Shared>, topic: &Topic, action: Action) -> Result<Vec<Bytes>> {
-    let mut link = Link::open(shared).await?;
+async fn get(shared: &Shared, topic: &Topic, action: Action) -> Result<Vec<Bytes>> {
+    let mut link = shared.open_link().await?;
     let request_id = shared.request_id();
     link.send(&Frame::GetPolicies { request_id, topic: topic.clone() }).await?;
     let answer = link.read().await;
@@ -37,8 +44,8 @@ pub(crate) async fn get(shared: &Arc<Shared>, topic: &Topic, action: Action) -> 
 
 /// Asks the broker to store `policy` (canonical bytes) as the new policy of `topic`. One attempt: a retry
 /// after a lost answer could be refused as stale although the first attempt was stored.
-pub(crate) async fn put(shared: &Arc<Shared>, topic: &Topic, policy: Bytes) -> Result<()> {
-    let mut link = Link::open(shared).await?;
+async fn put(shared: &Shared, topic: &Topic, policy: Bytes) -> Result<()> {
+    let mut link = shared.open_link().await?;
     let request_id = shared.request_id();
     link.send(&Frame::PutPolicy { request_id, policy }).await?;
     let answer = link.read().await;
@@ -51,4 +58,68 @@ pub(crate) async fn put(shared: &Arc<Shared>, topic: &Topic, policy: Bytes) -> R
         Some(other) => Err(unexpected(&other, "a PutPolicy request")),
         None => Err(Error::ConnectionLost { reason: "the broker ended the stream before answering".into() }),
     }
+}
+
+/// The policies and keys of `topic`, fetched from the broker unless the client's snapshot is as `fresh` as
+/// asked. A refusal to fetch them is reported as a refusal of `action`. One attempt.
+pub(crate) async fn topic_keys(
+    shared: &Shared,
+    topic: &Topic,
+    action: Action,
+    fresh: Freshness,
+) -> Result<Arc<TopicKeys>> {
+    let slot = shared.keys.slot(topic);
+    let asked = Instant::now();
+    if let Some(keys) = slot.fresh(fresh, asked) {
+        return Ok(keys);
+    }
+    let _fetching = slot.fetching.lock().await;
+    // Another task may have fetched while this one waited.
+    let after_wait = match fresh {
+        Freshness::Now => Freshness::Within(asked.elapsed()),
+        fresh => fresh,
+    };
+    if let Some(keys) = slot.fresh(after_wait, Instant::now()) {
+        return Ok(keys);
+    }
+    let served = get(shared, topic, action).await?;
+    let (keys, _) = shared.keys.admit(&slot, topic, served, Instant::now())?;
+    Ok(keys)
+}
+
+/// [`topic_keys`], retrying transient losses with backoff like any outage.
+pub(crate) async fn topic_keys_retrying(
+    shared: &Shared,
+    topic: &Topic,
+    action: Action,
+    fresh: Freshness,
+) -> Result<Arc<TopicKeys>> {
+    let mut reconnect = Reconnector::new(shared.options.reconnect.clone());
+    reconnect.run(|| topic_keys(shared, topic, action, fresh)).await
+}
+
+/// The policies of `topic` as the broker stores them, verified and admitted into the client's book, oldest
+/// first. Transient losses are retried like any outage.
+pub(crate) async fn read(shared: &Shared, topic: &Topic) -> Result<Vec<VerifiedPolicy>> {
+    let slot = shared.keys.slot(topic);
+    let _fetching = slot.fetching.lock().await;
+    let mut reconnect = Reconnector::new(shared.options.reconnect.clone());
+    let served = reconnect.run(|| get(shared, topic, Action::ReadPolicies)).await?;
+    let (_, verified) = shared.keys.admit(&slot, topic, served, Instant::now())?;
+    Ok(verified)
+}
+
+/// Stores `policy` as the new policy of its topic, if the pinned authority signed it (else nothing is
+/// sent), and makes the next use of the topic fetch its policies again. One attempt.
+pub(crate) async fn store(shared: &Shared, policy: &VerifiedPolicy) -> Result<()> {
+    let topic = policy.topic();
+    if policy.authority() != shared.keys.authority() {
+        return Err(Error::Policy {
+            topic: topic.clone(),
+            check: sealpost_protocol::Error::PolicyNotFromAuthority,
+        });
+    }
+    put(shared, topic, policy.as_bytes().clone()).await?;
+    shared.keys.slot(topic).expire();
+    Ok(())
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 use rustls::crypto::ring;
 use rustls::RootCertStore;
 
-use crate::connection::ClientOptions;
 use crate::error::{Error, Result};
 use crate::identity::Inner;
+use crate::options::ClientOptions;
 
 /// The ALPN protocol name of this protocol version.
 pub(crate) const ALPN: &[u8] = b"sealpost/1";

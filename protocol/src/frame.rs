@@ -16,6 +16,18 @@
 //! whether a whole frame is there, rejecting an oversized length before anything is allocated for it; then
 //! [`Frame::decode`] parses exactly that many bytes. A sealed batch or a topic policy travels inside a frame
 //! as opaque bytes, and is decoded separately with its own limits.
+//!
+//! # Without copying the batch
+//!
+//! A sealed batch is most of the bytes of a `Publish` or `Deliver` frame, and nothing in the frame layer
+//! needs to copy it:
+//! - [`Frame::decode_bytes`] decodes a frame held in a [`Bytes`] so that its byte fields (`Publish::batch`,
+//!   `Deliver::batch`, `PutPolicy::policy`, `Policies::policies`) are slices of that buffer
+//!   ([`Bytes::slice_ref`]), where [`Frame::decode`] copies them out of a `&[u8]`. Both accept and refuse
+//!   exactly the same bytes, with the same errors.
+//! - [`Frame::encode_split`] encodes a frame as a small head and, for a frame that ends with a byte field,
+//!   that field's own [`Bytes`]: written one after the other they are the bytes [`Frame::encode`] gives, so
+//!   a writer that takes chunks (QUIC's `write_all_chunks`) sends a batch without concatenating it.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -198,6 +210,61 @@ pub enum Frame {
     },
 }
 
+/// postcard's index of the variants with byte fields that [`Frame::decode_bytes`] slices out of the frame
+/// instead of copying (variants are only appended, so these never change; a test checks them).
+const PUBLISH: u32 = 0;
+const DELIVER: u32 = 4;
+const PUT_POLICY: u32 = 10;
+const POLICIES: u32 = 13;
+
+/// The fields of `Frame::Publish`, with the batch borrowed from the frame's bytes.
+#[derive(Deserialize)]
+struct PublishRef<'a> {
+    request_id: RequestId,
+    batch: &'a [u8],
+}
+
+/// The fields of `Frame::Deliver`, with the batch borrowed from the frame's bytes.
+#[derive(Deserialize)]
+struct DeliverRef<'a> {
+    subscription: SubscriptionId,
+    offset: Offset,
+    batch: &'a [u8],
+}
+
+/// The fields of `Frame::PutPolicy`, with the policy borrowed from the frame's bytes.
+#[derive(Deserialize)]
+struct PutPolicyRef<'a> {
+    request_id: RequestId,
+    policy: &'a [u8],
+}
+
+/// The fields of `Frame::Policies`, with the policies borrowed from the frame's bytes.
+#[derive(Deserialize)]
+struct PoliciesRef<'a> {
+    request_id: RequestId,
+    #[serde(borrow)]
+    policies: Vec<&'a [u8]>,
+}
+
+/// Decodes `fields` as a `T` that must take all of them, with [`Frame::decode_body`]'s errors.
+fn take_all<'a, T: Deserialize<'a>>(fields: &'a [u8]) -> Result<T> {
+    let (value, rest) = postcard::take_from_bytes(fields).map_err(|_| Error::Malformed("frame body"))?;
+    if !rest.is_empty() {
+        return Err(Error::Malformed("trailing bytes in frame"));
+    }
+    Ok(value)
+}
+
+/// Appends `n` as postcard writes a length: LEB128, seven bits a byte, least significant first.
+fn push_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
 /// Lets postcard append to a caller's buffer without an intermediate allocation.
 struct Append<'a>(&'a mut Vec<u8>);
 
@@ -252,6 +319,38 @@ impl Frame {
         Ok(out)
     }
 
+    /// The encoded frame in two parts that, written one after the other, are the bytes of
+    /// [`encode`](Self::encode): a head (length prefix, version, and every field but the last) and, for a
+    /// frame that ends with a byte field (`Publish`, `Deliver`, `PutPolicy`), that field's bytes themselves
+    /// (a clone of the frame's [`Bytes`], not a copy). Other frames come whole in the head, with an empty
+    /// second part.
+    pub fn encode_split(&self) -> Result<(Bytes, Bytes)> {
+        let (head, tail) = match self {
+            Frame::Publish { request_id, batch } if !batch.is_empty() => {
+                (Frame::Publish { request_id: *request_id, batch: Bytes::new() }, batch)
+            }
+            Frame::Deliver { subscription, offset, batch } if !batch.is_empty() => {
+                (Frame::Deliver { subscription: *subscription, offset: *offset, batch: Bytes::new() }, batch)
+            }
+            Frame::PutPolicy { request_id, policy } if !policy.is_empty() => {
+                (Frame::PutPolicy { request_id: *request_id, policy: Bytes::new() }, policy)
+            }
+            _ => return Ok((Bytes::from(self.to_vec()?), Bytes::new())),
+        };
+        let mut out = head.to_vec()?;
+        // The empty last field is encoded last, as its length: one zero byte. Its real length replaces it.
+        if out.pop() != Some(0) {
+            return Err(Error::Encode);
+        }
+        push_varint(&mut out, tail.len() as u64);
+        let len = (out.len() - 4).checked_add(tail.len()).and_then(|n| u32::try_from(n).ok());
+        let Some(len) = len else {
+            return Err(Error::Encode);
+        };
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        Ok((Bytes::from(out), tail.clone()))
+    }
+
     /// Validates a length prefix: the number of bytes that follow it, at least 1 and at most
     /// `max_frame_len`. Call it before allocating a buffer for the frame.
     pub fn length(prefix: [u8; 4], max_frame_len: u32) -> Result<usize> {
@@ -284,6 +383,57 @@ impl Frame {
             return Err(Error::Malformed("frame length does not match its bytes"));
         }
         Self::decode_body(rest)
+    }
+
+    /// [`decode`](Self::decode) a whole frame held in `frame`, with its byte fields sliced out of `frame`
+    /// rather than copied: a `Publish` frame's batch keeps the frame's buffer alive, and costs no second
+    /// buffer. Accepts and refuses exactly what [`decode`](Self::decode) does.
+    pub fn decode_bytes(frame: Bytes) -> Result<Frame> {
+        let Some((prefix, rest)) = frame.split_first_chunk::<4>() else {
+            return Err(Error::Truncated("frame length"));
+        };
+        if u32::from_be_bytes(*prefix) as usize != rest.len() {
+            return Err(Error::Malformed("frame length does not match its bytes"));
+        }
+        Self::decode_body_bytes(frame.slice(4..))
+    }
+
+    /// [`decode_body`](Self::decode_body) for a body held in `body`, with byte fields sliced out of it.
+    pub fn decode_body_bytes(body: Bytes) -> Result<Frame> {
+        let Some((&version, rest)) = body.split_first() else {
+            return Err(Error::Truncated("frame version"));
+        };
+        if version != FRAME_VERSION {
+            return Err(Error::UnsupportedVersion { what: "frame", version });
+        }
+        let Ok((variant, fields)) = postcard::take_from_bytes::<u32>(rest) else {
+            return Self::decode_body(&body);
+        };
+        Ok(match variant {
+            PUBLISH => {
+                let f: PublishRef<'_> = take_all(fields)?;
+                Frame::Publish { request_id: f.request_id, batch: body.slice_ref(f.batch) }
+            }
+            DELIVER => {
+                let f: DeliverRef<'_> = take_all(fields)?;
+                Frame::Deliver {
+                    subscription: f.subscription,
+                    offset: f.offset,
+                    batch: body.slice_ref(f.batch),
+                }
+            }
+            PUT_POLICY => {
+                let f: PutPolicyRef<'_> = take_all(fields)?;
+                Frame::PutPolicy { request_id: f.request_id, policy: body.slice_ref(f.policy) }
+            }
+            POLICIES => {
+                let f: PoliciesRef<'_> = take_all(fields)?;
+                let policies = f.policies.into_iter().map(|p| body.slice_ref(p)).collect();
+                Frame::Policies { request_id: f.request_id, policies }
+            }
+            // No byte field to slice: the plain decoder copies nothing large.
+            _ => return Self::decode_body(&body),
+        })
     }
 
     /// Decodes what follows a length prefix: the version byte and the body.
@@ -395,10 +545,189 @@ mod tests {
     }
 
     #[test]
+    fn the_sliced_variants_have_the_indexes_the_decoder_expects() {
+        let index = |f: Frame| f.to_vec().unwrap()[FRAME_HEADER_LEN];
+        assert_eq!(u32::from(index(Frame::Publish { request_id: 1, batch: Bytes::new() })), PUBLISH);
+        let deliver = Frame::Deliver { subscription: 1, offset: Offset(1), batch: Bytes::new() };
+        assert_eq!(u32::from(index(deliver)), DELIVER);
+        assert_eq!(u32::from(index(Frame::PutPolicy { request_id: 1, policy: Bytes::new() })), PUT_POLICY);
+        assert_eq!(u32::from(index(Frame::Policies { request_id: 1, policies: Vec::new() })), POLICIES);
+    }
+
+    #[test]
+    fn decode_bytes_slices_the_batch_out_of_the_frame() {
+        let batch = Bytes::from(vec![0xA5; 3000]);
+        let raw = Bytes::from(
+            Frame::Deliver { subscription: 7, offset: Offset(9), batch: batch.clone() }.to_vec().unwrap(),
+        );
+        let Frame::Deliver { subscription, offset, batch: got } = Frame::decode_bytes(raw.clone()).unwrap()
+        else {
+            panic!("not a Deliver");
+        };
+        assert_eq!((subscription, offset, &got), (7, Offset(9), &batch));
+        let within = raw.as_ptr_range();
+        assert!(
+            within.contains(&got.as_ptr()) && got.as_ptr_range().end == within.end,
+            "the batch was copied"
+        );
+    }
+
+    #[test]
+    fn decode_bytes_refuses_what_decode_refuses() {
+        let mut f = Frame::Publish { request_id: 1, batch: Bytes::from_static(b"abc") }.to_vec().unwrap();
+        f.push(0);
+        let len = (f.len() - 4) as u32;
+        f[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            Frame::decode_bytes(Bytes::from(f.clone())),
+            Err(Error::Malformed("trailing bytes in frame"))
+        );
+        assert_eq!(Frame::decode(&f), Err(Error::Malformed("trailing bytes in frame")));
+        // A batch length past the end of the frame.
+        let cut = Bytes::from_static(&[0, 0, 0, 5, 1, 0, 1, 9, 1]);
+        assert_eq!(Frame::decode_bytes(cut.clone()), Frame::decode(&cut));
+        assert_eq!(Frame::decode_bytes(cut), Err(Error::Malformed("frame body")));
+        assert_eq!(
+            Frame::decode_bytes(Bytes::from_static(&[0, 0, 0])),
+            Err(Error::Truncated("frame length"))
+        );
+    }
+
+    #[test]
+    fn encode_split_is_encode_in_two_parts_at_every_length_boundary() {
+        for len in [1usize, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152] {
+            let batch = Bytes::from(vec![3u8; len]);
+            for frame in [
+                Frame::Publish { request_id: u64::MAX, batch: batch.clone() },
+                Frame::Deliver { subscription: 300, offset: Offset(1 << 40), batch: batch.clone() },
+                Frame::PutPolicy { request_id: 0, policy: batch.clone() },
+            ] {
+                let (head, tail) = frame.encode_split().unwrap();
+                assert_eq!(tail.as_ptr(), batch.as_ptr(), "the batch was copied");
+                assert!(head.len() < 32, "{} head bytes", head.len());
+                assert_eq!(
+                    [&head[..], &tail[..]].concat(),
+                    frame.to_vec().unwrap(),
+                    "{} of {len}",
+                    frame.name()
+                );
+            }
+        }
+        let ack = Frame::Ack { subscription: 3, next_offset: Offset(9) };
+        let (head, tail) = ack.encode_split().unwrap();
+        assert_eq!((head.to_vec(), tail.len()), (ack.to_vec().unwrap(), 0));
+    }
+
+    #[test]
     fn decode_validates_topic_names() {
         // A Subscribe whose topic string breaks the naming rules is a malformed frame.
         let mut body = vec![FRAME_VERSION];
         body.extend(postcard::to_allocvec(&(2u8, 7u64, "a..b", 0u8, None::<String>)).unwrap());
         assert_eq!(Frame::decode_body(&body), Err(Error::Malformed("frame body")));
+    }
+}
+
+#[cfg(test)]
+mod decode_bytes_tests {
+    use super::*;
+
+    /// One frame of every variant, with byte fields where the variant has them.
+    fn every_variant() -> Vec<Frame> {
+        let topic = Topic::new("demo.chat").unwrap();
+        let key = crate::SigningKey::from_bytes(&[7; 32]).public_key();
+        let blob = |n: u8| Bytes::from(vec![n; 40 + usize::from(n)]);
+        vec![
+            Frame::Publish { request_id: 1, batch: blob(1) },
+            Frame::Published { request_id: 1, first_offset: Offset(1000), count: 3 },
+            Frame::Subscribe {
+                request_id: 2,
+                topic: topic.clone(),
+                from: StartAt::Latest,
+                durable: Some("d".into()),
+            },
+            Frame::Subscribed { request_id: 2, subscription: 5, start_offset: Offset(7) },
+            Frame::Deliver { subscription: 5, offset: Offset(1000), batch: blob(2) },
+            Frame::Ack { subscription: 5, next_offset: Offset(1001) },
+            Frame::Unsubscribe { subscription: 5 },
+            Frame::Error { request_id: None, code: ErrorCode::NOT_AUTHORIZED, message: "no".into() },
+            Frame::Head { request_id: 3, topic: topic.clone(), publisher: key },
+            Frame::HeadIs { request_id: 3, head: ChainHead::GENESIS },
+            Frame::PutPolicy { request_id: 4, policy: blob(3) },
+            Frame::PolicyStored { request_id: 4 },
+            Frame::GetPolicies { request_id: 5, topic },
+            Frame::Policies { request_id: 5, policies: vec![blob(4), Bytes::new(), blob(5)] },
+            Frame::Lost {
+                subscription: 5,
+                offset: Offset(9),
+                count: 2,
+                batch: Some(LostBatch { publisher: key, first_seq: 4, digest: Digest([1; 32]) }),
+                reason: ErrorCode::DATA_LOST,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_variant_decodes_as_decode_does() {
+        let frames = every_variant();
+        // Every variant is listed: a variant appended to `Frame` fails to compile here until it is added to
+        // the list (and, if it has a byte field, to `decode_body_bytes`).
+        let listed = |f: &Frame| match f {
+            Frame::Publish { .. } => 0,
+            Frame::Published { .. } => 1,
+            Frame::Subscribe { .. } => 2,
+            Frame::Subscribed { .. } => 3,
+            Frame::Deliver { .. } => 4,
+            Frame::Ack { .. } => 5,
+            Frame::Unsubscribe { .. } => 6,
+            Frame::Error { .. } => 7,
+            Frame::Head { .. } => 8,
+            Frame::HeadIs { .. } => 9,
+            Frame::PutPolicy { .. } => 10,
+            Frame::PolicyStored { .. } => 11,
+            Frame::GetPolicies { .. } => 12,
+            Frame::Policies { .. } => 13,
+            Frame::Lost { .. } => 14,
+        };
+        assert_eq!(frames.iter().map(listed).collect::<Vec<_>>(), (0..15).collect::<Vec<_>>());
+        for frame in frames {
+            let bytes = Bytes::from(frame.to_vec().unwrap());
+            assert_eq!(Frame::decode_bytes(bytes.clone()).unwrap(), Frame::decode(&bytes).unwrap());
+            assert_eq!(Frame::decode_bytes(bytes).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn byte_fields_share_the_frame_buffer() {
+        let batch = Bytes::from(vec![9u8; 1000]);
+        let bytes =
+            Bytes::from(Frame::Deliver { subscription: 1, offset: Offset(0), batch }.to_vec().unwrap());
+        let range = bytes.as_ptr_range();
+        match Frame::decode_bytes(bytes.clone()).unwrap() {
+            Frame::Deliver { batch, .. } => {
+                assert_eq!(batch.len(), 1000);
+                assert!(range.contains(&batch.as_ptr()), "the batch is a slice of the frame, not a copy");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_frames_fail_as_decode_fails() {
+        let good = Frame::Publish { request_id: 1, batch: Bytes::from_static(b"abc") }.to_vec().unwrap();
+        let mut wrong_version = good.clone();
+        wrong_version[4] = 2;
+        let mut trailing = good.clone();
+        trailing.push(0);
+        trailing[..4]
+            .copy_from_slice(&(u32::from_be_bytes([good[0], good[1], good[2], good[3]]) + 1).to_be_bytes());
+        let mut bad_variant = good.clone();
+        bad_variant[5] = 99;
+        for bad in
+            [&good[..3], &good[..good.len() - 1], &[0, 0, 0, 0][..], &wrong_version, &trailing, &bad_variant]
+        {
+            let bytes = Bytes::copy_from_slice(bad);
+            assert_eq!(Frame::decode_bytes(bytes.clone()), Frame::decode(&bytes), "{bad:?}");
+            assert!(Frame::decode_bytes(bytes).is_err());
+        }
     }
 }

@@ -12,7 +12,10 @@
 //!   its reader hold at most 128 KiB, not 4 MiB. A reader that must bound what peers hold in total reads
 //!   [`pending_frame_len`](FrameBuffer::pending_frame_len) once the prefix is in and takes that much from a
 //!   budget before it asks for the body.
-//! - **No copy out.** A whole frame leaves as [`Bytes`] that own the buffer it arrived in.
+//! - **No copy out.** A whole frame leaves as [`Bytes`] that own the buffer it arrived in, and
+//!   [`next_frame`](FrameBuffer::next_frame) decodes it with [`Frame::decode_bytes`], so a frame's byte
+//!   fields (a published or delivered batch) are slices of that buffer: the bytes a stream delivered are
+//!   copied once, into this buffer, and never again by the frame layer.
 //!
 //! It never asks for more than the current frame: [`wanted`](FrameBuffer::wanted) says how many bytes the
 //! current frame still lacks, so a reader that reads at most that many never holds bytes of the next frame.
@@ -95,10 +98,11 @@ impl FrameBuffer {
         }
     }
 
-    /// The next whole frame, decoded, if it is all in.
+    /// The next whole frame, decoded, if it is all in. Its byte fields are slices of the frame's buffer
+    /// ([`Frame::decode_bytes`]).
     pub fn next_frame(&mut self) -> Result<Option<Frame>> {
         match self.next_frame_bytes()? {
-            Some(bytes) => Frame::decode(&bytes).map(Some),
+            Some(bytes) => Frame::decode_bytes(bytes).map(Some),
             None => Ok(None),
         }
     }

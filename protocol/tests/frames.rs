@@ -86,9 +86,16 @@ proptest! {
         for f in &frames {
             let n = Frame::check(rest, Limits::DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
             prop_assert_eq!(&Frame::decode(&rest[..n]).unwrap(), f);
+            prop_assert_eq!(&Frame::decode_bytes(Bytes::copy_from_slice(&rest[..n])).unwrap(), f);
             rest = &rest[n..];
         }
         prop_assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn encode_split_is_encode_in_two_parts(frame in frame_strategy()) {
+        let (head, tail) = frame.encode_split().unwrap();
+        prop_assert_eq!([&head[..], &tail[..]].concat(), frame.to_vec().unwrap());
     }
 
     #[test]
@@ -97,5 +104,22 @@ proptest! {
             let _ = Frame::decode(&raw[..n]);
         }
         let _ = Frame::decode_body(&raw);
+        // The slicing decoder accepts and refuses exactly what the copying one does.
+        prop_assert_eq!(Frame::decode_body_bytes(Bytes::from(raw.clone())), Frame::decode_body(&raw));
+        let mut framed = (raw.len() as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&raw);
+        prop_assert_eq!(Frame::decode_bytes(Bytes::from(framed.clone())), Frame::decode(&framed));
+    }
+
+    #[test]
+    fn decode_bytes_agrees_with_decode_on_frames_with_a_damaged_byte(
+        frame in frame_strategy(),
+        at in any::<prop::sample::Index>(),
+        xor in 1u8..,
+    ) {
+        let mut raw = frame.to_vec().unwrap();
+        let i = 4 + at.index(raw.len() - 4);
+        raw[i] ^= xor;
+        prop_assert_eq!(Frame::decode_bytes(Bytes::from(raw.clone())), Frame::decode(&raw));
     }
 }

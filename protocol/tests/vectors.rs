@@ -110,6 +110,10 @@ fn frames_match_golden_vectors() {
         let bytes = frame.to_vec().unwrap();
         check_vector(name, &bytes);
         assert_eq!(Frame::decode(&bytes).unwrap(), frame);
+        // The zero-copy paths write and read the same bytes.
+        let (head, tail) = frame.encode_split().unwrap();
+        assert_eq!([&head[..], &tail[..]].concat(), bytes, "{name}: encode_split");
+        assert_eq!(Frame::decode_bytes(bytes.into()).unwrap(), frame, "{name}: decode_bytes");
     }
 }
 

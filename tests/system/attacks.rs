@@ -16,9 +16,8 @@
 //! a rollback to an older policy epoch) change what the broker serves as topic policies.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -27,7 +26,8 @@ use futures_util::StreamExt;
 use rand::SeedableRng;
 use sealpost_broker::acl::Acl;
 use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
-use sealpost_broker::store::{MemoryStore, PublisherRecord, Store, Stored, StoredBatch};
+use sealpost_broker::store::testing::TestStore;
+use sealpost_broker::store::{Store, StoredBatch};
 use sealpost_client::{
     Client, Error, Identity, Message, Publisher, PublisherOptions, SubscribeOptions, Subscription,
 };
@@ -40,61 +40,38 @@ use sealpost_protocol::{
 // The harness: a store that lies.
 // ---------------------------------------------------------------------------------------------------------
 
-/// What a compromised broker serves on one topic: given the honest log (every batch stored on the topic,
-/// in offset order), the batches it serves instead, with the offsets it claims for them.
-type View = Arc<dyn Fn(Vec<StoredBatch>) -> Vec<StoredBatch> + Send + Sync>;
-
-/// A [`Store`] under the control of a hostile broker host. It stores honestly (in a [`MemoryStore`]: the
-/// broker keeps sequencing and acknowledging publishes as usual) and serves subscribers, through
-/// [`Store::read`], whatever [`View`] the test installed for the topic: batches altered, forged, replayed,
-/// reordered, dropped or taken from another topic. Rewriting what is served is, for a subscriber, the same
-/// as rewriting the disk: the broker only ever hands out what `read` returns.
+/// The broker's store: a [`TestStore`] under the control of a hostile broker host. It stores honestly (in a
+/// [`MemoryStore`](sealpost_broker::store::MemoryStore): the broker keeps sequencing and acknowledging
+/// publishes as usual) and serves subscribers, through [`Store::read`], whatever view the test installed
+/// for the topic ([`TestStore::serve_reads`]): batches altered, forged, replayed, reordered, dropped or
+/// taken from another topic. Rewriting what is served is, for a subscriber, the same as rewriting the
+/// disk: the broker only ever hands out what `read` returns.
 ///
 /// Views are functions of the honest log, so they also apply to batches published after they are
 /// installed. The broker delivers a batch only below its durable end (the honest number of messages), so a
 /// view that serves more batches than the log holds keeps its last ones back until later publishes move
 /// that end (withholding the newest tail is a non-claim); the tests use a live publish to release them.
-#[derive(Default)]
-struct CheatingStore {
-    inner: MemoryStore,
-    views: Mutex<HashMap<Topic, View>>,
-    /// A lie about where the log starts (what a broker would say after deleting a prefix).
-    first_offset: Mutex<Option<u64>>,
-    /// What is served instead of a topic's stored policies, if set.
-    policy_view: Mutex<Option<PolicyView>>,
-}
+type CheatingStore = TestStore;
 
-type PolicyView = Arc<dyn Fn(Vec<Bytes>) -> Vec<Bytes> + Send + Sync>;
-
-impl CheatingStore {
+/// What the tests make a [`CheatingStore`] do, beyond [`TestStore`]'s own hooks.
+trait Cheat {
     /// The batches honestly stored on `topic`, in offset order.
-    fn honest(&self, topic: &Topic) -> Vec<StoredBatch> {
-        self.inner.read(topic, Offset(0), usize::MAX).unwrap().into_iter().filter_map(Stored::batch).collect()
-    }
+    fn honest_log(&self, topic: &Topic) -> Vec<StoredBatch>;
 
     /// Serves `view(honest batches)` on `topic`, at consecutive offsets from 0 (a broker that hides what it
     /// did to the log by renumbering it).
+    fn serve(&self, topic: &Topic, view: impl Fn(Vec<Bytes>) -> Vec<Bytes> + Send + Sync + 'static);
+}
+
+impl Cheat for CheatingStore {
+    fn honest_log(&self, topic: &Topic) -> Vec<StoredBatch> {
+        self.honest(topic).unwrap()
+    }
+
     fn serve(&self, topic: &Topic, view: impl Fn(Vec<Bytes>) -> Vec<Bytes> + Send + Sync + 'static) {
-        self.serve_at(topic, move |honest| consecutive(view(honest.into_iter().map(|b| b.bytes).collect())));
-    }
-
-    /// Serves `view(honest log)` on `topic`, with the offsets the view chooses.
-    fn serve_at(
-        &self,
-        topic: &Topic,
-        view: impl Fn(Vec<StoredBatch>) -> Vec<StoredBatch> + Send + Sync + 'static,
-    ) {
-        self.views.lock().unwrap().insert(topic.clone(), Arc::new(view));
-    }
-
-    /// Serves `view(stored policies)` instead of the stored policies of every topic.
-    fn serve_policies(&self, view: impl Fn(Vec<Bytes>) -> Vec<Bytes> + Send + Sync + 'static) {
-        *self.policy_view.lock().unwrap() = Some(Arc::new(view));
-    }
-
-    /// Claims that every topic's log starts at `offset`.
-    fn claim_first_offset(&self, offset: u64) {
-        *self.first_offset.lock().unwrap() = Some(offset);
+        self.serve_reads(topic, move |honest| {
+            consecutive(view(honest.into_iter().map(|b| b.bytes).collect()))
+        });
     }
 }
 
@@ -112,108 +89,6 @@ fn consecutive(batches: Vec<Bytes>) -> Vec<StoredBatch> {
             stored
         })
         .collect()
-}
-
-impl Store for CheatingStore {
-    fn append(
-        &self,
-        topic: &Topic,
-        publisher: &PublicKey,
-        record: &PublisherRecord,
-        batch: &Bytes,
-    ) -> sealpost_broker::Result<()> {
-        self.inner.append(topic, publisher, record, batch)
-    }
-
-    fn sync(&self) -> sealpost_broker::Result<()> {
-        self.inner.sync()
-    }
-
-    fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> sealpost_broker::Result<Vec<Stored>> {
-        let view = self.views.lock().unwrap().get(topic).cloned();
-        let Some(view) = view else { return self.inner.read(topic, from, max_bytes) };
-        // The inner store is in memory: it holds batches only.
-        let stored =
-            self.inner.read(topic, Offset(0), usize::MAX)?.into_iter().filter_map(Stored::batch).collect();
-        let served = view(stored);
-        // The `read` contract, applied to the served log: from the batch containing `from`, up to max_bytes.
-        let mut total = 0usize;
-        let mut out = Vec::new();
-        for batch in served.into_iter().filter(|b| b.end() > from) {
-            total = total.saturating_add(batch.bytes.len());
-            if !out.is_empty() && total > max_bytes {
-                break;
-            }
-            out.push(Stored::Batch(batch));
-        }
-        Ok(out)
-    }
-
-    fn next_offset(&self, topic: &Topic) -> sealpost_broker::Result<Offset> {
-        self.inner.next_offset(topic)
-    }
-
-    fn first_offset(&self, topic: &Topic) -> sealpost_broker::Result<Offset> {
-        match *self.first_offset.lock().unwrap() {
-            Some(lie) => Ok(Offset(lie)),
-            None => self.inner.first_offset(topic),
-        }
-    }
-
-    fn publisher_record(
-        &self,
-        topic: &Topic,
-        publisher: &PublicKey,
-        first_seq: u64,
-    ) -> sealpost_broker::Result<Option<PublisherRecord>> {
-        self.inner.publisher_record(topic, publisher, first_seq)
-    }
-
-    fn publisher_head(
-        &self,
-        topic: &Topic,
-        publisher: &PublicKey,
-    ) -> sealpost_broker::Result<Option<PublisherRecord>> {
-        self.inner.publisher_head(topic, publisher)
-    }
-
-    fn durable_offset(
-        &self,
-        topic: &Topic,
-        principal: &sealpost_protocol::Principal,
-        name: &str,
-    ) -> sealpost_broker::Result<Option<Offset>> {
-        self.inner.durable_offset(topic, principal, name)
-    }
-
-    fn set_durable_offset(
-        &self,
-        topic: &Topic,
-        principal: &sealpost_protocol::Principal,
-        name: &str,
-        next_offset: Offset,
-    ) -> sealpost_broker::Result<()> {
-        self.inner.set_durable_offset(topic, principal, name, next_offset)
-    }
-
-    fn put_policy(&self, topic: &Topic, epoch: u64, policy: &Bytes) -> sealpost_broker::Result<()> {
-        self.inner.put_policy(topic, epoch, policy)
-    }
-
-    fn policies(&self, topic: &Topic, max: usize) -> sealpost_broker::Result<Vec<Bytes>> {
-        let stored = self.inner.policies(topic, usize::MAX)?;
-        let view = self.policy_view.lock().unwrap().clone();
-        let mut served = match view {
-            Some(view) => view(stored),
-            None => stored,
-        };
-        let skip = served.len().saturating_sub(max);
-        Ok(served.split_off(skip))
-    }
-
-    fn syncs(&self) -> u64 {
-        self.inner.syncs()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -301,7 +176,8 @@ impl Scene {
             acl: Acl::from_toml(ACL).unwrap(),
             store: store.clone(),
             authority: Some(env.authority.public_key()),
-            limits: ServerLimits::default(),
+            // The store lies on reads: no in-memory tail may serve the honest bytes instead.
+            limits: ServerLimits { tail_cache_bytes: 0, ..ServerLimits::default() },
         };
         let broker = within("broker start", Broker::start(broker_options)).await.unwrap();
         let alice = connect(&env, "alice", &broker).await;
@@ -320,7 +196,7 @@ impl Scene {
         for i in 0..n {
             self.publish(&format!("m{i}")).await;
         }
-        let honest = self.store.honest(&chat());
+        let honest = self.store.honest_log(&chat());
         assert_eq!(honest.iter().map(|b| (b.offset.0, b.count)).collect::<Vec<_>>(), one_each(n));
         honest.into_iter().map(|b| b.bytes).collect()
     }
@@ -690,7 +566,7 @@ async fn batch_of_another_topic_served_under_this_topic_is_reported() {
     let other = within("publisher", scene.alice.publisher(events(), one_per_batch())).await.unwrap();
     within("publish ack", other.publish(Bytes::from_static(b"meant for demo.events"))).await.unwrap();
     within("publisher close", other.close()).await.unwrap();
-    let stolen = scene.store.honest(&events()).remove(0).bytes;
+    let stolen = scene.store.honest_log(&events()).remove(0).bytes;
     // The same sequence number as the batch it stands in front of: only the topic check can tell.
     assert_eq!(decode(&stolen).header().first_seq, 1);
     scene.store.serve(&chat(), move |mut log| {
@@ -739,10 +615,10 @@ async fn batch_served_over_delivered_offsets_cannot_hide_its_first_messages() {
     for p in pending {
         within("publish ack", p).await.unwrap();
     }
-    let honest = scene.store.honest(&chat());
+    let honest = scene.store.honest_log(&chat());
     assert_eq!(honest.iter().map(|b| (b.offset.0, b.count)).collect::<Vec<_>>(), vec![(0, 3), (3, 3)]);
     // The second batch (offsets 3..6) is served at offset 1 (claiming 1..4).
-    scene.store.serve_at(&chat(), |mut log| {
+    scene.store.serve_reads(&chat(), |mut log| {
         log[1].offset = Offset(1);
         log
     });
@@ -765,8 +641,8 @@ async fn batch_served_over_delivered_offsets_cannot_hide_its_first_messages() {
 async fn deleted_prefix_is_reported_even_if_the_broker_claims_the_log_starts_later() {
     let scene = Scene::new(one_per_batch()).await;
     scene.publish_chat(4).await;
-    scene.store.claim_first_offset(2);
-    scene.store.serve_at(&chat(), |log| log.into_iter().filter(|b| b.offset >= Offset(2)).collect());
+    scene.store.claim_first_offset(Offset(2));
+    scene.store.serve_reads(&chat(), |log| log.into_iter().filter(|b| b.offset >= Offset(2)).collect());
 
     let mut sub = scene.subscribe().await;
     let alice = scene.alice_id();
@@ -840,7 +716,7 @@ async fn batch_injected_by_revoked_publisher_after_revocation_is_reported() {
     for m in ["m0", "m1"] {
         within("publish", publisher.publish(Bytes::from(m))).await.unwrap();
     }
-    let honest = scene.store.honest(&chat());
+    let honest = scene.store.honest_log(&chat());
     assert_eq!(decode(&honest[0].bytes).header().epoch, Epoch(3));
     let params = SealParams {
         topic: chat(),

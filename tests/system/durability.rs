@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::harness::*;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use sealpost_broker::store::testing::TestStore;
 use sealpost_client::{Client, ClientOptions, Identity, PublisherOptions, Reconnect, SubscribeOptions};
 use sealpost_protocol::{StartAt, Topic};
 
@@ -124,98 +125,29 @@ async fn every_acknowledged_message_survives_sigkill() {
     broker.kill();
 }
 
-/// A sled store that records, for every append, how many syncs had completed, and counts completed syncs:
-/// the test can then check that each acknowledged batch was covered by a sync that finished after it was
-/// appended.
-struct SyncAudit {
-    inner: sealpost_broker::store::SledStore,
-    appended_at: Mutex<std::collections::BTreeMap<u64, u64>>,
-    completed: std::sync::atomic::AtomicU64,
-}
-
-impl sealpost_broker::store::Store for SyncAudit {
-    fn append(
-        &self,
-        t: &Topic,
-        p: &sealpost_protocol::PublicKey,
-        r: &sealpost_broker::store::PublisherRecord,
-        b: &Bytes,
-    ) -> sealpost_broker::Result<()> {
-        let done = self.completed.load(std::sync::atomic::Ordering::SeqCst);
-        self.appended_at.lock().unwrap().insert(r.offset.0, done);
-        self.inner.append(t, p, r, b)
-    }
-    fn sync(&self) -> sealpost_broker::Result<()> {
-        self.inner.sync()?;
-        self.completed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
-    }
-    fn read(
-        &self,
-        t: &Topic,
-        from: sealpost_protocol::Offset,
-        max: usize,
-    ) -> sealpost_broker::Result<Vec<sealpost_broker::store::Stored>> {
-        self.inner.read(t, from, max)
-    }
-    fn next_offset(&self, t: &Topic) -> sealpost_broker::Result<sealpost_protocol::Offset> {
-        self.inner.next_offset(t)
-    }
-    fn first_offset(&self, t: &Topic) -> sealpost_broker::Result<sealpost_protocol::Offset> {
-        self.inner.first_offset(t)
-    }
-    fn publisher_record(
-        &self,
-        t: &Topic,
-        p: &sealpost_protocol::PublicKey,
-        s: u64,
-    ) -> sealpost_broker::Result<Option<sealpost_broker::store::PublisherRecord>> {
-        self.inner.publisher_record(t, p, s)
-    }
-    fn publisher_head(
-        &self,
-        t: &Topic,
-        p: &sealpost_protocol::PublicKey,
-    ) -> sealpost_broker::Result<Option<sealpost_broker::store::PublisherRecord>> {
-        self.inner.publisher_head(t, p)
-    }
-    fn durable_offset(
-        &self,
-        t: &Topic,
-        who: &sealpost_protocol::Principal,
-        name: &str,
-    ) -> sealpost_broker::Result<Option<sealpost_protocol::Offset>> {
-        self.inner.durable_offset(t, who, name)
-    }
-    fn set_durable_offset(
-        &self,
-        t: &Topic,
-        who: &sealpost_protocol::Principal,
-        name: &str,
-        next: sealpost_protocol::Offset,
-    ) -> sealpost_broker::Result<()> {
-        self.inner.set_durable_offset(t, who, name, next)
-    }
-    fn put_policy(&self, t: &Topic, epoch: u64, policy: &Bytes) -> sealpost_broker::Result<()> {
-        self.inner.put_policy(t, epoch, policy)
-    }
-    fn policies(&self, t: &Topic, max: usize) -> sealpost_broker::Result<Vec<Bytes>> {
-        self.inner.policies(t, max)
-    }
-    fn syncs(&self) -> u64 {
-        self.inner.syncs()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ack_follows_a_sync_that_covers_its_batch() {
     use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
+    use std::sync::atomic::{AtomicU64, Ordering};
     let mut env = Env::new();
-    let audit = Arc::new(SyncAudit {
-        inner: sealpost_broker::store::SledStore::open(&env.data_dir()).unwrap(),
-        appended_at: Mutex::new(Default::default()),
-        completed: Default::default(),
-    });
+    // A sled store that records, for every append, how many syncs had completed, and counts completed
+    // syncs: each acknowledged batch must then be covered by a sync that finished after it was appended.
+    let audit = Arc::new(TestStore::new(sealpost_broker::store::DiskStore::open(&env.data_dir()).unwrap()));
+    let completed = Arc::new(AtomicU64::new(0));
+    let appended_at = Arc::new(Mutex::new(std::collections::BTreeMap::<u64, u64>::new()));
+    {
+        let (completed, appended_at) = (completed.clone(), appended_at.clone());
+        audit.before_append(move |batch| {
+            appended_at.lock().unwrap().insert(batch.offset().0, completed.load(Ordering::SeqCst));
+            Ok(())
+        });
+    }
+    {
+        let completed = completed.clone();
+        audit.after_sync(move || {
+            completed.fetch_add(1, Ordering::SeqCst);
+        });
+    }
     env.seed(audit.as_ref());
     let options = BrokerOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -234,8 +166,8 @@ async fn every_ack_follows_a_sync_that_covers_its_batch() {
     for ack in pending {
         let offset = within("ack", ack).await.unwrap().offset.0;
         // Read after the ack arrived: a sync completed after the append of every batch acknowledged so far.
-        let completed_now = audit.completed.load(std::sync::atomic::Ordering::SeqCst);
-        let appended_at = audit.appended_at.lock().unwrap();
+        let completed_now = completed.load(Ordering::SeqCst);
+        let appended_at = appended_at.lock().unwrap();
         let (&first, &syncs_before) = appended_at.range(..=offset).next_back().unwrap();
         assert!(first <= offset);
         assert!(
@@ -243,8 +175,8 @@ async fn every_ack_follows_a_sync_that_covers_its_batch() {
             "offset {offset} acknowledged before any sync after its append"
         );
     }
-    let syncs = audit.completed.load(std::sync::atomic::Ordering::SeqCst);
-    let batches = audit.appended_at.lock().unwrap().len() as u64;
+    let syncs = completed.load(Ordering::SeqCst);
+    let batches = appended_at.lock().unwrap().len() as u64;
     assert!(syncs >= 1 && syncs <= batches + 2, "syncs {syncs}, batches {batches}");
     eprintln!("2000 messages in {batches} batches, acknowledged after {syncs} syncs (group commit)");
     broker.shutdown().await.unwrap();

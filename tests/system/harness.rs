@@ -11,7 +11,7 @@ use crate::process::{Ready, ServerProcess, LISTENING};
 use sealpost_broker::acl::Acl;
 use sealpost_broker::pki::{DevCa, Issued, LeafSpec};
 use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
-use sealpost_broker::store::{MemoryStore, SledStore, Store};
+use sealpost_broker::store::{DiskStore, MemoryStore, Store};
 use sealpost_broker::tls::TlsMaterial;
 use sealpost_protocol::identity::IdentityFile;
 use sealpost_protocol::{
@@ -135,7 +135,7 @@ impl Env {
 
     fn store(&mut self, engine: Engine) -> Arc<dyn Store> {
         let store: Arc<dyn Store> = match engine {
-            Engine::Sled => Arc::new(SledStore::open(&self.data_dir()).unwrap()),
+            Engine::Sled => Arc::new(DiskStore::open(&self.data_dir()).unwrap()),
             // The memory engine survives a broker restart within the test (not a process restart).
             Engine::Memory => self.memory.get_or_insert_with(|| Arc::new(MemoryStore::default())).clone(),
         };
@@ -361,8 +361,8 @@ impl Env {
         std::fs::write(&path, config).unwrap();
         // The subprocess opens the same sled folder: seed its policies now and close it. (Without a reserve:
         // some tests give the data folder a small file system of its own.)
-        let options = sealpost_broker::store::SledOptions { reserve_bytes: 0, ..Default::default() };
-        let store = SledStore::open_with(&self.data_dir(), options).unwrap();
+        let options = sealpost_broker::store::DiskOptions { reserve_bytes: 0, ..Default::default() };
+        let store = DiskStore::open_with(&self.data_dir(), options).unwrap();
         self.seed(&store);
         drop(store);
         path

@@ -107,6 +107,59 @@ async fn publishes_beyond_the_principal_rate_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_of_one_connection_share_its_budget_without_waiting_on_each_other() {
+    // Sixteen subscriptions of one connection each start with a read of 64 KiB: together they fill the
+    // connection's 1 MiB budget. Every batch is 200 KiB, larger than a read. A subscription that kept its
+    // 64 KiB while it waited for the rest would wait for the others, which wait for it: nothing would be
+    // delivered. Each must put its part back and take the batch's size whole.
+    let mut env = Env::new();
+    let limits = ServerLimits {
+        max_frame_len: 512 * 1024,
+        subscriber_read_bytes: 64 * 1024,
+        // Reads from the store, which yield to the other tasks between the read's reservation and the
+        // batch's: every subscription holds its part before any has read.
+        tail_cache_bytes: 0,
+        memory: sealpost_broker::budget::MemoryLimits {
+            inflight_bytes_per_connection: 1024 * 1024,
+            ..ServerLimits::default().memory
+        },
+        ..ServerLimits::default()
+    };
+    let broker = start(&mut env, limits).await;
+    let alice = client(&env, "alice", &broker).await;
+    let publisher = alice.publisher(chat(), PublisherOptions { max_batch: 1, ..PublisherOptions::default() });
+    let publisher = within("publisher", publisher).await.unwrap();
+    const MESSAGES: usize = 4;
+    let bob = client(&env, "bob", &broker).await;
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+        let mut sub = within("subscribe", bob.subscribe(chat(), options)).await.unwrap();
+        readers.spawn(async move {
+            let mut firsts = Vec::new();
+            for _ in 0..MESSAGES {
+                let message = futures_util::StreamExt::next(&mut sub).await.unwrap().unwrap();
+                assert_eq!(message.payload.len(), 200 * 1024);
+                firsts.push(message.payload[0]);
+            }
+            firsts
+        });
+    }
+    // Every subscription waits at the end of the topic: each batch wakes all sixteen at once.
+    for i in 0..MESSAGES {
+        within("publish", publisher.publish(Bytes::from(vec![i as u8; 200 * 1024]))).await.unwrap();
+    }
+    let expected: Vec<u8> = (0..MESSAGES as u8).collect();
+    let mut done = 0;
+    while let Some(read) = within("every subscription is served", readers.join_next()).await {
+        assert_eq!(read.unwrap(), expected);
+        done += 1;
+    }
+    assert_eq!(done, 16);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connection_is_closed_by_the_broker() {
     let mut env = Env::new();
     let limits = ServerLimits { idle_timeout: Duration::from_millis(300), ..ServerLimits::default() };

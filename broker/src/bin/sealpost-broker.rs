@@ -1,15 +1,16 @@
-//! The `sealpost-broker` binary: `serve --config FILE` for operators, `dev` for a throwaway local setup,
+//! The `sealpost-broker` binary: `serve --config FILE` for operators, `dev` for a throwaway local setup (with
+//! the `dev` feature, on by default),
 //! `verify-store DIR` to check a stopped broker's data folder.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sealpost_broker::config::Config;
+#[cfg(feature = "dev")]
 use sealpost_broker::dev;
 use sealpost_broker::server::{Broker, BrokerOptions};
-use sealpost_broker::store::sled::scrub;
+use sealpost_broker::store::disk::verify;
 
 /// jemalloc, with its background threads purging freed pages (after `dirty_decay_ms`, 10 s by default):
 /// memory that peers made the broker hold goes back to the system once they are gone. With glibc's
@@ -38,13 +39,14 @@ enum Command {
         config: PathBuf,
     },
     /// Run on a throwaway PKI generated in DIR on first run and reused after.
+    #[cfg(feature = "dev")]
     Dev {
         /// Folder for the PKI, identities, ACL, configuration and data.
         #[arg(long, default_value = "./sealpost-dev")]
         data: PathBuf,
         /// Address to listen on (used when DIR is first set up).
         #[arg(long, default_value = "127.0.0.1:7443")]
-        listen: SocketAddr,
+        listen: std::net::SocketAddr,
     },
     /// Check a stopped broker's data folder: every record against its checksum, and the index against the
     /// segments. Prints one line per finding; exit status 0 when clean, 1 with findings, 2 if it cannot
@@ -73,9 +75,9 @@ fn main() {
     }
 }
 
-/// `verify-store DIR`: prints what [`scrub::verify`] finds; returns the exit status.
+/// `verify-store DIR`: prints what [`verify::verify`] finds; returns the exit status.
 fn verify_store(dir: &std::path::Path) -> i32 {
-    match scrub::verify(dir) {
+    match verify::verify(dir) {
         Err(e) => {
             eprintln!("sealpost-broker: cannot verify {}: {e}", dir.display());
             2
@@ -109,6 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config_path = match cli.command {
         Command::Serve { config } => config,
         Command::VerifyStore { .. } => unreachable!("handled in main"),
+        #[cfg(feature = "dev")]
         Command::Dev { data, listen } => {
             let setup =
                 dev::prepare(&data, listen).with_context(|| format!("setting up {}", data.display()))?;

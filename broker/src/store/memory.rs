@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::Bytes;
 use sealpost_protocol::{Offset, Principal, PublicKey, Topic};
 
-use super::{offset_mismatch, PublisherRecord, Store, Stored, StoredBatch};
+use super::{offset_mismatch, Append, PublisherRecord, Store, Stored, StoredBatch};
 use crate::{Error, Result};
 
 /// A [`Store`] held in memory.
@@ -54,20 +54,23 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn append(
-        &self,
-        topic: &Topic,
-        publisher: &PublicKey,
-        record: &PublisherRecord,
-        batch: &Bytes,
-    ) -> Result<()> {
+    fn append(&self, batch: Append<'_>) -> Result<()> {
+        let (topic, record) = (batch.topic(), batch.record());
         let mut state = self.state()?;
         let next = state.next_offset(topic);
         if record.offset != next {
             return Err(offset_mismatch(topic, next, record.offset));
         }
-        state.batches.entry(topic.clone()).or_default().insert(record.offset, (record.count, batch.clone()));
-        state.publishers.entry((topic.clone(), *publisher)).or_default().insert(record.first_seq, *record);
+        state
+            .batches
+            .entry(topic.clone())
+            .or_default()
+            .insert(record.offset, (record.count, batch.bytes().clone()));
+        state
+            .publishers
+            .entry((topic.clone(), *batch.publisher()))
+            .or_default()
+            .insert(record.first_seq, record);
         Ok(())
     }
 

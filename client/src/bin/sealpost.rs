@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use clap::{ArgGroup, Parser, Subcommand};
 use futures_util::StreamExt;
+use sealpost_client::authority::{Authority, Role};
 use sealpost_client::protocol::principal::valid_principal;
 use sealpost_client::protocol::{HpkeSecretKey, Offset, SigningKey};
 use sealpost_client::{Client, Identity, PublisherOptions, StartAt, SubscribeOptions, Topic};
@@ -192,8 +193,9 @@ async fn run(identity: Option<PathBuf>, command: Command) -> anyhow::Result<()> 
     let identity = Identity::load(identity)?;
     let changes_policy =
         matches!(&command, Command::Topic { command } if !matches!(command, TopicCommand::Show { .. }));
-    if changes_policy && identity.authority_key().is_none() {
-        bail!("{}", topic::NO_AUTHORITY_KEY);
+    if changes_policy {
+        // Before connecting: only the topic authority can change policies.
+        Authority::of(&identity)?;
     }
     let client = Client::connect(&identity).await?;
     let result = match command {
@@ -217,8 +219,8 @@ async fn topic_command(client: &Client, identity: &Identity, command: TopicComma
         }
         TopicCommand::Grant { topic, publisher, subscriber, members } => {
             let change = match (publisher, subscriber) {
-                (Some(name), _) => topic::Change::Grant { name, role: topic::Role::Publish },
-                (None, Some(name)) => topic::Change::Grant { name, role: topic::Role::Subscribe },
+                (Some(name), _) => topic::Change::Grant { name, role: Role::Publish },
+                (None, Some(name)) => topic::Change::Grant { name, role: Role::Subscribe },
                 (None, None) => bail!("give --publisher NAME or --subscriber NAME"),
             };
             (topic, change, folder(members))

@@ -16,29 +16,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
+use sealpost_client::authority::{Authority, MemberKeys, Role};
 use sealpost_client::protocol::principal::valid_principal;
 use sealpost_client::protocol::{
-    issue_policy, ContentKey, Epoch, HpkePublicKey, HpkeSecretKey, Limits, Member, PolicyParams, PublicKey,
-    SigningKey, VerifiedPolicy,
+    HpkePublicKey, HpkeSecretKey, Member, PublicKey, SigningKey, VerifiedPolicy,
 };
-use sealpost_client::{Client, Error, ErrorCode, Identity, Timestamp, Topic};
+use sealpost_client::{Client, Error, Identity, Principal, Timestamp, Topic};
 use zeroize::Zeroize as _;
-
-/// A role a member can be granted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Role {
-    Publish,
-    Subscribe,
-}
-
-impl Role {
-    fn name(self) -> &'static str {
-        match self {
-            Role::Publish => "publish",
-            Role::Subscribe => "subscribe",
-        }
-    }
-}
 
 /// What a command changes in a topic's policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,9 +79,7 @@ impl Members {
     /// The public keys of `name`: from `DIR/NAME.pub.toml` if it exists, else derived from the secret
     /// keys in `DIR/NAME.toml`.
     pub(crate) fn keys(&self, name: &str) -> anyhow::Result<(PublicKey, HpkePublicKey)> {
-        if !valid_principal(name) {
-            bail!("{name:?} is not a principal name (1 to 64 of A-Z a-z 0-9 . _ -)");
-        }
+        principal(name)?;
         let public = self.dir.join(format!("{name}.pub.toml"));
         let secret = self.dir.join(format!("{name}.toml"));
         if public.exists() {
@@ -142,89 +124,71 @@ impl Members {
 
     fn member(&self, name: &str, publish: bool, subscribe: bool) -> anyhow::Result<Member> {
         let (signing_key, hpke_key) = self.keys(name)?;
-        Ok(Member { principal: name.parse()?, publish, subscribe, signing_key, hpke_key })
+        Ok(Member { principal: principal(name)?, publish, subscribe, signing_key, hpke_key })
     }
+}
+
+/// `name` as a principal, or the one line that says why it is none.
+fn principal(name: &str) -> anyhow::Result<Principal> {
+    if !valid_principal(name) {
+        bail!("{name:?} is not a principal name (1 to 64 of A-Z a-z 0-9 . _ -)");
+    }
+    Ok(name.parse()?)
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// The members of `topic`'s next policy after `change`, given its `current` policy.
-pub(crate) fn next_members(
+/// `topic`'s next policy after `change`, given its `current` policy, made by `authority` at `now`. Members'
+/// keys are read from `members` only for principals the policy does not list yet (and not at all for a
+/// topic that has a policy already, which `create` refuses).
+pub(crate) fn next_policy(
+    authority: &Authority<'_>,
     topic: &Topic,
     current: Option<&VerifiedPolicy>,
     change: &Change,
     members: &Members,
-) -> anyhow::Result<Vec<Member>> {
-    let current = match (change, current) {
-        (Change::Create { .. }, Some(current)) => bail!(
-            "{topic} already has a policy (epoch {}): change it with sealpost topic grant, revoke or rotate",
-            current.epoch()
-        ),
-        (Change::Create { publishers, subscribers }, None) => {
-            if publishers.is_empty() && subscribers.is_empty() {
-                bail!("name at least one member with --publisher NAME or --subscriber NAME");
-            }
-            let mut names: Vec<&String> = publishers.iter().chain(subscribers).collect();
-            names.sort();
-            names.dedup();
-            return names
-                .into_iter()
-                .map(|name| members.member(name, publishers.contains(name), subscribers.contains(name)))
-                .collect();
-        }
-        (_, None) => bail!("{topic} has no policy yet: create it first with sealpost topic create {topic}"),
-        (_, Some(current)) => current,
-    };
-    let mut next = current.members().to_vec();
-    match change {
-        Change::Create { .. } | Change::Rotate => {}
-        Change::Grant { name, role } => match next.iter_mut().find(|m| m.principal == name.as_str()) {
-            Some(m) => {
-                let has = match role {
-                    Role::Publish => std::mem::replace(&mut m.publish, true),
-                    Role::Subscribe => std::mem::replace(&mut m.subscribe, true),
-                };
-                if has {
-                    bail!(
-                        "{name} already has the {} role on {topic} (epoch {})",
-                        role.name(),
-                        current.epoch()
-                    );
-                }
-            }
-            None => next.push(members.member(name, *role == Role::Publish, *role == Role::Subscribe)?),
-        },
-        Change::Revoke { name } => {
-            let before = next.len();
-            next.retain(|m| m.principal != name.as_str());
-            if next.len() == before {
-                bail!("{name} is not a member of the policy of {topic} (epoch {})", current.epoch());
-            }
-        }
-    }
-    Ok(next)
-}
-
-/// `topic`'s next policy with `members`, created at `now` (or at the current policy's time, if the clock is
-/// behind it), with a fresh random content key, signed by `authority`.
-pub(crate) fn next_policy(
-    authority: &SigningKey,
-    topic: &Topic,
-    current: Option<&VerifiedPolicy>,
-    members: Vec<Member>,
     now: Timestamp,
 ) -> anyhow::Result<VerifiedPolicy> {
-    let epoch = match current {
-        None => Epoch(1),
-        Some(p) => Epoch(p.epoch().0.checked_add(1).context("the topic's epoch cannot grow any more")?),
+    let next = match change {
+        Change::Create { publishers, subscribers } => {
+            let mut listed = Vec::new();
+            if current.is_none() {
+                if publishers.is_empty() && subscribers.is_empty() {
+                    bail!("name at least one member with --publisher NAME or --subscriber NAME");
+                }
+                let mut names: Vec<&String> = publishers.iter().chain(subscribers).collect();
+                names.sort();
+                names.dedup();
+                for name in names {
+                    listed.push(members.member(
+                        name,
+                        publishers.contains(name),
+                        subscribers.contains(name),
+                    )?);
+                }
+            }
+            authority.create(topic, current, listed, now)
+        }
+        Change::Grant { name, role } => {
+            let who = principal(name)?;
+            let keys = match current {
+                Some(policy) if policy.member(&who).is_none() => {
+                    let (signing_key, hpke_key) = members.keys(name)?;
+                    Some(MemberKeys { signing_key, hpke_key })
+                }
+                _ => None,
+            };
+            authority.grant(topic, current, &who, *role, keys, now)
+        }
+        Change::Revoke { name } => authority.revoke(topic, current, &principal(name)?, now),
+        Change::Rotate => authority.rotate(topic, current, now),
     };
-    let created_at = current.map_or(now, |p| now.max(p.created_at()));
-    let params = PolicyParams { topic: topic.clone(), epoch, prev: current, members, created_at };
-    let key = ContentKey::generate(&mut rand::rngs::OsRng);
-    issue_policy(authority, params, &key, &Limits::default(), &mut rand::rngs::OsRng)
-        .with_context(|| format!("cannot make the policy of {topic}"))
+    next.map_err(|e| match e {
+        Error::Protocol(_) => anyhow::Error::new(e).context(format!("cannot make the policy of {topic}")),
+        e => e.into(),
+    })
 }
 
 /// Runs a change: fetches the current policy, makes the next one and stores it on the broker.
@@ -235,25 +199,13 @@ pub(crate) async fn change(
     change: &Change,
     members: &Members,
 ) -> anyhow::Result<()> {
-    let Some(authority) = identity.authority_key() else {
-        bail!("{}", NO_AUTHORITY_KEY);
-    };
+    let authority = Authority::of(identity)?;
     let current = client.policies(topic).await?.pop();
-    let next = next_members(topic, current.as_ref(), change, members)?;
-    let policy = next_policy(authority, topic, current.as_ref(), next, now())?;
-    match client.put_policy(&policy).await {
+    let policy = next_policy(&authority, topic, current.as_ref(), change, members, now())?;
+    match client.store_policy(&policy).await {
         Ok(()) => {}
-        Err(Error::Refused { code: ErrorCode::POLICY_REJECTED, .. }) => {
-            // Either someone changed the policy meanwhile, or the broker trusts another authority.
-            let now_current = client.policies(topic).await.ok().and_then(|mut p| p.pop()).map(|p| p.epoch());
-            if now_current == current.as_ref().map(VerifiedPolicy::epoch) {
-                bail!(
-                    "the broker rejected the policy of {topic}: it is not configured with this topic \
-                     authority ({})",
-                    identity.authority()
-                );
-            }
-            bail!("the policy of {topic} changed meanwhile (stale epoch): run the command again");
+        Err(Error::StalePolicy { .. }) => {
+            bail!("the policy of {topic} changed meanwhile (stale epoch): run the command again")
         }
         Err(e) => return Err(e.into()),
     }
@@ -261,10 +213,6 @@ pub(crate) async fn change(
     print_members(&policy);
     Ok(())
 }
-
-/// The one line for an identity that cannot sign policies.
-pub(crate) const NO_AUTHORITY_KEY: &str =
-    "this identity holds no authority_key: only the topic authority can change policies";
 
 /// `topic show`: the current policy.
 pub(crate) async fn show(client: &Client, topic: &Topic) -> anyhow::Result<()> {
@@ -338,6 +286,8 @@ pub(crate) fn public_file(principal: &str, signing: &PublicKey, hpke: &HpkePubli
 
 #[cfg(test)]
 mod tests {
+    use sealpost_client::protocol::Epoch;
+
     use super::*;
 
     fn topic() -> Topic {
@@ -396,9 +346,20 @@ mod tests {
         policy_members.iter().map(|m| (m.principal.to_string(), m.publish, m.subscribe)).collect()
     }
 
+    /// The CLI's next policy after `change`, as `change` makes it, an error as the one line it prints.
+    fn try_make(
+        current: Option<&VerifiedPolicy>,
+        change: &Change,
+        members: &Members,
+        now: u64,
+    ) -> Result<VerifiedPolicy, String> {
+        let key = authority();
+        next_policy(&Authority::new(&key), &topic(), current, change, members, Timestamp(now))
+            .map_err(|e| format!("{e:#}"))
+    }
+
     fn make(current: Option<&VerifiedPolicy>, change: Change, members: &Members, now: u64) -> VerifiedPolicy {
-        let next = next_members(&topic(), current, &change, members).unwrap();
-        next_policy(&authority(), &topic(), current, next, Timestamp(now)).unwrap()
+        try_make(current, &change, members, now).unwrap()
     }
 
     #[test]
@@ -441,13 +402,13 @@ mod tests {
         assert_eq!(roles(p.members()), [("alice".into(), true, true), ("bob".into(), false, true)]);
         p.content_key("bob", &hpke("bob")).unwrap();
         // A topic with a policy is not created again.
-        let e = next_members(&topic(), Some(&p), &change, &members).unwrap_err().to_string();
+        let e = try_make(Some(&p), &change, &members, 2000).unwrap_err();
         assert_eq!(
             e,
             "demo.chat already has a policy (epoch 1): change it with sealpost topic grant, revoke or rotate"
         );
         let empty = Change::Create { publishers: vec![], subscribers: vec![] };
-        assert!(next_members(&topic(), None, &empty, &members).is_err());
+        assert!(try_make(None, &empty, &members, 1000).is_err());
     }
 
     #[test]
@@ -470,16 +431,14 @@ mod tests {
         let p3 = make(Some(&p2), Change::Grant { name: "bob".into(), role: Role::Publish }, &members, 3000);
         assert_eq!(roles(p3.members())[1], ("bob".into(), true, true));
         let again = Change::Grant { name: "bob".into(), role: Role::Publish };
-        let e = next_members(&topic(), Some(&p3), &again, &members).unwrap_err().to_string();
+        let e = try_make(Some(&p3), &again, &members, 3500).unwrap_err();
         assert_eq!(e, "bob already has the publish role on demo.chat (epoch 3)");
 
         let p4 = make(Some(&p3), Change::Revoke { name: "carol".into() }, &members, 4000);
         assert_eq!(p4.epoch(), Epoch(4));
         assert!(p4.member("carol").is_none());
         assert!(p4.content_key("carol", &hpke("carol")).is_err(), "carol cannot unwrap the new key");
-        let e = next_members(&topic(), Some(&p4), &Change::Revoke { name: "carol".into() }, &members)
-            .unwrap_err()
-            .to_string();
+        let e = try_make(Some(&p4), &Change::Revoke { name: "carol".into() }, &members, 4500).unwrap_err();
         assert_eq!(e, "carol is not a member of the policy of demo.chat (epoch 4)");
 
         // The clock behind the current policy: created at its time, so that it still chains.
@@ -501,17 +460,15 @@ mod tests {
         let p2 =
             make(Some(&p1), Change::Grant { name: "carol".into(), role: Role::Subscribe }, &members, 2000);
         assert_eq!(p2.member("carol").unwrap().signing_key, signing("carol").public_key());
-        let e = next_members(
-            &topic(),
-            Some(&p2),
-            &Change::Grant { name: "dave".into(), role: Role::Publish },
-            &members,
-        )
-        .unwrap_err()
-        .to_string();
+        let grant_dave = Change::Grant { name: "dave".into(), role: Role::Publish };
+        let e = try_make(Some(&p2), &grant_dave, &members, 3000).unwrap_err();
         assert!(e.starts_with("unknown member dave"), "{e}");
-        let e = next_members(&topic(), None, &Change::Rotate, &members).unwrap_err().to_string();
-        assert_eq!(e, "demo.chat has no policy yet: create it first with sealpost topic create demo.chat");
+        let e = try_make(None, &Change::Rotate, &members, 3000).unwrap_err();
+        assert_eq!(
+            e,
+            "topic demo.chat has no policy yet: the topic authority must create one first (sealpost topic \
+             create demo.chat ...)"
+        );
     }
 
     #[test]

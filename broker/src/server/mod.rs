@@ -1,0 +1,154 @@
+//! The async shell: a QUIC endpoint that accepts mutually authenticated connections and moves frames
+//! between streams, the [`Log`] and the [`Store`](crate::store::Store). It decides nothing: every decision
+//! about a peer is the [`session`](crate::session)'s, and what is stored and when it is durable is the
+//! log's. It owns the tasks (one per connection, one per stream, plus a writer of answers per publish
+//! stream and a reader of acks per subscription), the frame deadlines and budget waits of reading, the
+//! blocking store reads (run off the async workers) and shutdown.
+//!
+//! # Files
+//!
+//! - `mod.rs`: [`Broker`]: the endpoint, the accept loop, shutdown; `options.rs`: [`BrokerOptions`].
+//! - `connection.rs`: one connection: handshake, admission, its streams, their first frame.
+//! - `publish.rs`, `policies.rs`, `subscription.rs`: one kind of stream each.
+//! - `wire.rs`: frames in and out of QUIC streams.
+//!
+//! # Streams
+//!
+//! Every exchange runs on a bidirectional stream opened by the client; its first frame decides its kind.
+//! - **Publish stream** (`Head` or `Publish` first): publishes are pipelined. The reader has the session
+//!   check each batch and hands it to the log **in arrival order**; a writer task sends each answer
+//!   (`Published` or `Error`) in the same order once the log has made the batch durable.
+//! - **Policy stream** (`GetPolicies` or `PutPolicy` first): topic policies, read by any principal the ACL
+//!   lets publish, subscribe or administer the topic, and stored (durably, through the log) only from an
+//!   administrator, signed by the configured topic authority, with the next epoch.
+//! - **Subscription stream** (`Subscribe` first, one per stream): `Subscribed`, then `Deliver` frames read
+//!   from the store in offset order up to the durable end, then new batches as syncs make them durable
+//!   (read from the log's in-memory tail while it still holds them, see [`Log::read_tail`]).
+//!   A subscriber holds at most one read chunk (`subscriber_read_bytes`) in broker memory and its pace is
+//!   set by the QUIC stream's flow control, so a slow subscriber never blocks publishers or other
+//!   subscribers. Acks come back on the same stream.
+//!
+//! # Shutdown
+//!
+//! [`Broker::shutdown`] stops accepting connections and new requests, lets answers to publishes already
+//! handed to the log go out, closes connections, then closes the log (a final sync).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::session::{Close, Endpoint};
+use crate::tls;
+use crate::writer::Log;
+use crate::{Error, Result};
+
+mod connection;
+mod options;
+mod policies;
+mod publish;
+mod subscription;
+mod wire;
+
+pub use self::options::BrokerOptions;
+pub use crate::limits::ServerLimits;
+
+/// How long shutdown waits for connections to finish their in-flight publishes.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A running broker.
+pub struct Broker {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Broker {
+    /// Binds the endpoint and starts serving.
+    pub async fn start(options: BrokerOptions) -> Result<Broker> {
+        let BrokerOptions { listen, tls, acl, store, authority, limits } = options;
+        let crypto = tls::server_crypto(&tls)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let memory = limits.memory;
+        let window = |bytes: u64| {
+            quinn::VarInt::from_u64(bytes).map_err(|_| Error::Config("QUIC window too large".into()))
+        };
+        let idle_timeout =
+            limits.idle_timeout.try_into().map_err(|_| Error::Config("idle timeout too large".into()))?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(limits.max_streams_per_connection.into())
+            .max_concurrent_uni_streams(0u8.into())
+            .max_idle_timeout(Some(idle_timeout))
+            .stream_receive_window(window(memory.stream_receive_window)?)
+            .receive_window(window(memory.receive_window_per_connection)?)
+            .send_window(memory.send_window_per_connection);
+        server_config.transport_config(Arc::new(transport));
+        server_config.migration(false);
+        let endpoint = quinn::Endpoint::server(server_config, listen)?;
+        let local_addr = endpoint.local_addr()?;
+        let log = Arc::new(Log::with_tail(store, limits.tail_cache_bytes)?);
+        let session = Arc::new(Endpoint::new(acl, authority, limits, Instant::now()));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(endpoint, session, log, shutdown_rx));
+        info!(%local_addr, "sealpost broker listening (QUIC, mutual TLS 1.3, ALPN sealpost/1)");
+        Ok(Broker { local_addr, shutdown, task })
+    }
+
+    /// The address the broker listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, finishes in-flight publishes, syncs storage and returns.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.map_err(|e| Error::Storage(format!("broker task failed: {e}")))?
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    session: Arc<Endpoint>,
+    log: Arc<Log>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let Some(place) = session.admit_incoming() else {
+                    warn!(remote = %incoming.remote_address(), "connection refused: max_connections reached");
+                    incoming.refuse();
+                    continue;
+                };
+                let (session, log, shutdown) = (session.clone(), log.clone(), shutdown.clone());
+                connections.spawn(async move {
+                    connection::serve(incoming, session, log, shutdown).await;
+                    drop(place);
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    info!("shutting down: no new connections; finishing in-flight publishes");
+    // Connection tasks see the shutdown signal, stop taking requests and drain their answers.
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN, drain).await.is_err() {
+        warn!("connections did not drain within {DRAIN:?}; closing them");
+    }
+    let close = Close::SHUTTING_DOWN;
+    endpoint.close(close.code.into(), close.reason.as_bytes());
+    drop(session);
+    if let Some(log) = Arc::into_inner(log) {
+        log.close().await?;
+    }
+    endpoint.wait_idle().await;
+    info!("storage synced; bye");
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! What a broker is started with, and how a configuration file becomes it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sealpost_protocol::PublicKey;
+
+use crate::acl::Acl;
+use crate::config::Config;
+use crate::limits::ServerLimits;
+use crate::store::Store;
+use crate::tls::TlsMaterial;
+use crate::{Error, Result};
+
+/// Everything a broker needs to run.
+pub struct BrokerOptions {
+    /// Address to listen on (UDP).
+    pub listen: SocketAddr,
+    /// Certificates and keys.
+    pub tls: TlsMaterial,
+    /// The operator's ACL.
+    pub acl: Acl,
+    /// The storage engine.
+    pub store: Arc<dyn Store>,
+    /// The topic authority's public key: only policies it signed are stored (none without it).
+    pub authority: Option<PublicKey>,
+    /// Limits.
+    pub limits: ServerLimits,
+}
+
+impl BrokerOptions {
+    /// Reads the files a configuration names (certificates, keys, ACL) and opens its store.
+    pub fn from_config(config: &Config) -> Result<BrokerOptions> {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))
+        };
+        let tls = TlsMaterial {
+            client_ca_pem: read(&config.tls.ca, "tls.ca")?,
+            cert_chain_pem: read(&config.tls.cert, "tls.cert")?,
+            key_pem: read(&config.tls.key, "tls.key")?,
+            crls_pem: config.tls.crls.iter().map(|p| read(p, "tls.crls")).collect::<Result<_>>()?,
+        };
+        let acl = Acl::load(&config.acl)?;
+        let store = crate::store::open(config.storage.engine(), &config.data_dir)?;
+        let limits = config.limits;
+        Ok(BrokerOptions { listen: config.listen, tls, acl, store, authority: config.authority, limits })
+    }
+}

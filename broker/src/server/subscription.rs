@@ -1,0 +1,127 @@
+//! A subscription stream's tasks: deliveries out, read from the log's tail or the store (off the async
+//! workers) within the connection's budget, as far as the session's cursor says; acks in, each handed to
+//! the session and its commit executed through the log.
+
+use std::sync::Arc;
+
+use sealpost_protocol::{Offset, Topic};
+use tokio::sync::watch;
+
+use super::wire::{write_frame, FrameReader};
+use crate::budget::Budget;
+use crate::session::{AckAction, Connection, Started, Subscribing, Subscription};
+use crate::store::{Store, Stored};
+use crate::writer::Log;
+use crate::{Error, Result};
+
+/// Serves a subscription the session accepted.
+pub(super) async fn serve(
+    subscribing: Subscribing,
+    mut send: quinn::SendStream,
+    reader: FrameReader,
+    session: &Connection,
+    log: &Arc<Log>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut end = log.durable_end(subscribing.topic())?;
+    let store = log.store().clone();
+    let Started { subscribed, subscription, mut cursor } =
+        subscribing.start(store.as_ref(), *end.borrow_and_update())?;
+    write_frame(&mut send, &subscribed).await?;
+    let topic = subscription.topic().clone();
+
+    // Acks and unsubscribe arrive on the receive half; this task ends when the client is done.
+    let acks = tokio::spawn(read_acks(subscription, reader, log.clone()));
+    tokio::pin!(acks);
+
+    let budget: &Budget = session.budget();
+    loop {
+        let durable_end = *end.borrow_and_update();
+        if let Some(read) = cursor.next_read(durable_end) {
+            // What is read is held until QUIC takes it: it counts against the connection's budget, and
+            // is reserved whole before it is read. A single batch larger than a read is put back with
+            // its reservation, and read again once its whole size is reserved: holding part of the
+            // budget while waiting for more could leave subscriptions each holding a part and waiting
+            // on the others. (The second read returns the same batch: stored bytes do not change.)
+            let mut want = read.max_bytes;
+            let (mut held, items) = loop {
+                let held = tokio::select! {
+                    held = budget.reserve(want) => held,
+                    _ = &mut acks => return Ok(()),
+                    _ = shutdown.changed() => return Ok(()),
+                };
+                let items = read_from(log, &store, &topic, read.from, want).await?;
+                let size = items.iter().map(Stored::bytes_len).sum::<usize>();
+                if size <= held.bytes() {
+                    break (held, items);
+                }
+                want = size;
+            };
+            held.shrink_to(items.iter().map(Stored::bytes_len).sum::<usize>());
+            let before = cursor.position();
+            for item in items {
+                let len = item.bytes_len();
+                let Some(frame) = cursor.deliver(item, durable_end) else { break };
+                tokio::select! {
+                    written = write_frame(&mut send, &frame) => written?,
+                    _ = &mut acks => return Ok(()),
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                held.shrink_to(held.bytes().saturating_sub(len));
+            }
+            drop(held);
+            if cursor.position() != before {
+                continue;
+            }
+        }
+        tokio::select! {
+            changed = end.changed() => if changed.is_err() { return Ok(()) },
+            _ = &mut acks => return Ok(()),
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// Up to `max_bytes` of `topic` from `from` on (at least one batch): from the log's in-memory tail when a
+/// subscriber keeps up, else from the store, which may also yield lost ranges (damaged storage); they go
+/// out as `Lost` frames, in offset order.
+async fn read_from(
+    log: &Log,
+    store: &Arc<dyn Store>,
+    topic: &Topic,
+    from: Offset,
+    max_bytes: usize,
+) -> Result<Vec<Stored>> {
+    if let Some(batches) = log.read_tail(topic, from, max_bytes) {
+        return Ok(batches.into_iter().map(Stored::Batch).collect());
+    }
+    let (store, topic) = (store.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || store.read(&topic, from, max_bytes))
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?
+}
+
+/// Reads the subscriber's frames until it is done, committing durable acks through the log.
+async fn read_acks(subscription: Subscription, mut reader: FrameReader, log: Arc<Log>) -> Result<()> {
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(received)) => received.frame,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                reader.stop(&e);
+                return Err(e);
+            }
+        };
+        match subscription.on_frame(frame) {
+            AckAction::Nothing => {}
+            AckAction::Commit { topic, principal, name, next_offset } => {
+                log.commit_offset(topic, principal, name, next_offset).await?;
+            }
+            AckAction::End => return Ok(()),
+            AckAction::Refuse(err) => {
+                reader.stop(&err);
+                return Err(err);
+            }
+        }
+    }
+}

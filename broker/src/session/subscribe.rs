@@ -1,0 +1,352 @@
+//! A subscription stream: one `Subscribe`, then deliveries out and acks in.
+//!
+//! A subscription goes through three types:
+//!
+//! 1. [`Subscribing`]: a `Subscribe` request that took one of its connection's subscription slots
+//!    (`max_subscriptions_per_connection`) and passed [`authorize_subscribe`]
+//!    ([`Connection::subscribe`](super::Connection::subscribe) makes it, or refuses the stream). The driver
+//!    looks up the topic's durable end and calls [`Subscribing::start`], which decides where the
+//!    subscription starts ([`start_offset`]: a durable subscription's committed offset, else `from` resolved
+//!    against the store) and gives the `Subscribed` frame to send;
+//! 2. [`Subscription`]: what the acks need, cloned into the task that reads them: an `Ack` of a durable
+//!    subscription becomes a commit for the writer, `Unsubscribe` ends the stream, anything else refuses it
+//!    ([`Subscription::on_frame`]);
+//! 3. [`Cursor`]: where delivery stands. Given the durable end, it says what to read next
+//!    ([`Cursor::next_read`]) and turns each stored item read into its `Deliver` or `Lost` frame
+//!    ([`Cursor::deliver`]), never one at or past the durable end: subscribers only see durable data.
+//!
+//! The cursor holds the subscription's slot until it is dropped, when the stream ends.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use sealpost_protocol::{Frame, Offset, Principal, RequestId, StartAt, SubscriptionId, Topic};
+use tracing::{debug, info};
+
+use super::authorize::{authorize_subscribe, start_offset};
+use super::endpoint::Endpoint;
+use super::reply::Refusal;
+use crate::store::{Store, Stored};
+use crate::tls::Peer;
+use crate::{Error, Result};
+
+/// One of a connection's subscription slots, given back when dropped.
+#[derive(Debug)]
+pub struct SubscriptionSlot(Arc<AtomicUsize>);
+
+impl SubscriptionSlot {
+    /// Takes a slot from `open` (the connection's count of open subscriptions) unless `max` are taken.
+    pub fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<SubscriptionSlot> {
+        let slot = SubscriptionSlot(open.clone());
+        // Counted first, so that two racing requests cannot both take the last slot.
+        (open.fetch_add(1, Ordering::Relaxed) < max).then_some(slot)
+    }
+}
+
+impl Drop for SubscriptionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An authorized `Subscribe` request, waiting for the topic's durable end to start.
+#[derive(Debug)]
+pub struct Subscribing {
+    request_id: RequestId,
+    id: SubscriptionId,
+    topic: Topic,
+    from: StartAt,
+    durable: Option<String>,
+    principal: Principal,
+    read_bytes: usize,
+    slot: SubscriptionSlot,
+}
+
+/// What a started subscription needs: the frame that starts it, its acks' session, its delivery cursor.
+#[derive(Debug)]
+pub struct Started {
+    /// `Subscribed`: send it first.
+    pub subscribed: Frame,
+    /// The acks' session.
+    pub subscription: Subscription,
+    /// Where delivery starts.
+    pub cursor: Cursor,
+}
+
+/// What to do with one frame a subscriber sends.
+#[derive(Debug)]
+pub enum AckAction {
+    /// Nothing (an ack of a subscription that is not durable).
+    Nothing,
+    /// Have the writer record `next_offset` for the durable subscription
+    /// (`Log::commit_offset(topic, principal, name, next_offset)`), and wait for it before reading on.
+    Commit {
+        /// The topic.
+        topic: Topic,
+        /// The subscriber.
+        principal: Principal,
+        /// The durable subscription's name.
+        name: String,
+        /// The first offset not yet processed.
+        next_offset: Offset,
+    },
+    /// The subscriber is done: end the stream.
+    End,
+    /// Stop reading the stream with this error's code, and end it.
+    Refuse(Error),
+}
+
+impl Subscribing {
+    /// Checks a `Subscribe` request of `peer` that took `slot`, under the id `id`.
+    pub(crate) fn new(
+        endpoint: &Endpoint,
+        peer: &Peer,
+        id: SubscriptionId,
+        slot: SubscriptionSlot,
+        request: (RequestId, Topic, StartAt, Option<String>),
+    ) -> Result<Subscribing, Refusal> {
+        let (request_id, topic, from, durable) = request;
+        if let Err(e) = authorize_subscribe(peer, endpoint.acl(), &topic, durable.as_deref()) {
+            debug!(principal = %peer.principal, %topic, error = %e, "subscribe refused");
+            return Err(Refusal::new(Some(request_id), e));
+        }
+        let (principal, read_bytes) = (peer.principal.clone(), endpoint.limits().subscriber_read_bytes);
+        Ok(Subscribing { request_id, id, topic, from, durable, principal, read_bytes, slot })
+    }
+
+    /// The topic: look up its durable end.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// Starts the subscription, given the topic's durable end now: reads the durable subscription's
+    /// committed offset and the topic's first offset from `store`. Fails only if the store does.
+    pub fn start(self, store: &dyn Store, durable_end: Offset) -> Result<Started> {
+        let Subscribing { request_id, id, topic, from, durable, principal, read_bytes, slot } = self;
+        let committed = match &durable {
+            Some(name) => store.durable_offset(&topic, &principal, name)?,
+            None => None,
+        };
+        let first = store.first_offset(&topic)?;
+        let start = start_offset(from, committed, first, durable_end);
+        info!(%principal, %topic, %start, durable = durable.as_deref().unwrap_or(""), "subscribed");
+        Ok(Started {
+            subscribed: Frame::Subscribed { request_id, subscription: id, start_offset: start },
+            subscription: Subscription { id, topic, principal, durable },
+            cursor: Cursor { subscription: id, next: start, read_bytes, _slot: slot },
+        })
+    }
+}
+
+/// The acks' session of a started subscription.
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    id: SubscriptionId,
+    topic: Topic,
+    principal: Principal,
+    durable: Option<String>,
+}
+
+impl Subscription {
+    /// Its id on its connection.
+    pub fn id(&self) -> SubscriptionId {
+        self.id
+    }
+
+    /// Its topic.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// What to do with `frame`, sent by the subscriber on the subscription's stream.
+    pub fn on_frame(&self, frame: Frame) -> AckAction {
+        match frame {
+            Frame::Ack { subscription, next_offset } if subscription == self.id => match &self.durable {
+                Some(name) => AckAction::Commit {
+                    topic: self.topic.clone(),
+                    principal: self.principal.clone(),
+                    name: name.clone(),
+                    next_offset,
+                },
+                None => AckAction::Nothing,
+            },
+            Frame::Unsubscribe { .. } => AckAction::End,
+            _ => AckAction::Refuse(Error::Protocol(sealpost_protocol::Error::Malformed(
+                "unexpected frame on a subscription stream",
+            ))),
+        }
+    }
+}
+
+/// What to read next for a subscription: the store's items from the one that holds `from`, within
+/// `max_bytes` (`subscriber_read_bytes`: reserve it from the connection's budget first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Read {
+    /// The first offset wanted.
+    pub from: Offset,
+    /// Most bytes of batches to read at a time.
+    pub max_bytes: usize,
+}
+
+/// Where a subscription's delivery stands. Holds its slot: drop it when the stream ends.
+#[derive(Debug)]
+pub struct Cursor {
+    subscription: SubscriptionId,
+    next: Offset,
+    read_bytes: usize,
+    _slot: SubscriptionSlot,
+}
+
+impl Cursor {
+    /// The next offset to deliver.
+    pub fn position(&self) -> Offset {
+        self.next
+    }
+
+    /// What to read next when the topic is durable up to `durable_end`; `None` when all of it was
+    /// delivered (wait for the durable end to move).
+    pub fn next_read(&self, durable_end: Offset) -> Option<Read> {
+        (self.next < durable_end).then_some(Read { from: self.next, max_bytes: self.read_bytes })
+    }
+
+    /// The frame that delivers `item` (read in offset order) and the cursor moved past it; `None` if the
+    /// item is at or past `durable_end` (not durable: deliver nothing more of this read).
+    pub fn deliver(&mut self, item: Stored, durable_end: Offset) -> Option<Frame> {
+        if item.offset() >= durable_end {
+            return None;
+        }
+        self.next = item.end();
+        Some(item.into_frame(self.subscription))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use sealpost_protocol::{ErrorCode, LostBatch};
+
+    use super::*;
+    use crate::limits::ServerLimits;
+    use crate::session::testing::{endpoint, peer, topic};
+    use crate::store::{LossReason, LostRange, MemoryStore, StoredBatch};
+
+    fn subscribing(who: &str, from: StartAt, durable: Option<&str>) -> Result<Subscribing, Refusal> {
+        let (endpoint, _) = endpoint(ServerLimits::default(), Instant::now());
+        let slot = SubscriptionSlot::take(&Arc::new(AtomicUsize::new(0)), 1).unwrap();
+        let request = (1, topic("demo.chat"), from, durable.map(str::to_owned));
+        Subscribing::new(&endpoint, &peer(who), 7, slot, request)
+    }
+
+    fn started(from: StartAt, durable: Option<&str>, store: &MemoryStore, end: u64) -> Started {
+        subscribing("bob", from, durable).unwrap().start(store, Offset(end)).unwrap()
+    }
+
+    fn start_of(s: &Started) -> Offset {
+        match s.subscribed {
+            Frame::Subscribed { request_id: 1, subscription: 7, start_offset } => start_offset,
+            ref other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn slots_are_counted_and_given_back() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let a = SubscriptionSlot::take(&open, 2).unwrap();
+        let _b = SubscriptionSlot::take(&open, 2).unwrap();
+        assert!(SubscriptionSlot::take(&open, 2).is_none());
+        drop(a);
+        assert!(SubscriptionSlot::take(&open, 2).is_some());
+        assert_eq!(open.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn subscribe_is_refused_by_the_acl_or_a_bad_durable_name_with_its_request_id() {
+        let denied = subscribing("mallory", StartAt::Earliest, None).unwrap_err();
+        assert_eq!((denied.request_id, denied.code()), (Some(1), ErrorCode::NOT_AUTHORIZED));
+        let bad_name = subscribing("bob", StartAt::Earliest, Some("a/b")).unwrap_err();
+        assert_eq!((bad_name.request_id, bad_name.code()), (Some(1), ErrorCode::MALFORMED));
+    }
+
+    #[test]
+    fn a_subscription_starts_where_its_request_and_the_store_say() {
+        let store = MemoryStore::new();
+        let chat = topic("demo.chat");
+        assert_eq!(start_of(&started(StartAt::Earliest, None, &store, 10)), Offset(0));
+        assert_eq!(start_of(&started(StartAt::Latest, None, &store, 10)), Offset(10));
+        assert_eq!(start_of(&started(StartAt::Offset(Offset(4)), None, &store, 10)), Offset(4));
+        // A durable subscription resumes from its committed offset, whatever `from` says.
+        store.set_durable_offset(&chat, &"bob".parse().unwrap(), "audit", Offset(6)).unwrap();
+        assert_eq!(start_of(&started(StartAt::Latest, Some("audit"), &store, 10)), Offset(6));
+        assert_eq!(start_of(&started(StartAt::Latest, Some("other"), &store, 10)), Offset(10));
+    }
+
+    #[test]
+    fn acks_of_a_durable_subscription_are_committed_and_others_are_not() {
+        let store = MemoryStore::new();
+        let durable = started(StartAt::Earliest, Some("audit"), &store, 0).subscription;
+        let AckAction::Commit { topic: t, principal, name, next_offset } =
+            durable.on_frame(Frame::Ack { subscription: 7, next_offset: Offset(3) })
+        else {
+            panic!("not committed");
+        };
+        assert_eq!((t, name.as_str(), next_offset), (topic("demo.chat"), "audit", Offset(3)));
+        assert_eq!(principal, "bob".parse::<Principal>().unwrap());
+        let plain = started(StartAt::Earliest, None, &store, 0).subscription;
+        let ack = Frame::Ack { subscription: 7, next_offset: Offset(3) };
+        assert!(matches!(plain.on_frame(ack), AckAction::Nothing));
+        assert!(matches!(plain.on_frame(Frame::Unsubscribe { subscription: 7 }), AckAction::End));
+    }
+
+    #[test]
+    fn unexpected_frames_on_a_subscription_stream_refuse_it() {
+        let store = MemoryStore::new();
+        let s = started(StartAt::Earliest, Some("audit"), &store, 0).subscription;
+        // An ack of another subscription is as unexpected as a publish.
+        for frame in [
+            Frame::Ack { subscription: 8, next_offset: Offset(3) },
+            Frame::Publish { request_id: 1, batch: Bytes::new() },
+            Frame::Subscribe {
+                request_id: 2,
+                topic: topic("demo.chat"),
+                from: StartAt::Earliest,
+                durable: None,
+            },
+        ] {
+            let AckAction::Refuse(e) = s.on_frame(frame) else { panic!("not refused") };
+            assert_eq!(e.code(), ErrorCode::MALFORMED);
+        }
+    }
+
+    #[test]
+    fn the_cursor_delivers_in_order_up_to_the_durable_end_only() {
+        let store = MemoryStore::new();
+        let mut cursor = started(StartAt::Offset(Offset(2)), None, &store, 0).cursor;
+        assert_eq!(cursor.next_read(Offset(2)), None);
+        let read = cursor.next_read(Offset(9)).unwrap();
+        assert_eq!(read, Read { from: Offset(2), max_bytes: ServerLimits::default().subscriber_read_bytes });
+        let batch = |offset, count| {
+            Stored::Batch(StoredBatch { offset: Offset(offset), count, bytes: Bytes::from_static(b"b") })
+        };
+        let lost = Stored::Lost(Box::new(LostRange {
+            offset: Offset(4),
+            count: 2,
+            batch: None::<LostBatch>,
+            reason: LossReason::Corrupt,
+        }));
+        assert!(matches!(
+            cursor.deliver(batch(1, 3), Offset(9)),
+            Some(Frame::Deliver { subscription: 7, offset: Offset(1), .. })
+        ));
+        assert!(matches!(
+            cursor.deliver(lost, Offset(9)),
+            Some(Frame::Lost { offset: Offset(4), count: 2, reason: ErrorCode::DATA_LOST, .. })
+        ));
+        assert_eq!(cursor.position(), Offset(6));
+        // Stored, but not durable yet.
+        assert_eq!(cursor.deliver(batch(9, 1), Offset(9)), None);
+        assert_eq!(cursor.position(), Offset(6));
+        assert_eq!(cursor.next_read(Offset(9)).map(|r| r.from), Some(Offset(6)));
+    }
+}

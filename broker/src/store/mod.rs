@@ -1,0 +1,684 @@
+//! Durable storage of sealed batches: the [`Store`] interface and its engines.
+//!
+//! The store owns three kinds of state, all keyed by topic:
+//!
+//! - the **log** of sealed batches. Offsets are per topic, start at 0 and count *messages*: a batch of `n`
+//!   messages stored at offset `o` covers `o..o + n`, and the next batch starts at `o + n`. Offsets are
+//!   monotonic and gap-free ([`Store::append`] refuses any other offset). An engine that finds stored
+//!   bytes damaged (a checksum fails where acknowledged data was) keeps the offsets and serves them as a
+//!   [`LostRange`] instead of a batch, forever after: [`Store::read`] yields [`Stored`] items, never a
+//!   silent gap;
+//! - the **publisher index**: for each (topic, publisher key, first sequence number) the batch's
+//!   [`PublisherRecord`] (where it was stored and its digest), which answers "is this a retry?" and "where
+//!   does this publisher's chain stand?";
+//! - **durable subscription offsets**: the next offset each (topic, principal, subscription name) committed;
+//! - **topic policies**: the signed policy bytes of each (topic, epoch). The broker cannot read the content
+//!   keys in them and cannot change them undetected (clients verify them against the topic authority).
+//!
+//! # Durability
+//!
+//! Nothing written through the store is durable until [`Store::sync`] returns `Ok`: then everything appended
+//! or committed before the call survives a crash of the process or of the machine. An append is atomic: after
+//! a crash, a batch is either present together with its publisher record, or neither is. The store does not
+//! decide what to store (the [`sequencer`](crate::writer::sequencer) does) nor at which offset (the
+//! [`writer`](crate::writer) assigns offsets; an engine only checks them), and is written by that single
+//! writer; it may be read concurrently.
+//!
+//! # Engines
+//!
+//! - [`DiskStore`]: on disk: every record (batches, policies, durable offsets) in append-only
+//!   [segment](disk::segment) files that are the log, and an index of them (batches, publisher records,
+//!   durable offsets, policies) in one sled database that can be rebuilt from the log. Its module,
+//!   [`disk`], documents the layout, how `sync` makes them durable, how opening recovers, and how damage
+//!   costs only what it hits.
+//! - [`MemoryStore`]: in memory, for tests and ephemeral brokers; `sync` only counts.
+//!
+//! [`open`] opens the one a configuration names. [`testing::TestStore`] wraps either, for tests that inject
+//! faults. Nothing of an engine leaks through [`Store`], so another engine (a NATS JetStream one is
+//! planned) can be added without touching its callers. The behavioural tests at the bottom of this file
+//! are written once and run against every engine.
+//!
+//! # Copies
+//!
+//! A batch is stored from the very `Bytes` the writer was handed: engines take it by reference
+//! ([`Append::bytes`]). The memory engine and the writer's tail share it; the disk engine writes the
+//! record's header (8 bytes), the record's fields (about 90 bytes) and the batch's bytes with one vectored
+//! write, computing the CRC over them in place: no copy of the batch in user space. A read from disk reads
+//! the whole record into one buffer and hands out a `Bytes` slice of it: no copy after the read. (Topic
+//! policies read from the index are copied out of sled's buffer, which cannot be shared.)
+
+use bytes::Bytes;
+use sealpost_protocol::{
+    ChainHead, Digest, ErrorCode, Frame, LostBatch, Offset, Principal, PublicKey, SubscriptionId, Topic,
+    VerifiedBatch,
+};
+
+use crate::{Error, Result};
+
+pub mod disk;
+pub mod memory;
+mod open;
+pub mod testing;
+
+pub use self::disk::{DiskOptions, DiskStore};
+pub use self::memory::MemoryStore;
+pub use self::open::{open, Engine};
+
+/// The former name of [`DiskStore`], whose index is in sled (its batches are in segment files).
+pub type SledStore = DiskStore;
+/// The former name of [`DiskOptions`].
+pub type SledOptions = DiskOptions;
+
+/// A batch as stored: its first offset, its number of messages and its canonical sealed bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBatch {
+    /// Offset of its first message.
+    pub offset: Offset,
+    /// Number of messages; the batch covers `offset..offset + count`.
+    pub count: u32,
+    /// The canonical sealed batch, exactly as the publisher signed it.
+    pub bytes: Bytes,
+}
+
+impl StoredBatch {
+    /// The offset right after the batch's last message.
+    pub fn end(&self) -> Offset {
+        self.offset.saturating_add(self.count.into())
+    }
+}
+
+/// Why stored offsets are lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LossReason {
+    /// The record that held them fails its checksum, or is cut short, inside the part of the log a sync
+    /// had covered: storage corruption (a flipped bit, a damaged sector).
+    Corrupt,
+    /// The record that held them is missing: its segment file is gone, or ends before it.
+    Missing,
+    /// Another record, intact, is where theirs was: bytes the broker did not put there (the data folder was
+    /// changed behind its back, or two folders were mixed).
+    Replaced,
+}
+
+impl LossReason {
+    /// The code peers are told.
+    pub fn code(self) -> ErrorCode {
+        ErrorCode::DATA_LOST
+    }
+
+    /// Stable one-byte encoding, for the on-disk engines.
+    pub(crate) fn encode(self) -> u8 {
+        match self {
+            LossReason::Corrupt => 1,
+            LossReason::Missing => 2,
+            LossReason::Replaced => 3,
+        }
+    }
+
+    /// Inverse of [`encode`](Self::encode).
+    pub(crate) fn decode(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(LossReason::Corrupt),
+            2 => Some(LossReason::Missing),
+            3 => Some(LossReason::Replaced),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LossReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LossReason::Corrupt => "its record fails its checksum",
+            LossReason::Missing => "its record is missing",
+            LossReason::Replaced => "another record is where its record was",
+        })
+    }
+}
+
+/// Offsets of a topic whose messages are lost: `offset..offset + count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LostRange {
+    /// The first lost offset.
+    pub offset: Offset,
+    /// How many offsets, at least 1.
+    pub count: u64,
+    /// The one batch that held them, when the store knows it.
+    pub batch: Option<LostBatch>,
+    /// Why they are lost.
+    pub reason: LossReason,
+}
+
+impl LostRange {
+    /// The offset right after the range.
+    pub fn end(&self) -> Offset {
+        self.offset.saturating_add(self.count)
+    }
+}
+
+/// One item of a topic's log as [`Store::read`] yields it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// A stored batch.
+    Batch(StoredBatch),
+    /// Offsets whose messages are lost (boxed: rare, and large next to a batch).
+    Lost(Box<LostRange>),
+}
+
+impl Stored {
+    /// Its first offset.
+    pub fn offset(&self) -> Offset {
+        match self {
+            Stored::Batch(b) => b.offset,
+            Stored::Lost(l) => l.offset,
+        }
+    }
+
+    /// The offset right after it.
+    pub fn end(&self) -> Offset {
+        match self {
+            Stored::Batch(b) => b.end(),
+            Stored::Lost(l) => l.end(),
+        }
+    }
+
+    /// Bytes of batch it holds in memory (none for a lost range).
+    pub fn bytes_len(&self) -> usize {
+        match self {
+            Stored::Batch(b) => b.bytes.len(),
+            Stored::Lost(_) => 0,
+        }
+    }
+
+    /// The batch, if it is one.
+    pub fn batch(self) -> Option<StoredBatch> {
+        match self {
+            Stored::Batch(b) => Some(b),
+            Stored::Lost(_) => None,
+        }
+    }
+
+    /// The frame that tells `subscription` of it: `Deliver` or `Lost`.
+    pub fn into_frame(self, subscription: SubscriptionId) -> Frame {
+        match self {
+            Stored::Batch(b) => Frame::Deliver { subscription, offset: b.offset, batch: b.bytes },
+            Stored::Lost(l) => Frame::Lost {
+                subscription,
+                offset: l.offset,
+                count: l.count,
+                batch: l.batch,
+                reason: l.reason.code(),
+            },
+        }
+    }
+}
+
+/// Where one batch of a publisher was stored, and what it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublisherRecord {
+    /// The batch's first sequence number.
+    pub first_seq: u64,
+    /// Its number of messages.
+    pub count: u32,
+    /// The topic offset of its first message.
+    pub offset: Offset,
+    /// Its digest (what its signature covers, and what the publisher's next batch names as `prev_digest`).
+    pub digest: Digest,
+}
+
+impl PublisherRecord {
+    /// The record of `batch` stored at `offset`.
+    pub fn of(batch: &VerifiedBatch, offset: Offset) -> Self {
+        let header = batch.header();
+        Self { first_seq: header.first_seq, count: header.count, offset, digest: batch.digest() }
+    }
+
+    /// The sequence number the publisher's next batch must start at.
+    pub fn next_seq(&self) -> u64 {
+        self.first_seq.saturating_add(self.count.into())
+    }
+
+    /// The publisher's chain head after this batch: what its next batch must continue.
+    pub fn head(&self) -> ChainHead {
+        ChainHead { next_seq: self.next_seq(), prev_digest: self.digest }
+    }
+
+    /// The offset right after the batch's last message.
+    pub fn end(&self) -> Offset {
+        self.offset.saturating_add(self.count.into())
+    }
+
+    /// Encoded size: first_seq, count, offset, digest.
+    pub(crate) const ENCODED_LEN: usize = 8 + 4 + 8 + 32;
+
+    /// Fixed-size big-endian encoding, shared by the on-disk engines.
+    pub(crate) fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0u8; Self::ENCODED_LEN];
+        out[..8].copy_from_slice(&self.first_seq.to_be_bytes());
+        out[8..12].copy_from_slice(&self.count.to_be_bytes());
+        out[12..20].copy_from_slice(&self.offset.0.to_be_bytes());
+        out[20..].copy_from_slice(self.digest.as_bytes());
+        out
+    }
+
+    /// Inverse of [`encode`](Self::encode).
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
+        let corrupt = || Error::Storage("corrupt publisher record".into());
+        if bytes.len() != Self::ENCODED_LEN {
+            return Err(corrupt());
+        }
+        let first_seq = u64::from_be_bytes(bytes[..8].try_into().map_err(|_| corrupt())?);
+        let count = u32::from_be_bytes(bytes[8..12].try_into().map_err(|_| corrupt())?);
+        let offset = Offset(u64::from_be_bytes(bytes[12..20].try_into().map_err(|_| corrupt())?));
+        let digest = Digest(bytes[20..].try_into().map_err(|_| corrupt())?);
+        Ok(Self { first_seq, count, offset, digest })
+    }
+}
+
+/// The chain head of a publisher whose last stored batch on a topic is `last`: [`ChainHead::GENESIS`]
+/// without one. The one place it is built: the broker answers a publisher's `Head` request with it, and
+/// the [`sequencer`](crate::writer::sequencer) checks every batch against it.
+pub fn chain_head(last: Option<&PublisherRecord>) -> ChainHead {
+    last.map_or(ChainHead::GENESIS, PublisherRecord::head)
+}
+
+/// One batch to append, as [`Store::append`] takes it: a verified batch and the offset the writer gave it.
+///
+/// Everything an engine stores of the batch (its topic, its publisher, its [`PublisherRecord`] and its
+/// canonical bytes) is read from these two, so they cannot disagree; the bytes are shared, never copied.
+#[derive(Clone, Copy, Debug)]
+pub struct Append<'a> {
+    batch: &'a VerifiedBatch,
+    offset: Offset,
+}
+
+impl<'a> Append<'a> {
+    /// `batch`, to be stored at `offset`.
+    pub fn new(batch: &'a VerifiedBatch, offset: Offset) -> Self {
+        Self { batch, offset }
+    }
+
+    /// The topic the batch was sealed for, and is stored on.
+    pub fn topic(&self) -> &'a Topic {
+        &self.batch.header().topic
+    }
+
+    /// The key that signed the batch.
+    pub fn publisher(&self) -> &'a PublicKey {
+        &self.batch.header().publisher
+    }
+
+    /// Offset of the batch's first message.
+    pub fn offset(&self) -> Offset {
+        self.offset
+    }
+
+    /// What the publisher index keeps of the batch.
+    pub fn record(&self) -> PublisherRecord {
+        PublisherRecord::of(self.batch, self.offset)
+    }
+
+    /// The canonical sealed batch, exactly as the publisher signed it.
+    pub fn bytes(&self) -> &'a Bytes {
+        self.batch.as_bytes()
+    }
+}
+
+/// The storage interface of the broker. Object-safe: the broker holds an `Arc<dyn Store>`.
+///
+/// Writes come from a single writer; reads may run concurrently with them and see every completed write,
+/// durable or not (callers that must only expose durable data track it themselves, as the
+/// [`writer`](crate::writer) does with its durable end).
+pub trait Store: Send + Sync + 'static {
+    /// Atomically stores the batch at its offset on its topic, **and** indexes its record under (topic,
+    /// publisher, first sequence number). Not durable until [`sync`](Self::sync).
+    ///
+    /// The [`writer`](crate::writer) assigns offsets; the engine only checks: an offset other than
+    /// [`next_offset`](Self::next_offset) stores nothing and is an error.
+    fn append(&self, batch: Append<'_>) -> Result<()>;
+
+    /// Makes everything appended or committed so far durable: returns `Ok` only after an fsync (or
+    /// fdatasync) that covers it.
+    fn sync(&self) -> Result<()>;
+
+    /// Stored batches of `topic` in offset order, and lost ranges where batches were lost, starting with the
+    /// item that contains offset `from` (or the first one after it), and stopping before the batch that
+    /// would take the total of their bytes over `max_bytes` (a lost range counts no bytes). The first item
+    /// is always returned if there is one, even if it alone is larger. Empty if nothing is stored at or
+    /// after `from`. A batch whose bytes turn out damaged when read comes back as a [`Stored::Lost`] (and
+    /// the engine reports it), not as an error.
+    fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>>;
+
+    /// The offset the next message on `topic` gets: 0 for an empty topic.
+    fn next_offset(&self, topic: &Topic) -> Result<Offset>;
+
+    /// The offset of the first message still stored on `topic` (0 for an empty topic).
+    fn first_offset(&self, topic: &Topic) -> Result<Offset>;
+
+    /// The record of the batch of `publisher` on `topic` that starts at sequence number `first_seq`.
+    fn publisher_record(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        first_seq: u64,
+    ) -> Result<Option<PublisherRecord>>;
+
+    /// The record of the last batch of `publisher` on `topic` (the one with the highest `first_seq`).
+    fn publisher_head(&self, topic: &Topic, publisher: &PublicKey) -> Result<Option<PublisherRecord>>;
+
+    /// The next offset committed by the durable subscription `name` of `principal` on `topic`.
+    fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>>;
+
+    /// Records `next_offset` as the committed position of the durable subscription `name` of `principal`
+    /// on `topic`, replacing any previous value. Not durable until [`sync`](Self::sync).
+    fn set_durable_offset(
+        &self,
+        topic: &Topic,
+        principal: &Principal,
+        name: &str,
+        next_offset: Offset,
+    ) -> Result<()>;
+
+    /// Stores the signed topic policy `policy` of `topic` under `epoch` (the caller has verified it and
+    /// checked that epochs only grow). Not durable until [`sync`](Self::sync).
+    fn put_policy(&self, topic: &Topic, epoch: u64, policy: &Bytes) -> Result<()>;
+
+    /// The stored policies of `topic` with the `max` highest epochs, oldest first.
+    fn policies(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>>;
+
+    /// How many calls to [`sync`](Self::sync) have succeeded since the store was opened (lets tests prove
+    /// that acknowledgements follow an fsync, and that syncs are shared).
+    fn syncs(&self) -> u64;
+}
+
+/// Maps an I/O error of a storage engine: a full device becomes [`Error::StorageFull`] (so the peer is told
+/// `STORAGE_FULL`), anything else [`Error::Storage`].
+pub(crate) fn io_error(context: &str, e: &std::io::Error) -> Error {
+    /// ENOSPC on Linux and the BSDs.
+    const ENOSPC: i32 = 28;
+    if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(ENOSPC) {
+        Error::StorageFull
+    } else {
+        Error::Storage(format!("{context}: {e}"))
+    }
+}
+
+/// Locks `mutex` of an engine; a poisoned one (a panic while it was held) is refused, not guessed at.
+pub(crate) fn lock<'m, T>(
+    mutex: &'m std::sync::Mutex<T>,
+    what: &str,
+) -> Result<std::sync::MutexGuard<'m, T>> {
+    mutex.lock().map_err(|_| Error::Storage(format!("{what} lock poisoned")))
+}
+
+/// The error an append at the wrong offset gets.
+pub(crate) fn offset_mismatch(topic: &Topic, expected: Offset, got: Offset) -> Error {
+    Error::Storage(format!("append on {topic} at offset {got}, but the next offset is {expected}"))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Behavioural scenarios, written once against `&dyn Store` and run against every engine.
+
+    use super::*;
+
+    fn topic(s: &str) -> Topic {
+        Topic::new(s).unwrap()
+    }
+
+    fn principal(s: &str) -> Principal {
+        Principal::new(s).unwrap()
+    }
+
+    fn signer(n: u8) -> sealpost_protocol::SigningKey {
+        sealpost_protocol::SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn publisher(n: u8) -> PublicKey {
+        signer(n).public_key()
+    }
+
+    fn digest(n: u8) -> Digest {
+        Digest([n; 32])
+    }
+
+    /// Appends a real batch of `count` messages of `len` bytes each by `publisher(p)` at the topic's next
+    /// offset, continuing the publisher's stored chain; returns its record and its bytes.
+    fn append_batch(store: &dyn Store, t: &Topic, p: u8, count: u32, len: usize) -> (PublisherRecord, Bytes) {
+        let head = chain_head(store.publisher_head(t, &publisher(p)).unwrap().as_ref());
+        let batch = testing::sealed_batch(&signer(p), t, head, count as usize, len).unwrap();
+        let append = Append::new(&batch, store.next_offset(t).unwrap());
+        store.append(append).unwrap();
+        (append.record(), batch.as_bytes().clone())
+    }
+
+    /// [`append_batch`], returning the record only.
+    fn append(store: &dyn Store, t: &Topic, p: u8, count: u32, len: usize) -> PublisherRecord {
+        append_batch(store, t, p, count, len).0
+    }
+
+    fn offsets(items: &[Stored]) -> Vec<(u64, u32)> {
+        items.iter().map(|i| (i.offset().0, i.end().saturating_count_from(i.offset()) as u32)).collect()
+    }
+
+    fn batches(items: Vec<Stored>) -> Vec<StoredBatch> {
+        items.into_iter().map(|i| i.batch().expect("a batch, not a loss")).collect()
+    }
+
+    fn empty_topic_starts_at_zero(store: &dyn Store) {
+        let t = topic("empty.topic");
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(0));
+        assert_eq!(store.first_offset(&t).unwrap(), Offset(0));
+        assert!(store.read(&t, Offset(0), usize::MAX).unwrap().is_empty());
+        assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap(), None);
+        assert_eq!(store.publisher_record(&t, &publisher(1), 1).unwrap(), None);
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "d").unwrap(), None);
+    }
+
+    fn appends_read_back_in_offset_order(store: &dyn Store) {
+        let t = topic("demo.chat");
+        let a = append(store, &t, 1, 3, 10);
+        let (b, b_bytes) = append_batch(store, &t, 2, 1, 10);
+        let c = append(store, &t, 1, 5, 10);
+        assert_eq!((a.offset, b.offset, c.offset), (Offset(0), Offset(3), Offset(4)));
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(9));
+        assert_eq!(store.first_offset(&t).unwrap(), Offset(0));
+        let all = store.read(&t, Offset(0), usize::MAX).unwrap();
+        assert_eq!(offsets(&all), vec![(0, 3), (3, 1), (4, 5)]);
+        let all = batches(all);
+        assert_eq!(all[1].bytes, b_bytes);
+        assert_eq!(all[2].end(), Offset(9));
+    }
+
+    fn topics_are_independent(store: &dyn Store) {
+        // "a" is a prefix of "a.b" as a string: the engines must still keep them apart.
+        let (a, ab) = (topic("a"), topic("a.b"));
+        append(store, &a, 1, 2, 4);
+        append(store, &ab, 1, 7, 4);
+        assert_eq!(store.next_offset(&a).unwrap(), Offset(2));
+        assert_eq!(store.next_offset(&ab).unwrap(), Offset(7));
+        assert_eq!(offsets(&store.read(&a, Offset(0), usize::MAX).unwrap()), vec![(0, 2)]);
+        assert_eq!(store.publisher_head(&a, &publisher(1)).unwrap().map(|h| h.count), Some(2));
+    }
+
+    fn read_from_inside_a_batch_starts_with_that_batch(store: &dyn Store) {
+        let t = topic("demo.inside");
+        for _ in 0..3 {
+            append(store, &t, 1, 4, 8);
+        }
+        // Batches cover 0..4, 4..8, 8..12.
+        assert_eq!(offsets(&store.read(&t, Offset(5), usize::MAX).unwrap()), vec![(4, 4), (8, 4)]);
+        assert_eq!(offsets(&store.read(&t, Offset(4), usize::MAX).unwrap()), vec![(4, 4), (8, 4)]);
+        assert_eq!(offsets(&store.read(&t, Offset(11), usize::MAX).unwrap()), vec![(8, 4)]);
+        assert!(store.read(&t, Offset(12), usize::MAX).unwrap().is_empty());
+        assert!(store.read(&t, Offset(u64::MAX), usize::MAX).unwrap().is_empty());
+    }
+
+    fn read_stops_at_max_bytes_but_returns_at_least_one_batch(store: &dyn Store) {
+        let t = topic("demo.bytes");
+        // Four batches of one size (one message of 100 bytes each, on one topic).
+        let size = append_batch(store, &t, 1, 1, 100).1.len();
+        for _ in 0..3 {
+            assert_eq!(append_batch(store, &t, 1, 1, 100).1.len(), size);
+        }
+        assert_eq!(store.read(&t, Offset(0), 2 * size + size / 2).unwrap().len(), 2);
+        assert_eq!(store.read(&t, Offset(0), 2 * size).unwrap().len(), 2);
+        assert_eq!(store.read(&t, Offset(0), 2 * size - 1).unwrap().len(), 1);
+        assert_eq!(offsets(&store.read(&t, Offset(1), 1).unwrap()), vec![(1, 1)]);
+        assert_eq!(store.read(&t, Offset(0), 0).unwrap().len(), 1);
+        assert_eq!(store.read(&t, Offset(0), 100 * size).unwrap().len(), 4);
+    }
+
+    fn publisher_records_and_heads_are_indexed(store: &dyn Store) {
+        let t = topic("demo.pub");
+        let (p1, p2) = (publisher(1), publisher(2));
+        let r1 = append(store, &t, 1, 2, 8);
+        let r2 = append(store, &t, 2, 3, 8);
+        let r3 = append(store, &t, 1, 4, 8);
+        assert_eq!(r3.first_seq, 3);
+        assert_eq!(store.publisher_record(&t, &p1, 1).unwrap(), Some(r1));
+        assert_eq!(store.publisher_record(&t, &p1, 3).unwrap(), Some(r3));
+        assert_eq!(store.publisher_record(&t, &p1, 2).unwrap(), None);
+        assert_eq!(store.publisher_record(&t, &p2, 1).unwrap(), Some(r2));
+        assert_eq!(store.publisher_head(&t, &p1).unwrap(), Some(r3));
+        assert_eq!(store.publisher_head(&t, &p2).unwrap(), Some(r2));
+        assert_eq!(store.publisher_head(&t, &publisher(3)).unwrap(), None);
+    }
+
+    fn append_at_a_wrong_offset_stores_nothing(store: &dyn Store) {
+        let t = topic("demo.wrong");
+        let p = publisher(1);
+        let first = append(store, &t, 1, 2, 8);
+        let next = testing::sealed_batch(&signer(1), &t, first.head(), 1, 8).unwrap();
+        for offset in [0, 1, 3].map(Offset) {
+            assert!(store.append(Append::new(&next, offset)).is_err(), "offset {offset}");
+        }
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(2));
+        assert_eq!(store.publisher_record(&t, &p, 3).unwrap(), None);
+        assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap().len(), 1);
+    }
+
+    fn durable_offsets_are_per_topic_principal_and_name(store: &dyn Store) {
+        let (t, u) = (topic("demo.d"), topic("demo.e"));
+        store.set_durable_offset(&t, &principal("alice"), "main", Offset(5)).unwrap();
+        store.set_durable_offset(&t, &principal("bob"), "main", Offset(7)).unwrap();
+        store.set_durable_offset(&t, &principal("alice"), "other", Offset(9)).unwrap();
+        store.set_durable_offset(&u, &principal("alice"), "main", Offset(11)).unwrap();
+        // Length-prefixed keys: ("ab", "c") and ("a", "bc") are different subscriptions.
+        store.set_durable_offset(&t, &principal("ab"), "c", Offset(1)).unwrap();
+        store.set_durable_offset(&t, &principal("a"), "bc", Offset(2)).unwrap();
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(Offset(5)));
+        assert_eq!(store.durable_offset(&t, &principal("bob"), "main").unwrap(), Some(Offset(7)));
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "other").unwrap(), Some(Offset(9)));
+        assert_eq!(store.durable_offset(&u, &principal("alice"), "main").unwrap(), Some(Offset(11)));
+        assert_eq!(store.durable_offset(&t, &principal("ab"), "c").unwrap(), Some(Offset(1)));
+        assert_eq!(store.durable_offset(&t, &principal("a"), "bc").unwrap(), Some(Offset(2)));
+        store.set_durable_offset(&t, &principal("alice"), "main", Offset(6)).unwrap();
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(Offset(6)));
+    }
+
+    fn sync_counts_successful_syncs(store: &dyn Store) {
+        let before = store.syncs();
+        append(store, &topic("demo.sync"), 1, 1, 8);
+        store.sync().unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.syncs(), before + 2);
+    }
+
+    fn policies_keep_the_newest_epochs_oldest_first(store: &dyn Store) {
+        let t = topic("demo.policy");
+        assert!(store.policies(&t, 2).unwrap().is_empty());
+        for epoch in [1u64, 2, 3] {
+            store.put_policy(&t, epoch, &Bytes::from(format!("policy {epoch}"))).unwrap();
+        }
+        store.put_policy(&topic("demo.other"), 9, &Bytes::from("other")).unwrap();
+        assert_eq!(store.policies(&t, 2).unwrap(), vec![Bytes::from("policy 2"), Bytes::from("policy 3")]);
+        assert_eq!(store.policies(&t, 1).unwrap(), vec![Bytes::from("policy 3")]);
+        assert_eq!(store.policies(&t, 10).unwrap().len(), 3);
+    }
+
+    /// Defines `disk_engine::<scenario>` and `memory_engine::<scenario>` tests for each scenario.
+    macro_rules! every_engine {
+        ($($scenario:ident),* $(,)?) => {
+            mod disk_engine {
+                $(
+                    #[test]
+                    fn $scenario() {
+                        let dir = tempfile::tempdir().unwrap();
+                        let store = super::DiskStore::open(dir.path()).unwrap();
+                        super::$scenario(&store);
+                    }
+                )*
+            }
+            mod memory_engine {
+                $(
+                    #[test]
+                    fn $scenario() {
+                        super::$scenario(&super::MemoryStore::new());
+                    }
+                )*
+            }
+        };
+    }
+
+    every_engine!(
+        empty_topic_starts_at_zero,
+        appends_read_back_in_offset_order,
+        topics_are_independent,
+        read_from_inside_a_batch_starts_with_that_batch,
+        read_stops_at_max_bytes_but_returns_at_least_one_batch,
+        publisher_records_and_heads_are_indexed,
+        append_at_a_wrong_offset_stores_nothing,
+        durable_offsets_are_per_topic_principal_and_name,
+        sync_counts_successful_syncs,
+        policies_keep_the_newest_epochs_oldest_first,
+    );
+
+    #[test]
+    fn disk_data_and_durable_offsets_survive_reopen_after_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = topic("demo.reopen");
+        let p = publisher(1);
+        let (records, written) = {
+            let store = DiskStore::open(dir.path()).unwrap();
+            // A small batch and a large one (300 KiB).
+            let records = [append(&store, &t, 1, 2, 16), append(&store, &t, 1, 3, 100 * 1024)];
+            store.set_durable_offset(&t, &principal("alice"), "main", Offset(2)).unwrap();
+            store.sync().unwrap();
+            (records, batches(store.read(&t, Offset(0), usize::MAX).unwrap()))
+        };
+        let store = DiskStore::open(dir.path()).unwrap();
+        assert_eq!(batches(store.read(&t, Offset(0), usize::MAX).unwrap()), written);
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(5));
+        assert_eq!(store.publisher_head(&t, &p).unwrap(), Some(records[1]));
+        assert_eq!(store.publisher_record(&t, &p, 1).unwrap(), Some(records[0]));
+        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(Offset(2)));
+        // Appends continue where the reopened log ends.
+        assert_eq!(append(&store, &t, 1, 1, 8).offset, Offset(5));
+    }
+
+    #[test]
+    fn storage_full_io_errors_map_to_storage_full() {
+        let enospc = std::io::Error::from_raw_os_error(28);
+        assert!(matches!(io_error("x", &enospc), Error::StorageFull));
+        let kind = std::io::Error::new(std::io::ErrorKind::StorageFull, "full");
+        assert!(matches!(io_error("x", &kind), Error::StorageFull));
+        let other = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no");
+        assert!(matches!(io_error("x", &other), Error::Storage(_)));
+    }
+
+    #[test]
+    fn publisher_record_encoding_round_trips() {
+        let r = PublisherRecord { first_seq: 7, count: 3, offset: Offset(1 << 40), digest: digest(0xAB) };
+        assert_eq!(PublisherRecord::decode(&r.encode()).unwrap(), r);
+        assert!(PublisherRecord::decode(&r.encode()[1..]).is_err());
+    }
+
+    #[test]
+    fn the_chain_head_continues_the_last_record_or_starts_at_genesis() {
+        let r = PublisherRecord { first_seq: 7, count: 3, offset: Offset(40), digest: digest(0xAB) };
+        assert_eq!(chain_head(Some(&r)), ChainHead { next_seq: 10, prev_digest: digest(0xAB) });
+        assert_eq!(chain_head(None), ChainHead::GENESIS);
+    }
+}

@@ -1,0 +1,295 @@
+//! For tests of the store, of the writer and of the broker: [`TestStore`], the one store that forwards to
+//! another with faults injected, and real sealed batches to append ([`sealed_batch`]).
+//!
+//! [`TestStore`] forwards every [`Store`] method to an inner store, once, and lets a test step in where
+//! the broker meets its storage: hold syncs at a gate ([`TestStore::gate_syncs`]), fail a sync as a full
+//! device fails it ([`TestStore::fail_sync`]), watch or fail appends ([`TestStore::before_append`]), count
+//! what completed ([`TestStore::after_sync`]), and lie to readers as a compromised broker host would
+//! ([`TestStore::serve_reads`], [`TestStore::serve_policies`], [`TestStore::claim_first_offset`]). Without
+//! hooks it behaves exactly as its inner store.
+//!
+//! A [`Store`] takes only verified batches ([`Append`]), so tests append real ones: what
+//! [`sealed_batch`] makes is deterministic (fixed content key, timestamp and nonces drawn from a seed), so a
+//! test's stored bytes are the same on every run. Nothing here is used by the broker itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use sealpost_protocol::{
+    seal, ChainHead, ContentKey, Epoch, Limits, Offset, Principal, PublicKey, SealParams, SigningKey,
+    Timestamp, Topic, VerifiedBatch,
+};
+use tokio::sync::mpsc;
+
+use super::{Append, MemoryStore, PublisherRecord, Store, Stored, StoredBatch};
+use crate::{Error, Result};
+
+/// A batch of `count` messages of `len` bytes each, signed by `signer` on `topic`, continuing `head`.
+/// Deterministic: the same arguments give the same bytes.
+pub fn sealed_batch(
+    signer: &SigningKey,
+    topic: &Topic,
+    head: ChainHead,
+    count: usize,
+    len: usize,
+) -> Result<VerifiedBatch> {
+    let params = SealParams {
+        topic: topic.clone(),
+        epoch: Epoch(1),
+        first_seq: head.next_seq,
+        prev_digest: head.prev_digest,
+        created_at: Timestamp(1_763_856_000_000),
+    };
+    let messages: Vec<Vec<u8>> = (0..count).map(|i| vec![(head.next_seq as usize + i) as u8; len]).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(head.next_seq);
+    Ok(seal(signer, &ContentKey::from_bytes(&[0xC0; 32]), params, &messages, &Limits::default(), &mut rng)?)
+}
+
+/// Runs before an append is forwarded; an error is the append's, and nothing is stored.
+type AppendHook = Arc<dyn Fn(&Append<'_>) -> Result<()> + Send + Sync>;
+/// Runs before a sync is forwarded, with the number of syncs called before it; an error is the sync's.
+type SyncHook = Arc<dyn Fn(u64) -> Result<()> + Send + Sync>;
+/// Runs after a forwarded sync succeeded.
+type SyncedHook = Arc<dyn Fn() + Send + Sync>;
+/// What readers of a topic are served, given every batch honestly stored on it, in offset order.
+type ReadView = Arc<dyn Fn(Vec<StoredBatch>) -> Vec<StoredBatch> + Send + Sync>;
+/// What readers of any topic's policies are served, given the stored ones, oldest first.
+type PolicyView = Arc<dyn Fn(Vec<Bytes>) -> Vec<Bytes> + Send + Sync>;
+
+#[derive(Default)]
+struct Hooks {
+    before_append: Vec<AppendHook>,
+    before_sync: Vec<SyncHook>,
+    after_sync: Vec<SyncedHook>,
+    reads: HashMap<Topic, ReadView>,
+    policies: Option<PolicyView>,
+    first_offset: Option<Offset>,
+}
+
+/// A [`Store`] that forwards every call to `S`, with the faults a test installs. See the module
+/// documentation.
+pub struct TestStore<S = MemoryStore> {
+    inner: S,
+    hooks: Mutex<Hooks>,
+    /// Calls to `sync`, forwarded or not.
+    sync_calls: AtomicU64,
+}
+
+impl Default for TestStore<MemoryStore> {
+    fn default() -> Self {
+        Self::new(MemoryStore::new())
+    }
+}
+
+impl<S> std::fmt::Debug for TestStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestStore").field("sync_calls", &self.sync_calls).finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> TestStore<S> {
+    /// `inner`, without faults.
+    pub fn new(inner: S) -> Self {
+        Self { inner, hooks: Mutex::new(Hooks::default()), sync_calls: AtomicU64::new(0) }
+    }
+
+    /// The inner store: what is honestly stored.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn hooks(&self) -> MutexGuard<'_, Hooks> {
+        // Hooks are only added or read whole: a panic cannot leave them half changed.
+        self.hooks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `hook` before every append (hooks run in the order they were added): to watch appends, or to
+    /// fail them (an error it returns is the append's, and nothing is stored).
+    pub fn before_append(&self, hook: impl Fn(&Append<'_>) -> Result<()> + Send + Sync + 'static) {
+        self.hooks().before_append.push(Arc::new(hook));
+    }
+
+    /// Runs `hook` before every sync, with the number of syncs called before it (hooks run in the order
+    /// they were added; an error it returns is the sync's, and nothing is synced). It runs on the caller's
+    /// thread (the writer's) and may block it.
+    pub fn before_sync(&self, hook: impl Fn(u64) -> Result<()> + Send + Sync + 'static) {
+        self.hooks().before_sync.push(Arc::new(hook));
+    }
+
+    /// Runs `hook` after every sync that succeeded.
+    pub fn after_sync(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.hooks().after_sync.push(Arc::new(hook));
+    }
+
+    /// From now on every sync waits at a gate until the returned [`SyncGate`] lets it through.
+    pub fn gate_syncs(&self) -> SyncGate {
+        let (entered_tx, entered) = mpsc::unbounded_channel();
+        let (release, release_rx) = std_mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        self.before_sync(move |_| {
+            let _ = entered_tx.send(());
+            // An error means the gate was opened for good.
+            let _ = release_rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+            Ok(())
+        });
+        SyncGate { entered, release: Some(release) }
+    }
+
+    /// The sync call number `call` (0 for the first call to this store) fails with
+    /// [`Error::StorageFull`], as on a full device, and syncs nothing.
+    pub fn fail_sync(&self, call: u64) {
+        self.before_sync(move |n| if n == call { Err(Error::StorageFull) } else { Ok(()) });
+    }
+
+    /// Readers of `topic` are served `view(every batch honestly stored on it)`, with the offsets the view
+    /// gives them, under the [`Store::read`] contract (from the batch that contains the offset asked, up
+    /// to the byte limit). Views are functions of the honest log, so they apply to later batches too.
+    pub fn serve_reads(
+        &self,
+        topic: &Topic,
+        view: impl Fn(Vec<StoredBatch>) -> Vec<StoredBatch> + Send + Sync + 'static,
+    ) {
+        self.hooks().reads.insert(topic.clone(), Arc::new(view));
+    }
+
+    /// Readers of every topic's policies are served `view(the stored policies, oldest first)`.
+    pub fn serve_policies(&self, view: impl Fn(Vec<Bytes>) -> Vec<Bytes> + Send + Sync + 'static) {
+        self.hooks().policies = Some(Arc::new(view));
+    }
+
+    /// Every topic's log is said to start at `offset` (as a broker that deleted a prefix would say).
+    pub fn claim_first_offset(&self, offset: Offset) {
+        self.hooks().first_offset = Some(offset);
+    }
+
+    /// The batches honestly stored on `topic`, in offset order.
+    pub fn honest(&self, topic: &Topic) -> Result<Vec<StoredBatch>> {
+        Ok(self.inner.read(topic, Offset::ZERO, usize::MAX)?.into_iter().filter_map(Stored::batch).collect())
+    }
+}
+
+impl<S: Store> Store for TestStore<S> {
+    fn append(&self, batch: Append<'_>) -> Result<()> {
+        let hooks = self.hooks().before_append.clone();
+        for hook in hooks {
+            hook(&batch)?;
+        }
+        self.inner.append(batch)
+    }
+
+    fn sync(&self) -> Result<()> {
+        let call = self.sync_calls.fetch_add(1, Ordering::SeqCst);
+        let hooks = self.hooks().before_sync.clone();
+        for hook in hooks {
+            hook(call)?;
+        }
+        self.inner.sync()?;
+        let hooks = self.hooks().after_sync.clone();
+        for hook in hooks {
+            hook();
+        }
+        Ok(())
+    }
+
+    fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>> {
+        let view = self.hooks().reads.get(topic).cloned();
+        let Some(view) = view else { return self.inner.read(topic, from, max_bytes) };
+        let served = view(self.honest(topic)?);
+        // The `read` contract, applied to the served log: from the batch containing `from`, up to max_bytes.
+        let mut total = 0usize;
+        let mut out = Vec::new();
+        for batch in served.into_iter().filter(|b| b.end() > from) {
+            total = total.saturating_add(batch.bytes.len());
+            if !out.is_empty() && total > max_bytes {
+                break;
+            }
+            out.push(Stored::Batch(batch));
+        }
+        Ok(out)
+    }
+
+    fn next_offset(&self, topic: &Topic) -> Result<Offset> {
+        self.inner.next_offset(topic)
+    }
+
+    fn first_offset(&self, topic: &Topic) -> Result<Offset> {
+        let lie = self.hooks().first_offset;
+        match lie {
+            Some(offset) => Ok(offset),
+            None => self.inner.first_offset(topic),
+        }
+    }
+
+    fn publisher_record(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        first_seq: u64,
+    ) -> Result<Option<PublisherRecord>> {
+        self.inner.publisher_record(topic, publisher, first_seq)
+    }
+
+    fn publisher_head(&self, topic: &Topic, publisher: &PublicKey) -> Result<Option<PublisherRecord>> {
+        self.inner.publisher_head(topic, publisher)
+    }
+
+    fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>> {
+        self.inner.durable_offset(topic, principal, name)
+    }
+
+    fn set_durable_offset(
+        &self,
+        topic: &Topic,
+        principal: &Principal,
+        name: &str,
+        next_offset: Offset,
+    ) -> Result<()> {
+        self.inner.set_durable_offset(topic, principal, name, next_offset)
+    }
+
+    fn put_policy(&self, topic: &Topic, epoch: u64, policy: &Bytes) -> Result<()> {
+        self.inner.put_policy(topic, epoch, policy)
+    }
+
+    fn policies(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>> {
+        let view = self.hooks().policies.clone();
+        let Some(view) = view else { return self.inner.policies(topic, max) };
+        let mut served = view(self.inner.policies(topic, usize::MAX)?);
+        let skip = served.len().saturating_sub(max);
+        Ok(served.split_off(skip))
+    }
+
+    fn syncs(&self) -> u64 {
+        self.inner.syncs()
+    }
+}
+
+/// The test's side of [`TestStore::gate_syncs`].
+#[derive(Debug)]
+pub struct SyncGate {
+    entered: mpsc::UnboundedReceiver<()>,
+    release: Option<std_mpsc::Sender<()>>,
+}
+
+impl SyncGate {
+    /// Waits until a sync is waiting at the gate (or has passed it, if it was let through in advance).
+    /// Returns at once if the store is gone.
+    pub async fn entered(&mut self) {
+        self.entered.recv().await;
+    }
+
+    /// Lets one sync through (now, or the next to come).
+    pub fn release_one(&self) {
+        if let Some(release) = &self.release {
+            let _ = release.send(());
+        }
+    }
+
+    /// Lets every sync through from now on.
+    pub fn open(&mut self) {
+        self.release = None;
+    }
+}

@@ -1,0 +1,139 @@
+//! The [`Client`]: the facade a service holds. It connects, makes [`Publisher`]s and [`Subscription`]s, and
+//! reads and stores topic policies.
+//!
+//! A [`Client`] holds one QUIC connection, shared by all its publishers and subscriptions; each of those
+//! opens its own stream on it and reconnects on its own after a loss (see `link/` and `reconnect.rs`).
+//! [`Client::connect`] itself does not retry: a wrong address or certificate fails at once. Starting a
+//! publisher or a subscription on a connected client retries transient losses like any outage.
+//!
+//! A client also keeps, for its whole life, the topic policies it has fetched and verified, and the content
+//! keys it unwrapped from them (see `keyring.rs`): all its publishers and subscriptions share them, so the
+//! broker cannot roll one of them back to a policy older than one another has seen.
+
+use std::sync::Arc;
+
+use sealpost_protocol::{ErrorCode, Topic, VerifiedPolicy};
+
+use crate::authority;
+use crate::error::{Error, Result};
+use crate::identity::Identity;
+use crate::options::{ClientOptions, PublisherOptions, SubscribeOptions};
+use crate::policies;
+use crate::publish::Publisher;
+use crate::shared::Shared;
+use crate::subscribe::Subscription;
+
+/// A connection to the broker, shared by the publishers and subscriptions made from it.
+///
+/// Cheap to clone. Publishers and subscriptions keep the connection alive while they exist, and
+/// reconnect on their own after it is lost.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl Client {
+    /// Connects to the broker named by `identity` with the default [`ClientOptions`].
+    pub async fn connect(identity: &Identity) -> Result<Client> {
+        Self::connect_with(identity, ClientOptions::default()).await
+    }
+
+    /// Connects to the broker named by `identity`: resolves its address, binds a UDP socket of the same
+    /// address family, and completes the QUIC and TLS handshakes within `options.connect_timeout`. One
+    /// attempt only.
+    pub async fn connect_with(identity: &Identity, options: ClientOptions) -> Result<Client> {
+        let shared = Shared::connect(identity, options).await?;
+        Ok(Client { shared: Arc::new(shared) })
+    }
+
+    /// Starts a publisher on `topic`: fetches the topic's policies, asks the broker where this identity's
+    /// chain on the topic stands, and checks that the current policy lists this identity as a publisher and
+    /// wraps a content key for it.
+    ///
+    /// Fails with [`Error::Refused`] if the broker does not let this identity publish there, with
+    /// [`Error::NoPolicy`], [`Error::NotAPublisher`] or [`Error::NoContentKey`] if the topic's current
+    /// policy does not let it, and with [`Error::Policy`] if the broker serves policies that fail a check.
+    pub async fn publisher(&self, topic: Topic, options: PublisherOptions) -> Result<Publisher> {
+        Publisher::start(self.shared.clone(), topic, options).await
+    }
+
+    /// Subscribes to `topic`. Fails with [`Error::Refused`] if the broker does not let this identity
+    /// subscribe there, with [`Error::NoPolicy`] or [`Error::NoContentKey`] if no policy of the topic wraps
+    /// a content key for this identity (it could not open any message), and with [`Error::Policy`] if the
+    /// broker serves policies that fail a check.
+    pub async fn subscribe(&self, topic: Topic, options: SubscribeOptions) -> Result<Subscription> {
+        Subscription::start(self.shared.clone(), topic, options).await
+    }
+
+    /// The policies of `topic` as the broker stores them, oldest epoch first (at most the previous and the
+    /// current epoch's; none if the topic has no policy), each verified against the identity's pinned
+    /// topic authority and admitted into this client's book of the topic (so that the broker cannot roll it
+    /// back later).
+    ///
+    /// Any principal that may publish, subscribe or administer the topic may read them; others get
+    /// [`Error::Refused`] with [`ErrorCode::NOT_AUTHORIZED`](crate::ErrorCode::NOT_AUTHORIZED). A policy
+    /// that fails verification, or rolls back or forks what this client has seen, is an [`Error::Policy`].
+    /// Transient losses are retried like any outage.
+    pub async fn policies(&self, topic: &Topic) -> Result<Vec<VerifiedPolicy>> {
+        policies::read(&self.shared, topic).await
+    }
+
+    /// Stores `policy` on the broker as the new policy of its topic; resolves once the broker holds it
+    /// durably. Publishers and subscriptions of every client move to it when they next fetch the topic's
+    /// policies (see [`ClientOptions::policy_refresh`]).
+    ///
+    /// Make `policy` with an [`Authority`](crate::authority::Authority) (or with
+    /// [`issue_policy`](sealpost_protocol::issue_policy), signed with the authority's key
+    /// ([`Identity::authority_key`]), of epoch 1 for a topic without policy, else chained to the current
+    /// policy (from [`policies`](Self::policies)) with the next epoch and a fresh content key).
+    /// [`store_policy`](Self::store_policy) does the same and tells the two reasons for `POLICY_REJECTED`
+    /// apart.
+    ///
+    /// Fails with [`Error::Policy`] if `policy` is not signed by this identity's pinned authority (nothing
+    /// is sent), and with [`Error::Refused`] if the broker refuses it: with
+    /// [`ErrorCode::NOT_AUTHORIZED`](crate::ErrorCode::NOT_AUTHORIZED) if the ACL does not give this
+    /// identity the `admin` action on the topic, with
+    /// [`ErrorCode::POLICY_REJECTED`](crate::ErrorCode::POLICY_REJECTED) if the broker is configured with
+    /// another authority or its epoch is not the one after the broker's current policy (someone else changed
+    /// the policy meanwhile: fetch it again and redo the change). One attempt: it is not retried.
+    pub async fn put_policy(&self, policy: &VerifiedPolicy) -> Result<()> {
+        policies::store(&self.shared, policy).await
+    }
+
+    /// Stores `next`, a topic's next policy made by an [`Authority`](crate::authority::Authority) from the
+    /// topic's current policy, like [`put_policy`](Self::put_policy), but says why the broker refused it
+    /// with `POLICY_REJECTED`: [`Error::StalePolicy`] if the topic's policy changed since the one `next` was
+    /// made from (fetch the policies again and redo the change), [`Error::AuthorityRejected`] if it did not
+    /// (the broker is configured with another topic authority). To tell, it fetches the topic's policies
+    /// once more after the refusal.
+    pub async fn store_policy(&self, next: &VerifiedPolicy) -> Result<()> {
+        match self.put_policy(next).await {
+            Err(Error::Refused { code: ErrorCode::POLICY_REJECTED, .. }) => {
+                let current = self.policies(next.topic()).await.ok().and_then(|mut p| p.pop());
+                Err(authority::rejection(next, current.as_ref().map(VerifiedPolicy::epoch)))
+            }
+            result => result,
+        }
+    }
+
+    /// The identity this client connects as.
+    pub fn identity(&self) -> &Identity {
+        &self.shared.identity
+    }
+
+    /// Closes the connection: publishers and subscriptions still open fail with [`Error::Closed`] and do not
+    /// reconnect. Close them first (`Publisher::close`, `Subscription::close`) to wait for what they have
+    /// outstanding. Waits up to 2 s for the broker to acknowledge the close.
+    pub async fn close(&self) {
+        self.shared.connector.close().await;
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("principal", &self.shared.identity.principal())
+            .field("broker", &self.shared.connector.addr())
+            .finish_non_exhaustive()
+    }
+}

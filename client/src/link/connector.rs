@@ -1,0 +1,128 @@
+//! The connector: the one QUIC connection a client holds to its broker, dialed again when it is lost.
+//!
+//! All publishers and subscriptions of a client share the connection; each opens its own bidirectional
+//! stream on it ([`Link`](super::Link)). When one of them finds the connection lost it asks for a
+//! connection again: the first to ask dials a new one (one attempt, bounded by
+//! [`ClientOptions::connect_timeout`]), the others reuse it. Retrying with backoff is the caller's business
+//! (see `backoff.rs` and `reconnect.rs`).
+//!
+//! It guarantees that once [`close`](Connector::close) was called no connection is dialed again, and that
+//! request ids are unique across the client's connections.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::identity::Identity;
+use crate::options::ClientOptions;
+use crate::tls;
+
+use super::error_map::{seconds, ErrorMap};
+
+/// The connection to the broker, and how to get a new one.
+pub(crate) struct Connector {
+    identity: Identity,
+    connect_timeout: Duration,
+    pub(super) max_frame_len: u32,
+    pub(super) errors: Arc<ErrorMap>,
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+    next_request: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Connector {
+    /// Resolves the broker's address, binds a UDP socket of the same address family, and completes the
+    /// QUIC and TLS handshakes within `options.connect_timeout`. One attempt only.
+    pub(crate) async fn connect(
+        identity: &Identity,
+        options: &ClientOptions,
+        max_frame_len: u32,
+    ) -> Result<Connector> {
+        let errors = ErrorMap::new(identity.clone(), options.idle_timeout);
+        let addr = tokio::net::lookup_host(identity.broker())
+            .await
+            .map_err(|e| errors.unreachable(format!("cannot resolve the address: {e}")))?
+            .next()
+            .ok_or_else(|| errors.unreachable("the name resolves to no address".into()))?;
+        let bind = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_loopback() => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            IpAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            IpAddr::V6(ip) if ip.is_loopback() => SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
+            IpAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+        };
+        let config = tls::client_config(identity.inner(), options)?;
+        let endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| Error::io(format!("cannot bind a UDP socket on {bind}"), e))?;
+        let connector = Connector {
+            identity: identity.clone(),
+            connect_timeout: options.connect_timeout,
+            max_frame_len,
+            errors: Arc::new(errors),
+            endpoint,
+            config,
+            addr,
+            conn: tokio::sync::Mutex::new(None),
+            next_request: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        };
+        connector.connection().await?;
+        Ok(connector)
+    }
+
+    /// The broker's resolved address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A fresh request id, unique on this client's connections.
+    pub(crate) fn request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The current connection if it is up, else the result of one attempt to dial a new one.
+    pub(crate) async fn connection(&self) -> Result<quinn::Connection> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let mut current = self.conn.lock().await;
+        if let Some(conn) = current.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let conn = self.dial().await?;
+        *current = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn dial(&self) -> Result<quinn::Connection> {
+        let server_name = self.identity.server_name();
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), self.addr, server_name)
+            .map_err(|e| self.errors.connect(e))?;
+        let timeout = self.connect_timeout;
+        match tokio::time::timeout(timeout, connecting).await {
+            Err(_) => Err(self.errors.unreachable(format!("no answer within {}", seconds(timeout)))),
+            Ok(Err(e)) => Err(self.errors.handshake(&e)),
+            Ok(Ok(conn)) => {
+                tracing::debug!(broker = %self.addr, "connected");
+                Ok(conn)
+            }
+        }
+    }
+
+    /// Closes the connection for good and waits up to 2 s for the broker to acknowledge it.
+    pub(crate) async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(conn) = self.conn.lock().await.take() {
+            conn.close(0u32.into(), b"client closed");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}

@@ -1,0 +1,106 @@
+//! Options: how a [`Client`](crate::Client) connects and reconnects, how its publishers batch and
+//! pipeline, and where its subscriptions start.
+//!
+//! Plain data with documented defaults; nothing here does I/O. Every knob is safe to turn: none of them
+//! weakens a check (verification cannot be switched off, see `tls.rs`).
+
+use std::time::Duration;
+
+use sealpost_protocol::StartAt;
+
+/// How a [`Client`](crate::Client) connects and reconnects.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// How long one connection attempt may take before the broker counts as unreachable. Default 5 s.
+    pub connect_timeout: Duration,
+    /// How long an established connection may go without hearing from the broker before it counts as
+    /// lost. Keep-alives are sent at a third of it, so an idle but healthy connection stays up. Default
+    /// 10 s.
+    pub idle_timeout: Duration,
+    /// How publishers and subscriptions reconnect after losing the broker.
+    pub reconnect: Reconnect,
+    /// How long after a topic policy's `created_at` subscribers still accept batches sealed under the
+    /// epoch before it, so that batches sealed just before a rotation (or by a publisher that has not
+    /// fetched the new policy yet) are still delivered. After it, such a batch is an
+    /// [`Error::Integrity`](crate::Error::Integrity) item
+    /// ([`StaleEpoch`](sealpost_protocol::Error::StaleEpoch)). Default 10 min.
+    pub rotation_grace: Duration,
+    /// How often a publisher (before sealing a batch) and a subscription (before opening one) fetch the
+    /// topic's policies again, to move to a new epoch after a rotation or a revocation. Default 30 s.
+    pub policy_refresh: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            reconnect: Reconnect::default(),
+            rotation_grace: Duration::from_secs(600),
+            policy_refresh: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Exponential backoff between reconnection attempts.
+///
+/// After a loss, the first attempt is immediate; the n-th retry waits `initial_delay * 2^(n-1)`, at most
+/// `max_delay`, randomised by ±25 % so that many clients of a restarted broker do not return in step.
+#[derive(Clone, Debug)]
+pub struct Reconnect {
+    /// Wait before the first retry. Default 100 ms.
+    pub initial_delay: Duration,
+    /// Longest wait between retries. Default 5 s.
+    pub max_delay: Duration,
+    /// Retries in one outage before giving up; 0 never reconnects. Default 10. An outage ends when the
+    /// broker accepts a batch or delivers one, or a stream has stayed up for 10 s.
+    pub max_retries: u32,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self { initial_delay: Duration::from_millis(100), max_delay: Duration::from_secs(5), max_retries: 10 }
+    }
+}
+
+/// How a publisher batches and pipelines.
+#[derive(Clone, Debug)]
+pub struct PublisherOptions {
+    /// Most messages in one sealed batch (clamped to 1..=65,536). Default 256.
+    pub max_batch: usize,
+    /// How long the first message of a batch that is not full waits for others before the batch may be
+    /// sealed. Default 0: batching needs no timer (see below).
+    ///
+    /// Whatever `linger` says, a batch that is not full is sealed only while fewer than two earlier
+    /// batches await their answers (or on [`Publisher::flush`](crate::Publisher::flush) and
+    /// [`Publisher::close`](crate::Publisher::close)): what is published while two batches are in flight
+    /// gathers into the next one, which goes when an answer comes, or as soon as it is full. So a message
+    /// published to a quiet publisher goes at once, and under load batches grow to what arrives during
+    /// part of a round trip (the broker's fsync included).
+    pub linger: Duration,
+    /// Most batches sent but not yet acknowledged (at least 1). Default 64.
+    pub max_in_flight: usize,
+}
+
+impl Default for PublisherOptions {
+    fn default() -> Self {
+        Self { max_batch: 256, linger: Duration::ZERO, max_in_flight: 64 }
+    }
+}
+
+/// Where and how a subscription starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Where a new subscription starts reading. Default [`StartAt::Latest`]: only what is published from
+    /// now on.
+    pub from: StartAt,
+    /// The name of a durable subscription: the broker stores what it acknowledges, and a durable
+    /// subscription that already exists resumes from there, ignoring `from`. Default `None`.
+    pub durable: Option<String>,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        Self { from: StartAt::Latest, durable: None }
+    }
+}

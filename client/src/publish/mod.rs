@@ -1,0 +1,163 @@
+//! The publisher: seals messages into batches, pipelines them to the broker, and tells each caller when
+//! its message is durable. The design is documented on [`Publisher`].
+//!
+//! Three parts, each below the one before: the handle here ([`Publisher`], [`PublishFuture`]), the async
+//! task that owns the publish stream (`task.rs`), and the sans-IO pipeline that makes every decision
+//! carrying state (`pipeline.rs`: batching through `batcher.rs`, the window of batches in flight, resending
+//! after a reconnect, receipts, refusals, flushes).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use sealpost_protocol::Topic;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::options::PublisherOptions;
+use crate::shared::Shared;
+
+mod batcher;
+mod pipeline;
+mod task;
+
+pub use pipeline::Receipt;
+use task::{Command, State};
+
+/// Publishes messages on one topic, and tells each caller when its message is durable.
+///
+/// # How it works
+///
+/// A background task per publisher owns one publish stream. When it opens the stream it asks the broker
+/// where this identity's chain on the topic stands (`Head` → `HeadIs`), so the chain continues across
+/// restarts. It gathers messages into batches (up to `max_batch` messages, never more than fits in a
+/// sealed batch; a batch that is not full goes only while fewer than two batches are in flight, see
+/// [`PublisherOptions::linger`]), seals each batch with the identity's signing key and the content key of
+/// the topic's current epoch, and sends it as a `Publish` frame without waiting for the previous one to be
+/// answered, up to `max_in_flight` batches. The broker answers in order; each `Published` resolves the
+/// receipts of its batch's messages.
+///
+/// # Policies
+///
+/// The publisher starts only if the topic's current policy lists this identity (principal and signing key)
+/// as a publisher and wraps a content key for it. Before sealing a batch it fetches the topic's policies
+/// again if it last did `ClientOptions::policy_refresh` ago, or if a batch was refused since: after a
+/// rotation it seals under the new epoch, and after a revocation that removes it, its messages fail with
+/// [`Error::NotAPublisher`] and the publisher is dead. A policy from the broker that fails a check
+/// ([`Error::Policy`]) kills it too; a transient failure to fetch keeps the policies it has. Batches sealed
+/// before a rotation are resent unchanged (the broker does not check epochs; subscribers accept the
+/// previous epoch for `ClientOptions::rotation_grace`).
+///
+/// # Reconnection and exactly-once
+///
+/// Every sealed batch is kept, byte for byte, until the broker acknowledges it. When the stream or the
+/// connection is lost, the task reconnects with backoff, opens a new stream, asks `Head` again and resends
+/// every unacknowledged batch in order, unchanged. The broker recognises a batch it already stored (the
+/// same sealed bytes) and answers with its original offsets, so a message is stored once even if its
+/// acknowledgement was lost. Once the retries of one outage are used up, every outstanding message fails
+/// with the last error and the publisher is dead: later `publish` calls fail at once.
+///
+/// # Refusals
+///
+/// If the broker refuses a batch (say `NOT_AUTHORIZED` or `RATE_LIMITED`), nothing after it on the stream
+/// can be stored either (each batch names its predecessor's digest), so that batch's messages and those of
+/// every batch sent after it fail with the refusal. The publisher itself lives on: the next message starts
+/// a new stream from the broker's chain head (if the broker refuses that too, the publisher is dead).
+/// `UNAVAILABLE` is treated as a lost connection.
+///
+/// Dropping a publisher without [`close`](Self::close) lets its background task finish sending what was
+/// published, as long as the runtime runs.
+pub struct Publisher {
+    topic: Topic,
+    commands: mpsc::UnboundedSender<Command>,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    pub(crate) async fn start(
+        shared: Arc<Shared>,
+        topic: Topic,
+        options: PublisherOptions,
+    ) -> Result<Publisher> {
+        let (commands, state, task) = task::start(shared, &topic, options).await?;
+        Ok(Publisher { topic, commands, state, task })
+    }
+
+    /// The topic this publisher publishes on.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// Queues `payload` for publishing and returns a future that resolves once the broker has stored it
+    /// durably, with where it was stored.
+    ///
+    /// The message is queued when `publish` is called, not when the future is polled: messages are
+    /// published in the order of the calls, and the future may be awaited later, or dropped (the message
+    /// is still published). Queued messages are buffered without bound; `max_in_flight` bounds only what
+    /// is on the wire, so a producer that must not outrun the broker awaits its receipts.
+    pub fn publish(&self, payload: impl Into<Bytes>) -> PublishFuture {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.commands.send(Command::Publish(payload.into(), tx)).is_ok();
+        PublishFuture { receipt: sent.then_some(rx), state: self.state.clone() }
+    }
+
+    /// Sends what is waiting for its batch at once, and waits until every message published before this
+    /// call is stored or has failed. Fails only if the publisher is dead.
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Flush(tx)).map_err(|_| self.state.failure())?;
+        rx.await.map_err(|_| self.state.failure())?;
+        match self.state.failed() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends everything published and waits until all of it is stored or has failed, then closes the
+    /// publish stream. Fails only if the publisher died (its last error).
+    pub async fn close(self) -> Result<()> {
+        let Publisher { commands, state, task, .. } = self;
+        drop(commands);
+        if task.await.is_err() {
+            return Err(Error::Closed);
+        }
+        match state.failed() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+/// The future [`Publisher::publish`] returns: resolves once the message is stored, or has failed.
+#[must_use = "the message is published anyway; await the future to learn whether it was stored"]
+pub struct PublishFuture {
+    receipt: Option<oneshot::Receiver<Result<Receipt>>>,
+    state: Arc<State>,
+}
+
+impl Future for PublishFuture {
+    type Output = Result<Receipt>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(receipt) = this.receipt.as_mut() else {
+            return Poll::Ready(Err(this.state.failure()));
+        };
+        Pin::new(receipt).poll(cx).map(|r| r.unwrap_or_else(|_| Err(this.state.failure())))
+    }
+}
+
+impl std::fmt::Debug for PublishFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishFuture").finish_non_exhaustive()
+    }
+}

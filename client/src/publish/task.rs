@@ -1,0 +1,368 @@
+//! The background task of one publisher: the async shell around its [`Pipeline`].
+//!
+//! It owns the publish stream and what the pipeline cannot do without I/O: it takes the application's
+//! commands, opens a stream (`Head` → `HeadIs`) and resends what the pipeline says, seals the batches the
+//! pipeline hands out (with the identity's signing key, the content key of the topic's current epoch, the
+//! wall clock and the publisher's nonce generator, after bringing the topic's policies up to date), sends
+//! them, and feeds the broker's answers back. Every decision about which message goes where, and what an
+//! answer means, is the pipeline's.
+//!
+//! It guarantees that messages are resolved in the order they were published, and that once it dies (a
+//! refusal of no request, a protocol violation, a policy that no longer lets this identity publish, or an
+//! outage that outlasted its retries) every message it holds or that is still queued fails with that error,
+//! and later calls fail at once.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use sealpost_protocol::{seal, ChainHead, ErrorCode, Frame, SealParams, Topic, VerifiedBatch};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::clock::wall_clock;
+use crate::error::{Action, Error, Result};
+use crate::keyring::{Freshness, TopicKeys};
+use crate::link::{unexpected, Link};
+use crate::options::PublisherOptions;
+use crate::policies;
+use crate::reconnect::Reconnector;
+use crate::shared::Shared;
+
+use super::batcher::{Batch, Batcher};
+use super::pipeline::{Pipeline, Receipt, Waiter};
+
+/// Where a caller of [`Publisher::publish`](crate::Publisher::publish) learns its message's fate.
+pub(crate) type ReceiptSender = oneshot::Sender<Result<Receipt>>;
+
+impl Waiter for ReceiptSender {
+    fn resolve(self, outcome: Result<Receipt>) {
+        // The caller may have dropped its future: the message is published anyway.
+        let _ = self.send(outcome);
+    }
+}
+
+/// Most commands the task takes from its queue before it looks at the batcher and the broker's answers
+/// again: a bound on how long a flood of publishes can keep it from either.
+const MAX_COMMANDS_AT_ONCE: usize = 1024;
+
+/// What the handle asks of the task.
+pub(crate) enum Command {
+    Publish(Bytes, ReceiptSender),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The publisher's fate, shared by the handle and the task.
+#[derive(Default)]
+pub(crate) struct State {
+    failure: OnceLock<Error>,
+}
+
+impl State {
+    /// The error that killed the publisher, or [`Error::Closed`] if it ended without one.
+    pub(crate) fn failure(&self) -> Error {
+        self.failure.get().cloned().unwrap_or(Error::Closed)
+    }
+
+    /// The error that killed the publisher, if it died.
+    pub(crate) fn failed(&self) -> Option<&Error> {
+        self.failure.get()
+    }
+}
+
+/// Starts a publisher's task on `topic`: fetches the topic's policies, opens the publish stream (retrying
+/// transient losses like any outage; a refusal or an untrusted broker fails at once), and checks that the
+/// current policy lets this identity publish.
+pub(crate) async fn start(
+    shared: Arc<Shared>,
+    topic: &Topic,
+    options: PublisherOptions,
+) -> Result<(mpsc::UnboundedSender<Command>, Arc<State>, tokio::task::JoinHandle<()>)> {
+    let keys = policies::topic_keys_retrying(&shared, topic, Action::Publish, Freshness::Now).await?;
+    // The nonces of every record this publisher seals: a CSPRNG seeded once from the OS rather than a
+    // system call per record. XChaCha20 nonces are 192 random bits, so collisions stay negligible.
+    let rng = ChaCha20Rng::from_rng(rand::rngs::OsRng)
+        .map_err(|e| Error::io("cannot seed the nonce generator from the OS", e.into()))?;
+    let (commands, rx) = mpsc::unbounded_channel();
+    let state = Arc::new(State::default());
+    let batcher = Batcher::new(topic, options.max_batch, options.linger, &shared.limits);
+    let mut task = Task {
+        pipeline: Pipeline::new(batcher, options.max_in_flight),
+        reconnect: Reconnector::new(shared.options.reconnect.clone()),
+        shared,
+        topic: topic.clone(),
+        keys,
+        keys_checked: Some(Instant::now()),
+        link: None,
+        commands: rx,
+        state: state.clone(),
+        rng,
+    };
+    task.reopen().await?;
+    // Checked after the broker accepted `Head`, so that a principal the ACL refuses hears that.
+    let identity = &task.shared.identity;
+    task.keys.sealing_key(identity.principal(), &identity.public_key())?;
+    Ok((commands, state, tokio::spawn(task.run())))
+}
+
+/// The background task of one publisher.
+struct Task {
+    shared: Arc<Shared>,
+    topic: Topic,
+    pipeline: Pipeline<ReceiptSender, oneshot::Sender<()>>,
+    /// The topic's policies and keys; the current policy's key seals.
+    keys: Arc<TopicKeys>,
+    /// When `keys` were last brought up to date; `None` to do it before the next batch.
+    keys_checked: Option<Instant>,
+    /// The publish stream; `None` after a loss (reconnect and resend) or a refusal (new stream, new head).
+    link: Option<Link>,
+    reconnect: Reconnector,
+    commands: mpsc::UnboundedReceiver<Command>,
+    state: Arc<State>,
+    /// Draws the records' nonces.
+    rng: ChaCha20Rng,
+}
+
+impl Task {
+    async fn run(mut self) {
+        if let Err(e) = self.pump().await {
+            tracing::warn!(topic = %self.topic, error = %e, "publisher stopped");
+            self.fail_everything(e);
+        }
+        if let Some(link) = &mut self.link {
+            link.finish();
+        }
+    }
+
+    async fn pump(&mut self) -> Result<()> {
+        loop {
+            if self.pipeline.is_done() {
+                return Ok(());
+            }
+            if self.link.is_none() && self.pipeline.has_work() {
+                self.reopen().await?;
+            }
+            while self.link.is_some() {
+                let Some(batch) = self.pipeline.next_batch(Instant::now()) else { break };
+                self.send_batch(batch).await?;
+            }
+            for done in self.pipeline.flushed() {
+                let _ = done.send(());
+            }
+            if self.link.is_none() && self.pipeline.has_work() {
+                // A send just failed: reconnect and resend before anything else.
+                continue;
+            }
+            let connected = self.link.is_some();
+            let reading = connected && self.pipeline.awaits_answers();
+            let deadline = if connected { self.pipeline.deadline() } else { None };
+            tokio::select! {
+                biased;
+                reply = read_reply(self.link.as_mut()), if reading => self.on_reply(reply)?,
+                command = self.commands.recv(), if !self.pipeline.is_closing() => {
+                    self.on_command(command);
+                    // Take what else is queued before deciding what to seal, so that a burst becomes one
+                    // batch rather than a batch per message while the pipeline has room.
+                    for _ in 1..MAX_COMMANDS_AT_ONCE {
+                        match self.commands.try_recv() {
+                            Ok(command) => self.on_command(Some(command)),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+                // Nothing to wait for (cannot happen: closing implies pending work or a return above).
+                else => {}
+            }
+        }
+    }
+
+    /// Opens a new stream and resends what is in flight: at once the first time (the publisher's start, or
+    /// after a refusal), then with backoff while the attempts fail for reasons that reconnecting may cure.
+    async fn reopen(&mut self) -> Result<()> {
+        let (shared, topic) = (&self.shared, &self.topic);
+        let resend: Vec<Bytes> = self.pipeline.to_resend().cloned().collect();
+        let (link, head) = self.reconnect.run(|| open_once(shared, topic, &resend)).await?;
+        if !resend.is_empty() {
+            tracing::debug!(topic = %self.topic, broker_next_seq = head.next_seq, "resuming");
+            tracing::info!(topic = %self.topic, batches = resend.len(), "resent unacknowledged batches");
+        }
+        self.pipeline.opened(head);
+        self.link = Some(link);
+        Ok(())
+    }
+
+    /// The stream is lost for `cause`: reconnect (after backoff) and resend before anything else.
+    fn lose(&mut self, cause: Error) {
+        tracing::info!(topic = %self.topic, error = %cause, "publish stream lost");
+        let age = self.link.take().map(|link| link.age());
+        self.reconnect.lost(cause, age);
+    }
+
+    /// The stream failed with `e`: a loss if reconnecting may cure it, else the end of the publisher.
+    fn absorb(&mut self, e: Error) -> Result<()> {
+        if !Reconnector::cures(&e) {
+            return Err(e);
+        }
+        self.lose(e);
+        Ok(())
+    }
+
+    async fn send_batch(&mut self, batch: Batch<ReceiptSender>) -> Result<()> {
+        // Sealing fails only if the topic's policies changed so that this identity may no longer publish (or
+        // the broker served policies that fail a check); sizes were checked by the batcher. Then the
+        // publisher stops, so that messages are always resolved in order.
+        let sealed = match self.refresh_keys().await {
+            Ok(()) => self.seal(&batch.payloads),
+            Err(e) => Err(e),
+        };
+        let (sealed, request_id, frame) = match sealed {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                let _ = self.state.failure.set(e.clone());
+                for waiter in batch.waiters {
+                    waiter.resolve(Err(e.clone()));
+                }
+                return Err(e);
+            }
+        };
+        self.pipeline.sent(batch.waiters, &sealed, request_id, frame.clone());
+        if let Some(link) = self.link.as_mut() {
+            if let Err(e) = link.send_encoded(frame).await {
+                self.absorb(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches the topic's policies again if they were last checked `policy_refresh` ago (or a batch was
+    /// refused since), so that the publisher moves to a new epoch after a rotation. A transient failure
+    /// keeps the policies it has.
+    async fn refresh_keys(&mut self) -> Result<()> {
+        let every = self.shared.options.policy_refresh;
+        if self.keys_checked.is_some_and(|at| at.elapsed() < every) {
+            return Ok(());
+        }
+        let fresh = if self.keys_checked.is_some() { Freshness::Within(every) } else { Freshness::Now };
+        self.keys_checked = Some(Instant::now());
+        match policies::topic_keys(&self.shared, &self.topic, Action::Publish, fresh).await {
+            Ok(keys) => {
+                if keys.current_epoch() != self.keys.current_epoch() {
+                    let epoch = keys.current_epoch();
+                    tracing::info!(topic = %self.topic, ?epoch, "sealing under a new epoch");
+                }
+                self.keys = keys;
+                Ok(())
+            }
+            Err(e) if Reconnector::cures(&e) => {
+                tracing::debug!(topic = %self.topic, error = %e, "could not fetch the topic's policies");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Seals `payloads` as the next batch of the chain: the batch, its request id and its `Publish` frame.
+    fn seal(&mut self, payloads: &[Bytes]) -> Result<(VerifiedBatch, u64, Bytes)> {
+        let identity = &self.shared.identity;
+        let (epoch, key) = self.keys.sealing_key(identity.principal(), &identity.public_key())?;
+        let head = self.pipeline.head();
+        let params = SealParams {
+            topic: self.topic.clone(),
+            epoch,
+            first_seq: head.next_seq,
+            prev_digest: head.prev_digest,
+            created_at: wall_clock(),
+        };
+        let signer = &identity.inner().signer;
+        let sealed = seal(signer, key, params, payloads, &self.shared.limits, &mut self.rng)?;
+        let request_id = self.shared.request_id();
+        let frame = Frame::Publish { request_id, batch: sealed.as_bytes().clone() }.to_vec()?;
+        Ok((sealed, request_id, Bytes::from(frame)))
+    }
+
+    fn on_command(&mut self, command: Option<Command>) {
+        match command {
+            None => self.pipeline.close(),
+            Some(Command::Publish(payload, waiter)) => self.pipeline.publish(payload, waiter, Instant::now()),
+            Some(Command::Flush(done)) => self.pipeline.flush(done),
+        }
+    }
+
+    fn on_reply(&mut self, reply: Result<Option<Frame>>) -> Result<()> {
+        match reply {
+            Ok(Some(Frame::Published { request_id, first_offset, count })) => {
+                self.pipeline.on_published(request_id, first_offset, count)?;
+                self.reconnect.progress();
+                Ok(())
+            }
+            Ok(Some(Frame::Error { request_id, code, message })) => {
+                let refusal = Error::refused(Action::Publish, &self.topic, code, &message);
+                if code == ErrorCode::UNAVAILABLE {
+                    self.lose(refusal);
+                    return Ok(());
+                }
+                tracing::warn!(topic = %self.topic, error = %refusal, "batch refused");
+                self.pipeline.on_refused(request_id, refusal)?;
+                // The policy may have changed (a rotation or a revocation): check before the next batch.
+                self.keys_checked = None;
+                // A new stream, and the broker's chain head for the next batch.
+                self.link = None;
+                Ok(())
+            }
+            Ok(Some(other)) => Err(unexpected(&other, "Publish requests")),
+            Ok(None) => {
+                self.lose(Error::ConnectionLost { reason: "the broker ended the publish stream".into() });
+                Ok(())
+            }
+            Err(e) => self.absorb(e),
+        }
+    }
+
+    /// The publisher is dead: fail every message it holds and every one still queued. Flush callers are
+    /// released (dropped) and see the failure.
+    fn fail_everything(&mut self, e: Error) {
+        let _ = self.state.failure.set(e.clone());
+        self.commands.close();
+        self.pipeline.fail_all(&e);
+        while let Ok(command) = self.commands.try_recv() {
+            if let Command::Publish(_, waiter) = command {
+                waiter.resolve(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Opens a publish stream: `Head`, then `HeadIs`, then the frames of `resend`, unchanged. Returns the
+/// stream and the chain head the broker holds. One attempt.
+async fn open_once(shared: &Shared, topic: &Topic, resend: &[Bytes]) -> Result<(Link, ChainHead)> {
+    let mut link = shared.open_link().await?;
+    let request_id = shared.request_id();
+    let publisher = shared.identity.public_key();
+    link.send(&Frame::Head { request_id, topic: topic.clone(), publisher }).await?;
+    let head = match link.read().await? {
+        Some(Frame::HeadIs { request_id: answered, head }) if answered == request_id => head,
+        Some(Frame::Error { code, message, .. }) => {
+            return Err(Error::refused(Action::Publish, topic, code, &message))
+        }
+        Some(other) => return Err(unexpected(&other, "a Head request")),
+        None => {
+            return Err(Error::ConnectionLost {
+                reason: "the broker ended the stream before answering".into(),
+            })
+        }
+    };
+    for frame in resend {
+        link.send_encoded(frame.clone()).await?;
+    }
+    Ok((link, head))
+}
+
+/// The next reply on the publish stream; never resolves without one.
+async fn read_reply(link: Option<&mut Link>) -> Result<Option<Frame>> {
+    match link {
+        Some(link) => link.read().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,189 @@
+//! The subscription: a stream of verified messages from one topic.
+//!
+//! # How it works
+//!
+//! A background task per subscription (`task.rs`) owns one subscription stream: it sends `Subscribe`, gets
+//! `Subscribed`, then receives `Deliver` frames and hands each batch to the reader (`reader.rs`), which
+//! opens it, checks its publisher against the topic policy of its epoch and its place in the publisher's
+//! chain, and returns the messages and integrity errors the application sees, in order. Items wait in a
+//! small queue; when the application stops reading, the task stops reading too and QUIC flow control holds
+//! the broker back.
+//!
+//! # Policies
+//!
+//! Before the first batch the subscription fetches the topic's policies (see `keyring.rs`); it fails to
+//! start if none of them wraps a content key for this identity. It fetches them again every
+//! `ClientOptions::policy_refresh` (before judging a batch), and at once when a batch of a newer epoch
+//! than it knows arrives (a rotation), once per epoch, before judging that batch. A policy the broker
+//! serves that fails a check (not signed by the pinned authority, a rollback, a fork) is yielded as an
+//! [`Error::Policy`] item, and the subscription goes on with the policies it trusted before.
+//!
+//! # Where chains start
+//!
+//! A plain subscription from [`StartAt::Earliest`](sealpost_protocol::StartAt::Earliest) checks every publisher's chain from its genesis batch,
+//! whatever offset the broker claims the log starts at (the broker keeps every batch; an honest one starts
+//! at offset 0): a deleted prefix of the log is reported as a gap. A subscription from an offset or from the
+//! latest message, and a durable subscription that resumes from the committed offset the broker holds,
+//! start each publisher's chain at the first batch they see of it.
+//!
+//! **Non-claim:** the committed offset of a durable subscription is held by the broker and is not signed. A
+//! broker that moves it forward skips what lies between, and the subscription cannot tell that from an
+//! acknowledgement it sent: durable subscriptions do not detect a deleted or withheld range before the
+//! offset they resume from (a durable subscription starting from `Earliest` at offset 0 does).
+//!
+//! # Reconnection
+//!
+//! The reader remembers the next offset it expects. After a loss the task reconnects with backoff (see
+//! `reconnect.rs`) and subscribes again from that offset (a durable subscription resumes from its committed
+//! offset, which may be older: what was already yielded is dropped), so every message is yielded once and
+//! in order, and the chain verifier carries on across the gap in connections. It then sends the latest acknowledgement
+//! again. Once the retries of one outage are used up, the stream yields the last error and ends.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use sealpost_protocol::{Offset, Topic};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::message::Message;
+use crate::options::SubscribeOptions;
+use crate::shared::Shared;
+
+mod reader;
+mod task;
+
+use task::{Channels, Done, Items};
+
+/// A stream of messages from one topic: `Ok` for each verified message, in offset order and once each,
+/// `Err` for each batch that failed a check, and [`Error::DataLost`] for each range of stored messages the
+/// broker reports lost (in offset order, where the messages would have been).
+///
+/// After an item whose error [`is_integrity`](Error::is_integrity), the subscription goes on; after any
+/// other error (the broker refused, or stayed unreachable through every retry) it ends.
+///
+/// # Reconnection
+///
+/// The subscription remembers the next offset it expects. After a loss it reconnects with backoff and
+/// subscribes again from that offset (a durable subscription resumes from its committed offset, which may
+/// be older: what was already yielded is dropped), so every message is yielded once and in order, and
+/// publisher chains are checked across the reconnection. It then sends the latest acknowledgement again.
+///
+/// Dropping it ends the subscription in the background; [`close`](Self::close) does the same and waits.
+pub struct Subscription {
+    topic: Topic,
+    items: mpsc::Receiver<Items>,
+    buffered: VecDeque<Result<Message>>,
+    acks: watch::Sender<Offset>,
+    close: oneshot::Sender<Done>,
+    durable: bool,
+}
+
+impl Subscription {
+    pub(crate) async fn start(
+        shared: Arc<Shared>,
+        topic: Topic,
+        options: SubscribeOptions,
+    ) -> Result<Subscription> {
+        let durable = options.durable.is_some();
+        let Channels { items, acks, close } = task::start(shared, &topic, options).await?;
+        Ok(Subscription { topic, items, buffered: VecDeque::new(), acks, close, durable })
+    }
+
+    /// The topic subscribed to.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// Acknowledges `message` and every message before it: for a durable subscription, the broker resumes
+    /// after it next time. Acknowledgements are sent in the background, latest first (an older one than
+    /// already sent is ignored); [`close`](Self::close) sends the last one before it returns.
+    pub fn ack(&self, message: &Message) -> Result<()> {
+        self.ack_offset(message.offset.saturating_add(1))
+    }
+
+    /// Acknowledges every message below `next_offset`.
+    pub fn ack_offset(&self, next_offset: Offset) -> Result<()> {
+        if self.acks.is_closed() {
+            return Err(Error::Closed);
+        }
+        self.acks.send_if_modified(|acked| {
+            let newer = next_offset > *acked;
+            if newer {
+                *acked = next_offset;
+            }
+            newer
+        });
+        Ok(())
+    }
+
+    /// Ends the subscription: sends the latest acknowledgement and `Unsubscribe`, then waits (up to 2 s) for
+    /// the broker to end the stream, which it does after it has read them.
+    ///
+    /// For a durable subscription whose stream turns out to be lost, it reconnects (with backoff) to commit
+    /// the last acknowledgement, and fails if it cannot: the broker would then resume from an older offset.
+    pub async fn close(self) -> Result<()> {
+        let Subscription { mut items, buffered, acks, close, durable, .. } = self;
+        let must_commit = durable && *acks.borrow() > Offset::ZERO;
+        // If the task failed before it was asked, its error is among the items; it matters only if there
+        // was something to commit.
+        let mut failure = fatal(buffered);
+        let (done, mut closed) = oneshot::channel();
+        let _ = close.send(done);
+        let mut unanswered = false;
+        // Keep reading what the task sends, so that it never waits for room in the queue, until it answers
+        // or ends.
+        loop {
+            tokio::select! {
+                biased;
+                answer = &mut closed, if !unanswered => match answer {
+                    Ok(result) => return result,
+                    Err(_) => unanswered = true,
+                },
+                queued = items.recv() => match queued {
+                    Some(queued) => failure = failure.or_else(|| fatal(queued)),
+                    None => break,
+                },
+            }
+        }
+        if let Ok(result) = closed.try_recv() {
+            return result;
+        }
+        match failure {
+            Some(e) if must_commit => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The error that ended a subscription, if it is among `items`.
+fn fatal(items: impl IntoIterator<Item = Result<Message>>) -> Option<Error> {
+    items.into_iter().filter_map(Result::err).find(|e| !e.is_integrity())
+}
+
+impl Stream for Subscription {
+    type Item = Result<Message>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(item) = this.buffered.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            match this.items.poll_recv(cx) {
+                Poll::Ready(Some(items)) => this.buffered.extend(items),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}

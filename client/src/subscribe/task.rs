@@ -1,0 +1,385 @@
+//! The background task of one subscription: it owns the subscription stream, feeds each delivered batch to
+//! the [`Reader`] with the time and the topic's policies, queues what the reader yields for the
+//! application, sends acknowledgements, and subscribes again after a loss.
+//!
+//! It guarantees that the reader sees every frame of the stream in order and nothing else touches it, that
+//! a batch whose policies must be fetched first is judged only after the fetch (or, if the fetch is lost,
+//! delivered again after resubscribing, the reader not having moved), and that closing commits the last
+//! acknowledgement of a durable subscription or reports that it could not.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sealpost_protocol::{Frame, Offset, StartAt, SubscriptionId, Topic};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::clock::wall_clock;
+use crate::error::{Action, Error, Result};
+use crate::keyring::Freshness;
+use crate::link::{unexpected, Link};
+use crate::message::Message;
+use crate::options::SubscribeOptions;
+use crate::policies;
+use crate::reconnect::Reconnector;
+use crate::shared::Shared;
+
+use super::reader::{start_point, Delivery, Reader};
+
+/// How long closing waits for the broker to end its side of the stream.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Delivered batches (as item lists) queued between the task and the application.
+const QUEUE: usize = 4;
+
+/// What the application sees of one frame, in order.
+pub(crate) type Items = Vec<Result<Message>>;
+
+/// Answers a [`Subscription::close`](crate::Subscription::close) with the outcome of closing.
+pub(crate) type Done = oneshot::Sender<Result<()>>;
+/// Where the task learns that the application closed (a `Done` to answer) or dropped the subscription.
+type Closer = oneshot::Receiver<Done>;
+
+/// The application's ends of a running task's channels.
+pub(crate) struct Channels {
+    /// What the task yields.
+    pub(crate) items: mpsc::Receiver<Items>,
+    /// The latest acknowledgement, for the task to send.
+    pub(crate) acks: watch::Sender<Offset>,
+    /// Asks the task to close.
+    pub(crate) close: oneshot::Sender<Done>,
+}
+
+/// Subscribes to `topic` (retrying transient losses like any outage; a refusal or an untrusted broker
+/// fails at once), fetches the topic's policies, and starts the task.
+pub(crate) async fn start(shared: Arc<Shared>, topic: &Topic, options: SubscribeOptions) -> Result<Channels> {
+    let mut reconnect = Reconnector::new(shared.options.reconnect.clone());
+    let (from, durable) = (options.from, options.durable);
+    let (link, subscription, start_offset) =
+        reconnect.run(|| subscribe_once(&shared, topic, from, durable.clone())).await?;
+    // Fetched after the broker accepted the subscription, so that a principal the ACL refuses hears that,
+    // rather than about keys it should not have anyway.
+    let keys = policies::topic_keys_retrying(&shared, topic, Action::Subscribe, Freshness::Now).await?;
+    keys.check_readable()?;
+    let (start, next_offset) = start_point(from, durable.is_some(), start_offset);
+    tracing::debug!(%topic, subscription, %start_offset, ?start, "subscribed");
+    let (items_tx, items) = mpsc::channel(QUEUE);
+    let (acks, acks_rx) = watch::channel(Offset::ZERO);
+    let (close, close_rx) = oneshot::channel();
+    let reader =
+        Reader::new(topic.clone(), keys, start, next_offset, shared.options.rotation_grace, shared.limits);
+    let task = Task {
+        reader,
+        keys_checked: Instant::now(),
+        reconnect,
+        shared,
+        topic: topic.clone(),
+        durable,
+        link: Some(link),
+        subscription,
+        items: items_tx,
+        acks: acks_rx,
+        acked: Offset::ZERO,
+    };
+    tokio::spawn(task.run(close_rx));
+    Ok(Channels { items, acks, close })
+}
+
+/// Opens a subscription stream: `Subscribe`, then `Subscribed`. One attempt.
+async fn subscribe_once(
+    shared: &Shared,
+    topic: &Topic,
+    from: StartAt,
+    durable: Option<String>,
+) -> Result<(Link, SubscriptionId, Offset)> {
+    let mut link = shared.open_link().await?;
+    let request_id = shared.request_id();
+    link.send(&Frame::Subscribe { request_id, topic: topic.clone(), from, durable }).await?;
+    match link.read().await? {
+        Some(Frame::Subscribed { request_id: answered, subscription, start_offset })
+            if answered == request_id =>
+        {
+            Ok((link, subscription, start_offset))
+        }
+        Some(Frame::Error { code, message, .. }) => {
+            Err(Error::refused(Action::Subscribe, topic, code, &message))
+        }
+        Some(other) => Err(unexpected(&other, "a Subscribe request")),
+        None => Err(Error::ConnectionLost { reason: "the broker ended the stream before answering".into() }),
+    }
+}
+
+/// What the task does after a frame.
+enum Flow {
+    Continue,
+    /// The application dropped or closed the subscription.
+    Stop,
+}
+
+/// The background task of one subscription.
+struct Task {
+    shared: Arc<Shared>,
+    topic: Topic,
+    durable: Option<String>,
+    reader: Reader,
+    /// When the reader's policies were last brought up to date.
+    keys_checked: Instant,
+    /// The subscription stream; `None` after a loss.
+    link: Option<Link>,
+    subscription: SubscriptionId,
+    reconnect: Reconnector,
+    items: mpsc::Sender<Items>,
+    acks: watch::Receiver<Offset>,
+    /// The acknowledgement last sent on the current stream.
+    acked: Offset,
+}
+
+impl Task {
+    async fn run(mut self, mut close: Closer) {
+        match self.pump(&mut close).await {
+            Ok(done) => {
+                let result = self.shutdown().await;
+                if let Err(e) = &result {
+                    tracing::warn!(topic = %self.topic, error = %e, "could not commit the last acknowledgement");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "subscription ended");
+                // The application hears of it from close() if it is closing, else as the last item (which
+                // close() also reads).
+                match close.try_recv() {
+                    Ok(done) => {
+                        let _ = done.send(if self.must_commit() { Err(e) } else { Ok(()) });
+                    }
+                    Err(_) => {
+                        let _ = self.items.send(vec![Err(e)]).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs until the application goes away (`Ok`, with the closer to answer if it asked) or a fatal error.
+    async fn pump(&mut self, close: &mut Closer) -> Result<Option<Done>> {
+        let mut acks_open = true;
+        loop {
+            if self.link.is_none() {
+                tokio::select! {
+                    biased;
+                    asked = &mut *close => return Ok(asked.ok()),
+                    subscribed = self.resubscribe() => subscribed?,
+                }
+            }
+            let Some(link) = self.link.as_mut() else { continue };
+            let flow = tokio::select! {
+                biased;
+                asked = &mut *close => return Ok(asked.ok()),
+                changed = self.acks.changed(), if acks_open => {
+                    acks_open = changed.is_ok();
+                    self.send_ack().await?;
+                    Flow::Continue
+                }
+                frame = link.read() => self.on_frame(frame).await?,
+            };
+            if let Flow::Stop = flow {
+                return Ok(close.try_recv().ok());
+            }
+        }
+    }
+
+    /// Whether closing must commit an acknowledgement (a durable subscription that acknowledged something).
+    fn must_commit(&self) -> bool {
+        self.durable.is_some() && *self.acks.borrow() > Offset::ZERO
+    }
+
+    async fn on_frame(&mut self, frame: Result<Option<Frame>>) -> Result<Flow> {
+        let items = match frame {
+            Ok(Some(Frame::Deliver { subscription, offset, batch })) if subscription == self.subscription => {
+                self.reconnect.progress();
+                self.on_deliver(offset, batch).await?
+            }
+            Ok(Some(Frame::Deliver { subscription, .. })) => {
+                tracing::debug!(subscription, "ignoring a delivery for another subscription");
+                Vec::new()
+            }
+            Ok(Some(Frame::Lost { subscription, offset, count, batch, reason }))
+                if subscription == self.subscription =>
+            {
+                self.reconnect.progress();
+                self.reader.lost(offset, count, batch, reason)
+            }
+            Ok(Some(Frame::Lost { subscription, .. })) => {
+                tracing::debug!(subscription, "ignoring a loss for another subscription");
+                Vec::new()
+            }
+            Ok(Some(Frame::Error { code, message, .. })) => {
+                // UNAVAILABLE is a loss like any other; other refusals end the subscription.
+                self.absorb(Error::refused(Action::Subscribe, &self.topic, code, &message))?;
+                Vec::new()
+            }
+            Ok(Some(other)) => return Err(unexpected(&other, "a subscription")),
+            Ok(None) => {
+                self.lose(Error::ConnectionLost {
+                    reason: "the broker ended the subscription stream".into(),
+                });
+                Vec::new()
+            }
+            Err(e) => {
+                self.absorb(e)?;
+                Vec::new()
+            }
+        };
+        if !items.is_empty() && self.items.send(items).await.is_err() {
+            return Ok(Flow::Stop);
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// What the application sees of the batch delivered at `offset`: the reader's judgement, after the
+    /// policies were brought up to date (on schedule, or because the batch is of an epoch newer than the
+    /// reader knows).
+    async fn on_deliver(&mut self, offset: Offset, batch: Bytes) -> Result<Items> {
+        let mut items = self.refresh_keys().await?;
+        loop {
+            match self.reader.deliver(offset, batch.clone(), wall_clock()) {
+                Delivery::Items(judged) => {
+                    items.extend(judged);
+                    return Ok(items);
+                }
+                Delivery::Refetch(epoch) => {
+                    let fresh = Freshness::Epoch(epoch);
+                    match policies::topic_keys(&self.shared, &self.topic, Action::Subscribe, fresh).await {
+                        Ok(keys) => self.reader.fetched(epoch, Some(keys)),
+                        Err(e @ Error::Policy { .. }) => {
+                            items.push(Err(e));
+                            self.reader.fetched(epoch, None);
+                        }
+                        // The batch comes again after resubscribing: the reader did not move.
+                        Err(e) => {
+                            self.absorb(e)?;
+                            return Ok(items);
+                        }
+                    }
+                    self.keys_checked = Instant::now();
+                }
+            }
+        }
+    }
+
+    /// Brings the reader's policies up to date if they were last checked `policy_refresh` ago (from the
+    /// client's shared book if another task fetched them meanwhile). A transient failure leaves the reader
+    /// with the policies it has; a policy that fails a check is returned as an item to yield.
+    async fn refresh_keys(&mut self) -> Result<Items> {
+        let every = self.shared.options.policy_refresh;
+        if self.keys_checked.elapsed() < every {
+            return Ok(Vec::new());
+        }
+        self.keys_checked = Instant::now();
+        let fresh = Freshness::Within(every);
+        match policies::topic_keys(&self.shared, &self.topic, Action::Subscribe, fresh).await {
+            Ok(keys) => {
+                self.reader.set_keys(keys);
+                Ok(Vec::new())
+            }
+            Err(e) if Reconnector::cures(&e) => {
+                tracing::debug!(topic = %self.topic, error = %e, "could not fetch the topic's policies");
+                Ok(Vec::new())
+            }
+            Err(e @ Error::Policy { .. }) => Ok(vec![Err(e)]),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends the latest acknowledgement if it is newer than the last one sent on this stream.
+    async fn send_ack(&mut self) -> Result<()> {
+        let next_offset = *self.acks.borrow_and_update();
+        let Some(link) = self.link.as_mut() else { return Ok(()) };
+        if next_offset <= self.acked {
+            return Ok(());
+        }
+        match link.send(&Frame::Ack { subscription: self.subscription, next_offset }).await {
+            Ok(()) => {
+                self.acked = next_offset;
+                Ok(())
+            }
+            Err(e) => self.absorb(e),
+        }
+    }
+
+    /// The stream is lost for `cause`: subscribe again (after backoff) before anything else.
+    fn lose(&mut self, cause: Error) {
+        tracing::info!(topic = %self.topic, error = %cause, "subscription stream lost");
+        let age = self.link.take().map(|link| link.age());
+        self.reconnect.lost(cause, age);
+    }
+
+    /// The stream failed with `e`: a loss if reconnecting may cure it, else the end of the subscription.
+    fn absorb(&mut self, e: Error) -> Result<()> {
+        if !Reconnector::cures(&e) {
+            return Err(e);
+        }
+        self.lose(e);
+        Ok(())
+    }
+
+    /// Subscribes again from the next expected offset, with backoff.
+    async fn resubscribe(&mut self) -> Result<()> {
+        let from = StartAt::Offset(self.reader.next_offset());
+        let (shared, topic, durable) = (&self.shared, &self.topic, &self.durable);
+        let (link, subscription, start_offset) =
+            self.reconnect.run(|| subscribe_once(shared, topic, from, durable.clone())).await?;
+        tracing::info!(topic = %self.topic, subscription, %start_offset, "subscribed again");
+        self.link = Some(link);
+        self.subscription = subscription;
+        self.acked = Offset::ZERO;
+        self.send_ack().await
+    }
+
+    /// Sends the last acknowledgement and `Unsubscribe`, ends our side, and waits (bounded) for the broker
+    /// to end its side, which tells that it has read them. If the stream turns out to be lost and the
+    /// subscription is durable with an acknowledgement to commit, subscribes again (with backoff) to send
+    /// it, once; fails if that is impossible.
+    async fn shutdown(&mut self) -> Result<()> {
+        let must_commit = self.must_commit();
+        for _ in 0..2 {
+            if self.link.is_none() {
+                if !must_commit {
+                    return Ok(());
+                }
+                self.resubscribe().await?;
+            }
+            self.send_ack().await?;
+            let subscription = self.subscription;
+            let Some(link) = self.link.as_mut() else { continue };
+            if let Err(e) = link.send(&Frame::Unsubscribe { subscription }).await {
+                self.lose(e);
+                continue;
+            }
+            link.finish();
+            let drain = async {
+                loop {
+                    match link.read().await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            match tokio::time::timeout(CLOSE_WAIT, drain).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => self.lose(e),
+                Err(_) => {
+                    tracing::debug!(topic = %self.topic, "the broker did not end the subscription stream in time");
+                    return Ok(());
+                }
+            }
+        }
+        match self.reconnect.take_loss() {
+            Some(e) if must_commit => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
