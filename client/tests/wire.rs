@@ -1,71 +1,88 @@
-//! The client's async shell against a mock broker that speaks the wire contract over real QUIC and TLS:
-//! an in-memory log with the broker's dedup of resent batches and its chain check, topic policies (stored
-//! only if signed by the authority the mock is configured with and of the next epoch; batches accepted only
-//! from a publisher of the current policy), plus fault injection (connections killed after a batch is
-//! stored but before it is acknowledged, or mid-subscription; policies served that the authority did not
-//! sign, or an older history).
+//! The client's async shell against the real broker, run in process over real QUIC and TLS on 127.0.0.1,
+//! on a [`TestStore`] that injects faults: the broker crashed after a batch was made durable but before it
+//! was answered, restarted, gone for good; policies served that the authority did not sign, or an older
+//! history. Everything else (dedup of resent batches, the chain check, policy acceptance, durable
+//! subscriptions, the ACL) is the broker's own.
 //!
-//! The real broker's system tests live in the workspace's `tests/`; these pin the client's side of
+//! The broker's system tests live in the workspace's `tests/`; these pin the client's side of
 //! reconnection, resending and error reporting.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sealpost_broker::acl::Acl;
+use sealpost_broker::pki::{DevCa, Issued, LeafSpec};
+use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
+use sealpost_broker::store::testing::TestStore;
+use sealpost_broker::store::Store;
+use sealpost_broker::tls::TlsMaterial;
 use sealpost_client::protocol::{
-    issue_policy, ChainHead, ContentKey, Epoch, Frame, FrameBuffer, HpkeSecretKey, Limits, Member,
-    PolicyParams, SealedBatch, SignedPolicy, SigningKey, VerifiedPolicy,
+    issue_policy, ContentKey, Epoch, HpkeSecretKey, Limits, Member, PolicyParams, SealedBatch, SignedPolicy,
+    SigningKey, VerifiedPolicy,
 };
 use sealpost_client::{
     Client, ClientOptions, Error, ErrorCode, Identity, Offset, PublisherOptions, Reconnect, StartAt,
     SubscribeOptions, Timestamp, Topic,
 };
-use tokio::sync::Notify;
 
 // ---------------------------------------------------------------------------------------------------------
 // PKI and identity files
 
+/// The test's CA and the broker's certificate; principals get theirs in [`identity_of`].
 struct Pki {
-    ca_pem: String,
-    server_chain: Vec<CertificateDer<'static>>,
-    server_key: Vec<u8>,
-    client_cert_pem: String,
-    client_key_pem: String,
-}
-
-fn ca() -> (rcgen::Certificate, rcgen::KeyPair) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    (params.self_signed(&key).unwrap(), key)
+    ca: DevCa,
+    server: Issued,
 }
 
 fn pki() -> Pki {
-    let (ca, ca_key) = ca();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca, &ca_key)
-        .unwrap();
-    let client_key = rcgen::KeyPair::generate().unwrap();
-    let client = rcgen::CertificateParams::new(vec!["alice".to_owned()])
-        .unwrap()
-        .signed_by(&client_key, &ca, &ca_key)
-        .unwrap();
-    Pki {
-        ca_pem: ca.pem(),
-        server_chain: vec![server.der().clone()],
-        server_key: server_key.serialize_der(),
-        client_cert_pem: client.pem(),
-        client_key_pem: client_key.serialize_pem(),
+    let ca = DevCa::generate("wire test CA").unwrap();
+    let server = ca.issue(&LeafSpec::local_server()).unwrap();
+    Pki { ca, server }
+}
+
+impl Pki {
+    fn ca_pem(&self) -> String {
+        self.ca.cert_pem()
+    }
+
+    fn tls(&self) -> TlsMaterial {
+        TlsMaterial {
+            client_ca_pem: self.ca.cert_pem(),
+            cert_chain_pem: self.server.cert_pem.clone(),
+            key_pem: self.server.key_pem.clone(),
+            crls_pem: Vec::new(),
+        }
     }
 }
+
+/// The broker's ACL: alice publishes, subscribes and administers `demo.>`, bob publishes and subscribes
+/// there, admin administers everything, mallory may do nothing (default deny).
+const ACL: &str = r#"
+[[rule]]
+principals = ["alice"]
+topics = ["demo.>"]
+actions = ["publish", "subscribe", "admin"]
+effect = "allow"
+
+[[rule]]
+principals = ["bob"]
+topics = ["demo.>"]
+actions = ["publish", "subscribe"]
+effect = "allow"
+
+[[rule]]
+principals = ["admin"]
+topics = [">"]
+actions = ["admin"]
+effect = "allow"
+"#;
 
 fn alice() -> SigningKey {
     SigningKey::from_bytes(&[0xA1; 32])
@@ -75,7 +92,7 @@ fn alice_hpke() -> HpkeSecretKey {
     HpkeSecretKey::from_bytes(&[9; 32])
 }
 
-/// The topic authority the identities pin and the mock broker is configured with.
+/// The topic authority the identities pin and the broker is configured with.
 fn authority() -> SigningKey {
     SigningKey::from_bytes(&[0xAA; 32])
 }
@@ -121,13 +138,14 @@ fn policy(topic: &Topic, prev: Option<&VerifiedPolicy>, members: Vec<Member>) ->
     policy_by(&authority(), topic, prev, members)
 }
 
-/// Writes `who`'s identity file into `dir` (with alice's TLS certificate: the mock does not check
-/// principals), trusting `ca_pem` for the broker at `addr`; `extra` is appended.
+/// Writes `who`'s identity file into `dir`, with a client certificate from the test's CA that binds
+/// `who`'s signing key, trusting `ca_pem` for the broker at `addr`; `extra` is appended.
 fn identity_of(dir: &Path, who: &str, pki: &Pki, ca_pem: &str, addr: SocketAddr, extra: &str) -> PathBuf {
-    std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
-    std::fs::write(dir.join("alice.pem"), &pki.client_cert_pem).unwrap();
-    std::fs::write(dir.join("alice.key"), &pki.client_key_pem).unwrap();
     let (signing, hpke) = keys_of(who);
+    let cert = pki.ca.issue(&LeafSpec::client(who, &[signing.public_key()])).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
+    std::fs::write(dir.join(format!("{who}.pem")), &cert.cert_pem).unwrap();
+    std::fs::write(dir.join(format!("{who}.key")), &cert.key_pem).unwrap();
     let path = dir.join(format!("{who}.toml"));
     std::fs::write(
         &path,
@@ -136,8 +154,8 @@ fn identity_of(dir: &Path, who: &str, pki: &Pki, ca_pem: &str, addr: SocketAddr,
 broker = "{addr}"
 server_name = "localhost"
 ca = "ca.pem"
-cert = "alice.pem"
-key = "alice.key"
+cert = "{who}.pem"
+key = "{who}.key"
 signing_key = "{}"
 hpke_key = "{}"
 authority = "{}"
@@ -172,334 +190,204 @@ fn topic() -> Topic {
     "demo.x".parse().unwrap()
 }
 
+/// Bounds a wait of the test: a hang fails it instead of stalling the run.
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
 // ---------------------------------------------------------------------------------------------------------
-// The mock broker
+// The real broker, in process
 
+/// What the broker's readers of topic policies are served: counted, and replaced by the queued lies
+/// (one per read, whatever its topic) while there are any.
 #[derive(Default)]
-struct Log {
-    /// (offset, count, sealed bytes)
-    entries: Vec<(u64, u32, Bytes)>,
-    next_offset: u64,
-    by_bytes: HashMap<Bytes, u64>,
-    heads: HashMap<[u8; 32], ChainHead>,
-    /// Refuse Head and Subscribe with NOT_AUTHORIZED.
-    deny: bool,
-    /// Kill the connection right after storing the publish that brings this to zero, without answering.
-    kill_after_stores: Option<usize>,
-    /// Start every subscription at offset 0, whatever it asks (like a durable subscription resuming from
-    /// an old committed offset).
-    ignore_from: bool,
-    acks: Vec<u64>,
-    publishes_received: usize,
-    subscribes: usize,
-    /// Refuse new connections (the broker is down).
-    down: bool,
-    /// Stored policies by topic, oldest first.
-    policies: HashMap<Topic, Vec<VerifiedPolicy>>,
-    /// Answers to serve to the next GetPolicies requests, whatever their topic, instead of the stored
-    /// policies (a lying broker).
-    lies: std::collections::VecDeque<Vec<Bytes>>,
-    /// Store this policy just before handling the next PutPolicy (another administrator was faster).
-    sneak_in: Option<VerifiedPolicy>,
-    get_policies: usize,
+struct ServedPolicies {
+    reads: AtomicUsize,
+    lies: Mutex<VecDeque<Vec<Bytes>>>,
 }
 
-impl Log {
-    fn current(&self, topic: &Topic) -> Option<&VerifiedPolicy> {
-        self.policies.get(topic).and_then(|p| p.last())
-    }
-
-    /// The broker's PutPolicy check: signed by its authority, the epoch after its current one.
-    fn put_policy(&mut self, bytes: Bytes) -> Result<(), ErrorCode> {
-        let policy = SignedPolicy::decode(bytes, &Limits::default())
-            .and_then(|p| p.verify(&authority().public_key()))
-            .map_err(|_| ErrorCode::POLICY_REJECTED)?;
-        let next = self.current(policy.topic()).map_or(1, |p| p.epoch().0 + 1);
-        if policy.epoch().0 != next {
-            return Err(ErrorCode::POLICY_REJECTED);
-        }
-        self.policies.entry(policy.topic().clone()).or_default().push(policy);
-        Ok(())
-    }
-}
-
-#[derive(Clone)]
-struct Mock {
+/// The real broker on 127.0.0.1, on a runtime of its own so that a test can crash it (stop every task of
+/// it at once, answering nothing) as well as shut it down; restarted on the same address and the same
+/// [`TestStore`], which outlives it.
+struct Host {
     addr: SocketAddr,
-    log: Arc<Mutex<Log>>,
-    stored: Arc<Notify>,
-    conns: Arc<Mutex<Vec<quinn::Connection>>>,
+    tls: TlsMaterial,
+    store: Arc<TestStore>,
+    served: Arc<ServedPolicies>,
+    running: Option<Running>,
 }
 
-impl Mock {
-    async fn start(pki: &Pki) -> Mock {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                pki.server_chain.clone(),
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key.clone())),
-            )
-            .unwrap();
-        tls.alpn_protocols = vec![b"sealpost/1".to_vec()];
-        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls)).unwrap();
-        let endpoint = quinn::Endpoint::server(
-            quinn::ServerConfig::with_crypto(Arc::new(quic)),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .unwrap();
-        let mock = Mock {
-            addr: endpoint.local_addr().unwrap(),
-            log: Arc::default(),
-            stored: Arc::new(Notify::new()),
-            conns: Arc::default(),
-        };
-        let m = mock.clone();
-        tokio::spawn(async move {
-            while let Some(incoming) = endpoint.accept().await {
-                let m = m.clone();
-                if m.with(|l| l.down) {
-                    incoming.refuse();
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(conn) = incoming.await else { return };
-                    m.conns.lock().unwrap().push(conn.clone());
-                    while let Ok((send, recv)) = conn.accept_bi().await {
-                        tokio::spawn(m.clone().serve(conn.clone(), send, recv));
-                    }
-                });
-            }
+/// A broker and the runtime it runs on.
+struct Running {
+    runtime: tokio::runtime::Runtime,
+    /// `None` only while it starts.
+    broker: Option<Broker>,
+    /// How many threads of `runtime` are alive.
+    threads: tokio::sync::watch::Receiver<usize>,
+}
+
+impl Host {
+    /// A broker over a fresh store that holds the first policy of demo.x (alice publishes and reads).
+    async fn start(pki: &Pki) -> Host {
+        let store = Arc::new(TestStore::default());
+        let first = policy(&topic(), None, vec![member("alice", true, true)]);
+        store.put_policy(&topic(), 1, first.as_bytes()).unwrap();
+        store.sync().unwrap();
+        let served = Arc::new(ServedPolicies::default());
+        let view = served.clone();
+        store.serve_policies(move |stored| {
+            view.reads.fetch_add(1, Ordering::SeqCst);
+            view.lies.lock().unwrap().pop_front().unwrap_or(stored)
         });
-        mock
+        let mut host =
+            Host { addr: "127.0.0.1:0".parse().unwrap(), tls: pki.tls(), store, served, running: None };
+        host.launch().await;
+        host
     }
 
-    /// Closes every connection: the client sees the broker go away.
-    fn kill_all(&self) {
-        for conn in self.conns.lock().unwrap().drain(..) {
-            conn.close(0u32.into(), b"fault injected");
-        }
+    /// Starts a broker at `self.addr` (any port the first time).
+    async fn launch(&mut self) {
+        assert!(self.running.is_none(), "a broker is running");
+        // Counts the runtime's live threads, so that a test can wait until it is gone with all it held.
+        let (threads_tx, threads) = tokio::sync::watch::channel(0usize);
+        let threads_tx = Arc::new(threads_tx);
+        let (started, stopped) = (threads_tx.clone(), threads_tx);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("wire-broker")
+            .on_thread_start(move || started.send_modify(|n| *n += 1))
+            .on_thread_stop(move || stopped.send_modify(|n| *n -= 1))
+            .enable_all()
+            .build()
+            .unwrap();
+        let options = BrokerOptions {
+            listen: self.addr,
+            tls: self.tls.clone(),
+            acl: Acl::from_toml(ACL).unwrap(),
+            store: self.store.clone(),
+            authority: Some(authority().public_key()),
+            limits: ServerLimits::default(),
+        };
+        let starting = runtime.spawn(Broker::start(options));
+        let running = self.running.insert(Running { runtime, broker: None, threads });
+        let broker = within("broker start", starting).await.unwrap().unwrap();
+        self.addr = broker.local_addr();
+        running.broker = Some(broker);
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Log) -> T) -> T {
-        f(&mut self.log.lock().unwrap())
+    /// Shuts the broker down as an operator does (it finishes what it took, syncs, closes connections),
+    /// and waits until its runtime and socket are gone.
+    async fn stop(&mut self) {
+        let Running { runtime, broker, threads } = self.running.take().unwrap();
+        within("broker shutdown", runtime.spawn(broker.unwrap().shutdown())).await.unwrap().unwrap();
+        runtime.shutdown_background();
+        Self::gone(threads).await;
     }
 
-    async fn serve(self, conn: quinn::Connection, mut send: quinn::SendStream, recv: quinn::RecvStream) {
-        let mut recv = FrameReader::new(recv);
-        while let Some(frame) = recv.next().await {
-            let reply = match frame {
-                Frame::Head { request_id, publisher, .. } => {
-                    if self.with(|l| l.deny) {
-                        denied(request_id)
-                    } else {
-                        let head =
-                            self.with(|l| l.heads.get(publisher.as_bytes()).copied()).unwrap_or_default();
-                        Frame::HeadIs { request_id, head }
-                    }
-                }
-                Frame::GetPolicies { request_id, topic } => {
-                    if self.with(|l| l.deny) {
-                        denied(request_id)
-                    } else {
-                        let policies = self.with(|l| {
-                            l.get_policies += 1;
-                            l.lies.pop_front().unwrap_or_else(|| {
-                                let stored = l.policies.get(&topic).cloned().unwrap_or_default();
-                                let from = stored.len().saturating_sub(2);
-                                stored[from..].iter().map(|p| p.as_bytes().clone()).collect()
-                            })
-                        });
-                        Frame::Policies { request_id, policies }
-                    }
-                }
-                Frame::PutPolicy { request_id, policy } => {
-                    let result = self.with(|l| {
-                        if l.deny {
-                            return Err(ErrorCode::NOT_AUTHORIZED);
-                        }
-                        if let Some(first) = l.sneak_in.take() {
-                            l.put_policy(first.as_bytes().clone()).unwrap();
-                        }
-                        l.put_policy(policy)
-                    });
-                    match result {
-                        Ok(()) => Frame::PolicyStored { request_id },
-                        Err(code) => {
-                            Frame::Error { request_id: Some(request_id), code, message: "no".into() }
-                        }
-                    }
-                }
-                Frame::Publish { request_id, batch } => match self.store(batch) {
-                    Ok((first_offset, count, kill)) => {
-                        if kill {
-                            conn.close(0u32.into(), b"fault injected");
-                            return;
-                        }
-                        Frame::Published { request_id, first_offset: Offset(first_offset), count }
-                    }
-                    Err(code) => Frame::Error { request_id: Some(request_id), code, message: "no".into() },
-                },
-                Frame::Subscribe { request_id, from, .. } => {
-                    if self.with(|l| l.deny) {
-                        write(&mut send, &denied(request_id)).await;
-                        return;
-                    }
-                    let start = self.with(|l| {
-                        l.subscribes += 1;
-                        match from {
-                            _ if l.ignore_from => 0,
-                            StartAt::Earliest => 0,
-                            StartAt::Latest => l.next_offset,
-                            StartAt::Offset(n) => n.0,
-                        }
-                    });
-                    write(
-                        &mut send,
-                        &Frame::Subscribed { request_id, subscription: 7, start_offset: Offset(start) },
-                    )
-                    .await;
-                    // The client's side: acknowledgements, then Unsubscribe or the end of its stream, after
-                    // which the broker ends its side too.
-                    let log = self.log.clone();
-                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                    tokio::spawn(async move {
-                        while let Some(frame) = recv.next().await {
-                            match frame {
-                                Frame::Ack { next_offset, .. } => {
-                                    log.lock().unwrap().acks.push(next_offset.0)
-                                }
-                                Frame::Unsubscribe { .. } => break,
-                                other => panic!("mock broker got {other:?} on a subscription"),
-                            }
-                        }
-                        let _ = stop.send(());
-                    });
-                    self.deliver(send, start, stopped).await;
-                    return;
-                }
-                other => panic!("mock broker got {other:?}"),
-            };
-            write(&mut send, &reply).await;
-        }
-    }
-
-    /// Stores a batch (or finds it stored): (first offset, count, whether to kill the connection now).
-    fn store(&self, batch: Bytes) -> Result<(u64, u32, bool), ErrorCode> {
-        let verified = SealedBatch::decode(batch.clone(), &Limits::default()).unwrap().verify().unwrap();
-        let header = verified.header().clone();
-        let mut l = self.log.lock().unwrap();
-        l.publishes_received += 1;
-        let first_offset = match l.by_bytes.get(&batch) {
-            Some(offset) => *offset,
-            None => {
-                let Some(current) = l.current(&header.topic) else {
-                    return Err(ErrorCode::NOT_AUTHORIZED);
-                };
-                if current.publisher(&header.publisher).is_none() {
-                    return Err(ErrorCode::SIGNER_NOT_BOUND);
-                }
-                let head = l.heads.get(header.publisher.as_bytes()).copied().unwrap_or_default();
-                if header.first_seq != head.next_seq || header.prev_digest != head.prev_digest {
-                    return Err(ErrorCode::SEQUENCE_CONFLICT);
-                }
-                let offset = l.next_offset;
-                l.next_offset += u64::from(header.count);
-                l.entries.push((offset, header.count, batch.clone()));
-                l.by_bytes.insert(batch, offset);
-                l.heads.insert(*header.publisher.as_bytes(), ChainHead::after(&verified));
-                self.stored.notify_waiters();
-                offset
+    /// Kills the broker: its runtime stops, so its tasks are never polled again and nothing it has not
+    /// answered yet is ever answered. Then `held`, what a blocked store hook waits on, is dropped (the
+    /// hook's thread may go on: whatever it wakes is not run). Waits until the runtime and its socket are
+    /// gone.
+    async fn crash(&mut self, held: impl Send + 'static) {
+        let Running { runtime, broker, threads } = self.running.take().unwrap();
+        let handle = runtime.handle().clone();
+        // Returns at once; the runtime's worker stops polling, then drops every task in the background.
+        runtime.shutdown_background();
+        // A task spawned once the worker has stopped polling is cancelled as it is spawned. (Not awaited:
+        // the worker may block on dropping the broker's log, which waits for `held`.)
+        let stopped = async {
+            while !handle.spawn(async {}).is_finished() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         };
-        let kill = match l.kill_after_stores.as_mut() {
-            Some(n) => {
-                *n -= 1;
-                *n == 0
-            }
-            None => false,
-        };
-        if kill {
-            l.kill_after_stores = None;
-        }
-        Ok((first_offset, header.count, kill))
+        within("the broker's runtime to stop polling", stopped).await;
+        drop(held);
+        Self::gone(threads).await;
+        // Dropped only now: dropping it earlier would have asked the broker to shut down gracefully.
+        drop(broker);
     }
 
-    async fn deliver(
-        self,
-        mut send: quinn::SendStream,
-        start: u64,
-        mut stopped: tokio::sync::oneshot::Receiver<()>,
-    ) {
-        let mut next = start;
-        loop {
-            let notified = self.stored.notified();
-            let due: Vec<_> =
-                self.with(|l| l.entries.iter().filter(|e| e.0 + u64::from(e.1) > next).cloned().collect());
-            for (offset, count, batch) in due {
-                let frame = Frame::Deliver { subscription: 7, offset: Offset(offset), batch };
-                if send.write_all(&frame.to_vec().unwrap()).await.is_err() {
-                    return;
-                }
-                next = offset + u64::from(count);
-            }
-            tokio::select! {
-                () = notified => {}
-                _ = &mut stopped => {
-                    let _ = send.finish();
-                    return;
-                }
-            }
-        }
+    /// Waits until every thread of a runtime that was shut down has ended: its tasks, and the sockets
+    /// they held, are dropped.
+    async fn gone(mut threads: tokio::sync::watch::Receiver<usize>) {
+        within("the broker's runtime to end", threads.wait_for(|n| *n == 0)).await.unwrap();
+    }
+
+    /// The next reads of topic policies are served `lies`, one each, instead of what is stored.
+    fn lie(&self, lies: impl IntoIterator<Item = Vec<Bytes>>) {
+        self.served.lies.lock().unwrap().extend(lies);
+    }
+
+    fn lies_left(&self) -> usize {
+        self.served.lies.lock().unwrap().len()
+    }
+
+    /// Reads of topic policies so far (the broker's own, once per topic, and every GetPolicies).
+    fn policy_reads(&self) -> usize {
+        self.served.reads.load(Ordering::SeqCst)
+    }
+
+    /// The policies honestly stored on `topic`, oldest first, verified.
+    fn policies(&self, topic: &Topic) -> Vec<VerifiedPolicy> {
+        let stored = self.store.inner().policies(topic, usize::MAX).unwrap();
+        stored
+            .into_iter()
+            .map(|b| {
+                SignedPolicy::decode(b, &Limits::default())
+                    .unwrap()
+                    .verify(&authority().public_key())
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// The batches honestly stored on demo.x: (offset, count, epoch).
+    fn batches(&self) -> Vec<(u64, u32, u64)> {
+        let batches = self.store.honest(&topic()).unwrap();
+        batches
+            .into_iter()
+            .map(|b| {
+                let epoch = SealedBatch::decode(b.bytes, &Limits::default()).unwrap().header().epoch.0;
+                (b.offset.0, b.count, epoch)
+            })
+            .collect()
+    }
+
+    /// The offset after the last message stored on demo.x.
+    fn next_offset(&self) -> u64 {
+        self.store.inner().next_offset(&topic()).unwrap().0
     }
 }
 
-fn denied(request_id: u64) -> Frame {
-    Frame::Error { request_id: Some(request_id), code: ErrorCode::NOT_AUTHORIZED, message: "denied".into() }
-}
-
-/// The frames of one stream, cut by the protocol's `FrameBuffer` like every other reader of frames.
-struct FrameReader {
-    recv: quinn::RecvStream,
-    buf: FrameBuffer,
-}
-
-impl FrameReader {
-    fn new(recv: quinn::RecvStream) -> Self {
-        Self { recv, buf: FrameBuffer::new(Limits::DEFAULT_MAX_FRAME_LEN) }
-    }
-
-    /// The next frame; `None` once the stream ends or fails.
-    async fn next(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = self.buf.next_frame().unwrap() {
-                return Some(frame);
-            }
-            let want = self.buf.wanted().unwrap();
-            match self.recv.read_chunk(want, true).await {
-                Ok(Some(chunk)) => self.buf.extend(&chunk.bytes),
-                Ok(None) | Err(_) => return None,
-            }
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.runtime.shutdown_background();
         }
     }
 }
 
-async fn write(send: &mut quinn::SendStream, frame: &Frame) {
-    let _ = send.write_all(&frame.to_vec().unwrap()).await;
+fn current(broker: &Host, topic: &Topic) -> VerifiedPolicy {
+    broker.policies(topic).pop().unwrap()
 }
 
-async fn setup() -> (tempfile::TempDir, Pki, Mock, Identity) {
+/// Stores `policy` through the broker as another administrator.
+async fn put_as_admin(dir: &Path, pki: &Pki, broker: &Host, policy: &VerifiedPolicy) {
+    let dir = dir.join("other-admin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let admin = Identity::load(identity_of(&dir, "admin", pki, &pki.ca_pem(), broker.addr, "")).unwrap();
+    let admin = Client::connect_with(&admin, quick()).await.unwrap();
+    admin.put_policy(policy).await.unwrap();
+    admin.close().await;
+}
+
+async fn setup() -> (tempfile::TempDir, Pki, Host, Identity) {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki();
-    let mock = Mock::start(&pki).await;
-    // demo.x: alice publishes and reads.
-    let first = policy(&topic(), None, vec![member("alice", true, true)]);
-    mock.with(|l| l.policies.insert(topic(), vec![first]));
-    let path = identity(dir.path(), &pki, &pki.ca_pem.clone(), mock.addr);
+    let broker = Host::start(&pki).await;
+    let path = identity(dir.path(), &pki, &pki.ca_pem(), broker.addr);
     let id = Identity::load(path).unwrap();
-    (dir, pki, mock, id)
+    (dir, pki, broker, id)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -507,7 +395,7 @@ async fn setup() -> (tempfile::TempDir, Pki, Mock, Identity) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_name_consecutive_offsets_and_sequence_numbers_in_publishing_order() {
-    let (_dir, _pki, mock, id) = setup().await;
+    let (_dir, _pki, broker, id) = setup().await;
     let client = Client::connect_with(&id, quick()).await.unwrap();
     let options = PublisherOptions { max_batch: 50, max_in_flight: 4, ..PublisherOptions::default() };
     let publisher = client.publisher(topic(), options).await.unwrap();
@@ -517,27 +405,93 @@ async fn receipts_name_consecutive_offsets_and_sequence_numbers_in_publishing_or
         assert_eq!((r.offset, r.seq), (Offset(i as u64), i as u64 + 1));
     }
     publisher.close().await.unwrap();
-    let entries = mock.with(|l| l.entries.len());
+    let entries = broker.batches().len();
     assert!(entries >= 10, "batches of at most 50: {entries}");
     client.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_stored_but_not_acknowledged_is_resent_and_stored_once() {
-    let (_dir, _pki, mock, id) = setup().await;
-    // The third batch is stored, then the connection dies before its answer.
-    mock.with(|l| l.kill_after_stores = Some(3));
-    let client = Client::connect_with(&id, quick()).await.unwrap();
+    use std::thread::ThreadId;
+    let (_dir, _pki, mut broker, id) = setup().await;
+    // The broker makes the third batch durable, then dies before answering it: the sync that covers it
+    // blocks (on the writer thread) until the test has killed the broker. Whatever that dead broker's
+    // writer does afterwards fails without touching the store.
+    let dead_writer: Arc<Mutex<Option<ThreadId>>> = Arc::default();
+    let on_dead_writer = {
+        let dead = dead_writer.clone();
+        move || *dead.lock().unwrap() == Some(std::thread::current().id())
+    };
+    let appended = Arc::new(AtomicUsize::new(0));
+    let (count, dead) = (appended.clone(), on_dead_writer.clone());
+    broker.store.before_append(move |_| {
+        if dead() {
+            return Err(sealpost_broker::Error::Storage("the broker crashed".into()));
+        }
+        count.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    });
+    let dead = on_dead_writer.clone();
+    broker.store.before_sync(move |_| {
+        if dead() {
+            return Err(sealpost_broker::Error::Storage("the broker crashed".into()));
+        }
+        Ok(())
+    });
+    let (stored_tx, mut stored) = tokio::sync::mpsc::unbounded_channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let (count, dead) = (appended.clone(), dead_writer.clone());
+    broker.store.after_sync(move || {
+        let n = count.load(Ordering::SeqCst);
+        let mut dead = dead.lock().unwrap();
+        if n >= 3 && dead.is_none() {
+            *dead = Some(std::thread::current().id());
+            drop(dead);
+            let _ = stored_tx.send(n);
+            // Returns once `release` is dropped: the broker is dead by then.
+            let _ = released.lock().unwrap().recv();
+        }
+    });
+
+    // A short idle timeout: a dead broker sends nothing, not even a close.
+    let options = ClientOptions { idle_timeout: Duration::from_millis(500), ..quick() };
+    let client = Client::connect_with(&id, options).await.unwrap();
     let options = PublisherOptions { max_batch: 1, max_in_flight: 8, linger: Duration::ZERO };
     let publisher = client.publisher(topic(), options).await.unwrap();
-    let receipts: Vec<_> = (0..20).map(|i| publisher.publish(format!("m{i}"))).collect();
-    let receipts = futures_util::future::try_join_all(receipts).await.unwrap();
+    let (answered_tx, mut answered) = tokio::sync::mpsc::unbounded_channel();
+    let receipts: Vec<_> = (0..20)
+        .map(|i| {
+            let receipt = publisher.publish(format!("m{i}"));
+            let answered = answered_tx.clone();
+            async move {
+                let r = receipt.await;
+                let _ = answered.send(());
+                r
+            }
+        })
+        .collect();
+    let receipts = tokio::spawn(futures_util::future::try_join_all(receipts));
+    let stored_at_crash = within("the third batch stored", stored.recv()).await.unwrap();
+    broker.crash(release).await;
+    let mut answered_at_crash = 0;
+    while answered.try_recv().is_ok() {
+        answered_at_crash += 1;
+    }
+    assert!(answered_at_crash < stored_at_crash, "{answered_at_crash} answered, {stored_at_crash} stored");
+    broker.launch().await;
+
+    let receipts = within("every receipt", receipts).await.unwrap().unwrap();
     let offsets: Vec<u64> = receipts.iter().map(|r| r.offset.0).collect();
     assert_eq!(offsets, (0..20).collect::<Vec<_>>());
     publisher.close().await.unwrap();
-    let (stored, received) = mock.with(|l| (l.next_offset, l.publishes_received));
-    assert_eq!(stored, 20, "every message stored exactly once");
-    assert!(received > 20, "some batches were sent twice ({received})");
+    assert_eq!(broker.next_offset(), 20, "every message stored exactly once");
+    let batches = broker.batches();
+    assert_eq!(batches.len(), 20);
+    assert!(batches.iter().enumerate().all(|(i, b)| (b.0, b.1) == (i as u64, 1)), "{batches:?}");
+    // The batches stored but not answered before the crash were answered by the restarted broker, which
+    // did not store them again: they were sent twice.
+    assert_eq!(appended.load(Ordering::SeqCst), 20, "stored once each, by either broker");
 
     // The chain continues after the resend: a new publisher picks up where the broker's head is.
     let publisher = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
@@ -548,7 +502,7 @@ async fn a_batch_stored_but_not_acknowledged_is_resent_and_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_yields_each_message_once_in_order_across_a_reconnect() {
-    let (_dir, _pki, mock, id) = setup().await;
+    let (_dir, _pki, mut broker, id) = setup().await;
     let client = Client::connect_with(&id, quick()).await.unwrap();
     let options = PublisherOptions { max_batch: 3, linger: Duration::ZERO, ..PublisherOptions::default() };
     let publisher = client.publisher(topic(), options).await.unwrap();
@@ -556,16 +510,19 @@ async fn a_subscription_yields_each_message_once_in_order_across_a_reconnect() {
         drop(publisher.publish(format!("m{i}")));
     }
     publisher.flush().await.unwrap();
-    // After a reconnect the broker replays from 0 whatever is asked (as for a durable subscription whose
-    // committed offset is older than what was yielded).
-    mock.with(|l| l.ignore_from = true);
     let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("d".into()) };
     let mut sub = client.subscribe(topic(), options).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 45 {
         if got.len() == 5 {
-            // The broker goes away; what is published next can only arrive on a new connection.
-            mock.kill_all();
+            // The broker restarts, and its durable subscription resumes from offset 0 whatever the client
+            // asks (the committed offset is older than what was yielded). What is published next can only
+            // arrive on a new connection.
+            broker.stop().await;
+            let alice = "alice".parse().unwrap();
+            broker.store.set_durable_offset(&topic(), &alice, "d", Offset(0)).unwrap();
+            broker.store.sync().unwrap();
+            broker.launch().await;
             for i in 30..45 {
                 drop(publisher.publish(format!("m{i}")));
             }
@@ -577,16 +534,16 @@ async fn a_subscription_yields_each_message_once_in_order_across_a_reconnect() {
     let expected: Vec<_> = (0..45).map(|i| (i as u64, format!("m{i}"))).collect();
     assert_eq!(got, expected);
     sub.close().await.unwrap();
-    let last_ack = mock.with(|l| l.acks.last().copied());
-    assert_eq!(last_ack, Some(45));
-    assert!(mock.with(|l| l.subscribes) >= 2, "the subscription reconnected");
+    // Committed through the restarted broker, from the 0 it started with: the subscription reconnected.
+    let alice = "alice".parse().unwrap();
+    assert_eq!(broker.store.durable_offset(&topic(), &alice, "d").unwrap(), Some(Offset(45)));
     publisher.close().await.unwrap();
     client.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribing_from_an_offset_inside_a_batch_starts_there() {
-    let (_dir, _pki, _mock, id) = setup().await;
+    let (_dir, _pki, _broker, id) = setup().await;
     let client = Client::connect_with(&id, quick()).await.unwrap();
     let options =
         PublisherOptions { max_batch: 10, linger: Duration::from_millis(50), ..PublisherOptions::default() };
@@ -605,7 +562,7 @@ async fn subscribing_from_an_offset_inside_a_batch_starts_there() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_batch_fails_its_messages_and_the_publisher_resumes_from_the_broker_head() {
-    let (_dir, _pki, mock, id) = setup().await;
+    let (_dir, _pki, broker, id) = setup().await;
     let client = Client::connect_with(&id, quick()).await.unwrap();
     // Two publishers with the same key both start at the genesis head.
     let first = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
@@ -618,14 +575,16 @@ async fn a_refused_batch_fails_its_messages_and_the_publisher_resumes_from_the_b
     let r = second.publish("c").await.unwrap();
     assert_eq!((r.offset, r.seq), (Offset(1), 2));
     second.flush().await.unwrap();
-    assert_eq!(mock.with(|l| l.next_offset), 2);
+    assert_eq!(broker.next_offset(), 2);
     client.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_broker_stays_away_outstanding_work_fails_after_bounded_retries() {
-    let (_dir, _pki, mock, id) = setup().await;
-    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let (_dir, _pki, mut broker, id) = setup().await;
+    // Nothing answers at the broker's address once it is gone: each attempt lasts the connect timeout.
+    let options = ClientOptions { connect_timeout: Duration::from_millis(300), ..quick() };
+    let client = Client::connect_with(&id, options).await.unwrap();
     let publisher = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
     publisher.publish("before").await.unwrap();
     let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("d".into()) };
@@ -633,12 +592,12 @@ async fn when_the_broker_stays_away_outstanding_work_fails_after_bounded_retries
     let m = sub.next().await.unwrap().unwrap();
     sub.ack(&m).unwrap();
 
-    mock.with(|l| l.down = true);
-    mock.kill_all();
+    // The broker shuts down and stays away.
+    broker.stop().await;
     let start = Instant::now();
     let e = publisher.publish("during").await.unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(10));
-    assert!(e.to_string().starts_with(&format!("broker unreachable at {}", mock.addr)), "{e}");
+    assert!(e.to_string().starts_with(&format!("broker unreachable at {}", broker.addr)), "{e}");
     // The publisher is dead: later messages fail at once with the same error.
     assert_eq!(publisher.publish("after").await.unwrap_err().to_string(), e.to_string());
     // The durable subscription cannot commit its acknowledgement: closing says so.
@@ -648,8 +607,10 @@ async fn when_the_broker_stays_away_outstanding_work_fails_after_bounded_retries
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_read_as_sentences() {
-    let (_dir, _pki, mock, id) = setup().await;
-    mock.with(|l| l.deny = true);
+    let (dir, pki, broker, _id) = setup().await;
+    // mallory's certificate is valid, but the ACL grants her nothing.
+    let id =
+        Identity::load(identity_of(dir.path(), "mallory", &pki, &pki.ca_pem(), broker.addr, "")).unwrap();
     let client = Client::connect_with(&id, quick()).await.unwrap();
     let e = client.publisher(topic(), PublisherOptions::default()).await.unwrap_err();
     assert_eq!(e.to_string(), "not authorized to publish on demo.x");
@@ -658,7 +619,7 @@ async fn refusals_read_as_sentences() {
     assert_eq!(e.to_string(), "not authorized to subscribe to demo.x");
     let e = client.policies(&topic()).await.unwrap_err();
     assert_eq!(e.to_string(), "not authorized to read the policies of demo.x");
-    let next = policy(&topic(), mock.with(|l| l.current(&topic()).cloned()).as_ref(), vec![]);
+    let next = policy(&topic(), Some(&current(&broker, &topic())), vec![]);
     let e = client.put_policy(&next).await.unwrap_err();
     assert_eq!(e.to_string(), "not authorized to administer demo.x");
 }
@@ -667,9 +628,9 @@ async fn refusals_read_as_sentences() {
 async fn a_broker_certificate_from_another_ca_is_not_trusted() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki();
-    let mock = Mock::start(&pki).await;
-    let (other_ca, _) = ca();
-    let id = Identity::load(identity(dir.path(), &pki, &other_ca.pem(), mock.addr)).unwrap();
+    let broker = Host::start(&pki).await;
+    let other_ca = DevCa::generate("another CA").unwrap();
+    let id = Identity::load(identity(dir.path(), &pki, &other_ca.cert_pem(), broker.addr)).unwrap();
     let e = Client::connect_with(&id, quick()).await.unwrap_err();
     assert!(matches!(e, Error::BrokerNotTrusted { .. }), "{e:?}");
     let text = e.to_string();
@@ -683,16 +644,12 @@ async fn a_silent_address_fails_within_the_connect_timeout() {
     // A bound UDP socket that never answers.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap();
-    let id = Identity::load(identity(dir.path(), &pki, &pki.ca_pem.clone(), addr)).unwrap();
+    let id = Identity::load(identity(dir.path(), &pki, &pki.ca_pem(), addr)).unwrap();
     let options = ClientOptions { connect_timeout: Duration::from_millis(500), ..quick() };
     let start = Instant::now();
     let e = Client::connect_with(&id, options).await.unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(3));
     assert_eq!(e.to_string(), format!("broker unreachable at {addr}: no answer within 0.5 s"));
-}
-
-fn current(mock: &Mock, topic: &Topic) -> VerifiedPolicy {
-    mock.with(|l| l.current(topic).cloned()).unwrap()
 }
 
 /// Options of a client that fetches the topic's policies again before every batch it seals or opens.
@@ -706,7 +663,7 @@ async fn next_item(sub: &mut sealpost_client::Subscription) -> Result<sealpost_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_an_identity_may_do_on_a_topic_comes_from_its_policy() {
-    let (_dir, _pki, mock, id) = setup().await;
+    let (dir, pki, broker, id) = setup().await;
     let client = Client::connect_with(&id, quick()).await.unwrap();
     let other: Topic = "demo.other".parse().unwrap();
     let e = client.publisher(other.clone(), PublisherOptions::default()).await.unwrap_err();
@@ -721,7 +678,7 @@ async fn what_an_identity_may_do_on_a_topic_comes_from_its_policy() {
 
     // Created meanwhile: alice may read, not publish.
     let p = policy(&other, None, vec![member("alice", false, true), member("bob", true, false)]);
-    mock.with(|l| l.policies.insert(other.clone(), vec![p]));
+    put_as_admin(dir.path(), &pki, &broker, &p).await;
     let e = client.publisher(other.clone(), PublisherOptions::default()).await.unwrap_err();
     assert!(matches!(e, Error::NotAPublisher { epoch: 1, .. }), "{e}");
     assert!(
@@ -732,9 +689,7 @@ async fn what_an_identity_may_do_on_a_topic_comes_from_its_policy() {
 
     // Not a member at all: no key to read with.
     let closed: Topic = "demo.closed".parse().unwrap();
-    mock.with(|l| {
-        l.policies.insert(closed.clone(), vec![policy(&closed, None, vec![member("bob", true, true)])])
-    });
+    put_as_admin(dir.path(), &pki, &broker, &policy(&closed, None, vec![member("bob", true, true)])).await;
     let e = client.subscribe(closed, SubscribeOptions::default()).await.unwrap_err();
     assert!(matches!(e, Error::NoContentKey { .. }), "{e}");
 
@@ -747,7 +702,7 @@ async fn what_an_identity_may_do_on_a_topic_comes_from_its_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_rotation_publishers_seal_under_the_new_epoch_and_subscribers_follow() {
-    let (_dir, _pki, mock, id) = setup().await;
+    let (_dir, _pki, broker, id) = setup().await;
     let publishing = Client::connect_with(&id, eager()).await.unwrap();
     // The reader fetches policies on its own schedule: it learns of the rotation from the batch's epoch.
     let reading = Client::connect_with(&id, quick()).await.unwrap();
@@ -757,20 +712,15 @@ async fn after_a_rotation_publishers_seal_under_the_new_epoch_and_subscribers_fo
     publisher.publish("before").await.unwrap();
     assert_eq!(&next_item(&mut sub).await.unwrap().payload[..], b"before");
 
-    let rotated = policy(&topic(), Some(&current(&mock, &topic())), vec![member("alice", true, true)]);
+    let rotated = policy(&topic(), Some(&current(&broker, &topic())), vec![member("alice", true, true)]);
     publishing.put_policy(&rotated).await.unwrap();
-    let fetched = mock.with(|l| l.get_policies);
+    let fetched = broker.policy_reads();
     publisher.publish("after").await.unwrap();
-    let epochs: Vec<u64> = mock.with(|l| {
-        l.entries
-            .iter()
-            .map(|e| SealedBatch::decode(e.2.clone(), &Limits::default()).unwrap().header().epoch.0)
-            .collect()
-    });
+    let epochs: Vec<u64> = broker.batches().iter().map(|b| b.2).collect();
     assert_eq!(epochs, [1, 2]);
     let m = next_item(&mut sub).await.unwrap();
     assert_eq!((&m.payload[..], m.offset, m.seq), (&b"after"[..], Offset(1), 2));
-    assert!(mock.with(|l| l.get_policies) >= fetched + 2, "both clients fetched the new policy");
+    assert!(broker.policy_reads() >= fetched + 2, "both clients fetched the new policy");
     publisher.close().await.unwrap();
     publishing.close().await;
     reading.close().await;
@@ -778,7 +728,7 @@ async fn after_a_rotation_publishers_seal_under_the_new_epoch_and_subscribers_fo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_member_can_neither_seal_nor_open_the_new_epoch() {
-    let (dir, pki, mock, id) = setup().await;
+    let (dir, pki, broker, id) = setup().await;
     let alice_client = Client::connect_with(&id, eager()).await.unwrap();
     let publisher = alice_client.publisher(topic(), PublisherOptions::default()).await.unwrap();
     publisher.publish("while a member").await.unwrap();
@@ -787,13 +737,14 @@ async fn a_revoked_member_can_neither_seal_nor_open_the_new_epoch() {
     assert_eq!(&next_item(&mut sub).await.unwrap().payload[..], b"while a member");
 
     // Epoch 2 without alice: bob publishes.
-    let revoked = policy(&topic(), Some(&current(&mock, &topic())), vec![member("bob", true, true)]);
+    let revoked = policy(&topic(), Some(&current(&broker, &topic())), vec![member("bob", true, true)]);
     alice_client.put_policy(&revoked).await.unwrap();
     let e = publisher.publish("after the revocation").await.unwrap_err();
     assert!(matches!(e, Error::NotAPublisher { epoch: 2, .. }), "{e}");
-    assert_eq!(mock.with(|l| l.next_offset), 1);
+    assert_eq!(broker.next_offset(), 1);
 
-    let bob_id = Identity::load(identity_of(dir.path(), "bob", &pki, &pki.ca_pem, mock.addr, "")).unwrap();
+    let bob_id =
+        Identity::load(identity_of(dir.path(), "bob", &pki, &pki.ca_pem(), broker.addr, "")).unwrap();
     let bob = Client::connect_with(&bob_id, quick()).await.unwrap();
     let bob_pub = bob.publisher(topic(), PublisherOptions::default()).await.unwrap();
     bob_pub.publish("secret from alice").await.unwrap();
@@ -813,15 +764,15 @@ async fn a_revoked_member_can_neither_seal_nor_open_the_new_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_the_broker_serves_must_be_signed_by_the_authority_and_never_go_back() {
     use sealpost_client::protocol::Error as Check;
-    let (_dir, _pki, mock, id) = setup().await;
+    let (_dir, _pki, broker, id) = setup().await;
     let client = Client::connect_with(&id, quick()).await.unwrap();
-    let p1 = current(&mock, &topic());
+    let p1 = current(&broker, &topic());
     let p2 = policy(&topic(), Some(&p1), vec![member("alice", true, true)]);
     client.put_policy(&p2).await.unwrap();
     assert_eq!(client.policies(&topic()).await.unwrap().len(), 2);
 
     // The broker goes back to epoch 1: refused, whichever subscription or call asks.
-    mock.with(|l| l.lies.extend([vec![p1.as_bytes().clone()], vec![]]));
+    broker.lie([vec![p1.as_bytes().clone()], vec![]]);
     let e = client.subscribe(topic(), SubscribeOptions::default()).await.unwrap_err();
     assert!(
         matches!(e, Error::Policy { check: Check::PolicyRollback { current: Epoch(2), got: Epoch(1) }, .. }),
@@ -834,7 +785,7 @@ async fn policies_the_broker_serves_must_be_signed_by_the_authority_and_never_go
     // A policy signed by mallory, to a fresh client.
     let mallory = SigningKey::from_bytes(&[0x66; 32]);
     let forged = policy_by(&mallory, &topic(), None, vec![member("alice", true, true)]);
-    mock.with(|l| l.lies.push_back(vec![forged.as_bytes().clone()]));
+    broker.lie([vec![forged.as_bytes().clone()]]);
     let fresh = Client::connect_with(&id, quick()).await.unwrap();
     let e = fresh.subscribe(topic(), SubscribeOptions::default()).await.unwrap_err();
     assert!(matches!(e, Error::Policy { check: Check::PolicyNotFromAuthority, .. }), "{e}");
@@ -843,10 +794,10 @@ async fn policies_the_broker_serves_must_be_signed_by_the_authority_and_never_go
         "topic policy of demo.x rejected: topic policy not signed by the pinned topic authority"
     );
     // Nor does the client hand one to the broker.
-    let sent = mock.with(|l| l.policies[&topic()].len());
+    let sent = broker.policies(&topic()).len();
     let e = fresh.put_policy(&policy_by(&mallory, &topic(), None, vec![])).await.unwrap_err();
     assert!(matches!(e, Error::Policy { check: Check::PolicyNotFromAuthority, .. }), "{e}");
-    assert_eq!(mock.with(|l| l.policies[&topic()].len()), sent);
+    assert_eq!(broker.policies(&topic()).len(), sent);
     client.close().await;
     fresh.close().await;
 }
@@ -854,18 +805,18 @@ async fn policies_the_broker_serves_must_be_signed_by_the_authority_and_never_go
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_reports_a_bad_policy_served_at_a_rotation_and_goes_on() {
     use sealpost_client::protocol::Error as Check;
-    let (_dir, _pki, mock, id) = setup().await;
+    let (_dir, _pki, broker, id) = setup().await;
     let publishing = Client::connect_with(&id, eager()).await.unwrap();
     let publisher = publishing.publisher(topic(), PublisherOptions::default()).await.unwrap();
     publisher.publish("epoch 1").await.unwrap();
-    let p1 = current(&mock, &topic());
+    let p1 = current(&broker, &topic());
     publishing.put_policy(&policy(&topic(), Some(&p1), vec![member("alice", true, true)])).await.unwrap();
     publisher.publish("epoch 2").await.unwrap();
 
     // The reader starts on epoch 1; when the epoch-2 batch arrives, a forged policy is served.
     let mallory = SigningKey::from_bytes(&[0x66; 32]);
     let forged = policy_by(&mallory, &topic(), None, vec![member("alice", true, true)]);
-    mock.with(|l| l.lies.extend([vec![p1.as_bytes().clone()], vec![forged.as_bytes().clone()]]));
+    broker.lie([vec![p1.as_bytes().clone()], vec![forged.as_bytes().clone()]]);
     let reading = Client::connect_with(&id, quick()).await.unwrap();
     let mut sub = reading
         .subscribe(topic(), SubscribeOptions { from: StartAt::Earliest, durable: None })
@@ -895,16 +846,16 @@ async fn a_subscription_reports_a_bad_policy_served_at_a_rotation_and_goes_on() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_fetches_the_policies_again_on_schedule() {
-    let (_dir, _pki, mock, id) = setup().await;
+    let (_dir, _pki, broker, id) = setup().await;
     let publishing = Client::connect_with(&id, eager()).await.unwrap();
     let publisher = publishing.publisher(topic(), PublisherOptions::default()).await.unwrap();
     publisher.publish("epoch 1").await.unwrap();
-    let p1 = current(&mock, &topic());
+    let p1 = current(&broker, &topic());
     publishing.put_policy(&policy(&topic(), Some(&p1), vec![member("alice", true, true)])).await.unwrap();
     publisher.publish("epoch 2").await.unwrap();
     // The reader's start and its first scheduled fetch see epoch 1 only; the next one sees epoch 2 before
     // the batch of epoch 2 is opened, so no refetch is needed.
-    mock.with(|l| l.lies.extend([vec![p1.as_bytes().clone()], vec![p1.as_bytes().clone()]]));
+    broker.lie([vec![p1.as_bytes().clone()], vec![p1.as_bytes().clone()]]);
     let reading = Client::connect_with(&id, eager()).await.unwrap();
     let mut sub = reading
         .subscribe(topic(), SubscribeOptions { from: StartAt::Earliest, durable: None })
@@ -912,7 +863,7 @@ async fn a_subscription_fetches_the_policies_again_on_schedule() {
         .unwrap();
     assert_eq!(&next_item(&mut sub).await.unwrap().payload[..], b"epoch 1");
     assert_eq!(&next_item(&mut sub).await.unwrap().payload[..], b"epoch 2");
-    assert!(mock.with(|l| l.lies.is_empty()));
+    assert_eq!(broker.lies_left(), 0);
     publisher.close().await.unwrap();
     publishing.close().await;
     reading.close().await;
@@ -920,12 +871,13 @@ async fn a_subscription_fetches_the_policies_again_on_schedule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_of_a_stale_epoch_is_rejected_by_the_broker() {
-    let (_dir, _pki, mock, id) = setup().await;
+    let (dir, pki, broker, id) = setup().await;
     let client = Client::connect_with(&id, quick()).await.unwrap();
-    let p1 = current(&mock, &topic());
+    let p1 = current(&broker, &topic());
     let theirs = policy(&topic(), Some(&p1), vec![member("alice", true, true)]);
     let mine = policy(&topic(), Some(&p1), vec![member("alice", true, false)]);
-    mock.with(|l| l.sneak_in = Some(theirs));
+    // Another administrator stores the next epoch first.
+    put_as_admin(dir.path(), &pki, &broker, &theirs).await;
     let e = client.put_policy(&mine).await.unwrap_err();
     assert!(matches!(e, Error::Refused { code: ErrorCode::POLICY_REJECTED, .. }), "{e}");
     assert!(e.to_string().starts_with("cannot administer demo.x: the broker rejected the policy"), "{e}");
@@ -958,14 +910,14 @@ fn failure(out: &std::process::Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_manages_topic_policies_as_the_authority() {
-    let (dir, pki, mock, _id) = setup().await;
+    let (dir, pki, broker, _id) = setup().await;
     let seed = hex::encode(*authority().to_bytes());
     let admin = identity_of(
         dir.path(),
         "admin",
         &pki,
-        &pki.ca_pem,
-        mock.addr,
+        &pki.ca_pem(),
+        broker.addr,
         &format!("authority_key = \"{seed}\"\n"),
     );
     let alice_id = dir.path().join("alice.toml");
@@ -984,7 +936,7 @@ async fn the_cli_manages_topic_policies_as_the_authority() {
             .await;
     let text = stdout(&out);
     assert!(text.starts_with("demo.new: epoch 1 stored\n"), "{text}");
-    let p1 = current(&mock, &t);
+    let p1 = current(&broker, &t);
     assert_eq!(p1.members().len(), 2);
     assert_eq!(p1.member("alice").map(|m| (m.publish, m.subscribe)), Some((true, true)));
     assert_eq!(p1.member("bob").map(|m| (m.publish, m.subscribe)), Some((false, true)));
@@ -1003,14 +955,14 @@ async fn the_cli_manages_topic_policies_as_the_authority() {
                     revoke or rotate";
     assert_eq!(e, expected);
     stdout(&cli(&admin, &["topic", "grant", "demo.new", "--publisher", "bob"]).await);
-    assert_eq!(current(&mock, &t).member("bob").map(|m| (m.publish, m.subscribe)), Some((true, true)));
+    assert_eq!(current(&broker, &t).member("bob").map(|m| (m.publish, m.subscribe)), Some((true, true)));
     let e = failure(&cli(&admin, &["topic", "grant", "demo.new", "--subscriber", "dave"]).await);
     assert!(e.starts_with("sealpost: unknown member dave: neither "), "{e}");
     let e = failure(&cli(&admin, &["topic", "revoke", "demo.new", "carol"]).await);
     assert_eq!(e, "sealpost: carol is not a member of the policy of demo.new (epoch 2)");
     stdout(&cli(&admin, &["topic", "revoke", "demo.new", "bob"]).await);
     stdout(&cli(&admin, &["topic", "rotate", "demo.new"]).await);
-    let p4 = current(&mock, &t);
+    let p4 = current(&broker, &t);
     assert_eq!(p4.epoch(), Epoch(4));
     assert_eq!(p4.members().iter().map(|m| m.principal.as_str()).collect::<Vec<_>>(), ["alice"]);
 
@@ -1019,11 +971,14 @@ async fn the_cli_manages_topic_policies_as_the_authority() {
         e,
         "sealpost: this identity holds no authority_key: only the topic authority can change policies"
     );
-    // Another administrator was faster.
-    mock.with(|l| l.sneak_in = Some(policy(&t, Some(&p4), vec![member("alice", true, true)])));
+    // Another administrator was faster: the CLI read the policies as they were before.
+    let before: Vec<Bytes> = broker.policies(&t).iter().map(|p| p.as_bytes().clone()).collect();
+    put_as_admin(dir.path(), &pki, &broker, &policy(&t, Some(&p4), vec![member("alice", true, true)])).await;
+    broker.lie([before]);
     let e = failure(&cli(&admin, &["topic", "rotate", "demo.new"]).await);
     assert_eq!(e, "sealpost: the policy of demo.new changed meanwhile (stale epoch): run the command again");
-    assert_eq!(current(&mock, &t).epoch(), Epoch(5));
+    assert_eq!(current(&broker, &t).epoch(), Epoch(5));
+    assert_eq!(broker.lies_left(), 0, "the CLI read the policies as they were before");
 
     // alice publishes and reads under the policy the CLI made.
     stdout(&cli(&alice_id, &["pub", "demo.new", "made by the cli"]).await);
@@ -1033,7 +988,7 @@ async fn the_cli_manages_topic_policies_as_the_authority() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_publishes_stdin_lines_and_prints_them_back() {
-    let (dir, _pki, mock, _id) = setup().await;
+    let (dir, pki, broker, _id) = setup().await;
     let identity = dir.path().join("alice.toml");
     let exe = env!("CARGO_BIN_EXE_sealpost");
     let id = identity.clone();
@@ -1053,7 +1008,7 @@ async fn the_cli_publishes_stdin_lines_and_prints_them_back() {
     .await
     .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(mock.with(|l| l.next_offset), 4);
+    assert_eq!(broker.next_offset(), 4);
 
     let id = identity.clone();
     let out = tokio::task::spawn_blocking(move || {
@@ -1067,7 +1022,8 @@ async fn the_cli_publishes_stdin_lines_and_prints_them_back() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n\nthree\n");
 
-    mock.with(|l| l.deny = true);
+    // mallory's certificate is valid, but the ACL grants her nothing.
+    let identity = identity_of(dir.path(), "mallory", &pki, &pki.ca_pem(), broker.addr, "");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(exe)
             .args(["pub", "demo.x", "hi"])
