@@ -480,6 +480,7 @@ fn sealed_by(signer: &SigningKey, epoch: u64) -> VerifiedBatch {
     let params = SealParams {
         topic: topic("demo.chat"),
         epoch: Epoch(epoch),
+        chain: CHAIN,
         first_seq: 1,
         prev_digest: Digest::ZERO,
         created_at: Timestamp(POLICY_TIME),

@@ -112,7 +112,9 @@ fn layout(batch: &[u8]) -> Layout {
     let topic = 2..2 + topic_len;
     let epoch = topic.end..topic.end + 8;
     let publisher = epoch.end..epoch.end + 32;
-    let first_seq = publisher.end..publisher.end + 8;
+    // Format version 2 (what publishers write) names its chain after the publisher key.
+    let chain_len = if batch[0] == 2 { 16 } else { 0 };
+    let first_seq = publisher.end + chain_len..publisher.end + chain_len + 8;
     let count = first_seq.end..first_seq.end + 4;
     let prev_digest = count.end..count.end + 32;
     let created_at = prev_digest.end..prev_digest.end + 8;
@@ -412,6 +414,7 @@ async fn injected_batch_signed_by_key_not_trusted_is_reported() {
     let params = SealParams {
         topic: chat(),
         epoch: Epoch(1),
+        chain: decode(&honest[0]).header().chain,
         first_seq: head.next_seq,
         prev_digest: head.prev_digest,
         created_at: decode(&honest[0]).header().created_at,
@@ -721,6 +724,7 @@ async fn batch_injected_by_revoked_publisher_after_revocation_is_reported() {
     let params = SealParams {
         topic: chat(),
         epoch: Epoch(2),
+        chain: sealpost_protocol::ChainId([0x11; 16]),
         first_seq: 1,
         prev_digest: sealpost_protocol::Digest::ZERO,
         created_at: sealpost_protocol::Timestamp(now_ms()),
