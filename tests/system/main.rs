@@ -20,6 +20,7 @@ mod auth;
 mod cli;
 mod crash;
 mod durability;
+mod instances;
 mod limits;
 mod memory;
 mod pubsub;
