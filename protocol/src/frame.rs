@@ -32,7 +32,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::chain::ChainHead;
+use crate::chain::{ChainHead, ChainId};
 use crate::code::ErrorCode;
 use crate::epoch::Epoch;
 use crate::keys::PublicKey;
@@ -71,6 +71,8 @@ pub enum StartAt {
 pub struct LostBatch {
     /// The key that signed the lost batch.
     pub publisher: PublicKey,
+    /// The chain (publisher instance) it belonged to.
+    pub chain: ChainId,
     /// The sequence number of its first message; it held as many messages as the lost range has offsets.
     pub first_seq: u64,
     /// Its digest: what the publisher's next batch names as `prev_digest`.
@@ -680,7 +682,12 @@ mod decode_bytes_tests {
                 subscription: 5,
                 offset: Offset(9),
                 count: 2,
-                batch: Some(LostBatch { publisher: key, first_seq: 4, digest: Digest([1; 32]) }),
+                batch: Some(LostBatch {
+                    publisher: key,
+                    chain: ChainId([7; 16]),
+                    first_seq: 4,
+                    digest: Digest([1; 32]),
+                }),
                 reason: ErrorCode::DATA_LOST,
             },
             Frame::GetPolicyHistory {

@@ -48,7 +48,7 @@ mod time;
 pub mod topic;
 
 pub use batch::{open, seal, BatchHeader, OpenedBatch, SealParams, SealedBatch, VerifiedBatch};
-pub use chain::{ChainHead, ChainStart, ChainVerifier};
+pub use chain::{ChainHead, ChainId, ChainStart, ChainVerifier};
 pub use code::ErrorCode;
 pub use digest::Digest;
 pub use epoch::Epoch;

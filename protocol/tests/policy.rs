@@ -485,6 +485,7 @@ fn sealed_at(signer: &SigningKey, epoch: u64, created_at: u64) -> VerifiedBatch 
     let params = SealParams {
         topic: topic("demo.chat"),
         epoch: Epoch(epoch),
+        chain: CHAIN,
         first_seq: 1,
         prev_digest: Digest::ZERO,
         created_at: Timestamp(created_at),

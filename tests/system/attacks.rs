@@ -112,7 +112,9 @@ fn layout(batch: &[u8]) -> Layout {
     let topic = 2..2 + topic_len;
     let epoch = topic.end..topic.end + 8;
     let publisher = epoch.end..epoch.end + 32;
-    let first_seq = publisher.end..publisher.end + 8;
+    // Format version 2 (what publishers write) names its chain after the publisher key.
+    let chain_len = if batch[0] == 2 { 16 } else { 0 };
+    let first_seq = publisher.end + chain_len..publisher.end + chain_len + 8;
     let count = first_seq.end..first_seq.end + 4;
     let prev_digest = count.end..count.end + 32;
     let created_at = prev_digest.end..prev_digest.end + 8;
@@ -412,6 +414,7 @@ async fn injected_batch_signed_by_key_not_trusted_is_reported() {
     let params = SealParams {
         topic: chat(),
         epoch: Epoch(1),
+        chain: decode(&honest[0]).header().chain,
         first_seq: head.next_seq,
         prev_digest: head.prev_digest,
         created_at: decode(&honest[0]).header().created_at,
@@ -595,6 +598,151 @@ async fn batch_of_another_topic_served_under_this_topic_is_reported() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Two publisher instances of alice: each is a chain of its own, judged on its own.
+// ---------------------------------------------------------------------------------------------------------
+
+/// alice's second publisher instance on demo.chat (a chain of its own), after the two instances published `a0 b0 a1 b1 a2 b2 a3 b3`, one batch each, alternating: instance A (the scene's
+/// publisher) at even offsets, instance B at odd ones; each instance's sequence numbers start at 1.
+async fn two_instances(scene: &Scene) -> Publisher {
+    let b = within("publisher", scene.alice.publisher(chat(), one_per_batch())).await.unwrap();
+    for i in 0..4 {
+        scene.publish(&format!("a{i}")).await;
+        within("publish ack", b.publish(Bytes::from(format!("b{i}")))).await.unwrap();
+    }
+    let honest: Vec<Bytes> = scene.store.honest_log(&chat()).into_iter().map(|b| b.bytes).collect();
+    let chains: Vec<_> = honest.iter().map(|b| decode(b).header().chain).collect();
+    assert_eq!(chains.len(), 8);
+    assert_ne!(chains[0], chains[1], "two publishers, two chains");
+    for (i, chain) in chains.iter().enumerate() {
+        assert_eq!(chain, &chains[i % 2], "batch {i} is of instance {}", ["A", "B"][i % 2]);
+    }
+    b
+}
+
+/// The broker serves instance A's first batch again after B's third batch. Integrity errors name the
+/// publisher key and the sequence numbers, not the chain: the replay is reported as
+/// `Integrity { check: Replay { seq: 1 } }` at its offset, no message, and both instances' next batches
+/// (A's seq 4, B's seq 4) follow without a gap: B's chain was not touched, A's remembered its first batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_batch_of_one_instance_is_reported_and_the_other_instance_goes_on() {
+    let scene = Scene::new(one_per_batch()).await;
+    let b = two_instances(&scene).await;
+    scene.store.serve(&chat(), |mut log| {
+        let a0 = log[0].clone();
+        log.insert(6, a0);
+        log
+    });
+
+    let mut sub = scene.subscribe().await;
+    let alice = scene.alice_id();
+    let replay = sealpost_protocol::Error::Replay { seq: 1 };
+    expect(
+        &scene.env,
+        &mut sub,
+        &[
+            msg("a0", 0, 1),
+            msg("b0", 1, 1),
+            msg("a1", 2, 2),
+            msg("b1", 3, 2),
+            msg("a2", 4, 3),
+            msg("b2", 5, 3),
+            Seen::Integrity { offset: 6, publisher: alice, check: replay },
+            msg("a3", 7, 4),
+        ],
+    )
+    .await;
+    // The replay took a slot: b3 is served at offset 8, once the durable end moves past it.
+    within("publish ack", b.publish(Bytes::from_static(b"b4"))).await.unwrap();
+    expect(&scene.env, &mut sub, &[msg("b3", 8, 4)]).await;
+    within("publisher close", b.close()).await.unwrap();
+    scene.shutdown().await;
+}
+
+/// The broker swaps instance B's second and third batches (offsets 3 and 5), with A's third batch between
+/// them. B's third, arriving early, is authentic: `Gap { expected: 2, got: 3 }`, then its message; A's batch
+/// after it is delivered as usual (its chain is another); B's second, arriving late, is
+/// `Reorder { expected: 4, got: 2 }` and not delivered; both chains' fourth batches follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reordered_batches_of_one_instance_are_reported_and_the_other_instance_goes_on() {
+    let scene = Scene::new(one_per_batch()).await;
+    let b = two_instances(&scene).await;
+    scene.store.serve(&chat(), |mut log| {
+        log.swap(3, 5);
+        log
+    });
+
+    let mut sub = scene.subscribe().await;
+    let alice = scene.alice_id();
+    expect(
+        &scene.env,
+        &mut sub,
+        &[
+            msg("a0", 0, 1),
+            msg("b0", 1, 1),
+            msg("a1", 2, 2),
+            Seen::Integrity {
+                offset: 3,
+                publisher: alice,
+                check: sealpost_protocol::Error::Gap { expected: 2, got: 3 },
+            },
+            msg("b2", 3, 3),
+            msg("a2", 4, 3),
+            Seen::Integrity {
+                offset: 5,
+                publisher: alice,
+                check: sealpost_protocol::Error::Reorder { expected: 4, got: 2 },
+            },
+            msg("a3", 6, 4),
+            msg("b3", 7, 4),
+        ],
+    )
+    .await;
+    within("publish ack", b.publish(Bytes::from_static(b"b4"))).await.unwrap();
+    expect(&scene.env, &mut sub, &[msg("b4", 8, 5)]).await;
+    within("publisher close", b.close()).await.unwrap();
+    scene.shutdown().await;
+}
+
+/// The broker deletes instance A's second batch (offset 2) and renumbers the log. A's next batch reports
+/// `Gap { expected: 2, got: 3 }` and is then delivered; B's batches, before and after the hole, are
+/// delivered with no error (B's second batch, right where A's was, is the one B's chain expects).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_middle_batch_of_one_instance_is_a_gap_in_that_instance_only() {
+    let scene = Scene::new(one_per_batch()).await;
+    let b = two_instances(&scene).await;
+    scene.store.serve(&chat(), |mut log| {
+        log.remove(2);
+        log
+    });
+
+    let mut sub = scene.subscribe().await;
+    let alice = scene.alice_id();
+    expect(
+        &scene.env,
+        &mut sub,
+        &[
+            msg("a0", 0, 1),
+            msg("b0", 1, 1),
+            msg("b1", 2, 2),
+            Seen::Integrity {
+                offset: 3,
+                publisher: alice,
+                check: sealpost_protocol::Error::Gap { expected: 2, got: 3 },
+            },
+            msg("a2", 3, 3),
+            msg("b2", 4, 3),
+            msg("a3", 5, 4),
+            msg("b3", 6, 4),
+        ],
+    )
+    .await;
+    within("publish ack", b.publish(Bytes::from_static(b"b4"))).await.unwrap();
+    expect(&scene.env, &mut sub, &[msg("b4", 7, 5)]).await;
+    within("publisher close", b.close()).await.unwrap();
+    scene.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Findings: attacks the client does not report today (see the reasons on `#[ignore]`).
 // ---------------------------------------------------------------------------------------------------------
 
@@ -721,6 +869,7 @@ async fn batch_injected_by_revoked_publisher_after_revocation_is_reported() {
     let params = SealParams {
         topic: chat(),
         epoch: Epoch(2),
+        chain: sealpost_protocol::ChainId([0x11; 16]),
         first_seq: 1,
         prev_digest: sealpost_protocol::Digest::ZERO,
         created_at: sealpost_protocol::Timestamp(now_ms()),
@@ -897,6 +1046,7 @@ async fn revoked_publishers_batches_before_the_revocation_stay_readable_and_afte
     let params = SealParams {
         topic: chat(),
         epoch: Epoch(2),
+        chain: last.header().chain,
         first_seq: last.header().first_seq + 1,
         prev_digest: last.digest(),
         created_at: third.created_at(),

@@ -55,7 +55,7 @@ fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
     wait(child)
 }
 
-fn wait(child: Child) -> Output {
+pub(crate) fn wait(child: Child) -> Output {
     let pid = child.id().to_string();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || tx.send(child.wait_with_output()));

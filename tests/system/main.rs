@@ -21,6 +21,7 @@ mod cli;
 mod crash;
 mod durability;
 mod history;
+mod instances;
 mod limits;
 mod memory;
 mod pubsub;

@@ -8,9 +8,10 @@
 //!   bytes damaged (a checksum fails where acknowledged data was) keeps the offsets and serves them as a
 //!   [`LostRange`] instead of a batch, forever after: [`Store::read`] yields [`Stored`] items, never a
 //!   silent gap;
-//! - the **publisher index**: for each (topic, publisher key, first sequence number) the batch's
+//! - the **publisher index**: for each (topic, publisher key, chain id, first sequence number) the batch's
 //!   [`PublisherRecord`] (where it was stored and its digest), which answers "is this a retry?" and "where
-//!   does this publisher's chain stand?";
+//!   does this publisher instance's chain stand?" (a chain per [`ChainId`]: instances of one key never
+//!   meet here);
 //! - **durable subscription offsets**: the next offset each (topic, principal, subscription name) committed;
 //! - **topic policies**: the signed policy bytes of each (topic, epoch). The broker cannot read the content
 //!   keys in them and cannot change them undetected (clients verify them against the topic authority).
@@ -49,8 +50,8 @@
 
 use bytes::Bytes;
 use sealpost_protocol::{
-    ChainHead, Digest, ErrorCode, Frame, LostBatch, Offset, Principal, PublicKey, SubscriptionId, Topic,
-    VerifiedBatch,
+    ChainHead, ChainId, Digest, ErrorCode, Frame, LostBatch, Offset, Principal, PublicKey, SubscriptionId,
+    Topic, VerifiedBatch,
 };
 
 use crate::{Error, Result};
@@ -309,6 +310,11 @@ impl<'a> Append<'a> {
         &self.batch.header().publisher
     }
 
+    /// The chain (publisher instance) the batch continues.
+    pub fn chain(&self) -> ChainId {
+        self.batch.header().chain
+    }
+
     /// Offset of the batch's first message.
     pub fn offset(&self) -> Offset {
         self.offset
@@ -332,7 +338,7 @@ impl<'a> Append<'a> {
 /// [`writer`](crate::writer) does with its durable end).
 pub trait Store: Send + Sync + 'static {
     /// Atomically stores the batch at its offset on its topic, **and** indexes its record under (topic,
-    /// publisher, first sequence number). Not durable until [`sync`](Self::sync).
+    /// publisher, chain, first sequence number). Not durable until [`sync`](Self::sync).
     ///
     /// The [`writer`](crate::writer) assigns offsets; the engine only checks: an offset other than
     /// [`next_offset`](Self::next_offset) stores nothing and is an error.
@@ -356,16 +362,24 @@ pub trait Store: Send + Sync + 'static {
     /// The offset of the first message still stored on `topic` (0 for an empty topic).
     fn first_offset(&self, topic: &Topic) -> Result<Offset>;
 
-    /// The record of the batch of `publisher` on `topic` that starts at sequence number `first_seq`.
+    /// The record of the batch of chain `chain` of `publisher` on `topic` that starts at sequence number
+    /// `first_seq`.
     fn publisher_record(
         &self,
         topic: &Topic,
         publisher: &PublicKey,
+        chain: ChainId,
         first_seq: u64,
     ) -> Result<Option<PublisherRecord>>;
 
-    /// The record of the last batch of `publisher` on `topic` (the one with the highest `first_seq`).
-    fn publisher_head(&self, topic: &Topic, publisher: &PublicKey) -> Result<Option<PublisherRecord>>;
+    /// The record of the last batch of chain `chain` of `publisher` on `topic` (the one with the highest
+    /// `first_seq`).
+    fn publisher_head(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        chain: ChainId,
+    ) -> Result<Option<PublisherRecord>>;
 
     /// The next offset committed by the durable subscription `name` of `principal` on `topic`.
     fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>>;
@@ -453,6 +467,7 @@ mod tests {
     //! Behavioural scenarios, written once against `&dyn Store` and run against every engine.
 
     use super::*;
+    use crate::store::testing::TEST_CHAIN;
 
     fn topic(s: &str) -> Topic {
         Topic::new(s).unwrap()
@@ -477,7 +492,7 @@ mod tests {
     /// Appends a real batch of `count` messages of `len` bytes each by `publisher(p)` at the topic's next
     /// offset, continuing the publisher's stored chain; returns its record and its bytes.
     fn append_batch(store: &dyn Store, t: &Topic, p: u8, count: u32, len: usize) -> (PublisherRecord, Bytes) {
-        let head = chain_head(store.publisher_head(t, &publisher(p)).unwrap().as_ref());
+        let head = chain_head(store.publisher_head(t, &publisher(p), TEST_CHAIN).unwrap().as_ref());
         let batch = testing::sealed_batch(&signer(p), t, head, count as usize, len).unwrap();
         let append = Append::new(&batch, store.next_offset(t).unwrap());
         store.append(append).unwrap();
@@ -502,8 +517,8 @@ mod tests {
         assert_eq!(store.next_offset(&t).unwrap(), Offset(0));
         assert_eq!(store.first_offset(&t).unwrap(), Offset(0));
         assert!(store.read(&t, Offset(0), usize::MAX).unwrap().is_empty());
-        assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap(), None);
-        assert_eq!(store.publisher_record(&t, &publisher(1), 1).unwrap(), None);
+        assert_eq!(store.publisher_head(&t, &publisher(1), TEST_CHAIN).unwrap(), None);
+        assert_eq!(store.publisher_record(&t, &publisher(1), TEST_CHAIN, 1).unwrap(), None);
         assert_eq!(store.durable_offset(&t, &principal("alice"), "d").unwrap(), None);
     }
 
@@ -530,7 +545,7 @@ mod tests {
         assert_eq!(store.next_offset(&a).unwrap(), Offset(2));
         assert_eq!(store.next_offset(&ab).unwrap(), Offset(7));
         assert_eq!(offsets(&store.read(&a, Offset(0), usize::MAX).unwrap()), vec![(0, 2)]);
-        assert_eq!(store.publisher_head(&a, &publisher(1)).unwrap().map(|h| h.count), Some(2));
+        assert_eq!(store.publisher_head(&a, &publisher(1), TEST_CHAIN).unwrap().map(|h| h.count), Some(2));
     }
 
     fn read_from_inside_a_batch_starts_with_that_batch(store: &dyn Store) {
@@ -568,13 +583,13 @@ mod tests {
         let r2 = append(store, &t, 2, 3, 8);
         let r3 = append(store, &t, 1, 4, 8);
         assert_eq!(r3.first_seq, 3);
-        assert_eq!(store.publisher_record(&t, &p1, 1).unwrap(), Some(r1));
-        assert_eq!(store.publisher_record(&t, &p1, 3).unwrap(), Some(r3));
-        assert_eq!(store.publisher_record(&t, &p1, 2).unwrap(), None);
-        assert_eq!(store.publisher_record(&t, &p2, 1).unwrap(), Some(r2));
-        assert_eq!(store.publisher_head(&t, &p1).unwrap(), Some(r3));
-        assert_eq!(store.publisher_head(&t, &p2).unwrap(), Some(r2));
-        assert_eq!(store.publisher_head(&t, &publisher(3)).unwrap(), None);
+        assert_eq!(store.publisher_record(&t, &p1, TEST_CHAIN, 1).unwrap(), Some(r1));
+        assert_eq!(store.publisher_record(&t, &p1, TEST_CHAIN, 3).unwrap(), Some(r3));
+        assert_eq!(store.publisher_record(&t, &p1, TEST_CHAIN, 2).unwrap(), None);
+        assert_eq!(store.publisher_record(&t, &p2, TEST_CHAIN, 1).unwrap(), Some(r2));
+        assert_eq!(store.publisher_head(&t, &p1, TEST_CHAIN).unwrap(), Some(r3));
+        assert_eq!(store.publisher_head(&t, &p2, TEST_CHAIN).unwrap(), Some(r2));
+        assert_eq!(store.publisher_head(&t, &publisher(3), TEST_CHAIN).unwrap(), None);
     }
 
     fn append_at_a_wrong_offset_stores_nothing(store: &dyn Store) {
@@ -586,7 +601,7 @@ mod tests {
             assert!(store.append(Append::new(&next, offset)).is_err(), "offset {offset}");
         }
         assert_eq!(store.next_offset(&t).unwrap(), Offset(2));
-        assert_eq!(store.publisher_record(&t, &p, 3).unwrap(), None);
+        assert_eq!(store.publisher_record(&t, &p, TEST_CHAIN, 3).unwrap(), None);
         assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap().len(), 1);
     }
 
@@ -703,8 +718,8 @@ mod tests {
         let store = DiskStore::open(dir.path()).unwrap();
         assert_eq!(batches(store.read(&t, Offset(0), usize::MAX).unwrap()), written);
         assert_eq!(store.next_offset(&t).unwrap(), Offset(5));
-        assert_eq!(store.publisher_head(&t, &p).unwrap(), Some(records[1]));
-        assert_eq!(store.publisher_record(&t, &p, 1).unwrap(), Some(records[0]));
+        assert_eq!(store.publisher_head(&t, &p, TEST_CHAIN).unwrap(), Some(records[1]));
+        assert_eq!(store.publisher_record(&t, &p, TEST_CHAIN, 1).unwrap(), Some(records[0]));
         assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(Offset(2)));
         // Appends continue where the reopened log ends.
         assert_eq!(append(&store, &t, 1, 1, 8).offset, Offset(5));

@@ -19,16 +19,19 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use rand::SeedableRng;
 use sealpost_protocol::{
-    seal, ChainHead, ContentKey, Epoch, Limits, Offset, Principal, PublicKey, SealParams, SignedPolicy,
-    SigningKey, Timestamp, Topic, VerifiedBatch,
+    seal, ChainHead, ChainId, ContentKey, Epoch, Limits, Offset, Principal, PublicKey, SealParams,
+    SignedPolicy, SigningKey, Timestamp, Topic, VerifiedBatch,
 };
 use tokio::sync::mpsc;
 
 use super::{Append, MemoryStore, PublisherRecord, Store, Stored, StoredBatch};
 use crate::{Error, Result};
 
-/// A batch of `count` messages of `len` bytes each, signed by `signer` on `topic`, continuing `head`.
-/// Deterministic: the same arguments give the same bytes.
+/// The chain of the batches [`sealed_batch`] makes (of format version 2).
+pub const TEST_CHAIN: ChainId = ChainId([0x5C; 16]);
+
+/// A batch of `count` messages of `len` bytes each, signed by `signer` on `topic`, continuing `head` of
+/// chain [`TEST_CHAIN`]. Deterministic: the same arguments give the same bytes.
 pub fn sealed_batch(
     signer: &SigningKey,
     topic: &Topic,
@@ -36,9 +39,23 @@ pub fn sealed_batch(
     count: usize,
     len: usize,
 ) -> Result<VerifiedBatch> {
+    sealed_batch_on(signer, topic, TEST_CHAIN, head, count, len)
+}
+
+/// Like [`sealed_batch`], on chain `chain` ([`ChainId::LEGACY`]: a batch of format version 1, as a
+/// layout-3 store holds).
+pub fn sealed_batch_on(
+    signer: &SigningKey,
+    topic: &Topic,
+    chain: ChainId,
+    head: ChainHead,
+    count: usize,
+    len: usize,
+) -> Result<VerifiedBatch> {
     let params = SealParams {
         topic: topic.clone(),
         epoch: Epoch(1),
+        chain,
         first_seq: head.next_seq,
         prev_digest: head.prev_digest,
         created_at: Timestamp(1_763_856_000_000),
@@ -227,13 +244,19 @@ impl<S: Store> Store for TestStore<S> {
         &self,
         topic: &Topic,
         publisher: &PublicKey,
+        chain: ChainId,
         first_seq: u64,
     ) -> Result<Option<PublisherRecord>> {
-        self.inner.publisher_record(topic, publisher, first_seq)
+        self.inner.publisher_record(topic, publisher, chain, first_seq)
     }
 
-    fn publisher_head(&self, topic: &Topic, publisher: &PublicKey) -> Result<Option<PublisherRecord>> {
-        self.inner.publisher_head(topic, publisher)
+    fn publisher_head(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        chain: ChainId,
+    ) -> Result<Option<PublisherRecord>> {
+        self.inner.publisher_head(topic, publisher, chain)
     }
 
     fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>> {

@@ -283,7 +283,7 @@ impl Reader {
             return Vec::new();
         }
         if let Some(b) = &batch {
-            if !self.chain.skip_lost(&self.topic, &b.publisher, b.first_seq, count, b.digest) {
+            if !self.chain.skip_lost(&self.topic, &b.publisher, b.chain, b.first_seq, count, b.digest) {
                 tracing::debug!(topic = %self.topic, %offset, "the lost batch is not where its chain stands");
             }
         }
@@ -404,6 +404,7 @@ mod tests {
         let params = SealParams {
             topic,
             epoch: Epoch(epoch),
+            chain: sealpost_protocol::ChainId([0x5C; 16]),
             first_seq: head.next_seq,
             prev_digest: head.prev_digest,
             created_at: Timestamp(created_at),
@@ -597,6 +598,7 @@ mod tests {
         let params = SealParams {
             topic: topic(),
             epoch: Epoch(1),
+            chain: sealpost_protocol::ChainId([0x5C; 16]),
             first_seq: 1,
             prev_digest: Digest::ZERO,
             created_at: Timestamp(T1),
@@ -642,6 +644,7 @@ mod tests {
         let sealed = SealedBatch::decode(batch.clone(), &Limits::default()).unwrap().verify().unwrap();
         LostBatch {
             publisher: sealed.header().publisher,
+            chain: sealed.header().chain,
             first_seq: sealed.header().first_seq,
             digest: sealed.digest(),
         }
