@@ -1067,7 +1067,8 @@ async fn revoked_publishers_batches_before_the_revocation_stay_readable_and_afte
         &mut sub,
         &[
             msg("m0", 0, 1),
-            msg("m1", 1, 2),
+            // publisher2 is another instance of alice: its own chain, from sequence 1.
+            msg("m1", 1, 1),
             Seen::Untrusted { offset: 2, publisher: env.key("alice").public_key() },
         ],
     )
