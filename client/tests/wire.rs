@@ -1078,7 +1078,10 @@ async fn the_cli_publishes_stdin_lines_and_prints_them_back() {
     .await
     .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "sealpost: not authorized to publish on demo.x\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "sealpost: published 0 of 1 message before the failure: not authorized to publish on demo.x\n"
+    );
 }
 
 #[test]
