@@ -181,7 +181,10 @@ struct Log {
     entries: Vec<(u64, u32, Bytes)>,
     next_offset: u64,
     by_bytes: HashMap<Bytes, u64>,
-    heads: HashMap<[u8; 32], ChainHead>,
+    /// Chain heads by (publisher key, chain id): one chain per publisher instance.
+    heads: HashMap<([u8; 32], [u8; 16]), ChainHead>,
+    /// Refuse the next batch not stored yet with this code.
+    refuse_next: Option<ErrorCode>,
     /// Refuse Head and Subscribe with NOT_AUTHORIZED.
     deny: bool,
     /// Kill the connection right after storing the publish that brings this to zero, without answering.
@@ -295,8 +298,9 @@ impl Mock {
                     if self.with(|l| l.deny) {
                         denied(request_id)
                     } else {
-                        let head =
-                            self.with(|l| l.heads.get(publisher.as_bytes()).copied()).unwrap_or_default();
+                        // `Head` answers for the legacy chain (batches of format version 1).
+                        let key = (*publisher.as_bytes(), [0; 16]);
+                        let head = self.with(|l| l.heads.get(&key).copied()).unwrap_or_default();
                         Frame::HeadIs { request_id, head }
                     }
                 }
@@ -401,7 +405,11 @@ impl Mock {
                 if current.publisher(&header.publisher).is_none() {
                     return Err(ErrorCode::SIGNER_NOT_BOUND);
                 }
-                let head = l.heads.get(header.publisher.as_bytes()).copied().unwrap_or_default();
+                if let Some(code) = l.refuse_next.take() {
+                    return Err(code);
+                }
+                let key = (*header.publisher.as_bytes(), header.chain.0);
+                let head = l.heads.get(&key).copied().unwrap_or_default();
                 if header.first_seq != head.next_seq || header.prev_digest != head.prev_digest {
                     return Err(ErrorCode::SEQUENCE_CONFLICT);
                 }
@@ -409,7 +417,7 @@ impl Mock {
                 l.next_offset += u64::from(header.count);
                 l.entries.push((offset, header.count, batch.clone()));
                 l.by_bytes.insert(batch, offset);
-                l.heads.insert(*header.publisher.as_bytes(), ChainHead::after(&verified));
+                l.heads.insert(key, ChainHead::after(&verified));
                 self.stored.notify_waiters();
                 offset
             }
@@ -534,15 +542,14 @@ async fn a_batch_stored_but_not_acknowledged_is_resent_and_stored_once() {
     let receipts = futures_util::future::try_join_all(receipts).await.unwrap();
     let offsets: Vec<u64> = receipts.iter().map(|r| r.offset.0).collect();
     assert_eq!(offsets, (0..20).collect::<Vec<_>>());
-    publisher.close().await.unwrap();
     let (stored, received) = mock.with(|l| (l.next_offset, l.publishes_received));
     assert_eq!(stored, 20, "every message stored exactly once");
     assert!(received > 20, "some batches were sent twice ({received})");
 
-    // The chain continues after the resend: a new publisher picks up where the broker's head is.
-    let publisher = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
+    // The chain continued after the resend: its next batch is stored after the twenty.
     let r = publisher.publish("after").await.unwrap();
     assert_eq!((r.offset, r.seq), (Offset(20), 21));
+    publisher.close().await.unwrap();
     client.close().await;
 }
 
@@ -604,21 +611,23 @@ async fn subscribing_from_an_offset_inside_a_batch_starts_there() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_batch_fails_its_messages_and_the_publisher_resumes_from_the_broker_head() {
+async fn a_refused_batch_fails_its_messages_and_the_publisher_resumes_after_its_last_stored_batch() {
     let (_dir, _pki, mock, id) = setup().await;
     let client = Client::connect_with(&id, quick()).await.unwrap();
-    // Two publishers with the same key both start at the genesis head.
+    // Two publishers with the same key are two chains: each starts at its own genesis.
     let first = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
     let second = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
     assert_eq!(first.publish("a").await.unwrap().seq, 1);
-    let e = second.publish("b").await.unwrap_err();
+    assert_eq!(second.publish("b").await.unwrap().seq, 1);
+    mock.with(|l| l.refuse_next = Some(ErrorCode::SEQUENCE_CONFLICT));
+    let e = second.publish("c").await.unwrap_err();
     assert!(matches!(e, Error::Refused { code: ErrorCode::SEQUENCE_CONFLICT, .. }), "{e}");
     assert!(e.to_string().starts_with("cannot publish on demo.x: the batch does not continue"), "{e}");
-    // The next message goes on a new stream, after the broker's head.
-    let r = second.publish("c").await.unwrap();
-    assert_eq!((r.offset, r.seq), (Offset(1), 2));
+    // The next message goes on a new stream, after the last batch the broker stored.
+    let r = second.publish("d").await.unwrap();
+    assert_eq!((r.offset, r.seq), (Offset(2), 2));
     second.flush().await.unwrap();
-    assert_eq!(mock.with(|l| l.next_offset), 2);
+    assert_eq!(mock.with(|l| l.next_offset), 3);
     client.close().await;
 }
 
