@@ -92,7 +92,7 @@ fn consecutive(batches: Vec<Bytes>) -> Vec<StoredBatch> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Bytes of a sealed batch (docs/architecture.md, "The sealed batch (version 1)").
+// Bytes of a sealed batch (docs/architecture.md, "The sealed batch (versions 2 and 1)").
 // ---------------------------------------------------------------------------------------------------------
 
 /// Where the fields of a sealed batch are, for a batch whose topic is `topic_len` bytes long.
