@@ -25,6 +25,7 @@ fn fixture(count: usize, size: usize) -> (SigningKey, ContentKey, Vec<Vec<u8>>, 
     let params = SealParams {
         topic: Topic::new("bench.topic").unwrap(),
         epoch: Epoch(1),
+        chain: ChainId([3; 16]),
         first_seq: 1,
         prev_digest: Digest::ZERO,
         created_at: Timestamp(1_763_856_000_000),

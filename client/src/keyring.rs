@@ -12,7 +12,9 @@
 //! the content key each admitted policy wraps for this identity's principal into an [`EpochKeys`]; a
 //! principal that is not a member of an epoch simply has no key for it. Publishers and readers work on a
 //! [`TopicKeys`] snapshot of both, and ask for a new one after a rotation (a batch of an epoch newer than
-//! the snapshot's, or, for publishers, every `ClientOptions::policy_refresh`).
+//! the snapshot's, or, for publishers, every `ClientOptions::policy_refresh`). A subscription that meets a
+//! batch of an older epoch the book does not hold has the history walked back to it (`GetPolicyHistory`,
+//! page by page, each link checked by [`PolicyBook::admit_history`]); the epochs walked stay in the book.
 //!
 //! # What it guarantees
 //!
@@ -174,6 +176,11 @@ impl Slot {
         ok.then(|| state.snapshot.clone())
     }
 
+    /// The current snapshot, however old.
+    pub(crate) fn snapshot(&self) -> Arc<TopicKeys> {
+        self.state().snapshot.clone()
+    }
+
     /// Makes the next [`fresh`](Self::fresh) check with [`Freshness::Within`] fail: fetch again.
     pub(crate) fn expire(&self) {
         self.state().fetched_at = None;
@@ -245,6 +252,41 @@ impl KeySource {
         for policy in &verified {
             book.admit(policy.clone()).map_err(fail)?;
         }
+        let snapshot = self.install(&mut state, topic, book, Some(now));
+        Ok((snapshot, verified))
+    }
+
+    /// Admits one page of `topic`'s history, as the broker answered `GetPolicyHistory { before, .. }`
+    /// (newest first), walking back from the admitted policy of `before` to epoch `until`
+    /// ([`PolicyBook::admit_history`]: every link checked), and unwraps the keys of the epochs admitted.
+    /// Returns the new snapshot and where the walk stands: `None` once `until` is reached, else the epoch
+    /// to ask below next. On an error ([`Error::Policy`] with
+    /// [`PolicyLinkBroken`](sealpost_protocol::Error::PolicyLinkBroken)) the links checked before it stay.
+    pub(crate) fn admit_history(
+        &self,
+        slot: &Slot,
+        topic: &Topic,
+        before: Epoch,
+        until: Epoch,
+        page: Vec<Bytes>,
+    ) -> Result<(Arc<TopicKeys>, Option<Epoch>)> {
+        let mut state = slot.state();
+        let mut book = state.book.clone();
+        let walked = book.admit_history(before, until, page, &self.limits);
+        let fetched_at = state.fetched_at;
+        let snapshot = self.install(&mut state, topic, book, fetched_at);
+        let next = walked.map_err(|check| Error::Policy { topic: topic.clone(), check })?;
+        Ok((snapshot, next))
+    }
+
+    /// The state of a slot with `book`: the keys of its epochs not tried yet unwrapped, a new snapshot.
+    fn install(
+        &self,
+        state: &mut SlotState,
+        topic: &Topic,
+        book: PolicyBook,
+        fetched_at: Option<Instant>,
+    ) -> Arc<TopicKeys> {
         let mut keys = state.keys.clone();
         let mut tried = state.tried.clone();
         for policy in book.policies() {
@@ -268,8 +310,8 @@ impl KeySource {
             }
         }
         let snapshot = Arc::new(TopicKeys::new(book.clone(), keys.clone()));
-        *state = SlotState { book, keys, tried, snapshot: snapshot.clone(), fetched_at: Some(now) };
-        Ok((snapshot, verified))
+        *state = SlotState { book, keys, tried, snapshot: snapshot.clone(), fetched_at };
+        snapshot
     }
 
     /// The pinned authority.

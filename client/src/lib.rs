@@ -55,8 +55,10 @@
 //!   stores each once (see [`Publisher`]). Publishers move to a new epoch within
 //!   [`ClientOptions::policy_refresh`] of a rotation.
 //! - **Subscribing.** A [`Message`] is yielded only if its batch's signature verified, the signer is a
-//!   publisher in the topic policy of the batch's epoch, that epoch is the current one (or the previous one
-//!   within [`ClientOptions::rotation_grace`] of the rotation), it was sealed for this topic, every record
+//!   publisher in the topic policy of the batch's epoch, that epoch is the current one or the batch was
+//!   sealed while it was (its `created_at` before the next epoch's policy, plus
+//!   [`ClientOptions::rotation_grace`]) and, if its signer was revoked since, before the revocation (older
+//!   policies are fetched and their chain checked when needed), it was sealed for this topic, every record
 //!   authenticated, and it continues its publisher's chain. Messages come in offset order, each once,
 //!   across reconnections. A batch that fails a check yields one error item and no message; a gap in a
 //!   publisher's chain (batches withheld or deleted) yields an error item, then the batch's messages. A

@@ -19,9 +19,10 @@ pub struct ClientOptions {
     pub idle_timeout: Duration,
     /// How publishers and subscriptions reconnect after losing the broker.
     pub reconnect: Reconnect,
-    /// How long after a topic policy's `created_at` subscribers still accept batches sealed under the
-    /// epoch before it, so that batches sealed just before a rotation (or by a publisher that has not
-    /// fetched the new policy yet) are still delivered. After it, such a batch is an
+    /// How long after a topic policy's `created_at` subscribers still accept batches **sealed** (by the
+    /// batch's `created_at`) under the epoch before it, so that batches of a publisher that has not fetched
+    /// the new policy yet are still delivered; batches sealed before the rotation are accepted however late
+    /// they are read. A batch sealed later is an
     /// [`Error::Integrity`](crate::Error::Integrity) item
     /// ([`StaleEpoch`](sealpost_protocol::Error::StaleEpoch)). Default 10 min.
     pub rotation_grace: Duration,

@@ -6,7 +6,7 @@
 //! request here opens its own, sends one request, reads the answer and ends the stream. The broker answers
 //! `GetPolicies` with the stored policies of the topic (at most the previous and the current epoch's, oldest
 //! first, none if the topic has none) to any principal that may publish, subscribe or administer the topic,
-//! and `PutPolicy` with `PolicyStored` once the policy is durable, to a principal with the ACL `admin`
+//! `GetPolicyHistory` with a page of the older ones (newest first), and `PutPolicy` with `PolicyStored` once the policy is durable, to a principal with the ACL `admin`
 //! action, if the policy is signed by the authority the broker is configured with and its epoch follows the
 //! stored current one.
 //!
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use sealpost_protocol::{Frame, Topic, VerifiedPolicy};
+use sealpost_protocol::{Epoch, Frame, Topic, VerifiedPolicy};
 
 use crate::error::{Action, Error, Result};
 use crate::keyring::{Freshness, TopicKeys};
@@ -40,6 +40,47 @@ async fn get(shared: &Shared, topic: &Topic, action: Action) -> Result<Vec<Bytes
         Some(other) => Err(unexpected(&other, "a GetPolicies request")),
         None => Err(Error::ConnectionLost { reason: "the broker ended the stream before answering".into() }),
     }
+}
+
+/// Asks the broker for a page of the policy history of `topic`: at most `max` policies of the epochs below
+/// `before`, newest first. A refusal is reported as a refusal to subscribe. One attempt.
+async fn get_history(shared: &Shared, topic: &Topic, before: Epoch, max: u32) -> Result<Vec<Bytes>> {
+    let mut link = shared.open_link().await?;
+    let request_id = shared.request_id();
+    link.send(&Frame::GetPolicyHistory { request_id, topic: topic.clone(), before: Some(before), max })
+        .await?;
+    let answer = link.read().await;
+    link.finish();
+    match answer? {
+        Some(Frame::Policies { request_id: answered, policies }) if answered == request_id => Ok(policies),
+        Some(Frame::Error { code, message, .. }) => {
+            Err(Error::refused(Action::Subscribe, topic, code, &message))
+        }
+        Some(other) => Err(unexpected(&other, "a GetPolicyHistory request")),
+        None => Err(Error::ConnectionLost { reason: "the broker ended the stream before answering".into() }),
+    }
+}
+
+/// The policies and keys of `topic` once its history is walked back to `epoch`, older than the newest
+/// policy held: page after page from the oldest held epoch above `epoch`, each link checked
+/// ([`KeySource::admit_history`](crate::keyring::KeySource::admit_history)). Nothing is fetched if the
+/// policy of `epoch` is held or no policy above it is. A broken or missing link is an [`Error::Policy`]
+/// naming the topic and the epoch. Transient losses are retried like any outage, one page at a time; every
+/// page must take the walk at least one epoch further, so the walk ends.
+pub(crate) async fn history_keys(shared: &Shared, topic: &Topic, epoch: Epoch) -> Result<Arc<TopicKeys>> {
+    let slot = shared.keys.slot(topic);
+    let _fetching = slot.fetching.lock().await;
+    let mut reconnect = Reconnector::new(shared.options.reconnect.clone());
+    let mut snapshot = slot.snapshot();
+    let mut before = snapshot.book().history_start(epoch);
+    while let Some(start) = before {
+        let max = u32::try_from(start.0.saturating_sub(epoch.0)).unwrap_or(u32::MAX);
+        let page = reconnect.run(|| get_history(shared, topic, start, max)).await?;
+        let (keys, next) = shared.keys.admit_history(&slot, topic, start, epoch, page)?;
+        snapshot = keys;
+        before = next;
+    }
+    Ok(snapshot)
 }
 
 /// Asks the broker to store `policy` (canonical bytes) as the new policy of `topic`. One attempt: a retry

@@ -1,6 +1,6 @@
 //! The sealed batch: 1..N messages from one publisher on one topic, encrypted and signed once.
 //!
-//! # Encoding (version 1)
+//! # Encoding (version 2; version 1 still read)
 //!
 //! All integers are big-endian. The encoding is canonical: [`SealedBatch::decode`] accepts exactly the
 //! bytes [`seal`] produces, with no trailing bytes and no alternative forms, so a batch has one encoding and
@@ -8,14 +8,15 @@
 //!
 //! ```text
 //! header:
-//!   version       u8         = 1
+//!   version       u8         = 2 (or 1)
 //!   topic_len     u8         1..=255
 //!   topic         [topic_len]   a valid Topic
 //!   epoch         u64
 //!   publisher     [32]       ed25519 public key of the signer
+//!   chain         [16]       version 2 only: the publisher instance's ChainId, never all zeros
 //!   first_seq     u64        >= 1; the batch holds first_seq ..= first_seq + count - 1
 //!   count         u32        1..=max_batch_messages
-//!   prev_digest   [32]       digest of this publisher's previous batch on this topic, or 32 zero bytes
+//!   prev_digest   [32]       digest of the previous batch of this chain on this topic, or 32 zero bytes
 //!   created_at    u64        milliseconds since the Unix epoch, as claimed by the publisher
 //! records, `count` times:
 //!   nonce         [24]       random XChaCha20 nonce
@@ -24,12 +25,20 @@
 //! signature       [64]       ed25519
 //! ```
 //!
+//! A batch of version 1 has no `chain` field: its chain is [`ChainId::LEGACY`] (all zeros), which is how
+//! data folders written before chain ids read. [`seal`] writes version 1 for that chain and version 2 for
+//! any other, and the decoder refuses a version-2 batch naming the legacy chain, so every header has one
+//! encoding. Any other version is [`Error::UnsupportedVersion`].
+//!
 //! # Cryptography
 //!
-//! - `header_digest = BLAKE3-derive_key("sealpost 2026-11-23 batch header v1", header bytes)`.
+//! - `header_digest = BLAKE3-derive_key("sealpost 2026-12-20 batch header v2", header bytes)` (version 1:
+//!   `"sealpost 2026-11-23 batch header v1"`).
 //! - Record `i` is sealed under the epoch's content key with associated data `header_digest || i (u32)`, so
 //!   a record cannot be moved to another batch, another position, topic, epoch or sequence.
-//! - `digest = BLAKE3-derive_key("sealpost 2026-11-23 batch v1", header_digest || records bytes)`.
+//! - `digest = BLAKE3-derive_key("sealpost 2026-12-20 batch v2", header_digest || records bytes)` (version
+//!   1: `"sealpost 2026-11-23 batch v1"`). Both contexts name the version, so no digest of one version can
+//!   stand for the other's, and the version byte is inside the header bytes besides.
 //! - `signature = ed25519(publisher, "sealpost/v1 batch signature\0" || digest)`, checked with
 //!   `verify_strict`. One signature and one verification per batch: per message, the cost is the AEAD and
 //!   the hash.
@@ -42,6 +51,7 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use rand_core::CryptoRngCore;
 
+use crate::chain::ChainId;
 use crate::digest::context;
 use crate::epoch::Epoch;
 use crate::keys::{ContentKey, KeyLookup, PublicKey, SigningKey};
@@ -49,8 +59,10 @@ use crate::reader::Reader;
 use crate::topic::Topic;
 use crate::{Digest, Error, Limits, Result, Timestamp};
 
-/// The batch format version this build writes and reads.
-pub const BATCH_VERSION: u8 = 1;
+/// The batch format version this build writes (for every chain but [`ChainId::LEGACY`]).
+pub const BATCH_VERSION: u8 = 2;
+/// The first batch format version, without a chain id; still read, and written for [`ChainId::LEGACY`].
+pub const BATCH_VERSION_1: u8 = 1;
 /// Length of an XChaCha20 nonce.
 pub const NONCE_LEN: usize = 24;
 /// Length of a Poly1305 tag.
@@ -73,15 +85,20 @@ pub struct BatchHeader {
     pub epoch: Epoch,
     /// The publisher's signing key.
     pub publisher: PublicKey,
+    /// The publisher instance's chain; [`ChainId::LEGACY`] for a batch of version 1.
+    pub chain: ChainId,
     /// Sequence number of the first message.
     pub first_seq: u64,
     /// Number of messages, at least 1.
     pub count: u32,
-    /// Digest of the publisher's previous batch on this topic, or [`Digest::ZERO`] for its first.
+    /// Digest of the previous batch of this chain on this topic, or [`Digest::ZERO`] for its first.
     pub prev_digest: Digest,
     /// When the publisher sealed it.
     pub created_at: Timestamp,
 }
+
+/// Length of a [`ChainId`] in a version-2 header.
+const CHAIN_LEN: usize = 16;
 
 impl BatchHeader {
     /// Sequence number that the publisher's next batch on this topic starts at.
@@ -90,14 +107,32 @@ impl BatchHeader {
         self.first_seq + u64::from(self.count)
     }
 
+    /// The format version the header is encoded in: 1 for [`ChainId::LEGACY`], else 2.
+    pub fn version(&self) -> u8 {
+        if self.chain.is_legacy() {
+            BATCH_VERSION_1
+        } else {
+            BATCH_VERSION
+        }
+    }
+
+    /// Length of the encoded header.
+    fn encoded_len(&self) -> usize {
+        let chain = if self.chain.is_legacy() { 0 } else { CHAIN_LEN };
+        2 + self.topic.as_str().len() + 8 + 32 + chain + 8 + 4 + 32 + 8
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         let topic = self.topic.as_str().as_bytes();
-        out.push(BATCH_VERSION);
+        out.push(self.version());
         // Topic::new guarantees 1..=255 bytes.
         out.push(topic.len() as u8);
         out.extend_from_slice(topic);
         out.extend_from_slice(&self.epoch.0.to_be_bytes());
         out.extend_from_slice(self.publisher.as_bytes());
+        if !self.chain.is_legacy() {
+            out.extend_from_slice(self.chain.as_bytes());
+        }
         out.extend_from_slice(&self.first_seq.to_be_bytes());
         out.extend_from_slice(&self.count.to_be_bytes());
         out.extend_from_slice(self.prev_digest.as_bytes());
@@ -106,7 +141,7 @@ impl BatchHeader {
 
     fn decode(r: &mut Reader<'_>, limits: &Limits) -> Result<Self> {
         let version = r.u8("batch version")?;
-        if version != BATCH_VERSION {
+        if version != BATCH_VERSION && version != BATCH_VERSION_1 {
             return Err(Error::UnsupportedVersion { what: "batch", version });
         }
         let topic_len = r.u8("topic length")?;
@@ -115,17 +150,26 @@ impl BatchHeader {
         let topic = Topic::new(topic)?;
         let epoch = Epoch(r.u64("epoch")?);
         let publisher = PublicKey::from_bytes(&r.array("publisher key")?)?;
+        let chain = if version == BATCH_VERSION {
+            let chain = ChainId(r.array("chain id")?);
+            if chain.is_legacy() {
+                return Err(Error::Malformed("a version-2 batch names the legacy chain"));
+            }
+            chain
+        } else {
+            ChainId::LEGACY
+        };
         let first_seq = r.u64("first sequence")?;
         let count = r.u32("count")?;
         let prev_digest = Digest(r.array("previous digest")?);
         let created_at = Timestamp(r.u64("timestamp")?);
         check_range(first_seq, count, limits)?;
-        Ok(Self { topic, epoch, publisher, first_seq, count, prev_digest, created_at })
+        Ok(Self { topic, epoch, publisher, chain, first_seq, count, prev_digest, created_at })
     }
 
-    /// The domain-separated digest of the canonical header bytes.
-    fn digest_of(bytes: &[u8]) -> Digest {
-        blake3::Hasher::new_derive_key(context::BATCH_HEADER).update(bytes).finalize().into()
+    /// The domain-separated digest of the canonical header bytes of format `version`.
+    fn digest_of(version: u8, bytes: &[u8]) -> Digest {
+        blake3::Hasher::new_derive_key(context::batch_header(version)).update(bytes).finalize().into()
     }
 }
 
@@ -149,8 +193,8 @@ fn check_range(first_seq: u64, count: u32, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
-fn batch_digest(header_digest: &Digest, records: &[u8]) -> Digest {
-    blake3::Hasher::new_derive_key(context::BATCH)
+fn batch_digest(version: u8, header_digest: &Digest, records: &[u8]) -> Digest {
+    blake3::Hasher::new_derive_key(context::batch(version))
         .update(header_digest.as_bytes())
         .update(records)
         .finalize()
@@ -233,8 +277,9 @@ impl SealedBatch {
 
     /// Checks the signature with `verify_strict` against the publisher key named in the header.
     pub fn verify(self) -> Result<VerifiedBatch> {
-        let header_digest = BatchHeader::digest_of(&self.bytes[..self.header_len]);
-        let digest = batch_digest(&header_digest, self.records_bytes());
+        let version = self.header.version();
+        let header_digest = BatchHeader::digest_of(version, &self.bytes[..self.header_len]);
+        let digest = batch_digest(version, &header_digest, self.records_bytes());
         let mut sig = [0u8; SIGNATURE_LEN];
         sig.copy_from_slice(&self.bytes[self.bytes.len() - SIGNATURE_LEN..]);
         self.header.publisher.verify_strict(&signed_message(&digest), &sig)?;
@@ -319,9 +364,12 @@ pub struct SealParams {
     pub topic: Topic,
     /// The epoch of the content key used.
     pub epoch: Epoch,
+    /// The publisher instance's chain ([`ChainId::random`] once per instance); [`ChainId::LEGACY`] seals
+    /// a batch of format version 1.
+    pub chain: ChainId,
     /// Sequence number of the first message (see [`ChainHead`](crate::ChainHead)).
     pub first_seq: u64,
-    /// Digest of the publisher's previous batch on this topic, or [`Digest::ZERO`].
+    /// Digest of the previous batch of this chain on this topic, or [`Digest::ZERO`].
     pub prev_digest: Digest,
     /// The caller's current time.
     pub created_at: Timestamp,
@@ -350,30 +398,22 @@ pub fn seal<M: AsRef<[u8]>>(
         topic: params.topic,
         epoch: params.epoch,
         publisher: signer.public_key(),
+        chain: params.chain,
         first_seq: params.first_seq,
         count,
         prev_digest: params.prev_digest,
         created_at: params.created_at,
     };
     let payload_len: usize = messages.iter().map(|m| m.as_ref().len()).sum();
-    let total = 2
-        + header.topic.as_str().len()
-        + 8
-        + 32
-        + 8
-        + 4
-        + 32
-        + 8
-        + messages.len() * RECORD_OVERHEAD
-        + payload_len
-        + SIGNATURE_LEN;
+    let total = header.encoded_len() + messages.len() * RECORD_OVERHEAD + payload_len + SIGNATURE_LEN;
     if total > limits.max_batch_len as usize {
         return Err(Error::TooLarge { what: "batch", len: total as u64, max: limits.max_batch_len.into() });
     }
     let mut out = Vec::with_capacity(total);
     header.encode(&mut out);
     let header_len = out.len();
-    let header_digest = BatchHeader::digest_of(&out);
+    let version = header.version();
+    let header_digest = BatchHeader::digest_of(version, &out);
     let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
     for (index, m) in (0u32..).zip(messages) {
         let m = m.as_ref();
@@ -393,7 +433,7 @@ pub fn seal<M: AsRef<[u8]>>(
             .map_err(|_| Error::TooLarge { what: "record", len: m.len() as u64, max: u32::MAX.into() })?;
         out.extend_from_slice(&tag);
     }
-    let digest = batch_digest(&header_digest, &out[header_len..]);
+    let digest = batch_digest(version, &header_digest, &out[header_len..]);
     out.extend_from_slice(&signer.sign(&signed_message(&digest)));
     debug_assert_eq!(out.len(), total);
     let batch = SealedBatch { bytes: out.into(), header, header_len };

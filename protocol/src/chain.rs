@@ -1,7 +1,10 @@
-//! The per-(topic, publisher) sequence chain.
+//! The per-(topic, publisher, chain) sequence chain.
 //!
-//! Each batch names the sequence number of its first message and the digest of its publisher's previous
-//! batch on the same topic. A publisher keeps a [`ChainHead`] to produce them; a subscriber feeds every
+//! Each batch names its chain, the sequence number of its first message and the digest of the previous
+//! batch of the same chain on the same topic. A chain belongs to one **publisher instance**: every
+//! `Publisher` a client makes picks a fresh random [`ChainId`], so several processes (or several publishers
+//! in one process) signing with one key each keep a chain of their own, and none of them has to know where
+//! the others stand. Batches of format version 1 carry no chain id and belong to [`ChainId::LEGACY`]. A publisher keeps a [`ChainHead`] to produce them; a subscriber feeds every
 //! verified batch to a [`ChainVerifier`], which tells a batch that continues the chain from one that skips
 //! ahead ([`Error::Gap`]), one that was already admitted ([`Error::Replay`]), one that comes after later
 //! batches ([`Error::Reorder`]), and one that claims the right place but another history ([`Error::Fork`]).
@@ -17,6 +20,54 @@ use crate::batch::{BatchHeader, VerifiedBatch};
 use crate::keys::PublicKey;
 use crate::topic::Topic;
 use crate::{Digest, Error, Result};
+
+/// The 16-byte id of one publisher instance's chain on a topic, chosen at random by the publisher
+/// ([`ChainId::random`]). Order, gaps and replays are judged per (topic, publisher key, chain id).
+///
+/// It is not a secret and proves nothing by itself: it is signed with the batch, so a broker cannot move a
+/// batch to another chain, and two instances that picked the same id (a 2^-64 chance among 2^32
+/// instances of one key) would only conflict with each other, as two processes did before chain ids.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChainId(pub [u8; 16]);
+
+impl ChainId {
+    /// The chain of every batch of format version 1 (which names none): all zeros. A batch of version 2
+    /// never names it, so each chain has one batch format.
+    pub const LEGACY: ChainId = ChainId([0; 16]);
+
+    /// A fresh random chain id from `rng` (never [`LEGACY`](Self::LEGACY)).
+    pub fn random(rng: &mut impl rand_core::CryptoRngCore) -> ChainId {
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        if id == [0; 16] {
+            // 2^-128: not worth a loop, but a version-2 batch must not name the legacy chain.
+            id[15] = 1;
+        }
+        ChainId(id)
+    }
+
+    /// Whether this is [`LEGACY`](Self::LEGACY).
+    pub fn is_legacy(&self) -> bool {
+        *self == Self::LEGACY
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl core::fmt::Display for ChainId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&hex::encode(&self.0[..8]))
+    }
+}
+
+impl core::fmt::Debug for ChainId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "ChainId({})", hex::encode(self.0))
+    }
+}
 
 /// Where a publisher's next batch on a topic continues its chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,11 +125,12 @@ impl PublisherState {
     }
 }
 
-/// Checks the sequence chain of every (topic, publisher) pair that a subscriber receives.
+/// Checks the sequence chain of every (topic, publisher, chain) that a subscriber receives: two instances
+/// of one publisher key are two chains, each checked on its own.
 #[derive(Debug)]
 pub struct ChainVerifier {
     start: ChainStart,
-    publishers: HashMap<(Topic, PublicKey), PublisherState>,
+    publishers: HashMap<(Topic, PublicKey, ChainId), PublisherState>,
 }
 
 impl ChainVerifier {
@@ -87,12 +139,12 @@ impl ChainVerifier {
         Self { start, publishers: HashMap::new() }
     }
 
-    /// The chain head of `publisher` on `topic`, if a batch of it was admitted.
-    pub fn head(&self, topic: &Topic, publisher: &PublicKey) -> Option<ChainHead> {
-        self.publishers.get(&(topic.clone(), *publisher)).map(|s| s.head)
+    /// The head of chain `chain` of `publisher` on `topic`, if a batch of it was admitted.
+    pub fn head(&self, topic: &Topic, publisher: &PublicKey, chain: ChainId) -> Option<ChainHead> {
+        self.publishers.get(&(topic.clone(), *publisher, chain)).map(|s| s.head)
     }
 
-    /// The broker reports the batch of `publisher` on `topic` that starts at `first_seq`, with `count`
+    /// The broker reports the batch of chain `chain` of `publisher` on `topic` that starts at `first_seq`, with `count`
     /// messages and digest `digest`, as lost (its storage failed a checksum). If that batch is the next one
     /// the chain expects (or the first one seen of a publisher read from the middle, or a genesis batch),
     /// the chain moves past it: the publisher's next batch then continues it without a [`Error::Gap`].
@@ -106,6 +158,7 @@ impl ChainVerifier {
         &mut self,
         topic: &Topic,
         publisher: &PublicKey,
+        chain: ChainId,
         first_seq: u64,
         count: u64,
         digest: Digest,
@@ -114,22 +167,25 @@ impl ChainVerifier {
             return false;
         };
         let head = ChainHead { next_seq, prev_digest: digest };
-        match self.publishers.get_mut(&(topic.clone(), *publisher)) {
+        match self.publishers.get_mut(&(topic.clone(), *publisher, chain)) {
             Some(state) if state.head.next_seq == first_seq => {
                 state.head = head;
                 true
             }
             Some(_) => false,
             None if self.start == ChainStart::FirstSeen || first_seq == ChainHead::GENESIS.next_seq => {
-                self.publishers
-                    .insert((topic.clone(), *publisher), PublisherState { head, recent: VecDeque::new() });
+                self.publishers.insert(
+                    (topic.clone(), *publisher, chain),
+                    PublisherState { head, recent: VecDeque::new() },
+                );
                 true
             }
             None => false,
         }
     }
 
-    /// Checks that the verified batch with `header` and `digest` continues its publisher's chain.
+    /// Checks that the verified batch with `header` and `digest` continues its chain (of its publisher, on
+    /// its topic, with its chain id).
     ///
     /// - `Ok(())`: it does; the chain moves past it.
     /// - [`Error::Gap`]: sequence numbers are missing before it. The batch itself is authentic, so the chain
@@ -138,7 +194,7 @@ impl ChainVerifier {
     /// - [`Error::Replay`], [`Error::Reorder`], [`Error::Fork`]: the batch must not be delivered; the chain
     ///   does not move.
     pub fn admit(&mut self, header: &BatchHeader, digest: Digest) -> Result<()> {
-        let key = (header.topic.clone(), header.publisher);
+        let key = (header.topic.clone(), header.publisher, header.chain);
         let state = match self.publishers.get_mut(&key) {
             Some(state) => state,
             None => {

@@ -8,10 +8,30 @@ use serde::{Deserialize, Serialize};
 /// that a digest computed for one purpose can never be presented as a digest for another. Changing any of
 /// these strings is a format change (see the golden vectors).
 pub(crate) mod context {
-    pub(crate) const BATCH_HEADER: &str = "sealpost 2026-11-23 batch header v1";
-    pub(crate) const BATCH: &str = "sealpost 2026-11-23 batch v1";
+    pub(crate) const BATCH_HEADER_V1: &str = "sealpost 2026-11-23 batch header v1";
+    pub(crate) const BATCH_V1: &str = "sealpost 2026-11-23 batch v1";
+    pub(crate) const BATCH_HEADER_V2: &str = "sealpost 2026-12-20 batch header v2";
+    pub(crate) const BATCH_V2: &str = "sealpost 2026-12-20 batch v2";
     pub(crate) const KEY_ID: &str = "sealpost 2026-11-23 key id v1";
     pub(crate) const POLICY: &str = "sealpost 2026-11-23 policy v1";
+
+    /// The header-digest context of batch format `version` (1 or 2; the decoder admits no other).
+    pub(crate) fn batch_header(version: u8) -> &'static str {
+        if version == 1 {
+            BATCH_HEADER_V1
+        } else {
+            BATCH_HEADER_V2
+        }
+    }
+
+    /// The batch-digest context of batch format `version` (1 or 2; the decoder admits no other).
+    pub(crate) fn batch(version: u8) -> &'static str {
+        if version == 1 {
+            BATCH_V1
+        } else {
+            BATCH_V2
+        }
+    }
 }
 
 /// A 32-byte BLAKE3 digest. A batch's digest is what its publisher signs and what the next batch of the

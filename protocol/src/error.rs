@@ -8,6 +8,32 @@
 use crate::epoch::Epoch;
 use crate::topic::Topic;
 
+/// What is wrong with one link of a topic's policy history ([`Error::PolicyLinkBroken`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyLinkFault {
+    /// No policy of the epoch was served: the history ended early, or skipped it (`got` is the epoch
+    /// served in its place, if any).
+    #[error("no policy of this epoch was served (got {got:?})")]
+    Missing {
+        /// The epoch served instead, if any.
+        got: Option<Epoch>,
+    },
+    /// The bytes served do not decode as a policy.
+    #[error("the policy served does not decode")]
+    Malformed,
+    /// The policy served is not signed by the pinned topic authority.
+    #[error("the policy served is not signed by the pinned topic authority")]
+    NotFromAuthority,
+    /// The policy served is for another topic.
+    #[error("the policy served is for another topic")]
+    WrongTopic,
+    /// The policy served is signed, but its digest is not the `prev_digest` of the next epoch's policy:
+    /// it belongs to another history.
+    #[error("the policy served is not the one the next epoch's policy names")]
+    NotNamedByNext,
+}
+
 /// Everything that can go wrong in the protocol layer.
 ///
 /// Variants are grouped by who is at fault: malformed or oversized input (any peer), cryptographic
@@ -151,6 +177,18 @@ pub enum Error {
     PolicyChainBroken {
         /// The epoch of the policy that does not continue the history.
         epoch: Epoch,
+    },
+    /// Walking a topic's policy history back from a policy held, the policy served for `epoch` is not the
+    /// one the policy of `epoch + 1` names (see [`PolicyLinkFault`]): a broker serving a forged, a missing
+    /// or another history. Nothing of it was admitted from that epoch down.
+    #[error("topic policy history of {topic} broken at epoch {epoch}: {fault}")]
+    PolicyLinkBroken {
+        /// The topic.
+        topic: Topic,
+        /// The epoch whose policy is missing or does not link.
+        epoch: Epoch,
+        /// What is wrong with it.
+        fault: PolicyLinkFault,
     },
 
     // Topic policies: what a member may do.

@@ -32,8 +32,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::chain::ChainHead;
+use crate::chain::{ChainHead, ChainId};
 use crate::code::ErrorCode;
+use crate::epoch::Epoch;
 use crate::keys::PublicKey;
 use crate::offset::Offset;
 use crate::topic::Topic;
@@ -70,6 +71,8 @@ pub enum StartAt {
 pub struct LostBatch {
     /// The key that signed the lost batch.
     pub publisher: PublicKey,
+    /// The chain (publisher instance) it belonged to.
+    pub chain: ChainId,
     /// The sequence number of its first message; it held as many messages as the lost range has offsets.
     pub first_seq: u64,
     /// Its digest: what the publisher's next batch names as `prev_digest`.
@@ -208,6 +211,23 @@ pub enum Frame {
         /// Why: [`ErrorCode::DATA_LOST`] (storage corruption).
         reason: ErrorCode,
     },
+    /// Client -> broker: send me a page of the whole policy history of `topic`, **newest first**: the
+    /// stored policies of the (at most `max`) highest epochs below `before` (below none: from the newest).
+    /// Answered with [`Frame::Policies`], whose list is then newest first (unlike the answer to
+    /// `GetPolicies`), as many as fit in one frame (at least one if any is stored below `before`); an empty
+    /// list means there is none. The next page asks `before` = the oldest epoch received. The client walks
+    /// the pages back from the newest policy it holds and checks every link; the broker's word is worth
+    /// nothing here either.
+    GetPolicyHistory {
+        /// Echoed in the answer.
+        request_id: RequestId,
+        /// The topic.
+        topic: Topic,
+        /// Only epochs below this one; `None`: from the newest stored epoch.
+        before: Option<Epoch>,
+        /// At most this many policies (the broker may send fewer: its own page limit, the frame limit).
+        max: u32,
+    },
 }
 
 /// postcard's index of the variants with byte fields that [`Frame::decode_bytes`] slices out of the frame
@@ -293,6 +313,7 @@ impl Frame {
             Frame::GetPolicies { .. } => "GetPolicies",
             Frame::Policies { .. } => "Policies",
             Frame::Lost { .. } => "Lost",
+            Frame::GetPolicyHistory { .. } => "GetPolicyHistory",
         }
     }
 
@@ -531,6 +552,7 @@ mod tests {
             Frame::PolicyStored { request_id: 1 },
             Frame::GetPolicies { request_id: 1, topic: Topic::new("a").unwrap() },
             Frame::Policies { request_id: 1, policies: Vec::new() },
+            Frame::GetPolicyHistory { request_id: 1, topic: Topic::new("a").unwrap(), before: None, max: 1 },
             Frame::Ack { subscription: 1, next_offset: Offset(1) },
             Frame::Lost {
                 subscription: 1,
@@ -660,8 +682,19 @@ mod decode_bytes_tests {
                 subscription: 5,
                 offset: Offset(9),
                 count: 2,
-                batch: Some(LostBatch { publisher: key, first_seq: 4, digest: Digest([1; 32]) }),
+                batch: Some(LostBatch {
+                    publisher: key,
+                    chain: ChainId([7; 16]),
+                    first_seq: 4,
+                    digest: Digest([1; 32]),
+                }),
                 reason: ErrorCode::DATA_LOST,
+            },
+            Frame::GetPolicyHistory {
+                request_id: 6,
+                topic: Topic::new("demo.chat").unwrap(),
+                before: Some(crate::Epoch(9)),
+                max: 64,
             },
         ]
     }
@@ -687,8 +720,9 @@ mod decode_bytes_tests {
             Frame::GetPolicies { .. } => 12,
             Frame::Policies { .. } => 13,
             Frame::Lost { .. } => 14,
+            Frame::GetPolicyHistory { .. } => 15,
         };
-        assert_eq!(frames.iter().map(listed).collect::<Vec<_>>(), (0..15).collect::<Vec<_>>());
+        assert_eq!(frames.iter().map(listed).collect::<Vec<_>>(), (0..16).collect::<Vec<_>>());
         for frame in frames {
             let bytes = Bytes::from(frame.to_vec().unwrap());
             assert_eq!(Frame::decode_bytes(bytes.clone()).unwrap(), Frame::decode(&bytes).unwrap());

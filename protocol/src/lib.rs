@@ -48,11 +48,11 @@ mod time;
 pub mod topic;
 
 pub use batch::{open, seal, BatchHeader, OpenedBatch, SealParams, SealedBatch, VerifiedBatch};
-pub use chain::{ChainHead, ChainStart, ChainVerifier};
+pub use chain::{ChainHead, ChainId, ChainStart, ChainVerifier};
 pub use code::ErrorCode;
 pub use digest::Digest;
 pub use epoch::Epoch;
-pub use error::Error;
+pub use error::{Error, PolicyLinkFault};
 pub use frame::{Frame, LostBatch, RequestId, StartAt, SubscriptionId};
 pub use frame_buffer::FrameBuffer;
 pub use keys::{ContentKey, HpkePublicKey, HpkeSecretKey, KeyId, KeyLookup, PublicKey, SigningKey};

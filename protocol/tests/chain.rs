@@ -17,7 +17,7 @@ fn chain_admits_batches_in_order() {
     for b in chain(5, 3) {
         admit(&mut v, &b).unwrap();
     }
-    let head = v.head(&topic("demo.chat"), &alice().public_key()).unwrap();
+    let head = v.head(&topic("demo.chat"), &alice().public_key(), CHAIN).unwrap();
     assert_eq!(head.next_seq, 16);
 }
 
@@ -102,10 +102,10 @@ fn a_batch_reported_lost_lets_the_chain_continue_after_it_without_a_gap() {
     let mut v = ChainVerifier::new(ChainStart::Genesis);
     admit(&mut v, &c[0]).unwrap();
     // The broker lost the second batch (sequences 3..5) and says so.
-    assert!(v.skip_lost(&t, &a, 3, 2, c[1].digest()));
+    assert!(v.skip_lost(&t, &a, CHAIN, 3, 2, c[1].digest()));
     admit(&mut v, &c[2]).unwrap();
     // A loss claimed where the chain does not stand changes nothing: the next batch reports the gap.
-    assert!(!v.skip_lost(&t, &a, 9, 1, c[3].digest()));
+    assert!(!v.skip_lost(&t, &a, CHAIN, 9, 1, c[3].digest()));
     admit(&mut v, &c[3]).unwrap();
 }
 
@@ -115,7 +115,7 @@ fn a_lost_batch_with_a_wrong_digest_shows_as_a_fork() {
     let (t, a) = (topic("demo.chat"), alice().public_key());
     let mut v = ChainVerifier::new(ChainStart::Genesis);
     admit(&mut v, &c[0]).unwrap();
-    assert!(v.skip_lost(&t, &a, 2, 1, Digest([9; 32])));
+    assert!(v.skip_lost(&t, &a, CHAIN, 2, 1, Digest([9; 32])));
     assert_eq!(admit(&mut v, &c[2]), Err(Error::Fork { seq: 3 }));
 }
 
@@ -125,16 +125,64 @@ fn a_lost_first_batch_starts_the_chain_only_where_it_may() {
     let (t, a) = (topic("demo.chat"), alice().public_key());
     // From genesis: a lost genesis batch starts the chain, a lost later one does not.
     let mut v = ChainVerifier::new(ChainStart::Genesis);
-    assert!(!v.skip_lost(&t, &a, 2, 1, c[1].digest()));
+    assert!(!v.skip_lost(&t, &a, CHAIN, 2, 1, c[1].digest()));
     assert_eq!(admit(&mut v, &c[2]), Err(Error::Gap { expected: 1, got: 3 }));
     let mut v = ChainVerifier::new(ChainStart::Genesis);
-    assert!(v.skip_lost(&t, &a, 1, 1, c[0].digest()));
+    assert!(v.skip_lost(&t, &a, CHAIN, 1, 1, c[0].digest()));
     admit(&mut v, &c[1]).unwrap();
     // From the middle, the first batch seen may be a lost one.
     let mut v = ChainVerifier::new(ChainStart::FirstSeen);
-    assert!(v.skip_lost(&t, &a, 2, 1, c[1].digest()));
+    assert!(v.skip_lost(&t, &a, CHAIN, 2, 1, c[1].digest()));
     admit(&mut v, &c[2]).unwrap();
     // Nothing can be lost with no messages, nor past the last sequence number.
-    assert!(!v.skip_lost(&t, &a, 4, 0, c[2].digest()));
-    assert!(!v.skip_lost(&t, &a, u64::MAX, 2, c[2].digest()));
+    assert!(!v.skip_lost(&t, &a, CHAIN, 4, 0, c[2].digest()));
+    assert!(!v.skip_lost(&t, &a, CHAIN, u64::MAX, 2, c[2].digest()));
+}
+
+#[test]
+fn two_chains_of_one_key_are_checked_apart() {
+    // Two instances of alice interleave on one topic, each from genesis.
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    let a1 = sealed_on(CHAIN, 1, Digest::ZERO, &[b"a1"], 1);
+    let b1 = sealed_on(OTHER_CHAIN, 1, Digest::ZERO, &[b"b1"], 2);
+    let a2 = sealed_on(CHAIN, 2, a1.digest(), &[b"a2"], 3);
+    let b2 = sealed_on(OTHER_CHAIN, 2, b1.digest(), &[b"b2"], 4);
+    let b3 = sealed_on(OTHER_CHAIN, 3, b2.digest(), &[b"b3"], 5);
+    admit(&mut v, &a1).unwrap();
+    admit(&mut v, &b1).unwrap();
+    admit(&mut v, &a2).unwrap();
+    // A replay within a chain, while the other chain is at the same sequence number.
+    assert_eq!(admit(&mut v, &a2), Err(Error::Replay { seq: 2 }));
+    // A reorder within the other chain.
+    assert_eq!(admit(&mut v, &b3), Err(Error::Gap { expected: 2, got: 3 }));
+    assert_eq!(admit(&mut v, &b2), Err(Error::Reorder { expected: 4, got: 2 }));
+    let (t, a) = (topic("demo.chat"), alice().public_key());
+    assert_eq!(v.head(&t, &a, CHAIN).map(|h| h.next_seq), Some(3));
+    assert_eq!(v.head(&t, &a, OTHER_CHAIN).map(|h| h.next_seq), Some(4));
+    assert_eq!(v.head(&t, &a, ChainId::LEGACY), None);
+}
+
+#[test]
+fn a_batch_of_one_chain_never_continues_another() {
+    // The second instance's genesis batch is not a fork of the first's; its second batch naming the first
+    // instance's digest is a fork of its own chain.
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    let a1 = sealed_on(CHAIN, 1, Digest::ZERO, &[b"a1"], 1);
+    let b1 = sealed_on(OTHER_CHAIN, 1, Digest::ZERO, &[b"b1"], 2);
+    let b2_on_a = sealed_on(OTHER_CHAIN, 2, a1.digest(), &[b"x"], 3);
+    admit(&mut v, &a1).unwrap();
+    admit(&mut v, &b1).unwrap();
+    assert_eq!(admit(&mut v, &b2_on_a), Err(Error::Fork { seq: 2 }));
+}
+
+#[test]
+fn a_lost_batch_moves_only_its_own_chain() {
+    let (t, a) = (topic("demo.chat"), alice().public_key());
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    let a1 = sealed_on(CHAIN, 1, Digest::ZERO, &[b"a1"], 1);
+    let b1 = sealed_on(OTHER_CHAIN, 1, Digest::ZERO, &[b"b1"], 2);
+    let a2 = sealed_on(CHAIN, 2, a1.digest(), &[b"a2"], 3);
+    assert!(v.skip_lost(&t, &a, CHAIN, 1, 1, a1.digest()));
+    admit(&mut v, &b1).unwrap();
+    admit(&mut v, &a2).unwrap();
 }

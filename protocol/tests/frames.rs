@@ -58,14 +58,15 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
             .prop_map(|(request_id, policies)| Frame::Policies { request_id, policies }),
         (
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u16>()),
-            proptest::option::of((any::<[u8; 32]>(), any::<u64>(), any::<[u8; 32]>())),
+            proptest::option::of((any::<[u8; 32]>(), any::<[u8; 16]>(), any::<u64>(), any::<[u8; 32]>())),
         )
             .prop_map(|((subscription, offset, count, reason), batch)| Frame::Lost {
                 subscription,
                 offset: Offset(offset),
                 count,
-                batch: batch.map(|(seed, first_seq, d)| LostBatch {
+                batch: batch.map(|(seed, chain, first_seq, d)| LostBatch {
                     publisher: SigningKey::from_bytes(&seed).public_key(),
+                    chain: ChainId(chain),
                     first_seq,
                     digest: Digest(d),
                 }),

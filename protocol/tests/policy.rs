@@ -477,12 +477,18 @@ fn grace_window_accepts_the_previous_epoch_until_its_boundary() {
 }
 
 fn sealed_by(signer: &SigningKey, epoch: u64) -> VerifiedBatch {
+    sealed_at(signer, epoch, POLICY_TIME)
+}
+
+/// A batch of demo.chat under `epoch`, signed by `signer`, claiming to be created at `created_at`.
+fn sealed_at(signer: &SigningKey, epoch: u64, created_at: u64) -> VerifiedBatch {
     let params = SealParams {
         topic: topic("demo.chat"),
         epoch: Epoch(epoch),
+        chain: CHAIN,
         first_seq: 1,
         prev_digest: Digest::ZERO,
-        created_at: Timestamp(POLICY_TIME),
+        created_at: Timestamp(created_at),
     };
     seal(signer, &epoch_key(epoch), params, &[b"hi"], &Limits::default(), &mut rng(9)).unwrap()
 }
@@ -493,27 +499,46 @@ fn authorize_accepts_publishers_of_an_accepted_epoch_only() {
     let mut b = book();
     b.admit(first).unwrap();
     b.admit(second.clone()).unwrap();
-    let now = Timestamp(second.created_at().0 + 1);
     let grace = 60_000;
     // alice publishes in both epochs; carol in epoch 2.
-    assert_eq!(b.authorize(sealed_by(&alice(), 2).header(), now, grace).unwrap().principal, "alice");
-    assert_eq!(b.authorize(sealed_by(&carol(), 2).header(), now, grace).unwrap().principal, "carol");
-    assert_eq!(b.authorize(sealed_by(&alice(), 1).header(), now, grace).unwrap().principal, "alice");
+    assert_eq!(b.authorize(sealed_by(&alice(), 2).header(), grace).unwrap().principal, "alice");
+    assert_eq!(b.authorize(sealed_by(&carol(), 2).header(), grace).unwrap().principal, "carol");
+    assert_eq!(b.authorize(sealed_by(&alice(), 1).header(), grace).unwrap().principal, "alice");
     // bob only reads; mallory is nobody; carol was no publisher in epoch 1.
     let mallory = SigningKey::from_bytes(&[0x66; 32]);
     for (signer, epoch) in [(bob(), 1), (mallory, 2), (carol(), 1)] {
-        assert_eq!(
-            b.authorize(sealed_by(&signer, epoch).header(), now, grace),
-            Err(Error::UntrustedPublisher)
-        );
+        assert_eq!(b.authorize(sealed_by(&signer, epoch).header(), grace), Err(Error::UntrustedPublisher));
     }
-    // Epoch 1 after the grace window; an epoch without a policy.
-    let late = Timestamp(second.created_at().0 + grace);
+    // Epoch 1 sealed inside the grace window after the rotation to epoch 2, and at its end (stale).
+    let rotated = second.created_at().0;
+    let inside = sealed_at(&alice(), 1, rotated + grace - 1);
+    assert_eq!(b.authorize(inside.header(), grace).unwrap().principal, "alice");
+    let late = sealed_at(&alice(), 1, rotated + grace);
     assert_eq!(
-        b.authorize(sealed_by(&alice(), 1).header(), late, grace),
+        b.authorize(late.header(), grace),
         Err(Error::StaleEpoch { epoch: Epoch(1), current: Epoch(2) })
     );
-    assert_eq!(b.authorize(sealed_by(&alice(), 3).header(), now, grace), Err(Error::UnknownEpoch(Epoch(3))));
+    // An epoch without a policy.
+    assert_eq!(b.authorize(sealed_by(&alice(), 3).header(), grace), Err(Error::UnknownEpoch(Epoch(3))));
+}
+
+#[test]
+fn authorize_accepts_a_batch_of_an_old_epoch_sealed_while_it_was_current() {
+    // Epochs 1..=5, alice publishing in each, an hour apart: her epoch-1 batch is readable after epoch 5.
+    let mut chain = vec![policy(None, alice_and_bob(), 0)];
+    for e in 1..5 {
+        chain.push(policy(chain.last(), alice_and_bob(), e * 3_600_000));
+    }
+    let mut b = book();
+    b.admit(chain[4].clone()).unwrap();
+    let old = sealed_at(&alice(), 1, POLICY_TIME + 10);
+    assert_eq!(b.authorize(old.header(), 0), Err(Error::UnknownEpoch(Epoch(1))));
+    let page: Vec<Bytes> = chain[..4].iter().rev().map(|p| p.as_bytes().clone()).collect();
+    assert_eq!(b.admit_history(Epoch(5), Epoch(1), page, &Limits::default()), Ok(None));
+    assert_eq!(b.authorize(old.header(), 0).unwrap().principal, "alice");
+    // Sealed under epoch 1 after epoch 2 began: stale, however late it is read.
+    let after = sealed_at(&alice(), 1, chain[1].created_at().0);
+    assert_eq!(b.authorize(after.header(), 0), Err(Error::StaleEpoch { epoch: Epoch(1), current: Epoch(5) }));
 }
 
 #[test]
@@ -548,7 +573,8 @@ fn epoch_keys_open_batches_of_the_epochs_unlocked() {
 #[test]
 fn revoked_publisher_is_refused_in_the_previous_epoch_during_the_grace_window() {
     // Epoch 1: alice and dave publish. Epoch 2 revokes dave. Dave still holds epoch 1's key and signs a
-    // batch of epoch 1 inside the grace window: refused, because he is no publisher of the current epoch.
+    // batch of epoch 1 after the revocation, inside the grace window: refused, because he is no publisher
+    // of the current epoch and the batch is dated after the policy that removed him.
     let dave = SigningKey::from_bytes(&[0xDA; 32]);
     let first =
         policy(None, vec![member("alice", &alice(), true, true), member("dave", &dave, true, true)], 0);
@@ -556,9 +582,160 @@ fn revoked_publisher_is_refused_in_the_previous_epoch_during_the_grace_window() 
     let mut b = book();
     b.admit(first).unwrap();
     b.admit(second.clone()).unwrap();
-    let now = Timestamp(second.created_at().0 + 1);
     let grace = 60_000;
-    assert_eq!(b.authorize(sealed_by(&dave, 1).header(), now, grace), Err(Error::UntrustedPublisher));
+    let revoked_at = second.created_at().0;
+    for at in [revoked_at, revoked_at + 1] {
+        let after = sealed_at(&dave, 1, at);
+        assert_eq!(b.authorize(after.header(), grace), Err(Error::UntrustedPublisher), "sealed at {at}");
+    }
+    // His batch sealed before the revocation stays readable.
+    let before = sealed_at(&dave, 1, revoked_at - 1);
+    assert_eq!(b.authorize(before.header(), grace).unwrap().principal, "dave");
     // alice, still a publisher, is accepted in the previous epoch during the window.
-    assert_eq!(b.authorize(sealed_by(&alice(), 1).header(), now, grace).unwrap().principal, "alice");
+    let alices = sealed_at(&alice(), 1, revoked_at + 1);
+    assert_eq!(b.authorize(alices.header(), grace).unwrap().principal, "alice");
+}
+
+#[test]
+fn revoked_publisher_is_judged_by_the_first_policy_that_removed_it() {
+    // dave publishes in epochs 1 and 2, epoch 3 revokes him, epoch 4 rotates again.
+    let dave = SigningKey::from_bytes(&[0xDA; 32]);
+    let both = || vec![member("alice", &alice(), true, true), member("dave", &dave, true, true)];
+    let p1 = policy(None, both(), 0);
+    let p2 = policy(Some(&p1), both(), 1_000);
+    let p3 = policy(Some(&p2), vec![member("alice", &alice(), true, true)], 2_000);
+    let p4 = policy(Some(&p3), vec![member("alice", &alice(), true, true)], 3_000);
+    let mut b = book();
+    b.admit(p4).unwrap();
+    let page = [&p3, &p2, &p1].map(|p| p.as_bytes().clone());
+    assert_eq!(b.admit_history(Epoch(4), Epoch(1), page, &Limits::default()), Ok(None));
+    let revoked_at = p3.created_at().0;
+    for (epoch, at) in [(1, POLICY_TIME), (2, POLICY_TIME + 1_000), (2, revoked_at - 1)] {
+        let batch = sealed_at(&dave, epoch, at);
+        assert_eq!(b.authorize(batch.header(), 0).unwrap().principal, "dave", "epoch {epoch} at {at}");
+    }
+    let after = sealed_at(&dave, 2, revoked_at);
+    assert_eq!(b.authorize(after.header(), u64::MAX), Err(Error::UntrustedPublisher));
+    // A batch under the revoking epoch itself: he is no publisher of it.
+    assert_eq!(b.authorize(sealed_at(&dave, 3, POLICY_TIME).header(), 0), Err(Error::UntrustedPublisher));
+}
+
+// ---- the history walk ---------------------------------------------------------------------------------------
+
+/// Epochs 1..=5 of demo.chat, chained.
+fn five_epochs() -> Vec<VerifiedPolicy> {
+    let mut chain = vec![policy(None, alice_and_bob(), 0)];
+    for e in 1..5 {
+        chain.push(policy(chain.last(), alice_and_bob(), e * 1_000));
+    }
+    chain
+}
+
+/// A book that holds epoch 5 only.
+fn book_at_five(chain: &[VerifiedPolicy]) -> PolicyBook {
+    let mut b = book();
+    b.admit(chain[4].clone()).unwrap();
+    b
+}
+
+fn bytes(policies: &[&VerifiedPolicy]) -> Vec<Bytes> {
+    policies.iter().map(|p| p.as_bytes().clone()).collect()
+}
+
+fn broken(epoch: u64, fault: PolicyLinkFault) -> Error {
+    Error::PolicyLinkBroken { topic: topic("demo.chat"), epoch: Epoch(epoch), fault }
+}
+
+#[test]
+fn history_walk_admits_each_link_back_from_the_newest_in_pages() {
+    let chain = five_epochs();
+    let mut b = book_at_five(&chain);
+    assert_eq!(b.history_start(Epoch(1)), Some(Epoch(5)));
+    assert_eq!(b.history_start(Epoch(5)), None);
+    let limits = Limits::default();
+    assert_eq!(
+        b.admit_history(Epoch(5), Epoch(1), bytes(&[&chain[3], &chain[2]]), &limits),
+        Ok(Some(Epoch(3)))
+    );
+    assert_eq!(b.history_start(Epoch(1)), Some(Epoch(3)));
+    assert_eq!(b.admit_history(Epoch(3), Epoch(1), bytes(&[&chain[1], &chain[0]]), &limits), Ok(None));
+    assert_eq!(b.policies().map(|p| p.epoch().0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    // Walking again over admitted links changes nothing; policies below `until` are ignored.
+    let all = bytes(&[&chain[3], &chain[2], &chain[1], &chain[0]]);
+    assert_eq!(b.admit_history(Epoch(5), Epoch(3), all, &limits), Ok(None));
+}
+
+#[test]
+fn history_walk_refuses_a_forged_middle_policy() {
+    let chain = five_epochs();
+    // Epoch 3 signed by the authority, but not the one epoch 4 names (another member list).
+    let forged = policy(Some(&chain[1]), vec![member("alice", &alice(), true, true)], 2_000);
+    let mut b = book_at_five(&chain);
+    let page = bytes(&[&chain[3], &forged, &chain[1], &chain[0]]);
+    assert_eq!(
+        b.admit_history(Epoch(5), Epoch(1), page, &Limits::default()),
+        Err(broken(3, PolicyLinkFault::NotNamedByNext))
+    );
+    // The checked link (epoch 4) is kept; nothing below the break is.
+    assert_eq!(b.policies().map(|p| p.epoch().0).collect::<Vec<_>>(), vec![4, 5]);
+}
+
+#[test]
+fn history_walk_refuses_a_gap_and_an_early_end() {
+    let chain = five_epochs();
+    let limits = Limits::default();
+    let mut b = book_at_five(&chain);
+    assert_eq!(
+        b.admit_history(Epoch(5), Epoch(1), bytes(&[&chain[3], &chain[1]]), &limits),
+        Err(broken(3, PolicyLinkFault::Missing { got: Some(Epoch(2)) }))
+    );
+    assert_eq!(
+        b.admit_history(Epoch(4), Epoch(1), Vec::new(), &limits),
+        Err(broken(3, PolicyLinkFault::Missing { got: None }))
+    );
+    // Asked to walk from an epoch the book does not hold.
+    assert_eq!(b.admit_history(Epoch(2), Epoch(1), Vec::new(), &limits), Err(Error::UnknownEpoch(Epoch(2))));
+}
+
+#[test]
+fn history_walk_refuses_a_policy_not_signed_by_the_authority_or_junk() {
+    let chain = five_epochs();
+    let limits = Limits::default();
+    // An epoch 4 signed by carol's key (issued in a history of her own).
+    let mut by_carol: Option<VerifiedPolicy> = None;
+    for e in 1..=4 {
+        let params = PolicyParams {
+            topic: topic("demo.chat"),
+            epoch: Epoch(e),
+            prev: by_carol.as_ref(),
+            members: alice_and_bob(),
+            created_at: Timestamp(POLICY_TIME),
+        };
+        by_carol = Some(issue_policy(&carol(), params, &epoch_key(e), &limits, &mut rng(e)).unwrap());
+    }
+    let by_carol = by_carol.unwrap();
+    let mut b = book_at_five(&chain);
+    assert_eq!(
+        b.admit_history(Epoch(5), Epoch(1), bytes(&[&by_carol]), &limits),
+        Err(broken(4, PolicyLinkFault::NotFromAuthority))
+    );
+    assert_eq!(
+        b.admit_history(Epoch(5), Epoch(1), vec![Bytes::from_static(b"junk")], &limits),
+        Err(broken(4, PolicyLinkFault::Malformed))
+    );
+    assert_eq!(b.policies().count(), 1);
+}
+
+#[test]
+fn history_walk_checks_the_link_to_an_admitted_policy_below() {
+    // The book admitted epoch 2 and epoch 5 as firsts (a gap); walking 5 -> 3 must end on epoch 2's digest.
+    let chain = five_epochs();
+    let other_two = policy(Some(&chain[0]), vec![member("alice", &alice(), true, true)], 1_000);
+    let mut b = book();
+    b.admit(other_two).unwrap();
+    b.admit(chain[4].clone()).unwrap();
+    assert_eq!(
+        b.admit_history(Epoch(5), Epoch(3), bytes(&[&chain[3], &chain[2]]), &Limits::default()),
+        Err(Error::PolicyChainBroken { epoch: Epoch(3) })
+    );
 }

@@ -24,7 +24,14 @@ fn check_vector(name: &str, bytes: &[u8]) {
     assert_eq!(hex, want.trim(), "{name} differs from its golden vector {}", path.display());
 }
 
+/// A batch of format version 1 (the legacy chain): the frames' vectors carry it.
 fn golden_batch() -> VerifiedBatch {
+    let first = sealed_v1(1, Digest::ZERO, &[b"golden-1", b"golden-2"], 42);
+    sealed_v1(3, first.digest(), &[b"hello, sealpost"], 43)
+}
+
+/// The same messages in format version 2, on chain [`CHAIN`].
+fn golden_batch_v2() -> VerifiedBatch {
     let first = sealed(1, Digest::ZERO, &[b"golden-1", b"golden-2"], 42);
     sealed(3, first.digest(), &[b"hello, sealpost"], 43)
 }
@@ -40,11 +47,34 @@ fn sealed_batch_matches_golden_vector() {
 }
 
 #[test]
+fn sealed_batch_v2_matches_golden_vector() {
+    let b = golden_batch_v2();
+    assert_eq!(b.as_bytes()[0], 2);
+    assert_eq!(b.header().chain, CHAIN);
+    check_vector("batch-v2", b.as_bytes());
+    check_vector("batch-v2-digest", b.digest().as_bytes());
+    let opened = open(b.as_bytes().clone(), &topic("demo.chat"), &keys(), &Limits::default()).unwrap();
+    assert_eq!(opened.messages, vec![Bytes::from_static(b"hello, sealpost")]);
+    // The same messages, keys, sequence numbers and RNG as the version-1 vector, another digest.
+    assert_ne!(b.digest(), golden_batch().digest());
+}
+
+#[test]
+fn checked_in_batch_v2_opens_on_its_chain() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/batch-v2.hex");
+    let raw = hex::decode(std::fs::read_to_string(path).unwrap().trim()).unwrap();
+    let opened = open(raw.into(), &topic("demo.chat"), &keys(), &Limits::default()).unwrap();
+    assert_eq!((opened.header.first_seq, opened.header.chain), (3, CHAIN));
+    assert_eq!(opened.messages, vec![Bytes::from_static(b"hello, sealpost")]);
+}
+
+#[test]
 fn checked_in_batch_opens() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/batch.hex");
     let raw = hex::decode(std::fs::read_to_string(path).unwrap().trim()).unwrap();
     let opened = open(raw.into(), &topic("demo.chat"), &keys(), &Limits::default()).unwrap();
     assert_eq!(opened.header.first_seq, 3);
+    assert_eq!(opened.header.chain, ChainId::LEGACY);
     assert_eq!(opened.messages, vec![Bytes::from_static(b"hello, sealpost")]);
 }
 
@@ -99,10 +129,20 @@ fn frames_match_golden_vectors() {
                 count: 1,
                 batch: Some(LostBatch {
                     publisher: alice().public_key(),
+                    chain: CHAIN,
                     first_seq: 3,
                     digest: golden_batch().digest(),
                 }),
                 reason: ErrorCode::DATA_LOST,
+            },
+        ),
+        (
+            "frame-get-policy-history",
+            Frame::GetPolicyHistory {
+                request_id: 8,
+                topic: topic("demo.chat"),
+                before: Some(Epoch(5)),
+                max: 64,
             },
         ),
     ];

@@ -92,7 +92,7 @@ fn consecutive(batches: Vec<Bytes>) -> Vec<StoredBatch> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Bytes of a sealed batch (docs/architecture.md, "The sealed batch (version 1)").
+// Bytes of a sealed batch (docs/architecture.md, "The sealed batch (versions 2 and 1)").
 // ---------------------------------------------------------------------------------------------------------
 
 /// Where the fields of a sealed batch are, for a batch whose topic is `topic_len` bytes long.
@@ -112,7 +112,9 @@ fn layout(batch: &[u8]) -> Layout {
     let topic = 2..2 + topic_len;
     let epoch = topic.end..topic.end + 8;
     let publisher = epoch.end..epoch.end + 32;
-    let first_seq = publisher.end..publisher.end + 8;
+    // Format version 2 (what publishers write) names its chain after the publisher key.
+    let chain_len = if batch[0] == 2 { 16 } else { 0 };
+    let first_seq = publisher.end + chain_len..publisher.end + chain_len + 8;
     let count = first_seq.end..first_seq.end + 4;
     let prev_digest = count.end..count.end + 32;
     let created_at = prev_digest.end..prev_digest.end + 8;
@@ -412,6 +414,7 @@ async fn injected_batch_signed_by_key_not_trusted_is_reported() {
     let params = SealParams {
         topic: chat(),
         epoch: Epoch(1),
+        chain: decode(&honest[0]).header().chain,
         first_seq: head.next_seq,
         prev_digest: head.prev_digest,
         created_at: decode(&honest[0]).header().created_at,
@@ -595,6 +598,151 @@ async fn batch_of_another_topic_served_under_this_topic_is_reported() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Two publisher instances of alice: each is a chain of its own, judged on its own.
+// ---------------------------------------------------------------------------------------------------------
+
+/// alice's second publisher instance on demo.chat (a chain of its own), after the two instances published `a0 b0 a1 b1 a2 b2 a3 b3`, one batch each, alternating: instance A (the scene's
+/// publisher) at even offsets, instance B at odd ones; each instance's sequence numbers start at 1.
+async fn two_instances(scene: &Scene) -> Publisher {
+    let b = within("publisher", scene.alice.publisher(chat(), one_per_batch())).await.unwrap();
+    for i in 0..4 {
+        scene.publish(&format!("a{i}")).await;
+        within("publish ack", b.publish(Bytes::from(format!("b{i}")))).await.unwrap();
+    }
+    let honest: Vec<Bytes> = scene.store.honest_log(&chat()).into_iter().map(|b| b.bytes).collect();
+    let chains: Vec<_> = honest.iter().map(|b| decode(b).header().chain).collect();
+    assert_eq!(chains.len(), 8);
+    assert_ne!(chains[0], chains[1], "two publishers, two chains");
+    for (i, chain) in chains.iter().enumerate() {
+        assert_eq!(chain, &chains[i % 2], "batch {i} is of instance {}", ["A", "B"][i % 2]);
+    }
+    b
+}
+
+/// The broker serves instance A's first batch again after B's third batch. Integrity errors name the
+/// publisher key and the sequence numbers, not the chain: the replay is reported as
+/// `Integrity { check: Replay { seq: 1 } }` at its offset, no message, and both instances' next batches
+/// (A's seq 4, B's seq 4) follow without a gap: B's chain was not touched, A's remembered its first batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_batch_of_one_instance_is_reported_and_the_other_instance_goes_on() {
+    let scene = Scene::new(one_per_batch()).await;
+    let b = two_instances(&scene).await;
+    scene.store.serve(&chat(), |mut log| {
+        let a0 = log[0].clone();
+        log.insert(6, a0);
+        log
+    });
+
+    let mut sub = scene.subscribe().await;
+    let alice = scene.alice_id();
+    let replay = sealpost_protocol::Error::Replay { seq: 1 };
+    expect(
+        &scene.env,
+        &mut sub,
+        &[
+            msg("a0", 0, 1),
+            msg("b0", 1, 1),
+            msg("a1", 2, 2),
+            msg("b1", 3, 2),
+            msg("a2", 4, 3),
+            msg("b2", 5, 3),
+            Seen::Integrity { offset: 6, publisher: alice, check: replay },
+            msg("a3", 7, 4),
+        ],
+    )
+    .await;
+    // The replay took a slot: b3 is served at offset 8, once the durable end moves past it.
+    within("publish ack", b.publish(Bytes::from_static(b"b4"))).await.unwrap();
+    expect(&scene.env, &mut sub, &[msg("b3", 8, 4)]).await;
+    within("publisher close", b.close()).await.unwrap();
+    scene.shutdown().await;
+}
+
+/// The broker swaps instance B's second and third batches (offsets 3 and 5), with A's third batch between
+/// them. B's third, arriving early, is authentic: `Gap { expected: 2, got: 3 }`, then its message; A's batch
+/// after it is delivered as usual (its chain is another); B's second, arriving late, is
+/// `Reorder { expected: 4, got: 2 }` and not delivered; both chains' fourth batches follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reordered_batches_of_one_instance_are_reported_and_the_other_instance_goes_on() {
+    let scene = Scene::new(one_per_batch()).await;
+    let b = two_instances(&scene).await;
+    scene.store.serve(&chat(), |mut log| {
+        log.swap(3, 5);
+        log
+    });
+
+    let mut sub = scene.subscribe().await;
+    let alice = scene.alice_id();
+    expect(
+        &scene.env,
+        &mut sub,
+        &[
+            msg("a0", 0, 1),
+            msg("b0", 1, 1),
+            msg("a1", 2, 2),
+            Seen::Integrity {
+                offset: 3,
+                publisher: alice,
+                check: sealpost_protocol::Error::Gap { expected: 2, got: 3 },
+            },
+            msg("b2", 3, 3),
+            msg("a2", 4, 3),
+            Seen::Integrity {
+                offset: 5,
+                publisher: alice,
+                check: sealpost_protocol::Error::Reorder { expected: 4, got: 2 },
+            },
+            msg("a3", 6, 4),
+            msg("b3", 7, 4),
+        ],
+    )
+    .await;
+    within("publish ack", b.publish(Bytes::from_static(b"b4"))).await.unwrap();
+    expect(&scene.env, &mut sub, &[msg("b4", 8, 5)]).await;
+    within("publisher close", b.close()).await.unwrap();
+    scene.shutdown().await;
+}
+
+/// The broker deletes instance A's second batch (offset 2) and renumbers the log. A's next batch reports
+/// `Gap { expected: 2, got: 3 }` and is then delivered; B's batches, before and after the hole, are
+/// delivered with no error (B's second batch, right where A's was, is the one B's chain expects).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_middle_batch_of_one_instance_is_a_gap_in_that_instance_only() {
+    let scene = Scene::new(one_per_batch()).await;
+    let b = two_instances(&scene).await;
+    scene.store.serve(&chat(), |mut log| {
+        log.remove(2);
+        log
+    });
+
+    let mut sub = scene.subscribe().await;
+    let alice = scene.alice_id();
+    expect(
+        &scene.env,
+        &mut sub,
+        &[
+            msg("a0", 0, 1),
+            msg("b0", 1, 1),
+            msg("b1", 2, 2),
+            Seen::Integrity {
+                offset: 3,
+                publisher: alice,
+                check: sealpost_protocol::Error::Gap { expected: 2, got: 3 },
+            },
+            msg("a2", 3, 3),
+            msg("b2", 4, 3),
+            msg("a3", 5, 4),
+            msg("b3", 6, 4),
+        ],
+    )
+    .await;
+    within("publish ack", b.publish(Bytes::from_static(b"b4"))).await.unwrap();
+    expect(&scene.env, &mut sub, &[msg("b4", 7, 5)]).await;
+    within("publisher close", b.close()).await.unwrap();
+    scene.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Findings: attacks the client does not report today (see the reasons on `#[ignore]`).
 // ---------------------------------------------------------------------------------------------------------
 
@@ -721,6 +869,7 @@ async fn batch_injected_by_revoked_publisher_after_revocation_is_reported() {
     let params = SealParams {
         topic: chat(),
         epoch: Epoch(2),
+        chain: sealpost_protocol::ChainId([0x11; 16]),
         first_seq: 1,
         prev_digest: sealpost_protocol::Digest::ZERO,
         created_at: sealpost_protocol::Timestamp(now_ms()),
@@ -826,4 +975,174 @@ async fn rollback_to_an_older_policy_epoch_after_revocation_is_reported() {
     let err = within("subscribe", scene.bob.subscribe(chat(), options)).await.err();
     assert!(matches!(err, Some(Error::Policy { .. })), "{err:?}");
     scene.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The policy history: older epochs are read through the chain of policies, which the broker cannot forge.
+// ---------------------------------------------------------------------------------------------------------
+
+/// A policy of demo.chat signed by the authority, created at `created_at` ms.
+fn chat_policy_at(
+    env: &Env,
+    epoch: u64,
+    prev: &sealpost_protocol::VerifiedPolicy,
+    members: Vec<sealpost_protocol::Member>,
+    created_at: u64,
+) -> sealpost_protocol::VerifiedPolicy {
+    let params = sealpost_protocol::PolicyParams {
+        topic: chat(),
+        epoch: Epoch(epoch),
+        prev: Some(prev),
+        members,
+        created_at: sealpost_protocol::Timestamp(created_at),
+    };
+    let key = sealpost_protocol::ContentKey::from_bytes(&[0x10 * epoch as u8; 32]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(epoch + 2000);
+    sealpost_protocol::issue_policy(&env.authority, params, &key, &Limits::default(), &mut rng).unwrap()
+}
+
+/// The next policy of demo.chat with `members`, created now, stored through the broker by admin.
+async fn store_next(
+    scene: &Scene,
+    admin: &Client,
+    prev: &sealpost_protocol::VerifiedPolicy,
+    members: Vec<sealpost_protocol::Member>,
+    created_at: u64,
+) -> sealpost_protocol::VerifiedPolicy {
+    let next = chat_policy_at(&scene.env, prev.epoch().0 + 1, prev, members, created_at);
+    within("store policy", admin.put_policy(&next)).await.unwrap();
+    next
+}
+
+/// alice publishes in epoch 1 and, from a new client, in epoch 2; epoch 3 revokes her (dated after her
+/// last batch). bob reads from the earliest message after the revocation: her batches sealed before it are
+/// delivered (epoch 1's through the history walk), and a batch she seals under epoch 2's key after the
+/// revocation, continuing her chain, which the broker serves in place of her last one, is an untrusted
+/// publisher, not a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_publishers_batches_before_the_revocation_stay_readable_and_after_it_are_refused() {
+    let scene = Scene::new(one_per_batch()).await;
+    let env = &scene.env;
+    let admin = connect(env, "admin", &scene.broker).await;
+    scene.publish("m0").await;
+    let first = env.first_policy("demo.chat");
+    let both = || vec![env.member("alice", true, true), env.member("bob", false, true)];
+    let second = store_next(&scene, &admin, &first, both(), now_ms()).await;
+    let alice2 = connect(env, "alice", &scene.broker).await;
+    let publisher2 = within("publisher", alice2.publisher(chat(), one_per_batch())).await.unwrap();
+    // m2 only moves the topic's durable end past the batch the broker serves in its place (subscribers are
+    // sent nothing beyond it, and after the revocation no one may publish).
+    for m in ["m1", "m2"] {
+        within("publish", publisher2.publish(Bytes::from(m))).await.unwrap();
+    }
+    let honest = scene.store.honest_log(&chat());
+    let last = verified(&honest[1].bytes);
+    assert_eq!((decode(&honest[0].bytes).header().epoch, last.header().epoch), (Epoch(1), Epoch(2)));
+    // Revoked after her last batch, by its own date at least.
+    let revoked_at = now_ms().max(decode(&honest[2].bytes).header().created_at.0 + 1);
+    let third = store_next(&scene, &admin, &second, vec![env.member("bob", false, true)], revoked_at).await;
+    // After the revocation, alice (her key stolen, or herself) seals under epoch 2's key, which she holds,
+    // continuing her chain after m1; the broker withholds m2 and serves it there.
+    let params = SealParams {
+        topic: chat(),
+        epoch: Epoch(2),
+        chain: last.header().chain,
+        first_seq: last.header().first_seq + 1,
+        prev_digest: last.digest(),
+        created_at: third.created_at(),
+    };
+    let key2 = sealpost_protocol::ContentKey::from_bytes(&[0x20; 32]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(71);
+    let after = seal(env.key("alice"), &key2, params, &["after my revocation"], &Limits::default(), &mut rng)
+        .unwrap()
+        .into_bytes();
+    scene.store.serve(&chat(), move |mut log| {
+        log.truncate(2);
+        log.push(after.clone());
+        log
+    });
+    let mut sub = scene.subscribe().await;
+    expect(
+        env,
+        &mut sub,
+        &[
+            msg("m0", 0, 1),
+            // publisher2 is another instance of alice: its own chain, from sequence 1.
+            msg("m1", 1, 1),
+            Seen::Untrusted { offset: 2, publisher: env.key("alice").public_key() },
+        ],
+    )
+    .await;
+    within("publisher close", publisher2.close()).await.unwrap();
+    alice2.close().await;
+    admin.close().await;
+    scene.shutdown().await;
+}
+
+/// alice publishes in epoch 1, then the topic rotates to epochs 2, 3 and 4. The broker serves the current
+/// policies honestly but lies in the history below them: a forged epoch 2 (signed by the authority, but not
+/// the one epoch 3 names), a gap (epoch 2 left out), an epoch 2 not signed by the authority. Each time a
+/// new bob reading from the earliest message gets one `Error::Policy` naming demo.chat, epoch 2 and the
+/// fault, then epoch 1's batch as an integrity item (its key is not trusted), and no message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_serving_a_broken_policy_history_is_reported_with_the_epoch() {
+    use sealpost_protocol::PolicyLinkFault;
+    let scene = Scene::new(one_per_batch()).await;
+    let env = &scene.env;
+    let admin = connect(env, "admin", &scene.broker).await;
+    scene.publish("m0").await;
+    let first = env.first_policy("demo.chat");
+    let both = || vec![env.member("alice", true, true), env.member("bob", false, true)];
+    let second = store_next(&scene, &admin, &first, both(), now_ms()).await;
+    let third = store_next(&scene, &admin, &second, both(), now_ms()).await;
+    store_next(&scene, &admin, &third, both(), now_ms()).await;
+
+    let forged = chat_policy_at(env, 2, &first, vec![env.member("bob", true, true)], now_ms()).into_bytes();
+    let impostor = SigningKey::from_bytes(&[0x1F; 32]);
+    let mut unsigned_chain = chat_policy(&impostor, 1, None, both(), &env.content_key);
+    unsigned_chain = chat_policy(&impostor, 2, Some(&unsigned_chain), both(), &env.content_key);
+    let not_signed = unsigned_chain.into_bytes();
+    // What the broker serves in place of epoch 2 (nothing: a gap).
+    let cases = [
+        (PolicyLinkFault::NotNamedByNext, Some(forged)),
+        (PolicyLinkFault::Missing { got: Some(Epoch(1)) }, None),
+        (PolicyLinkFault::NotFromAuthority, Some(not_signed)),
+    ];
+    for (fault, epoch_2) in cases {
+        scene.store.serve_policies(move |stored| {
+            stored
+                .into_iter()
+                .filter_map(|p| if policy_epoch(&p) == 2 { epoch_2.clone() } else { Some(p) })
+                .collect()
+        });
+        let bob = connect(env, "bob", &scene.broker).await;
+        let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+        let mut sub = within("subscribe", bob.subscribe(chat(), options)).await.unwrap();
+        match within("next item", sub.next()).await.expect("the stream ended") {
+            Err(Error::Policy { topic, check }) => {
+                assert_eq!(topic, chat());
+                assert_eq!(
+                    check,
+                    sealpost_protocol::Error::PolicyLinkBroken { topic: chat(), epoch: Epoch(2), fault }
+                );
+            }
+            other => panic!("expected the broken link, got {other:?}"),
+        }
+        assert_eq!(
+            next_seen(env, &mut sub).await,
+            Seen::Integrity {
+                offset: 0,
+                publisher: None,
+                check: sealpost_protocol::Error::UnknownEpoch(Epoch(1))
+            }
+        );
+        bob.close().await;
+    }
+    admin.close().await;
+    scene.shutdown().await;
+}
+
+/// The epoch a stored policy claims (0 if it does not decode).
+fn policy_epoch(policy: &Bytes) -> u64 {
+    sealpost_protocol::SignedPolicy::decode(policy.clone(), &Limits::default()).map_or(0, |p| p.epoch().0)
 }

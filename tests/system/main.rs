@@ -20,6 +20,8 @@ mod auth;
 mod cli;
 mod crash;
 mod durability;
+mod history;
+mod instances;
 mod limits;
 mod memory;
 mod pubsub;

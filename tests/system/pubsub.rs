@@ -157,6 +157,8 @@ async fn retried_batch_is_stored_once(engine: Engine) {
         let params = SealParams {
             topic: chat(),
             epoch: Epoch(1),
+            // The chain `Head` answers for.
+            chain: sealpost_protocol::ChainId::LEGACY,
             first_seq: head.next_seq,
             prev_digest: head.prev_digest,
             created_at: Timestamp(1),

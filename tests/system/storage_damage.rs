@@ -54,7 +54,11 @@ fn batch_records(data: &Path) -> Vec<BatchRecord> {
             let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
             let body = &bytes[at + 8..at + 8 + len];
             let topic = b"demo.chat";
-            if body[0] == 1 && body[1] as usize == topic.len() && &body[2..2 + topic.len()] == topic {
+            // Kind 1: a batch of the legacy chain; kind 7: of any other (what publishers write).
+            if matches!(body[0], 1 | 7)
+                && body[1] as usize == topic.len()
+                && &body[2..2 + topic.len()] == topic
+            {
                 let rest = &body[2 + topic.len()..];
                 let offset = u64::from_be_bytes(rest[..8].try_into().unwrap());
                 let count = u32::from_be_bytes(rest[8..12].try_into().unwrap());

@@ -18,8 +18,9 @@
 //! - **Publish stream** (`Head` or `Publish` first): publishes are pipelined. The reader has the session
 //!   check each batch and hands it to the log **in arrival order**; a writer task sends each answer
 //!   (`Published` or `Error`) in the same order once the log has made the batch durable.
-//! - **Policy stream** (`GetPolicies` or `PutPolicy` first): topic policies, read by any principal the ACL
-//!   lets publish, subscribe or administer the topic, and stored (durably, through the log) only from an
+//! - **Policy stream** (`GetPolicies`, `GetPolicyHistory` or `PutPolicy` first): topic policies (the
+//!   newest two, or a page of the history), read by any principal the ACL lets publish, subscribe or
+//!   administer the topic, and stored (durably, through the log) only from an
 //!   administrator, signed by the configured topic authority, with the next epoch.
 //! - **Subscription stream** (`Subscribe` first, one per stream): `Subscribed`, then `Deliver` frames read
 //!   from the store in offset order up to the durable end, then new batches as syncs make them durable

@@ -7,7 +7,7 @@
 //! tasks; its own state is a counter and an id sequence.
 //!
 //! Every stream is opened by the client and its first frame decides its kind ([`Connection::stream_kind`]):
-//! `Head` or `Publish` a publish stream, `GetPolicies` or `PutPolicy` a policy stream, `Subscribe` a
+//! `Head` or `Publish` a publish stream, `GetPolicies`, `GetPolicyHistory` or `PutPolicy` a policy stream, `Subscribe` a
 //! subscription; any other first frame refuses the stream.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -101,7 +101,9 @@ impl Connection {
     pub fn stream_kind(&self, first: &Frame) -> Result<StreamKind, Refusal> {
         match first {
             Frame::Head { .. } | Frame::Publish { .. } => Ok(StreamKind::Publish),
-            Frame::GetPolicies { .. } | Frame::PutPolicy { .. } => Ok(StreamKind::Policies),
+            Frame::GetPolicies { .. } | Frame::GetPolicyHistory { .. } | Frame::PutPolicy { .. } => {
+                Ok(StreamKind::Policies)
+            }
             Frame::Subscribe { .. } => Ok(StreamKind::Subscription),
             _ => Err(Refusal::new(None, unexpected_first_frame())),
         }
@@ -187,6 +189,10 @@ mod tests {
             (Frame::Publish { request_id: 1, batch: bytes::Bytes::new() }, StreamKind::Publish),
             (Frame::GetPolicies { request_id: 1, topic: topic("demo.chat") }, StreamKind::Policies),
             (Frame::PutPolicy { request_id: 1, policy: bytes::Bytes::new() }, StreamKind::Policies),
+            (
+                Frame::GetPolicyHistory { request_id: 1, topic: topic("demo.chat"), before: None, max: 1 },
+                StreamKind::Policies,
+            ),
             (subscribe(1), StreamKind::Subscription),
         ];
         for (frame, kind) in kinds {

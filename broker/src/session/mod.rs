@@ -110,8 +110,10 @@
 //! let stream = connection.publish_stream();
 //! match stream.on_frame(head, &store, now) {
 //!     PublishAction::ReadHead { request_id, topic, publisher } => {
-//!         // The shell reads this off the async workers; a test just reads it.
-//!         let read = sealpost_broker::store::Store::publisher_head(&store, &topic, &publisher);
+//!         // The shell reads this off the async workers; a test just reads it. `Head` answers for the
+//!         // legacy chain.
+//!         let legacy = sealpost_protocol::ChainId::LEGACY;
+//!         let read = sealpost_broker::store::Store::publisher_head(&store, &topic, &publisher, legacy);
 //!         let answer = sealpost_broker::session::PublishStream::head_is(request_id, read);
 //!         assert!(matches!(answer, Frame::HeadIs { request_id: 1, .. }));
 //!     }

@@ -5,6 +5,10 @@
 //! - `GetPolicies` from a principal the ACL lets publish, subscribe or administer the topic is answered at
 //!   once with the topic's stored policies, at most the current epoch's and the one before
 //!   ([`POLICIES_SERVED`]), read from the store given;
+//! - `GetPolicyHistory { before, max }` from the same principals is answered with a page of the topic's
+//!   whole policy history, newest first: the stored policies of the highest epochs below `before`, at most
+//!   `max` and [`HISTORY_PAGE`] of them, and no more than fit in one frame of `max_frame_len` (at least
+//!   one, if any is stored below `before`: a policy is at most half a frame);
 //! - `PutPolicy` from an administrator of the topic, signed by the configured topic authority, with the
 //!   epoch after the current one ([`authorize_put_policy`]), becomes [`PolicyAction::Store`]: the driver
 //!   has the writer store it durably and then calls [`PolicyStream::stored`], which makes it the topic's
@@ -16,7 +20,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sealpost_protocol::{Frame, RequestId, SignedPolicy, VerifiedPolicy};
+use sealpost_protocol::{Frame, RequestId, SignedPolicy, Topic, VerifiedPolicy};
 use tracing::info;
 
 use super::authorize::{authorize_get_policies, authorize_put_policy};
@@ -29,6 +33,10 @@ use crate::{Error, Result};
 /// How many of a topic's newest policies a `GetPolicies` request gets: the current epoch's and the one
 /// before (whose key still opens batches sealed just before a rotation).
 pub const POLICIES_SERVED: usize = 2;
+
+/// The most policies one `GetPolicyHistory` answer holds, whatever the client asks: a page is read whole
+/// into memory, so this and the frame limit bound what one request makes the broker hold.
+pub const HISTORY_PAGE: u32 = 256;
 
 /// What to do with one frame of a policy stream.
 // Moved once from the session to the driver and consumed: the size of `Frame` costs nothing worth a box.
@@ -73,6 +81,14 @@ impl PolicyStream {
                     Err(e) => error_frame(Some(request_id), &e),
                 })
             }
+            Frame::GetPolicyHistory { request_id, topic, before, max } => {
+                let found = authorize_get_policies(&self.peer, self.endpoint.acl(), &topic)
+                    .and_then(|()| self.history_page(&topic, before.map(|e| e.0), max, store));
+                PolicyAction::Send(match found {
+                    Ok(policies) => Frame::Policies { request_id, policies },
+                    Err(e) => error_frame(Some(request_id), &e),
+                })
+            }
             Frame::PutPolicy { request_id, policy } => match self.check_put(policy, store) {
                 Ok(policy) => PolicyAction::Store { request_id, policy: Box::new(policy) },
                 Err(e) => PolicyAction::Send(self.refused(request_id, &e)),
@@ -82,6 +98,28 @@ impl PolicyStream {
                 Error::Protocol(sealpost_protocol::Error::Malformed("unexpected frame on a policy stream")),
             )),
         }
+    }
+
+    /// A page of `topic`'s history below `before`, newest first, that fits one `Policies` frame.
+    fn history_page(
+        &self,
+        topic: &Topic,
+        before: Option<u64>,
+        max: u32,
+        store: &dyn Store,
+    ) -> Result<Vec<Bytes>> {
+        let max = max.min(HISTORY_PAGE) as usize;
+        let max_frame_len = self.endpoint.protocol_limits().max_frame_len as usize;
+        // The frame around the policies: version, variant, request id and count (at most 1 + 1 + 10 +
+        // 10 bytes), and a length of at most 5 bytes before each policy.
+        let budget = max_frame_len.saturating_sub(32 + 5 * max);
+        let mut page = store.policy_history(topic, before, max, budget)?;
+        // Defensive: the page must fit one frame whatever the store did; the newest policy alone always
+        // fits (a policy is at most (max_frame_len - 64) / 2 bytes).
+        while page.len() > 1 && policies_len(&page) > max_frame_len {
+            page.pop();
+        }
+        Ok(page)
     }
 
     /// Decodes a policy and checks it against the topic's current one.
@@ -120,6 +158,11 @@ impl PolicyStream {
     pub fn broken(err: Error) -> Refusal {
         Refusal::new(None, err)
     }
+}
+
+/// The length of a `Policies` frame holding `policies` (after its length prefix), at most.
+fn policies_len(policies: &[Bytes]) -> usize {
+    policies.iter().fold(32, |n, p| n.saturating_add(5).saturating_add(p.len()))
 }
 
 #[cfg(test)]
@@ -177,6 +220,69 @@ mod tests {
         let mallory = PolicyStream::new(endpoint, Arc::new(peer("mallory")));
         let PolicyAction::Send(refused) = mallory.on_frame(get(), store.as_ref()) else { panic!() };
         assert_eq!(error_code(refused), ErrorCode::NOT_AUTHORIZED);
+    }
+
+    /// The epochs of the policies in a `Policies` answer of `stream` to `frame`.
+    fn epochs_served(stream: &PolicyStream, frame: Frame, store: &dyn Store) -> Vec<u64> {
+        let PolicyAction::Send(Frame::Policies { policies, .. }) = stream.on_frame(frame, store) else {
+            panic!("no policies");
+        };
+        let limits = sealpost_protocol::Limits::default();
+        policies.into_iter().map(|p| SignedPolicy::decode(p, &limits).unwrap().epoch().0).collect()
+    }
+
+    #[test]
+    fn history_is_served_newest_first_in_pages_to_members_only() {
+        let (endpoint, store) = endpoint(ServerLimits::default(), Instant::now());
+        let mut chain = vec![policy("demo.chat", 1, None)];
+        for e in 2..=5 {
+            let next = policy("demo.chat", e, chain.last());
+            chain.push(next);
+        }
+        for p in &chain {
+            store.put_policy(p.topic(), p.epoch().0, p.as_bytes()).unwrap();
+        }
+        let history = |before: Option<u64>, max| Frame::GetPolicyHistory {
+            request_id: 9,
+            topic: topic("demo.chat"),
+            before: before.map(sealpost_protocol::Epoch),
+            max,
+        };
+        let bob = PolicyStream::new(endpoint.clone(), Arc::new(peer("bob")));
+        assert_eq!(epochs_served(&bob, history(None, 2), store.as_ref()), [5, 4]);
+        assert_eq!(epochs_served(&bob, history(Some(4), 100), store.as_ref()), [3, 2, 1]);
+        assert_eq!(epochs_served(&bob, history(Some(1), 100), store.as_ref()), Vec::<u64>::new());
+        let mallory = PolicyStream::new(endpoint, Arc::new(peer("mallory")));
+        let PolicyAction::Send(refused) = mallory.on_frame(history(None, 10), store.as_ref()) else {
+            panic!()
+        };
+        assert_eq!(error_code(refused), ErrorCode::NOT_AUTHORIZED);
+    }
+
+    #[test]
+    fn a_history_page_fits_one_frame() {
+        // A frame limit whose page budget holds the two newest policies of demo.chat but not three.
+        let p1 = policy("demo.chat", 1, None);
+        let len = p1.as_bytes().len() as u32;
+        let limits =
+            ServerLimits { max_frame_len: 2 * len + 10 + 32 + 5 * HISTORY_PAGE, ..ServerLimits::default() };
+        let (endpoint, store) = endpoint(limits, Instant::now());
+        let mut chain = vec![p1];
+        for e in 2..=4 {
+            let next = policy("demo.chat", e, chain.last());
+            chain.push(next);
+        }
+        for p in &chain {
+            store.put_policy(p.topic(), p.epoch().0, p.as_bytes()).unwrap();
+        }
+        let bob = PolicyStream::new(endpoint, Arc::new(peer("bob")));
+        let history =
+            Frame::GetPolicyHistory { request_id: 1, topic: topic("demo.chat"), before: None, max: u32::MAX };
+        let PolicyAction::Send(answer) = bob.on_frame(history, store.as_ref()) else { panic!() };
+        let Frame::Policies { policies, .. } = &answer else { panic!("{answer:?}") };
+        assert_eq!(policies, &[chain[3].as_bytes().clone(), chain[2].as_bytes().clone()]);
+        let max_frame_len = bob.endpoint.protocol_limits().max_frame_len as usize;
+        assert!(answer.to_vec().unwrap().len() - 4 <= max_frame_len);
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use rand::SeedableRng;
 use sealpost_protocol::{
-    issue_policy, seal, ContentKey, Digest, Epoch, HpkeSecretKey, Limits, Member, PolicyParams, SealParams,
-    SealedBatch, SigningKey, Timestamp, Topic, VerifiedPolicy,
+    issue_policy, seal, ChainId, ContentKey, Digest, Epoch, HpkeSecretKey, Limits, Member, PolicyParams,
+    SealParams, SealedBatch, SigningKey, Timestamp, Topic, VerifiedPolicy,
 };
 
 use super::admission::FlowControl;
@@ -90,6 +90,7 @@ pub fn batch_bytes(signer: &SigningKey, topic: &str) -> Bytes {
     let params = SealParams {
         topic: Topic::new(topic).unwrap(),
         epoch: Epoch(1),
+        chain: ChainId([0x5C; 16]),
         first_seq: 1,
         prev_digest: Digest::ZERO,
         created_at: Timestamp(0),

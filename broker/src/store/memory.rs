@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use sealpost_protocol::{Offset, Principal, PublicKey, Topic};
+use sealpost_protocol::{ChainId, Offset, Principal, PublicKey, Topic};
 
 use super::{offset_mismatch, Append, PublisherRecord, Store, Stored, StoredBatch};
 use crate::{Error, Result};
@@ -24,8 +24,8 @@ pub struct MemoryStore {
 struct State {
     /// Per topic: first offset -> (count, bytes).
     batches: HashMap<Topic, BTreeMap<Offset, (u32, Bytes)>>,
-    /// Per (topic, publisher): first_seq -> record.
-    publishers: HashMap<(Topic, PublicKey), BTreeMap<u64, PublisherRecord>>,
+    /// Per (topic, publisher, chain): first_seq -> record.
+    publishers: HashMap<(Topic, PublicKey, ChainId), BTreeMap<u64, PublisherRecord>>,
     /// (topic, principal, name) -> committed next offset.
     durables: HashMap<(Topic, Principal, String), Offset>,
     /// Per topic: epoch -> signed policy.
@@ -68,7 +68,7 @@ impl Store for MemoryStore {
             .insert(record.offset, (record.count, batch.bytes().clone()));
         state
             .publishers
-            .entry((topic.clone(), *batch.publisher()))
+            .entry((topic.clone(), *batch.publisher(), batch.chain()))
             .or_default()
             .insert(record.first_seq, record);
         Ok(())
@@ -116,21 +116,27 @@ impl Store for MemoryStore {
         &self,
         topic: &Topic,
         publisher: &PublicKey,
+        chain: ChainId,
         first_seq: u64,
     ) -> Result<Option<PublisherRecord>> {
         let state = self.state()?;
         Ok(state
             .publishers
-            .get(&(topic.clone(), *publisher))
+            .get(&(topic.clone(), *publisher, chain))
             .and_then(|records| records.get(&first_seq))
             .copied())
     }
 
-    fn publisher_head(&self, topic: &Topic, publisher: &PublicKey) -> Result<Option<PublisherRecord>> {
+    fn publisher_head(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        chain: ChainId,
+    ) -> Result<Option<PublisherRecord>> {
         let state = self.state()?;
         Ok(state
             .publishers
-            .get(&(topic.clone(), *publisher))
+            .get(&(topic.clone(), *publisher, chain))
             .and_then(|records| records.last_key_value())
             .map(|(_, r)| *r))
     }
@@ -163,6 +169,19 @@ impl Store for MemoryStore {
         let mut newest: Vec<Bytes> = all.values().rev().take(max).cloned().collect();
         newest.reverse();
         Ok(newest)
+    }
+
+    fn policy_history(
+        &self,
+        topic: &Topic,
+        before: Option<u64>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>> {
+        let state = self.state()?;
+        let Some(all) = state.policies.get(topic) else { return Ok(Vec::new()) };
+        let below = all.range(..before.unwrap_or(u64::MAX)).rev().map(|(_, p)| Ok(p.clone()));
+        super::history_page(below, max, max_bytes)
     }
 
     fn syncs(&self) -> u64 {

@@ -8,9 +8,10 @@
 //!   bytes damaged (a checksum fails where acknowledged data was) keeps the offsets and serves them as a
 //!   [`LostRange`] instead of a batch, forever after: [`Store::read`] yields [`Stored`] items, never a
 //!   silent gap;
-//! - the **publisher index**: for each (topic, publisher key, first sequence number) the batch's
+//! - the **publisher index**: for each (topic, publisher key, chain id, first sequence number) the batch's
 //!   [`PublisherRecord`] (where it was stored and its digest), which answers "is this a retry?" and "where
-//!   does this publisher's chain stand?";
+//!   does this publisher instance's chain stand?" (a chain per [`ChainId`]: instances of one key never
+//!   meet here);
 //! - **durable subscription offsets**: the next offset each (topic, principal, subscription name) committed;
 //! - **topic policies**: the signed policy bytes of each (topic, epoch). The broker cannot read the content
 //!   keys in them and cannot change them undetected (clients verify them against the topic authority).
@@ -49,8 +50,8 @@
 
 use bytes::Bytes;
 use sealpost_protocol::{
-    ChainHead, Digest, ErrorCode, Frame, LostBatch, Offset, Principal, PublicKey, SubscriptionId, Topic,
-    VerifiedBatch,
+    ChainHead, ChainId, Digest, ErrorCode, Frame, LostBatch, Offset, Principal, PublicKey, SubscriptionId,
+    Topic, VerifiedBatch,
 };
 
 use crate::{Error, Result};
@@ -309,6 +310,11 @@ impl<'a> Append<'a> {
         &self.batch.header().publisher
     }
 
+    /// The chain (publisher instance) the batch continues.
+    pub fn chain(&self) -> ChainId {
+        self.batch.header().chain
+    }
+
     /// Offset of the batch's first message.
     pub fn offset(&self) -> Offset {
         self.offset
@@ -332,7 +338,7 @@ impl<'a> Append<'a> {
 /// [`writer`](crate::writer) does with its durable end).
 pub trait Store: Send + Sync + 'static {
     /// Atomically stores the batch at its offset on its topic, **and** indexes its record under (topic,
-    /// publisher, first sequence number). Not durable until [`sync`](Self::sync).
+    /// publisher, chain, first sequence number). Not durable until [`sync`](Self::sync).
     ///
     /// The [`writer`](crate::writer) assigns offsets; the engine only checks: an offset other than
     /// [`next_offset`](Self::next_offset) stores nothing and is an error.
@@ -356,16 +362,24 @@ pub trait Store: Send + Sync + 'static {
     /// The offset of the first message still stored on `topic` (0 for an empty topic).
     fn first_offset(&self, topic: &Topic) -> Result<Offset>;
 
-    /// The record of the batch of `publisher` on `topic` that starts at sequence number `first_seq`.
+    /// The record of the batch of chain `chain` of `publisher` on `topic` that starts at sequence number
+    /// `first_seq`.
     fn publisher_record(
         &self,
         topic: &Topic,
         publisher: &PublicKey,
+        chain: ChainId,
         first_seq: u64,
     ) -> Result<Option<PublisherRecord>>;
 
-    /// The record of the last batch of `publisher` on `topic` (the one with the highest `first_seq`).
-    fn publisher_head(&self, topic: &Topic, publisher: &PublicKey) -> Result<Option<PublisherRecord>>;
+    /// The record of the last batch of chain `chain` of `publisher` on `topic` (the one with the highest
+    /// `first_seq`).
+    fn publisher_head(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        chain: ChainId,
+    ) -> Result<Option<PublisherRecord>>;
 
     /// The next offset committed by the durable subscription `name` of `principal` on `topic`.
     fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>>;
@@ -387,9 +401,40 @@ pub trait Store: Send + Sync + 'static {
     /// The stored policies of `topic` with the `max` highest epochs, oldest first.
     fn policies(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>>;
 
+    /// A page of `topic`'s policy history, **newest first**: the stored policies of the highest epochs
+    /// below `before` (of all epochs if `None`), at most `max` of them and, past the first, at most
+    /// `max_bytes` of policy bytes in all (the first is returned whatever its size).
+    fn policy_history(
+        &self,
+        topic: &Topic,
+        before: Option<u64>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>>;
+
     /// How many calls to [`sync`](Self::sync) have succeeded since the store was opened (lets tests prove
     /// that acknowledgements follow an fsync, and that syncs are shared).
     fn syncs(&self) -> u64;
+}
+
+/// Takes policies, newest first, into a page of [`Store::policy_history`]: at most `max` of them and, past
+/// the first, at most `max_bytes` of policy bytes in all.
+pub(crate) fn history_page<E>(
+    newest_first: impl Iterator<Item = std::result::Result<Bytes, E>>,
+    max: usize,
+    max_bytes: usize,
+) -> std::result::Result<Vec<Bytes>, E> {
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    for policy in newest_first.take(max) {
+        let policy = policy?;
+        bytes = bytes.saturating_add(policy.len());
+        if !page.is_empty() && bytes > max_bytes {
+            break;
+        }
+        page.push(policy);
+    }
+    Ok(page)
 }
 
 /// Maps an I/O error of a storage engine: a full device becomes [`Error::StorageFull`] (so the peer is told
@@ -422,6 +467,7 @@ mod tests {
     //! Behavioural scenarios, written once against `&dyn Store` and run against every engine.
 
     use super::*;
+    use crate::store::testing::TEST_CHAIN;
 
     fn topic(s: &str) -> Topic {
         Topic::new(s).unwrap()
@@ -446,7 +492,7 @@ mod tests {
     /// Appends a real batch of `count` messages of `len` bytes each by `publisher(p)` at the topic's next
     /// offset, continuing the publisher's stored chain; returns its record and its bytes.
     fn append_batch(store: &dyn Store, t: &Topic, p: u8, count: u32, len: usize) -> (PublisherRecord, Bytes) {
-        let head = chain_head(store.publisher_head(t, &publisher(p)).unwrap().as_ref());
+        let head = chain_head(store.publisher_head(t, &publisher(p), TEST_CHAIN).unwrap().as_ref());
         let batch = testing::sealed_batch(&signer(p), t, head, count as usize, len).unwrap();
         let append = Append::new(&batch, store.next_offset(t).unwrap());
         store.append(append).unwrap();
@@ -471,8 +517,8 @@ mod tests {
         assert_eq!(store.next_offset(&t).unwrap(), Offset(0));
         assert_eq!(store.first_offset(&t).unwrap(), Offset(0));
         assert!(store.read(&t, Offset(0), usize::MAX).unwrap().is_empty());
-        assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap(), None);
-        assert_eq!(store.publisher_record(&t, &publisher(1), 1).unwrap(), None);
+        assert_eq!(store.publisher_head(&t, &publisher(1), TEST_CHAIN).unwrap(), None);
+        assert_eq!(store.publisher_record(&t, &publisher(1), TEST_CHAIN, 1).unwrap(), None);
         assert_eq!(store.durable_offset(&t, &principal("alice"), "d").unwrap(), None);
     }
 
@@ -499,7 +545,7 @@ mod tests {
         assert_eq!(store.next_offset(&a).unwrap(), Offset(2));
         assert_eq!(store.next_offset(&ab).unwrap(), Offset(7));
         assert_eq!(offsets(&store.read(&a, Offset(0), usize::MAX).unwrap()), vec![(0, 2)]);
-        assert_eq!(store.publisher_head(&a, &publisher(1)).unwrap().map(|h| h.count), Some(2));
+        assert_eq!(store.publisher_head(&a, &publisher(1), TEST_CHAIN).unwrap().map(|h| h.count), Some(2));
     }
 
     fn read_from_inside_a_batch_starts_with_that_batch(store: &dyn Store) {
@@ -537,13 +583,13 @@ mod tests {
         let r2 = append(store, &t, 2, 3, 8);
         let r3 = append(store, &t, 1, 4, 8);
         assert_eq!(r3.first_seq, 3);
-        assert_eq!(store.publisher_record(&t, &p1, 1).unwrap(), Some(r1));
-        assert_eq!(store.publisher_record(&t, &p1, 3).unwrap(), Some(r3));
-        assert_eq!(store.publisher_record(&t, &p1, 2).unwrap(), None);
-        assert_eq!(store.publisher_record(&t, &p2, 1).unwrap(), Some(r2));
-        assert_eq!(store.publisher_head(&t, &p1).unwrap(), Some(r3));
-        assert_eq!(store.publisher_head(&t, &p2).unwrap(), Some(r2));
-        assert_eq!(store.publisher_head(&t, &publisher(3)).unwrap(), None);
+        assert_eq!(store.publisher_record(&t, &p1, TEST_CHAIN, 1).unwrap(), Some(r1));
+        assert_eq!(store.publisher_record(&t, &p1, TEST_CHAIN, 3).unwrap(), Some(r3));
+        assert_eq!(store.publisher_record(&t, &p1, TEST_CHAIN, 2).unwrap(), None);
+        assert_eq!(store.publisher_record(&t, &p2, TEST_CHAIN, 1).unwrap(), Some(r2));
+        assert_eq!(store.publisher_head(&t, &p1, TEST_CHAIN).unwrap(), Some(r3));
+        assert_eq!(store.publisher_head(&t, &p2, TEST_CHAIN).unwrap(), Some(r2));
+        assert_eq!(store.publisher_head(&t, &publisher(3), TEST_CHAIN).unwrap(), None);
     }
 
     fn append_at_a_wrong_offset_stores_nothing(store: &dyn Store) {
@@ -555,7 +601,7 @@ mod tests {
             assert!(store.append(Append::new(&next, offset)).is_err(), "offset {offset}");
         }
         assert_eq!(store.next_offset(&t).unwrap(), Offset(2));
-        assert_eq!(store.publisher_record(&t, &p, 3).unwrap(), None);
+        assert_eq!(store.publisher_record(&t, &p, TEST_CHAIN, 3).unwrap(), None);
         assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap().len(), 1);
     }
 
@@ -598,6 +644,26 @@ mod tests {
         assert_eq!(store.policies(&t, 10).unwrap().len(), 3);
     }
 
+    fn policy_history_pages_back_newest_first_within_count_and_bytes(store: &dyn Store) {
+        let t = topic("demo.history");
+        assert!(store.policy_history(&t, None, 10, usize::MAX).unwrap().is_empty());
+        for epoch in 1u64..=5 {
+            store.put_policy(&t, epoch, &Bytes::from(format!("policy {epoch}"))).unwrap();
+        }
+        store.put_policy(&topic("demo.other"), 9, &Bytes::from("other")).unwrap();
+        let page = |before, max, max_bytes| {
+            let got = store.policy_history(&t, before, max, max_bytes).unwrap();
+            got.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(page(None, 2, usize::MAX), ["policy 5", "policy 4"]);
+        assert_eq!(page(Some(4), 10, usize::MAX), ["policy 3", "policy 2", "policy 1"]);
+        assert_eq!(page(Some(1), 10, usize::MAX), Vec::<String>::new());
+        // "policy n" is 8 bytes: two fit in 16, and the first always comes.
+        assert_eq!(page(None, 10, 16), ["policy 5", "policy 4"]);
+        assert_eq!(page(Some(3), 10, 1), ["policy 2"]);
+        assert_eq!(page(None, 0, usize::MAX), Vec::<String>::new());
+    }
+
     /// Defines `disk_engine::<scenario>` and `memory_engine::<scenario>` tests for each scenario.
     macro_rules! every_engine {
         ($($scenario:ident),* $(,)?) => {
@@ -633,6 +699,7 @@ mod tests {
         durable_offsets_are_per_topic_principal_and_name,
         sync_counts_successful_syncs,
         policies_keep_the_newest_epochs_oldest_first,
+        policy_history_pages_back_newest_first_within_count_and_bytes,
     );
 
     #[test]
@@ -651,8 +718,8 @@ mod tests {
         let store = DiskStore::open(dir.path()).unwrap();
         assert_eq!(batches(store.read(&t, Offset(0), usize::MAX).unwrap()), written);
         assert_eq!(store.next_offset(&t).unwrap(), Offset(5));
-        assert_eq!(store.publisher_head(&t, &p).unwrap(), Some(records[1]));
-        assert_eq!(store.publisher_record(&t, &p, 1).unwrap(), Some(records[0]));
+        assert_eq!(store.publisher_head(&t, &p, TEST_CHAIN).unwrap(), Some(records[1]));
+        assert_eq!(store.publisher_record(&t, &p, TEST_CHAIN, 1).unwrap(), Some(records[0]));
         assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(Offset(2)));
         // Appends continue where the reopened log ends.
         assert_eq!(append(&store, &t, 1, 1, 8).offset, Offset(5));

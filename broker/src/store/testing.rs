@@ -19,16 +19,19 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use rand::SeedableRng;
 use sealpost_protocol::{
-    seal, ChainHead, ContentKey, Epoch, Limits, Offset, Principal, PublicKey, SealParams, SigningKey,
-    Timestamp, Topic, VerifiedBatch,
+    seal, ChainHead, ChainId, ContentKey, Epoch, Limits, Offset, Principal, PublicKey, SealParams,
+    SignedPolicy, SigningKey, Timestamp, Topic, VerifiedBatch,
 };
 use tokio::sync::mpsc;
 
 use super::{Append, MemoryStore, PublisherRecord, Store, Stored, StoredBatch};
 use crate::{Error, Result};
 
-/// A batch of `count` messages of `len` bytes each, signed by `signer` on `topic`, continuing `head`.
-/// Deterministic: the same arguments give the same bytes.
+/// The chain of the batches [`sealed_batch`] makes (of format version 2).
+pub const TEST_CHAIN: ChainId = ChainId([0x5C; 16]);
+
+/// A batch of `count` messages of `len` bytes each, signed by `signer` on `topic`, continuing `head` of
+/// chain [`TEST_CHAIN`]. Deterministic: the same arguments give the same bytes.
 pub fn sealed_batch(
     signer: &SigningKey,
     topic: &Topic,
@@ -36,9 +39,23 @@ pub fn sealed_batch(
     count: usize,
     len: usize,
 ) -> Result<VerifiedBatch> {
+    sealed_batch_on(signer, topic, TEST_CHAIN, head, count, len)
+}
+
+/// Like [`sealed_batch`], on chain `chain` ([`ChainId::LEGACY`]: a batch of format version 1, as a
+/// layout-3 store holds).
+pub fn sealed_batch_on(
+    signer: &SigningKey,
+    topic: &Topic,
+    chain: ChainId,
+    head: ChainHead,
+    count: usize,
+    len: usize,
+) -> Result<VerifiedBatch> {
     let params = SealParams {
         topic: topic.clone(),
         epoch: Epoch(1),
+        chain,
         first_seq: head.next_seq,
         prev_digest: head.prev_digest,
         created_at: Timestamp(1_763_856_000_000),
@@ -227,13 +244,19 @@ impl<S: Store> Store for TestStore<S> {
         &self,
         topic: &Topic,
         publisher: &PublicKey,
+        chain: ChainId,
         first_seq: u64,
     ) -> Result<Option<PublisherRecord>> {
-        self.inner.publisher_record(topic, publisher, first_seq)
+        self.inner.publisher_record(topic, publisher, chain, first_seq)
     }
 
-    fn publisher_head(&self, topic: &Topic, publisher: &PublicKey) -> Result<Option<PublisherRecord>> {
-        self.inner.publisher_head(topic, publisher)
+    fn publisher_head(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        chain: ChainId,
+    ) -> Result<Option<PublisherRecord>> {
+        self.inner.publisher_head(topic, publisher, chain)
     }
 
     fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>> {
@@ -260,6 +283,24 @@ impl<S: Store> Store for TestStore<S> {
         let mut served = view(self.inner.policies(topic, usize::MAX)?);
         let skip = served.len().saturating_sub(max);
         Ok(served.split_off(skip))
+    }
+
+    /// Under a policy view, the page is cut from `view(every stored policy)` by the epoch each served
+    /// policy claims (one that does not decode counts as below every epoch).
+    fn policy_history(
+        &self,
+        topic: &Topic,
+        before: Option<u64>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>> {
+        let view = self.hooks().policies.clone();
+        let Some(view) = view else { return self.inner.policy_history(topic, before, max, max_bytes) };
+        let served = view(self.inner.policies(topic, usize::MAX)?);
+        let epoch =
+            |p: &Bytes| SignedPolicy::decode(p.clone(), &Limits::default()).map_or(0, |p| p.epoch().0);
+        let below = served.into_iter().rev().filter(|p| before.is_none_or(|b| epoch(p) < b));
+        super::history_page(below.map(Ok::<_, Error>), max, max_bytes)
     }
 
     fn syncs(&self) -> u64 {

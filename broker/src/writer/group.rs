@@ -27,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use sealpost_protocol::{Offset, PublicKey, Topic, VerifiedBatch};
+use sealpost_protocol::{ChainId, Offset, PublicKey, Topic, VerifiedBatch};
 use tokio::sync::{mpsc, oneshot};
 
 use super::durable::DurableEnds;
@@ -97,7 +97,7 @@ pub(super) struct Writer {
     /// Next offset per topic, as the writer has made it (durable or in the current group).
     next_offsets: HashMap<Topic, Offset>,
     /// Last stored batch per (topic, publisher); `None` for a publisher with no batch on the topic.
-    heads: HashMap<(Topic, PublicKey), Option<PublisherRecord>>,
+    heads: HashMap<(Topic, PublicKey, ChainId), Option<PublisherRecord>>,
     /// Topics appended to since the last successful sync.
     unsynced: HashSet<Topic>,
 }
@@ -200,11 +200,11 @@ impl Writer {
     fn append(&mut self, batch: &VerifiedBatch) -> Result<Result<Appended>> {
         let header = batch.header();
         let topic = &header.topic;
-        let key = (topic.clone(), header.publisher);
+        let key = (topic.clone(), header.publisher, header.chain);
         let head = match self.heads.get(&key) {
             Some(head) => *head,
             None => {
-                let head = self.shared.store.publisher_head(topic, &header.publisher)?;
+                let head = self.shared.store.publisher_head(topic, &header.publisher, header.chain)?;
                 if self.heads.len() >= MAX_CACHED {
                     self.heads.clear();
                 }
@@ -213,7 +213,7 @@ impl Writer {
             }
         };
         let same_seq = if sequencer::may_be_retry(head.as_ref(), header) {
-            self.shared.store.publisher_record(topic, &header.publisher, header.first_seq)?
+            self.shared.store.publisher_record(topic, &header.publisher, header.chain, header.first_seq)?
         } else {
             None
         };

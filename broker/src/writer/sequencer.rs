@@ -1,5 +1,10 @@
-//! The broker's decision for a verified publish: does the batch continue its publisher's stored chain, is
-//! it a retry of a batch already stored, or does it conflict?
+//! The broker's decision for a verified publish: does the batch continue its chain as stored, is it a
+//! retry of a batch already stored, or does it conflict?
+//!
+//! A chain is a (topic, publisher key, [`ChainId`](sealpost_protocol::ChainId)): each publisher instance
+//! has its own, so instances of one key (replicas of one service) never conflict with each other. The
+//! caller looks `head` and `same_seq` up under the batch's own chain id, so "publisher" below means
+//! "that chain of the publisher".
 //!
 //! A pure function of what the store says about the publisher on the topic and of the signed header, so it
 //! is tested without a store. The [`writer`](super::group) calls it for every batch, in order, with the
@@ -67,15 +72,20 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests {
-    use sealpost_protocol::{Epoch, Offset, SigningKey, Timestamp, Topic};
+    use sealpost_protocol::{ChainId, Epoch, Offset, SigningKey, Timestamp, Topic};
 
     use super::*;
 
     fn header(first_seq: u64, count: u32, prev_digest: Digest) -> BatchHeader {
+        header_on(ChainId([1; 16]), first_seq, count, prev_digest)
+    }
+
+    fn header_on(chain: ChainId, first_seq: u64, count: u32, prev_digest: Digest) -> BatchHeader {
         BatchHeader {
             topic: Topic::new("demo.chat").unwrap(),
             epoch: Epoch(1),
             publisher: SigningKey::from_bytes(&[1; 32]).public_key(),
+            chain,
             first_seq,
             count,
             prev_digest,
@@ -169,5 +179,56 @@ mod tests {
         assert!(may_be_retry(Some(&head), &header(3, 1, Digest([7; 32]))));
         assert_eq!(chain_head(Some(&head)).next_seq, 4);
         assert_eq!(chain_head(None).next_seq, 1);
+    }
+
+    #[test]
+    fn two_chains_of_one_key_do_not_conflict() {
+        // The writer keeps a head per (topic, publisher, chain); two instances of one key both start at
+        // genesis and go on from their own heads.
+        let (a, b) = (ChainId([1; 16]), ChainId([2; 16]));
+        assert_eq!(
+            decide(None, None, &header_on(a, 1, 2, Digest::ZERO), Digest([7; 32])).unwrap(),
+            Decision::Append
+        );
+        let head_a = record(1, 2, 0, 7);
+        // b's genesis batch, with a's head stored: b has no head of its own.
+        assert_eq!(
+            decide(None, None, &header_on(b, 1, 1, Digest::ZERO), Digest([8; 32])).unwrap(),
+            Decision::Append
+        );
+        let head_b = record(1, 1, 2, 8);
+        assert_eq!(
+            decide(Some(&head_a), None, &header_on(a, 3, 1, Digest([7; 32])), Digest([9; 32])).unwrap(),
+            Decision::Append
+        );
+        assert_eq!(
+            decide(Some(&head_b), None, &header_on(b, 2, 1, Digest([8; 32])), Digest([6; 32])).unwrap(),
+            Decision::Append
+        );
+    }
+
+    #[test]
+    fn a_retry_is_a_duplicate_within_its_chain_only() {
+        let (a, b) = (ChainId([1; 16]), ChainId([2; 16]));
+        let stored_a = record(1, 2, 0, 7);
+        // Chain a retries its stored batch: a duplicate with its offsets.
+        let retry = header_on(a, 1, 2, Digest::ZERO);
+        assert!(may_be_retry(Some(&stored_a), &retry));
+        assert_eq!(
+            decide(Some(&stored_a), Some(&stored_a), &retry, Digest([7; 32])).unwrap(),
+            Decision::Duplicate(stored_a)
+        );
+        // Chain b's batch at the same sequence number is looked up under chain b, where nothing is stored:
+        // it is b's genesis batch, not a retry of a's, even with the same digest.
+        let same_seq_on_b = header_on(b, 1, 2, Digest::ZERO);
+        assert!(!may_be_retry(None, &same_seq_on_b));
+        assert_eq!(decide(None, None, &same_seq_on_b, Digest([7; 32])).unwrap(), Decision::Append);
+        // And once b has a head, a's stored batch is not b's.
+        let head_b = record(1, 2, 2, 5);
+        assert_conflict(
+            decide(Some(&head_b), None, &header_on(b, 1, 2, Digest::ZERO), Digest([7; 32])),
+            3,
+            1,
+        );
     }
 }

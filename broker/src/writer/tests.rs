@@ -2,7 +2,9 @@
 //! must hold the writer in its sync) and on the disk engine.
 
 use rand::SeedableRng;
-use sealpost_protocol::{seal, ChainHead, ContentKey, Epoch, Limits, SealParams, SigningKey, Timestamp};
+use sealpost_protocol::{
+    seal, ChainHead, ChainId, ContentKey, Epoch, Limits, SealParams, SigningKey, Timestamp,
+};
 
 use super::*;
 use crate::store::testing::{SyncGate, TestStore};
@@ -21,6 +23,7 @@ fn sealed(signer: &SigningKey, topic: &Topic, head: &mut ChainHead, count: usize
     let params = SealParams {
         topic: topic.clone(),
         epoch: Epoch(1),
+        chain: ChainId([0x5C; 16]),
         first_seq: head.next_seq,
         prev_digest: head.prev_digest,
         created_at: Timestamp(1_763_856_000_000),

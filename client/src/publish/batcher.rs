@@ -74,8 +74,9 @@ impl<W> Batcher<W> {
     /// A batcher for sealed batches on `topic` of at most `max_batch` messages (clamped to the limits)
     /// that hold a batch open for at most `linger` after its first message.
     pub(crate) fn new(topic: &Topic, max_batch: usize, linger: Duration, limits: &Limits) -> Self {
-        // The fixed part of a sealed batch: header (see sealpost_protocol::batch) and signature.
-        let fixed = 2 + topic.as_str().len() + 8 + 32 + 8 + 4 + 32 + 8 + SIGNATURE_LEN;
+        // The fixed part of a sealed batch: header of format version 2, with its 16-byte chain id (see
+        // sealpost_protocol::batch), and signature.
+        let fixed = 2 + topic.as_str().len() + 8 + 32 + 16 + 8 + 4 + 32 + 8 + SIGNATURE_LEN;
         let max_records = (limits.max_batch_len as usize).saturating_sub(fixed);
         let max_batch = max_batch.clamp(1, limits.max_batch_messages as usize);
         Self {
@@ -267,9 +268,10 @@ mod tests {
         let limits = Limits { max_batch_len: 1000, ..Limits::default() };
         let t0 = Instant::now();
         let mut b: Batcher<u32> = Batcher::new(&topic(), 256, Duration::ZERO, &limits);
-        let fixed = 2 + 6 + 92 + 64;
+        // Version, topic length, topic, the header's fields (92 bytes and the 16-byte chain id), signature.
+        let fixed = 2 + 6 + 92 + 16 + 64;
         assert_eq!(b.max_payload(), 1000 - fixed - RECORD_OVERHEAD);
-        // Two records of 300 bytes fit (2 * 344 = 688 <= 834), a third does not.
+        // Two records of 300 bytes fit (2 * 344 = 688 <= 818), a third does not.
         for i in 0..3 {
             b.push(Bytes::from(vec![0; 300]), i, t0).unwrap();
         }
@@ -291,6 +293,7 @@ mod tests {
         let params = SealParams {
             topic: topic(),
             epoch: Epoch(1),
+            chain: sealpost_protocol::ChainId([0x5C; 16]),
             first_seq: 1,
             prev_digest: sealpost_protocol::Digest::ZERO,
             created_at: Timestamp(0),

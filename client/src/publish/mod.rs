@@ -47,8 +47,8 @@ use task::{Command, State};
 /// rotation it seals under the new epoch, and after a revocation that removes it, its messages fail with
 /// [`Error::NotAPublisher`] and the publisher is dead. A policy from the broker that fails a check
 /// ([`Error::Policy`]) kills it too; a transient failure to fetch keeps the policies it has. Batches sealed
-/// before a rotation are resent unchanged (the broker does not check epochs; subscribers accept the
-/// previous epoch for `ClientOptions::rotation_grace`).
+/// before a rotation are resent unchanged (the broker does not check epochs; subscribers accept a batch of
+/// an older epoch sealed before the rotation, or within `ClientOptions::rotation_grace` after it).
 ///
 /// # Reconnection and exactly-once
 ///

@@ -59,6 +59,8 @@ struct InFlight<W> {
     frame: Bytes,
     first_seq: u64,
     count: u32,
+    /// The chain head right after this batch.
+    after: ChainHead,
     waiters: Vec<W>,
 }
 
@@ -69,6 +71,9 @@ pub(crate) struct Pipeline<W, F> {
     max_in_flight: usize,
     /// Where the next sealed batch continues the chain.
     head: ChainHead,
+    /// The chain head after the last batch the broker stored: where a new stream with nothing in flight
+    /// continues (a refused batch was not stored, nor anything sent after it).
+    acked: ChainHead,
     /// Sent batches, oldest first; the broker answers in this order.
     in_flight: VecDeque<InFlight<W>>,
     /// Every handle is gone: send what is queued, then stop.
@@ -91,6 +96,7 @@ impl<W: Waiter, F> Pipeline<W, F> {
             batcher,
             max_in_flight: max_in_flight.max(1),
             head: ChainHead::GENESIS,
+            acked: ChainHead::GENESIS,
             in_flight: VecDeque::new(),
             closing: false,
             enqueued: 0,
@@ -187,13 +193,20 @@ impl<W: Waiter, F> Pipeline<W, F> {
         self.head
     }
 
+    /// The chain head after the last batch the broker stored ([`ChainHead::GENESIS`] before one): what
+    /// the publisher's own chain continues on a new stream once nothing is in flight. The broker's `Head`
+    /// answers for the legacy chain only; a publisher instance's chain is its own to know.
+    pub(crate) fn acked_head(&self) -> ChainHead {
+        self.acked
+    }
+
     /// The batch whose messages wait in `waiters` was sealed as `sealed` and is sent as request
     /// `request_id` in `frame`: it is in flight from now on, and the chain goes on after it.
     pub(crate) fn sent(&mut self, waiters: Vec<W>, sealed: &VerifiedBatch, request_id: u64, frame: Bytes) {
         self.head = ChainHead::after(sealed);
         let header = sealed.header();
         let (first_seq, count) = (header.first_seq, header.count);
-        self.in_flight.push_back(InFlight { request_id, frame, first_seq, count, waiters });
+        self.in_flight.push_back(InFlight { request_id, frame, first_seq, count, after: self.head, waiters });
     }
 
     /// The broker stored the batch of `request_id`, `count` messages from `first_offset` on: its messages
@@ -211,6 +224,7 @@ impl<W: Waiter, F> Pipeline<W, F> {
             None => return Err(Error::violation("an answer to no request")),
         }
         let Some(batch) = self.in_flight.pop_front() else { return Ok(()) };
+        self.acked = batch.after;
         for ((i, waiter), seq) in batch.waiters.into_iter().enumerate().zip(batch.first_seq..) {
             let offset = first_offset.saturating_add(i as u64);
             waiter.resolve(Ok(Receipt { offset, seq }));
@@ -323,6 +337,7 @@ mod tests {
                 let params = SealParams {
                     topic: topic(),
                     epoch: sealpost_protocol::Epoch(1),
+                    chain: sealpost_protocol::ChainId([0x5C; 16]),
                     first_seq: head.next_seq,
                     prev_digest: head.prev_digest,
                     created_at: Timestamp(1),
@@ -450,6 +465,27 @@ mod tests {
         let third = h.pump();
         h.pipeline.on_published(third[0].0, Offset(0), 1).unwrap();
         assert_eq!(h.take(), ["2@0/1"]);
+    }
+
+    #[test]
+    fn after_a_refusal_the_chain_continues_the_last_stored_batch() {
+        let mut h = Harness::new(1, 8);
+        h.pipeline.opened(ChainHead::GENESIS);
+        assert_eq!(h.pipeline.acked_head(), ChainHead::GENESIS);
+        h.publish(1);
+        let first = h.pump();
+        h.pipeline.on_published(first[0].0, Offset(0), 1).unwrap();
+        let stored = h.pipeline.head();
+        assert_eq!(h.pipeline.acked_head(), stored);
+        assert_eq!(stored.next_seq, 2);
+        h.publish(1);
+        let second = h.pump();
+        assert_ne!(h.pipeline.head(), stored);
+        h.pipeline.on_refused(Some(second[0].0), refusal(ErrorCode::RATE_LIMITED)).unwrap();
+        // The refused batch was not stored: a new stream continues after the first one.
+        assert_eq!(h.pipeline.acked_head(), stored);
+        h.pipeline.opened(h.pipeline.acked_head());
+        assert_eq!(h.pipeline.head(), stored);
     }
 
     #[test]

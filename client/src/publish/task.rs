@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use sealpost_protocol::{seal, ChainHead, ErrorCode, Frame, SealParams, Topic, VerifiedBatch};
+use sealpost_protocol::{seal, ChainHead, ChainId, ErrorCode, Frame, SealParams, Topic, VerifiedBatch};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -82,8 +82,11 @@ pub(crate) async fn start(
     let keys = policies::topic_keys_retrying(&shared, topic, Action::Publish, Freshness::Now).await?;
     // The nonces of every record this publisher seals: a CSPRNG seeded once from the OS rather than a
     // system call per record. XChaCha20 nonces are 192 random bits, so collisions stay negligible.
-    let rng = ChaCha20Rng::from_rng(rand::rngs::OsRng)
+    let mut rng = ChaCha20Rng::from_rng(rand::rngs::OsRng)
         .map_err(|e| Error::io("cannot seed the nonce generator from the OS", e.into()))?;
+    // This publisher instance's own chain: other publishers with the same key, in this process or in
+    // others, keep theirs, and the broker and subscribers judge order, gaps and replays per chain.
+    let chain = ChainId::random(&mut rng);
     let (commands, rx) = mpsc::unbounded_channel();
     let state = Arc::new(State::default());
     let batcher = Batcher::new(topic, options.max_batch, options.linger, &shared.limits);
@@ -98,6 +101,7 @@ pub(crate) async fn start(
         commands: rx,
         state: state.clone(),
         rng,
+        chain,
     };
     task.reopen().await?;
     // Checked after the broker accepted `Head`, so that a principal the ACL refuses hears that.
@@ -122,6 +126,8 @@ struct Task {
     state: Arc<State>,
     /// Draws the records' nonces.
     rng: ChaCha20Rng,
+    /// The chain every batch of this publisher continues, resends included.
+    chain: ChainId,
 }
 
 impl Task {
@@ -183,12 +189,14 @@ impl Task {
     async fn reopen(&mut self) -> Result<()> {
         let (shared, topic) = (&self.shared, &self.topic);
         let resend: Vec<Bytes> = self.pipeline.to_resend().cloned().collect();
-        let (link, head) = self.reconnect.run(|| open_once(shared, topic, &resend)).await?;
+        // The broker's `Head` answers for the legacy chain, not this instance's: the chain continues the
+        // last batch the broker stored (or what is in flight, resent as it was).
+        let (link, _legacy_head) = self.reconnect.run(|| open_once(shared, topic, &resend)).await?;
         if !resend.is_empty() {
-            tracing::debug!(topic = %self.topic, broker_next_seq = head.next_seq, "resuming");
             tracing::info!(topic = %self.topic, batches = resend.len(), "resent unacknowledged batches");
         }
-        self.pipeline.opened(head);
+        let acked = self.pipeline.acked_head();
+        self.pipeline.opened(acked);
         self.link = Some(link);
         Ok(())
     }
@@ -271,6 +279,7 @@ impl Task {
         let params = SealParams {
             topic: self.topic.clone(),
             epoch,
+            chain: self.chain,
             first_seq: head.next_seq,
             prev_digest: head.prev_digest,
             created_at: wall_clock(),

@@ -12,12 +12,16 @@
 //!    unwrapped from the topic's policies, and on failure yields
 //!    one [`Error::Integrity`] item and nothing else. A batch of an epoch newer than every policy the reader
 //!    knows is not judged yet: the reader asks for the topic's policies to be fetched again (a rotation
-//!    happened, see [`Delivery::Refetch`]), once per epoch, and is handed the batch again;
+//!    happened, see [`Delivery::Refetch`]), once per epoch, and is handed the batch again. A batch that
+//!    needs an older policy the reader does not hold is not judged yet either: the reader asks for the
+//!    topic's policy history to be walked back to it ([`Delivery::History`]: every link checked back from
+//!    the newest policy held), once per epoch;
 //! 3. checks it against the policies ([`PolicyBook::authorize`](sealpost_protocol::PolicyBook::authorize)):
-//!    its signer must be a publisher in the policy of the batch's epoch, else one
-//!    [`Error::UntrustedPublisher`] item and nothing else; its epoch must be the current one, or the
-//!    previous one within `rotation_grace` of the current policy's creation, else one [`Error::Integrity`]
-//!    item ([`StaleEpoch`](sealpost_protocol::Error::StaleEpoch)) and nothing else;
+//!    its signer must be a publisher in the policy of the batch's epoch and, for an older epoch, still a
+//!    publisher of the current policy or the batch dated before the policy that revoked it, else one
+//!    [`Error::UntrustedPublisher`] item and nothing else; a batch of an older epoch must be dated before
+//!    the next epoch's policy plus `rotation_grace`, else one [`Error::Integrity`] item
+//!    ([`StaleEpoch`](sealpost_protocol::Error::StaleEpoch)) and nothing else;
 //! 4. feeds its header and digest to the [`ChainVerifier`]: a gap yields an [`Error::Integrity`] item
 //!    followed by the batch's messages (they are authentic); a replay, reorder or fork yields one
 //!    [`Error::Integrity`] item and nothing else;
@@ -42,13 +46,14 @@
 //! An integrity failure is never a message, and every message is yielded once, in offset order. Sans-IO:
 //! the subscription task feeds it frames, the time and the policies.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use sealpost_protocol::{
     ChainStart, ChainVerifier, Epoch, ErrorCode, KeyLookup, Limits, LostBatch, Offset, OpenedBatch,
-    SealedBatch, StartAt, Timestamp, Topic,
+    SealedBatch, StartAt, Topic,
 };
 
 use crate::error::{Error, Result};
@@ -63,6 +68,10 @@ pub(crate) enum Delivery {
     /// The batch is sealed under this epoch, newer than every policy the reader knows. Fetch the topic's
     /// policies, hand them over with [`Reader::fetched`], and deliver the batch again. Nothing changed.
     Refetch(Epoch),
+    /// The batch needs the policy of this epoch, older than the newest the reader knows and not held:
+    /// walk the topic's policy history back to it, hand the result over with [`Reader::walked`], and
+    /// deliver the batch again. Nothing changed.
+    History(Epoch),
 }
 
 /// Where a subscription's reader starts: how it checks chains, and the first offset it yields.
@@ -94,6 +103,9 @@ pub(crate) struct Reader {
     /// The newest epoch the policies were fetched again for: batches of it or older never cause a fetch
     /// (so a broker serving batches of ever newer epochs costs one fetch per newer epoch, and no memory).
     refetched: Option<Epoch>,
+    /// The older epochs the history was walked back to: never walked again (a broker that cannot serve one
+    /// costs one walk per epoch named by a batch, each bounded by the epochs between).
+    walked: BTreeSet<Epoch>,
     grace_ms: u64,
     limits: Limits,
 }
@@ -116,6 +128,7 @@ impl Reader {
             next_offset,
             started: false,
             refetched: None,
+            walked: BTreeSet::new(),
             grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
             limits,
         }
@@ -141,14 +154,35 @@ impl Reader {
         }
     }
 
+    /// The history was walked back to `epoch` after a [`Delivery::History`], with `keys` as the result
+    /// (`None` if the walk failed a check): a batch needing that epoch is judged on the reader's policies
+    /// from now on, without walking again.
+    pub(crate) fn walked(&mut self, epoch: Epoch, keys: Option<Arc<TopicKeys>>) {
+        self.walked.insert(epoch);
+        if let Some(keys) = keys {
+            self.keys = keys;
+        }
+    }
+
+    /// What to ask for before judging a batch that failed `check`: for a policy (or key) of an epoch not
+    /// held, the newer policies or the history back to it, once each; else nothing (judge it as it is).
+    fn fetch_for(&self, check: &sealpost_protocol::Error) -> Option<Delivery> {
+        let sealpost_protocol::Error::UnknownEpoch(epoch) = *check else { return None };
+        if self.must_refetch(epoch) {
+            return Some(Delivery::Refetch(epoch));
+        }
+        let walk = !self.walked.contains(&epoch) && self.keys.book().history_start(epoch).is_some();
+        walk.then_some(Delivery::History(epoch))
+    }
+
     /// Whether a batch of `epoch` calls for fetching the policies again before it is judged.
     fn must_refetch(&self, epoch: Epoch) -> bool {
         let known = self.keys.current_epoch().max(self.refetched);
         known.is_none_or(|known| epoch > known)
     }
 
-    /// What becomes of the batch delivered at `offset`, judged at `now`.
-    pub(crate) fn deliver(&mut self, offset: Offset, batch: Bytes, now: Timestamp) -> Delivery {
+    /// What becomes of the batch delivered at `offset`.
+    pub(crate) fn deliver(&mut self, offset: Offset, batch: Bytes) -> Delivery {
         // Decoded once, for both uses. The header's count is read before verification only to recognise a
         // batch seen before; a broker that lies about it can make us skip what it could as well withhold,
         // which the chain reports.
@@ -161,10 +195,10 @@ impl Reader {
         let keys = self.keys.clone();
         let opened = match decoded.and_then(|sealed| open_decoded(sealed, &self.topic, keys.keys())) {
             Ok(opened) => opened,
-            Err(sealpost_protocol::Error::UnknownEpoch(epoch)) if self.must_refetch(epoch) => {
-                return Delivery::Refetch(epoch)
-            }
             Err(check) => {
+                if let Some(fetch) = self.fetch_for(&check) {
+                    return fetch;
+                }
                 let item = self.integrity(offset, None, check);
                 return self.judged(offset, count, vec![Err(item)]);
             }
@@ -172,11 +206,8 @@ impl Reader {
         let header = &opened.header;
         let count = u64::from(header.count);
         let publisher = Some(header.publisher.key_id());
-        let principal = match keys.book().authorize(header, now, self.grace_ms) {
+        let principal = match keys.book().authorize(header, self.grace_ms) {
             Ok(member) => member.principal.clone(),
-            Err(sealpost_protocol::Error::UnknownEpoch(epoch)) if self.must_refetch(epoch) => {
-                return Delivery::Refetch(epoch)
-            }
             Err(sealpost_protocol::Error::UntrustedPublisher) => {
                 tracing::warn!(topic = %self.topic, %offset, "batch signed by a key that is no publisher");
                 let item = Error::UntrustedPublisher {
@@ -187,6 +218,9 @@ impl Reader {
                 return self.judged(offset, count, vec![Err(item)]);
             }
             Err(check) => {
+                if let Some(fetch) = self.fetch_for(&check) {
+                    return fetch;
+                }
                 let item = self.integrity(offset, publisher, check);
                 return self.judged(offset, count, vec![Err(item)]);
             }
@@ -249,7 +283,7 @@ impl Reader {
             return Vec::new();
         }
         if let Some(b) = &batch {
-            if !self.chain.skip_lost(&self.topic, &b.publisher, b.first_seq, count, b.digest) {
+            if !self.chain.skip_lost(&self.topic, &b.publisher, b.chain, b.first_seq, count, b.digest) {
                 tracing::debug!(topic = %self.topic, %offset, "the lost batch is not where its chain stands");
             }
         }
@@ -306,8 +340,8 @@ fn open_decoded(
 #[cfg(test)]
 mod tests {
     use sealpost_protocol::{
-        seal, ChainHead, ContentKey, Digest, EpochKeys, PolicyBook, SealParams, SigningKey, VerifiedBatch,
-        VerifiedPolicy,
+        seal, ChainHead, ContentKey, Digest, EpochKeys, PolicyBook, SealParams, SigningKey, Timestamp,
+        VerifiedBatch, VerifiedPolicy,
     };
 
     use super::*;
@@ -355,28 +389,38 @@ mod tests {
         head: ChainHead,
         msgs: &[&str],
     ) -> VerifiedBatch {
+        sealed_at(signer, topic, epoch, head, msgs, T1)
+    }
+
+    /// [`sealed_by`], claiming to be created at `created_at`.
+    fn sealed_at(
+        signer: &SigningKey,
+        topic: Topic,
+        epoch: u64,
+        head: ChainHead,
+        msgs: &[&str],
+        created_at: u64,
+    ) -> VerifiedBatch {
         let params = SealParams {
             topic,
             epoch: Epoch(epoch),
+            chain: sealpost_protocol::ChainId([0x5C; 16]),
             first_seq: head.next_seq,
             prev_digest: head.prev_digest,
-            created_at: Timestamp(T1),
+            created_at: Timestamp(created_at),
         };
         let key: ContentKey = content_key(epoch);
         seal(signer, &key, params, msgs, &Limits::default(), &mut rand::rngs::OsRng).unwrap()
     }
 
     impl Reader {
-        /// Delivers at `now` and expects items, not a refetch.
-        fn feed_at(&mut self, offset: u64, batch: Bytes, now: u64) -> Vec<Result<Message>> {
-            match self.deliver(Offset(offset), batch, Timestamp(now)) {
+        /// Delivers and expects items, not a fetch.
+        fn feed(&mut self, offset: u64, batch: Bytes) -> Vec<Result<Message>> {
+            match self.deliver(Offset(offset), batch) {
                 Delivery::Items(items) => items,
                 Delivery::Refetch(epoch) => panic!("unexpected refetch for epoch {epoch}"),
+                Delivery::History(epoch) => panic!("unexpected history walk to epoch {epoch}"),
             }
-        }
-
-        fn feed(&mut self, offset: u64, batch: Bytes) -> Vec<Result<Message>> {
-            self.feed_at(offset, batch, T1 + 1000)
         }
     }
 
@@ -554,6 +598,7 @@ mod tests {
         let params = SealParams {
             topic: topic(),
             epoch: Epoch(1),
+            chain: sealpost_protocol::ChainId([0x5C; 16]),
             first_seq: 1,
             prev_digest: Digest::ZERO,
             created_at: Timestamp(T1),
@@ -599,6 +644,7 @@ mod tests {
         let sealed = SealedBatch::decode(batch.clone(), &Limits::default()).unwrap().verify().unwrap();
         LostBatch {
             publisher: sealed.header().publisher,
+            chain: sealed.header().chain,
             first_seq: sealed.header().first_seq,
             digest: sealed.digest(),
         }
@@ -754,19 +800,20 @@ mod tests {
         let p1 = first_policy();
         let p2 = second_policy(&p1);
         let keys = keys_of("bob", &[&p1, &p2]);
-        let batches = chain(&[1, 1]);
         let mut r = Reader::new(topic(), keys, ChainStart::Genesis, Offset(0), GRACE, Limits::default());
-        // Sealed under epoch 1, read just before the grace window of epoch 2 ends.
+        // Sealed under epoch 1 just before the grace window of epoch 2 ends, then at its end.
         let within = T2 + GRACE.as_millis() as u64 - 1;
-        assert_eq!(summary(r.feed_at(0, batches[0].1.clone(), within)), ["b0m0@0"]);
+        let first = sealed_at(&alice(), topic(), 1, ChainHead::GENESIS, &["b0m0"], within);
+        assert_eq!(summary(r.feed(0, first.as_bytes().clone())), ["b0m0@0"]);
         let after = T2 + GRACE.as_millis() as u64;
+        let second = sealed_at(&alice(), topic(), 1, ChainHead::after(&first), &["b1m0"], after);
         assert_eq!(
-            summary(r.feed_at(1, batches[1].1.clone(), after)),
+            summary(r.feed(1, second.as_bytes().clone())),
             ["integrity: StaleEpoch { epoch: Epoch(1), current: Epoch(2) }"]
         );
         // Epoch 2's publisher carol is trusted in epoch 2.
         let carol = sealed_by(&signer("carol"), topic(), 2, ChainHead::GENESIS, &["hi"]);
-        let items = r.feed_at(2, carol.as_bytes().clone(), after);
+        let items = r.feed(2, carol.as_bytes().clone());
         assert_eq!(items[0].as_ref().unwrap().publisher, "carol");
         assert_eq!(summary(items), ["hi@2"]);
     }
@@ -785,7 +832,7 @@ mod tests {
         );
         // carol holds no key of epoch 1, but the broker could serve a batch she sealed with one she stole.
         let carol = sealed_by(&signer("carol"), topic(), 1, ChainHead::GENESIS, &["backdated"]);
-        assert_eq!(summary(r.feed_at(0, carol.as_bytes().clone(), T2 + 1)), ["untrusted publisher@0"]);
+        assert_eq!(summary(r.feed(0, carol.as_bytes().clone())), ["untrusted publisher@0"]);
     }
 
     #[test]
@@ -794,21 +841,50 @@ mod tests {
         let p2 = second_policy(&p1);
         let mut r = reader(ChainStart::Genesis, 0);
         let batch = sealed_by(&alice(), topic(), 2, ChainHead::GENESIS, &["after the rotation"]);
-        let now = Timestamp(T2 + 1);
-        assert!(matches!(r.deliver(Offset(0), batch.as_bytes().clone(), now), Delivery::Refetch(Epoch(2))));
+        assert!(matches!(r.deliver(Offset(0), batch.as_bytes().clone()), Delivery::Refetch(Epoch(2))));
         // Nothing moved while it waits.
         assert_eq!(r.next_offset(), Offset(0));
         r.fetched(Epoch(2), Some(keys_of("bob", &[&p1, &p2])));
-        assert_eq!(summary(r.feed_at(0, batch.as_bytes().clone(), T2 + 1)), ["after the rotation@0"]);
+        assert_eq!(summary(r.feed(0, batch.as_bytes().clone())), ["after the rotation@0"]);
         // Epoch 3 is not served: one refetch, then the integrity item.
         let third = sealed_by(&alice(), topic(), 3, ChainHead::GENESIS, &["x"]);
-        assert!(matches!(r.deliver(Offset(1), third.as_bytes().clone(), now), Delivery::Refetch(Epoch(3))));
+        assert!(matches!(r.deliver(Offset(1), third.as_bytes().clone()), Delivery::Refetch(Epoch(3))));
         r.fetched(Epoch(3), None);
-        assert_eq!(
-            summary(r.feed_at(1, third.as_bytes().clone(), T2 + 1)),
-            ["integrity: UnknownEpoch(Epoch(3))"]
-        );
+        assert_eq!(summary(r.feed(1, third.as_bytes().clone())), ["integrity: UnknownEpoch(Epoch(3))"]);
         assert_eq!(r.next_offset(), Offset(2));
+    }
+
+    #[test]
+    fn a_batch_of_an_older_epoch_not_held_asks_for_the_history_once() {
+        let p1 = first_policy();
+        let p2 = second_policy(&p1);
+        // The reader knows epoch 2 only; alice's batch of epoch 1 was sealed before the rotation.
+        let mut r = Reader::new(
+            topic(),
+            keys_of("bob", &[&p2]),
+            ChainStart::Genesis,
+            Offset(0),
+            GRACE,
+            Limits::default(),
+        );
+        let old = chain(&[1, 1]);
+        assert!(matches!(r.deliver(Offset(0), old[0].1.clone()), Delivery::History(Epoch(1))));
+        assert_eq!(r.next_offset(), Offset(0));
+        r.walked(Epoch(1), Some(keys_of("bob", &[&p1, &p2])));
+        assert_eq!(summary(r.feed(0, old[0].1.clone())), ["b0m0@0"]);
+        // A walk that failed is not tried again: the batch is judged on what the reader holds.
+        let mut r = Reader::new(
+            topic(),
+            keys_of("bob", &[&p2]),
+            ChainStart::Genesis,
+            Offset(0),
+            GRACE,
+            Limits::default(),
+        );
+        assert!(matches!(r.deliver(Offset(0), old[0].1.clone()), Delivery::History(Epoch(1))));
+        r.walked(Epoch(1), None);
+        assert_eq!(summary(r.feed(0, old[0].1.clone())), ["integrity: UnknownEpoch(Epoch(1))"]);
+        assert_eq!(summary(r.feed(1, old[1].1.clone())), ["integrity: UnknownEpoch(Epoch(1))"]);
     }
 
     #[test]
@@ -827,8 +903,8 @@ mod tests {
             Limits::default(),
         );
         let old = chain(&[1]);
-        assert_eq!(summary(r.feed_at(0, old[0].1.clone(), T2 + 1)), ["integrity: UnknownEpoch(Epoch(1))"]);
+        assert_eq!(summary(r.feed(0, old[0].1.clone())), ["integrity: UnknownEpoch(Epoch(1))"]);
         let new = sealed_by(&alice(), topic(), 2, ChainHead::GENESIS, &["welcome"]);
-        assert_eq!(summary(r.feed_at(1, new.as_bytes().clone(), T2 + 1)), ["welcome@1"]);
+        assert_eq!(summary(r.feed(1, new.as_bytes().clone())), ["welcome@1"]);
     }
 }

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use sealpost_protocol::{Frame, Offset, StartAt, SubscriptionId, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::clock::wall_clock;
 use crate::error::{Action, Error, Result};
 use crate::keyring::Freshness;
 use crate::link::{unexpected, Link};
@@ -244,7 +243,7 @@ impl Task {
     async fn on_deliver(&mut self, offset: Offset, batch: Bytes) -> Result<Items> {
         let mut items = self.refresh_keys().await?;
         loop {
-            match self.reader.deliver(offset, batch.clone(), wall_clock()) {
+            match self.reader.deliver(offset, batch.clone()) {
                 Delivery::Items(judged) => {
                     items.extend(judged);
                     return Ok(items);
@@ -264,6 +263,27 @@ impl Task {
                         }
                     }
                     self.keys_checked = Instant::now();
+                }
+                Delivery::History(epoch) => {
+                    match policies::history_keys(&self.shared, &self.topic, epoch).await {
+                        Ok(keys) => self.reader.walked(epoch, Some(keys)),
+                        Err(e @ Error::Policy { .. }) => {
+                            items.push(Err(e));
+                            self.reader.walked(epoch, None);
+                        }
+                        // The batch comes again after resubscribing: the reader did not move.
+                        Err(e) if Reconnector::cures(&e) => {
+                            self.lose(e);
+                            return Ok(items);
+                        }
+                        // A broker that refuses the history (one older than `GetPolicyHistory` refuses
+                        // the frame): the batch is judged without it, as an integrity item, and the
+                        // subscription goes on as it did before older epochs were readable.
+                        Err(e) => {
+                            tracing::warn!(topic = %self.topic, %epoch, error = %e, "could not read the policy history");
+                            self.reader.walked(epoch, None);
+                        }
+                    }
                 }
             }
         }

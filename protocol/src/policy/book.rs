@@ -3,8 +3,10 @@
 //! Guarantees: a [`PolicyBook`] holds only policies of its topic signed by its authority; once it holds a
 //! policy it never admits an older epoch it has not seen ([`Error::PolicyRollback`]), a second policy for an
 //! epoch ([`Error::PolicyFork`]), or a next epoch that does not name the newest admitted policy's digest as
-//! its `prev_digest` ([`Error::PolicyChainBroken`]). It also says which batches the policies allow: the
-//! epochs accepted at a time (the grace window) and the publishers of each.
+//! its `prev_digest` ([`Error::PolicyChainBroken`]). Older epochs enter only by walking the history back
+//! ([`PolicyBook::admit_history`]): each one must be signed by the authority and be the policy the epoch
+//! after it names ([`Error::PolicyLinkBroken`] otherwise). It also says which batches the policies allow:
+//! the publishers of each epoch, until the epoch that revoked them, and the grace window after a rotation.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +14,7 @@ use bytes::Bytes;
 
 use crate::batch::BatchHeader;
 use crate::epoch::Epoch;
+use crate::error::PolicyLinkFault;
 use crate::keys::PublicKey;
 use crate::topic::Topic;
 use crate::{Error, Limits, Result, Timestamp};
@@ -102,9 +105,93 @@ impl PolicyBook {
         self.policies.values()
     }
 
-    /// Whether a batch sealed under `epoch` is acceptable at `now`: `epoch` is the current one, or the one
-    /// before it and `now` is less than `grace_ms` after the current policy's `created_at`. An epoch newer
-    /// than the current one is not acceptable: fetch the topic's policies first.
+    /// Where a history walk that must reach `epoch` starts: the oldest admitted epoch above it (the walk
+    /// asks the broker for the epochs below that one). `None` if `epoch` is admitted, or no epoch above it
+    /// is (a newer epoch is fetched with the current policies, not from the history).
+    pub fn history_start(&self, epoch: Epoch) -> Option<Epoch> {
+        if self.policies.contains_key(&epoch) {
+            return None;
+        }
+        self.policies.range(Epoch(epoch.0.saturating_add(1))..).next().map(|(e, _)| *e)
+    }
+
+    /// Admits one page of the topic's history, as a broker answers `GetPolicyHistory { before, .. }`:
+    /// `page` newest first, walking back from the admitted policy of `before` down to epoch `until`.
+    ///
+    /// Each policy must be of the next epoch down (`before - 1`, then `before - 2`, ...), decode within
+    /// `limits`, be signed by the book's authority, be for the book's topic, and have the digest the
+    /// admitted policy of the epoch above names as its `prev_digest`; else [`Error::PolicyLinkBroken`]
+    /// names the topic, that epoch and the fault. A policy already admitted must be that same policy
+    /// ([`Error::PolicyFork`]), and one admitted for the epoch below must be the one it names
+    /// ([`Error::PolicyChainBroken`]). Policies served below `until` are ignored.
+    ///
+    /// Returns `None` when every epoch from `before - 1` down to `until` is admitted, else `Some(e)`: the
+    /// page stopped short (the broker's page limit), and the walk goes on with the next page below `e`, the
+    /// oldest epoch admitted so far, strictly below `before`. A page that admits nothing (empty: the broker
+    /// says there is no more) is [`PolicyLinkFault::Missing`], so every walk ends. The links admitted
+    /// before an error stay admitted: each was checked.
+    pub fn admit_history(
+        &mut self,
+        before: Epoch,
+        until: Epoch,
+        page: impl IntoIterator<Item = Bytes>,
+        limits: &Limits,
+    ) -> Result<Option<Epoch>> {
+        if !self.policies.contains_key(&before) {
+            return Err(Error::UnknownEpoch(before));
+        }
+        let until = Epoch(until.0.max(1));
+        let mut above = before;
+        let topic = self.topic.clone();
+        let broken = |epoch, fault| Error::PolicyLinkBroken { topic: topic.clone(), epoch, fault };
+        for bytes in page {
+            let Some(expected) = above.0.checked_sub(1).filter(|&e| e >= until.0).map(Epoch) else {
+                break;
+            };
+            let signed = SignedPolicy::decode(bytes, limits)
+                .map_err(|_| broken(expected, PolicyLinkFault::Malformed))?;
+            if signed.epoch() != expected {
+                return Err(broken(expected, PolicyLinkFault::Missing { got: Some(signed.epoch()) }));
+            }
+            if signed.topic() != &topic {
+                return Err(broken(expected, PolicyLinkFault::WrongTopic));
+            }
+            let policy = signed
+                .verify(&self.authority)
+                .map_err(|_| broken(expected, PolicyLinkFault::NotFromAuthority))?;
+            let named = self.policies.get(&above).map(VerifiedPolicy::prev_digest);
+            if named != Some(policy.digest()) {
+                return Err(broken(expected, PolicyLinkFault::NotNamedByNext));
+            }
+            if let Some(known) = self.policies.get(&expected) {
+                if known.digest() != policy.digest() {
+                    return Err(Error::PolicyFork { epoch: expected });
+                }
+            } else {
+                // An admitted policy below (admitted without a link, as a first policy) must be continued.
+                let below = expected.0.checked_sub(1).and_then(|e| self.policies.get(&Epoch(e)));
+                if below.is_some_and(|below| below.digest() != policy.prev_digest()) {
+                    return Err(Error::PolicyChainBroken { epoch: expected });
+                }
+                self.policies.insert(expected, policy);
+            }
+            above = expected;
+        }
+        if above.0 <= until.0 {
+            return Ok(None);
+        }
+        if above == before {
+            let expected = Epoch(before.0 - 1);
+            return Err(broken(expected, PolicyLinkFault::Missing { got: None }));
+        }
+        Ok(Some(above))
+    }
+
+    /// Whether `epoch` may be sealed under at `now`: it is the current one, or the one before it and `now`
+    /// is less than `grace_ms` after the current policy's `created_at`. An epoch newer than the current one
+    /// is not acceptable: fetch the topic's policies first. (A reader judges a batch by the policy that
+    /// followed its own epoch, see [`authorize`](Self::authorize); for the previous epoch that is the same
+    /// rule, with the batch's `created_at` as `now`.)
     pub fn accepts_epoch(&self, epoch: Epoch, now: Timestamp, grace_ms: u64) -> bool {
         let Some(current) = self.current() else {
             return false;
@@ -115,32 +202,53 @@ impl PolicyBook {
                 && now.0 < current.created_at().0.saturating_add(grace_ms))
     }
 
-    /// Checks the header of a **verified** batch against the policies: the batch is for the book's topic
-    /// ([`Error::WrongTopic`]), a policy of its epoch was admitted ([`Error::UnknownEpoch`]), that epoch is
-    /// accepted at `now` ([`Error::StaleEpoch`], see [`accepts_epoch`](Self::accepts_epoch)), and its
-    /// signer is a publisher of that policy ([`Error::UntrustedPublisher`]). Returns that member.
+    /// Checks the header of a **verified** batch against the policies, and returns the member that signed
+    /// it:
     ///
-    /// A batch of the previous epoch (inside the grace window) must also be signed by a publisher of the
-    /// **current** policy: a publisher removed by the current epoch still holds the previous epoch's key
-    /// and could otherwise keep publishing under it until the grace window closes. The cost: its batches
-    /// published before the revocation and read after it are refused too (as `UntrustedPublisher`).
-    pub fn authorize(&self, header: &BatchHeader, now: Timestamp, grace_ms: u64) -> Result<&Member> {
+    /// - the batch is for the book's topic ([`Error::WrongTopic`]) and a policy of its epoch `e` was
+    ///   admitted ([`Error::UnknownEpoch`]`(e)`);
+    /// - its signer is a publisher of policy `e` ([`Error::UntrustedPublisher`]);
+    /// - if `e` is older than the current epoch, the batch was sealed while `e` was current: its
+    ///   `created_at` is before the `created_at` of policy `e + 1` plus `grace_ms` ([`Error::StaleEpoch`]);
+    ///   and its signer is still a publisher of the current policy, or else the batch's `created_at` is
+    ///   before the `created_at` of the first policy after `e` that no longer lists it as a publisher (the
+    ///   revocation; [`Error::UntrustedPublisher`] otherwise). A policy needed for this and not admitted is
+    ///   [`Error::UnknownEpoch`] of that epoch: walk the history back to it
+    ///   ([`admit_history`](Self::admit_history)) and ask again.
+    ///
+    /// So a revoked publisher's batches sealed before its revocation stay readable, and one it seals after
+    /// is refused, even under an epoch whose key it still holds, and even inside the grace window.
+    /// `created_at` is the publisher's claim: a revoked key that dates its batch before its revocation (and
+    /// a broker that serves it) passes this check. That is a non-claim of the threat model.
+    pub fn authorize(&self, header: &BatchHeader, grace_ms: u64) -> Result<&Member> {
         if header.topic != self.topic {
             return Err(Error::WrongTopic { expected: self.topic.clone(), got: header.topic.clone() });
         }
-        let policy = self.get(header.epoch).ok_or(Error::UnknownEpoch(header.epoch))?;
-        if !self.accepts_epoch(header.epoch, now, grace_ms) {
-            let current = self.current().map_or(header.epoch, VerifiedPolicy::epoch);
-            return Err(Error::StaleEpoch { epoch: header.epoch, current });
-        }
+        let epoch = header.epoch;
+        let policy = self.get(epoch).ok_or(Error::UnknownEpoch(epoch))?;
         let member = policy.publisher(&header.publisher).ok_or(Error::UntrustedPublisher)?;
-        match self.current() {
-            Some(current)
-                if current.epoch() != header.epoch && current.publisher(&header.publisher).is_none() =>
-            {
-                Err(Error::UntrustedPublisher)
-            }
-            _ => Ok(member),
+        let Some(current) = self.current() else { return Err(Error::UnknownEpoch(epoch)) };
+        if current.epoch() == epoch {
+            return Ok(member);
         }
+        let policy_of = |e: u64| self.get(Epoch(e)).ok_or(Error::UnknownEpoch(Epoch(e)));
+        let next = policy_of(epoch.0.saturating_add(1))?;
+        if header.created_at.0 >= next.created_at().0.saturating_add(grace_ms) {
+            return Err(Error::StaleEpoch { epoch, current: current.epoch() });
+        }
+        if current.publisher(&header.publisher).is_some() {
+            return Ok(member);
+        }
+        for e in epoch.0.saturating_add(1)..=current.epoch().0 {
+            let later = policy_of(e)?;
+            if later.publisher(&header.publisher).is_none() {
+                return if header.created_at < later.created_at() {
+                    Ok(member)
+                } else {
+                    Err(Error::UntrustedPublisher)
+                };
+            }
+        }
+        Err(Error::UntrustedPublisher)
     }
 }

@@ -20,7 +20,9 @@
 //! - [`issue_policy`] (`issue.rs`): what the authority runs to make a topic's next policy.
 //! - [`PolicyBook`] (`book.rs`): the verified policies of one topic, admitted in order: `prev_digest` chains
 //!   them, and the book refuses an older epoch ([`Error::PolicyRollback`](crate::Error::PolicyRollback)) and
-//!   reports two policies for one epoch ([`Error::PolicyFork`](crate::Error::PolicyFork)).
+//!   reports two policies for one epoch ([`Error::PolicyFork`](crate::Error::PolicyFork)); older epochs
+//!   enter by walking the history back ([`PolicyBook::admit_history`]), each link checked
+//!   ([`Error::PolicyLinkBroken`](crate::Error::PolicyLinkBroken)).
 //! - [`EpochKeys`] (`epoch_keys.rs`): the content keys one member unwrapped, by epoch, for
 //!   [`open`](crate::open).
 //!

@@ -26,10 +26,17 @@ pub fn keys() -> (Epoch, ContentKey) {
     (Epoch(7), content_key())
 }
 
+/// The chain of alice's publisher instance in these tests.
+pub const CHAIN: ChainId = ChainId([0x5C; 16]);
+
+/// A second instance of alice.
+pub const OTHER_CHAIN: ChainId = ChainId([0x7E; 16]);
+
 pub fn params(first_seq: u64, prev: Digest) -> SealParams {
     SealParams {
         topic: topic("demo.chat"),
         epoch: Epoch(7),
+        chain: CHAIN,
         first_seq,
         prev_digest: prev,
         created_at: Timestamp(1_763_856_000_000),
@@ -39,6 +46,18 @@ pub fn params(first_seq: u64, prev: Digest) -> SealParams {
 /// Seals `msgs` as alice on demo.chat, epoch 7, with a deterministic RNG.
 pub fn sealed(first_seq: u64, prev: Digest, msgs: &[&[u8]], seed: u64) -> VerifiedBatch {
     seal(&alice(), &content_key(), params(first_seq, prev), msgs, &Limits::default(), &mut rng(seed)).unwrap()
+}
+
+/// Seals `msgs` as [`sealed`] does, in batch format version 1 (the legacy chain).
+pub fn sealed_v1(first_seq: u64, prev: Digest, msgs: &[&[u8]], seed: u64) -> VerifiedBatch {
+    let params = SealParams { chain: ChainId::LEGACY, ..params(first_seq, prev) };
+    seal(&alice(), &content_key(), params, msgs, &Limits::default(), &mut rng(seed)).unwrap()
+}
+
+/// Seals `msgs` as [`sealed`] does, on chain `chain`.
+pub fn sealed_on(chain: ChainId, first_seq: u64, prev: Digest, msgs: &[&[u8]], seed: u64) -> VerifiedBatch {
+    let params = SealParams { chain, ..params(first_seq, prev) };
+    seal(&alice(), &content_key(), params, msgs, &Limits::default(), &mut rng(seed)).unwrap()
 }
 
 pub fn bytes_of(b: &VerifiedBatch) -> Bytes {

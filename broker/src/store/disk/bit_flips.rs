@@ -35,7 +35,7 @@ use super::scrub::scrub_pass;
 use super::segment::{self, Checkpoint, Location, Walked};
 use super::sync::entries;
 use super::*;
-use crate::store::testing::sealed_batch;
+use crate::store::testing::{sealed_batch, TEST_CHAIN};
 use crate::store::LossReason;
 
 /// Trials per layout: flips in the segments and flips in sled's files.
@@ -145,6 +145,7 @@ impl Fixture {
                 let params = SealParams {
                     topic: t.clone(),
                     epoch: Epoch(1),
+                    chain: TEST_CHAIN,
                     first_seq: head.next_seq,
                     prev_digest: head.prev_digest,
                     created_at: Timestamp(1),
@@ -191,7 +192,7 @@ impl Fixture {
                         assert!(!e.location.durable_by(checkpoint));
                     }
                     removals.remove(key);
-                    removals.remove(publisher_key(&w.topic, &w.publisher, w.record.first_seq));
+                    removals.remove(publisher_key(&w.topic, &w.publisher, TEST_CHAIN, w.record.first_seq));
                 }
                 for t in &topics {
                     removals.remove(policy_key(t, 2));
@@ -327,6 +328,7 @@ fn check(fixture: &Fixture, dir: &Path, hit: Option<&Written>, what: &str, outco
                         assert_eq!((l.offset, l.end()), (w.record.offset, end), "{what}");
                         let named = LostBatch {
                             publisher: w.publisher,
+                            chain: TEST_CHAIN,
                             first_seq: w.record.first_seq,
                             digest: w.record.digest,
                         };
@@ -355,7 +357,7 @@ fn check(fixture: &Fixture, dir: &Path, hit: Option<&Written>, what: &str, outco
             // Chain heads: the last batch of each publisher, lost or not.
             for s in signers() {
                 let last = expected.iter().rfind(|w| w.publisher == s.public_key());
-                let head = store.publisher_head(&t, &s.public_key()).unwrap();
+                let head = store.publisher_head(&t, &s.public_key(), TEST_CHAIN).unwrap();
                 let lost_last =
                     hit.is_some_and(|h| last.is_some_and(|l| l.record == h.record && l.topic == h.topic));
                 if lost_last && fixture.lagging && head != last.map(|l| l.record) {

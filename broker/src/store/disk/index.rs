@@ -8,20 +8,29 @@
 //!
 //! ```text
 //! b | topic_len u8 | topic | offset u64                          -> count u32 | location [24] | publisher [32] | first_seq u64
-//!                                                                   (68 bytes: a batch)
-//!                                                                or lost [98] (98 bytes: a lost range, see record)
+//!                                                                   | chain [16] (84 bytes: a batch; layout 3: 68, no chain)
+//!                                                                or lost [114] (a lost range, see record; layout 3: [98])
 //! p | topic_len u8 | topic | publisher [32] | first_seq u64      -> first_seq u64 | count u32 | offset u64 | digest [32]
+//!                                                                   (the legacy chain: batches of format version 1)
+//! c | topic_len u8 | topic | publisher [32] | chain [16] | first_seq u64
+//!                                                                -> the same, for any other chain (format version 2)
 //! d | topic_len u8 | topic | len u32 | principal | len u32 | name -> next_offset u64 | segment u64 | position u64
 //!                                                                   (where its record is; layout 2: next_offset only)
 //! y | topic_len u8 | topic | epoch u64                           -> signed topic policy bytes
 //! t | topic_len u8 | topic                                       -> (empty: the topic has batches)
-//! m | "layout"                                                   -> layout version u32 (3)
+//! m | "layout"                                                   -> layout version u32 (4)
 //! m | "layout3_from"                                             -> the first segment written in layout 3, u64
 //! m | "checkpoint"                                               -> segment u64 | position u64
 //! ```
 //!
+//! Layout 4 is layout 3 plus the chain of each batch: the `c` keys, and the chain in `b` values of batches
+//! and lost ranges. The legacy chain ([`ChainId::LEGACY`], every batch a layout-3 folder holds) keeps
+//! layout 3's `p` key, and a `b` value of layout 3's length reads as the legacy chain, so a layout-3 index
+//! is a layout-4 index as it stands: opening one only rewrites its layout key (which keeps a layout-3
+//! build from opening the folder afterwards). A chain's keys are one contiguous range either way.
+//!
 //! Every offset of a topic is covered by exactly one `b` key, a batch or a lost range: the last one gives
-//! the topic's next offset, the last `p` key of a (topic, publisher) its chain head (a lost batch keeps its
+//! the topic's next offset, the last `p` (or `c`) key of a (topic, publisher, chain) its chain head (a lost batch keeps its
 //! `p` key, so its publisher's chain continues). A write appends its record to the active segment, then
 //! updates the index (for a batch: its `t` key if new, its `b` key, its `p` key, in that order). The
 //! checkpoint says up to where every record is indexed **and** the index durable.
@@ -29,7 +38,7 @@
 //! Decoding never trusts a value: a key or value that does not decode is a "corrupt store" error, and
 //! [`scan`] checks every entry when the store opens.
 
-use sealpost_protocol::{Offset, Principal, PublicKey, Topic};
+use sealpost_protocol::{ChainId, Offset, Principal, PublicKey, Topic};
 
 use super::codec::{corrupt, principal_and_name, split_topic, topic_prefix, u32_at, u64_at};
 use super::record::{Lost, Record};
@@ -38,13 +47,16 @@ use crate::store::{io_error, PublisherRecord};
 use crate::{Error, Result};
 
 /// Version of the key layout above, stored under `m | "layout"`.
-pub(super) const LAYOUT_VERSION: u32 = 3;
+pub(super) const LAYOUT_VERSION: u32 = 4;
+/// The previous layout: the same keys without `c` keys and chains, read as it stands.
+pub(super) const LAYOUT_3: u32 = 3;
 pub(super) const LAYOUT_KEY: &[u8] = b"mlayout";
 pub(super) const LAYOUT3_FROM_KEY: &[u8] = b"mlayout3_from";
 pub(super) const CHECKPOINT_KEY: &[u8] = b"mcheckpoint";
 
 pub(super) const BATCH: u8 = b'b';
 pub(super) const PUBLISHER: u8 = b'p';
+pub(super) const CHAIN: u8 = b'c';
 pub(super) const DURABLE: u8 = b'd';
 pub(super) const POLICY: u8 = b'y';
 pub(super) const TOPIC: u8 = b't';
@@ -69,16 +81,25 @@ pub(super) fn batch_key(topic: &Topic, offset: Offset) -> Vec<u8> {
     key
 }
 
-fn publisher_key_bytes(topic: &Topic, publisher: &[u8; 32], first_seq: u64) -> Vec<u8> {
-    let mut key = topic_prefix(PUBLISHER, topic, 40);
+fn publisher_key_bytes(topic: &Topic, publisher: &[u8; 32], chain: ChainId, first_seq: u64) -> Vec<u8> {
+    let mut key = if chain.is_legacy() {
+        topic_prefix(PUBLISHER, topic, 40)
+    } else {
+        let mut key = topic_prefix(CHAIN, topic, 56);
+        key.extend_from_slice(publisher);
+        key.extend_from_slice(chain.as_bytes());
+        key.extend_from_slice(&first_seq.to_be_bytes());
+        return key;
+    };
     key.extend_from_slice(publisher);
     key.extend_from_slice(&first_seq.to_be_bytes());
     key
 }
 
-/// The `p` key of `publisher`'s batch on `topic` from `first_seq`.
-pub(super) fn publisher_key(topic: &Topic, publisher: &PublicKey, first_seq: u64) -> Vec<u8> {
-    publisher_key_bytes(topic, publisher.as_bytes(), first_seq)
+/// The `p` key (legacy chain) or `c` key (any other) of the batch of `publisher`'s chain `chain` on
+/// `topic` from `first_seq`.
+pub(super) fn publisher_key(topic: &Topic, publisher: &PublicKey, chain: ChainId, first_seq: u64) -> Vec<u8> {
+    publisher_key_bytes(topic, publisher.as_bytes(), chain, first_seq)
 }
 
 /// The `d` key of a durable subscription.
@@ -125,10 +146,13 @@ pub(super) struct Entry {
     pub location: Location,
     pub publisher: [u8; 32],
     pub first_seq: u64,
+    pub chain: ChainId,
 }
 
 impl Entry {
-    const ENCODED_LEN: usize = 4 + Location::ENCODED_LEN + 32 + 8;
+    /// Layout 3's entries: no chain (the legacy one).
+    const LAYOUT_3_LEN: usize = 4 + Location::ENCODED_LEN + 32 + 8;
+    const ENCODED_LEN: usize = Self::LAYOUT_3_LEN + 16;
 
     pub fn end(&self) -> Offset {
         self.offset.saturating_add(self.count.into())
@@ -138,18 +162,24 @@ impl Entry {
         let mut out = [0u8; Self::ENCODED_LEN];
         let (count, rest) = out.split_at_mut(4);
         let (location, rest) = rest.split_at_mut(Location::ENCODED_LEN);
-        let (publisher, first_seq) = rest.split_at_mut(32);
+        let (publisher, rest) = rest.split_at_mut(32);
+        let (first_seq, chain) = rest.split_at_mut(8);
         count.copy_from_slice(&self.count.to_be_bytes());
         location.copy_from_slice(&self.location.encode());
         publisher.copy_from_slice(&self.publisher);
         first_seq.copy_from_slice(&self.first_seq.to_be_bytes());
+        chain.copy_from_slice(self.chain.as_bytes());
         out
     }
 
     fn decode(offset: Offset, value: &[u8]) -> Result<Entry> {
-        if value.len() != Self::ENCODED_LEN {
-            return Err(corrupt("batch index entry"));
-        }
+        let chain = match value.len() {
+            Self::LAYOUT_3_LEN => ChainId::LEGACY,
+            Self::ENCODED_LEN => {
+                ChainId(value[Self::LAYOUT_3_LEN..].try_into().map_err(|_| corrupt("batch index entry"))?)
+            }
+            _ => return Err(corrupt("batch index entry")),
+        };
         let location = Location::decode(&value[4..4 + Location::ENCODED_LEN])
             .ok_or_else(|| corrupt("batch location"))?;
         let publisher_at = 4 + Location::ENCODED_LEN;
@@ -159,19 +189,21 @@ impl Entry {
             location,
             publisher: value[publisher_at..publisher_at + 32].try_into().map_err(|_| corrupt("publisher"))?,
             first_seq: u64_at(value, publisher_at + 32)?,
+            chain,
         })
     }
 
-    /// Its `p` key.
+    /// Its `p` or `c` key.
     pub fn publisher_key(&self, topic: &Topic) -> Vec<u8> {
-        publisher_key_bytes(topic, &self.publisher, self.first_seq)
+        publisher_key_bytes(topic, &self.publisher, self.chain, self.first_seq)
     }
 
     /// Whether `body` is this entry's record: a batch record of `topic` at its offset and count.
     pub fn matches(&self, topic: &Topic, body: &[u8]) -> bool {
         matches!(Record::decode(body), Some(Record::Batch(r, _))
             if r.topic == *topic && r.record.offset == self.offset && r.record.count == self.count
-                && r.publisher == self.publisher && r.record.first_seq == self.first_seq)
+                && r.publisher == self.publisher && r.record.first_seq == self.first_seq
+                && r.chain == self.chain)
     }
 }
 
@@ -188,8 +220,8 @@ impl Slot {
     pub fn decode(key: &[u8], value: &[u8]) -> Result<Slot> {
         let offset = Offset(u64_at(key, key.len().saturating_sub(8))?);
         match value.len() {
-            Entry::ENCODED_LEN => Entry::decode(offset, value).map(Slot::Batch),
-            Lost::ENCODED_LEN => Lost::decode(offset, value)
+            Entry::LAYOUT_3_LEN | Entry::ENCODED_LEN => Entry::decode(offset, value).map(Slot::Batch),
+            Lost::LAYOUT_3_LEN | Lost::ENCODED_LEN => Lost::decode(offset, value)
                 .map(|l| Slot::Lost(Box::new(l)))
                 .ok_or_else(|| corrupt("lost range index entry")),
             _ => Err(corrupt("batch index entry")),
@@ -289,13 +321,14 @@ pub(super) fn publisher_record(db: &sled::Db, key: &[u8]) -> Result<Option<Publi
     }
 }
 
-/// The record of the last batch of `publisher` on `topic`.
+/// The record of the last batch of `publisher`'s chain `chain` on `topic`.
 pub(super) fn publisher_head(
     db: &sled::Db,
     topic: &Topic,
     publisher: &PublicKey,
+    chain: ChainId,
 ) -> Result<Option<PublisherRecord>> {
-    let range = publisher_key(topic, publisher, 0)..=publisher_key(topic, publisher, u64::MAX);
+    let range = publisher_key(topic, publisher, chain, 0)..=publisher_key(topic, publisher, chain, u64::MAX);
     match db.range(range).values().next_back() {
         Some(v) => PublisherRecord::decode(&v.map_err(sled_error)?).map(Some),
         None => Ok(None),
@@ -313,7 +346,7 @@ pub(super) fn lost_writes(
     let mut writes = sled::Batch::default();
     writes.insert(batch_key(topic, lost.range.offset), &lost.encode()[..]);
     if let Some(b) = lost.range.batch {
-        let key = publisher_key(topic, &b.publisher, b.first_seq);
+        let key = publisher_key(topic, &b.publisher, b.chain, b.first_seq);
         if let (None, Ok(count)) = (db.get(&key)?, u32::try_from(lost.range.count)) {
             let r = PublisherRecord {
                 first_seq: b.first_seq,
@@ -359,6 +392,10 @@ pub(super) fn scan(db: &sled::Db) -> std::result::Result<(), String> {
             },
             Some((&PUBLISHER, rest)) => {
                 split_topic(rest).is_some_and(|(_, r)| r.len() == 40)
+                    && PublisherRecord::decode(&value).is_ok()
+            }
+            Some((&CHAIN, rest)) => {
+                split_topic(rest).is_some_and(|(_, r)| r.len() == 56)
                     && PublisherRecord::decode(&value).is_ok()
             }
             Some((&DURABLE, rest)) => split_topic(rest).is_some() && decode_durable(&value).is_some(),

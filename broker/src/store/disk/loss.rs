@@ -63,6 +63,7 @@ pub(super) fn lost_range(db: &sled::Db, topic: &Topic, entry: &Entry, reason: Lo
         match db.get(entry.publisher_key(topic)) {
             Ok(Some(v)) => PublisherRecord::decode(&v).ok().map(|r| LostBatch {
                 publisher,
+                chain: entry.chain,
                 first_seq: entry.first_seq,
                 digest: r.digest,
             }),

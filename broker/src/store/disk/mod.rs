@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use sealpost_protocol::{Offset, Principal, PublicKey, Topic};
+use sealpost_protocol::{ChainId, Offset, Principal, PublicKey, Topic};
 
 use self::index::{
     batch_key, decode_durable, durable_key, durable_value, policy_key, publisher_key, sled_error, topic_key,
@@ -306,7 +306,7 @@ impl Store for DiskStore {
             return Err(offset_mismatch(topic, next, record.offset));
         }
         // The record's fields, then the sealed batch itself: written as they are, not copied together.
-        let prefix = record::batch_prefix(topic, publisher, &record);
+        let prefix = record::batch_prefix(topic, publisher, batch.chain(), &record);
         let location = self.journal.append(&[&prefix, batch.bytes()], Reserve::Keep)?;
         let entry = Entry {
             offset: record.offset,
@@ -314,6 +314,7 @@ impl Store for DiskStore {
             location,
             publisher: *publisher.as_bytes(),
             first_seq: record.first_seq,
+            chain: batch.chain(),
         };
         let mut topics = lock(&self.topics, "topic set")?;
         let new_topic = !topics.contains(topic);
@@ -325,7 +326,10 @@ impl Store for DiskStore {
                 self.db.insert(topic_key(topic), &[][..])?;
             }
             self.db.insert(batch_key(topic, record.offset), &entry.encode()[..])?;
-            self.db.insert(publisher_key(topic, publisher, record.first_seq), &record.encode()[..])
+            self.db.insert(
+                publisher_key(topic, publisher, batch.chain(), record.first_seq),
+                &record.encode()[..],
+            )
         })();
         if let Err(e) = indexed {
             // The record is in the segment but not in the index: recovery would index it at this offset,
@@ -357,7 +361,6 @@ impl Store for DiskStore {
 
     fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>> {
         let start = index::read_start(&self.db, topic, from)?;
-        let prefix = BatchRecord::prefix_len(topic);
         let mut out = Vec::new();
         let mut total = 0usize;
         for slot in index::slots_from(&self.db, topic, start) {
@@ -369,6 +372,7 @@ impl Store for DiskStore {
                 }
                 Slot::Batch(entry) => entry,
             };
+            let prefix = BatchRecord::prefix_len(topic, entry.chain);
             let len = usize::try_from(entry.location.len).unwrap_or(usize::MAX).saturating_sub(prefix);
             if !out.is_empty() && total.saturating_add(len) > max_bytes {
                 break;
@@ -399,13 +403,19 @@ impl Store for DiskStore {
         &self,
         topic: &Topic,
         publisher: &PublicKey,
+        chain: ChainId,
         first_seq: u64,
     ) -> Result<Option<PublisherRecord>> {
-        index::publisher_record(&self.db, &publisher_key(topic, publisher, first_seq))
+        index::publisher_record(&self.db, &publisher_key(topic, publisher, chain, first_seq))
     }
 
-    fn publisher_head(&self, topic: &Topic, publisher: &PublicKey) -> Result<Option<PublisherRecord>> {
-        index::publisher_head(&self.db, topic, publisher)
+    fn publisher_head(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        chain: ChainId,
+    ) -> Result<Option<PublisherRecord>> {
+        index::publisher_head(&self.db, topic, publisher, chain)
     }
 
     fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>> {
@@ -452,6 +462,19 @@ impl Store for DiskStore {
         }
         newest.reverse();
         Ok(newest)
+    }
+
+    fn policy_history(
+        &self,
+        topic: &Topic,
+        before: Option<u64>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>> {
+        let below = policy_key(topic, before.unwrap_or(u64::MAX));
+        let entries = self.db.range(codec::topic_prefix(POLICY, topic, 0)..below).rev();
+        let newest_first = entries.map(|entry| entry.map(|(_, value)| Bytes::copy_from_slice(&value)));
+        super::history_page(newest_first, max, max_bytes).map_err(sled_error)
     }
 
     fn syncs(&self) -> u64 {

@@ -7,13 +7,21 @@
 //! 2 synced   kind | segment u64 | position u64            the segments were durable up to there
 //! 3 policy   kind | topic_len u8 | topic | epoch u64 | signed topic policy
 //! 4 durable  kind | topic_len u8 | topic | len u32 | principal | len u32 | name | next_offset u64
-//! 5 lost     kind | topic_len u8 | topic | offset u64 | lost [98]
+//! 5 lost     kind | topic_len u8 | topic | offset u64 | lost [114] (layout 3: lost [98])
 //! 6 layout   kind | version u32                            the first record of the first layout-3 segment
+//! 7 batch    kind | topic_len u8 | topic | offset u64 | count u32 | publisher [32] | chain [16]
+//!   of a chain    | first_seq u64 | digest [32] | sealed batch          (layout 4: a batch of any chain
+//!                                                                      but the legacy one)
 //!
-//! lost [98] = count u64 | reason u8 | flags u8 | publisher [32] | first_seq u64 | digest [32]
-//!             | segment u64 | position u64
-//!             flags: bit 0, the batch (publisher, first_seq, digest) is known; bit 1, the place of the
-//!             damaged bytes (segment, position) is known. Unknown fields are zeros.
+//! lost [114] = count u64 | reason u8 | flags u8 | publisher [32] | first_seq u64 | digest [32]
+//!             | segment u64 | position u64 | chain [16]
+//!             flags: bit 0, the batch (publisher, first_seq, digest, chain) is known; bit 1, the place of
+//!             the damaged bytes (segment, position) is known. Unknown fields are zeros. Layout 3 wrote
+//!             the first 98 bytes only: its batches were all of the legacy chain.
+//!
+//! A batch of the legacy chain (format version 1, all that layout 3 held) keeps the `batch` record of
+//! layout 3; any other is a `batch of a chain` record, whose fields name the chain as the index does, so
+//! that a flipped bit in the sealed batch leaves every field the index is rebuilt from intact.
 //! ```
 //!
 //! Integers are big-endian. A `synced` record is written as the first record of the first group after a
@@ -21,7 +29,7 @@
 //! fsync of its own; what it says is true whenever it is there at all (it is written after the sync it
 //! names). Decoding checks every length against the bytes present and never panics.
 
-use sealpost_protocol::{Digest, LostBatch, Offset, Principal, PublicKey, Topic};
+use sealpost_protocol::{ChainId, Digest, LostBatch, Offset, Principal, PublicKey, Topic};
 
 use super::codec::{principal_and_name, split_topic, take_offset, take_str, take_u64, topic_prefix};
 use super::segment::Checkpoint;
@@ -40,19 +48,24 @@ pub(super) const DURABLE: u8 = 4;
 pub(super) const LOST: u8 = 5;
 /// Kind of a record naming the layout of the segments from it on.
 pub(super) const LAYOUT: u8 = 6;
+/// Kind of a record holding a batch of a chain other than the legacy one.
+pub(super) const BATCH_OF_CHAIN: u8 = 7;
 
 /// What a batch record says of its batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct BatchRecord {
     pub topic: Topic,
     pub publisher: [u8; 32],
+    /// [`ChainId::LEGACY`] for a record of kind `batch`.
+    pub chain: ChainId,
     pub record: PublisherRecord,
 }
 
 impl BatchRecord {
-    /// Bytes before the sealed batch in a record of `topic`.
-    pub fn prefix_len(topic: &Topic) -> usize {
-        2 + topic.as_str().len() + 8 + 4 + 32 + 8 + 32
+    /// Bytes before the sealed batch in a record of `topic` and `chain`.
+    pub fn prefix_len(topic: &Topic, chain: ChainId) -> usize {
+        let chain_len = if chain.is_legacy() { 0 } else { 16 };
+        2 + topic.as_str().len() + 8 + 4 + 32 + chain_len + 8 + 32
     }
 }
 
@@ -66,7 +79,9 @@ pub(super) struct Lost {
 }
 
 impl Lost {
-    pub const ENCODED_LEN: usize = 8 + 1 + 1 + 32 + 8 + 32 + 8 + 8;
+    /// Layout 3's lost ranges: no chain (the legacy one).
+    pub const LAYOUT_3_LEN: usize = 8 + 1 + 1 + 32 + 8 + 32 + 8 + 8;
+    pub const ENCODED_LEN: usize = Self::LAYOUT_3_LEN + 16;
 
     pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
         let mut out = [0u8; Self::ENCODED_LEN];
@@ -78,6 +93,7 @@ impl Lost {
             out[10..42].copy_from_slice(b.publisher.as_bytes());
             out[42..50].copy_from_slice(&b.first_seq.to_be_bytes());
             out[50..82].copy_from_slice(b.digest.as_bytes());
+            out[98..].copy_from_slice(b.chain.as_bytes());
         }
         if let Some((segment, position)) = self.at {
             flags |= 2;
@@ -88,9 +104,18 @@ impl Lost {
         out
     }
 
-    /// The lost range starting at `offset` that `bytes` (exactly one encoding) describes.
+    /// The lost range starting at `offset` that `bytes` (exactly one encoding, of layout 4 or 3)
+    /// describes.
     pub fn decode(offset: Offset, bytes: &[u8]) -> Option<Lost> {
-        let bytes: &[u8; Self::ENCODED_LEN] = bytes.try_into().ok()?;
+        let (bytes, chain) = match bytes.len() {
+            Self::LAYOUT_3_LEN => (bytes, ChainId::LEGACY),
+            Self::ENCODED_LEN => {
+                let (bytes, chain) = bytes.split_at(Self::LAYOUT_3_LEN);
+                (bytes, ChainId(chain.try_into().ok()?))
+            }
+            _ => return None,
+        };
+        let bytes: &[u8; Self::LAYOUT_3_LEN] = bytes.try_into().ok()?;
         let (count, rest) = bytes.split_first_chunk::<8>()?;
         let (&[reason, flags], rest) = rest.split_first_chunk::<2>()?;
         let (publisher, rest) = rest.split_first_chunk::<32>()?;
@@ -105,6 +130,7 @@ impl Lost {
         let batch = if flags & 1 != 0 {
             Some(LostBatch {
                 publisher: PublicKey::from_bytes(publisher).ok()?,
+                chain,
                 first_seq: u64::from_be_bytes(*first_seq),
                 digest: Digest(*digest),
             })
@@ -132,11 +158,18 @@ impl<'a> Record<'a> {
     pub fn decode(body: &'a [u8]) -> Option<Record<'a>> {
         let (&kind, rest) = body.split_first()?;
         match kind {
-            BATCH => {
+            BATCH | BATCH_OF_CHAIN => {
                 let (topic, rest) = split_topic(rest)?;
                 let (offset, rest) = take_offset(rest)?;
                 let (count, rest) = rest.split_first_chunk::<4>()?;
                 let (publisher, rest) = rest.split_first_chunk::<32>()?;
+                let (chain, rest) = if kind == BATCH_OF_CHAIN {
+                    let (chain, rest) = rest.split_first_chunk::<16>()?;
+                    // The legacy chain is written as a `batch` record only: one encoding per record.
+                    (Some(ChainId(*chain)).filter(|c| !c.is_legacy())?, rest)
+                } else {
+                    (ChainId::LEGACY, rest)
+                };
                 let (first_seq, rest) = take_u64(rest)?;
                 let (digest, batch) = rest.split_first_chunk::<32>()?;
                 let record = PublisherRecord {
@@ -145,7 +178,7 @@ impl<'a> Record<'a> {
                     offset,
                     digest: Digest(*digest),
                 };
-                Some(Record::Batch(BatchRecord { topic, publisher: *publisher, record }, batch))
+                Some(Record::Batch(BatchRecord { topic, publisher: *publisher, chain, record }, batch))
             }
             SYNCED => Checkpoint::decode(rest).map(Record::Synced),
             POLICY => {
@@ -193,11 +226,20 @@ impl<'a> Record<'a> {
 
 /// The body of a batch record up to its sealed batch: the record is this, then the batch's bytes, written
 /// without copying them together ([`Segments::append`](super::segment::Segments::append) takes parts).
-pub(super) fn batch_prefix(topic: &Topic, publisher: &PublicKey, record: &PublisherRecord) -> Vec<u8> {
-    let mut out = topic_prefix(BATCH, topic, BatchRecord::prefix_len(topic));
+pub(super) fn batch_prefix(
+    topic: &Topic,
+    publisher: &PublicKey,
+    chain: ChainId,
+    record: &PublisherRecord,
+) -> Vec<u8> {
+    let kind = if chain.is_legacy() { BATCH } else { BATCH_OF_CHAIN };
+    let mut out = topic_prefix(kind, topic, BatchRecord::prefix_len(topic, chain));
     out.extend_from_slice(&record.offset.0.to_be_bytes());
     out.extend_from_slice(&record.count.to_be_bytes());
     out.extend_from_slice(publisher.as_bytes());
+    if !chain.is_legacy() {
+        out.extend_from_slice(chain.as_bytes());
+    }
     out.extend_from_slice(&record.first_seq.to_be_bytes());
     out.extend_from_slice(record.digest.as_bytes());
     out
@@ -205,8 +247,14 @@ pub(super) fn batch_prefix(topic: &Topic, publisher: &PublicKey, record: &Publis
 
 /// The whole body of a batch record, in one buffer (tests build folders with it).
 #[cfg(test)]
-pub(super) fn batch(topic: &Topic, publisher: &PublicKey, record: &PublisherRecord, batch: &[u8]) -> Vec<u8> {
-    let mut out = batch_prefix(topic, publisher, record);
+pub(super) fn batch(
+    topic: &Topic,
+    publisher: &PublicKey,
+    chain: ChainId,
+    record: &PublisherRecord,
+    batch: &[u8],
+) -> Vec<u8> {
+    let mut out = batch_prefix(topic, publisher, chain, record);
     out.extend_from_slice(batch);
     out
 }
@@ -277,10 +325,32 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         let r = PublisherRecord { first_seq: 9, count: 3, offset: Offset(77), digest: Digest([5; 32]) };
-        let body = batch(&topic(), &publisher(), &r, b"sealed");
-        assert_eq!(body.len(), BatchRecord::prefix_len(&topic()) + 6);
-        let expected = BatchRecord { topic: topic(), publisher: *publisher().as_bytes(), record: r };
+        let body = batch(&topic(), &publisher(), ChainId::LEGACY, &r, b"sealed");
+        assert_eq!(body.len(), BatchRecord::prefix_len(&topic(), ChainId::LEGACY) + 6);
+        assert_eq!(body[0], BATCH);
+        let expected = BatchRecord {
+            topic: topic(),
+            publisher: *publisher().as_bytes(),
+            chain: ChainId::LEGACY,
+            record: r,
+        };
         assert_eq!(Record::decode(&body), Some(Record::Batch(expected, &b"sealed"[..])));
+        // Any other chain: a record of its own kind that names the chain.
+        let body = batch(&topic(), &publisher(), ChainId([9; 16]), &r, b"sealed");
+        assert_eq!(body.len(), BatchRecord::prefix_len(&topic(), ChainId::LEGACY) + 16 + 6);
+        assert_eq!(body[0], BATCH_OF_CHAIN);
+        let expected = BatchRecord {
+            topic: topic(),
+            publisher: *publisher().as_bytes(),
+            chain: ChainId([9; 16]),
+            record: r,
+        };
+        assert_eq!(Record::decode(&body), Some(Record::Batch(expected, &b"sealed"[..])));
+        // The legacy chain has one record kind only.
+        let mut twin = batch(&topic(), &publisher(), ChainId([9; 16]), &r, b"sealed");
+        let at = 2 + topic().as_str().len() + 8 + 4 + 32;
+        twin[at..at + 16].fill(0);
+        assert_eq!(Record::decode(&twin), None);
         let c = Checkpoint { segment: 3, position: 99 };
         assert_eq!(Record::decode(&synced(c)), Some(Record::Synced(c)));
         assert_eq!(
@@ -296,7 +366,12 @@ mod tests {
                 next_offset: Offset(12)
             })
         );
-        let batch_lost = LostBatch { publisher: publisher(), first_seq: 9, digest: Digest([5; 32]) };
+        let batch_lost = LostBatch {
+            publisher: publisher(),
+            chain: ChainId([3; 16]),
+            first_seq: 9,
+            digest: Digest([5; 32]),
+        };
         for l in [
             Lost {
                 range: LostRange {
@@ -319,9 +394,32 @@ mod tests {
     }
 
     #[test]
+    fn a_layout_3_lost_range_reads_as_the_legacy_chain() {
+        let batch = LostBatch {
+            publisher: publisher(),
+            chain: ChainId::LEGACY,
+            first_seq: 9,
+            digest: Digest([5; 32]),
+        };
+        let l = Lost {
+            range: LostRange {
+                offset: Offset(77),
+                count: 3,
+                batch: Some(batch),
+                reason: LossReason::Corrupt,
+            },
+            at: Some((4, 8)),
+        };
+        // Layout 3 wrote the same bytes without the chain at the end.
+        let old = &l.encode()[..Lost::LAYOUT_3_LEN];
+        assert_eq!(Lost::decode(Offset(77), old), Some(l));
+        assert_eq!(Lost::decode(Offset(77), &l.encode()[..Lost::LAYOUT_3_LEN + 3]), None);
+    }
+
+    #[test]
     fn garbage_decodes_to_nothing() {
         let r = PublisherRecord { first_seq: 1, count: 1, offset: Offset(0), digest: Digest::ZERO };
-        let body = batch(&topic(), &publisher(), &r, b"x");
+        let body = batch(&topic(), &publisher(), ChainId::LEGACY, &r, b"x");
         assert!(Record::decode(&body[..20]).is_none());
         assert!(Record::decode(&[BATCH, 1, b'a']).is_none());
         assert!(Record::decode(&[]).is_none());

@@ -12,6 +12,8 @@ use super::open::open_sled;
 use super::segment::{self, Checkpoint, Location};
 use super::sync::entries;
 use super::*;
+use crate::store::testing::{sealed_batch_on, TEST_CHAIN};
+use sealpost_protocol::{ChainHead, ChainId};
 
 fn topic(s: &str) -> Topic {
     Topic::new(s).unwrap()
@@ -56,8 +58,9 @@ fn append_n(store: &DiskStore, t: &Topic, n: usize) -> Vec<Bytes> {
     let signer = sealpost_protocol::SigningKey::from_bytes(&[1; 32]);
     (0..n)
         .map(|_| {
-            let head =
-                crate::store::chain_head(store.publisher_head(t, &signer.public_key()).unwrap().as_ref());
+            let head = crate::store::chain_head(
+                store.publisher_head(t, &signer.public_key(), TEST_CHAIN).unwrap().as_ref(),
+            );
             let batch = crate::store::testing::sealed_batch(&signer, t, head, 1, 1000).unwrap();
             store.append(Append::new(&batch, store.next_offset(t).unwrap())).unwrap();
             batch.into_bytes()
@@ -95,8 +98,8 @@ fn recovery_drops_indexed_batches_whose_bytes_never_reached_the_disk() {
     let store = DiskStore::open(dir.path()).unwrap();
     assert_eq!(store.next_offset(&t).unwrap(), Offset(5), "the five batches that were never synced are gone");
     assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap().len(), 5);
-    assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap().map(|h| h.next_seq()), Some(6));
-    assert_eq!(store.publisher_record(&t, &publisher(1), 6).unwrap(), None);
+    assert_eq!(store.publisher_head(&t, &publisher(1), TEST_CHAIN).unwrap().map(|h| h.next_seq()), Some(6));
+    assert_eq!(store.publisher_record(&t, &publisher(1), TEST_CHAIN, 6).unwrap(), None);
     assert_eq!(store.next_offset(&other).unwrap(), Offset(2));
     // The log continues at offset 5, in a new segment, and that survives another reopen.
     written.extend(append_n(&store, &t, 2));
@@ -118,13 +121,14 @@ fn recovery_rebuilds_index_entries_that_never_reached_the_disk_from_the_segments
         append_n(&store, &t, 3);
         // An acknowledged sync makes the segments durable; the index is made durable lazily.
         store.sync().unwrap();
-        let records: Vec<_> =
-            (1..=3).map(|seq| store.publisher_record(&t, &publisher(1), seq).unwrap().unwrap()).collect();
+        let records: Vec<_> = (1..=3)
+            .map(|seq| store.publisher_record(&t, &publisher(1), TEST_CHAIN, seq).unwrap().unwrap())
+            .collect();
         let written = store.read(&t, Offset(0), usize::MAX).unwrap();
         // A crash before the index reached the disk loses its entries: remove them, as a crash would.
         for r in &records {
             store.db.remove(batch_key(&t, r.offset)).unwrap();
-            store.db.remove(publisher_key(&t, &publisher(1), r.first_seq)).unwrap();
+            store.db.remove(publisher_key(&t, &publisher(1), TEST_CHAIN, r.first_seq)).unwrap();
         }
         store.db.remove(topic_key(&t)).unwrap();
         store.db.flush().unwrap();
@@ -132,8 +136,8 @@ fn recovery_rebuilds_index_entries_that_never_reached_the_disk_from_the_segments
     };
     let store = DiskStore::open(dir.path()).unwrap();
     assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap(), written);
-    assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap(), records.last().copied());
-    assert_eq!(store.publisher_record(&t, &publisher(1), 2).unwrap(), Some(records[1]));
+    assert_eq!(store.publisher_head(&t, &publisher(1), TEST_CHAIN).unwrap(), records.last().copied());
+    assert_eq!(store.publisher_record(&t, &publisher(1), TEST_CHAIN, 2).unwrap(), Some(records[1]));
     append_n(&store, &t, 1);
     assert_eq!(store.next_offset(&t).unwrap(), Offset(4));
 }
@@ -230,14 +234,19 @@ fn layout2_folder(dir: &Path, t: &Topic) -> Vec<Vec<u8>> {
     std::fs::create_dir_all(&segments).unwrap();
     let db = sled::Config::new().path(dir).flush_every_ms(None).open().unwrap();
     let p = publisher(1);
+    let signer = sealpost_protocol::SigningKey::from_bytes(&[1; 32]);
+    let mut head = ChainHead::GENESIS;
     let mut batches = Vec::new();
     for (segment, range) in [(0u64, 0u64..3), (1, 3..5)] {
         let mut file = Vec::new();
         for n in range {
             let (offset, first_seq) = (Offset(n), n + 1);
-            let record = PublisherRecord { first_seq, count: 1, offset, digest: Default::default() };
-            let batch = vec![n as u8; 100];
-            let body = record::batch(t, &p, &record, &batch);
+            // Layouts 2 and 3 only ever held batches of format version 1: the legacy chain.
+            let sealed = sealed_batch_on(&signer, t, ChainId::LEGACY, head, 1, 100).unwrap();
+            head = ChainHead::after(&sealed);
+            let record = PublisherRecord { first_seq, count: 1, offset, digest: sealed.digest() };
+            let batch = sealed.as_bytes().to_vec();
+            let body = record::batch(t, &p, ChainId::LEGACY, &record, &batch);
             let location = Location {
                 segment,
                 position: file.len() as u64,
@@ -247,9 +256,17 @@ fn layout2_folder(dir: &Path, t: &Topic) -> Vec<Vec<u8>> {
             file.extend_from_slice(&location.len.to_be_bytes());
             file.extend_from_slice(&location.crc.to_be_bytes());
             file.extend_from_slice(&body);
-            let entry = Entry { offset, count: 1, location, publisher: *p.as_bytes(), first_seq };
-            db.insert(batch_key(t, offset), &entry.encode()[..]).unwrap();
-            db.insert(publisher_key(t, &p, first_seq), &record.encode()[..]).unwrap();
+            let entry = Entry {
+                offset,
+                count: 1,
+                location,
+                publisher: *p.as_bytes(),
+                first_seq,
+                chain: ChainId::LEGACY,
+            };
+            // Layout 2 wrote `b` values without the chain (68 bytes).
+            db.insert(batch_key(t, offset), &entry.encode()[..68]).unwrap();
+            db.insert(publisher_key(t, &p, ChainId::LEGACY, first_seq), &record.encode()[..]).unwrap();
             batches.push(batch);
         }
         if segment == 0 {
@@ -288,7 +305,10 @@ fn a_layout_2_store_is_migrated_once_and_then_survives_losing_its_index() {
     let check = |store: &DiskStore| {
         assert_eq!(payloads(store, &t), batches);
         assert_eq!(store.next_offset(&t).unwrap(), Offset(5));
-        assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap().map(|h| h.next_seq()), Some(6));
+        assert_eq!(
+            store.publisher_head(&t, &publisher(1), ChainId::LEGACY).unwrap().map(|h| h.next_seq()),
+            Some(6)
+        );
         assert_eq!(store.policies(&t, 5).unwrap(), [Bytes::from("policy one"), Bytes::from("policy two")]);
         assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(Offset(3)));
     };
@@ -323,6 +343,103 @@ fn a_layout_2_store_is_migrated_once_and_then_survives_losing_its_index() {
     assert_eq!(store.layout3_from(), 2);
 }
 
+/// Rewrites the index of the (closed) store in `dir` as layout 3 wrote it: `b` values without the chain,
+/// layout key 3. Its batches must all be of the legacy chain, as layout 3's were.
+fn downgrade_index_to_layout_3(dir: &Path) {
+    let db = open_sled(dir, 1 << 20).unwrap();
+    let batches: Vec<_> = db.scan_prefix([b'b']).map(|kv| kv.unwrap()).collect();
+    assert!(!batches.is_empty());
+    for (key, value) in batches {
+        assert_eq!(value.len(), 84);
+        assert_eq!(&value[68..], &[0; 16], "layout 3 held batches of the legacy chain only");
+        db.insert(key, &value[..68]).unwrap();
+    }
+    assert_eq!(db.scan_prefix([b'c']).count(), 0);
+    db.insert(LAYOUT_KEY, &3u32.to_be_bytes()[..]).unwrap();
+    db.flush().unwrap();
+}
+
+#[test]
+fn a_layout_3_store_opens_as_layout_4_with_its_acknowledged_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("demo.layout3");
+    let signer = sealpost_protocol::SigningKey::from_bytes(&[1; 32]);
+    let mut legacy = Vec::new();
+    {
+        let store = DiskStore::open(dir.path()).unwrap();
+        let mut head = ChainHead::GENESIS;
+        for _ in 0..3 {
+            let b = sealed_batch_on(&signer, &t, ChainId::LEGACY, head, 2, 100).unwrap();
+            head = ChainHead::after(&b);
+            store.append(Append::new(&b, store.next_offset(&t).unwrap())).unwrap();
+            legacy.push(b.into_bytes().to_vec());
+        }
+        store.put_policy(&t, 1, &Bytes::from_static(b"policy one")).unwrap();
+        store.set_durable_offset(&t, &bob(), "main", Offset(2)).unwrap();
+        store.meta_dirty.store(true, Ordering::SeqCst);
+        store.sync().unwrap();
+    }
+    downgrade_index_to_layout_3(dir.path());
+    let legacy_head = |store: &DiskStore| store.publisher_head(&t, &publisher(1), ChainId::LEGACY).unwrap();
+    {
+        let store = DiskStore::open(dir.path()).unwrap();
+        // Every acknowledged batch, policy and durable offset is there; the legacy chain goes on.
+        assert_eq!(payloads(&store, &t), legacy);
+        assert_eq!(store.next_offset(&t).unwrap(), Offset(6));
+        assert_eq!(legacy_head(&store).map(|h| h.next_seq()), Some(7));
+        assert_eq!(
+            store.publisher_record(&t, &publisher(1), ChainId::LEGACY, 3).unwrap().map(|r| r.offset),
+            Some(Offset(2))
+        );
+        assert_eq!(store.policies(&t, 5).unwrap(), [Bytes::from("policy one")]);
+        assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(Offset(2)));
+        assert_eq!(store.db.get(LAYOUT_KEY).unwrap().unwrap().as_ref(), LAYOUT_VERSION.to_be_bytes());
+        assert_eq!(LAYOUT_VERSION, 4);
+        // A new instance of the same key starts its own chain beside the legacy one.
+        assert_eq!(store.publisher_head(&t, &publisher(1), TEST_CHAIN).unwrap(), None);
+        append_n(&store, &t, 2);
+        assert_eq!(
+            store.publisher_head(&t, &publisher(1), TEST_CHAIN).unwrap().map(|h| h.next_seq()),
+            Some(3)
+        );
+        assert_eq!(legacy_head(&store).map(|h| h.next_seq()), Some(7));
+        store.sync().unwrap();
+    }
+    // Losing the index: recovery rebuilds both chains from the segment records.
+    for name in ["db", "conf"] {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name.to_string_lossy().starts_with("snap.") {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+    }
+    let store = DiskStore::open(dir.path()).unwrap();
+    assert_eq!(&payloads(&store, &t)[..3], &legacy[..]);
+    assert_eq!(store.next_offset(&t).unwrap(), Offset(8));
+    assert_eq!(legacy_head(&store).map(|h| h.next_seq()), Some(7));
+    assert_eq!(store.publisher_head(&t, &publisher(1), TEST_CHAIN).unwrap().map(|h| h.next_seq()), Some(3));
+}
+
+#[test]
+fn a_layout_4_index_is_refused_by_nothing_older_than_its_key_says() {
+    // A layout this build does not know is refused, never guessed at.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = DiskStore::open(dir.path()).unwrap();
+        append_n(&store, &topic("demo.future"), 1);
+        store.sync().unwrap();
+    }
+    {
+        let db = open_sled(dir.path(), 1 << 20).unwrap();
+        db.insert(LAYOUT_KEY, &5u32.to_be_bytes()[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let refused = DiskStore::open(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("layout 5"), "{refused}");
+}
+
 #[test]
 fn a_broken_index_is_moved_aside_and_rebuilt_from_the_segments() {
     let dir = tempfile::tempdir().unwrap();
@@ -346,7 +463,7 @@ fn a_broken_index_is_moved_aside_and_rebuilt_from_the_segments() {
     assert_eq!(payloads(&store, &t).len(), 4);
     assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(Offset(2)));
     assert_eq!(store.policies(&t, 1).unwrap(), [Bytes::from_static(b"policy")]);
-    assert_eq!(store.publisher_head(&t, &publisher(1)).unwrap().map(|h| h.next_seq()), Some(5));
+    assert_eq!(store.publisher_head(&t, &publisher(1), TEST_CHAIN).unwrap().map(|h| h.next_seq()), Some(5));
     append_n(&store, &t, 1);
     assert_eq!(store.next_offset(&t).unwrap(), Offset(5));
 }
@@ -436,14 +553,14 @@ fn opening_a_foreign_sled_database_is_refused() {
 
 #[test]
 fn a_batch_record_on_disk_is_its_header_its_fields_and_the_sealed_batch() {
-    // The on-disk format of layout 3, byte for byte: written in parts, it must read as one record.
+    // The on-disk format of layout 4 (a batch of a chain), byte for byte: written in parts, it must read as one record.
     let dir = tempfile::tempdir().unwrap();
     let t = topic("demo.format");
     let store = DiskStore::open(dir.path()).unwrap();
     let bytes = append_n(&store, &t, 1).remove(0);
     store.sync().unwrap();
-    let record = store.publisher_head(&t, &publisher(1)).unwrap().unwrap();
-    let body = record::batch(&t, &publisher(1), &record, &bytes);
+    let record = store.publisher_head(&t, &publisher(1), TEST_CHAIN).unwrap().unwrap();
+    let body = record::batch(&t, &publisher(1), TEST_CHAIN, &record, &bytes);
     let mut expected = (body.len() as u32).to_be_bytes().to_vec();
     expected.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
     expected.extend_from_slice(&body);

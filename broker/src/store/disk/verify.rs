@@ -21,7 +21,7 @@ use sealpost_protocol::{Offset, Topic};
 
 use super::codec::split_topic;
 use super::index::{
-    decode_durable, Entry, Slot, BATCH, CHECKPOINT_KEY, DURABLE, LAYOUT3_FROM_KEY, LAYOUT_KEY, POLICY,
+    decode_durable, Entry, Slot, BATCH, CHAIN, CHECKPOINT_KEY, DURABLE, LAYOUT3_FROM_KEY, LAYOUT_KEY, POLICY,
     PUBLISHER, TOPIC,
 };
 use super::open::{drop_quietly, open_sled, panic_message};
@@ -211,8 +211,8 @@ fn scan_index(db: &sled::Db, report: &mut Report) -> std::result::Result<IndexVi
         if kind == b'm' {
             match &key[..] {
                 LAYOUT_KEY => match <[u8; 4]>::try_from(&value[..]).map(u32::from_be_bytes) {
-                    Ok(2 | 3) => {}
-                    _ => bad(report, "the layout key does not name layout 2 or 3".into()),
+                    Ok(2..=4) => {}
+                    _ => bad(report, "the layout key does not name layout 2, 3 or 4".into()),
                 },
                 CHECKPOINT_KEY => match Checkpoint::decode(&value) {
                     Some(c) => view.checkpoint = c,
@@ -274,6 +274,11 @@ fn scan_index(db: &sled::Db, report: &mut Report) -> std::result::Result<IndexVi
             PUBLISHER => {
                 if rest.len() != 40 || PublisherRecord::decode(&value).is_err() {
                     bad(report, format!("a publisher record of {topic} does not decode"));
+                }
+            }
+            CHAIN => {
+                if rest.len() != 56 || PublisherRecord::decode(&value).is_err() {
+                    bad(report, format!("a chain record of {topic} does not decode"));
                 }
             }
             DURABLE => {

@@ -7,7 +7,7 @@
 //! [`verify`](super::super::verify).
 
 use bytes::Bytes;
-use sealpost_protocol::{Limits, LostBatch, Offset, PublicKey, SealedBatch, SignedPolicy, Topic};
+use sealpost_protocol::{ChainId, Limits, LostBatch, Offset, PublicKey, SealedBatch, SignedPolicy, Topic};
 
 use super::super::record::{BatchRecord, Lost, Record};
 use crate::store::{LossReason, LostRange, PublisherRecord};
@@ -27,6 +27,7 @@ const STORED: Limits = Limits {
 pub(in crate::store::disk) struct Hint {
     pub topic: Topic,
     pub publisher: PublicKey,
+    pub chain: ChainId,
     pub record: PublisherRecord,
     /// The sealed batch verified: everything but the offset is its publisher's word.
     pub verified: bool,
@@ -42,19 +43,29 @@ impl Hint {
             }
         }
         // A flipped kind can make a batch look like another record, or like nothing.
-        (1..=255usize).find_map(|topic_len| {
-            let offset = claimed.get(2 + topic_len..2 + topic_len + 8)?;
-            let sealed = claimed.get(2 + topic_len + 84..)?;
-            let batch = SealedBatch::decode(Bytes::copy_from_slice(sealed), &STORED).ok()?.verify().ok()?;
-            let header = batch.header();
-            let record = PublisherRecord {
-                first_seq: header.first_seq,
-                count: header.count,
-                offset: Offset(u64::from_be_bytes(offset.try_into().ok()?)),
-                digest: batch.digest(),
-            };
-            Some(Hint { topic: header.topic.clone(), publisher: header.publisher, record, verified: true })
-        })
+        // (A batch of a chain has 16 bytes more of fields: its chain id.)
+        (1..=255usize).flat_map(|topic_len| [(topic_len, 84), (topic_len, 100)]).find_map(
+            |(topic_len, fields)| {
+                let offset = claimed.get(2 + topic_len..2 + topic_len + 8)?;
+                let sealed = claimed.get(2 + topic_len + fields..)?;
+                let batch =
+                    SealedBatch::decode(Bytes::copy_from_slice(sealed), &STORED).ok()?.verify().ok()?;
+                let header = batch.header();
+                let record = PublisherRecord {
+                    first_seq: header.first_seq,
+                    count: header.count,
+                    offset: Offset(u64::from_be_bytes(offset.try_into().ok()?)),
+                    digest: batch.digest(),
+                };
+                Some(Hint {
+                    topic: header.topic.clone(),
+                    publisher: header.publisher,
+                    chain: header.chain,
+                    record,
+                    verified: true,
+                })
+            },
+        )
     }
 
     fn from_record(r: BatchRecord, sealed: &[u8]) -> Option<Hint> {
@@ -71,6 +82,7 @@ impl Hint {
             return Some(Hint {
                 topic: header.topic.clone(),
                 publisher: header.publisher,
+                chain: header.chain,
                 record,
                 verified: true,
             });
@@ -80,7 +92,13 @@ impl Hint {
         // it is used for is cross-checked with the offsets around it.
         let publisher = PublicKey::from_bytes(&r.publisher).ok()?;
         let plausible = (1..=Limits::default().max_batch_messages).contains(&r.record.count);
-        plausible.then_some(Hint { topic: r.topic, publisher, record: r.record, verified: false })
+        plausible.then_some(Hint {
+            topic: r.topic,
+            publisher,
+            chain: r.chain,
+            record: r.record,
+            verified: false,
+        })
     }
 
     pub(super) fn lost(&self, at: (u64, u64)) -> Lost {
@@ -90,6 +108,7 @@ impl Hint {
                 count: self.record.count.into(),
                 batch: Some(LostBatch {
                     publisher: self.publisher,
+                    chain: self.chain,
                     first_seq: self.record.first_seq,
                     digest: self.record.digest,
                 }),
@@ -202,6 +221,7 @@ pub(super) fn batch_verifies(r: &BatchRecord, sealed: &[u8]) -> bool {
     let h = batch.header();
     h.topic == r.topic
         && h.publisher.as_bytes() == &r.publisher
+        && h.chain == r.chain
         && h.first_seq == r.record.first_seq
         && h.count == r.record.count
         && batch.digest() == r.record.digest

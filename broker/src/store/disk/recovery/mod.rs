@@ -368,6 +368,7 @@ impl<'s> Recovery<'s> {
             location: at,
             publisher: r.publisher,
             first_seq: r.record.first_seq,
+            chain: r.chain,
         };
         let mut writes = sled::Batch::default();
         writes.insert(key, &entry.encode()[..]);
@@ -473,7 +474,7 @@ impl<'s> Recovery<'s> {
                     // topic, held the topic's last offsets, whatever its damaged header says.
                     let continues = h.verified
                         && self.topics.contains(&h.topic)
-                        && in_index(index::publisher_head(self.db, &h.topic, &h.publisher))?
+                        && in_index(index::publisher_head(self.db, &h.topic, &h.publisher, h.chain))?
                             .map_or(h.record.first_seq == 1, |head| head.next_seq() == h.record.first_seq);
                     (h.record.offset == end || continues).then(|| {
                         let mut lost = h.lost(at);
