@@ -743,7 +743,7 @@ async fn deleted_middle_batch_of_one_instance_is_a_gap_in_that_instance_only() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Findings: attacks the client does not report today (see the reasons on `#[ignore]`).
+// Attacks an earlier review found unreported; each is reported now, and its test asserts the report.
 // ---------------------------------------------------------------------------------------------------------
 
 /// Offsets are chosen by the broker and not signed. The reader skips the messages of a batch that lie
