@@ -8,7 +8,7 @@
 //! [`Error::BrokerNotTrusted`], [`Error::CertificateRejected`]), the broker's access policy
 //! ([`Error::Refused`]), the broker's storage ([`Error::DataLost`]), and whoever tampered with the stored
 //! log or the stored topic policies ([`Error::Integrity`], [`Error::UntrustedPublisher`],
-//! [`Error::Policy`]). Every message is one line that says what failed and, where there is one, what to do
+//! [`Error::Policy`]), and whoever keeps the client's host (its state folder: [`Error::State`]). Every message is one line that says what failed and, where there is one, what to do
 //! about it. No message ever contains a payload or key material; text that the broker sends is shown only
 //! after control characters are removed.
 
@@ -271,6 +271,16 @@ pub enum Error {
         what: String,
         /// The operating system's error.
         cause: Arc<std::io::Error>,
+    },
+    /// A file of the client's state folder is torn, corrupt or locked (docs/operations.md says what is in
+    /// it). A damaged file is never ignored: restore the folder from the backup made with the identity, or,
+    /// knowing what is then not detected (docs/threat-model.md), remove the file.
+    #[error("state file {}: {fault}", path.display())]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        fault: crate::state::StateFault,
     },
     /// The client, publisher or subscription was closed, or its background task has ended.
     #[error("closed")]

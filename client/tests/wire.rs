@@ -29,7 +29,7 @@ use sealpost_client::protocol::{
 };
 use sealpost_client::{
     Client, ClientOptions, Error, ErrorCode, Identity, Offset, PublisherOptions, Reconnect, StartAt,
-    SubscribeOptions, Timestamp, Topic,
+    StateLocation, SubscribeOptions, Timestamp, Topic,
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -657,6 +657,12 @@ fn eager() -> ClientOptions {
     ClientOptions { policy_refresh: Duration::ZERO, ..quick() }
 }
 
+/// `options` with a state folder of their own in `dir`: the identity's client on another host, which has
+/// not seen what the clients beside the identity file have.
+fn elsewhere(options: ClientOptions, dir: &tempfile::TempDir) -> ClientOptions {
+    ClientOptions { state: StateLocation::Folder(dir.path().join("elsewhere.state")), ..options }
+}
+
 async fn next_item(sub: &mut sealpost_client::Subscription) -> Result<sealpost_client::Message, Error> {
     tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap()
 }
@@ -805,7 +811,7 @@ async fn policies_the_broker_serves_must_be_signed_by_the_authority_and_never_go
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_reports_a_bad_policy_served_at_a_rotation_and_goes_on() {
     use sealpost_client::protocol::Error as Check;
-    let (_dir, _pki, broker, id) = setup().await;
+    let (dir, _pki, broker, id) = setup().await;
     let publishing = Client::connect_with(&id, eager()).await.unwrap();
     let publisher = publishing.publisher(topic(), PublisherOptions::default()).await.unwrap();
     publisher.publish("epoch 1").await.unwrap();
@@ -817,7 +823,9 @@ async fn a_subscription_reports_a_bad_policy_served_at_a_rotation_and_goes_on() 
     let mallory = SigningKey::from_bytes(&[0x66; 32]);
     let forged = policy_by(&mallory, &topic(), None, vec![member("alice", true, true)]);
     broker.lie([vec![p1.as_bytes().clone()], vec![forged.as_bytes().clone()]]);
-    let reading = Client::connect_with(&id, quick()).await.unwrap();
+    // A reader that has not seen epoch 2: alice on another host, with a state folder of its own (the
+    // publishing client's would make epoch 1 a rollback at once).
+    let reading = Client::connect_with(&id, elsewhere(quick(), &dir)).await.unwrap();
     let mut sub = reading
         .subscribe(topic(), SubscribeOptions { from: StartAt::Earliest, durable: None })
         .await
@@ -846,7 +854,7 @@ async fn a_subscription_reports_a_bad_policy_served_at_a_rotation_and_goes_on() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_fetches_the_policies_again_on_schedule() {
-    let (_dir, _pki, broker, id) = setup().await;
+    let (dir, _pki, broker, id) = setup().await;
     let publishing = Client::connect_with(&id, eager()).await.unwrap();
     let publisher = publishing.publisher(topic(), PublisherOptions::default()).await.unwrap();
     publisher.publish("epoch 1").await.unwrap();
@@ -856,7 +864,8 @@ async fn a_subscription_fetches_the_policies_again_on_schedule() {
     // The reader's start and its first scheduled fetch see epoch 1 only; the next one sees epoch 2 before
     // the batch of epoch 2 is opened, so no refetch is needed.
     broker.lie([vec![p1.as_bytes().clone()], vec![p1.as_bytes().clone()]]);
-    let reading = Client::connect_with(&id, eager()).await.unwrap();
+    // A reader that has not seen epoch 2: alice on another host, with a state folder of its own.
+    let reading = Client::connect_with(&id, elsewhere(eager(), &dir)).await.unwrap();
     let mut sub = reading
         .subscribe(topic(), SubscribeOptions { from: StartAt::Earliest, durable: None })
         .await

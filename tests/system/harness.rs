@@ -197,6 +197,7 @@ impl Env {
             hpke_key: hex::encode(self.hpke(who).as_bytes()),
             authority: self.authority.public_key(),
             authority_key: (who == "admin").then(|| hex::encode(*self.authority.to_bytes())),
+            state: None,
         };
         let path = d.join(format!("{who}.toml"));
         std::fs::write(&path, toml::to_string(&identity).unwrap()).unwrap();
