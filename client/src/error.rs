@@ -8,7 +8,7 @@
 //! [`Error::BrokerNotTrusted`], [`Error::CertificateRejected`]), the broker's access policy
 //! ([`Error::Refused`]), the broker's storage ([`Error::DataLost`]), and whoever tampered with the stored
 //! log or the stored topic policies ([`Error::Integrity`], [`Error::UntrustedPublisher`],
-//! [`Error::Policy`]), and whoever keeps the client's host (its state folder: [`Error::State`]). Every message is one line that says what failed and, where there is one, what to do
+//! [`Error::Policy`], [`Error::RolledBack`]), and whoever keeps the client's host (its state folder: [`Error::State`]). Every message is one line that says what failed and, where there is one, what to do
 //! about it. No message ever contains a payload or key material; text that the broker sends is shown only
 //! after control characters are removed.
 
@@ -17,7 +17,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sealpost_protocol::{ErrorCode, KeyId, Offset, Principal, PublicKey, Topic};
+use sealpost_protocol::{ChainId, ErrorCode, KeyId, Offset, Principal, PublicKey, Topic};
 
 use crate::role::Role;
 
@@ -271,6 +271,24 @@ pub enum Error {
         what: String,
         /// The operating system's error.
         cause: Arc<std::io::Error>,
+    },
+    /// The broker's head of a publisher chain this identity's previous process had acknowledged further
+    /// (its state folder says so): acknowledged batches of the chain were dropped (or replaced) by the
+    /// broker. The publisher does not start; nothing is published on top of the loss.
+    #[error(
+        "the broker rolled back the chain {chain} of this publisher on {topic}: it acknowledged up to \
+         sequence {acknowledged}, the broker now holds it up to {broker}"
+    )]
+    RolledBack {
+        /// The topic.
+        topic: Topic,
+        /// The chain.
+        chain: ChainId,
+        /// The last sequence number acknowledged to the previous process.
+        acknowledged: u64,
+        /// The last sequence number the broker says it holds (0: none), or the same as `acknowledged`
+        /// with another digest.
+        broker: u64,
     },
     /// A file of the client's state folder is torn, corrupt or locked (docs/operations.md says what is in
     /// it). A damaged file is never ignored: restore the folder from the backup made with the identity, or,

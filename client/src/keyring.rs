@@ -409,6 +409,11 @@ impl KeySource {
         snapshot
     }
 
+    /// The state folder, if the client has one.
+    pub(crate) fn state(&self) -> Option<&StateFolder> {
+        self.state.as_ref()
+    }
+
     /// The pinned authority.
     pub(crate) fn authority(&self) -> &PublicKey {
         &self.authority

@@ -55,7 +55,9 @@
 //!   if the current policy lists this identity as a publisher. A receipt means the broker stored the
 //!   message durably. Across reconnections, unacknowledged batches are resent byte for byte, and the broker
 //!   stores each once (see [`Publisher`]). Publishers move to a new epoch within
-//!   [`ClientOptions::policy_refresh`] of a rotation.
+//!   [`ClientOptions::policy_refresh`] of a rotation. With a state folder, a publisher continues the chain
+//!   a previous process of the identity acknowledged (one live publisher per chain), and a broker whose
+//!   head of that chain is behind what was acknowledged is an [`Error::RolledBack`], not continued.
 //! - **Subscribing.** A [`Message`] is yielded only if its batch's signature verified, the signer is a
 //!   publisher in the topic policy of the batch's epoch, that epoch is the current one or the batch was
 //!   sealed while it was (its `created_at` before the next epoch's policy, plus
@@ -75,8 +77,9 @@
 //! cannot stop a broker from withholding the newest batches (only from withholding older ones unnoticed),
 //! nor from withholding a newer policy (the client goes on with the newest it has seen; a new `Client`
 //! without a state folder, [`StateLocation::Off`], trusts the first authority-signed policies it is served);
-//! it does not persist its publishers' acknowledged chain heads (a new process cannot tell a broker that
-//! dropped the previous process's acknowledged tail), and it does not detect a range skipped before the
+//! without a state folder, a publisher's new process starts a fresh chain and cannot tell a broker that
+//! dropped the previous process's acknowledged tail (with one it continues that chain and reports it:
+//! [`Error::RolledBack`]); and it does not detect a range skipped before the
 //! committed offset a durable subscription resumes from (the broker holds that offset). A batch sealed
 //! under an epoch whose policy the broker no longer serves (two rotations ago) cannot be read. It never
 //! logs payloads or keys.

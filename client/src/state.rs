@@ -1,7 +1,10 @@
 //! The client's **persisted state**: what a client must remember across processes so that a broker cannot
 //! undo what this identity has already seen. Today: the newest verified policy of each topic it used, which
 //! seeds the topic's `PolicyBook` in the next process, so that a broker serving an older policy after a
-//! restart is a [`PolicyRollback`](sealpost_protocol::Error::PolicyRollback) as it is within one process.
+//! restart is a [`PolicyRollback`](sealpost_protocol::Error::PolicyRollback) as it is within one process;
+//! and the last acknowledged head of each publisher chain, which a publisher of the next process continues
+//! (`publish/chain_state.rs`), so that a broker that dropped an acknowledged tail is an
+//! [`Error::RolledBack`].
 //!
 //! # Where it lives
 //!
@@ -10,7 +13,8 @@
 //! (relative to the identity file's folder), or the one given in
 //! [`ClientOptions::state`](crate::ClientOptions::state), which can also turn it off
 //! ([`StateLocation::Off`]: what is then not detected is in docs/threat-model.md). It holds one file per
-//! record, named by what it is about (`policy-<hex of the topic>`), each with a `.lock` file beside it.
+//! record, named by what it is about (`policy-<hex of the topic>`, `chain-<hex of the topic>-<hex of the
+//! chain id>`), each with a `.lock` file beside it.
 //!
 //! # What it guarantees
 //!
@@ -251,11 +255,38 @@ impl StateFolder {
     }
 }
 
+impl StateFolder {
+    /// The names of the records that start with `prefix` (not their `.lock` or `.tmp` files), sorted.
+    pub fn records(&self, prefix: &str) -> Result<Vec<String>> {
+        let fail = |e| Error::io(format!("cannot list the state folder {}", self.dir.display()), e);
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(fail)? {
+            let entry = entry.map_err(fail)?;
+            let Ok(name) = entry.file_name().into_string() else { continue };
+            if name.starts_with(prefix) && !name.ends_with(".lock") && !name.ends_with(".tmp") {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
 /// Makes a folder's entries (a rename, a new file) durable.
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("cannot sync the folder {}", dir.display()), e))
+}
+
+/// The prefix of the names of the records of `topic`'s publisher chains.
+pub(crate) fn chain_prefix(topic: &sealpost_protocol::Topic) -> String {
+    format!("chain-{}-", hex::encode(topic.as_str()))
+}
+
+/// The name of the record of publisher chain `chain` on `topic`: its last acknowledged head.
+pub(crate) fn chain_record(topic: &sealpost_protocol::Topic, chain: sealpost_protocol::ChainId) -> String {
+    format!("{}{}", chain_prefix(topic), hex::encode(chain.as_bytes()))
 }
 
 /// The name of the record that holds the newest verified policy of `topic`.

@@ -1123,3 +1123,53 @@ fn the_cli_makes_keys_and_reports_a_missing_identity_in_one_line() {
     assert!(err.starts_with("sealpost: identity file /nonexistent/x.toml: cannot read it: "), "{err}");
     assert_eq!(err.lines().count(), 1);
 }
+
+/// alice's processes continue one chain through the state folder beside her identity file: the next process
+/// goes on after the batches the previous one had acknowledged. Then the broker forgets the newest batch of
+/// the chain (its store says the chain's head is the batch before): alice's next process is told, with
+/// what it had acknowledged and what the broker holds, and does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_the_broker_dropped_after_acknowledging_it_is_reported_to_the_publishers_next_process() {
+    let (_dir, _pki, broker, id) = setup().await;
+    let one_each = || PublisherOptions { max_batch: 1, ..PublisherOptions::default() };
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let publisher = client.publisher(topic(), one_each()).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(publisher.publish(format!("m{i}")).await.unwrap().seq, i + 1);
+    }
+    publisher.close().await.unwrap();
+    client.close().await;
+
+    // The next process continues the chain.
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let publisher = client.publisher(topic(), one_each()).await.unwrap();
+    let receipt = publisher.publish("m3").await.unwrap();
+    assert_eq!((receipt.offset, receipt.seq), (Offset(3), 4));
+    publisher.close().await.unwrap();
+    client.close().await;
+
+    // The broker forgets the newest batch of every chain.
+    broker.store.serve_heads(|_, _, _, stored| {
+        stored.map(|last| sealpost_broker::store::PublisherRecord {
+            first_seq: last.first_seq - 1,
+            count: 1,
+            offset: Offset(last.offset.0 - 1),
+            digest: sealpost_client::protocol::Digest([0; 32]),
+        })
+    });
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    match client.publisher(topic(), one_each()).await {
+        Err(Error::RolledBack { topic: t, acknowledged, broker: held, .. }) => {
+            assert_eq!((t, acknowledged, held), (topic(), 4, 3));
+        }
+        other => panic!("expected RolledBack, got {other:?}"),
+    }
+    // Without a state folder, a process of alice starts a chain of its own and cannot tell.
+    let stateless = ClientOptions { state: StateLocation::Off, ..quick() };
+    let forgetful = Client::connect_with(&id, stateless).await.unwrap();
+    let publisher = forgetful.publisher(topic(), one_each()).await.unwrap();
+    assert_eq!(publisher.publish("fresh").await.unwrap().seq, 1);
+    publisher.close().await.unwrap();
+    forgetful.close().await;
+    client.close().await;
+}

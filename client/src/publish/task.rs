@@ -31,6 +31,7 @@ use crate::reconnect::Reconnector;
 use crate::shared::Shared;
 
 use super::batcher::{Batch, Batcher};
+use super::chain_state::{self, ChainState};
 use super::pipeline::{Pipeline, Receipt, Waiter};
 
 /// Where a caller of [`Publisher::publish`](crate::Publisher::publish) learns its message's fate.
@@ -85,8 +86,10 @@ pub(crate) async fn start(
     let mut rng = ChaCha20Rng::from_rng(rand::rngs::OsRng)
         .map_err(|e| Error::io("cannot seed the nonce generator from the OS", e.into()))?;
     // This publisher instance's own chain: other publishers with the same key, in this process or in
-    // others, keep theirs, and the broker and subscribers judge order, gaps and replays per chain.
-    let chain = ChainId::random(&mut rng);
+    // others, keep theirs, and the broker and subscribers judge order, gaps and replays per chain. With a
+    // state folder, a chain a previous process acknowledged and no live publisher holds is continued.
+    let claimed = chain_state::claim(shared.keys.state(), topic, ChainId::random(&mut rng))?;
+    let chain = claimed.chain;
     let (commands, rx) = mpsc::unbounded_channel();
     let state = Arc::new(State::default());
     let batcher = Batcher::new(topic, options.max_batch, options.linger, &shared.limits);
@@ -102,6 +105,8 @@ pub(crate) async fn start(
         state: state.clone(),
         rng,
         chain,
+        resume: claimed.acknowledged,
+        chain_state: claimed.state,
     };
     task.reopen().await?;
     // Checked after the broker accepted `Head`, so that a principal the ACL refuses hears that.
@@ -128,6 +133,11 @@ struct Task {
     rng: ChaCha20Rng,
     /// The chain every batch of this publisher continues, resends included.
     chain: ChainId,
+    /// The chain's head as acknowledged to a previous process, until the first stream checked the broker's
+    /// head against it.
+    resume: Option<ChainHead>,
+    /// Where the chain's acknowledged head is persisted (`None`: no state folder).
+    chain_state: Option<ChainState>,
 }
 
 impl Task {
@@ -138,6 +148,9 @@ impl Task {
         }
         if let Some(link) = &mut self.link {
             link.finish();
+        }
+        if let Some(state) = &self.chain_state {
+            state.flush().await;
         }
     }
 
@@ -189,14 +202,27 @@ impl Task {
     async fn reopen(&mut self) -> Result<()> {
         let (shared, topic) = (&self.shared, &self.topic);
         let resend: Vec<Bytes> = self.pipeline.to_resend().cloned().collect();
-        // The broker's `Head` answers for the legacy chain, not this instance's: the chain continues the
-        // last batch the broker stored (or what is in flight, resent as it was).
-        let (link, _legacy_head) = self.reconnect.run(|| open_once(shared, topic, &resend)).await?;
+        // A chain continued from a previous process asks the broker for that chain's head (`HeadOfChain`)
+        // and checks it against what was acknowledged; otherwise the broker's `Head` answers for the legacy
+        // chain, not this instance's: the chain continues the last batch the broker stored (or what is in
+        // flight, resent as it was).
+        let continued = self.resume.map(|_| self.chain);
+        let (link, broker_head) = self.reconnect.run(|| open_once(shared, topic, continued, &resend)).await?;
         if !resend.is_empty() {
             tracing::info!(topic = %self.topic, batches = resend.len(), "resent unacknowledged batches");
         }
-        let acked = self.pipeline.acked_head();
-        self.pipeline.opened(acked);
+        match self.resume.take() {
+            Some(acknowledged) => {
+                let head = chain_state::judge(&self.topic, self.chain, acknowledged, broker_head)?;
+                tracing::info!(topic = %self.topic, chain = %self.chain, next_seq = head.next_seq,
+                    "continuing this identity's chain");
+                self.pipeline.resume(head);
+            }
+            None => {
+                let acked = self.pipeline.acked_head();
+                self.pipeline.opened(acked);
+            }
+        }
         self.link = Some(link);
         Ok(())
     }
@@ -303,6 +329,9 @@ impl Task {
         match reply {
             Ok(Some(Frame::Published { request_id, first_offset, count })) => {
                 self.pipeline.on_published(request_id, first_offset, count)?;
+                if let Some(state) = &self.chain_state {
+                    state.acknowledged(self.pipeline.acked_head());
+                }
                 self.reconnect.progress();
                 Ok(())
             }
@@ -343,13 +372,24 @@ impl Task {
     }
 }
 
-/// Opens a publish stream: `Head`, then `HeadIs`, then the frames of `resend`, unchanged. Returns the
-/// stream and the chain head the broker holds. One attempt.
-async fn open_once(shared: &Shared, topic: &Topic, resend: &[Bytes]) -> Result<(Link, ChainHead)> {
+/// Opens a publish stream: `HeadOfChain` for `chain` (or `Head` for the legacy chain if `None`), then
+/// `HeadIs`, then the frames of `resend`, unchanged. Returns the stream and the chain head the broker holds.
+/// One attempt.
+async fn open_once(
+    shared: &Shared,
+    topic: &Topic,
+    chain: Option<ChainId>,
+    resend: &[Bytes],
+) -> Result<(Link, ChainHead)> {
     let mut link = shared.open_link().await?;
     let request_id = shared.request_id();
     let publisher = shared.identity.public_key();
-    link.send(&Frame::Head { request_id, topic: topic.clone(), publisher }).await?;
+    let topic_ = topic.clone();
+    let ask = match chain {
+        Some(chain) => Frame::HeadOfChain { request_id, topic: topic_, publisher, chain },
+        None => Frame::Head { request_id, topic: topic_, publisher },
+    };
+    link.send(&ask).await?;
     let head = match link.read().await? {
         Some(Frame::HeadIs { request_id: answered, head }) if answered == request_id => head,
         Some(Frame::Error { code, message, .. }) => {
