@@ -79,8 +79,8 @@
 //! without a state folder, [`StateLocation::Off`], trusts the first authority-signed policies it is served);
 //! without a state folder, a publisher's new process starts a fresh chain and cannot tell a broker that
 //! dropped the previous process's acknowledged tail (with one it continues that chain and reports it:
-//! [`Error::RolledBack`]); and it does not detect a range skipped before the
-//! committed offset a durable subscription resumes from (the broker holds that offset). A batch sealed
+//! [`Error::RolledBack`]); and without one it does not detect a range skipped before the committed offset
+//! a durable subscription resumes from (the broker holds that offset). A batch sealed
 //! under an epoch whose policy the broker no longer serves (two rotations ago) cannot be read. It never
 //! logs payloads or keys.
 //!

@@ -4,7 +4,9 @@
 //! restart is a [`PolicyRollback`](sealpost_protocol::Error::PolicyRollback) as it is within one process;
 //! and the last acknowledged head of each publisher chain, which a publisher of the next process continues
 //! (`publish/chain_state.rs`), so that a broker that dropped an acknowledged tail is an
-//! [`Error::RolledBack`].
+//! [`Error::RolledBack`]; and the chain heads each durable subscription had verified up to the offset it
+//! acknowledged, which seed its verifier when it resumes (`subscribe/durable_state.rs`), so that batches
+//! the broker skipped or deleted before the offset it resumes from are reported.
 //!
 //! # Where it lives
 //!
@@ -14,7 +16,7 @@
 //! [`ClientOptions::state`](crate::ClientOptions::state), which can also turn it off
 //! ([`StateLocation::Off`]: what is then not detected is in docs/threat-model.md). It holds one file per
 //! record, named by what it is about (`policy-<hex of the topic>`, `chain-<hex of the topic>-<hex of the
-//! chain id>`), each with a `.lock` file beside it.
+//! chain id>`, `durable-<hex of the topic>-<hex of the name>`), each with a `.lock` file beside it.
 //!
 //! # What it guarantees
 //!
@@ -287,6 +289,12 @@ pub(crate) fn chain_prefix(topic: &sealpost_protocol::Topic) -> String {
 /// The name of the record of publisher chain `chain` on `topic`: its last acknowledged head.
 pub(crate) fn chain_record(topic: &sealpost_protocol::Topic, chain: sealpost_protocol::ChainId) -> String {
     format!("{}{}", chain_prefix(topic), hex::encode(chain.as_bytes()))
+}
+
+/// The name of the record of durable subscription `name` on `topic`: the chain heads it had verified up to
+/// the offset it last acknowledged.
+pub(crate) fn durable_record(topic: &sealpost_protocol::Topic, name: &str) -> String {
+    format!("durable-{}-{}", hex::encode(topic.as_str()), hex::encode(name))
 }
 
 /// The name of the record that holds the newest verified policy of `topic`.

@@ -1035,6 +1035,63 @@ async fn rollback_to_an_older_policy_epoch_after_a_client_restart_is_reported() 
     scene.shutdown().await;
 }
 
+/// bob's durable subscription "audit" reads m0 and m1, acknowledges them and closes (the broker commits
+/// offset 2; bob's state folder records alice's chain head after m1). alice publishes m2, m3, m4. The
+/// broker then moves bob's committed offset to 4, as if m2 and m3 were consumed (or deleted before the
+/// offset it resumes from): bob's next process resumes at m4, and its chain verifier, seeded from the
+/// state folder, reports the skipped batches as a gap before delivering m4. A process of bob without a
+/// state folder resumes without a word (the non-claim of docs/threat-model.md for `StateLocation::Off`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_skipped_before_a_durable_subscriptions_resume_offset_are_reported_on_resume() {
+    let scene = Scene::new(one_per_batch()).await;
+    let env = &scene.env;
+    scene.publish_chat(2).await;
+    let durable = || SubscribeOptions { from: StartAt::Earliest, durable: Some("audit".into()) };
+    let mut sub = within("subscribe", scene.bob.subscribe(chat(), durable())).await.unwrap();
+    expect(env, &mut sub, &[msg("m0", 0, 1)]).await;
+    let m1 = within("m1", sub.next()).await.unwrap().unwrap();
+    assert_eq!((&m1.payload[..], m1.offset.0, m1.seq), (&b"m1"[..], 1, 2));
+    sub.ack(&m1).unwrap();
+    within("close", sub.close()).await.unwrap();
+    for m in ["m2", "m3", "m4"] {
+        scene.publish(m).await;
+    }
+    let bob: sealpost_protocol::Principal = "bob".parse().unwrap();
+    assert_eq!(scene.store.durable_offset(&chat(), &bob, "audit").unwrap(), Some(Offset(2)));
+    scene.store.set_durable_offset(&chat(), &bob, "audit", Offset(4)).unwrap();
+    scene.store.sync().unwrap();
+
+    // A process of bob without a state folder resumes at m4 and cannot tell.
+    let identity = Identity::load(env.identity("bob", scene.broker.local_addr())).unwrap();
+    let stateless = ClientOptions { state: StateLocation::Off, ..ClientOptions::default() };
+    let forgetful = within("connect", Client::connect_with(&identity, stateless)).await.unwrap();
+    let mut sub = within("subscribe", forgetful.subscribe(chat(), durable())).await.unwrap();
+    expect(env, &mut sub, &[msg("m4", 4, 5)]).await;
+    within("close", sub.close()).await.unwrap();
+    forgetful.close().await;
+
+    // bob's next process, with the state folder beside his identity file.
+    within("close", scene.bob.close()).await;
+    let bob_again = connect(env, "bob", &scene.broker).await;
+    let mut sub = within("subscribe", bob_again.subscribe(chat(), durable())).await.unwrap();
+    expect(
+        env,
+        &mut sub,
+        &[
+            Seen::Integrity {
+                offset: 4,
+                publisher: scene.alice_id(),
+                check: sealpost_protocol::Error::Gap { expected: 3, got: 5 },
+            },
+            msg("m4", 4, 5),
+        ],
+    )
+    .await;
+    drop(sub);
+    bob_again.close().await;
+    scene.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // The policy history: older epochs are read through the chain of policies, which the broker cannot forge.
 // ---------------------------------------------------------------------------------------------------------

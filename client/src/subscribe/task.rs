@@ -23,6 +23,7 @@ use crate::policies;
 use crate::reconnect::Reconnector;
 use crate::shared::Shared;
 
+use super::durable_state;
 use super::reader::{start_point, Delivery, Reader};
 
 /// How long closing waits for the broker to end its side of the stream.
@@ -65,8 +66,23 @@ pub(crate) async fn start(shared: Arc<Shared>, topic: &Topic, options: Subscribe
     let (items_tx, items) = mpsc::channel(QUEUE);
     let (acks, acks_rx) = watch::channel(Offset::ZERO);
     let (close, close_rx) = oneshot::channel();
-    let reader =
+    let mut reader =
         Reader::new(topic.clone(), keys, start, next_offset, shared.options.rotation_grace, shared.limits);
+    if let (Some(name), Some(folder)) = (&durable, shared.keys.state()) {
+        let heads = match durable_state::load(folder, topic, name)? {
+            Some((recorded, heads)) if start_offset >= recorded => heads,
+            Some((recorded, _)) => {
+                // The broker resumes before what was acknowledged: an acknowledgement it never got (or
+                // forgot). What it redelivers cannot be checked against heads that lie after it.
+                tracing::warn!(%topic, durable = %name, %start_offset, %recorded,
+                    "the broker resumes the durable subscription before its last acknowledgement: its chains \
+                     start at the first batch seen");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        reader.keep_heads(&heads);
+    }
     let task = Task {
         reader,
         keys_checked: Instant::now(),
@@ -319,6 +335,12 @@ impl Task {
         let Some(link) = self.link.as_mut() else { return Ok(()) };
         if next_offset <= self.acked {
             return Ok(());
+        }
+        // A durable subscription records the chain heads it verified up to the offset before the broker
+        // may commit it (`durable_state.rs`); heads no longer kept are recorded as none.
+        if let (Some(name), Some(folder)) = (&self.durable, self.shared.keys.state()) {
+            let heads = self.reader.heads_at(next_offset).unwrap_or_default();
+            durable_state::store(folder, &self.topic, name, next_offset, &heads).await?;
         }
         match link.send(&Frame::Ack { subscription: self.subscription, next_offset }).await {
             Ok(()) => {
