@@ -1,10 +1,11 @@
 //! The background task of one publisher: the async shell around its [`Pipeline`].
 //!
 //! It owns the publish stream and what the pipeline cannot do without I/O: it takes the application's
-//! commands, opens a stream (`Head` → `HeadIs`) and resends what the pipeline says, seals the batches the
-//! pipeline hands out (with the identity's signing key, the content key of the topic's current epoch, the
-//! wall clock and the publisher's nonce generator, after bringing the topic's policies up to date), sends
-//! them, and feeds the broker's answers back. Every decision about which message goes where, and what an
+//! commands, opens a stream (`Head` or, for a chain continued from the state folder, `HeadOfChain` →
+//! `HeadIs`) and resends what the pipeline says, seals the batches the pipeline hands out (with the
+//! identity's signing key, the content key of the topic's current epoch, the wall clock and the
+//! publisher's nonce generator, after bringing the topic's policies up to date), sends them, feeds the
+//! broker's answers back, and hands each acknowledged chain head to the state folder (`chain_state.rs`). Every decision about which message goes where, and what an
 //! answer means, is the pipeline's.
 //!
 //! It guarantees that messages are resolved in the order they were published, and that once it dies (a
