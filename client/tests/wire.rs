@@ -484,7 +484,6 @@ async fn a_batch_stored_but_not_acknowledged_is_resent_and_stored_once() {
     let receipts = within("every receipt", receipts).await.unwrap().unwrap();
     let offsets: Vec<u64> = receipts.iter().map(|r| r.offset.0).collect();
     assert_eq!(offsets, (0..20).collect::<Vec<_>>());
-    publisher.close().await.unwrap();
     assert_eq!(broker.next_offset(), 20, "every message stored exactly once");
     let batches = broker.batches();
     assert_eq!(batches.len(), 20);
@@ -493,10 +492,10 @@ async fn a_batch_stored_but_not_acknowledged_is_resent_and_stored_once() {
     // did not store them again: they were sent twice.
     assert_eq!(appended.load(Ordering::SeqCst), 20, "stored once each, by either broker");
 
-    // The chain continues after the resend: a new publisher picks up where the broker's head is.
-    let publisher = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
+    // The chain continued after the resend: its next batch is stored after the twenty.
     let r = publisher.publish("after").await.unwrap();
     assert_eq!((r.offset, r.seq), (Offset(20), 21));
+    publisher.close().await.unwrap();
     client.close().await;
 }
 
@@ -561,21 +560,29 @@ async fn subscribing_from_an_offset_inside_a_batch_starts_there() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_batch_fails_its_messages_and_the_publisher_resumes_from_the_broker_head() {
+async fn a_refused_batch_fails_its_messages_and_the_publisher_resumes_after_its_last_stored_batch() {
     let (_dir, _pki, broker, id) = setup().await;
     let client = Client::connect_with(&id, quick()).await.unwrap();
-    // Two publishers with the same key both start at the genesis head.
+    // Two publishers with the same key are two chains: each starts at its own genesis.
     let first = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
     let second = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
     assert_eq!(first.publish("a").await.unwrap().seq, 1);
-    let e = second.publish("b").await.unwrap_err();
-    assert!(matches!(e, Error::Refused { code: ErrorCode::SEQUENCE_CONFLICT, .. }), "{e}");
-    assert!(e.to_string().starts_with("cannot publish on demo.x: the batch does not continue"), "{e}");
-    // The next message goes on a new stream, after the broker's head.
-    let r = second.publish("c").await.unwrap();
-    assert_eq!((r.offset, r.seq), (Offset(1), 2));
+    assert_eq!(second.publish("b").await.unwrap().seq, 1);
+    // The broker refuses the next batch (its device is full), once.
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let once = refuse.clone();
+    broker.store.before_append(move |_| match once.swap(false, Ordering::SeqCst) {
+        true => Err(sealpost_broker::Error::StorageFull),
+        false => Ok(()),
+    });
+    let e = second.publish("c").await.unwrap_err();
+    assert!(matches!(e, Error::Refused { code: ErrorCode::STORAGE_FULL, .. }), "{e}");
+    assert!(!refuse.load(Ordering::SeqCst), "the refusal was the broker's");
+    // The next message goes on a new stream, after the last batch the broker stored.
+    let r = second.publish("d").await.unwrap();
+    assert_eq!((r.offset, r.seq), (Offset(2), 2));
     second.flush().await.unwrap();
-    assert_eq!(broker.next_offset(), 2);
+    assert_eq!(broker.next_offset(), 3);
     client.close().await;
 }
 
@@ -1043,7 +1050,10 @@ async fn the_cli_publishes_stdin_lines_and_prints_them_back() {
     .await
     .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "sealpost: not authorized to publish on demo.x\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "sealpost: published 0 of 1 message before the failure: not authorized to publish on demo.x\n"
+    );
 }
 
 #[test]

@@ -167,22 +167,6 @@ impl BatchHeader {
         Ok(Self { topic, epoch, publisher, chain, first_seq, count, prev_digest, created_at })
     }
 
-    /// The chain id of the canonical batch `bytes`, read from its header without decoding the rest (for
-    /// a store that keeps batches it verified and needs their chain back). Fails as
-    /// [`SealedBatch::decode`] would on a header that is too short or of an unknown version.
-    pub fn peek_chain(bytes: &[u8]) -> Result<ChainId> {
-        let mut r = Reader::new(bytes);
-        match r.u8("batch version")? {
-            BATCH_VERSION_1 => Ok(ChainId::LEGACY),
-            BATCH_VERSION => {
-                let topic_len = r.u8("topic length")?;
-                r.take(usize::from(topic_len) + 8 + 32, "topic, epoch and publisher")?;
-                Ok(ChainId(r.array("chain id")?))
-            }
-            version => Err(Error::UnsupportedVersion { what: "batch", version }),
-        }
-    }
-
     /// The domain-separated digest of the canonical header bytes of format `version`.
     fn digest_of(version: u8, bytes: &[u8]) -> Digest {
         blake3::Hasher::new_derive_key(context::batch_header(version)).update(bytes).finalize().into()

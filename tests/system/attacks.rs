@@ -93,7 +93,7 @@ fn consecutive(batches: Vec<Bytes>) -> Vec<StoredBatch> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Bytes of a sealed batch (docs/architecture.md, "The sealed batch (version 1)").
+// Bytes of a sealed batch (docs/architecture.md, "The sealed batch (versions 2 and 1)").
 // ---------------------------------------------------------------------------------------------------------
 
 /// Where the fields of a sealed batch are, for a batch whose topic is `topic_len` bytes long.
@@ -1182,7 +1182,8 @@ async fn revoked_publishers_batches_before_the_revocation_stay_readable_and_afte
         &mut sub,
         &[
             msg("m0", 0, 1),
-            msg("m1", 1, 2),
+            // publisher2 is another instance of alice: its own chain, from sequence 1.
+            msg("m1", 1, 1),
             Seen::Untrusted { offset: 2, publisher: env.key("alice").public_key() },
         ],
     )

@@ -103,7 +103,10 @@ fn readme_tour_alice_publishes_bob_reads_bob_and_mallory_are_refused() {
     publish.args(["pub", "demo.chat", "bob may not publish"]);
     let out = run(publish, None);
     assert!(!out.status.success());
-    assert_eq!(text(&out.stderr).trim_end(), "sealpost: not authorized to publish on demo.chat");
+    assert_eq!(
+        text(&out.stderr).trim_end(),
+        "sealpost: published 0 of 1 message before the failure: not authorized to publish on demo.chat"
+    );
 
     // mallory has a valid certificate and no grants.
     let mut subscribe = sealpost(&broker, "mallory");
@@ -237,4 +240,91 @@ fn admin_creates_grants_and_rotates_a_topic_through_the_cli() {
     // Epoch 1 is two epochs back: its key is not served any more (a documented limit), so read from 1.
     assert_eq!(ok(run_as("alice", &["sub", "demo.news", "--from", "1", "--count", "1"])), "second\n");
     assert_eq!(ok(run_as("bob", &["sub", "demo.news", "--from", "1", "--count", "1"])), "second\n");
+}
+
+#[test]
+fn pub_without_grants_says_none_of_its_messages_was_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = start_dev(tmp.path());
+    let mut publish = sealpost(&broker, "mallory");
+    publish.args(["pub", "demo.chat", "one", "two", "three"]);
+    let out = run(publish, None);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("sealpost: published 0 of 3 messages before the failure: not authorized"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// The broker stores alice's first three lines, then its storage refuses every append (as a full device
+/// does): `sealpost pub` reading stdin says that 3 of its 5 messages were acknowledged, and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pub_that_fails_midway_says_how_many_of_its_messages_were_acknowledged() {
+    use crate::harness::{within, Env, ACL};
+    use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
+    use sealpost_broker::store::testing::TestStore;
+    use sealpost_protocol::Topic;
+    use std::sync::Arc;
+
+    let mut env = Env::new();
+    let store = Arc::new(TestStore::default());
+    env.seed(store.as_ref());
+    // Nothing from offset 3 on is stored.
+    store.before_append(|append| {
+        if append.offset().0 >= 3 {
+            Err(sealpost_broker::Error::StorageFull)
+        } else {
+            Ok(())
+        }
+    });
+    let (synced_tx, mut synced) = tokio::sync::mpsc::unbounded_channel();
+    store.after_sync(move || {
+        let _ = synced_tx.send(());
+    });
+    let options = BrokerOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: env.tls(),
+        acl: sealpost_broker::acl::Acl::from_toml(ACL).unwrap(),
+        store: store.clone(),
+        authority: Some(env.authority.public_key()),
+        limits: ServerLimits::default(),
+    };
+    let broker = within("broker start", Broker::start(options)).await.unwrap();
+    let alice = env.identity("alice", broker.local_addr());
+
+    let mut cmd = Command::new(cargo_bin("sealpost"));
+    cmd.arg("--identity")
+        .arg(&alice)
+        .env("RUST_LOG", "error")
+        .args(["pub", "demo.chat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"m0\nm1\nm2\n").unwrap();
+    stdin.flush().unwrap();
+    // Until the three are stored and synced (so acknowledged), in however many batches.
+    let chat = Topic::new("demo.chat").unwrap();
+    let stored = || store.honest(&chat).unwrap().iter().map(|b| u64::from(b.count)).sum::<u64>();
+    for _ in 0..10 {
+        if stored() == 3 {
+            break;
+        }
+        within("a sync", synced.recv()).await.unwrap();
+    }
+    assert_eq!(stored(), 3);
+    stdin.write_all(b"m3\nm4\n").unwrap();
+    drop(stdin);
+
+    let out = tokio::task::spawn_blocking(move || wait(child)).await.unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.starts_with("sealpost: published 3 of 5 messages before the failure: "), "{err}");
+    assert!(err.contains("storage full"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(stored(), 3);
+    broker.shutdown().await.unwrap();
 }

@@ -33,7 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Publish messages: each MESSAGE argument, or else each line of stdin. Exits once all are stored.
+    /// Publish messages: each MESSAGE argument, or else each line of stdin. Exits once all are stored; if
+    /// not all are, says how many were ("published 3 of 5 messages before the failure: ...") and exits
+    /// with status 1.
     Pub {
         /// The topic.
         topic: Topic,
@@ -232,15 +234,25 @@ async fn topic_command(client: &Client, identity: &Identity, command: TopicComma
 }
 
 async fn publish(client: &Client, topic: Topic, messages: Vec<String>) -> anyhow::Result<()> {
-    let publisher = client.publisher(topic, PublisherOptions::default()).await?;
+    let given = (!messages.is_empty()).then_some(messages.len());
+    let publisher = match client.publisher(topic, PublisherOptions::default()).await {
+        Ok(publisher) => publisher,
+        Err(e) => return Err(not_all_published(0, given, e.into())),
+    };
     let mut receipts = Vec::new();
+    let mut failure = None;
     if messages.is_empty() {
         let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
         let mut line = Vec::new();
         loop {
             line.clear();
-            if stdin.read_until(b'\n', &mut line).await.context("cannot read stdin")? == 0 {
-                break;
+            match stdin.read_until(b'\n', &mut line).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    failure = Some(anyhow::Error::new(e).context("cannot read stdin"));
+                    break;
+                }
             }
             let end = line.strip_suffix(b"\n").map_or(line.len(), <[u8]>::len);
             let end = line[..end].strip_suffix(b"\r").map_or(end, <[u8]>::len);
@@ -249,13 +261,29 @@ async fn publish(client: &Client, topic: Topic, messages: Vec<String>) -> anyhow
     } else {
         receipts.extend(messages.into_iter().map(|m| publisher.publish(m)));
     }
-    // The first failure, in publishing order, is the one reported.
+    let sent = receipts.len();
     let results = futures_util::future::join_all(receipts).await;
-    publisher.close().await?;
-    for result in results {
-        result?;
+    let closed = publisher.close().await;
+    let acknowledged = results.iter().filter(|r| r.is_ok()).count();
+    // A stdin that failed, else the first failure in publishing order, else the close's.
+    let failure = failure
+        .or_else(|| results.into_iter().find_map(Result::err).map(anyhow::Error::new))
+        .or_else(|| closed.err().map(anyhow::Error::new));
+    match failure {
+        None => Ok(()),
+        Some(e) => Err(not_all_published(acknowledged, Some(sent), e)),
     }
-    Ok(())
+}
+
+/// `error`, saying first how many messages the broker acknowledged (stored durably) before it: of `sent`,
+/// or of an unknown number (stdin not read yet).
+fn not_all_published(acknowledged: usize, sent: Option<usize>, error: anyhow::Error) -> anyhow::Error {
+    let noun = |n: usize| if n == 1 { "message" } else { "messages" };
+    let what = match sent {
+        Some(n) => format!("published {acknowledged} of {n} {}", noun(n)),
+        None => format!("published {acknowledged} {}", noun(acknowledged)),
+    };
+    error.context(format!("{what} before the failure"))
 }
 
 async fn subscribe(
