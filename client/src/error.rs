@@ -272,11 +272,13 @@ pub enum Error {
         /// The operating system's error.
         cause: Arc<std::io::Error>,
     },
-    /// The broker's head of a publisher chain this identity's previous process had acknowledged further
-    /// (its state folder says so): acknowledged batches of the chain were dropped (or replaced) by the
-    /// broker. The publisher does not start; nothing is published on top of the loss.
+    /// The broker's head of a chain is behind where this client had it: acknowledged to this identity's
+    /// previous publisher (its state folder says so), or verified by a subscription (before a reconnect,
+    /// or by a durable subscription's previous process). The broker dropped (or replaced) batches it had
+    /// acknowledged or delivered. A publisher does not start, so nothing is published on top of the loss;
+    /// a subscription yields it as an item and goes on.
     #[error(
-        "the broker rolled back the chain {chain} of this publisher on {topic}: it acknowledged up to \
+        "the broker rolled back the chain {chain} on {topic}: it was acknowledged or delivered up to \
          sequence {acknowledged}, the broker now holds it up to {broker}"
     )]
     RolledBack {
@@ -284,7 +286,7 @@ pub enum Error {
         topic: Topic,
         /// The chain.
         chain: ChainId,
-        /// The last sequence number acknowledged to the previous process.
+        /// The last sequence number acknowledged to the previous publisher, or verified by the subscription.
         acknowledged: u64,
         /// The last sequence number the broker says it holds (0: none), or the same as `acknowledged`
         /// with another digest.

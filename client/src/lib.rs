@@ -110,6 +110,7 @@ mod backoff;
 mod client;
 mod clock;
 mod error;
+mod head;
 mod identity;
 mod keyring;
 mod link;

@@ -75,20 +75,6 @@ fn batch_records(data: &Path) -> Vec<BatchRecord> {
     out
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let _ = std::fs::remove_dir_all(to);
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// `sealpost-broker verify-store DIR`: exit code and output.
 fn verify_store(data: &Path) -> (i32, String) {
     let out = Command::new(cargo_bin("sealpost-broker")).arg("verify-store").arg(data).output().unwrap();

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::clock::wall_clock;
 use crate::error::{Action, Error, Result};
+use crate::head;
 use crate::keyring::{Freshness, TopicKeys};
 use crate::link::{unexpected, Link};
 use crate::options::PublisherOptions;
@@ -214,7 +215,7 @@ impl Task {
         }
         match self.resume.take() {
             Some(acknowledged) => {
-                let head = chain_state::judge(&self.topic, self.chain, acknowledged, broker_head)?;
+                let head = head::judge(&self.topic, self.chain, acknowledged, broker_head)?;
                 tracing::info!(topic = %self.topic, chain = %self.chain, next_seq = head.next_seq,
                     "continuing this identity's chain");
                 self.pipeline.resume(head);
@@ -383,26 +384,8 @@ async fn open_once(
     resend: &[Bytes],
 ) -> Result<(Link, ChainHead)> {
     let mut link = shared.open_link().await?;
-    let request_id = shared.request_id();
     let publisher = shared.identity.public_key();
-    let topic_ = topic.clone();
-    let ask = match chain {
-        Some(chain) => Frame::HeadOfChain { request_id, topic: topic_, publisher, chain },
-        None => Frame::Head { request_id, topic: topic_, publisher },
-    };
-    link.send(&ask).await?;
-    let head = match link.read().await? {
-        Some(Frame::HeadIs { request_id: answered, head }) if answered == request_id => head,
-        Some(Frame::Error { code, message, .. }) => {
-            return Err(Error::refused(Action::Publish, topic, code, &message))
-        }
-        Some(other) => return Err(unexpected(&other, "a Head request")),
-        None => {
-            return Err(Error::ConnectionLost {
-                reason: "the broker ended the stream before answering".into(),
-            })
-        }
-    };
+    let head = head::ask(&mut link, shared.request_id(), topic, publisher, chain, Action::Publish).await?;
     for frame in resend {
         link.send_encoded(frame.clone()).await?;
     }

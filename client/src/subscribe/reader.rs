@@ -153,7 +153,7 @@ impl Reader {
             self.chain.seed(&self.topic, publisher, *chain, *head);
         }
         let mut snapshots = VecDeque::new();
-        snapshots.push_back((self.next_offset, self.heads()));
+        snapshots.push_back((self.next_offset, self.held_heads()));
         self.snapshots = Some(snapshots);
     }
 
@@ -167,7 +167,8 @@ impl Reader {
         snapshots.front().filter(|(end, _)| *end <= offset).map(|(_, heads)| heads.clone())
     }
 
-    fn heads(&self) -> Heads {
+    /// The head of every chain the reader holds.
+    pub(crate) fn held_heads(&self) -> Heads {
         self.chain.heads().map(|(_, publisher, chain, head)| (*publisher, chain, head)).collect()
     }
 
@@ -175,7 +176,7 @@ impl Reader {
         if self.snapshots.is_none() {
             return;
         }
-        let heads = self.heads();
+        let heads = self.held_heads();
         if let Some(snapshots) = self.snapshots.as_mut() {
             if snapshots.len() == SNAPSHOTS {
                 snapshots.pop_front();
