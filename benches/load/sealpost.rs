@@ -158,6 +158,7 @@ fn write_identity(pki: &Pki, dir: &Path, addr: SocketAddr) -> Identity {
         hpke_key: hex::encode(pki.hpke.as_bytes()),
         authority: pki.authority.public_key(),
         authority_key: None,
+        state: None,
     };
     std::fs::write(dir.join("load.toml"), toml::to_string(&identity).unwrap()).unwrap();
     Identity::load(dir.join("load.toml")).unwrap()

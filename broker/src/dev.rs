@@ -110,6 +110,7 @@ fn build(dir: &Path, listen: SocketAddr) -> Result<()> {
             hpke_key: hex_of(hpke.as_bytes()),
             authority: authority.public_key(),
             authority_key: (*name == "admin").then(|| hex_of(&*authority.to_bytes())),
+            state: None,
         };
         let toml = toml::to_string(&identity).map_err(|e| Error::Config(e.to_string()))?;
         let header = format!("# Sealpost dev identity of {name}. Throwaway keys: not for production.\n");

@@ -8,7 +8,7 @@
 //! [`Error::BrokerNotTrusted`], [`Error::CertificateRejected`]), the broker's access policy
 //! ([`Error::Refused`]), the broker's storage ([`Error::DataLost`]), and whoever tampered with the stored
 //! log or the stored topic policies ([`Error::Integrity`], [`Error::UntrustedPublisher`],
-//! [`Error::Policy`]). Every message is one line that says what failed and, where there is one, what to do
+//! [`Error::Policy`], [`Error::RolledBack`]), and whoever keeps the client's host (its state folder: [`Error::State`]). Every message is one line that says what failed and, where there is one, what to do
 //! about it. No message ever contains a payload or key material; text that the broker sends is shown only
 //! after control characters are removed.
 
@@ -17,7 +17,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sealpost_protocol::{ErrorCode, KeyId, Offset, Principal, PublicKey, Topic};
+use sealpost_protocol::{ChainId, ErrorCode, KeyId, Offset, Principal, PublicKey, Topic};
 
 use crate::role::Role;
 
@@ -271,6 +271,36 @@ pub enum Error {
         what: String,
         /// The operating system's error.
         cause: Arc<std::io::Error>,
+    },
+    /// The broker's head of a chain is behind where this client had it: acknowledged to this identity's
+    /// previous publisher (its state folder says so), or verified by a subscription (before a reconnect,
+    /// or by a durable subscription's previous process). The broker dropped (or replaced) batches it had
+    /// acknowledged or delivered. A publisher does not start, so nothing is published on top of the loss;
+    /// a subscription yields it as an item and goes on.
+    #[error(
+        "the broker rolled back the chain {chain} on {topic}: it was acknowledged or delivered up to \
+         sequence {acknowledged}, the broker now holds it up to {broker}"
+    )]
+    RolledBack {
+        /// The topic.
+        topic: Topic,
+        /// The chain.
+        chain: ChainId,
+        /// The last sequence number acknowledged to the previous publisher, or verified by the subscription.
+        acknowledged: u64,
+        /// The last sequence number the broker says it holds (0: none), or the same as `acknowledged`
+        /// with another digest.
+        broker: u64,
+    },
+    /// A file of the client's state folder is torn, corrupt or locked (docs/operations.md says what is in
+    /// it). A damaged file is never ignored: restore the folder from the backup made with the identity, or,
+    /// knowing what is then not detected (docs/threat-model.md), remove the file.
+    #[error("state file {}: {fault}", path.display())]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        fault: crate::state::StateFault,
     },
     /// The client, publisher or subscription was closed, or its background task has ended.
     #[error("closed")]

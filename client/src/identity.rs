@@ -129,6 +129,21 @@ impl Identity {
         self.inner.authority_key.as_ref()
     }
 
+    /// The state folder the identity names: its file's `state` (relative to the identity file's folder),
+    /// else `<file stem>.state` beside the identity file (`alice.toml` -> `alice.state`).
+    pub fn state_folder(&self) -> PathBuf {
+        let path = &self.inner.path;
+        match &self.inner.file.state {
+            Some(state) => resolve(path, state),
+            None => {
+                let stem = path.file_stem().map_or_else(|| "identity".into(), |s| s.to_os_string());
+                let mut name = stem;
+                name.push(".state");
+                path.with_file_name(name)
+            }
+        }
+    }
+
     /// The identity file this was loaded from.
     pub fn path(&self) -> &Path {
         &self.inner.path

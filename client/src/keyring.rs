@@ -28,10 +28,19 @@
 //!
 //! # What it does not do
 //!
+//! - **No rollback across processes**, with a state folder (`state.rs`): the newest policy admitted for a
+//!   topic is persisted (crash-safely) before the fetch that brought it returns, and seeds the topic's
+//!   book the first time a later `Client` of the identity uses the topic, so that a broker serving an
+//!   older epoch after a restart is the same [`PolicyRollback`](sealpost_protocol::Error::PolicyRollback),
+//!   and another policy of that epoch a [`PolicyFork`](sealpost_protocol::Error::PolicyFork). A persisted
+//!   policy that is damaged, or does not verify against the pinned authority, is an
+//!   [`Error::State`]: never ignored.
+//!
 //! It does not prove freshness: a broker can withhold a newer policy, and the client goes on with the
-//! newest one it has (until a batch of a newer epoch shows a rotation happened). The book lives in memory:
-//! a new `Client` (or a restarted process) trusts the first policies it is served, as long as the authority
-//! signed them.
+//! newest one it has (until a batch of a newer epoch shows a rotation happened). Without a state folder
+//! ([`StateLocation::Off`](crate::StateLocation::Off)) the book lives in memory only: a new `Client` (or a
+//! restarted process) trusts the first policies it is served, as long as the authority signed them. Only
+//! the newest policy is persisted, not the whole book: older epochs are walked back to from it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -44,6 +53,7 @@ use sealpost_protocol::{
 };
 
 use crate::error::{Error, Result};
+use crate::state::{policy_record, StateFault, StateFolder};
 
 /// What one principal knows about one topic's policies and keys, at one moment.
 #[derive(Clone, Debug)]
@@ -138,6 +148,8 @@ pub(crate) struct KeySource {
     hpke: HpkeSecretKey,
     authority: PublicKey,
     limits: Limits,
+    /// Where the newest policy of each topic is persisted; `None`: in memory only.
+    state: Option<StateFolder>,
     topics: Mutex<HashMap<Topic, Arc<Slot>>>,
 }
 
@@ -155,6 +167,8 @@ struct SlotState {
     tried: BTreeSet<Epoch>,
     snapshot: Arc<TopicKeys>,
     fetched_at: Option<Instant>,
+    /// Whether the book was seeded from the state folder (or there is none).
+    seeded: bool,
 }
 
 impl Slot {
@@ -194,8 +208,9 @@ impl KeySource {
         hpke: HpkeSecretKey,
         authority: PublicKey,
         limits: Limits,
+        state: Option<StateFolder>,
     ) -> Self {
-        Self { principal, hpke, authority, limits, topics: Mutex::new(HashMap::new()) }
+        Self { principal, hpke, authority, limits, state, topics: Mutex::new(HashMap::new()) }
     }
 
     /// The entry of `topic`, made empty if it is new.
@@ -214,6 +229,7 @@ impl KeySource {
                         keys,
                         tried: BTreeSet::new(),
                         fetched_at: None,
+                        seeded: false,
                     }),
                 })
             })
@@ -242,17 +258,39 @@ impl KeySource {
             .map_err(fail)?;
         verified.sort_by_key(VerifiedPolicy::epoch);
         let mut state = slot.state();
+        self.seed(&mut state, topic)?;
         let mut book = state.book.clone();
+        let before = book.current().map(VerifiedPolicy::digest);
         if let Some(current) = book.current().map(VerifiedPolicy::epoch) {
             let newest = verified.last().map_or(Epoch(0), VerifiedPolicy::epoch);
             if newest < current {
                 return Err(fail(sealpost_protocol::Error::PolicyRollback { current, got: newest }));
             }
         }
+        let held_newest = book.current().map(VerifiedPolicy::epoch);
+        let below_held = |book: &PolicyBook, p: &VerifiedPolicy| {
+            held_newest.is_some_and(|current| p.epoch() < current) && book.get(p.epoch()).is_none()
+        };
         for policy in &verified {
-            book.admit(policy.clone()).map_err(fail)?;
+            if !below_held(&book, policy) {
+                book.admit(policy.clone()).map_err(fail)?;
+            }
         }
+        // An epoch older than the newest held and not held itself (a book seeded with the newest policy
+        // only, from the state folder): admitted only as a checked link below the epoch above it.
+        for policy in verified.iter().rev() {
+            let above = Epoch(policy.epoch().0.saturating_add(1));
+            if below_held(&book, policy) && book.get(above).is_some() {
+                let page = [policy.as_bytes().clone()];
+                book.admit_history(above, policy.epoch(), page, &self.limits).map_err(fail)?;
+            }
+        }
+        let newest = book.current().filter(|p| Some(p.digest()) != before).cloned();
         let snapshot = self.install(&mut state, topic, book, Some(now));
+        drop(state);
+        if let Some(newest) = newest {
+            self.persist(topic, &newest)?;
+        }
         Ok((snapshot, verified))
     }
 
@@ -271,12 +309,68 @@ impl KeySource {
         page: Vec<Bytes>,
     ) -> Result<(Arc<TopicKeys>, Option<Epoch>)> {
         let mut state = slot.state();
+        self.seed(&mut state, topic)?;
         let mut book = state.book.clone();
         let walked = book.admit_history(before, until, page, &self.limits);
         let fetched_at = state.fetched_at;
         let snapshot = self.install(&mut state, topic, book, fetched_at);
         let next = walked.map_err(|check| Error::Policy { topic: topic.clone(), check })?;
         Ok((snapshot, next))
+    }
+
+    /// Seeds the book of `topic` with the policy persisted in the state folder, once per slot. The policy
+    /// must decode, be signed by the pinned authority and be for `topic` (else [`Error::State`], the file
+    /// corrupt); it is the first policy of an empty book, so it is admitted as is.
+    fn seed(&self, state: &mut SlotState, topic: &Topic) -> Result<()> {
+        if state.seeded {
+            return Ok(());
+        }
+        let Some(folder) = &self.state else {
+            state.seeded = true;
+            return Ok(());
+        };
+        let name = policy_record(topic);
+        if let Some(body) = folder.read(&name)? {
+            let corrupt = || Error::State { path: folder.path().join(&name), fault: StateFault::Corrupt };
+            let policy = SignedPolicy::decode(Bytes::from(body), &self.limits)
+                .and_then(|signed| signed.verify(&self.authority))
+                .map_err(|_| corrupt())?;
+            let mut book = state.book.clone();
+            book.admit(policy).map_err(|_| corrupt())?;
+            let fetched_at = state.fetched_at;
+            self.install(state, topic, book, fetched_at);
+        }
+        state.seeded = true;
+        Ok(())
+    }
+
+    /// Persists `newest`, the newest admitted policy of `topic`, unless the state folder holds a newer one
+    /// (another client of this identity saw it). The same epoch with another digest there is a
+    /// [`PolicyFork`](sealpost_protocol::Error::PolicyFork). Under the record's lock, so concurrent clients
+    /// keep the newest of what they saw.
+    fn persist(&self, topic: &Topic, newest: &VerifiedPolicy) -> Result<()> {
+        let Some(folder) = &self.state else {
+            return Ok(());
+        };
+        let name = policy_record(topic);
+        let _lock = folder.lock(&name)?;
+        if let Some(body) = folder.read(&name)? {
+            let corrupt = || Error::State { path: folder.path().join(&name), fault: StateFault::Corrupt };
+            let held = SignedPolicy::decode(Bytes::from(body), &self.limits)
+                .and_then(|signed| signed.verify(&self.authority))
+                .map_err(|_| corrupt())?;
+            if held.epoch() > newest.epoch() {
+                return Ok(());
+            }
+            if held.epoch() == newest.epoch() {
+                if held.digest() != newest.digest() {
+                    let check = sealpost_protocol::Error::PolicyFork { epoch: newest.epoch() };
+                    return Err(Error::Policy { topic: topic.clone(), check });
+                }
+                return Ok(());
+            }
+        }
+        folder.write(&name, newest.as_bytes())
     }
 
     /// The state of a slot with `book`: the keys of its epochs not tried yet unwrapped, a new snapshot.
@@ -310,8 +404,14 @@ impl KeySource {
             }
         }
         let snapshot = Arc::new(TopicKeys::new(book.clone(), keys.clone()));
-        *state = SlotState { book, keys, tried, snapshot: snapshot.clone(), fetched_at };
+        let seeded = state.seeded;
+        *state = SlotState { book, keys, tried, snapshot: snapshot.clone(), fetched_at, seeded };
         snapshot
+    }
+
+    /// The state folder, if the client has one.
+    pub(crate) fn state(&self) -> Option<&StateFolder> {
+        self.state.as_ref()
     }
 
     /// The pinned authority.
@@ -377,7 +477,19 @@ pub(crate) mod tests {
     }
 
     fn source(name: &str) -> KeySource {
-        KeySource::new(name.parse().unwrap(), hpke(name), authority().public_key(), Limits::default())
+        KeySource::new(name.parse().unwrap(), hpke(name), authority().public_key(), Limits::default(), None)
+    }
+
+    /// A source of `name` keeping its state in `dir`: another process of the same identity.
+    fn persisted(name: &str, dir: &std::path::Path) -> KeySource {
+        let state = StateFolder::open(dir).unwrap();
+        KeySource::new(
+            name.parse().unwrap(),
+            hpke(name),
+            authority().public_key(),
+            Limits::default(),
+            Some(state),
+        )
     }
 
     fn admit(source: &KeySource, served: &[&VerifiedPolicy]) -> Result<Arc<TopicKeys>> {
@@ -488,6 +600,78 @@ pub(crate) mod tests {
             alice.admit(&slot, &topic(), vec![garbage], Instant::now()),
             Err(Error::Policy { .. })
         ));
+    }
+
+    #[test]
+    fn the_newest_policy_seen_by_one_process_makes_an_older_one_a_rollback_in_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let p1 = policy(1, None, vec![member("alice", true, true)], 1000);
+        let p2 = policy(2, Some(&p1), vec![member("alice", true, true)], 2000);
+        let p3 = policy(3, Some(&p2), vec![member("alice", true, true)], 3000);
+        admit(&persisted("alice", dir.path()), &[&p2, &p3]).unwrap();
+        // The next process is served epochs 1 and 2 only: a rollback, as within one process.
+        let next = persisted("alice", dir.path());
+        match admit(&next, &[&p1, &p2]) {
+            Err(Error::Policy {
+                check: sealpost_protocol::Error::PolicyRollback { current, got }, ..
+            }) => {
+                assert_eq!((current, got), (Epoch(3), Epoch(2)));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The honest answer: epoch 2 is linked below the persisted epoch 3, and its key unwrapped.
+        let keys = admit(&next, &[&p2, &p3]).unwrap();
+        assert_eq!(keys.current_epoch(), Some(Epoch(3)));
+        assert!(keys.knows(Epoch(2)) && keys.keys().get(Epoch(2)).is_some());
+        // A later epoch is persisted in its turn; an older one never overwrites it.
+        let p4 = policy(4, Some(&p3), vec![member("alice", true, true)], 4000);
+        admit(&next, &[&p3, &p4]).unwrap();
+        admit(&persisted("alice", dir.path()), &[&p3]).unwrap_err();
+        let last = persisted("alice", dir.path());
+        assert_eq!(admit(&last, &[&p3, &p4]).unwrap().current_epoch(), Some(Epoch(4)));
+    }
+
+    #[test]
+    fn another_policy_of_the_persisted_epoch_is_a_fork_and_a_damaged_file_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p1 = policy(1, None, vec![member("alice", true, true)], 1000);
+        admit(&persisted("alice", dir.path()), &[&p1]).unwrap();
+        // `policy` draws a fresh content-key wrapping: another policy of epoch 1, also signed.
+        let other = policy(1, None, vec![member("alice", true, true)], 1000);
+        match admit(&persisted("alice", dir.path()), &[&other]) {
+            Err(Error::Policy {
+                check: sealpost_protocol::Error::PolicyFork { epoch: Epoch(1) }, ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        // The persisted policy's file, one byte changed: reported, not ignored (nor replaced).
+        let file = dir.path().join(policy_record(&topic()));
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(&file, &bytes).unwrap();
+        match admit(&persisted("alice", dir.path()), &[&p1]) {
+            Err(Error::State { path, fault: StateFault::Corrupt }) => assert_eq!(path, file),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read(&file).unwrap(), bytes);
+        // A policy signed by another key than the pinned authority, though intact as a file, is corrupt.
+        let mut params_rng = rand::rngs::OsRng;
+        let params = PolicyParams {
+            topic: topic(),
+            epoch: Epoch(1),
+            prev: None,
+            members: vec![member("alice", true, true)],
+            created_at: Timestamp(1000),
+        };
+        let forged =
+            issue_policy(&signer("mallory"), params, &content_key(1), &Limits::default(), &mut params_rng)
+                .unwrap();
+        StateFolder::open(dir.path()).unwrap().write(&policy_record(&topic()), forged.as_bytes()).unwrap();
+        match admit(&persisted("alice", dir.path()), &[&p1]) {
+            Err(Error::State { fault: StateFault::Corrupt, .. }) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

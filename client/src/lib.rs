@@ -40,8 +40,10 @@
 //! Who may publish on a topic and read it, and the topic's content key, come from the topic's **policies**:
 //! one per epoch, signed by the topic authority whose public key the identity pins (`authority`), each with
 //! a fresh content key wrapped (HPKE) to every member. The broker stores them; the client fetches them,
-//! verifies them against the pinned key and keeps them for the life of the [`Client`], so the broker can
-//! neither forge one nor roll a client back to an older one (see [`Error::Policy`]). The topic authority
+//! verifies them against the pinned key and keeps them for the life of the [`Client`], and the newest of
+//! each topic in the identity's **state folder** ([`state`]: `<identity stem>.state/` by default), so the
+//! broker can neither forge one nor roll a client back to an older one, in this process or a later one
+//! (see [`Error::Policy`]). The topic authority
 //! (an identity holding `authority_key`) makes new ones with the [`authority`] module (create, grant,
 //! revoke: a new epoch whose key the removed member cannot unwrap, rotate) and stores them with
 //! [`Client::store_policy`]; the `sealpost topic` commands do the same for people.
@@ -53,7 +55,9 @@
 //!   if the current policy lists this identity as a publisher. A receipt means the broker stored the
 //!   message durably. Across reconnections, unacknowledged batches are resent byte for byte, and the broker
 //!   stores each once (see [`Publisher`]). Publishers move to a new epoch within
-//!   [`ClientOptions::policy_refresh`] of a rotation.
+//!   [`ClientOptions::policy_refresh`] of a rotation. With a state folder, a publisher continues the chain
+//!   a previous process of the identity acknowledged (one live publisher per chain), and a broker whose
+//!   head of that chain is behind what was acknowledged is an [`Error::RolledBack`], not continued.
 //! - **Subscribing.** A [`Message`] is yielded only if its batch's signature verified, the signer is a
 //!   publisher in the topic policy of the batch's epoch, that epoch is the current one or the batch was
 //!   sealed while it was (its `created_at` before the next epoch's policy, plus
@@ -72,8 +76,11 @@
 //! It does not hide who talks to whom, or when, from the broker, nor the members of a topic's policy; it
 //! cannot stop a broker from withholding the newest batches (only from withholding older ones unnoticed),
 //! nor from withholding a newer policy (the client goes on with the newest it has seen; a new `Client`
-//! trusts the first authority-signed policies it is served); it does not detect a range skipped before the
-//! committed offset a durable subscription resumes from (the broker holds that offset). A batch sealed
+//! without a state folder, [`StateLocation::Off`], trusts the first authority-signed policies it is served);
+//! without a state folder, a publisher's new process starts a fresh chain and cannot tell a broker that
+//! dropped the previous process's acknowledged tail (with one it continues that chain and reports it:
+//! [`Error::RolledBack`]); and without one it does not detect a range skipped before the committed offset
+//! a durable subscription resumes from (the broker holds that offset). A batch sealed
 //! under an epoch whose policy the broker no longer serves (two rotations ago) cannot be read. It never
 //! logs payloads or keys.
 //!
@@ -92,6 +99,7 @@
 //! reconnect       the one reconnect loop (backoff from backoff, what reconnecting cures)
 //! link/           the QUIC connection (connector), frame streams (stream), transport errors (error_map)
 //! keyring         verified policies and the content keys unwrapped from them
+//! state           the state folder: crash-safe, checked files of what must outlive the process
 //! tls, identity, options, clock, message, role, error
 //! ```
 #![forbid(unsafe_code)]
@@ -102,6 +110,7 @@ mod backoff;
 mod client;
 mod clock;
 mod error;
+mod head;
 mod identity;
 mod keyring;
 mod link;
@@ -112,6 +121,7 @@ mod publish;
 mod reconnect;
 mod role;
 mod shared;
+pub mod state;
 mod subscribe;
 mod tls;
 
@@ -121,6 +131,7 @@ pub use identity::Identity;
 pub use message::Message;
 pub use options::{ClientOptions, PublisherOptions, Reconnect, SubscribeOptions};
 pub use publish::{PublishFuture, Publisher, Receipt};
+pub use state::{StateFault, StateFolder, StateLocation};
 pub use subscribe::Subscription;
 
 /// The protocol crate, for the types of integrity errors ([`Error::Integrity`]), keys and topic policies

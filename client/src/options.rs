@@ -1,12 +1,16 @@
 //! Options: how a [`Client`](crate::Client) connects and reconnects, how its publishers batch and
 //! pipeline, and where its subscriptions start.
 //!
-//! Plain data with documented defaults; nothing here does I/O. Every knob is safe to turn: none of them
-//! weakens a check (verification cannot be switched off, see `tls.rs`).
+//! Plain data with documented defaults; nothing here does I/O. Every knob but one is safe to turn: none of
+//! them weakens a check (verification cannot be switched off, see `tls.rs`). The one is
+//! [`ClientOptions::state`] set to [`StateLocation::Off`]: checks stay on, but what they remember ends
+//! with the process.
 
 use std::time::Duration;
 
 use sealpost_protocol::StartAt;
+
+use crate::state::StateLocation;
 
 /// How a [`Client`](crate::Client) connects and reconnects.
 #[derive(Clone, Debug)]
@@ -29,6 +33,12 @@ pub struct ClientOptions {
     /// How often a publisher (before sealing a batch) and a subscription (before opening one) fetch the
     /// topic's policies again, to move to a new epoch after a rotation or a revocation. Default 30 s.
     pub policy_refresh: Duration,
+    /// Where the client keeps what it must remember across processes (the newest verified policy of each
+    /// topic it used), so that a broker cannot roll it back after a restart. Default
+    /// [`StateLocation::Identity`]: the identity file's `state`, else `<identity file stem>.state/` beside
+    /// it. [`StateLocation::Off`] keeps it in memory only (docs/threat-model.md says what is then not
+    /// detected).
+    pub state: StateLocation,
 }
 
 impl Default for ClientOptions {
@@ -39,6 +49,7 @@ impl Default for ClientOptions {
             reconnect: Reconnect::default(),
             rotation_grace: Duration::from_secs(600),
             policy_refresh: Duration::from_secs(30),
+            state: StateLocation::Identity,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! What a client's publishers and subscriptions share: its identity and options, the protocol limits, the
-//! connection to the broker, and the topic policies and keys it has admitted.
+//! connection to the broker, and the topic policies and keys it has admitted (seeded from, and persisted
+//! to, its state folder).
 //!
 //! One [`Shared`] per [`Client`](crate::Client), behind an `Arc`; it lives as long as the client or any
 //! publisher or subscription made from it. Sharing the key source is what makes the no-rollback guarantee
@@ -12,6 +13,7 @@ use crate::identity::Identity;
 use crate::keyring::KeySource;
 use crate::link::{Connector, Link};
 use crate::options::ClientOptions;
+use crate::state::{StateFolder, StateLocation};
 
 /// What a client's publishers and subscriptions share.
 pub(crate) struct Shared {
@@ -23,15 +25,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Connects to the broker named by `identity` (one attempt) and starts with no policies.
+    /// Opens the state folder `options` name (creating it if missing), connects to the broker named by
+    /// `identity` (one attempt) and starts with no policies in memory (each topic's book is seeded from the
+    /// state folder when the topic is first used).
     pub(crate) async fn connect(identity: &Identity, options: ClientOptions) -> Result<Shared> {
         let limits = Limits::default();
+        let state = match &options.state {
+            StateLocation::Identity => Some(StateFolder::open(identity.state_folder())?),
+            StateLocation::Folder(dir) => Some(StateFolder::open(dir.clone())?),
+            StateLocation::Off => None,
+        };
         let connector = Connector::connect(identity, &options, limits.max_frame_len).await?;
         let keys = KeySource::new(
             identity.principal().clone(),
             identity.inner().hpke.clone(),
             identity.authority(),
             limits,
+            state,
         );
         Ok(Shared { identity: identity.clone(), options, limits, connector, keys })
     }

@@ -29,7 +29,7 @@ use sealpost_client::protocol::{
 };
 use sealpost_client::{
     Client, ClientOptions, Error, ErrorCode, Identity, Offset, PublisherOptions, Reconnect, StartAt,
-    SubscribeOptions, Timestamp, Topic,
+    StateLocation, SubscribeOptions, Timestamp, Topic,
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -664,6 +664,12 @@ fn eager() -> ClientOptions {
     ClientOptions { policy_refresh: Duration::ZERO, ..quick() }
 }
 
+/// `options` with a state folder of their own in `dir`: the identity's client on another host, which has
+/// not seen what the clients beside the identity file have.
+fn elsewhere(options: ClientOptions, dir: &tempfile::TempDir) -> ClientOptions {
+    ClientOptions { state: StateLocation::Folder(dir.path().join("elsewhere.state")), ..options }
+}
+
 async fn next_item(sub: &mut sealpost_client::Subscription) -> Result<sealpost_client::Message, Error> {
     tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap()
 }
@@ -812,7 +818,7 @@ async fn policies_the_broker_serves_must_be_signed_by_the_authority_and_never_go
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_reports_a_bad_policy_served_at_a_rotation_and_goes_on() {
     use sealpost_client::protocol::Error as Check;
-    let (_dir, _pki, broker, id) = setup().await;
+    let (dir, _pki, broker, id) = setup().await;
     let publishing = Client::connect_with(&id, eager()).await.unwrap();
     let publisher = publishing.publisher(topic(), PublisherOptions::default()).await.unwrap();
     publisher.publish("epoch 1").await.unwrap();
@@ -824,7 +830,9 @@ async fn a_subscription_reports_a_bad_policy_served_at_a_rotation_and_goes_on() 
     let mallory = SigningKey::from_bytes(&[0x66; 32]);
     let forged = policy_by(&mallory, &topic(), None, vec![member("alice", true, true)]);
     broker.lie([vec![p1.as_bytes().clone()], vec![forged.as_bytes().clone()]]);
-    let reading = Client::connect_with(&id, quick()).await.unwrap();
+    // A reader that has not seen epoch 2: alice on another host, with a state folder of its own (the
+    // publishing client's would make epoch 1 a rollback at once).
+    let reading = Client::connect_with(&id, elsewhere(quick(), &dir)).await.unwrap();
     let mut sub = reading
         .subscribe(topic(), SubscribeOptions { from: StartAt::Earliest, durable: None })
         .await
@@ -853,7 +861,7 @@ async fn a_subscription_reports_a_bad_policy_served_at_a_rotation_and_goes_on() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_fetches_the_policies_again_on_schedule() {
-    let (_dir, _pki, broker, id) = setup().await;
+    let (dir, _pki, broker, id) = setup().await;
     let publishing = Client::connect_with(&id, eager()).await.unwrap();
     let publisher = publishing.publisher(topic(), PublisherOptions::default()).await.unwrap();
     publisher.publish("epoch 1").await.unwrap();
@@ -863,7 +871,8 @@ async fn a_subscription_fetches_the_policies_again_on_schedule() {
     // The reader's start and its first scheduled fetch see epoch 1 only; the next one sees epoch 2 before
     // the batch of epoch 2 is opened, so no refetch is needed.
     broker.lie([vec![p1.as_bytes().clone()], vec![p1.as_bytes().clone()]]);
-    let reading = Client::connect_with(&id, eager()).await.unwrap();
+    // A reader that has not seen epoch 2: alice on another host, with a state folder of its own.
+    let reading = Client::connect_with(&id, elsewhere(eager(), &dir)).await.unwrap();
     let mut sub = reading
         .subscribe(topic(), SubscribeOptions { from: StartAt::Earliest, durable: None })
         .await
@@ -1123,4 +1132,54 @@ fn the_cli_makes_keys_and_reports_a_missing_identity_in_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("sealpost: identity file /nonexistent/x.toml: cannot read it: "), "{err}");
     assert_eq!(err.lines().count(), 1);
+}
+
+/// alice's processes continue one chain through the state folder beside her identity file: the next process
+/// goes on after the batches the previous one had acknowledged. Then the broker forgets the newest batch of
+/// the chain (its store says the chain's head is the batch before): alice's next process is told, with
+/// what it had acknowledged and what the broker holds, and does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_the_broker_dropped_after_acknowledging_it_is_reported_to_the_publishers_next_process() {
+    let (_dir, _pki, broker, id) = setup().await;
+    let one_each = || PublisherOptions { max_batch: 1, ..PublisherOptions::default() };
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let publisher = client.publisher(topic(), one_each()).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(publisher.publish(format!("m{i}")).await.unwrap().seq, i + 1);
+    }
+    publisher.close().await.unwrap();
+    client.close().await;
+
+    // The next process continues the chain.
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let publisher = client.publisher(topic(), one_each()).await.unwrap();
+    let receipt = publisher.publish("m3").await.unwrap();
+    assert_eq!((receipt.offset, receipt.seq), (Offset(3), 4));
+    publisher.close().await.unwrap();
+    client.close().await;
+
+    // The broker forgets the newest batch of every chain.
+    broker.store.serve_heads(|_, _, _, stored| {
+        stored.map(|last| sealpost_broker::store::PublisherRecord {
+            first_seq: last.first_seq - 1,
+            count: 1,
+            offset: Offset(last.offset.0 - 1),
+            digest: sealpost_client::protocol::Digest([0; 32]),
+        })
+    });
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    match client.publisher(topic(), one_each()).await {
+        Err(Error::RolledBack { topic: t, acknowledged, broker: held, .. }) => {
+            assert_eq!((t, acknowledged, held), (topic(), 4, 3));
+        }
+        other => panic!("expected RolledBack, got {other:?}"),
+    }
+    // Without a state folder, a process of alice starts a chain of its own and cannot tell.
+    let stateless = ClientOptions { state: StateLocation::Off, ..quick() };
+    let forgetful = Client::connect_with(&id, stateless).await.unwrap();
+    let publisher = forgetful.publisher(topic(), one_each()).await.unwrap();
+    assert_eq!(publisher.publish("fresh").await.unwrap().seq, 1);
+    publisher.close().await.unwrap();
+    forgetful.close().await;
+    client.close().await;
 }

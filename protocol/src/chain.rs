@@ -144,6 +144,23 @@ impl ChainVerifier {
         self.publishers.get(&(topic.clone(), *publisher, chain)).map(|s| s.head)
     }
 
+    /// Starts chain `chain` of `publisher` on `topic` at `head`, as verified before (by an earlier process
+    /// of the subscriber, up to an offset it committed): its next batch must continue `head`, whatever the
+    /// verifier's [`ChainStart`]. A chain already seen here is left as it is.
+    pub fn seed(&mut self, topic: &Topic, publisher: &PublicKey, chain: ChainId, head: ChainHead) {
+        self.publishers
+            .entry((topic.clone(), *publisher, chain))
+            .or_insert(PublisherState { head, recent: VecDeque::new() });
+    }
+
+    /// The head of every chain seen (admitted, skipped past or seeded), in no particular order: what to
+    /// [`seed`](Self::seed) a later verifier with.
+    pub fn heads(&self) -> impl Iterator<Item = (&Topic, &PublicKey, ChainId, ChainHead)> {
+        self.publishers
+            .iter()
+            .map(|((topic, publisher, chain), state)| (topic, publisher, *chain, state.head))
+    }
+
     /// The broker reports the batch of chain `chain` of `publisher` on `topic` that starts at `first_seq`, with `count`
     /// messages and digest `digest`, as lost (its storage failed a checksum). If that batch is the next one
     /// the chain expects (or the first one seen of a publisher read from the middle, or a genesis batch),

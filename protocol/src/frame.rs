@@ -228,6 +228,21 @@ pub enum Frame {
         /// At most this many policies (the broker may send fewer: its own page limit, the frame limit).
         max: u32,
     },
+    /// Client -> broker: where does `chain` of `publisher` (a key bound to this connection's principal)
+    /// stand on `topic`? Answered with [`Frame::HeadIs`] ([`ChainHead::GENESIS`] if the chain has no stored
+    /// batch), authorized as [`Frame::Head`] (which asks for the legacy chain). A publisher's new process
+    /// asks it for the chain its previous process acknowledged, to continue that chain and to tell a broker
+    /// that dropped the acknowledged tail.
+    HeadOfChain {
+        /// Echoed in the answer.
+        request_id: RequestId,
+        /// The topic.
+        topic: Topic,
+        /// The publisher key.
+        publisher: PublicKey,
+        /// The publisher instance's chain.
+        chain: ChainId,
+    },
 }
 
 /// postcard's index of the variants with byte fields that [`Frame::decode_bytes`] slices out of the frame
@@ -314,6 +329,7 @@ impl Frame {
             Frame::Policies { .. } => "Policies",
             Frame::Lost { .. } => "Lost",
             Frame::GetPolicyHistory { .. } => "GetPolicyHistory",
+            Frame::HeadOfChain { .. } => "HeadOfChain",
         }
     }
 
@@ -553,6 +569,12 @@ mod tests {
             Frame::GetPolicies { request_id: 1, topic: Topic::new("a").unwrap() },
             Frame::Policies { request_id: 1, policies: Vec::new() },
             Frame::GetPolicyHistory { request_id: 1, topic: Topic::new("a").unwrap(), before: None, max: 1 },
+            Frame::HeadOfChain {
+                request_id: 1,
+                topic: Topic::new("a").unwrap(),
+                publisher: crate::SigningKey::from_bytes(&[1; 32]).public_key(),
+                chain: ChainId([1; 16]),
+            },
             Frame::Ack { subscription: 1, next_offset: Offset(1) },
             Frame::Lost {
                 subscription: 1,
@@ -696,6 +718,12 @@ mod decode_bytes_tests {
                 before: Some(crate::Epoch(9)),
                 max: 64,
             },
+            Frame::HeadOfChain {
+                request_id: 7,
+                topic: Topic::new("demo.chat").unwrap(),
+                publisher: key,
+                chain: ChainId([9; 16]),
+            },
         ]
     }
 
@@ -721,8 +749,9 @@ mod decode_bytes_tests {
             Frame::Policies { .. } => 13,
             Frame::Lost { .. } => 14,
             Frame::GetPolicyHistory { .. } => 15,
+            Frame::HeadOfChain { .. } => 16,
         };
-        assert_eq!(frames.iter().map(listed).collect::<Vec<_>>(), (0..16).collect::<Vec<_>>());
+        assert_eq!(frames.iter().map(listed).collect::<Vec<_>>(), (0..17).collect::<Vec<_>>());
         for frame in frames {
             let bytes = Bytes::from(frame.to_vec().unwrap());
             assert_eq!(Frame::decode_bytes(bytes.clone()).unwrap(), Frame::decode(&bytes).unwrap());

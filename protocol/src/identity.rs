@@ -57,6 +57,11 @@ pub struct IdentityFile {
     /// topic policies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority_key: Option<String>,
+    /// The client's state folder (relative to the identity file's folder): where it keeps what it must
+    /// remember across processes (the newest policy of each topic it used). None: `<file stem>.state`
+    /// beside the identity file. Back it up with the identity (docs/operations.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<PathBuf>,
 }
 
 fn secret32(hex_str: &str, what: &'static str) -> Result<Zeroizing<[u8; 32]>> {
@@ -141,6 +146,18 @@ mod tests {
         let id = identity(&format!("authority = \"{pinned}\"\n")).unwrap();
         assert_eq!(id.authority(), pinned);
         assert!(id.authority_key().unwrap().is_none());
+    }
+
+    #[test]
+    fn the_state_folder_is_optional_and_round_trips() {
+        let pinned = SigningKey::from_bytes(&[0xAA; 32]).public_key();
+        let id = identity(&format!("authority = \"{pinned}\"\n")).unwrap();
+        assert_eq!(id.state, None);
+        assert!(!toml::to_string(&id).unwrap().contains("state"));
+        let id = identity(&format!("authority = \"{pinned}\"\nstate = \"keep/alice\"\n")).unwrap();
+        assert_eq!(id.state.as_deref(), Some(std::path::Path::new("keep/alice")));
+        let again: IdentityFile = toml::from_str(&toml::to_string(&id).unwrap()).unwrap();
+        assert_eq!(again.state, id.state);
     }
 
     #[test]

@@ -186,3 +186,31 @@ fn a_lost_batch_moves_only_its_own_chain() {
     admit(&mut v, &b1).unwrap();
     admit(&mut v, &a2).unwrap();
 }
+
+#[test]
+fn a_verifier_seeded_with_the_heads_of_another_reports_what_was_deleted_or_replaced_after_them() {
+    let c = chain(5, 1);
+    let mut first = ChainVerifier::new(ChainStart::Genesis);
+    admit(&mut first, &c[0]).unwrap();
+    admit(&mut first, &c[1]).unwrap();
+    let heads: Vec<_> = first.heads().map(|(t, p, chain, head)| (t.clone(), *p, chain, head)).collect();
+    assert_eq!(heads.len(), 1);
+    let seeded = || {
+        let mut v = ChainVerifier::new(ChainStart::FirstSeen);
+        for (t, p, chain, head) in &heads {
+            v.seed(t, p, *chain, *head);
+        }
+        v
+    };
+    // The next batch continues; a deleted one before it is a gap even from the middle of the topic.
+    admit(&mut seeded(), &c[2]).unwrap();
+    assert_eq!(admit(&mut seeded(), &c[3]), Err(Error::Gap { expected: 3, got: 4 }));
+    // A batch verified before, served again after the seeded head, is no longer new.
+    assert!(matches!(admit(&mut seeded(), &c[1]), Err(Error::Reorder { .. })));
+    // Seeding does not move a chain already seen.
+    let mut v = seeded();
+    admit(&mut v, &c[2]).unwrap();
+    let (t, p, chain, head) = &heads[0];
+    v.seed(t, p, *chain, *head);
+    admit(&mut v, &c[3]).unwrap();
+}

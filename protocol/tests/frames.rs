@@ -72,6 +72,14 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
                 }),
                 reason: ErrorCode(reason),
             }),
+        (any::<u64>(), topic_strategy(), any::<[u8; 32]>(), any::<[u8; 16]>()).prop_map(
+            |(request_id, topic, seed, chain)| Frame::HeadOfChain {
+                request_id,
+                topic,
+                publisher: SigningKey::from_bytes(&seed).public_key(),
+                chain: ChainId(chain),
+            }
+        ),
     ]
 }
 

@@ -145,6 +145,15 @@ fn frames_match_golden_vectors() {
                 max: 64,
             },
         ),
+        (
+            "frame-head-of-chain",
+            Frame::HeadOfChain {
+                request_id: 9,
+                topic: topic("demo.chat"),
+                publisher: alice().public_key(),
+                chain: CHAIN,
+            },
+        ),
     ];
     for (name, frame) in frames {
         let bytes = frame.to_vec().unwrap();

@@ -29,7 +29,8 @@ use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
 use sealpost_broker::store::testing::TestStore;
 use sealpost_broker::store::{Store, StoredBatch};
 use sealpost_client::{
-    Client, Error, Identity, Message, Publisher, PublisherOptions, SubscribeOptions, Subscription,
+    Client, ClientOptions, Error, Identity, Message, Publisher, PublisherOptions, StateLocation,
+    SubscribeOptions, Subscription,
 };
 use sealpost_protocol::{
     seal, ChainHead, Epoch, KeyId, Limits, Offset, PublicKey, SealParams, SealedBatch, SigningKey, StartAt,
@@ -974,6 +975,120 @@ async fn rollback_to_an_older_policy_epoch_after_revocation_is_reported() {
     let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
     let err = within("subscribe", scene.bob.subscribe(chat(), options)).await.err();
     assert!(matches!(err, Some(Error::Policy { .. })), "{err:?}");
+    scene.shutdown().await;
+}
+
+/// bob's client has seen epoch 3 (which revoked mallory) and then ends: a new process of bob (a new
+/// `Client` of the same identity, its state folder beside the identity file) is served epochs 1 and 2 only.
+/// The newest policy bob's first client persisted seeds the new one's book: the rollback is reported as
+/// within one process. Without a state folder the same answer is accepted (the non-claim of
+/// docs/threat-model.md for `StateLocation::Off`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_to_an_older_policy_epoch_after_a_client_restart_is_reported() {
+    let scene = Scene::new(one_per_batch()).await;
+    let env = &scene.env;
+    let with_mallory = vec![
+        env.member("alice", true, true),
+        env.member("bob", false, true),
+        env.member("mallory", true, true),
+    ];
+    let key2 = sealpost_protocol::ContentKey::from_bytes(&[0x22; 32]);
+    let key3 = sealpost_protocol::ContentKey::from_bytes(&[0x33; 32]);
+    let first = env.first_policy("demo.chat");
+    let second = chat_policy(&env.authority, 2, Some(&first), with_mallory, &key2);
+    let third = chat_policy(
+        &env.authority,
+        3,
+        Some(&second),
+        vec![env.member("alice", true, true), env.member("bob", false, true)],
+        &key3,
+    );
+    for p in [&second, &third] {
+        scene.store.put_policy(&chat(), p.epoch().0, p.as_bytes()).unwrap();
+    }
+    let seen = within("policies", scene.bob.policies(&chat())).await.unwrap();
+    assert_eq!(seen.last().map(|p| p.epoch()), Some(Epoch(3)));
+    within("close", scene.bob.close()).await;
+
+    // The broker now serves only epochs 1 and 2, to bob's next process.
+    scene.store.serve_policies(|stored| stored.into_iter().take(2).collect());
+    let bob = connect(env, "bob", &scene.broker).await;
+    match within("policies", bob.policies(&chat())).await.unwrap_err() {
+        Error::Policy { check: sealpost_protocol::Error::PolicyRollback { current, got }, topic } => {
+            assert_eq!((topic, current, got), (chat(), Epoch(3), Epoch(2)));
+        }
+        other => panic!("expected a rollback error, got {other:?}"),
+    }
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let err = within("subscribe", bob.subscribe(chat(), options.clone())).await.err();
+    assert!(
+        matches!(err, Some(Error::Policy { check: sealpost_protocol::Error::PolicyRollback { .. }, .. })),
+        "{err:?}"
+    );
+
+    // A process of bob without a state folder trusts the first policies it is served.
+    let identity = Identity::load(env.identity("bob", scene.broker.local_addr())).unwrap();
+    let stateless = ClientOptions { state: StateLocation::Off, ..ClientOptions::default() };
+    let forgetful = within("connect", Client::connect_with(&identity, stateless)).await.unwrap();
+    let served = within("policies", forgetful.policies(&chat())).await.unwrap();
+    assert_eq!(served.last().map(|p| p.epoch()), Some(Epoch(2)));
+    scene.shutdown().await;
+}
+
+/// bob's durable subscription "audit" reads m0 and m1, acknowledges them and closes (the broker commits
+/// offset 2; bob's state folder records alice's chain head after m1). alice publishes m2, m3, m4. The
+/// broker then moves bob's committed offset to 4, as if m2 and m3 were consumed (or deleted before the
+/// offset it resumes from): bob's next process resumes at m4, and its chain verifier, seeded from the
+/// state folder, reports the skipped batches as a gap before delivering m4. A process of bob without a
+/// state folder resumes without a word (the non-claim of docs/threat-model.md for `StateLocation::Off`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_skipped_before_a_durable_subscriptions_resume_offset_are_reported_on_resume() {
+    let scene = Scene::new(one_per_batch()).await;
+    let env = &scene.env;
+    scene.publish_chat(2).await;
+    let durable = || SubscribeOptions { from: StartAt::Earliest, durable: Some("audit".into()) };
+    let mut sub = within("subscribe", scene.bob.subscribe(chat(), durable())).await.unwrap();
+    expect(env, &mut sub, &[msg("m0", 0, 1)]).await;
+    let m1 = within("m1", sub.next()).await.unwrap().unwrap();
+    assert_eq!((&m1.payload[..], m1.offset.0, m1.seq), (&b"m1"[..], 1, 2));
+    sub.ack(&m1).unwrap();
+    within("close", sub.close()).await.unwrap();
+    for m in ["m2", "m3", "m4"] {
+        scene.publish(m).await;
+    }
+    let bob: sealpost_protocol::Principal = "bob".parse().unwrap();
+    assert_eq!(scene.store.durable_offset(&chat(), &bob, "audit").unwrap(), Some(Offset(2)));
+    scene.store.set_durable_offset(&chat(), &bob, "audit", Offset(4)).unwrap();
+    scene.store.sync().unwrap();
+
+    // A process of bob without a state folder resumes at m4 and cannot tell.
+    let identity = Identity::load(env.identity("bob", scene.broker.local_addr())).unwrap();
+    let stateless = ClientOptions { state: StateLocation::Off, ..ClientOptions::default() };
+    let forgetful = within("connect", Client::connect_with(&identity, stateless)).await.unwrap();
+    let mut sub = within("subscribe", forgetful.subscribe(chat(), durable())).await.unwrap();
+    expect(env, &mut sub, &[msg("m4", 4, 5)]).await;
+    within("close", sub.close()).await.unwrap();
+    forgetful.close().await;
+
+    // bob's next process, with the state folder beside his identity file.
+    within("close", scene.bob.close()).await;
+    let bob_again = connect(env, "bob", &scene.broker).await;
+    let mut sub = within("subscribe", bob_again.subscribe(chat(), durable())).await.unwrap();
+    expect(
+        env,
+        &mut sub,
+        &[
+            Seen::Integrity {
+                offset: 4,
+                publisher: scene.alice_id(),
+                check: sealpost_protocol::Error::Gap { expected: 3, got: 5 },
+            },
+            msg("m4", 4, 5),
+        ],
+    )
+    .await;
+    drop(sub);
+    bob_again.close().await;
     scene.shutdown().await;
 }
 

@@ -197,10 +197,26 @@ impl Env {
             hpke_key: hex::encode(self.hpke(who).as_bytes()),
             authority: self.authority.public_key(),
             authority_key: (who == "admin").then(|| hex::encode(*self.authority.to_bytes())),
+            state: None,
         };
         let path = d.join(format!("{who}.toml"));
         std::fs::write(&path, toml::to_string(&identity).unwrap()).unwrap();
         path
+    }
+}
+
+/// Copies the folder `from` to `to` (replacing it): a backup of a data or state folder, or its restore.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
     }
 }
 

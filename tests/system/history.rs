@@ -72,8 +72,8 @@ async fn read_every_epoch(env: &Env, broker: &Broker, epochs: u64) {
     for epoch in 1..=epochs {
         let m = within("next message", sub.next()).await.expect("the stream ended").unwrap();
         assert_eq!(m.payload, Bytes::from(format!("sealed in epoch {epoch}")));
-        // Each alice process is a new publisher instance: a chain of its own, from sequence 1.
-        assert_eq!((m.offset.0, m.seq, m.publisher.as_str()), (epoch - 1, 1, "alice"));
+        // Each alice process continues the chain of the one before: her state folder holds its head.
+        assert_eq!((m.offset.0, m.seq, m.publisher.as_str()), (epoch - 1, epoch, "alice"));
     }
     // Nothing else was queued: the next item is a message published now.
     publish_as_new_alice(env, broker, "live").await;

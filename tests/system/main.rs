@@ -25,5 +25,6 @@ mod instances;
 mod limits;
 mod memory;
 mod pubsub;
+mod rollback;
 mod storage_damage;
 mod tls;

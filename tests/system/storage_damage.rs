@@ -75,20 +75,6 @@ fn batch_records(data: &Path) -> Vec<BatchRecord> {
     out
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let _ = std::fs::remove_dir_all(to);
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// `sealpost-broker verify-store DIR`: exit code and output.
 fn verify_store(data: &Path) -> (i32, String) {
     let out = Command::new(cargo_bin("sealpost-broker")).arg("verify-store").arg(data).output().unwrap();
@@ -152,6 +138,12 @@ async fn a_flipped_bit_costs_the_batch_that_holds_it_and_subscribers_get_a_typed
     };
     assert_eq!(published.last().unwrap().0, MESSAGES - 1);
     broker.terminate();
+    // alice's state folder as the first run left it (her chain's acknowledged head): each trial restores
+    // it with the broker's data, as a restore of both from one backup would. Restoring only the data would
+    // be a broker that rolled alice's acknowledged batches back, which her next publisher reports.
+    let alice_state = env.dir.path().join("alice.state");
+    let alice_pristine = env.dir.path().join("alice-pristine.state");
+    copy_dir(&alice_state, &alice_pristine);
     // The log as the first run left it: the restart judges its batches (past the index's checkpoint).
     let fresh = env.dir.path().join("fresh");
     copy_dir(&data, &fresh);
@@ -165,6 +157,7 @@ async fn a_flipped_bit_costs_the_batch_that_holds_it_and_subscribers_get_a_typed
     let mut last_hit = 0..0;
     for (trial, pristine) in [&fresh, &settled, &fresh, &settled].into_iter().enumerate() {
         copy_dir(pristine, &data);
+        copy_dir(&alice_pristine, &alice_state);
         let records = batch_records(&data);
         let hit = records[rng.gen_range(0..records.len())].clone();
         let position = rng.gen_range(hit.position..hit.end);

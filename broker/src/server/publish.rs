@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sealpost_protocol::ChainId;
 use tokio::sync::{mpsc, watch};
 
 use super::wire::{write_frame, FrameReader, Received};
@@ -84,15 +83,14 @@ fn execute(stream: &PublishStream, received: Received, log: &Arc<Log>) -> Answer
                 answer
             })
         }
-        PublishAction::ReadHead { request_id, topic, publisher } => {
+        PublishAction::ReadHead { request_id, topic, publisher, chain } => {
             let store = log.store().clone();
             Box::pin(async move {
-                let head = tokio::task::spawn_blocking(move || {
-                    store.publisher_head(&topic, &publisher, ChainId::LEGACY)
-                })
-                .await
-                .map_err(|e| Error::Storage(e.to_string()))
-                .and_then(|r| r);
+                let head =
+                    tokio::task::spawn_blocking(move || store.publisher_head(&topic, &publisher, chain))
+                        .await
+                        .map_err(|e| Error::Storage(e.to_string()))
+                        .and_then(|r| r);
                 PublishStream::head_is(request_id, head)
             })
         }

@@ -86,15 +86,22 @@ pub fn authorize_get_policies(peer: &Peer, acl: &Acl, topic: &Topic) -> Result<(
     }
 }
 
-/// Checks a chain-head request: the principal may publish on the topic and the key is bound to it.
+/// Checks a chain-head request. For one of the peer's own keys it is a publisher asking where its chain
+/// stands: the principal must be allowed to publish on the topic (so a publisher that may not is refused
+/// before it seals anything). For another key it is a subscriber checking that the broker still holds a
+/// head it verified: the principal must be allowed to subscribe (the heads are in the batches it reads).
 pub fn authorize_head(peer: &Peer, acl: &Acl, topic: &Topic, publisher: &PublicKey) -> Result<()> {
-    if !acl.allows(&peer.principal, topic, Action::Publish) {
-        return Err(Error::NotAuthorized);
+    let may = |action| acl.allows(&peer.principal, topic, action);
+    if peer.signing_keys.contains(publisher) {
+        return if may(Action::Publish) { Ok(()) } else { Err(Error::NotAuthorized) };
     }
-    if !peer.signing_keys.contains(publisher) {
-        return Err(Error::SignerNotBound(publisher.key_id()));
+    if may(Action::Subscribe) {
+        Ok(())
+    } else if may(Action::Publish) {
+        Err(Error::SignerNotBound(publisher.key_id()))
+    } else {
+        Err(Error::NotAuthorized)
     }
-    Ok(())
 }
 
 /// Checks a subscribe request, including the durable subscription's name: it follows the principal-name
@@ -172,6 +179,31 @@ mod tests {
         let p = policy("demo.chat", 1, None);
         let err = authorize_publish(&peer("bob"), &acl, Some(&p), batch(&key("bob"), "demo.chat"));
         assert!(matches!(err, Err(Error::SignerNotBound(_))), "{err:?}");
+    }
+
+    #[test]
+    fn a_head_is_read_by_a_publisher_for_its_own_keys_and_by_a_subscriber_for_others() {
+        let acl = acl_from(ACL);
+        let topic = Topic::new("demo.chat").unwrap();
+        // Alice publishes: her own chains. Bob subscribes: the chains he read, whoever signed them, but
+        // not his own key's (that is a publisher's question, and he may not publish).
+        assert!(authorize_head(&peer("alice"), &acl, &topic, &key("alice").public_key()).is_ok());
+        assert!(authorize_head(&peer("bob"), &acl, &topic, &key("alice").public_key()).is_ok());
+        assert!(matches!(
+            authorize_head(&peer("bob"), &acl, &topic, &key("bob").public_key()),
+            Err(Error::NotAuthorized)
+        ));
+        assert!(matches!(
+            authorize_head(&peer("mallory"), &acl, &topic, &key("alice").public_key()),
+            Err(Error::NotAuthorized)
+        ));
+        // A principal that only publishes asks only for the keys its certificate binds.
+        let publish_only = acl_from(&ACL.replace("actions = [\"subscribe\"]", "actions = [\"publish\"]"));
+        assert!(authorize_head(&peer("bob"), &publish_only, &topic, &key("bob").public_key()).is_ok());
+        assert!(matches!(
+            authorize_head(&peer("bob"), &publish_only, &topic, &key("alice").public_key()),
+            Err(Error::SignerNotBound(_))
+        ));
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Connection {
     /// The kind of a stream whose first frame is `first`, or its refusal.
     pub fn stream_kind(&self, first: &Frame) -> Result<StreamKind, Refusal> {
         match first {
-            Frame::Head { .. } | Frame::Publish { .. } => Ok(StreamKind::Publish),
+            Frame::Head { .. } | Frame::HeadOfChain { .. } | Frame::Publish { .. } => Ok(StreamKind::Publish),
             Frame::GetPolicies { .. } | Frame::GetPolicyHistory { .. } | Frame::PutPolicy { .. } => {
                 Ok(StreamKind::Policies)
             }
@@ -186,6 +186,15 @@ mod tests {
         let publisher = crate::session::testing::key("alice").public_key();
         let kinds = [
             (Frame::Head { request_id: 1, topic: topic("demo.chat"), publisher }, StreamKind::Publish),
+            (
+                Frame::HeadOfChain {
+                    request_id: 1,
+                    topic: topic("demo.chat"),
+                    publisher,
+                    chain: sealpost_protocol::ChainId([3; 16]),
+                },
+                StreamKind::Publish,
+            ),
             (Frame::Publish { request_id: 1, batch: bytes::Bytes::new() }, StreamKind::Publish),
             (Frame::GetPolicies { request_id: 1, topic: topic("demo.chat") }, StreamKind::Policies),
             (Frame::PutPolicy { request_id: 1, policy: bytes::Bytes::new() }, StreamKind::Policies),

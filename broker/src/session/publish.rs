@@ -1,4 +1,4 @@
-//! A publish stream: `Publish` and `Head` requests, pipelined.
+//! A publish stream: `Publish`, `Head` and `HeadOfChain` requests, pipelined.
 //!
 //! [`PublishStream::on_frame`] decides what to do with each frame, in arrival order, and returns a
 //! [`PublishAction`]:
@@ -7,8 +7,9 @@
 //!   current policy, and fits the principal's publish rate becomes [`PublishAction::Submit`]: the driver
 //!   hands the verified batch to the writer **at once** (so batches are sequenced in the order they
 //!   arrived) and, when the writer answers, sends [`PublishStream::published`];
-//! - a `Head` the peer may ask ([`authorize_head`]) becomes [`PublishAction::ReadHead`]: the driver reads
-//!   the publisher's head from the store where a blocking read may run and sends [`PublishStream::head_is`];
+//! - a `Head` (the legacy chain) or a `HeadOfChain` (the chain it names) the peer may ask
+//!   ([`authorize_head`]) becomes [`PublishAction::ReadHead`]: the driver reads that chain's head from the
+//!   store where a blocking read may run and sends [`PublishStream::head_is`];
 //! - anything else is answered at once with an error frame ([`PublishAction::Send`]), and the stream goes
 //!   on.
 //!
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use sealpost_protocol::{Frame, PublicKey, RequestId, SealedBatch, Topic, VerifiedBatch};
+use sealpost_protocol::{ChainId, Frame, PublicKey, RequestId, SealedBatch, Topic, VerifiedBatch};
 use tracing::debug;
 
 use super::authorize::{authorize_head, authorize_publish};
@@ -45,7 +46,7 @@ pub enum PublishAction {
         /// The batch, verified and authorized (boxed: it is large next to the other actions).
         batch: Box<VerifiedBatch>,
     },
-    /// Read `Store::publisher_head(topic, publisher)` off the async workers; send
+    /// Read `Store::publisher_head(topic, publisher, chain)` off the async workers; send
     /// [`head_is`](PublishStream::head_is) with what was read, in its turn.
     ReadHead {
         /// The request.
@@ -54,6 +55,8 @@ pub enum PublishAction {
         topic: Topic,
         /// The publisher key, bound to the peer.
         publisher: PublicKey,
+        /// The chain asked for: [`ChainId::LEGACY`] for `Head`, the one named by `HeadOfChain`.
+        chain: ChainId,
     },
 }
 
@@ -81,15 +84,29 @@ impl PublishStream {
                 }
             },
             Frame::Head { request_id, topic, publisher } => {
-                match authorize_head(&self.peer, self.endpoint.acl(), &topic, &publisher) {
-                    Ok(()) => PublishAction::ReadHead { request_id, topic, publisher },
-                    Err(e) => PublishAction::Send(error_frame(Some(request_id), &e)),
-                }
+                self.head(request_id, topic, publisher, ChainId::LEGACY)
+            }
+            Frame::HeadOfChain { request_id, topic, publisher, chain } => {
+                self.head(request_id, topic, publisher, chain)
             }
             _ => PublishAction::Send(error_frame(
                 None,
                 &Error::Protocol(sealpost_protocol::Error::Malformed("unexpected frame on a publish stream")),
             )),
+        }
+    }
+
+    /// A `Head` or `HeadOfChain` request: read from the store if the peer may ask it ([`authorize_head`]).
+    fn head(
+        &self,
+        request_id: RequestId,
+        topic: Topic,
+        publisher: PublicKey,
+        chain: ChainId,
+    ) -> PublishAction {
+        match authorize_head(&self.peer, self.endpoint.acl(), &topic, &publisher) {
+            Ok(()) => PublishAction::ReadHead { request_id, topic, publisher, chain },
+            Err(e) => PublishAction::Send(error_frame(Some(request_id), &e)),
         }
     }
 
@@ -227,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn a_head_request_is_read_from_the_store_if_the_key_is_the_peers() {
+    fn a_head_request_is_read_from_the_store_for_a_publishers_own_key_or_a_subscriber() {
         let now = Instant::now();
         let (alice, store) = stream("alice", ServerLimits::default(), now);
         let mine =
@@ -236,16 +253,50 @@ mod tests {
             alice.on_frame(mine, store.as_ref(), now),
             PublishAction::ReadHead { request_id: 5, .. }
         ));
-        let theirs =
-            Frame::Head { request_id: 6, topic: topic("demo.chat"), publisher: key("bob").public_key() };
-        assert_eq!(
-            refused(alice.on_frame(theirs, store.as_ref(), now)),
-            (Some(6), ErrorCode::SIGNER_NOT_BOUND)
-        );
+        // Bob subscribes: he may read the head of a chain he verified, but not ask as a publisher of his
+        // own (authorize.rs has the other cases).
         let (bob, _) = stream("bob", ServerLimits::default(), now);
+        let theirs =
+            Frame::Head { request_id: 6, topic: topic("demo.chat"), publisher: key("alice").public_key() };
+        assert!(matches!(
+            bob.on_frame(theirs, store.as_ref(), now),
+            PublishAction::ReadHead { request_id: 6, .. }
+        ));
         let denied =
             Frame::Head { request_id: 7, topic: topic("demo.chat"), publisher: key("bob").public_key() };
         assert_eq!(refused(bob.on_frame(denied, store.as_ref(), now)), (Some(7), ErrorCode::NOT_AUTHORIZED));
+    }
+
+    #[test]
+    fn a_head_of_chain_request_reads_that_chain_under_the_same_authorization_as_head() {
+        let now = Instant::now();
+        let (alice, store) = stream("alice", ServerLimits::default(), now);
+        let chain = ChainId([4; 16]);
+        let of_chain = |request_id, who: &str| Frame::HeadOfChain {
+            request_id,
+            topic: topic("demo.chat"),
+            publisher: key(who).public_key(),
+            chain,
+        };
+        assert!(matches!(
+            alice.on_frame(of_chain(5, "alice"), store.as_ref(), now),
+            PublishAction::ReadHead { request_id: 5, chain: c, .. } if c == chain
+        ));
+        let legacy =
+            Frame::Head { request_id: 6, topic: topic("demo.chat"), publisher: key("alice").public_key() };
+        assert!(matches!(
+            alice.on_frame(legacy, store.as_ref(), now),
+            PublishAction::ReadHead { request_id: 6, chain: ChainId::LEGACY, .. }
+        ));
+        let (bob, _) = stream("bob", ServerLimits::default(), now);
+        assert!(matches!(
+            bob.on_frame(of_chain(7, "alice"), store.as_ref(), now),
+            PublishAction::ReadHead { request_id: 7, chain: c, .. } if c == chain
+        ));
+        assert_eq!(
+            refused(bob.on_frame(of_chain(8, "bob"), store.as_ref(), now)),
+            (Some(8), ErrorCode::NOT_AUTHORIZED)
+        );
     }
 
     #[test]

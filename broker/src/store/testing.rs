@@ -75,6 +75,10 @@ type SyncedHook = Arc<dyn Fn() + Send + Sync>;
 type ReadView = Arc<dyn Fn(Vec<StoredBatch>) -> Vec<StoredBatch> + Send + Sync>;
 /// What readers of any topic's policies are served, given the stored ones, oldest first.
 type PolicyView = Arc<dyn Fn(Vec<Bytes>) -> Vec<Bytes> + Send + Sync>;
+/// What a chain's head is said to be, given the topic, the publisher, the chain and the stored head.
+type HeadView = Arc<
+    dyn Fn(&Topic, &PublicKey, ChainId, Option<PublisherRecord>) -> Option<PublisherRecord> + Send + Sync,
+>;
 
 #[derive(Default)]
 struct Hooks {
@@ -83,6 +87,7 @@ struct Hooks {
     after_sync: Vec<SyncedHook>,
     reads: HashMap<Topic, ReadView>,
     policies: Option<PolicyView>,
+    heads: Option<HeadView>,
     first_offset: Option<Offset>,
 }
 
@@ -177,6 +182,18 @@ impl<S: Store> TestStore<S> {
         self.hooks().policies = Some(Arc::new(view));
     }
 
+    /// `Store::publisher_head` answers `view(topic, publisher, chain, the stored head)`: a broker that
+    /// forgot the tail of a chain says its head is before it. Only the answer changes, not the log.
+    pub fn serve_heads(
+        &self,
+        view: impl Fn(&Topic, &PublicKey, ChainId, Option<PublisherRecord>) -> Option<PublisherRecord>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.hooks().heads = Some(Arc::new(view));
+    }
+
     /// Every topic's log is said to start at `offset` (as a broker that deleted a prefix would say).
     pub fn claim_first_offset(&self, offset: Offset) {
         self.hooks().first_offset = Some(offset);
@@ -256,7 +273,12 @@ impl<S: Store> Store for TestStore<S> {
         publisher: &PublicKey,
         chain: ChainId,
     ) -> Result<Option<PublisherRecord>> {
-        self.inner.publisher_head(topic, publisher, chain)
+        let stored = self.inner.publisher_head(topic, publisher, chain)?;
+        let view = self.hooks().heads.clone();
+        Ok(match view {
+            Some(view) => view(topic, publisher, chain, stored),
+            None => stored,
+        })
     }
 
     fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>> {

@@ -20,6 +20,7 @@ use crate::options::PublisherOptions;
 use crate::shared::Shared;
 
 mod batcher;
+mod chain_state;
 mod pipeline;
 mod task;
 
@@ -30,9 +31,11 @@ use task::{Command, State};
 ///
 /// # How it works
 ///
-/// A background task per publisher owns one publish stream. When it opens the stream it asks the broker
-/// where this identity's chain on the topic stands (`Head` → `HeadIs`), so the chain continues across
-/// restarts. It gathers messages into batches (up to `max_batch` messages, never more than fits in a
+/// A background task per publisher owns one publish stream, on a chain of its own (a random
+/// [`ChainId`](sealpost_protocol::ChainId), or, with the client's state folder, the chain a previous process of the
+/// identity acknowledged and no live publisher holds: `chain_state.rs`). When it first opens the stream
+/// for a continued chain it asks the broker where that chain stands (`HeadOfChain` → `HeadIs`) and fails
+/// with [`Error::RolledBack`] if the broker holds less than was acknowledged. It gathers messages into batches (up to `max_batch` messages, never more than fits in a
 /// sealed batch; a batch that is not full goes only while fewer than two batches are in flight, see
 /// [`PublisherOptions::linger`]), seals each batch with the identity's signing key and the content key of
 /// the topic's current epoch, and sends it as a `Publish` frame without waiting for the previous one to be

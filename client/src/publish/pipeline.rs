@@ -162,6 +162,16 @@ impl<W: Waiter, F> Pipeline<W, F> {
         }
     }
 
+    /// The first stream is open and the broker holds `head` as the head of the chain this publisher
+    /// continues from a previous process (checked against what that process had acknowledged): the
+    /// chain goes on after it. Only before anything was sent.
+    pub(crate) fn resume(&mut self, head: ChainHead) {
+        if self.in_flight.is_empty() {
+            self.head = head;
+            self.acked = head;
+        }
+    }
+
     /// Whether batches await an answer on the stream.
     pub(crate) fn awaits_answers(&self) -> bool {
         !self.in_flight.is_empty()

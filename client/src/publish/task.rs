@@ -1,10 +1,11 @@
 //! The background task of one publisher: the async shell around its [`Pipeline`].
 //!
 //! It owns the publish stream and what the pipeline cannot do without I/O: it takes the application's
-//! commands, opens a stream (`Head` → `HeadIs`) and resends what the pipeline says, seals the batches the
-//! pipeline hands out (with the identity's signing key, the content key of the topic's current epoch, the
-//! wall clock and the publisher's nonce generator, after bringing the topic's policies up to date), sends
-//! them, and feeds the broker's answers back. Every decision about which message goes where, and what an
+//! commands, opens a stream (`Head` or, for a chain continued from the state folder, `HeadOfChain` →
+//! `HeadIs`) and resends what the pipeline says, seals the batches the pipeline hands out (with the
+//! identity's signing key, the content key of the topic's current epoch, the wall clock and the
+//! publisher's nonce generator, after bringing the topic's policies up to date), sends them, feeds the
+//! broker's answers back, and hands each acknowledged chain head to the state folder (`chain_state.rs`). Every decision about which message goes where, and what an
 //! answer means, is the pipeline's.
 //!
 //! It guarantees that messages are resolved in the order they were published, and that once it dies (a
@@ -23,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::clock::wall_clock;
 use crate::error::{Action, Error, Result};
+use crate::head;
 use crate::keyring::{Freshness, TopicKeys};
 use crate::link::{unexpected, Link};
 use crate::options::PublisherOptions;
@@ -31,6 +33,7 @@ use crate::reconnect::Reconnector;
 use crate::shared::Shared;
 
 use super::batcher::{Batch, Batcher};
+use super::chain_state::{self, ChainState};
 use super::pipeline::{Pipeline, Receipt, Waiter};
 
 /// Where a caller of [`Publisher::publish`](crate::Publisher::publish) learns its message's fate.
@@ -85,8 +88,10 @@ pub(crate) async fn start(
     let mut rng = ChaCha20Rng::from_rng(rand::rngs::OsRng)
         .map_err(|e| Error::io("cannot seed the nonce generator from the OS", e.into()))?;
     // This publisher instance's own chain: other publishers with the same key, in this process or in
-    // others, keep theirs, and the broker and subscribers judge order, gaps and replays per chain.
-    let chain = ChainId::random(&mut rng);
+    // others, keep theirs, and the broker and subscribers judge order, gaps and replays per chain. With a
+    // state folder, a chain a previous process acknowledged and no live publisher holds is continued.
+    let claimed = chain_state::claim(shared.keys.state(), topic, ChainId::random(&mut rng))?;
+    let chain = claimed.chain;
     let (commands, rx) = mpsc::unbounded_channel();
     let state = Arc::new(State::default());
     let batcher = Batcher::new(topic, options.max_batch, options.linger, &shared.limits);
@@ -102,6 +107,8 @@ pub(crate) async fn start(
         state: state.clone(),
         rng,
         chain,
+        resume: claimed.acknowledged,
+        chain_state: claimed.state,
     };
     task.reopen().await?;
     // Checked after the broker accepted `Head`, so that a principal the ACL refuses hears that.
@@ -128,6 +135,11 @@ struct Task {
     rng: ChaCha20Rng,
     /// The chain every batch of this publisher continues, resends included.
     chain: ChainId,
+    /// The chain's head as acknowledged to a previous process, until the first stream checked the broker's
+    /// head against it.
+    resume: Option<ChainHead>,
+    /// Where the chain's acknowledged head is persisted (`None`: no state folder).
+    chain_state: Option<ChainState>,
 }
 
 impl Task {
@@ -138,6 +150,9 @@ impl Task {
         }
         if let Some(link) = &mut self.link {
             link.finish();
+        }
+        if let Some(state) = &self.chain_state {
+            state.flush().await;
         }
     }
 
@@ -189,14 +204,27 @@ impl Task {
     async fn reopen(&mut self) -> Result<()> {
         let (shared, topic) = (&self.shared, &self.topic);
         let resend: Vec<Bytes> = self.pipeline.to_resend().cloned().collect();
-        // The broker's `Head` answers for the legacy chain, not this instance's: the chain continues the
-        // last batch the broker stored (or what is in flight, resent as it was).
-        let (link, _legacy_head) = self.reconnect.run(|| open_once(shared, topic, &resend)).await?;
+        // A chain continued from a previous process asks the broker for that chain's head (`HeadOfChain`)
+        // and checks it against what was acknowledged; otherwise the broker's `Head` answers for the legacy
+        // chain, not this instance's: the chain continues the last batch the broker stored (or what is in
+        // flight, resent as it was).
+        let continued = self.resume.map(|_| self.chain);
+        let (link, broker_head) = self.reconnect.run(|| open_once(shared, topic, continued, &resend)).await?;
         if !resend.is_empty() {
             tracing::info!(topic = %self.topic, batches = resend.len(), "resent unacknowledged batches");
         }
-        let acked = self.pipeline.acked_head();
-        self.pipeline.opened(acked);
+        match self.resume.take() {
+            Some(acknowledged) => {
+                let head = head::judge(&self.topic, self.chain, acknowledged, broker_head)?;
+                tracing::info!(topic = %self.topic, chain = %self.chain, next_seq = head.next_seq,
+                    "continuing this identity's chain");
+                self.pipeline.resume(head);
+            }
+            None => {
+                let acked = self.pipeline.acked_head();
+                self.pipeline.opened(acked);
+            }
+        }
         self.link = Some(link);
         Ok(())
     }
@@ -303,6 +331,9 @@ impl Task {
         match reply {
             Ok(Some(Frame::Published { request_id, first_offset, count })) => {
                 self.pipeline.on_published(request_id, first_offset, count)?;
+                if let Some(state) = &self.chain_state {
+                    state.acknowledged(self.pipeline.acked_head());
+                }
                 self.reconnect.progress();
                 Ok(())
             }
@@ -343,25 +374,18 @@ impl Task {
     }
 }
 
-/// Opens a publish stream: `Head`, then `HeadIs`, then the frames of `resend`, unchanged. Returns the
-/// stream and the chain head the broker holds. One attempt.
-async fn open_once(shared: &Shared, topic: &Topic, resend: &[Bytes]) -> Result<(Link, ChainHead)> {
+/// Opens a publish stream: `HeadOfChain` for `chain` (or `Head` for the legacy chain if `None`), then
+/// `HeadIs`, then the frames of `resend`, unchanged. Returns the stream and the chain head the broker holds.
+/// One attempt.
+async fn open_once(
+    shared: &Shared,
+    topic: &Topic,
+    chain: Option<ChainId>,
+    resend: &[Bytes],
+) -> Result<(Link, ChainHead)> {
     let mut link = shared.open_link().await?;
-    let request_id = shared.request_id();
     let publisher = shared.identity.public_key();
-    link.send(&Frame::Head { request_id, topic: topic.clone(), publisher }).await?;
-    let head = match link.read().await? {
-        Some(Frame::HeadIs { request_id: answered, head }) if answered == request_id => head,
-        Some(Frame::Error { code, message, .. }) => {
-            return Err(Error::refused(Action::Publish, topic, code, &message))
-        }
-        Some(other) => return Err(unexpected(&other, "a Head request")),
-        None => {
-            return Err(Error::ConnectionLost {
-                reason: "the broker ended the stream before answering".into(),
-            })
-        }
-    };
+    let head = head::ask(&mut link, shared.request_id(), topic, publisher, chain, Action::Publish).await?;
     for frame in resend {
         link.send_encoded(frame.clone()).await?;
     }

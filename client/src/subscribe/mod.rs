@@ -23,13 +23,14 @@
 //! A plain subscription from [`StartAt::Earliest`](sealpost_protocol::StartAt::Earliest) checks every publisher's chain from its genesis batch,
 //! whatever offset the broker claims the log starts at (the broker keeps every batch; an honest one starts
 //! at offset 0): a deleted prefix of the log is reported as a gap. A subscription from an offset or from the
-//! latest message, and a durable subscription that resumes from the committed offset the broker holds,
-//! start each publisher's chain at the first batch they see of it.
+//! latest message start each publisher's chain at the first batch they see of it.
 //!
-//! **Non-claim:** the committed offset of a durable subscription is held by the broker and is not signed. A
-//! broker that moves it forward skips what lies between, and the subscription cannot tell that from an
-//! acknowledgement it sent: durable subscriptions do not detect a deleted or withheld range before the
-//! offset they resume from (a durable subscription starting from `Earliest` at offset 0 does).
+//! A durable subscription resumes from the committed offset the broker holds, which is not signed: a broker
+//! that moves it forward skips what lies between. With the client's state folder, the chain heads the
+//! subscription verified up to each offset it acknowledges are written before the acknowledgement is sent,
+//! and seed its chains when it resumes at that offset or later (`durable_state.rs`): what the broker skipped
+//! is a gap. Without one (or when the broker resumes it before its last acknowledgement), its chains start
+//! at the first batch seen, and such a range goes unreported.
 //!
 //! # Reconnection
 //!
@@ -53,6 +54,7 @@ use crate::message::Message;
 use crate::options::SubscribeOptions;
 use crate::shared::Shared;
 
+mod durable_state;
 mod reader;
 mod task;
 

@@ -47,6 +47,7 @@
 //! the subscription task feeds it frames, the time and the policies.
 
 use std::collections::BTreeSet;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,8 @@ use sealpost_protocol::{
 use crate::error::{Error, Result};
 use crate::keyring::TopicKeys;
 use crate::message::Message;
+
+use super::durable_state::Heads;
 
 /// What became of a delivered batch.
 #[derive(Debug)]
@@ -108,7 +111,14 @@ pub(crate) struct Reader {
     walked: BTreeSet<Epoch>,
     grace_ms: u64,
     limits: Limits,
+    /// A durable subscription's chain heads after each batch judged, by the offset the batch ends at,
+    /// oldest first (at most [`SNAPSHOTS`]): what an acknowledgement of an offset records. `None`: not kept.
+    snapshots: Option<VecDeque<(Offset, Heads)>>,
 }
+
+/// Most snapshots a durable reader keeps while the application does not acknowledge: past it, the oldest
+/// go, and acknowledging an offset that old records nothing.
+const SNAPSHOTS: usize = 4096;
 
 impl Reader {
     /// A reader of `topic` that yields messages from `next_offset` on, checking chains as `start` says,
@@ -131,6 +141,47 @@ impl Reader {
             walked: BTreeSet::new(),
             grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
             limits,
+            snapshots: None,
+        }
+    }
+
+    /// Keeps the chain heads after each batch from now on (a durable subscription with a state folder),
+    /// starting the chains at `heads` (recorded by an earlier process at the offset the subscription
+    /// resumes from, or later; empty if none).
+    pub(crate) fn keep_heads(&mut self, heads: &Heads) {
+        for (publisher, chain, head) in heads {
+            self.chain.seed(&self.topic, publisher, *chain, *head);
+        }
+        let mut snapshots = VecDeque::new();
+        snapshots.push_back((self.next_offset, self.held_heads()));
+        self.snapshots = Some(snapshots);
+    }
+
+    /// The chain heads after the last batch that ends at or before `offset` (what acknowledging `offset`
+    /// records), if still kept; the snapshots before it are dropped.
+    pub(crate) fn heads_at(&mut self, offset: Offset) -> Option<Heads> {
+        let snapshots = self.snapshots.as_mut()?;
+        while snapshots.get(1).is_some_and(|(end, _)| *end <= offset) {
+            snapshots.pop_front();
+        }
+        snapshots.front().filter(|(end, _)| *end <= offset).map(|(_, heads)| heads.clone())
+    }
+
+    /// The head of every chain the reader holds.
+    pub(crate) fn held_heads(&self) -> Heads {
+        self.chain.heads().map(|(_, publisher, chain, head)| (*publisher, chain, head)).collect()
+    }
+
+    fn snapshot(&mut self) {
+        if self.snapshots.is_none() {
+            return;
+        }
+        let heads = self.held_heads();
+        if let Some(snapshots) = self.snapshots.as_mut() {
+            if snapshots.len() == SNAPSHOTS {
+                snapshots.pop_front();
+            }
+            snapshots.push_back((self.next_offset, heads));
         }
     }
 
@@ -291,6 +342,7 @@ impl Reader {
         tracing::warn!(topic = %self.topic, %start, %end, %reason, "the broker reports stored messages lost");
         self.started = true;
         self.next_offset = end;
+        self.snapshot();
         vec![Err(Error::DataLost {
             topic: self.topic.clone(),
             offsets: start..end,
@@ -303,6 +355,7 @@ impl Reader {
     fn judged(&mut self, offset: Offset, count: u64, items: Vec<Result<Message>>) -> Delivery {
         self.started = true;
         self.next_offset = self.next_offset.max(offset.saturating_add(count));
+        self.snapshot();
         Delivery::Items(items)
     }
 
@@ -472,6 +525,39 @@ mod tests {
         assert_eq!(summary(items), ["b0m0@0", "b0m1@1"]);
         assert_eq!(summary(r.feed(batches[1].0, batches[1].1.clone())), ["b1m0@2"]);
         assert_eq!(r.next_offset(), Offset(3));
+    }
+
+    #[test]
+    fn an_acknowledged_offset_records_the_heads_after_the_last_batch_it_covers_and_they_seed_a_resume() {
+        let batches = chain(&[2, 2, 2, 1]);
+        let mut r = reader(ChainStart::Genesis, 0);
+        r.keep_heads(&Vec::new());
+        // Before any batch: no chain.
+        assert_eq!(r.heads_at(Offset(0)), Some(Vec::new()));
+        for (offset, batch) in &batches[..3] {
+            r.feed(*offset, batch.clone());
+        }
+        let after = |n: usize| {
+            let mut v = ChainVerifier::new(ChainStart::Genesis);
+            for (_, b) in &batches[..n] {
+                let sealed = SealedBatch::decode(b.clone(), &Limits::default()).unwrap().verify().unwrap();
+                v.admit(sealed.header(), sealed.digest()).unwrap();
+            }
+            v.heads().map(|(_, p, c, h)| (*p, c, h)).collect::<Vec<_>>()
+        };
+        // Offset 3 is inside the second batch: the heads after the first (the resume redelivers the second).
+        assert_eq!(r.heads_at(Offset(3)), Some(after(1)));
+        assert_eq!(r.heads_at(Offset(4)), Some(after(2)));
+        // Older snapshots are gone once a later offset was asked.
+        assert_eq!(r.heads_at(Offset(1)), None);
+        // A resume at offset 4 seeded with them: a batch skipped there is a gap.
+        let mut resumed = reader(ChainStart::FirstSeen, 6);
+        resumed.keep_heads(&after(2));
+        let items = summary(resumed.feed(batches[3].0, batches[3].1.clone()));
+        assert_eq!(items, ["integrity: Gap { expected: 5, got: 7 }", "b3m0@6"]);
+        // Unseeded, it would not know.
+        let mut blind = reader(ChainStart::FirstSeen, 6);
+        assert_eq!(summary(blind.feed(batches[3].0, batches[3].1.clone())), ["b3m0@6"]);
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! the [`Reader`] with the time and the topic's policies, queues what the reader yields for the
 //! application, sends acknowledgements, and subscribes again after a loss.
 //!
+//! Each time the stream opens it first asks the broker where every chain it holds a head of stands (heads
+//! recorded by the subscription's previous process, or verified before a reconnect): a broker that dropped
+//! batches it had delivered is an [`Error::RolledBack`] item, even if it never serves that chain again.
+//!
 //! It guarantees that the reader sees every frame of the stream in order and nothing else touches it, that
 //! a batch whose policies must be fetched first is judged only after the fetch (or, if the fetch is lost,
 //! delivered again after resubscribing, the reader not having moved), and that closing commits the last
@@ -11,10 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sealpost_protocol::{Frame, Offset, StartAt, SubscriptionId, Topic};
+use futures_util::StreamExt;
+use sealpost_protocol::{ChainHead, ChainId, Frame, Offset, PublicKey, StartAt, SubscriptionId, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Action, Error, Result};
+use crate::head;
 use crate::keyring::Freshness;
 use crate::link::{unexpected, Link};
 use crate::message::Message;
@@ -23,6 +29,7 @@ use crate::policies;
 use crate::reconnect::Reconnector;
 use crate::shared::Shared;
 
+use super::durable_state::{self, Heads};
 use super::reader::{start_point, Delivery, Reader};
 
 /// How long closing waits for the broker to end its side of the stream.
@@ -30,6 +37,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Delivered batches (as item lists) queued between the task and the application.
 const QUEUE: usize = 4;
+
+/// Chain heads asked at once when a stream opens (each on its own stream).
+const HEAD_CHECKS: usize = 8;
 
 /// What the application sees of one frame, in order.
 pub(crate) type Items = Vec<Result<Message>>;
@@ -65,8 +75,29 @@ pub(crate) async fn start(shared: Arc<Shared>, topic: &Topic, options: Subscribe
     let (items_tx, items) = mpsc::channel(QUEUE);
     let (acks, acks_rx) = watch::channel(Offset::ZERO);
     let (close, close_rx) = oneshot::channel();
-    let reader =
+    let mut reader =
         Reader::new(topic.clone(), keys, start, next_offset, shared.options.rotation_grace, shared.limits);
+    let mut unchecked = Heads::new();
+    if let (Some(name), Some(folder)) = (&durable, shared.keys.state()) {
+        let seeds = match durable_state::load(folder, topic, name)? {
+            Some((recorded, heads)) if start_offset >= recorded => {
+                unchecked.clone_from(&heads);
+                heads
+            }
+            Some((recorded, heads)) => {
+                // The broker resumes before what was acknowledged: an acknowledgement it never got (or
+                // forgot). What it redelivers cannot be checked against heads that lie after it; that the
+                // broker still holds them is checked all the same.
+                tracing::warn!(%topic, durable = %name, %start_offset, %recorded,
+                    "the broker resumes the durable subscription before its last acknowledgement: its chains \
+                     start at the first batch seen");
+                unchecked = heads;
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        reader.keep_heads(&seeds);
+    }
     let task = Task {
         reader,
         keys_checked: Instant::now(),
@@ -79,6 +110,7 @@ pub(crate) async fn start(shared: Arc<Shared>, topic: &Topic, options: Subscribe
         items: items_tx,
         acks: acks_rx,
         acked: Offset::ZERO,
+        unchecked,
     };
     tokio::spawn(task.run(close_rx));
     Ok(Channels { items, acks, close })
@@ -108,6 +140,26 @@ async fn subscribe_once(
     }
 }
 
+/// Asks the broker for the head of `publisher`'s `chain` on a stream of its own, and judges it against the
+/// `held` one ([`head::judge`]).
+async fn check_head(
+    shared: Arc<Shared>,
+    topic: Topic,
+    publisher: PublicKey,
+    chain: ChainId,
+    held: ChainHead,
+) -> (ChainId, Result<ChainHead>) {
+    let asked = async {
+        let mut link = shared.open_link().await?;
+        let named = (chain != ChainId::LEGACY).then_some(chain);
+        let broker =
+            head::ask(&mut link, shared.request_id(), &topic, publisher, named, Action::Subscribe).await;
+        link.finish();
+        head::judge(&topic, chain, held, broker?)
+    };
+    (chain, asked.await)
+}
+
 /// What the task does after a frame.
 enum Flow {
     Continue,
@@ -131,6 +183,8 @@ struct Task {
     acks: watch::Receiver<Offset>,
     /// The acknowledgement last sent on the current stream.
     acked: Offset,
+    /// Chain heads to check against the broker's before reading the stream ([`Task::check_heads`]).
+    unchecked: Heads,
 }
 
 impl Task {
@@ -171,6 +225,17 @@ impl Task {
                     asked = &mut *close => return Ok(asked.ok()),
                     subscribed = self.resubscribe() => subscribed?,
                 }
+            }
+            if !self.unchecked.is_empty() {
+                let items = tokio::select! {
+                    biased;
+                    asked = &mut *close => return Ok(asked.ok()),
+                    items = self.check_heads() => items,
+                };
+                if !items.is_empty() && self.items.send(items).await.is_err() {
+                    return Ok(close.try_recv().ok());
+                }
+                continue;
             }
             let Some(link) = self.link.as_mut() else { continue };
             let flow = tokio::select! {
@@ -313,12 +378,64 @@ impl Task {
         }
     }
 
+    /// Asks the broker where each chain in `unchecked` stands, a few at a time: a head behind (or beside)
+    /// the one this subscription holds means the broker dropped (or replaced) batches it had delivered, an
+    /// [`Error::RolledBack`] item each. A loss keeps them all to ask again on the next stream (and loses
+    /// the stream); a refusal (a broker older than `HeadOfChain`, an ACL that lets this principal publish
+    /// only) leaves that chain unchecked, logged.
+    async fn check_heads(&mut self) -> Items {
+        let mut held = std::collections::HashMap::<(PublicKey, ChainId), ChainHead>::new();
+        for (publisher, chain, head) in std::mem::take(&mut self.unchecked) {
+            let kept = held.entry((publisher, chain)).or_insert(head);
+            if head.next_seq > kept.next_seq {
+                *kept = head;
+            }
+        }
+        let asks: Vec<_> = held
+            .iter()
+            .map(|(&(publisher, chain), &head)| {
+                check_head(self.shared.clone(), self.topic.clone(), publisher, chain, head)
+            })
+            .collect();
+        let topic = &self.topic;
+        let mut answers = futures_util::stream::iter(asks).buffer_unordered(HEAD_CHECKS);
+        let mut items = Vec::new();
+        let mut lost = None;
+        while let Some(answer) = answers.next().await {
+            match answer {
+                (_, Ok(_)) => {}
+                (_, Err(e @ Error::RolledBack { .. })) => items.push(Err(e)),
+                (_, Err(e)) if Reconnector::cures(&e) => {
+                    lost = Some(e);
+                    break;
+                }
+                (chain, Err(e)) => {
+                    tracing::warn!(%topic, %chain, error = %e, "could not check the broker's head of a chain");
+                }
+            }
+        }
+        drop(answers);
+        if let Some(e) = lost {
+            self.unchecked =
+                held.into_iter().map(|((publisher, chain), head)| (publisher, chain, head)).collect();
+            self.lose(e);
+            return Vec::new();
+        }
+        items
+    }
+
     /// Sends the latest acknowledgement if it is newer than the last one sent on this stream.
     async fn send_ack(&mut self) -> Result<()> {
         let next_offset = *self.acks.borrow_and_update();
         let Some(link) = self.link.as_mut() else { return Ok(()) };
         if next_offset <= self.acked {
             return Ok(());
+        }
+        // A durable subscription records the chain heads it verified up to the offset before the broker
+        // may commit it (`durable_state.rs`); heads no longer kept are recorded as none.
+        if let (Some(name), Some(folder)) = (&self.durable, self.shared.keys.state()) {
+            let heads = self.reader.heads_at(next_offset).unwrap_or_default();
+            durable_state::store(folder, &self.topic, name, next_offset, &heads).await?;
         }
         match link.send(&Frame::Ack { subscription: self.subscription, next_offset }).await {
             Ok(()) => {
@@ -348,6 +465,8 @@ impl Task {
     /// Subscribes again from the next expected offset, with backoff.
     async fn resubscribe(&mut self) -> Result<()> {
         let from = StartAt::Offset(self.reader.next_offset());
+        // What was verified before the loss must still be there after it (a restarted broker, for one).
+        self.unchecked.extend(self.reader.held_heads());
         let (shared, topic, durable) = (&self.shared, &self.topic, &self.durable);
         let (link, subscription, start_offset) =
             self.reconnect.run(|| subscribe_once(shared, topic, from, durable.clone())).await?;
