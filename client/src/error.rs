@@ -188,6 +188,15 @@ pub enum Error {
         /// The broker's explanation, with control characters removed.
         message: String,
     },
+    /// The broker refused an administrative query ([`Client::admin`](crate::Client::admin)): with
+    /// `NOT_AUTHORIZED` if its ACL does not grant this principal `admin` on every topic (`topics = [">"]`).
+    #[error("the broker refused the administrative query: {message} ({code})")]
+    AdminRefused {
+        /// The broker's stable error code.
+        code: ErrorCode,
+        /// The broker's explanation, with control characters removed.
+        message: String,
+    },
     /// A delivered batch failed a cryptographic or sequence check: it was altered, forged with a wrong key,
     /// replayed, reordered, forked, or batches before it were withheld. Nothing from a failed batch is
     /// delivered, except after a [`Gap`](sealpost_protocol::Error::Gap): the batch itself is authentic and
