@@ -24,7 +24,7 @@ pub const ADMIN_PAGE: usize = 256;
 pub enum AdminQuery {
     /// The broker's totals ([`BrokerStats`]).
     Stats,
-    /// The topics with stored messages or a policy, by name, after `after`.
+    /// The topics that hold messages, after `after` (in the broker's order).
     Topics {
         /// The last topic of the previous page; `None`: from the first.
         after: Option<Topic>,
@@ -80,7 +80,7 @@ pub struct BrokerStats {
     pub connections: u64,
     /// Distinct principals among them.
     pub principals: u64,
-    /// Topics with stored messages or a policy.
+    /// Topics that hold messages.
     pub topics: u64,
     /// Messages stored, all topics (next offset minus first offset, summed).
     pub stored_messages: u64,
@@ -97,10 +97,8 @@ pub struct TopicStats {
     pub first_offset: Offset,
     /// The offset its next message gets.
     pub next_offset: Offset,
-    /// Its newest stored policy epoch, if any.
+    /// Its current policy epoch, if it has a policy.
     pub epoch: Option<Epoch>,
-    /// Durable subscriptions on it.
-    pub durable_subscriptions: u64,
 }
 
 /// Which durable subscription: the key of [`AdminQuery::Subscriptions`]'s pages.

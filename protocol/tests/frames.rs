@@ -105,7 +105,6 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
                             first_offset: Offset(first),
                             next_offset: Offset(next),
                             epoch: None,
-                            durable_subscriptions: first ^ next,
                         })
                         .collect(),
                     more,

@@ -177,7 +177,6 @@ fn frames_match_golden_vectors() {
                         first_offset: Offset(0),
                         next_offset: Offset(42),
                         epoch: Some(Epoch(3)),
-                        durable_subscriptions: 1,
                     }],
                     more: false,
                 },

@@ -15,7 +15,7 @@ use serde::Serialize;
 pub(crate) enum What {
     /// The broker's totals.
     Stats,
-    /// Topics with stored messages or a policy.
+    /// Topics that hold messages.
     Topics,
     /// Durable subscriptions, with their lag.
     Subscriptions,
@@ -63,14 +63,13 @@ pub(crate) async fn run(client: &Client, what: What, json: bool) -> anyhow::Resu
             print!(
                 "{}",
                 table(
-                    &["topic", "first offset", "next offset", "messages", "epoch", "durable subs"],
+                    &["topic", "first offset", "next offset", "messages", "epoch"],
                     rows.iter().map(|r| vec![
                         r.topic.to_string(),
                         r.first_offset.0.to_string(),
                         r.next_offset.0.to_string(),
                         r.next_offset.0.saturating_sub(r.first_offset.0).to_string(),
                         r.epoch.map_or("-".into(), |e| e.0.to_string()),
-                        r.durable_subscriptions.to_string(),
                     ])
                 )
             );
