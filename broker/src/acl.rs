@@ -237,9 +237,64 @@ impl Acl {
     }
 }
 
+impl Acl {
+    /// Whether `principal` administers the whole broker: a rule allows it `admin` on every topic (the
+    /// pattern `>`) and no rule denies it `admin` on any. The broker-wide administrative queries
+    /// (`sealpost admin`) need it: what they show spans every topic.
+    pub fn administers_broker(&self, principal: &Principal) -> bool {
+        let mut allowed = false;
+        let rules = self
+            .rules
+            .iter()
+            .filter(|r| r.principals.matches(principal) && r.actions.contains(&Action::Admin));
+        for rule in rules {
+            match rule.effect {
+                Effect::Deny => return false,
+                Effect::Allow => allowed |= rule.topics.iter().any(|t| t.as_str() == ">"),
+            }
+        }
+        allowed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_broker_is_administered_by_whoever_has_admin_on_every_topic_and_no_denial() {
+        let rules = r#"
+[[rule]]
+principals = ["root", "ops"]
+topics = [">"]
+actions = ["admin"]
+effect = "allow"
+
+[[rule]]
+principals = ["team"]
+topics = ["team.>"]
+actions = ["admin", "publish"]
+effect = "allow"
+
+[[rule]]
+principals = ["ops"]
+topics = ["secret.>"]
+actions = ["admin"]
+effect = "deny"
+
+[[rule]]
+principals = ["reader"]
+topics = [">"]
+actions = ["subscribe"]
+effect = "allow"
+"#;
+        let acl = acl(rules);
+        assert!(acl.administers_broker(&p("root")));
+        // Admin on some topics only, denied admin somewhere, or every topic but not admin: no.
+        for who in ["team", "ops", "reader", "nobody"] {
+            assert!(!acl.administers_broker(&p(who)), "{who}");
+        }
+    }
 
     fn t(s: &str) -> Topic {
         Topic::new(s).unwrap()

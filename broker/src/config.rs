@@ -50,6 +50,8 @@ pub struct Config {
     pub limits: ServerLimits,
     /// Storage engine. Default: sled.
     pub storage: StorageConfig,
+    /// The broker's own log on standard error: the `[log]` table.
+    pub log: LogConfig,
 }
 
 /// The file as written: [`Config`] with `[memory]` beside `[limits]`.
@@ -70,12 +72,23 @@ struct ConfigFile {
     storage: StorageConfig,
     #[serde(default)]
     memory: MemoryLimits,
+    #[serde(default)]
+    log: LogConfig,
 }
 
 impl From<ConfigFile> for Config {
     fn from(file: ConfigFile) -> Config {
-        let ConfigFile { listen, data_dir, tls, acl, authority, limits, storage, memory } = file;
-        Config { listen, data_dir, tls, acl, authority, limits: ServerLimits { memory, ..limits }, storage }
+        let ConfigFile { listen, data_dir, tls, acl, authority, limits, storage, memory, log } = file;
+        Config {
+            listen,
+            data_dir,
+            tls,
+            acl,
+            authority,
+            limits: ServerLimits { memory, ..limits },
+            storage,
+            log,
+        }
     }
 }
 
@@ -152,6 +165,29 @@ pub enum StorageEngine {
     Memory,
 }
 
+/// The `[log]` table: how the broker writes its log to standard error. Which lines are written is set
+/// with `RUST_LOG` (default `info`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `"text"` (the default: one line per event, for people) or `"json"` (one JSON object per line, for
+    /// log collectors). Colour codes are written only when standard error is a terminal and `NO_COLOR` is
+    /// not set, in either format.
+    pub format: LogFormat,
+}
+
+/// A log format (see [`LogConfig`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per event, for people. The default.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`, the event's fields and those
+    /// of the spans it happened in (`principal`, `remote`, `topic` where there are such).
+    Json,
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7443))
 }
@@ -198,6 +234,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_format_is_text_unless_the_log_table_says_json() {
+        let base = "acl = \"acl.toml\"\n[tls]\nca = \"ca.pem\"\ncert = \"b.pem\"\nkey = \"b.key\"\n";
+        assert_eq!(Config::from_toml(base).unwrap().log.format, LogFormat::Text);
+        let json = format!("{base}[log]\nformat = \"json\"\n");
+        assert_eq!(Config::from_toml(&json).unwrap().log.format, LogFormat::Json);
+        let unknown = format!("{base}[log]\nformat = \"xml\"\n");
+        assert!(Config::from_toml(&unknown).is_err());
+        let typo = format!("{base}[log]\nformt = \"json\"\n");
+        assert!(Config::from_toml(&typo).is_err());
+    }
 
     const MINIMAL: &str = r#"
         acl = "acl.toml"

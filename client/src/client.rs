@@ -78,6 +78,18 @@ impl Client {
         policies::read(&self.shared, topic).await
     }
 
+    /// Asks the broker an administrative query: its totals, or a page of its topics, durable subscriptions
+    /// or connections (`sealpost_protocol::admin`; a page holds at most
+    /// [`ADMIN_PAGE`](sealpost_protocol::ADMIN_PAGE) rows, ask the next one `after` the last row's key
+    /// while `more` says so). Fails with [`Error::AdminRefused`] if the broker's ACL does not grant this
+    /// principal `admin` on every topic. The answers are the broker's word, for operating it. One attempt.
+    pub async fn admin(
+        &self,
+        query: sealpost_protocol::AdminQuery,
+    ) -> Result<sealpost_protocol::AdminAnswer> {
+        crate::admin::ask(&self.shared, query).await
+    }
+
     /// Stores `policy` on the broker as the new policy of its topic; resolves once the broker holds it
     /// durably. Publishers and subscriptions of every client move to it when they next fetch the topic's
     /// policies (see [`ClientOptions::policy_refresh`]).

@@ -188,6 +188,15 @@ pub enum Error {
         /// The broker's explanation, with control characters removed.
         message: String,
     },
+    /// The broker refused an administrative query ([`Client::admin`](crate::Client::admin)): with
+    /// `NOT_AUTHORIZED` if its ACL does not grant this principal `admin` on every topic (`topics = [">"]`).
+    #[error("{}", admin_refusal(*code, message))]
+    AdminRefused {
+        /// The broker's stable error code.
+        code: ErrorCode,
+        /// The broker's explanation, with control characters removed.
+        message: String,
+    },
     /// A delivered batch failed a cryptographic or sequence check: it was altered, forged with a wrong key,
     /// replayed, reordered, forked, or batches before it were withheld. Nothing from a failed batch is
     /// delivered, except after a [`Gap`](sealpost_protocol::Error::Gap): the batch itself is authentic and
@@ -395,6 +404,18 @@ fn publisher_suffix(publisher: &Option<KeyId>) -> String {
 }
 
 /// The friendly text of a refusal.
+fn admin_refusal(code: ErrorCode, message: &str) -> String {
+    match code {
+        ErrorCode::NOT_AUTHORIZED => {
+            "the broker refused the administrative query: not authorized (its ACL must \
+                                      grant this principal `admin` on every topic, `topics = [\">\"]`)"
+                .to_owned()
+        }
+        code if message.is_empty() => format!("the broker refused the administrative query: {code}"),
+        code => format!("the broker refused the administrative query: {code} ({message})"),
+    }
+}
+
 fn refusal(action: Action, topic: &Topic, code: ErrorCode, message: &str) -> String {
     let detail = if message.is_empty() { String::new() } else { format!(" ({message})") };
     let why = match code {

@@ -105,6 +105,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod admin;
 pub mod authority;
 mod backoff;
 mod client;

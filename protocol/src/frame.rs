@@ -32,6 +32,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::{AdminAnswer, AdminQuery};
 use crate::chain::{ChainHead, ChainId};
 use crate::code::ErrorCode;
 use crate::epoch::Epoch;
@@ -243,6 +244,21 @@ pub enum Frame {
         /// The publisher instance's chain.
         chain: ChainId,
     },
+    /// Client -> broker: an administrative query ([`crate::admin`]), from a principal the ACL grants
+    /// `admin` on every topic. Answered with [`Frame::AdminAnswer`] or an `Error`.
+    Admin {
+        /// Echoed in the answer.
+        request_id: RequestId,
+        /// What is asked.
+        query: AdminQuery,
+    },
+    /// Broker -> client: the answer to [`Frame::Admin`].
+    AdminAnswer {
+        /// The query's.
+        request_id: RequestId,
+        /// The answer, of the query's kind.
+        answer: AdminAnswer,
+    },
 }
 
 /// postcard's index of the variants with byte fields that [`Frame::decode_bytes`] slices out of the frame
@@ -330,6 +346,8 @@ impl Frame {
             Frame::Lost { .. } => "Lost",
             Frame::GetPolicyHistory { .. } => "GetPolicyHistory",
             Frame::HeadOfChain { .. } => "HeadOfChain",
+            Frame::Admin { .. } => "Admin",
+            Frame::AdminAnswer { .. } => "AdminAnswer",
         }
     }
 
@@ -724,6 +742,15 @@ mod decode_bytes_tests {
                 publisher: key,
                 chain: ChainId([9; 16]),
             },
+            Frame::Admin { request_id: 8, query: AdminQuery::Stats },
+            Frame::AdminAnswer {
+                request_id: 8,
+                answer: AdminAnswer::Stats(crate::admin::BrokerStats {
+                    version: "0.1.0".into(),
+                    uptime_ms: 5,
+                    ..Default::default()
+                }),
+            },
         ]
     }
 
@@ -750,8 +777,10 @@ mod decode_bytes_tests {
             Frame::Lost { .. } => 14,
             Frame::GetPolicyHistory { .. } => 15,
             Frame::HeadOfChain { .. } => 16,
+            Frame::Admin { .. } => 17,
+            Frame::AdminAnswer { .. } => 18,
         };
-        assert_eq!(frames.iter().map(listed).collect::<Vec<_>>(), (0..17).collect::<Vec<_>>());
+        assert_eq!(frames.iter().map(listed).collect::<Vec<_>>(), (0..19).collect::<Vec<_>>());
         for frame in frames {
             let bytes = Bytes::from(frame.to_vec().unwrap());
             assert_eq!(Frame::decode_bytes(bytes.clone()).unwrap(), Frame::decode(&bytes).unwrap());

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod batch;
 pub mod chain;
 pub mod code;
@@ -47,6 +48,9 @@ mod reader;
 mod time;
 pub mod topic;
 
+pub use admin::{
+    AdminAnswer, AdminQuery, BrokerStats, ConnectionStats, DurableKey, DurableStats, TopicStats, ADMIN_PAGE,
+};
 pub use batch::{open, seal, BatchHeader, OpenedBatch, SealParams, SealedBatch, VerifiedBatch};
 pub use chain::{ChainHead, ChainId, ChainStart, ChainVerifier};
 pub use code::ErrorCode;

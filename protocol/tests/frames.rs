@@ -80,6 +80,36 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
                 chain: ChainId(chain),
             }
         ),
+        (any::<u64>(), proptest::option::of(topic_strategy()), proptest::option::of(any::<u64>())).prop_map(
+            |(request_id, topic, id)| Frame::Admin {
+                request_id,
+                query: match (topic, id) {
+                    (Some(t), _) => AdminQuery::Topics { after: Some(t) },
+                    (None, Some(id)) => AdminQuery::Connections { after: Some(id) },
+                    (None, None) => AdminQuery::Stats,
+                },
+            }
+        ),
+        (
+            any::<u64>(),
+            proptest::collection::vec((topic_strategy(), any::<u64>(), any::<u64>()), 0..4),
+            any::<bool>()
+        )
+            .prop_map(|(request_id, rows, more)| Frame::AdminAnswer {
+                request_id,
+                answer: AdminAnswer::Topics {
+                    rows: rows
+                        .into_iter()
+                        .map(|(topic, first, next)| TopicStats {
+                            topic,
+                            first_offset: Offset(first),
+                            next_offset: Offset(next),
+                            epoch: None,
+                        })
+                        .collect(),
+                    more,
+                },
+            }),
     ]
 }
 

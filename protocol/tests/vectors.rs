@@ -154,6 +154,34 @@ fn frames_match_golden_vectors() {
                 chain: CHAIN,
             },
         ),
+        (
+            "frame-admin",
+            Frame::Admin {
+                request_id: 10,
+                query: AdminQuery::Subscriptions {
+                    after: Some(DurableKey {
+                        topic: topic("demo.chat"),
+                        principal: "bob".parse().unwrap(),
+                        name: "audit".into(),
+                    }),
+                },
+            },
+        ),
+        (
+            "frame-admin-answer",
+            Frame::AdminAnswer {
+                request_id: 10,
+                answer: AdminAnswer::Topics {
+                    rows: vec![TopicStats {
+                        topic: topic("demo.chat"),
+                        first_offset: Offset(0),
+                        next_offset: Offset(42),
+                        epoch: Some(Epoch(3)),
+                    }],
+                    more: false,
+                },
+            },
+        ),
     ];
     for (name, frame) in frames {
         let bytes = frame.to_vec().unwrap();

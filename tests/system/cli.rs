@@ -328,3 +328,66 @@ async fn pub_that_fails_midway_says_how_many_of_its_messages_were_acknowledged()
     assert_eq!(stored(), 3);
     broker.shutdown().await.unwrap();
 }
+
+/// `sealpost admin` against `sealpost-broker dev`, as an operator runs it: alice publishes three messages,
+/// bob's durable subscription "audit" reads one; admin sees the totals, the topic with its offsets and
+/// epoch, the subscription with its lag, and its own connection, as tables and as JSON; bob, who does not
+/// administer the broker, is refused in one line.
+#[test]
+fn admin_shows_stats_topics_subscriptions_and_connections_and_refuses_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = start_dev(tmp.path());
+    let mut publish = sealpost(&broker, "alice");
+    publish.args(["pub", "demo.chat", "one", "two", "three"]);
+    let out = run(publish, None);
+    assert!(out.status.success(), "alice pub failed: {}", text(&out.stderr));
+    let mut sub = sealpost(&broker, "bob");
+    sub.args(["sub", "demo.chat", "--from", "earliest", "--durable", "audit", "--count", "1"]);
+    let out = run(sub, None);
+    assert_eq!(text(&out.stdout), "one\n", "bob sub: {}", text(&out.stderr));
+
+    let admin = |args: &[&str]| {
+        let mut cmd = sealpost(&broker, "admin");
+        cmd.arg("admin").args(args);
+        let out = run(cmd, None);
+        assert!(out.status.success(), "admin {args:?} failed: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let stats = admin(&["stats"]);
+    let value = |what: &str| {
+        let line =
+            stats.lines().find(|l| l.starts_with(what)).unwrap_or_else(|| panic!("no {what} in {stats}"));
+        line[what.len()..].trim().to_owned()
+    };
+    assert_eq!(value("stored messages"), "3", "{stats}");
+    assert_eq!(value("topics"), "1", "{stats}");
+    assert_eq!(value("connections"), "1", "{stats}");
+
+    let topics = admin(&["topics"]);
+    let lines: Vec<Vec<&str>> = topics.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines[0], ["topic", "first", "offset", "next", "offset", "messages", "epoch"], "{topics}");
+    assert_eq!(lines[1], ["demo.chat", "0", "3", "3", "1"], "{topics}");
+
+    let subs = admin(&["subscriptions"]);
+    let rows: Vec<Vec<&str>> = subs.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[1], ["demo.chat", "bob", "audit", "1", "2"], "{subs}");
+
+    let json: serde_json::Value = serde_json::from_str(&admin(&["connections", "--json"])).unwrap();
+    let rows = json.as_array().expect("an array of rows");
+    assert_eq!(rows.len(), 1, "{json}");
+    assert_eq!(rows[0]["principal"], "admin");
+    assert!(rows[0]["remote"].as_str().is_some_and(|r| r.starts_with("127.0.0.1:")), "{json}");
+    let stats: serde_json::Value = serde_json::from_str(&admin(&["stats", "--json"])).unwrap();
+    assert_eq!(stats["stored_messages"], 3);
+
+    let mut refused = sealpost(&broker, "bob");
+    refused.args(["admin", "stats"]);
+    let out = run(refused, None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("sealpost: the broker refused the administrative query: not authorized"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

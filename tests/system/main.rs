@@ -23,6 +23,7 @@ mod durability;
 mod history;
 mod instances;
 mod limits;
+mod logs;
 mod memory;
 mod pubsub;
 mod rollback;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sealpost_broker::config::Config;
+use sealpost_broker::config::{Config, LogFormat};
 #[cfg(feature = "dev")]
 use sealpost_broker::dev;
 use sealpost_broker::server::{Broker, BrokerOptions};
@@ -58,15 +58,9 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     if let Command::VerifyStore { dir } = &cli.command {
+        init_log(LogFormat::Text);
         std::process::exit(verify_store(dir));
     }
     if let Err(e) = run(cli) {
@@ -125,15 +119,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let config = Config::load(&config_path).with_context(|| format!("loading {}", config_path.display()))?;
+    init_log(config.log.format);
     let options = BrokerOptions::from_config(&config)?;
     // The handlers are installed before the broker says it listens: a SIGTERM sent as soon as that line
     // appears (a supervisor, a test) must stop it cleanly, not kill it with the default action.
     let mut stop = StopSignals::install()?;
     let broker = Broker::start(options).await?;
-    eprintln!("sealpost-broker listening on {} (Ctrl-C to stop)", broker.local_addr());
+    let ready = format!("sealpost-broker listening on {} (Ctrl-C to stop)", broker.local_addr());
+    match config.log.format {
+        LogFormat::Text => eprintln!("{ready}"),
+        LogFormat::Json => tracing::info!(listen = %broker.local_addr(), "{ready}"),
+    }
     stop.wait().await;
     broker.shutdown().await?;
     Ok(())
+}
+
+/// The log on standard error, filtered by `RUST_LOG` (default `info`), in `format`; colour codes only on
+/// a terminal and without `NO_COLOR` (a log file or a collector gets none).
+fn init_log(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let log = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Text => log.init(),
+        LogFormat::Json => {
+            log.json().flatten_event(true).with_span_list(true).with_current_span(false).init()
+        }
+    }
 }
 
 /// SIGTERM and SIGINT, caught from the moment they are installed.

@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::wire::{refuse, FrameReader};
-use super::{policies, publish, subscription};
+use super::{admin, policies, publish, subscription};
 use crate::session::{Close, Connection, Endpoint, FlowControl, Refusal, StreamKind};
 use crate::tls::Peer;
 use crate::writer::Log;
@@ -20,6 +20,10 @@ impl FlowControl for quinn::Connection {
     fn set_windows(&self, receive: u64, send: u64) {
         self.set_receive_window(quinn::VarInt::from_u64(receive).unwrap_or(quinn::VarInt::MAX));
         self.set_send_window(send);
+    }
+
+    fn remote(&self) -> Option<std::net::SocketAddr> {
+        Some(self.remote_address())
     }
 }
 
@@ -122,6 +126,7 @@ async fn serve_stream(
     match session.stream_kind(&first.frame) {
         Ok(StreamKind::Publish) => publish::serve(first, send, reader, session, log, shutdown).await,
         Ok(StreamKind::Policies) => policies::serve(first.frame, send, reader, session, log, shutdown).await,
+        Ok(StreamKind::Admin) => admin::serve(first.frame, send, reader, session, log, shutdown).await,
         Ok(StreamKind::Subscription) => {
             drop(first.reservation);
             match session.subscribe(first.frame) {

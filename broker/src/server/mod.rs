@@ -9,7 +9,7 @@
 //!
 //! - `mod.rs`: [`Broker`]: the endpoint, the accept loop, shutdown; `options.rs`: [`BrokerOptions`].
 //! - `connection.rs`: one connection: handshake, admission, its streams, their first frame.
-//! - `publish.rs`, `policies.rs`, `subscription.rs`: one kind of stream each.
+//! - `publish.rs`, `policies.rs`, `subscription.rs`, `admin.rs`: one kind of stream each.
 //! - `wire.rs`: frames in and out of QUIC streams.
 //!
 //! # Streams
@@ -22,6 +22,9 @@
 //!   newest two, or a page of the history), read by any principal the ACL lets publish, subscribe or
 //!   administer the topic, and stored (durably, through the log) only from an
 //!   administrator, signed by the configured topic authority, with the next epoch.
+//! - **Admin stream** (`Admin` first): an operator's queries (stats, topics, durable subscriptions,
+//!   connections), answered from the store off the async workers, from principals that administer the
+//!   whole broker only.
 //! - **Subscription stream** (`Subscribe` first, one per stream): `Subscribed`, then `Deliver` frames read
 //!   from the store in offset order up to the durable end, then new batches as syncs make them durable
 //!   (read from the log's in-memory tail while it still holds them, see [`Log::read_tail`]).
@@ -47,6 +50,7 @@ use crate::tls;
 use crate::writer::Log;
 use crate::{Error, Result};
 
+mod admin;
 mod connection;
 mod options;
 mod policies;

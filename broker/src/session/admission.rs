@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use sealpost_protocol::Principal;
+use sealpost_protocol::{ConnectionStats, Principal};
 
 use crate::budget::{Budget, MemoryLimits, Pool, Reservation};
 use crate::limits::ServerLimits;
@@ -40,6 +40,11 @@ pub trait FlowControl: Send + Sync {
     /// Sets the connection's receive window (bytes it may be sent that the broker has not read) and send
     /// window (bytes written to it and not yet acknowledged), in bytes.
     fn set_windows(&self, receive: u64, send: u64);
+
+    /// Where the peer is, as the transport sees it: shown to operators (`sealpost admin connections`).
+    fn remote(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
 }
 
 /// Names a connection among those [`Admission`] counts.
@@ -71,8 +76,9 @@ pub struct Admission {
 
 /// What one principal holds, over its connections.
 struct PrincipalState {
-    /// Its open connections, each with the handle its window share is applied through.
-    connections: BTreeMap<ConnectionId, Arc<dyn FlowControl>>,
+    /// Its open connections, each with the handle its window share is applied through and when it opened
+    /// (since the origin).
+    connections: BTreeMap<ConnectionId, (Arc<dyn FlowControl>, Duration)>,
     limiter: PublishLimiter,
     inflight: Pool,
     streams: Pool,
@@ -94,6 +100,11 @@ impl Admission {
 
     fn since_origin(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.origin)
+    }
+
+    /// How long the broker has run at `now` (since the `now` it was made with).
+    pub fn uptime(&self, now: Instant) -> Duration {
+        self.since_origin(now)
     }
 
     fn principals(&self) -> MutexGuard<'_, HashMap<Principal, PrincipalState>> {
@@ -124,7 +135,7 @@ impl Admission {
             return Err(Error::LimitExceeded("max_connections_per_principal"));
         }
         let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        state.connections.insert(id, flow);
+        state.connections.insert(id, (flow, since));
         share_windows(memory, state);
         let own = Pool::new(memory.inflight_bytes_per_connection);
         let inflight = Budget::new(vec![own, state.inflight.clone(), self.inflight_total.clone()]);
@@ -139,6 +150,36 @@ impl Admission {
                 share_windows(&self.limits.memory, state);
             }
         }
+    }
+
+    /// Up to `max` open connections with an id above `after` (all if `None`), by id, with their age at
+    /// `now`: a page of `sealpost admin connections`.
+    pub fn connections(&self, after: Option<u64>, max: usize, now: Instant) -> Vec<ConnectionStats> {
+        let at = self.since_origin(now);
+        let mut rows: Vec<ConnectionStats> = self
+            .principals()
+            .iter()
+            .flat_map(|(principal, state)| {
+                state.connections.iter().map(move |(id, (flow, since))| ConnectionStats {
+                    id: id.0,
+                    principal: principal.clone(),
+                    remote: flow.remote().map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                    age_ms: u64::try_from(at.saturating_sub(*since).as_millis()).unwrap_or(u64::MAX),
+                })
+            })
+            .filter(|row| after.is_none_or(|a| row.id > a))
+            .collect();
+        rows.sort_by_key(|row| row.id);
+        rows.truncate(max);
+        rows
+    }
+
+    /// Open connections, and the principals they belong to.
+    pub fn totals(&self) -> (u64, u64) {
+        let principals = self.principals();
+        let open = principals.values().map(|s| s.connections.len() as u64).sum();
+        let with_any = principals.values().filter(|s| !s.connections.is_empty()).count() as u64;
+        (open, with_any)
     }
 
     /// Open connections of `principal`.
@@ -170,7 +211,7 @@ impl Admission {
 /// Gives each open connection of a principal its share of the principal's QUIC windows.
 fn share_windows(memory: &MemoryLimits, state: &PrincipalState) {
     let (receive, send) = memory.windows(state.connections.len());
-    for flow in state.connections.values() {
+    for (flow, _) in state.connections.values() {
         flow.set_windows(receive, send);
     }
 }

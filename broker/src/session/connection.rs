@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use sealpost_protocol::Frame;
 
+use super::admin::AdminStream;
 use super::admission::{ConnectionId, FlowControl};
 use super::endpoint::Endpoint;
 use super::policy_stream::PolicyStream;
@@ -35,6 +36,8 @@ pub enum StreamKind {
     Policies,
     /// One `Subscribe`, then acks: [`Connection::subscribe`].
     Subscription,
+    /// `Admin` queries: [`AdminStream`].
+    Admin,
 }
 
 /// See the [module documentation](self).
@@ -105,6 +108,7 @@ impl Connection {
                 Ok(StreamKind::Policies)
             }
             Frame::Subscribe { .. } => Ok(StreamKind::Subscription),
+            Frame::Admin { .. } => Ok(StreamKind::Admin),
             _ => Err(Refusal::new(None, unexpected_first_frame())),
         }
     }
@@ -117,6 +121,11 @@ impl Connection {
     /// The session of a policy stream.
     pub fn policy_stream(&self) -> PolicyStream {
         PolicyStream::new(self.endpoint.clone(), self.peer.clone())
+    }
+
+    /// The session of an admin stream.
+    pub fn admin_stream(&self) -> AdminStream {
+        AdminStream::new(self.endpoint.clone(), self.peer.clone())
     }
 
     /// A subscription stream's first frame: a `Subscribe` takes a subscription slot of the connection and

@@ -16,7 +16,7 @@
 //! - [`Connection`]: one authenticated connection: its peer, budgets and subscriptions; the kind of each
 //!   stream ([`StreamKind`]).
 //! - One type per kind of stream: [`PublishStream`] (`Publish`, `Head`), [`PolicyStream`] (`GetPolicies`,
-//!   `PutPolicy`), and for a subscription [`Subscribing`] -> [`Started`] ([`Subscription`] for its acks,
+//!   `PutPolicy`), [`AdminStream`] (`Admin`: an operator's queries), and for a subscription [`Subscribing`] -> [`Started`] ([`Subscription`] for its acks,
 //!   [`Cursor`] for its deliveries).
 //! - [`authorize`]: the stateless checks (ACL, signer binding, policy membership, policy epochs,
 //!   subscription start); [`reply`]: the error frames, stream refusals and close codes peers see.
@@ -120,6 +120,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod admin;
 mod admission;
 pub mod authorize;
 mod connection;
@@ -132,6 +133,7 @@ mod subscribe;
 #[cfg(test)]
 mod testing;
 
+pub use self::admin::{AdminAction, AdminStream};
 pub use self::admission::{Admission, Admitted, ConnectionId, FlowControl};
 pub use self::connection::{Connection, StreamKind};
 pub use self::endpoint::Endpoint;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use sealpost_protocol::{ChainId, Offset, Principal, PublicKey, Topic};
+use sealpost_protocol::{ChainId, DurableKey, Offset, Principal, PublicKey, Topic};
 
 use super::{offset_mismatch, Append, PublisherRecord, Store, Stored, StoredBatch};
 use crate::{Error, Result};
@@ -186,5 +186,30 @@ impl Store for MemoryStore {
 
     fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::SeqCst)
+    }
+
+    fn topics(&self, after: Option<&Topic>, max: usize) -> Result<Vec<Topic>> {
+        let state = self.state()?;
+        let mut topics: Vec<&Topic> = state.batches.keys().filter(|t| after.is_none_or(|a| *t > a)).collect();
+        topics.sort();
+        Ok(topics.into_iter().take(max).cloned().collect())
+    }
+
+    fn durables(&self, after: Option<&DurableKey>, max: usize) -> Result<Vec<(DurableKey, Offset)>> {
+        let state = self.state()?;
+        let mut rows: Vec<(DurableKey, Offset)> = state
+            .durables
+            .iter()
+            .map(|((topic, principal, name), offset)| {
+                (
+                    DurableKey { topic: topic.clone(), principal: principal.clone(), name: name.clone() },
+                    *offset,
+                )
+            })
+            .filter(|(key, _)| after.is_none_or(|a| key > a))
+            .collect();
+        rows.sort();
+        rows.truncate(max);
+        Ok(rows)
     }
 }

@@ -50,8 +50,8 @@
 
 use bytes::Bytes;
 use sealpost_protocol::{
-    ChainHead, ChainId, Digest, ErrorCode, Frame, LostBatch, Offset, Principal, PublicKey, SubscriptionId,
-    Topic, VerifiedBatch,
+    ChainHead, ChainId, Digest, DurableKey, ErrorCode, Frame, LostBatch, Offset, Principal, PublicKey,
+    SubscriptionId, Topic, VerifiedBatch,
 };
 
 use crate::{Error, Result};
@@ -415,6 +415,14 @@ pub trait Store: Send + Sync + 'static {
     /// How many calls to [`sync`](Self::sync) have succeeded since the store was opened (lets tests prove
     /// that acknowledgements follow an fsync, and that syncs are shared).
     fn syncs(&self) -> u64;
+
+    /// Up to `max` topics that hold batches, in the store's own order, after `after` (from the first if
+    /// `None`): the pages of an operator's `sealpost admin topics`.
+    fn topics(&self, after: Option<&Topic>, max: usize) -> Result<Vec<Topic>>;
+
+    /// Up to `max` durable subscriptions with their committed offsets, in the store's own order, after
+    /// `after` (from the first if `None`): the pages of `sealpost admin subscriptions`.
+    fn durables(&self, after: Option<&DurableKey>, max: usize) -> Result<Vec<(DurableKey, Offset)>>;
 }
 
 /// Takes policies, newest first, into a page of [`Store::policy_history`]: at most `max` of them and, past
@@ -605,6 +613,48 @@ mod tests {
         assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap().len(), 1);
     }
 
+    fn topics_and_durable_subscriptions_are_listed_in_pages(store: &dyn Store) {
+        for name in ["demo.b", "demo.a", "x", "demo.c"] {
+            append(store, &topic(name), 1, 1, 10);
+        }
+        // Page by page, each after the last one's key, every topic once.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.topics(after.as_ref(), 2).unwrap();
+            assert!(page.len() <= 2);
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().cloned();
+            seen.extend(page);
+        }
+        let mut names: Vec<String> = seen.iter().map(|t| t.to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["demo.a", "demo.b", "demo.c", "x"]);
+        assert_eq!(seen.len(), 4, "a topic listed twice: {seen:?}");
+
+        let t = topic("demo.a");
+        for (who, name, at) in [("bob", "main", 3), ("alice", "main", 1), ("ab", "c", 2), ("a", "bc", 4)] {
+            store.set_durable_offset(&t, &principal(who), name, Offset(at)).unwrap();
+        }
+        let first = store.durables(None, 3).unwrap();
+        let rest = store.durables(first.last().map(|(k, _)| k), 3).unwrap();
+        let mut all: Vec<(String, String, u64)> =
+            first.iter().chain(&rest).map(|(k, o)| (k.principal.to_string(), k.name.clone(), o.0)).collect();
+        assert_eq!((first.len(), rest.len()), (3, 1));
+        all.sort();
+        assert_eq!(
+            all,
+            [
+                ("a".into(), "bc".into(), 4),
+                ("ab".into(), "c".into(), 2),
+                ("alice".into(), "main".into(), 1),
+                ("bob".into(), "main".into(), 3)
+            ]
+        );
+    }
+
     fn durable_offsets_are_per_topic_principal_and_name(store: &dyn Store) {
         let (t, u) = (topic("demo.d"), topic("demo.e"));
         store.set_durable_offset(&t, &principal("alice"), "main", Offset(5)).unwrap();
@@ -697,6 +747,7 @@ mod tests {
         publisher_records_and_heads_are_indexed,
         append_at_a_wrong_offset_stores_nothing,
         durable_offsets_are_per_topic_principal_and_name,
+        topics_and_durable_subscriptions_are_listed_in_pages,
         sync_counts_successful_syncs,
         policies_keep_the_newest_epochs_oldest_first,
         policy_history_pages_back_newest_first_within_count_and_bytes,

@@ -19,8 +19,8 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use rand::SeedableRng;
 use sealpost_protocol::{
-    seal, ChainHead, ChainId, ContentKey, Epoch, Limits, Offset, Principal, PublicKey, SealParams,
-    SignedPolicy, SigningKey, Timestamp, Topic, VerifiedBatch,
+    seal, ChainHead, ChainId, ContentKey, DurableKey, Epoch, Limits, Offset, Principal, PublicKey,
+    SealParams, SignedPolicy, SigningKey, Timestamp, Topic, VerifiedBatch,
 };
 use tokio::sync::mpsc;
 
@@ -327,6 +327,14 @@ impl<S: Store> Store for TestStore<S> {
 
     fn syncs(&self) -> u64 {
         self.inner.syncs()
+    }
+
+    fn topics(&self, after: Option<&Topic>, max: usize) -> Result<Vec<Topic>> {
+        self.inner.topics(after, max)
+    }
+
+    fn durables(&self, after: Option<&DurableKey>, max: usize) -> Result<Vec<(DurableKey, Offset)>> {
+        self.inner.durables(after, max)
     }
 }
 

@@ -1,8 +1,11 @@
-//! `sealpost`: publish, subscribe, make keys and manage topic policies from the command line.
+//! `sealpost`: publish, subscribe, make keys, manage topic policies and ask a broker about itself from the
+//! command line.
 //!
 //! Any failure prints exactly one line, `sealpost: <what went wrong>`, on stderr and exits with status 1.
 //! Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
 
+#[path = "sealpost/admin.rs"]
+mod admin;
 #[path = "sealpost/topic.rs"]
 mod topic;
 
@@ -74,6 +77,16 @@ enum Command {
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
+    },
+    /// Ask the broker about itself: `stats`, `topics`, `subscriptions` (durable, with their lag) or
+    /// `connections`, as aligned tables. Needs a principal the broker's ACL grants `admin` on every topic.
+    Admin {
+        /// What to show.
+        #[arg(value_enum)]
+        what: admin::What,
+        /// Print JSON instead of a table: an object for `stats`, an array of rows for the lists.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -162,8 +175,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -204,6 +219,7 @@ async fn run(identity: Option<PathBuf>, command: Command) -> anyhow::Result<()> 
         Command::Pub { topic, messages } => publish(&client, topic, messages).await,
         Command::Sub { topic, from, durable, count } => subscribe(&client, topic, from, durable, count).await,
         Command::Topic { command } => topic_command(&client, &identity, command).await,
+        Command::Admin { what, json } => admin::run(&client, what, json).await,
         // Handled before the runtime starts.
         Command::Keygen { .. } => Ok(()),
     };

@@ -38,9 +38,9 @@
 //! Decoding never trusts a value: a key or value that does not decode is a "corrupt store" error, and
 //! [`scan`] checks every entry when the store opens.
 
-use sealpost_protocol::{ChainId, Offset, Principal, PublicKey, Topic};
+use sealpost_protocol::{ChainId, DurableKey, Offset, Principal, PublicKey, Topic};
 
-use super::codec::{corrupt, principal_and_name, split_topic, topic_prefix, u32_at, u64_at};
+use super::codec::{corrupt, principal_and_name, split_topic, take_str, topic_prefix, u32_at, u64_at};
 use super::record::{Lost, Record};
 use super::segment::Location;
 use crate::store::{io_error, PublisherRecord};
@@ -107,6 +107,55 @@ pub(super) fn durable_key(topic: &Topic, principal: &Principal, name: &str) -> R
     let mut key = topic_prefix(DURABLE, topic, 8 + principal.as_str().len() + name.len());
     principal_and_name(&mut key, principal, name)?;
     Ok(key)
+}
+
+/// The key just after `key` in sled's order: where a scan resumes after it.
+fn after_key(mut key: Vec<u8>) -> Vec<u8> {
+    key.push(0);
+    key
+}
+
+/// Up to `max` topics with a `t` key, in key order (by name length, then name), after `after`.
+pub(super) fn topics(db: &sled::Db, after: Option<&Topic>, max: usize) -> Result<Vec<Topic>> {
+    let start = after.map_or_else(|| vec![TOPIC], |t| after_key(topic_key(t)));
+    let mut out = Vec::new();
+    for entry in db.range(start..).take(max) {
+        let (key, _) = entry.map_err(sled_error)?;
+        let Some((&TOPIC, rest)) = key.split_first() else { break };
+        let (topic, rest) = split_topic(rest).ok_or_else(|| corrupt("topic key"))?;
+        if !rest.is_empty() {
+            return Err(corrupt("topic key"));
+        }
+        out.push(topic);
+    }
+    Ok(out)
+}
+
+/// Up to `max` durable subscriptions (`d` keys) with their committed offsets, in key order, after `after`.
+pub(super) fn durables(
+    db: &sled::Db,
+    after: Option<&DurableKey>,
+    max: usize,
+) -> Result<Vec<(DurableKey, Offset)>> {
+    let start = match after {
+        Some(k) => after_key(durable_key(&k.topic, &k.principal, &k.name)?),
+        None => vec![DURABLE],
+    };
+    let mut out = Vec::new();
+    for entry in db.range(start..).take(max) {
+        let (key, value) = entry.map_err(sled_error)?;
+        let Some((&DURABLE, rest)) = key.split_first() else { break };
+        let decoded = split_topic(rest).and_then(|(topic, rest)| {
+            let (principal, rest) = take_str(rest)?;
+            let (name, rest) = take_str(rest)?;
+            let principal = Principal::new(&principal).ok()?;
+            rest.is_empty().then_some(DurableKey { topic, principal, name })
+        });
+        let key = decoded.ok_or_else(|| corrupt("durable subscription key"))?;
+        let (offset, _) = decode_durable(&value).ok_or_else(|| corrupt("durable offset"))?;
+        out.push((key, offset));
+    }
+    Ok(out)
 }
 
 /// A `d` value: the committed offset and where the record that committed it is (so that recovery, which

@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use sealpost_protocol::{ChainId, Offset, Principal, PublicKey, Topic};
+use sealpost_protocol::{ChainId, DurableKey, Offset, Principal, PublicKey, Topic};
 
 use self::index::{
     batch_key, decode_durable, durable_key, durable_value, policy_key, publisher_key, sled_error, topic_key,
@@ -479,5 +479,13 @@ impl Store for DiskStore {
 
     fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::SeqCst)
+    }
+
+    fn topics(&self, after: Option<&Topic>, max: usize) -> Result<Vec<Topic>> {
+        index::topics(&self.db, after, max)
+    }
+
+    fn durables(&self, after: Option<&DurableKey>, max: usize) -> Result<Vec<(DurableKey, Offset)>> {
+        index::durables(&self.db, after, max)
     }
 }
