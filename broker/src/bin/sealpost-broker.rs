@@ -130,6 +130,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // appears (a supervisor, a test) must stop it cleanly, not kill it with the default action.
     let mut stop = StopSignals::install()?;
     let broker = Broker::start(options).await?;
+    if let Some(metrics) = broker.metrics() {
+        eprintln!("sealpost-broker metrics on {}", metrics.url());
+    }
     eprintln!("sealpost-broker listening on {} (Ctrl-C to stop)", broker.local_addr());
     stop.wait().await;
     broker.shutdown().await?;

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::wire::{refuse, FrameReader};
 use super::{policies, publish, subscription};
+use crate::event::Refused;
 use crate::session::{Close, Connection, Endpoint, FlowControl, Refusal, StreamKind};
 use crate::tls::Peer;
 use crate::writer::Log;
@@ -40,17 +41,20 @@ pub(super) async fn serve(
             Ok(conn) => conn,
             Err(e) => {
                 info!(%remote, error = %e, "TLS handshake refused");
+                endpoint.refused(remote, None, Refused::of_handshake_error(&e.to_string()));
                 return;
             }
         },
         Err(e) => {
             info!(%remote, error = %e, "connection refused");
+            endpoint.refused(remote, None, Refused::Handshake);
             return;
         }
     };
     let peer = Peer::from_connection(&conn);
     let claimed = peer.as_ref().map(|p| p.principal.to_string()).unwrap_or_default();
-    let session = match Connection::open(&endpoint, peer, Arc::new(conn.clone()), Instant::now()) {
+    let flow = Arc::new(conn.clone());
+    let session = match Connection::open_from(&endpoint, Some(remote), peer, flow, Instant::now()) {
         Ok(session) => Arc::new(session),
         Err(refused) => {
             let error = &refused.error;

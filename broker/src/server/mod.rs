@@ -42,6 +42,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::metrics::http::{check_listen, MetricsServer};
+use crate::metrics::Metrics;
 use crate::session::{Close, Endpoint};
 use crate::tls;
 use crate::writer::Log;
@@ -54,7 +56,7 @@ mod publish;
 mod subscription;
 mod wire;
 
-pub use self::options::BrokerOptions;
+pub use self::options::{BrokerOptions, MetricsOptions};
 pub use crate::limits::ServerLimits;
 
 /// How long shutdown waits for connections to finish their in-flight publishes.
@@ -63,6 +65,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// A running broker.
 pub struct Broker {
     local_addr: SocketAddr,
+    metrics: Option<MetricsServer>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -70,7 +73,10 @@ pub struct Broker {
 impl Broker {
     /// Binds the endpoint and starts serving.
     pub async fn start(options: BrokerOptions) -> Result<Broker> {
-        let BrokerOptions { listen, tls, acl, store, authority, limits } = options;
+        let BrokerOptions { listen, tls, acl, store, authority, limits, metrics } = options;
+        if let Some(options) = &metrics {
+            check_listen(options.listen, options.tls)?;
+        }
         let crypto = tls::server_crypto(&tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let memory = limits.memory;
@@ -91,12 +97,31 @@ impl Broker {
         server_config.migration(false);
         let endpoint = quinn::Endpoint::server(server_config, listen)?;
         let local_addr = endpoint.local_addr()?;
-        let log = Arc::new(Log::with_tail(store, limits.tail_cache_bytes)?);
-        let session = Arc::new(Endpoint::new(acl, authority, limits, Instant::now()));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(endpoint, session, log, shutdown_rx));
+        let (observer, metrics) = match metrics {
+            Some(options) => {
+                let observer = Arc::new(Metrics::new(options.settings).with_zero_series());
+                let material = options.tls.then_some(&tls);
+                let server =
+                    MetricsServer::start(options.listen, material, observer.clone(), shutdown_rx.clone())
+                        .await?;
+                (Some(observer), Some(server))
+            }
+            None => (None, None),
+        };
+        let log = Arc::new(Log::with_metrics(store, limits.tail_cache_bytes, observer.clone())?);
+        let mut session = Endpoint::new(acl, authority, limits, Instant::now());
+        if let Some(observer) = observer {
+            session = session.with_observer(observer);
+        }
+        let task = tokio::spawn(accept_loop(endpoint, Arc::new(session), log, shutdown_rx));
         info!(%local_addr, "sealpost broker listening (QUIC, mutual TLS 1.3, ALPN sealpost/1)");
-        Ok(Broker { local_addr, shutdown, task })
+        Ok(Broker { local_addr, metrics, shutdown, task })
+    }
+
+    /// The metrics endpoint, if one was configured.
+    pub fn metrics(&self) -> Option<&MetricsServer> {
+        self.metrics.as_ref()
     }
 
     /// The address the broker listens on.
@@ -107,7 +132,11 @@ impl Broker {
     /// Stops accepting, finishes in-flight publishes, syncs storage and returns.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.shutdown.send(true);
-        self.task.await.map_err(|e| Error::Storage(format!("broker task failed: {e}")))?
+        let served = self.task.await.map_err(|e| Error::Storage(format!("broker task failed: {e}")))?;
+        if let Some(metrics) = self.metrics {
+            metrics.stopped().await;
+        }
+        served
     }
 }
 
@@ -122,7 +151,7 @@ async fn accept_loop(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let Some(place) = session.admit_incoming() else {
+                let Some(place) = session.admit_incoming_from(incoming.remote_address()) else {
                     warn!(remote = %incoming.remote_address(), "connection refused: max_connections reached");
                     incoming.refuse();
                     continue;
@@ -138,6 +167,7 @@ async fn accept_loop(
         }
     }
     info!("shutting down: no new connections; finishing in-flight publishes");
+    session.shutting_down();
     // Connection tasks see the shutdown signal, stop taking requests and drain their answers.
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(DRAIN, drain).await.is_err() {

@@ -101,7 +101,11 @@
 //! let endpoint = Arc::new(Endpoint::new(acl, None, ServerLimits::default(), now));
 //! let store = MemoryStore::new();
 //! let alice = SigningKey::from_bytes(&[1; 32]);
-//! let peer = Peer { principal: "alice".parse()?, signing_keys: vec![alice.public_key()] };
+//! let peer = Peer {
+//!     principal: "alice".parse()?,
+//!     signing_keys: vec![alice.public_key()],
+//!     fingerprint: Default::default(),
+//! };
 //! let connection = Connection::open(&endpoint, Ok(peer), Arc::new(NoWindows), now).expect("admitted");
 //! let _slot = connection.admit_stream()?;
 //!
@@ -130,7 +134,7 @@ mod publish;
 pub mod reply;
 mod subscribe;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub use self::admission::{Admission, Admitted, ConnectionId, FlowControl};
 pub use self::connection::{Connection, StreamKind};
@@ -172,7 +176,7 @@ mod tests {
         else {
             panic!("not submitted");
         };
-        let published = PublishStream::published(request_id, log.submit(t, *batch).await);
+        let published = alice.publish_stream().published(request_id, log.submit(t, *batch).await);
         assert_eq!(published, Frame::Published { request_id: 1, first_offset: Offset(0), count: 1 });
 
         let subscribe = Frame::Subscribe {
