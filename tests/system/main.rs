@@ -24,6 +24,7 @@ mod history;
 mod instances;
 mod limits;
 mod memory;
+mod metrics;
 mod pubsub;
 mod rollback;
 mod storage_damage;
