@@ -29,6 +29,12 @@
 //!   set by the QUIC stream's flow control, so a slow subscriber never blocks publishers or other
 //!   subscribers. Acks come back on the same stream.
 //!
+//! # Metrics
+//!
+//! With [`BrokerOptions::metrics`] set, [`Broker::start`] makes a [`Metrics`], hands it to the session as
+//! its observer and to the log for its hooks, and serves it ([`MetricsServer`], stopped by shutdown); the
+//! publish stream reports each publish's latency to it.
+//!
 //! # Shutdown
 //!
 //! [`Broker::shutdown`] stops accepting connections and new requests, lets answers to publishes already

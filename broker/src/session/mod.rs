@@ -59,6 +59,14 @@
 //! back. **Writes** are actions: the session never calls the writer, and learns its answers through
 //! `published`, `stored` and the driver's error handling.
 //!
+//! **Events**: each decision about a peer (a connection accepted, refused or closed, a stream refused, a
+//! publish accepted or refused, a writer's failure answered through [`PublishStream::published`], a
+//! subscription accepted or refused, a batch delivered, a policy read refused, stored or refused) is told
+//! to the endpoint's [`Observer`](crate::event::Observer) ([`Endpoint::with_observer`]; none by default) as
+//! an [`Event`](crate::event::Event), synchronously, outside the session's locks. The driver tells it what
+//! happens before a session exists ([`Endpoint::admit_incoming_from`], [`Endpoint::refused`]) and of
+//! shutdown ([`Endpoint::shutting_down`]); it passes the remote address to [`Connection::open_from`].
+//!
 //! # Guarantees
 //!
 //! - A frame the session returns is ready to send; an error frame carries a stable code and no internal
