@@ -59,7 +59,10 @@ pub(super) async fn serve(
         Err(refused) => {
             let error = &refused.error;
             match refused.close {
-                Close::CERTIFICATE_REFUSED => info!(%remote, %error, "connection refused"),
+                Close::CERTIFICATE_REFUSED => {
+                    let fingerprint = Peer::fingerprint_of(&conn).map(|f| f.to_string()).unwrap_or_default();
+                    info!(%remote, %error, %fingerprint, "connection refused")
+                }
                 _ => warn!(%remote, principal = %claimed, %error, "connection refused"),
             }
             close(&conn, refused.close);
