@@ -177,8 +177,9 @@ pub enum Event<'a> {
         /// Bytes of the sealed batch.
         bytes: usize,
     },
-    /// A publish was refused by the session (decoding, ACL, signer binding, policy, rate limit); `topic`
-    /// is `None` when the batch did not decode far enough to name one.
+    /// A publish was refused by the session (decoding, ACL, signer binding, policy, rate limit: a
+    /// rate-limited publish is this event with `RATE_LIMITED`); `topic` is `None` when the batch did not
+    /// decode far enough to name one.
     PublishRefused {
         /// Who.
         who: Who<'a>,
@@ -248,12 +249,15 @@ pub enum Event<'a> {
         /// Its epoch.
         epoch: u64,
     },
-    /// A topic policy was refused, or failed to be stored; `topic` is `None` if it did not decode.
+    /// A topic policy was refused, or failed to be stored; `topic` and `epoch` are `None` if it did not
+    /// decode.
     PolicyRefused {
         /// Who.
         who: Who<'a>,
         /// Its topic, if it decoded.
         topic: Option<&'a Topic>,
+        /// The epoch it claimed, if it decoded.
+        epoch: Option<u64>,
         /// Why.
         code: ErrorCode,
     },

@@ -107,10 +107,10 @@ impl PolicyStream {
                     Ok(signed) => signed,
                     Err(e) => return PolicyAction::Send(self.refused(request_id, None, &e.into())),
                 };
-                let topic = signed.topic().clone();
+                let (topic, epoch) = (signed.topic().clone(), signed.epoch().0);
                 match self.check_put(signed, store) {
                     Ok(policy) => PolicyAction::Store { request_id, policy: Box::new(policy) },
-                    Err(e) => PolicyAction::Send(self.refused(request_id, Some(&topic), &e)),
+                    Err(e) => PolicyAction::Send(self.refused(request_id, Some((&topic, epoch)), &e)),
                 }
             }
             _ => PolicyAction::Refuse(Refusal::new(
@@ -162,9 +162,11 @@ impl PolicyStream {
         )
     }
 
-    fn refused(&self, request_id: RequestId, topic: Option<&Topic>, err: &Error) -> Frame {
+    /// The answer to a refused `PutPolicy`, whose topic and epoch are known if it decoded.
+    fn refused(&self, request_id: RequestId, policy: Option<(&Topic, u64)>, err: &Error) -> Frame {
         info!(principal = %self.peer.principal, error = %err, "policy refused");
-        self.endpoint.emit(&Event::PolicyRefused { who: self.who(), topic, code: err.code() });
+        let (topic, epoch) = (policy.map(|(topic, _)| topic), policy.map(|(_, epoch)| epoch));
+        self.endpoint.emit(&Event::PolicyRefused { who: self.who(), topic, epoch, code: err.code() });
         error_frame(Some(request_id), err)
     }
 
@@ -179,7 +181,7 @@ impl PolicyStream {
                 self.endpoint.policies().stored(policy);
                 Frame::PolicyStored { request_id }
             }
-            Err(e) => self.refused(request_id, Some(policy.topic()), &e),
+            Err(e) => self.refused(request_id, Some((policy.topic(), policy.epoch().0)), &e),
         }
     }
 
