@@ -52,6 +52,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The broker's own log on standard error: the `[log]` table.
     pub log: LogConfig,
+    /// The metrics endpoint. Default: off.
+    pub metrics: MetricsConfig,
 }
 
 /// The file as written: [`Config`] with `[memory]` beside `[limits]`.
@@ -74,21 +76,16 @@ struct ConfigFile {
     memory: MemoryLimits,
     #[serde(default)]
     log: LogConfig,
+    #[serde(default)]
+    metrics: MetricsConfig,
 }
 
 impl From<ConfigFile> for Config {
     fn from(file: ConfigFile) -> Config {
-        let ConfigFile { listen, data_dir, tls, acl, authority, limits, storage, memory, log } = file;
-        Config {
-            listen,
-            data_dir,
-            tls,
-            acl,
-            authority,
-            limits: ServerLimits { memory, ..limits },
-            storage,
-            log,
-        }
+        let ConfigFile { listen, data_dir, tls, acl, authority, limits, storage, memory, log, metrics } =
+            file;
+        let limits = ServerLimits { memory, ..limits };
+        Config { listen, data_dir, tls, acl, authority, limits, storage, log, metrics }
     }
 }
 
@@ -154,6 +151,56 @@ impl Default for StorageConfig {
     }
 }
 
+/// The `[metrics]` table: the Prometheus endpoint ([`crate::metrics`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// TCP address of the `GET /metrics` endpoint. Default: none, no endpoint (`sealpost-broker dev` sets
+    /// `127.0.0.1:9464`). An address other than loopback requires `tls = true`, or the broker refuses to
+    /// start.
+    pub listen: Option<SocketAddr>,
+    /// Require TLS with a client certificate from `tls.ca` (the broker's own certificate and key as the
+    /// server's). Default: false; must be true beyond loopback.
+    pub tls: bool,
+    /// Label per-topic series with their topic. Default: true. Off, every topic is counted under
+    /// `topic="*"`.
+    pub topic_labels: bool,
+    /// Most topics with a label of their own: the first seen since the start; later ones are counted under
+    /// `topic="*"`. Also bounds the durable subscriptions whose lag is exported. Default: 100; at most
+    /// 10000.
+    pub max_topic_labels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            tls: false,
+            topic_labels: true,
+            max_topic_labels: crate::metrics::DEFAULT_MAX_TOPIC_LABELS,
+        }
+    }
+}
+
+/// Most `metrics.max_topic_labels` accepts: a bound on the series a scrape holds.
+pub const MAX_TOPIC_LABELS: usize = 10_000;
+
+impl MetricsConfig {
+    /// Checks the table: a plain endpoint only on loopback, a bounded number of topic labels.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(listen) = self.listen {
+            crate::metrics::http::check_listen(listen, self.tls)?;
+        }
+        if self.max_topic_labels > MAX_TOPIC_LABELS {
+            return Err(Error::Config(format!(
+                "metrics.max_topic_labels = {} is above {MAX_TOPIC_LABELS}",
+                self.max_topic_labels
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A storage engine (see [`crate::store`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -202,6 +249,7 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config> {
         let config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         config.limits.validate()?;
+        config.metrics.validate()?;
         Ok(config)
     }
 
@@ -300,6 +348,38 @@ mod tests {
         assert_eq!(c.limits.tail_cache_bytes, 0);
         assert_eq!(c.storage.engine, StorageEngine::Memory);
         assert_eq!(c.limits.protocol_limits().max_batch_len, 65536 - 64);
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_each_key_can_be_given() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.metrics, MetricsConfig::default());
+        assert_eq!(c.metrics.listen, None);
+        assert!(c.metrics.topic_labels && !c.metrics.tls);
+        assert_eq!(c.metrics.max_topic_labels, 100);
+        let c = Config::from_toml(&format!(
+            "{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9464\"\ntls = true\ntopic_labels = false\nmax_topic_labels = 5\n"
+        ))
+        .unwrap();
+        let expected = MetricsConfig {
+            listen: Some("127.0.0.1:9464".parse().unwrap()),
+            tls: true,
+            topic_labels: false,
+            max_topic_labels: 5,
+        };
+        assert_eq!(c.metrics, expected);
+        let msg = config_error(&format!("{MINIMAL}\n[metrics]\nlisen = \"127.0.0.1:1\"\n"));
+        assert!(msg.contains("lisen"), "{msg}");
+        let msg = config_error(&format!("{MINIMAL}\n[metrics]\nmax_topic_labels = 10001\n"));
+        assert!(msg.contains("max_topic_labels"), "{msg}");
+    }
+
+    #[test]
+    fn a_metrics_endpoint_beyond_loopback_without_tls_is_refused() {
+        let msg = config_error(&format!("{MINIMAL}\n[metrics]\nlisten = \"0.0.0.0:9464\"\n"));
+        assert!(msg.contains("not a loopback address") && msg.contains("metrics.tls = true"), "{msg}");
+        let c = Config::from_toml(&format!("{MINIMAL}\n[metrics]\nlisten = \"0.0.0.0:9464\"\ntls = true\n"));
+        assert!(c.is_ok(), "{c:?}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - `identities/{alice,bob,mallory,admin}.toml`: identity files for the `sealpost` CLI;
 //! - `acl.toml`: alice may publish and subscribe on `demo.>`, bob may only subscribe on `demo.>`, admin has
 //!   `admin` on everything, mallory has a valid certificate and no grants;
-//! - `broker.toml`: the broker configuration, storing data in `data/`.
+//! - `broker.toml`: the broker configuration, storing data in `data/`, with the metrics endpoint on
+//!   `127.0.0.1:9464` ([`DEV_METRICS_PORT`]).
 //!
 //! It also makes a topic authority: its public key is pinned in every identity file and in the broker's
 //! configuration, its private key is only in `identities/admin.toml`. With it, first run signs the epoch-1
@@ -28,6 +29,10 @@ use sealpost_protocol::{
 use crate::pki::{DevCa, LeafSpec};
 use crate::store::{SledStore, Store};
 use crate::{Error, Result};
+
+/// The port of the dev broker's metrics endpoint (`http://127.0.0.1:9464/metrics`), unless the broker
+/// listens on port 0, when the metrics endpoint does too.
+pub const DEV_METRICS_PORT: u16 = 9464;
 
 /// The principals a dev setup creates.
 pub const PRINCIPALS: [&str; 4] = ["alice", "bob", "mallory", "admin"];
@@ -152,6 +157,9 @@ fn build(dir: &Path, listen: SocketAddr) -> Result<()> {
     let _ = writeln!(config, "listen = \"{listen}\"");
     let _ = writeln!(config, "authority = \"{}\"", authority.public_key());
     config.push_str(CONFIG_REST);
+    // Prometheus' text on loopback; on an OS-chosen port when the broker's is too (tests, benches).
+    let metrics_port = if listen.port() == 0 { 0 } else { DEV_METRICS_PORT };
+    let _ = writeln!(config, "\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"");
     write(&dir.join("broker.toml"), &config, false)?;
     Ok(())
 }

@@ -23,9 +23,12 @@ pub mod acl;
 pub mod budget;
 pub mod config;
 #[cfg(feature = "dev")]
+#[cfg(feature = "dev")]
 pub mod dev;
 mod error;
+pub mod event;
 pub mod limits;
+pub mod metrics;
 #[cfg(any(test, feature = "dev"))]
 pub mod pki;
 pub mod ratelimit;

@@ -49,6 +49,32 @@ pub fn key_binding_uri(key: &PublicKey) -> String {
     format!("{KEY_BINDING_PREFIX}{key}")
 }
 
+/// The SHA-256 digest of a certificate's DER encoding: names the exact certificate a peer presented (in
+/// events and the audit log), shown as 64 lowercase hex digits. It is not secret and proves nothing by
+/// itself: TLS verified the certificate.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of the DER certificate `der`.
+    pub fn of(der: &[u8]) -> Fingerprint {
+        use sha2::Digest as _;
+        Fingerprint(sha2::Sha256::digest(der).into())
+    }
+}
+
+impl core::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl core::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
 /// Who is on the other end of a connection, as its verified certificate says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
@@ -56,6 +82,8 @@ pub struct Peer {
     pub principal: Principal,
     /// The signing keys its certificate binds to it.
     pub signing_keys: Vec<PublicKey>,
+    /// The SHA-256 fingerprint of its leaf certificate.
+    pub fingerprint: Fingerprint,
 }
 
 impl Peer {
@@ -76,7 +104,7 @@ impl Peer {
         }
         match principals.as_slice() {
             [p] => match Principal::new(*p) {
-                Ok(principal) => Ok(Peer { principal, signing_keys }),
+                Ok(principal) => Ok(Peer { principal, signing_keys, fingerprint: Fingerprint::of(der) }),
                 Err(_) => Err(refuse("invalid principal name")),
             },
             [] => Err(refuse("no sealpost:// URI")),
@@ -92,6 +120,13 @@ impl Peer {
             .ok_or_else(|| Error::Config("client presented no certificate".into()))?;
         let leaf = certs.first().ok_or_else(|| Error::Config("client presented no certificate".into()))?;
         Peer::from_certificate(leaf)
+    }
+
+    /// The fingerprint of the leaf certificate an established QUIC connection presented, if any: what a
+    /// refused certificate is logged and counted with.
+    pub fn fingerprint_of(conn: &quinn::Connection) -> Option<Fingerprint> {
+        let certs = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+        certs.first().map(|leaf| Fingerprint::of(leaf))
     }
 }
 
@@ -126,6 +161,19 @@ fn certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>> {
 
 /// Builds the QUIC server crypto configuration: TLS 1.3 only, client certificates required.
 pub fn server_crypto(material: &TlsMaterial) -> Result<QuicServerConfig> {
+    let config = server_config(material, ALPN)?;
+    QuicServerConfig::try_from(config).map_err(|e| Error::Config(format!("QUIC TLS: {e}")))
+}
+
+/// The TLS configuration of the metrics endpoint when it requires TLS ([`crate::metrics::http`]): the same
+/// server identity and the same client verification as QUIC (TLS 1.3, a client certificate from the
+/// configured CA, not revoked, with the client-authentication usage), over TCP with ALPN `http/1.1`.
+pub fn metrics_server_config(material: &TlsMaterial) -> Result<rustls::ServerConfig> {
+    server_config(material, b"http/1.1")
+}
+
+/// TLS 1.3 only, client certificates required and verified against the material's CA and CRLs.
+fn server_config(material: &TlsMaterial, alpn: &[u8]) -> Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for ca in certs(&material.client_ca_pem, "client CA bundle")? {
@@ -152,9 +200,9 @@ pub fn server_crypto(material: &TlsMaterial) -> Result<QuicServerConfig> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(&material.cert_chain_pem, "server certificate")?, key)
         .map_err(|e| Error::Config(format!("server certificate: {e}")))?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     config.max_early_data_size = 0;
-    QuicServerConfig::try_from(config).map_err(|e| Error::Config(format!("QUIC TLS: {e}")))
+    Ok(config)
 }
 
 /// WebPKI's client verification, plus: the leaf must name the client-authentication extended key usage
@@ -226,7 +274,10 @@ mod tests {
         let key = sealpost_protocol::SigningKey::from_bytes(&[7; 32]).public_key();
         let cert = ca.issue(&LeafSpec::client("alice", &[key])).unwrap();
         let peer = Peer::from_certificate(&der(&cert.cert_pem)).unwrap();
-        assert_eq!(peer, Peer { principal: "alice".parse().unwrap(), signing_keys: vec![key] });
+        let fingerprint = Fingerprint::of(&der(&cert.cert_pem));
+        assert_eq!(peer, Peer { principal: "alice".parse().unwrap(), signing_keys: vec![key], fingerprint });
+        assert_eq!(fingerprint.to_string().len(), 64);
+        assert!(fingerprint.to_string().bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
     }
 
     #[test]

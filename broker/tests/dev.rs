@@ -31,6 +31,10 @@ fn dev_sets_up_once_reuses_after_and_exits_cleanly_on_sigterm() {
     let (child, out) = start_dev(&dir);
     assert!(out.contains("Created a throwaway dev PKI"), "{out}");
     assert!(out.contains("identities/bob.toml"), "it prints the next commands: {out}");
+    // Metrics are on, on loopback (port 0 here, as the broker's), and the startup lines say where.
+    assert!(out.contains("metrics on http://127.0.0.1:"), "it prints the metrics URL: {out}");
+    let config = std::fs::read_to_string(dir.join("broker.toml")).unwrap();
+    assert!(config.contains("[metrics]\nlisten = \"127.0.0.1:0\""), "{config}");
     for f in ["broker.toml", "acl.toml", "pki/ca.pem", "pki/server.pem"] {
         assert!(dir.join(f).exists(), "{f} missing");
     }

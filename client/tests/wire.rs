@@ -267,6 +267,7 @@ impl Host {
             store: self.store.clone(),
             authority: Some(authority().public_key()),
             limits: ServerLimits::default(),
+            metrics: None,
         };
         let starting = runtime.spawn(Broker::start(options));
         let running = self.running.insert(Running { runtime, broker: None, threads });

@@ -21,6 +21,15 @@ macro_rules! codes {
 
             /// Every code this build knows, with its description.
             pub const ALL: &'static [(ErrorCode, &'static str)] = &[$((ErrorCode($num), $text),)*];
+
+            /// The constant's name of a code this build knows (`"NOT_AUTHORIZED"`): stable, as the code is,
+            /// for metrics labels and audit entries. `None` for a code this build does not know.
+            pub fn name(self) -> Option<&'static str> {
+                match self.0 {
+                    $($num => Some(stringify!($name)),)*
+                    _ => None,
+                }
+            }
         }
     };
 }

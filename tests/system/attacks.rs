@@ -181,6 +181,7 @@ impl Scene {
             authority: Some(env.authority.public_key()),
             // The store lies on reads: no in-memory tail may serve the honest bytes instead.
             limits: ServerLimits { tail_cache_bytes: 0, ..ServerLimits::default() },
+            metrics: None,
         };
         let broker = within("broker start", Broker::start(broker_options)).await.unwrap();
         let alice = connect(&env, "alice", &broker).await;

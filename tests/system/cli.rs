@@ -290,6 +290,7 @@ async fn pub_that_fails_midway_says_how_many_of_its_messages_were_acknowledged()
         store: store.clone(),
         authority: Some(env.authority.public_key()),
         limits: ServerLimits::default(),
+        metrics: None,
     };
     let broker = within("broker start", Broker::start(options)).await.unwrap();
     let alice = env.identity("alice", broker.local_addr());

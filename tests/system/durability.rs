@@ -156,6 +156,7 @@ async fn every_ack_follows_a_sync_that_covers_its_batch() {
         store: audit.clone(),
         authority: Some(env.authority.public_key()),
         limits: ServerLimits::default(),
+        metrics: None,
     };
     let broker = Broker::start(options).await.unwrap();
     let alice = Identity::load(env.identity("alice", broker.local_addr())).unwrap();

@@ -163,15 +163,20 @@ impl Env {
 
     /// Starts an in-process broker with the given limits.
     pub async fn start_with(&mut self, engine: Engine, listen: SocketAddr, limits: ServerLimits) -> Broker {
-        let options = BrokerOptions {
+        Broker::start(self.options(engine, listen, limits)).await.unwrap()
+    }
+
+    /// What [`start_with`](Self::start_with) starts a broker with (no metrics endpoint).
+    pub fn options(&mut self, engine: Engine, listen: SocketAddr, limits: ServerLimits) -> BrokerOptions {
+        BrokerOptions {
             listen,
             tls: self.tls(),
             acl: Acl::from_toml(ACL).unwrap(),
             store: self.store(engine),
             authority: Some(self.authority.public_key()),
             limits,
-        };
-        Broker::start(options).await.unwrap()
+            metrics: None,
+        }
     }
 
     /// Writes an identity file for `who` (with a client certificate from this env's CA) pointing at `addr`.

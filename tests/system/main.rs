@@ -25,6 +25,7 @@ mod instances;
 mod limits;
 mod logs;
 mod memory;
+mod metrics;
 mod pubsub;
 mod rollback;
 mod storage_damage;

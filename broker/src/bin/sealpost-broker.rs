@@ -126,9 +126,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut stop = StopSignals::install()?;
     let broker = Broker::start(options).await?;
     let ready = format!("sealpost-broker listening on {} (Ctrl-C to stop)", broker.local_addr());
+    let metrics = broker.metrics().map(|m| format!("sealpost-broker metrics on {}", m.url()));
     match config.log.format {
-        LogFormat::Text => eprintln!("{ready}"),
-        LogFormat::Json => tracing::info!(listen = %broker.local_addr(), "{ready}"),
+        LogFormat::Text => {
+            if let Some(metrics) = &metrics {
+                eprintln!("{metrics}");
+            }
+            eprintln!("{ready}");
+        }
+        LogFormat::Json => {
+            if let Some(metrics) = &metrics {
+                tracing::info!(url = %broker.metrics().map(|m| m.url()).unwrap_or_default(), "{metrics}");
+            }
+            tracing::info!(listen = %broker.local_addr(), "{ready}");
+        }
     }
     stop.wait().await;
     broker.shutdown().await?;

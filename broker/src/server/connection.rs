@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::wire::{refuse, FrameReader};
 use super::{admin, policies, publish, subscription};
+use crate::event::Refused;
 use crate::session::{Close, Connection, Endpoint, FlowControl, Refusal, StreamKind};
 use crate::tls::Peer;
 use crate::writer::Log;
@@ -44,22 +45,28 @@ pub(super) async fn serve(
             Ok(conn) => conn,
             Err(e) => {
                 info!(%remote, error = %e, "TLS handshake refused");
+                endpoint.refused(remote, None, Refused::of_handshake_error(&e.to_string()));
                 return;
             }
         },
         Err(e) => {
             info!(%remote, error = %e, "connection refused");
+            endpoint.refused(remote, None, Refused::Handshake);
             return;
         }
     };
     let peer = Peer::from_connection(&conn);
     let claimed = peer.as_ref().map(|p| p.principal.to_string()).unwrap_or_default();
-    let session = match Connection::open(&endpoint, peer, Arc::new(conn.clone()), Instant::now()) {
+    let flow = Arc::new(conn.clone());
+    let session = match Connection::open_from(&endpoint, Some(remote), peer, flow, Instant::now()) {
         Ok(session) => Arc::new(session),
         Err(refused) => {
             let error = &refused.error;
             match refused.close {
-                Close::CERTIFICATE_REFUSED => info!(%remote, %error, "connection refused"),
+                Close::CERTIFICATE_REFUSED => {
+                    let fingerprint = Peer::fingerprint_of(&conn).map(|f| f.to_string()).unwrap_or_default();
+                    info!(%remote, %error, %fingerprint, "connection refused")
+                }
                 _ => warn!(%remote, principal = %claimed, %error, "connection refused"),
             }
             close(&conn, refused.close);

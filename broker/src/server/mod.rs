@@ -32,6 +32,12 @@
 //!   set by the QUIC stream's flow control, so a slow subscriber never blocks publishers or other
 //!   subscribers. Acks come back on the same stream.
 //!
+//! # Metrics
+//!
+//! With [`BrokerOptions::metrics`] set, [`Broker::start`] makes a [`Metrics`], hands it to the session as
+//! its observer and to the log for its hooks, and serves it ([`MetricsServer`], stopped by shutdown); the
+//! publish stream reports each publish's latency to it.
+//!
 //! # Shutdown
 //!
 //! [`Broker::shutdown`] stops accepting connections and new requests, lets answers to publishes already
@@ -45,6 +51,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::metrics::http::{check_listen, MetricsServer};
+use crate::metrics::Metrics;
 use crate::session::{Close, Endpoint};
 use crate::tls;
 use crate::writer::Log;
@@ -58,7 +66,7 @@ mod publish;
 mod subscription;
 mod wire;
 
-pub use self::options::BrokerOptions;
+pub use self::options::{BrokerOptions, MetricsOptions};
 pub use crate::limits::ServerLimits;
 
 /// How long shutdown waits for connections to finish their in-flight publishes.
@@ -67,6 +75,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// A running broker.
 pub struct Broker {
     local_addr: SocketAddr,
+    metrics: Option<MetricsServer>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -74,7 +83,10 @@ pub struct Broker {
 impl Broker {
     /// Binds the endpoint and starts serving.
     pub async fn start(options: BrokerOptions) -> Result<Broker> {
-        let BrokerOptions { listen, tls, acl, store, authority, limits } = options;
+        let BrokerOptions { listen, tls, acl, store, authority, limits, metrics } = options;
+        if let Some(options) = &metrics {
+            check_listen(options.listen, options.tls)?;
+        }
         let crypto = tls::server_crypto(&tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let memory = limits.memory;
@@ -95,12 +107,31 @@ impl Broker {
         server_config.migration(false);
         let endpoint = quinn::Endpoint::server(server_config, listen)?;
         let local_addr = endpoint.local_addr()?;
-        let log = Arc::new(Log::with_tail(store, limits.tail_cache_bytes)?);
-        let session = Arc::new(Endpoint::new(acl, authority, limits, Instant::now()));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(endpoint, session, log, shutdown_rx));
+        let (observer, metrics) = match metrics {
+            Some(options) => {
+                let observer = Arc::new(Metrics::new(options.settings).with_zero_series());
+                let material = options.tls.then_some(&tls);
+                let server =
+                    MetricsServer::start(options.listen, material, observer.clone(), shutdown_rx.clone())
+                        .await?;
+                (Some(observer), Some(server))
+            }
+            None => (None, None),
+        };
+        let log = Arc::new(Log::with_metrics(store, limits.tail_cache_bytes, observer.clone())?);
+        let mut session = Endpoint::new(acl, authority, limits, Instant::now());
+        if let Some(observer) = observer {
+            session = session.with_observer(observer);
+        }
+        let task = tokio::spawn(accept_loop(endpoint, Arc::new(session), log, shutdown_rx));
         info!(%local_addr, "sealpost broker listening (QUIC, mutual TLS 1.3, ALPN sealpost/1)");
-        Ok(Broker { local_addr, shutdown, task })
+        Ok(Broker { local_addr, metrics, shutdown, task })
+    }
+
+    /// The metrics endpoint, if one was configured.
+    pub fn metrics(&self) -> Option<&MetricsServer> {
+        self.metrics.as_ref()
     }
 
     /// The address the broker listens on.
@@ -111,7 +142,11 @@ impl Broker {
     /// Stops accepting, finishes in-flight publishes, syncs storage and returns.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.shutdown.send(true);
-        self.task.await.map_err(|e| Error::Storage(format!("broker task failed: {e}")))?
+        let served = self.task.await.map_err(|e| Error::Storage(format!("broker task failed: {e}")))?;
+        if let Some(metrics) = self.metrics {
+            metrics.stopped().await;
+        }
+        served
     }
 }
 
@@ -126,7 +161,7 @@ async fn accept_loop(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let Some(place) = session.admit_incoming() else {
+                let Some(place) = session.admit_incoming_from(incoming.remote_address()) else {
                     warn!(remote = %incoming.remote_address(), "connection refused: max_connections reached");
                     incoming.refuse();
                     continue;
@@ -142,6 +177,7 @@ async fn accept_loop(
         }
     }
     info!("shutting down: no new connections; finishing in-flight publishes");
+    session.shutting_down();
     // Connection tasks see the shutdown signal, stop taking requests and drain their answers.
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(DRAIN, drain).await.is_err() {

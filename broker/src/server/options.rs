@@ -7,7 +7,9 @@ use sealpost_protocol::PublicKey;
 
 use crate::acl::Acl;
 use crate::config::Config;
+use crate::config::StorageEngine;
 use crate::limits::ServerLimits;
+use crate::metrics::MetricsSettings;
 use crate::store::Store;
 use crate::tls::TlsMaterial;
 use crate::{Error, Result};
@@ -26,6 +28,19 @@ pub struct BrokerOptions {
     pub authority: Option<PublicKey>,
     /// Limits.
     pub limits: ServerLimits,
+    /// The metrics endpoint, if any.
+    pub metrics: Option<MetricsOptions>,
+}
+
+/// Where and how the metrics endpoint serves ([`crate::metrics::http`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsOptions {
+    /// TCP address of `GET /metrics`.
+    pub listen: SocketAddr,
+    /// Require TLS with client certificates (the broker's [`TlsMaterial`]); required beyond loopback.
+    pub tls: bool,
+    /// What is measured: topic labels and their bound, the data folder.
+    pub settings: MetricsSettings,
 }
 
 impl BrokerOptions {
@@ -44,6 +59,17 @@ impl BrokerOptions {
         let acl = Acl::load(&config.acl)?;
         let store = crate::store::open(config.storage.engine(), &config.data_dir)?;
         let limits = config.limits;
-        Ok(BrokerOptions { listen: config.listen, tls, acl, store, authority: config.authority, limits })
+        let metrics = config.metrics.listen.map(|listen| MetricsOptions {
+            listen,
+            tls: config.metrics.tls,
+            settings: MetricsSettings {
+                topic_labels: config.metrics.topic_labels,
+                max_topic_labels: config.metrics.max_topic_labels,
+                data_dir: (config.storage.engine == StorageEngine::Sled).then(|| config.data_dir.clone()),
+                reserve_bytes: config.storage.reserve_bytes,
+            },
+        });
+        let authority = config.authority;
+        Ok(BrokerOptions { listen: config.listen, tls, acl, store, authority, limits, metrics })
     }
 }

@@ -73,12 +73,17 @@ pub(super) async fn serve(
 /// publish, until its batch is durable).
 fn execute(stream: &PublishStream, received: Received, log: &Arc<Log>) -> Answer {
     let Received { frame, reservation } = received;
-    match stream.on_frame(frame, log.store().as_ref(), Instant::now()) {
+    let now = Instant::now();
+    match stream.on_frame(frame, log.store().as_ref(), now) {
         PublishAction::Send(frame) => Box::pin(async move { frame }),
         PublishAction::Submit { request_id, topic, batch } => {
             let appended = log.submit(topic, *batch);
+            let (stream, metrics) = (stream.clone(), log.metrics().cloned());
             Box::pin(async move {
-                let answer = PublishStream::published(request_id, appended.await);
+                let answer = stream.published(request_id, appended.await);
+                if let Some(metrics) = metrics {
+                    metrics.acked(now.elapsed());
+                }
                 drop(reservation);
                 answer
             })

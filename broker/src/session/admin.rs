@@ -13,6 +13,7 @@
 //!
 //! [`Acl::administers_broker`]: crate::acl::Acl::administers_broker
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +23,7 @@ use sealpost_protocol::{
 
 use super::endpoint::Endpoint;
 use super::reply::{error_frame, Refusal};
+use crate::event::{Event, Who};
 use crate::store::Store;
 use crate::tls::Peer;
 use crate::{Error, Result};
@@ -47,11 +49,16 @@ pub enum AdminAction {
 pub struct AdminStream {
     endpoint: Arc<Endpoint>,
     peer: Arc<Peer>,
+    remote: Option<SocketAddr>,
 }
 
 impl AdminStream {
-    pub(super) fn new(endpoint: Arc<Endpoint>, peer: Arc<Peer>) -> AdminStream {
-        AdminStream { endpoint, peer }
+    pub(super) fn new(endpoint: Arc<Endpoint>, peer: Arc<Peer>, remote: Option<SocketAddr>) -> AdminStream {
+        AdminStream { endpoint, peer, remote }
+    }
+
+    fn who(&self) -> Who<'_> {
+        Who::of(&self.peer, self.remote)
     }
 
     /// What to do with `frame`: answer an `Admin` query of a principal that administers the broker,
@@ -63,8 +70,11 @@ impl AdminStream {
             return AdminAction::Refuse(Refusal::new(None, err));
         };
         if !self.endpoint.acl().administers_broker(&self.peer.principal) {
-            return AdminAction::Refuse(Refusal::new(Some(request_id), Error::NotAuthorized));
+            let refusal = Refusal::new(Some(request_id), Error::NotAuthorized);
+            self.endpoint.emit(&Event::AdminRefused { who: self.who(), code: refusal.code() });
+            return AdminAction::Refuse(refusal);
         }
+        self.endpoint.emit(&Event::AdminAnswered { who: self.who(), query: query_name(&query) });
         AdminAction::Answer { request_id, query }
     }
 
@@ -129,6 +139,16 @@ impl AdminStream {
                 AdminAnswer::Connections { rows, more }
             }
         })
+    }
+}
+
+/// The name of the kind of `query`, as events and the CLI call it.
+fn query_name(query: &AdminQuery) -> &'static str {
+    match query {
+        AdminQuery::Stats => "stats",
+        AdminQuery::Topics { .. } => "topics",
+        AdminQuery::Subscriptions { .. } => "subscriptions",
+        AdminQuery::Connections { .. } => "connections",
     }
 }
 

@@ -27,7 +27,19 @@ pub fn authorize_publish(
     policy: Option<&VerifiedPolicy>,
     sealed: SealedBatch,
 ) -> Result<(Topic, VerifiedBatch)> {
-    let header = sealed.header();
+    authorize_publisher(peer, acl, policy, sealed.header())?;
+    let topic = sealed.header().topic.clone();
+    Ok((topic, sealed.verify()?))
+}
+
+/// The checks of [`authorize_publish`] that come before the signature: ACL, signer binding, policy
+/// membership, on the batch's header.
+pub fn authorize_publisher(
+    peer: &Peer,
+    acl: &Acl,
+    policy: Option<&VerifiedPolicy>,
+    header: &sealpost_protocol::BatchHeader,
+) -> Result<()> {
     if !acl.allows(&peer.principal, &header.topic, Action::Publish) {
         return Err(Error::NotAuthorized);
     }
@@ -38,11 +50,9 @@ pub fn authorize_publish(
         return Err(Error::NotAuthorized);
     };
     match policy.publisher(&header.publisher) {
-        Some(member) if member.principal == peer.principal => {}
-        _ => return Err(Error::SignerNotBound(header.publisher.key_id())),
+        Some(member) if member.principal == peer.principal => Ok(()),
+        _ => Err(Error::SignerNotBound(header.publisher.key_id())),
     }
-    let topic = header.topic.clone();
-    Ok((topic, sealed.verify()?))
 }
 
 /// Checks a policy an administrator stores: ACL `admin` on its topic, signed by the configured topic

@@ -10,6 +10,7 @@
 //! `Head` or `Publish` a publish stream, `GetPolicies`, `GetPolicyHistory` or `PutPolicy` a policy stream, `Subscribe` a
 //! subscription; any other first frame refuses the stream.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +25,7 @@ use super::publish::PublishStream;
 use super::reply::{Close, ConnectionRefused, Refusal};
 use super::subscribe::{Subscribing, SubscriptionSlot};
 use crate::budget::{Budget, Reservation};
+use crate::event::{Event, Refused, Who};
 use crate::tls::Peer;
 use crate::{Error, Result};
 
@@ -44,6 +46,7 @@ pub enum StreamKind {
 pub struct Connection {
     endpoint: Arc<Endpoint>,
     peer: Arc<Peer>,
+    remote: Option<SocketAddr>,
     id: ConnectionId,
     inflight: Budget,
     streams: Budget,
@@ -63,14 +66,36 @@ impl Connection {
         flow: Arc<dyn FlowControl>,
         now: Instant,
     ) -> Result<Connection, ConnectionRefused> {
-        let peer = peer.map_err(|error| ConnectionRefused { close: Close::CERTIFICATE_REFUSED, error })?;
-        let admitted = endpoint
-            .admission()
-            .open(&peer.principal, flow, now)
-            .map_err(|error| ConnectionRefused { close: Close::TOO_MANY_CONNECTIONS, error })?;
+        Self::open_from(endpoint, None, peer, flow, now)
+    }
+
+    /// [`open`](Self::open) for a connection from `remote`, which its events name.
+    pub fn open_from(
+        endpoint: &Arc<Endpoint>,
+        remote: Option<SocketAddr>,
+        peer: Result<Peer>,
+        flow: Arc<dyn FlowControl>,
+        now: Instant,
+    ) -> Result<Connection, ConnectionRefused> {
+        let peer = peer.map_err(|error| {
+            let reason = Refused::CertificateRefused;
+            endpoint.emit(&Event::ConnectionRefused { remote, principal: None, fingerprint: None, reason });
+            ConnectionRefused { close: Close::CERTIFICATE_REFUSED, error }
+        })?;
+        let admitted = endpoint.admission().open(&peer.principal, flow, now).map_err(|error| {
+            endpoint.emit(&Event::ConnectionRefused {
+                remote,
+                principal: Some(&peer.principal),
+                fingerprint: Some(&peer.fingerprint),
+                reason: Refused::PrincipalLimit,
+            });
+            ConnectionRefused { close: Close::TOO_MANY_CONNECTIONS, error }
+        })?;
+        endpoint.emit(&Event::ConnectionAccepted { who: Who::of(&peer, remote) });
         Ok(Connection {
             endpoint: endpoint.clone(),
             peer: Arc::new(peer),
+            remote,
             id: admitted.id,
             inflight: admitted.inflight,
             streams: admitted.streams,
@@ -89,6 +114,11 @@ impl Connection {
         &self.endpoint
     }
 
+    /// Who the connection's events are about.
+    pub fn who(&self) -> Who<'_> {
+        Who::of(&self.peer, self.remote)
+    }
+
     /// What the connection's frames and subscription reads are reserved from.
     pub fn budget(&self) -> &Budget {
         &self.inflight
@@ -97,7 +127,11 @@ impl Connection {
     /// A slot for a stream the client opened, held until the stream ends; refused (reset the stream with
     /// the error's code) if the principal or the broker has all its streams open.
     pub fn admit_stream(&self) -> Result<Reservation> {
-        self.streams.try_reserve(1).ok_or(Error::LimitExceeded("max_streams_per_principal or max_streams"))
+        self.streams.try_reserve(1).ok_or_else(|| {
+            let error = Error::LimitExceeded("max_streams_per_principal or max_streams");
+            self.endpoint.emit(&Event::StreamRefused { who: self.who(), code: error.code() });
+            error
+        })
     }
 
     /// The kind of a stream whose first frame is `first`, or its refusal.
@@ -109,23 +143,27 @@ impl Connection {
             }
             Frame::Subscribe { .. } => Ok(StreamKind::Subscription),
             Frame::Admin { .. } => Ok(StreamKind::Admin),
-            _ => Err(Refusal::new(None, unexpected_first_frame())),
+            _ => {
+                let refusal = Refusal::new(None, unexpected_first_frame());
+                self.endpoint.emit(&Event::StreamRefused { who: self.who(), code: refusal.code() });
+                Err(refusal)
+            }
         }
     }
 
     /// The session of a publish stream.
     pub fn publish_stream(&self) -> PublishStream {
-        PublishStream::new(self.endpoint.clone(), self.peer.clone())
+        PublishStream::new(self.endpoint.clone(), self.peer.clone()).from_remote(self.remote)
     }
 
     /// The session of a policy stream.
     pub fn policy_stream(&self) -> PolicyStream {
-        PolicyStream::new(self.endpoint.clone(), self.peer.clone())
+        PolicyStream::new(self.endpoint.clone(), self.peer.clone()).from_remote(self.remote)
     }
 
     /// The session of an admin stream.
     pub fn admin_stream(&self) -> AdminStream {
-        AdminStream::new(self.endpoint.clone(), self.peer.clone())
+        AdminStream::new(self.endpoint.clone(), self.peer.clone(), self.remote)
     }
 
     /// A subscription stream's first frame: a `Subscribe` takes a subscription slot of the connection and
@@ -137,16 +175,24 @@ impl Connection {
         let max = self.endpoint.limits().max_subscriptions_per_connection as usize;
         let Some(slot) = SubscriptionSlot::take(&self.subscriptions, max) else {
             let err = Error::LimitExceeded("max_subscriptions_per_connection");
+            self.endpoint.emit(&Event::SubscribeRefused {
+                who: self.who(),
+                topic: &topic,
+                durable: durable.as_deref(),
+                code: err.code(),
+            });
             return Err(Refusal::new(Some(request_id), err));
         };
         let id = self.next_subscription.fetch_add(1, Ordering::Relaxed);
-        Subscribing::new(&self.endpoint, &self.peer, id, slot, (request_id, topic, from, durable))
+        let request = (request_id, topic, from, durable);
+        Subscribing::new(&self.endpoint, (&self.peer, self.remote), id, slot, request)
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.endpoint.admission().close(&self.peer.principal, self.id);
+        self.endpoint.emit(&Event::ConnectionClosed { who: self.who() });
     }
 }
 

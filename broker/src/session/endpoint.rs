@@ -4,7 +4,12 @@
 //! [`PolicyCache`]. It is built once per broker and shared (`Arc`) by the session of every connection
 //! ([`Connection`](super::Connection)) and of every stream; all its state is behind its parts' own short
 //! locks, so it can be used from any thread. It performs no I/O.
+//!
+//! It also holds the [`Observer`] that the session tells its decisions to ([`crate::event`]); by default
+//! one that ignores them ([`Endpoint::with_observer`] sets another).
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use sealpost_protocol::{Limits, PublicKey};
@@ -13,7 +18,9 @@ use super::admission::Admission;
 use super::policies::PolicyCache;
 use crate::acl::Acl;
 use crate::budget::Reservation;
+use crate::event::{Event, Ignore, Observer, Refused};
 use crate::limits::ServerLimits;
+use crate::tls::Fingerprint;
 
 /// See the [module documentation](self).
 pub struct Endpoint {
@@ -22,6 +29,13 @@ pub struct Endpoint {
     protocol: Limits,
     admission: Admission,
     policies: PolicyCache,
+    observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("limits", &self.limits).finish_non_exhaustive()
+    }
 }
 
 impl Endpoint {
@@ -35,7 +49,30 @@ impl Endpoint {
             protocol,
             admission: Admission::new(&limits, now),
             policies: PolicyCache::new(authority, protocol),
+            observer: Arc::new(Ignore),
         }
+    }
+
+    /// This endpoint, telling its events to `observer` (several: [`Observers`](crate::event::Observers)).
+    pub fn with_observer(self, observer: Arc<dyn Observer>) -> Endpoint {
+        Endpoint { observer, ..self }
+    }
+
+    /// Tells the observer about `event`.
+    pub fn emit(&self, event: &Event<'_>) {
+        self.observer.event(event);
+    }
+
+    /// A connection from `remote` refused before the session admitted it: its handshake failed (`reason`
+    /// says how far it got, `fingerprint` names the certificate it presented, if any). Only told to the
+    /// observer.
+    pub fn refused(&self, remote: SocketAddr, fingerprint: Option<&Fingerprint>, reason: Refused) {
+        self.emit(&Event::ConnectionRefused { remote: Some(remote), principal: None, fingerprint, reason });
+    }
+
+    /// The broker started shutting down. Only told to the observer.
+    pub fn shutting_down(&self) {
+        self.emit(&Event::Shutdown);
     }
 
     /// The operator's ACL.
@@ -67,5 +104,15 @@ impl Endpoint {
     /// `None` if `max_connections` are open: refuse the connection.
     pub fn admit_incoming(&self) -> Option<Reservation> {
         self.admission.admit_incoming()
+    }
+
+    /// [`admit_incoming`](Self::admit_incoming) for a connection from `remote`; a refusal is told to the
+    /// observer.
+    pub fn admit_incoming_from(&self, remote: SocketAddr) -> Option<Reservation> {
+        let place = self.admission.admit_incoming();
+        if place.is_none() {
+            self.refused(remote, None, Refused::MaxConnections);
+        }
+        place
     }
 }

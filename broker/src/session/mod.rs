@@ -59,6 +59,14 @@
 //! back. **Writes** are actions: the session never calls the writer, and learns its answers through
 //! `published`, `stored` and the driver's error handling.
 //!
+//! **Events**: each decision about a peer (a connection accepted, refused or closed, a stream refused, a
+//! publish accepted or refused, a writer's failure answered through [`PublishStream::published`], a
+//! subscription accepted or refused, a batch delivered, a policy read refused, stored or refused) is told
+//! to the endpoint's [`Observer`](crate::event::Observer) ([`Endpoint::with_observer`]; none by default) as
+//! an [`Event`](crate::event::Event), synchronously, outside the session's locks. The driver tells it what
+//! happens before a session exists ([`Endpoint::admit_incoming_from`], [`Endpoint::refused`]) and of
+//! shutdown ([`Endpoint::shutting_down`]); it passes the remote address to [`Connection::open_from`].
+//!
 //! # Guarantees
 //!
 //! - A frame the session returns is ready to send; an error frame carries a stable code and no internal
@@ -101,7 +109,11 @@
 //! let endpoint = Arc::new(Endpoint::new(acl, None, ServerLimits::default(), now));
 //! let store = MemoryStore::new();
 //! let alice = SigningKey::from_bytes(&[1; 32]);
-//! let peer = Peer { principal: "alice".parse()?, signing_keys: vec![alice.public_key()] };
+//! let peer = Peer {
+//!     principal: "alice".parse()?,
+//!     signing_keys: vec![alice.public_key()],
+//!     fingerprint: Default::default(),
+//! };
 //! let connection = Connection::open(&endpoint, Ok(peer), Arc::new(NoWindows), now).expect("admitted");
 //! let _slot = connection.admit_stream()?;
 //!
@@ -131,7 +143,7 @@ mod publish;
 pub mod reply;
 mod subscribe;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub use self::admin::{AdminAction, AdminStream};
 pub use self::admission::{Admission, Admitted, ConnectionId, FlowControl};
@@ -174,7 +186,7 @@ mod tests {
         else {
             panic!("not submitted");
         };
-        let published = PublishStream::published(request_id, log.submit(t, *batch).await);
+        let published = alice.publish_stream().published(request_id, log.submit(t, *batch).await);
         assert_eq!(published, Frame::Published { request_id: 1, first_offset: Offset(0), count: 1 });
 
         let subscribe = Frame::Subscribe {

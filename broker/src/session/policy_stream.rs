@@ -17,6 +17,7 @@
 //!
 //! A refused request is answered with its error frame and the stream goes on.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,6 +27,7 @@ use tracing::info;
 use super::authorize::{authorize_get_policies, authorize_put_policy};
 use super::endpoint::Endpoint;
 use super::reply::{error_frame, Refusal};
+use crate::event::{Event, Who};
 use crate::store::Store;
 use crate::tls::Peer;
 use crate::{Error, Result};
@@ -62,42 +64,67 @@ pub enum PolicyAction {
 pub struct PolicyStream {
     endpoint: Arc<Endpoint>,
     peer: Arc<Peer>,
+    remote: Option<SocketAddr>,
 }
 
 impl PolicyStream {
     /// A policy stream of `peer`.
     pub fn new(endpoint: Arc<Endpoint>, peer: Arc<Peer>) -> PolicyStream {
-        PolicyStream { endpoint, peer }
+        PolicyStream { endpoint, peer, remote: None }
+    }
+
+    /// This stream, of a connection from `remote` (which its events name).
+    pub fn from_remote(self, remote: Option<SocketAddr>) -> PolicyStream {
+        PolicyStream { remote, ..self }
+    }
+
+    fn who(&self) -> Who<'_> {
+        Who::of(&self.peer, self.remote)
     }
 
     /// What to do with `frame`; `store` gives the stored policies and answers a lookup the cache cannot.
     pub fn on_frame(&self, frame: Frame, store: &dyn Store) -> PolicyAction {
         match frame {
             Frame::GetPolicies { request_id, topic } => {
-                let found = authorize_get_policies(&self.peer, self.endpoint.acl(), &topic)
-                    .and_then(|()| store.policies(&topic, POLICIES_SERVED));
+                let found =
+                    self.authorize_read(&topic).and_then(|()| store.policies(&topic, POLICIES_SERVED));
                 PolicyAction::Send(match found {
                     Ok(policies) => Frame::Policies { request_id, policies },
                     Err(e) => error_frame(Some(request_id), &e),
                 })
             }
             Frame::GetPolicyHistory { request_id, topic, before, max } => {
-                let found = authorize_get_policies(&self.peer, self.endpoint.acl(), &topic)
+                let found = self
+                    .authorize_read(&topic)
                     .and_then(|()| self.history_page(&topic, before.map(|e| e.0), max, store));
                 PolicyAction::Send(match found {
                     Ok(policies) => Frame::Policies { request_id, policies },
                     Err(e) => error_frame(Some(request_id), &e),
                 })
             }
-            Frame::PutPolicy { request_id, policy } => match self.check_put(policy, store) {
-                Ok(policy) => PolicyAction::Store { request_id, policy: Box::new(policy) },
-                Err(e) => PolicyAction::Send(self.refused(request_id, &e)),
-            },
+            Frame::PutPolicy { request_id, policy } => {
+                let signed = match SignedPolicy::decode(policy, self.endpoint.protocol_limits()) {
+                    Ok(signed) => signed,
+                    Err(e) => return PolicyAction::Send(self.refused(request_id, None, &e.into())),
+                };
+                let (topic, epoch) = (signed.topic().clone(), signed.epoch().0);
+                match self.check_put(signed, store) {
+                    Ok(policy) => PolicyAction::Store { request_id, policy: Box::new(policy) },
+                    Err(e) => PolicyAction::Send(self.refused(request_id, Some((&topic, epoch)), &e)),
+                }
+            }
             _ => PolicyAction::Refuse(Refusal::new(
                 None,
                 Error::Protocol(sealpost_protocol::Error::Malformed("unexpected frame on a policy stream")),
             )),
         }
+    }
+
+    /// Whether the peer may read `topic`'s policies; a refusal is told to the observer.
+    fn authorize_read(&self, topic: &Topic) -> Result<()> {
+        authorize_get_policies(&self.peer, self.endpoint.acl(), topic).inspect_err(|e| {
+            self.endpoint.emit(&Event::PolicyReadRefused { who: self.who(), topic, code: e.code() });
+        })
     }
 
     /// A page of `topic`'s history below `before`, newest first, that fits one `Policies` frame.
@@ -123,8 +150,7 @@ impl PolicyStream {
     }
 
     /// Decodes a policy and checks it against the topic's current one.
-    fn check_put(&self, policy: Bytes, store: &dyn Store) -> Result<VerifiedPolicy> {
-        let signed = SignedPolicy::decode(policy, self.endpoint.protocol_limits())?;
+    fn check_put(&self, signed: SignedPolicy, store: &dyn Store) -> Result<VerifiedPolicy> {
         let policies = self.endpoint.policies();
         let current = policies.current(signed.topic(), store)?;
         authorize_put_policy(
@@ -136,8 +162,11 @@ impl PolicyStream {
         )
     }
 
-    fn refused(&self, request_id: RequestId, err: &Error) -> Frame {
+    /// The answer to a refused `PutPolicy`, whose topic and epoch are known if it decoded.
+    fn refused(&self, request_id: RequestId, policy: Option<(&Topic, u64)>, err: &Error) -> Frame {
         info!(principal = %self.peer.principal, error = %err, "policy refused");
+        let (topic, epoch) = (policy.map(|(topic, _)| topic), policy.map(|(_, epoch)| epoch));
+        self.endpoint.emit(&Event::PolicyRefused { who: self.who(), topic, epoch, code: err.code() });
         error_frame(Some(request_id), err)
     }
 
@@ -147,10 +176,12 @@ impl PolicyStream {
         match written {
             Ok(()) => {
                 info!(principal = %self.peer.principal, topic = %policy.topic(), epoch = %policy.epoch(), "policy stored");
+                let (topic, epoch) = (policy.topic(), policy.epoch().0);
+                self.endpoint.emit(&Event::PolicyStored { who: self.who(), topic, epoch });
                 self.endpoint.policies().stored(policy);
                 Frame::PolicyStored { request_id }
             }
-            Err(e) => self.refused(request_id, &e),
+            Err(e) => self.refused(request_id, Some((policy.topic(), policy.epoch().0)), &e),
         }
     }
 

@@ -16,6 +16,7 @@
 //! Answers go out in request order: the driver queues each action's answer behind the previous ones. The
 //! sequence chain is not checked here: the writer's sequencer sees every batch of a publisher in order.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,9 +24,10 @@ use bytes::Bytes;
 use sealpost_protocol::{ChainId, Frame, PublicKey, RequestId, SealedBatch, Topic, VerifiedBatch};
 use tracing::debug;
 
-use super::authorize::{authorize_head, authorize_publish};
+use super::authorize::{authorize_head, authorize_publisher};
 use super::endpoint::Endpoint;
 use super::reply::error_frame;
+use crate::event::{Event, Who};
 use crate::store::{PublisherRecord, Store};
 use crate::tls::Peer;
 use crate::writer::Appended;
@@ -65,21 +67,46 @@ pub enum PublishAction {
 pub struct PublishStream {
     endpoint: Arc<Endpoint>,
     peer: Arc<Peer>,
+    remote: Option<SocketAddr>,
 }
 
 impl PublishStream {
     /// A publish stream of `peer`.
     pub fn new(endpoint: Arc<Endpoint>, peer: Arc<Peer>) -> PublishStream {
-        PublishStream { endpoint, peer }
+        PublishStream { endpoint, peer, remote: None }
+    }
+
+    /// This stream, of a connection from `remote` (which its events name).
+    pub fn from_remote(self, remote: Option<SocketAddr>) -> PublishStream {
+        PublishStream { remote, ..self }
+    }
+
+    fn who(&self) -> Who<'_> {
+        Who::of(&self.peer, self.remote)
     }
 
     /// What to do with `frame`, received at `now`; `store` answers a policy lookup the cache cannot.
     pub fn on_frame(&self, frame: Frame, store: &dyn Store, now: Instant) -> PublishAction {
         match frame {
             Frame::Publish { request_id, batch } => match self.check(batch, store, now) {
-                Ok((topic, batch)) => PublishAction::Submit { request_id, topic, batch: Box::new(batch) },
-                Err(e) => {
+                Ok((topic, batch)) => {
+                    let (messages, bytes) = (batch.header().count, batch.as_bytes().len());
+                    self.endpoint.emit(&Event::PublishAccepted {
+                        who: self.who(),
+                        topic: &topic,
+                        messages,
+                        bytes,
+                    });
+                    PublishAction::Submit { request_id, topic, batch: Box::new(batch) }
+                }
+                Err((topic, e)) => {
                     debug!(principal = %self.peer.principal, error = %e, "publish refused");
+                    let code = e.code();
+                    self.endpoint.emit(&Event::PublishRefused {
+                        who: self.who(),
+                        topic: topic.as_ref(),
+                        code,
+                    });
                     PublishAction::Send(error_frame(Some(request_id), &e))
                 }
             },
@@ -110,22 +137,40 @@ impl PublishStream {
         }
     }
 
-    /// Decodes, authorizes and rate-limits a published batch.
-    fn check(&self, batch: Bytes, store: &dyn Store, now: Instant) -> Result<(Topic, VerifiedBatch)> {
-        let sealed = SealedBatch::decode(batch, self.endpoint.protocol_limits())?;
-        let policy = self.endpoint.policies().current(&sealed.header().topic, store)?;
-        let (topic, verified) =
-            authorize_publish(&self.peer, self.endpoint.acl(), policy.as_deref(), sealed)?;
+    /// Decodes, authorizes and rate-limits a published batch. A refusal names the batch's topic if it
+    /// decoded far enough to say (only for the events: a refusal must not tell the peer more).
+    fn check(
+        &self,
+        batch: Bytes,
+        store: &dyn Store,
+        now: Instant,
+    ) -> Result<(Topic, VerifiedBatch), (Option<Topic>, Error)> {
+        let sealed =
+            SealedBatch::decode(batch, self.endpoint.protocol_limits()).map_err(|e| (None, e.into()))?;
+        let with_topic = |e: Error, topic: &Topic| (Some(topic.clone()), e);
+        let policy = (self.endpoint.policies().current(&sealed.header().topic, store))
+            .map_err(|e| with_topic(e, &sealed.header().topic))?;
+        authorize_publisher(&self.peer, self.endpoint.acl(), policy.as_deref(), sealed.header())
+            .map_err(|e| with_topic(e, &sealed.header().topic))?;
+        let topic = sealed.header().topic.clone();
+        let verified = sealed.verify().map_err(|e| with_topic(e.into(), &topic))?;
         let (count, bytes) = (u64::from(verified.header().count), verified.as_bytes().len() as u64);
-        self.endpoint.admission().allow_publish(&self.peer.principal, count, bytes, now)?;
+        self.endpoint
+            .admission()
+            .allow_publish(&self.peer.principal, count, bytes, now)
+            .map_err(|e| with_topic(e, &topic))?;
         Ok((topic, verified))
     }
 
-    /// The answer to the `Publish` request `request_id`, given the writer's answer.
-    pub fn published(request_id: RequestId, appended: Result<Appended>) -> Frame {
+    /// The answer to the `Publish` request `request_id`, given the writer's answer; an error is told to
+    /// the observer as [`Event::PublishFailed`].
+    pub fn published(&self, request_id: RequestId, appended: Result<Appended>) -> Frame {
         match appended {
             Ok(Appended { first_offset, count, .. }) => Frame::Published { request_id, first_offset, count },
-            Err(e) => error_frame(Some(request_id), &e),
+            Err(e) => {
+                self.endpoint.emit(&Event::PublishFailed { who: self.who(), code: e.code() });
+                error_frame(Some(request_id), &e)
+            }
         }
     }
 
@@ -316,12 +361,13 @@ mod tests {
 
     #[test]
     fn the_writers_answer_becomes_published_or_an_error() {
+        let (stream, _) = stream("alice", ServerLimits::default(), Instant::now());
         let appended = Appended { first_offset: Offset(10), count: 2, duplicate: true };
         assert_eq!(
-            PublishStream::published(4, Ok(appended)),
+            stream.published(4, Ok(appended)),
             Frame::Published { request_id: 4, first_offset: Offset(10), count: 2 }
         );
-        let conflict = PublishStream::published(5, Err(Error::SequenceConflict { expected: 3, got: 1 }));
+        let conflict = stream.published(5, Err(Error::SequenceConflict { expected: 3, got: 1 }));
         assert!(matches!(
             conflict,
             Frame::Error { request_id: Some(5), code: ErrorCode::SEQUENCE_CONFLICT, .. }

@@ -17,6 +17,7 @@
 //!
 //! The cursor holds the subscription's slot until it is dropped, when the stream ends.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ use tracing::{debug, info};
 use super::authorize::{authorize_subscribe, start_offset};
 use super::endpoint::Endpoint;
 use super::reply::Refusal;
+use crate::event::{Event, Who};
 use crate::store::{Store, Stored};
 use crate::tls::Peer;
 use crate::{Error, Result};
@@ -60,6 +62,10 @@ pub struct Subscribing {
     principal: Principal,
     read_bytes: usize,
     slot: SubscriptionSlot,
+    /// Who asked, for the events.
+    endpoint: Arc<Endpoint>,
+    peer: Arc<Peer>,
+    remote: Option<SocketAddr>,
 }
 
 /// What a started subscription needs: the frame that starts it, its acks' session, its delivery cursor.
@@ -98,9 +104,10 @@ pub enum AckAction {
 
 impl Subscribing {
     /// Checks a `Subscribe` request of `peer` that took `slot`, under the id `id`.
+    /// `remote` is where the connection comes from, for the events.
     pub(crate) fn new(
-        endpoint: &Endpoint,
-        peer: &Peer,
+        endpoint: &Arc<Endpoint>,
+        (peer, remote): (&Arc<Peer>, Option<SocketAddr>),
         id: SubscriptionId,
         slot: SubscriptionSlot,
         request: (RequestId, Topic, StartAt, Option<String>),
@@ -108,10 +115,29 @@ impl Subscribing {
         let (request_id, topic, from, durable) = request;
         if let Err(e) = authorize_subscribe(peer, endpoint.acl(), &topic, durable.as_deref()) {
             debug!(principal = %peer.principal, %topic, error = %e, "subscribe refused");
+            endpoint.emit(&Event::SubscribeRefused {
+                who: Who::of(peer, remote),
+                topic: &topic,
+                durable: durable.as_deref(),
+                code: e.code(),
+            });
             return Err(Refusal::new(Some(request_id), e));
         }
         let (principal, read_bytes) = (peer.principal.clone(), endpoint.limits().subscriber_read_bytes);
-        Ok(Subscribing { request_id, id, topic, from, durable, principal, read_bytes, slot })
+        let (endpoint, peer) = (endpoint.clone(), peer.clone());
+        Ok(Subscribing {
+            request_id,
+            id,
+            topic,
+            from,
+            durable,
+            principal,
+            read_bytes,
+            slot,
+            endpoint,
+            peer,
+            remote,
+        })
     }
 
     /// The topic: look up its durable end.
@@ -122,7 +148,19 @@ impl Subscribing {
     /// Starts the subscription, given the topic's durable end now: reads the durable subscription's
     /// committed offset and the topic's first offset from `store`. Fails only if the store does.
     pub fn start(self, store: &dyn Store, durable_end: Offset) -> Result<Started> {
-        let Subscribing { request_id, id, topic, from, durable, principal, read_bytes, slot } = self;
+        let Subscribing {
+            request_id,
+            id,
+            topic,
+            from,
+            durable,
+            principal,
+            read_bytes,
+            slot,
+            endpoint,
+            peer,
+            remote,
+        } = self;
         let committed = match &durable {
             Some(name) => store.durable_offset(&topic, &principal, name)?,
             None => None,
@@ -130,10 +168,25 @@ impl Subscribing {
         let first = store.first_offset(&topic)?;
         let start = start_offset(from, committed, first, durable_end);
         info!(%principal, %topic, %start, durable = durable.as_deref().unwrap_or(""), "subscribed");
+        endpoint.emit(&Event::SubscribeAccepted {
+            who: Who::of(&peer, remote),
+            topic: &topic,
+            durable: durable.as_deref(),
+            created: durable.is_some() && committed.is_none(),
+        });
         Ok(Started {
             subscribed: Frame::Subscribed { request_id, subscription: id, start_offset: start },
+            cursor: Cursor {
+                subscription: id,
+                next: start,
+                read_bytes,
+                _slot: slot,
+                topic: topic.clone(),
+                endpoint,
+                peer,
+                remote,
+            },
             subscription: Subscription { id, topic, principal, durable },
-            cursor: Cursor { subscription: id, next: start, read_bytes, _slot: slot },
         })
     }
 }
@@ -195,6 +248,11 @@ pub struct Cursor {
     next: Offset,
     read_bytes: usize,
     _slot: SubscriptionSlot,
+    /// Its topic and who reads it, for the events.
+    topic: Topic,
+    endpoint: Arc<Endpoint>,
+    peer: Arc<Peer>,
+    remote: Option<SocketAddr>,
 }
 
 impl Cursor {
@@ -216,6 +274,14 @@ impl Cursor {
             return None;
         }
         self.next = item.end();
+        if let Stored::Batch(batch) = &item {
+            self.endpoint.emit(&Event::Delivered {
+                who: Who::of(&self.peer, self.remote),
+                topic: &self.topic,
+                messages: batch.count,
+                bytes: batch.bytes.len(),
+            });
+        }
         Some(item.into_frame(self.subscription))
     }
 }
@@ -236,7 +302,7 @@ mod tests {
         let (endpoint, _) = endpoint(ServerLimits::default(), Instant::now());
         let slot = SubscriptionSlot::take(&Arc::new(AtomicUsize::new(0)), 1).unwrap();
         let request = (1, topic("demo.chat"), from, durable.map(str::to_owned));
-        Subscribing::new(&endpoint, &peer(who), 7, slot, request)
+        Subscribing::new(&endpoint, (&Arc::new(peer(who)), None), 7, slot, request)
     }
 
     fn started(from: StartAt, durable: Option<&str>, store: &MemoryStore, end: u64) -> Started {

@@ -107,7 +107,11 @@ pub fn batch(signer: &SigningKey, topic: &str) -> SealedBatch {
 
 /// A peer whose certificate binds `name`'s [`key`].
 pub fn peer(name: &str) -> Peer {
-    Peer { principal: name.parse().unwrap(), signing_keys: vec![key(name).public_key()] }
+    Peer {
+        principal: name.parse().unwrap(),
+        signing_keys: vec![key(name).public_key()],
+        fingerprint: crate::tls::Fingerprint([name.as_bytes()[0]; 32]),
+    }
 }
 
 /// A broker's session state with the dev ACL and [`authority`], as of `now`, and a memory store holding
@@ -118,6 +122,43 @@ pub fn endpoint(limits: ServerLimits, now: Instant) -> (Arc<Endpoint>, Arc<Memor
     let first = policy("demo.chat", 1, None);
     store.put_policy(first.topic(), 1, first.as_bytes()).unwrap();
     (Arc::new(endpoint), store)
+}
+
+/// [`endpoint`], telling its events to `observer`.
+pub fn observed_endpoint(
+    limits: ServerLimits,
+    now: Instant,
+    observer: Arc<dyn crate::event::Observer>,
+) -> (Arc<Endpoint>, Arc<MemoryStore>) {
+    let (endpoint, store) = endpoint(limits, now);
+    let endpoint = Arc::into_inner(endpoint).unwrap().with_observer(observer);
+    (Arc::new(endpoint), store)
+}
+
+/// Records the names of the events it is told, with their principal where they have one.
+#[derive(Debug, Default)]
+pub struct Recorder(pub Mutex<Vec<String>>);
+
+impl crate::event::Observer for Recorder {
+    fn event(&self, event: &crate::event::Event<'_>) {
+        use crate::event::Event;
+        let who = match event {
+            Event::ConnectionAccepted { who }
+            | Event::ConnectionClosed { who }
+            | Event::StreamRefused { who, .. }
+            | Event::PublishAccepted { who, .. }
+            | Event::PublishRefused { who, .. }
+            | Event::PublishFailed { who, .. }
+            | Event::Delivered { who, .. }
+            | Event::SubscribeAccepted { who, .. }
+            | Event::SubscribeRefused { who, .. }
+            | Event::PolicyReadRefused { who, .. }
+            | Event::PolicyStored { who, .. }
+            | Event::PolicyRefused { who, .. } => format!(" {} {}", who.principal, who.fingerprint),
+            _ => String::new(),
+        };
+        self.0.lock().unwrap().push(format!("{}{who}", event.name()));
+    }
 }
 
 /// Records the windows the session sets on a connection.

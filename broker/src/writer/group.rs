@@ -34,6 +34,7 @@ use super::durable::DurableEnds;
 use super::request::{Appended, Request};
 use super::sequencer::{self, Decision};
 use super::tail::Tail;
+use crate::metrics::Metrics;
 use crate::store::{Append, PublisherRecord, Store, StoredBatch};
 use crate::{Error, Result};
 
@@ -53,16 +54,19 @@ pub(super) struct Shared {
     pub(super) queued: AtomicUsize,
     /// Recently appended batches, for readers.
     tail: Mutex<Tail>,
+    /// Where syncs, stored batches and committed offsets are reported (atomics: never waits).
+    pub(super) metrics: Option<Arc<Metrics>>,
 }
 
 impl Shared {
     /// Shared state over `store`, with a tail of `tail_bytes`.
-    pub(super) fn new(store: Arc<dyn Store>, tail_bytes: usize) -> Self {
+    pub(super) fn new(store: Arc<dyn Store>, tail_bytes: usize, metrics: Option<Arc<Metrics>>) -> Self {
         Self {
             store,
             durable: DurableEnds::default(),
             queued: AtomicUsize::new(0),
             tail: Mutex::new(Tail::new(tail_bytes)),
+            metrics,
         }
     }
 
@@ -155,7 +159,12 @@ impl Writer {
                 },
                 Request::Commit { topic, principal, name, next_offset, reply } => {
                     match self.shared.store.set_durable_offset(&topic, &principal, &name, next_offset) {
-                        Ok(()) => committed = true,
+                        Ok(()) => {
+                            committed = true;
+                            if let Some(metrics) = &self.shared.metrics {
+                                metrics.committed(&topic, &principal, &name, next_offset);
+                            }
+                        }
                         Err(e) => failure = Some(e),
                     }
                     replies.push(Reply::Commit(reply));
@@ -172,8 +181,12 @@ impl Writer {
         // Appends (and failed groups before) leave topics unsynced. A duplicate's original is either in
         // this group, in a failed group, or already durable: it needs no sync of its own.
         if failure.is_none() && (committed || !self.unsynced.is_empty()) {
+            let started = std::time::Instant::now();
             if let Err(e) = self.sync() {
                 failure = Some(e);
+            }
+            if let Some(metrics) = &self.shared.metrics {
+                metrics.synced(replies.len(), started.elapsed());
             }
         }
         if let Some(e) = &failure {
@@ -234,6 +247,9 @@ impl Writer {
                 self.shared.tail().push(topic, stored);
                 self.next_offsets.insert(topic.clone(), end);
                 self.heads.insert(key, Some(append.record()));
+                if let Some(metrics) = &self.shared.metrics {
+                    metrics.stored(topic, header.count, batch.as_bytes().len(), end);
+                }
                 Ok(Ok(Appended { first_offset: offset, count: header.count, duplicate: false }))
             }
         }

@@ -52,6 +52,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::group::{Shared, Writer};
 use self::request::Request;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoredBatch};
 use crate::{Error, Result};
 
@@ -91,8 +92,18 @@ impl Log {
 
     /// [`open`](Self::open), keeping `tail_bytes` of recent batches in memory for readers (0: none).
     pub fn with_tail(store: Arc<dyn Store>, tail_bytes: usize) -> Result<Log> {
+        Self::with_metrics(store, tail_bytes, None)
+    }
+
+    /// [`with_tail`](Self::with_tail), telling `metrics` of each sync (its duration and group size), each
+    /// batch stored and each durable subscription's committed offset.
+    pub fn with_metrics(
+        store: Arc<dyn Store>,
+        tail_bytes: usize,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Log> {
         store.sync()?;
-        let shared = Arc::new(Shared::new(store, tail_bytes));
+        let shared = Arc::new(Shared::new(store, tail_bytes, metrics));
         let (tx, rx) = mpsc::unbounded_channel();
         let (stopped_tx, stopped) = oneshot::channel();
         let writer = Writer::new(shared.clone());
@@ -105,6 +116,11 @@ impl Log {
     /// The store, for readers.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
+    }
+
+    /// The metrics the log reports to, if any: the shell reports publish latencies there too.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.shared.metrics.as_ref()
     }
 
     /// Hands a request to the writer now; the receiver yields its answer.
