@@ -94,7 +94,12 @@ fn main() {
     let began = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let pki = pki::Pki::generate();
-    let env = Env { pki: &pki, nats_bin: nats_bin.as_ref().map(|(b, _)| b.as_path()), window: s.window };
+    let env = Env {
+        pki: &pki,
+        nats_bin: nats_bin.as_ref().map(|(b, _)| b.as_path()),
+        window: s.window,
+        observe: s.observe,
+    };
     let records = rt.block_on(run(&s, &env, &systems));
     println!("\nall workloads took {:.1} s", began.elapsed().as_secs_f64());
 

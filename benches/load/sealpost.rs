@@ -61,18 +61,22 @@ pub struct SealpostServer {
 
 impl SealpostServer {
     /// A new data folder where each of `topics` has a policy naming the `load` principal, and a broker
-    /// process serving it.
-    pub fn start(pki: &Pki, topics: &[&str]) -> SealpostServer {
+    /// process serving it; with `observe`, its metrics endpoint is on (scraped by nobody: what it costs is
+    /// counting).
+    pub fn start(pki: &Pki, topics: &[&str], observe: bool) -> SealpostServer {
         let dir = tempfile::Builder::new().prefix("sealpost-load-").tempdir().unwrap();
         let d = dir.path();
         pki.write(d);
         std::fs::write(d.join("acl.toml"), ACL).unwrap();
-        let config = format!(
+        let mut config = format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nacl = \"acl.toml\"\nauthority = \"{}\"\n\n\
              [tls]\nca = \"ca.pem\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\n\
              [limits]\nmax_connections_per_principal = {MAX_CONNECTIONS_PER_PRINCIPAL}\n",
             pki.authority.public_key()
         );
+        if observe {
+            config.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+        }
         std::fs::write(d.join("broker.toml"), config).unwrap();
         seed_policies(pki, &d.join("data"), topics);
         let process = spawn(&d.join("broker.toml"));

@@ -35,6 +35,8 @@ pub enum Compare {
 
 pub struct Settings {
     pub quick: bool,
+    /// The Sealpost broker runs with its observers on: the metrics endpoint (and the audit log).
+    pub observe: bool,
     pub workloads: Vec<Workload>,
     pub compare: Compare,
     /// Payload bytes of every message.
@@ -60,7 +62,7 @@ pub struct Settings {
     pub charts: PathBuf,
 }
 
-const USAGE: &str = "cargo bench --bench load -- [--quick] [--compare nats] [--json FILE] [--charts DIR]
+const USAGE: &str = "cargo bench --bench load -- [--quick] [--observe] [--compare nats] [--json FILE] [--charts DIR]
     [--workload w1,w2,w3,w4,w5|all] [--size BYTES] [--messages N] [--runs R] [--window N] [--cap-seconds S] [--rate MSGS_PER_S]
     [--seconds S] [--w4-seconds S] [--subscribers N] [--w3-messages N] [--idle N] [--restart-messages N]";
 
@@ -69,11 +71,13 @@ impl Settings {
         // cargo passes `--bench` to harness-less benches; everything else must be ours.
         let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
         let mut quick = false;
+        let mut observe = false;
         let mut values = std::collections::HashMap::new();
         let mut i = 0;
         while i < args.len() {
             match args[i].as_str() {
                 "--quick" => quick = true,
+                "--observe" => observe = true,
                 "--help" | "-h" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -107,6 +111,7 @@ impl Settings {
         };
         let settings = Settings {
             quick,
+            observe,
             workloads,
             compare,
             size: num(take("--size"), "--size", 1024)? as usize,
@@ -140,11 +145,12 @@ impl Settings {
     pub fn describe(&self) -> Vec<String> {
         let mut out = vec![
             format!(
-                "mode: {}; workloads: {:?}; compare: {:?}; payload {} B",
+                "mode: {}; workloads: {:?}; compare: {:?}; payload {} B; sealpost observers: {}",
                 if self.quick { "--quick (smaller counts, shorter runs)" } else { "full" },
                 self.workloads,
                 self.compare,
-                self.size
+                self.size,
+                if self.observe { "on (--observe: metrics endpoint)" } else { "off" }
             ),
             format!(
                 "W1: {} messages per run (a run stops sending after {} s), {} runs per system (interleaved), \

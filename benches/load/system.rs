@@ -64,6 +64,8 @@ pub struct Env<'a> {
     pub nats_bin: Option<&'a Path>,
     /// Unacknowledged publishes a publisher may keep in flight.
     pub window: usize,
+    /// Whether the Sealpost broker runs with its observers on (`--observe`).
+    pub observe: bool,
 }
 
 /// A running server of one [`System`].
@@ -89,7 +91,9 @@ pub struct Memory {
 impl Server {
     pub async fn start(system: System, env: &Env<'_>) -> Server {
         match system {
-            System::Sealpost => Server::Sealpost(SealpostServer::start(env.pki, &[TOPIC, IDLE_TOPIC])),
+            System::Sealpost => {
+                Server::Sealpost(SealpostServer::start(env.pki, &[TOPIC, IDLE_TOPIC], env.observe))
+            }
             System::Nats(fsync) => {
                 let bin = env.nats_bin.expect("nats-server was found before any NATS workload");
                 let server = NatsServer::start(bin, env.pki, fsync);
