@@ -31,9 +31,11 @@ fn dev_sets_up_once_reuses_after_and_exits_cleanly_on_sigterm() {
     let (child, out) = start_dev(&dir);
     assert!(out.contains("Created a throwaway dev PKI"), "{out}");
     assert!(out.contains("identities/bob.toml"), "it prints the next commands: {out}");
-    for f in ["broker.toml", "acl.toml", "pki/ca.pem", "pki/server.pem"] {
+    for f in ["broker.toml", "acl.toml", "pki/ca.pem", "pki/server.pem", "audit.pub"] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
+    let audit_key = std::fs::metadata(dir.join("audit.key")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&audit_key.permissions()) & 0o077, 0, "audit.key");
     for who in ["alice", "bob", "mallory", "admin"] {
         let id = dir.join(format!("identities/{who}.toml"));
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&id).unwrap().permissions());
