@@ -7,9 +7,9 @@
 //! ends without a final checkpoint, perhaps with a torn last line, which the verifier reports).
 //!
 //! Files are `audit-000001.jsonl`, `audit-000002.jsonl`, ... A file is rotated when it has reached
-//! `max_file_bytes` and another entry comes: a checkpoint ends it, and the next file continues the chain.
-//! A file can therefore exceed `max_file_bytes` by at most one entry and the checkpoints written while it
-//! was full. Every run begins a new file: existing files are never edited, appended to or truncated.
+//! `max_file_bytes` and another line comes: a checkpoint ends it, and the next file continues the chain
+//! (its first line is the next entry, or the next checkpoint). A file can therefore exceed
+//! `max_file_bytes` by at most one line and the checkpoint that ends it. Every run begins a new file: existing files are never edited, appended to or truncated.
 //!
 //! On opening, the writer reads the newest files back through the verifier (from the newest file that
 //! holds a checkpoint) and continues from the last intact entry and the last checkpoint. If that tail is
@@ -110,7 +110,7 @@ impl Writer {
             match msg {
                 Ok(Msg::Entry(entry)) => self.write_entry(entry)?,
                 Ok(Msg::Checkpoint(done)) => {
-                    let result = self.checkpoint(false);
+                    let result = self.checkpoint_or_rotate();
                     let failed = result.is_err();
                     let _ = done.send(result);
                     if failed {
@@ -129,7 +129,7 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             if self.chain.checkpoint_due(self.clock.now_millis()) {
-                self.checkpoint(false)?;
+                self.checkpoint_or_rotate()?;
             }
         }
     }
@@ -153,6 +153,16 @@ impl Writer {
         self.out.write_all(self.line.as_bytes())?;
         self.file_bytes += self.line.len() as u64;
         Ok(())
+    }
+
+    /// A checkpoint that is not the final one: in a full file, the one that ends it (the next line goes to
+    /// the next file).
+    fn checkpoint_or_rotate(&mut self) -> Result<()> {
+        if self.file_bytes >= self.max_file_bytes {
+            self.rotate()
+        } else {
+            self.checkpoint(false)
+        }
     }
 
     /// Writes a checkpoint, flushes and syncs.

@@ -170,3 +170,27 @@ fn records_after_close_are_counted_as_dropped() {
     log.record(decision(1));
     assert_eq!(log.dropped(), 1);
 }
+
+#[test]
+fn checkpoints_in_a_full_file_rotate_it_rather_than_grow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = AuditConfig { checkpoint_entries: 1000, ..config(dir.path(), 4096) };
+    let log = AuditLog::open_with(&cfg, key(), TestClock::at(T0)).unwrap();
+    for i in 0..14 {
+        log.record(decision(i));
+    }
+    // Twelve checkpoints (about 430 bytes each) would take a file well past 4096 + 1024 bytes.
+    for _ in 0..12 {
+        log.checkpoint().unwrap();
+    }
+    log.record(decision(99));
+    log.close().unwrap();
+    let files = files(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    for f in &files {
+        assert!(std::fs::metadata(f).unwrap().len() < 4096 + 1024, "{f:?}");
+    }
+    let report = verify(&files);
+    assert_eq!(report.finding, None, "{report:?}");
+    assert_eq!(report.entries, 16);
+}
