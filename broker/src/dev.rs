@@ -201,7 +201,8 @@ key = "pki/server.key"
 [storage]
 engine = "sled"
 
-# The tamper-evident audit log (docs/operations.md, "Audit log"). Check it with
+# The tamper-evident audit log (docs/operations.md, "Audit log"): parsed, not yet written by `serve`
+# (the broker does not record its decisions in it yet). Check a log with
 #   sealpost-broker audit verify --key audit.pub audit/audit-*.jsonl
 [audit]
 dir = "audit"
