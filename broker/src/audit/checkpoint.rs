@@ -159,6 +159,26 @@ mod tests {
         assert!(!back.signed_by(&AuditKey::from_seed(&[2; 32]).public_key()));
     }
 
+    /// The format's golden vector (ed25519 signatures are deterministic).
+    #[test]
+    fn golden_checkpoint_line() {
+        let key = AuditKey::from_seed(&[1; 32]);
+        let c = Checkpoint::sign(&key, 3, 1_796_431_397_123, (41, Digest([9; 32])), Digest([8; 32]), true);
+        let mut line = String::new();
+        c.render(&mut line);
+        assert_eq!(line, GOLDEN_CHECKPOINT);
+    }
+
+    const GOLDEN_CHECKPOINT: &str = concat!(
+        r#"{"checkpoint":3,"time":"2026-12-05T00:43:17.123Z","seq":41,"#,
+        r#""entry_hash":"0909090909090909090909090909090909090909090909090909090909090909","#,
+        r#""prev":"0808080808080808080808080808080808080808080808080808080808080808","final":true,"#,
+        r#""hash":"ed18d16e7db5d6123ac4690608c826d172d101003c398335f6aab9b2cac4a788","#,
+        r#""sig":"46d8ca3a6b6c789d43073522b766fcf831bffd6280a42626ecb8408a0c1a1a22"#,
+        r#"ab13119194782810ed916866058cc9f0214e9354ec82c9dab1e68b4f18ab6501"}"#,
+        "\n"
+    );
+
     #[test]
     fn every_covered_field_is_signed() {
         let key = AuditKey::from_seed(&[1; 32]);

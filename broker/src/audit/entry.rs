@@ -438,6 +438,45 @@ mod tests {
         assert_eq!(Record::parse(line.trim_end()).unwrap().canonical_hash(), minimal.hash);
     }
 
+    /// The format's golden vector: a change to the hashed bytes or to the line is a visible, deliberate one.
+    #[test]
+    fn golden_entry_line() {
+        let r = Record::seal(full(), 7, 1_796_431_397_123, Digest([1; 32]));
+        let mut line = String::new();
+        r.render(&mut line);
+        assert_eq!(line, GOLDEN_ENTRY);
+    }
+
+    const GOLDEN_ENTRY: &str = concat!(
+        r#"{"seq":7,"time":"2026-12-05T00:43:17.123Z","principal":"alice","#,
+        r#""fingerprint":"abababababababababababababababababababababababababababababababab","#,
+        r#""remote":"127.0.0.1:4000","action":"publish","topic":"demo.chat","decision":"refuse","#,
+        r#""reason":"NOT_AUTHORIZED","count":3,"#,
+        r#""prev":"0101010101010101010101010101010101010101010101010101010101010101","#,
+        r#""hash":"df7487211657bd17105187a6b9f6fa00d8566f8bfaa01ce839f2092136fe9028"}"#,
+        "\n"
+    );
+
+    /// The hashed bytes as docs/operations.md describes them, written out by hand.
+    #[test]
+    fn the_hash_covers_the_documented_bytes() {
+        let r = Record::seal(full(), 7, 1_796_431_397_123, Digest([1; 32]));
+        let mut b = Vec::new();
+        b.extend_from_slice(&7u64.to_be_bytes());
+        b.extend_from_slice(&1_796_431_397_123u64.to_be_bytes());
+        for s in
+            ["alice", &"ab".repeat(32), "127.0.0.1:4000", "publish", "demo.chat", "refuse", "NOT_AUTHORIZED"]
+        {
+            b.push(1);
+            b.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            b.extend_from_slice(s.as_bytes());
+        }
+        b.push(1);
+        b.extend_from_slice(&3u64.to_be_bytes());
+        b.extend_from_slice(&[1; 32]);
+        assert_eq!(r.hash, Digest(blake3::derive_key("sealpost 2026-12 audit log entry v1", &b)));
+    }
+
     #[test]
     fn every_field_changes_the_hash() {
         let base = Record::seal(full(), 7, 1000, Digest([1; 32]));
