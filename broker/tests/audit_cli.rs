@@ -90,3 +90,81 @@ fn audit_verify_exit_statuses_and_first_bad_entry() {
     assert_eq!(broker(&["audit", "verify", "--key", &public, s(&tmp.path().join("missing.jsonl"))]).0, 2);
     assert!(key_path.exists());
 }
+
+const CHILD_DIR: &str = "SEALPOST_AUDIT_TEST_CHILD_DIR";
+
+/// The child of `a_writer_killed_with_sigkill_...`: a process that writes an audit log and is killed. Run
+/// without the variable (a normal test run), it does nothing.
+#[test]
+fn writer_child() {
+    let Ok(dir) = std::env::var(CHILD_DIR) else { return };
+    let dir = PathBuf::from(dir);
+    let config = AuditConfig {
+        checkpoint_entries: 1000,
+        ..AuditConfig::new(dir.join("audit"), dir.join("audit.key"))
+    };
+    let log = AuditLog::open(&config).unwrap();
+    for i in 0..10 {
+        log.record(Entry::new(Action::Publish).principal(format!("alice{i}")).allow());
+    }
+    log.checkpoint().unwrap();
+    for i in 10..15 {
+        log.record(Entry::new(Action::Publish).principal(format!("alice{i}")).allow());
+    }
+    println!("ready");
+    // Wait to be killed (the parent never writes to our stdin).
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+#[test]
+fn a_writer_killed_with_sigkill_leaves_a_not_closed_log_that_the_next_run_continues() {
+    use std::io::BufRead as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let key_path = tmp.path().join("audit.key");
+    let key = AuditKey::generate();
+    key.write_new(&key_path).unwrap();
+    let public = key.public_key().to_string();
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "writer_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR, tmp.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.trim_end().ends_with("ready"));
+    assert!(ready, "the child did not get ready");
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+
+    let dir = tmp.path().join("audit");
+    let files: Vec<String> =
+        audit::list_files(&dir).unwrap().into_iter().map(|(_, p)| p.to_str().unwrap().to_owned()).collect();
+    let mut args = vec!["audit", "verify", "--key", &public];
+    args.extend(files.iter().map(String::as_str));
+    let (code, stdout, _) = broker(&args);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("not closed") && stdout.contains("checkpoint 1, covering entry 11"), "{stdout}");
+    let entries: u64 = stdout.split(" entries").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((11..=16).contains(&entries), "every entry the checkpoint flushed is intact: {stdout}");
+
+    // The next run writes a restart entry and continues the chain; the whole log then verifies.
+    let config = AuditConfig::new(dir.clone(), key_path);
+    let log = AuditLog::open(&config).unwrap();
+    log.record(Entry::new(Action::Shutdown));
+    log.close().unwrap();
+    let (code, stdout, _) = broker(&["audit", "verify", "--key", &public, "--config", "/nonexistent"]);
+    assert_eq!(code, 2, "{stdout}");
+    let files: Vec<String> =
+        audit::list_files(&dir).unwrap().into_iter().map(|(_, p)| p.to_str().unwrap().to_owned()).collect();
+    let mut args = vec!["audit", "verify", "--key", &public];
+    args.extend(files.iter().map(String::as_str));
+    let (code, stdout, _) = broker(&args);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("note: entry") && stdout.contains("restart"), "{stdout}");
+}
