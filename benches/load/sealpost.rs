@@ -61,8 +61,8 @@ pub struct SealpostServer {
 
 impl SealpostServer {
     /// A new data folder where each of `topics` has a policy naming the `load` principal, and a broker
-    /// process serving it; with `observe`, its metrics endpoint is on (scraped by nobody: what it costs is
-    /// counting).
+    /// process serving it; with `observe`, its metrics endpoint (scraped by nobody: what it costs is
+    /// counting) and its audit log are on.
     pub fn start(pki: &Pki, topics: &[&str], observe: bool) -> SealpostServer {
         let dir = tempfile::Builder::new().prefix("sealpost-load-").tempdir().unwrap();
         let d = dir.path();
@@ -75,7 +75,10 @@ impl SealpostServer {
             pki.authority.public_key()
         );
         if observe {
-            config.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+            sealpost_broker::audit::AuditKey::generate().write_new(&d.join("audit.key")).unwrap();
+            config.push_str(
+                "\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[audit]\ndir = \"audit\"\nkey = \"audit.key\"\n",
+            );
         }
         std::fs::write(d.join("broker.toml"), config).unwrap();
         seed_policies(pki, &d.join("data"), topics);

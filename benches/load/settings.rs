@@ -35,7 +35,7 @@ pub enum Compare {
 
 pub struct Settings {
     pub quick: bool,
-    /// The Sealpost broker runs with its observers on: the metrics endpoint (and the audit log).
+    /// The Sealpost broker runs with its observers on: the metrics endpoint and the audit log.
     pub observe: bool,
     pub workloads: Vec<Workload>,
     pub compare: Compare,
@@ -150,7 +150,7 @@ impl Settings {
                 self.workloads,
                 self.compare,
                 self.size,
-                if self.observe { "on (--observe: metrics endpoint)" } else { "off" }
+                if self.observe { "on (--observe: metrics endpoint, audit log)" } else { "off" }
             ),
             format!(
                 "W1: {} messages per run (a run stops sending after {} s), {} runs per system (interleaved), \

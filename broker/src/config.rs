@@ -54,6 +54,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The metrics endpoint. Default: off.
     pub metrics: MetricsConfig,
+    /// The audit log (the `[audit]` table, see [`crate::audit`]). Default: none, no audit log.
+    pub audit: Option<AuditConfig>,
 }
 
 /// The file as written: [`Config`] with `[memory]` beside `[limits]`.
@@ -78,14 +80,27 @@ struct ConfigFile {
     log: LogConfig,
     #[serde(default)]
     metrics: MetricsConfig,
+    #[serde(default)]
+    audit: Option<AuditConfig>,
 }
 
 impl From<ConfigFile> for Config {
     fn from(file: ConfigFile) -> Config {
-        let ConfigFile { listen, data_dir, tls, acl, authority, limits, storage, memory, log, metrics } =
-            file;
+        let ConfigFile {
+            listen,
+            data_dir,
+            tls,
+            acl,
+            authority,
+            limits,
+            storage,
+            memory,
+            log,
+            metrics,
+            audit,
+        } = file;
         let limits = ServerLimits { memory, ..limits };
-        Config { listen, data_dir, tls, acl, authority, limits, storage, log, metrics }
+        Config { listen, data_dir, tls, acl, authority, limits, storage, log, metrics, audit }
     }
 }
 
@@ -235,6 +250,75 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `[audit]` table: the tamper-evident audit log ([`crate::audit`]). `dir` and `key` are required;
+/// the rest have defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Folder of the `audit-NNNNNN.jsonl` files (created, mode 0700, if missing). No default.
+    pub dir: PathBuf,
+    /// The audit key's secret file (`sealpost-broker audit keygen`), mode 0600. No default.
+    pub key: PathBuf,
+    /// A file is rotated once it reaches this size, in bytes (at least 4096). Default: 64 MiB
+    /// (67108864).
+    #[serde(default = "AuditConfig::default_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// A signed checkpoint after this many entries (at least 1). Default: 1000.
+    #[serde(default = "AuditConfig::default_checkpoint_entries")]
+    pub checkpoint_entries: u64,
+    /// A signed checkpoint this many seconds after the last one, even when idle (1 to 86400). Default: 60.
+    #[serde(default = "AuditConfig::default_checkpoint_seconds")]
+    pub checkpoint_seconds: u64,
+    /// Entries the queue holds before new ones are counted as dropped (1 to 16777216). Default: 65536.
+    #[serde(default = "AuditConfig::default_queue")]
+    pub queue: usize,
+}
+
+impl AuditConfig {
+    /// A configuration with `dir`, `key` and every default.
+    pub fn new(dir: PathBuf, key: PathBuf) -> AuditConfig {
+        AuditConfig {
+            dir,
+            key,
+            max_file_bytes: Self::default_max_file_bytes(),
+            checkpoint_entries: Self::default_checkpoint_entries(),
+            checkpoint_seconds: Self::default_checkpoint_seconds(),
+            queue: Self::default_queue(),
+        }
+    }
+
+    fn default_max_file_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
+    fn default_checkpoint_entries() -> u64 {
+        1000
+    }
+    fn default_checkpoint_seconds() -> u64 {
+        60
+    }
+    fn default_queue() -> usize {
+        65_536
+    }
+
+    /// Checks that every setting is usable.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Config(format!("[audit] {what}")));
+        if self.max_file_bytes < 4096 {
+            return bad("max_file_bytes must be at least 4096");
+        }
+        if self.checkpoint_entries == 0 {
+            return bad("checkpoint_entries must be at least 1");
+        }
+        if !(1..=86_400).contains(&self.checkpoint_seconds) {
+            return bad("checkpoint_seconds must be between 1 and 86400");
+        }
+        if !(1..=16_777_216).contains(&self.queue) {
+            return bad("queue must be between 1 and 16777216");
+        }
+        Ok(())
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7443))
 }
@@ -250,6 +334,9 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         config.limits.validate()?;
         config.metrics.validate()?;
+        if let Some(audit) = &config.audit {
+            audit.validate()?;
+        }
         Ok(config)
     }
 
@@ -271,7 +358,8 @@ impl Config {
     pub fn resolve_paths(&mut self, base: &Path) {
         let fixed =
             [&mut self.data_dir, &mut self.acl, &mut self.tls.ca, &mut self.tls.cert, &mut self.tls.key];
-        for p in fixed.into_iter().chain(self.tls.crls.iter_mut()) {
+        let audit = self.audit.iter_mut().flat_map(|a| [&mut a.dir, &mut a.key]);
+        for p in fixed.into_iter().chain(self.tls.crls.iter_mut()).chain(audit) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -432,6 +520,37 @@ mod tests {
         assert_eq!(c.tls.cert, dir.path().join("broker.pem"));
         assert_eq!(c.tls.key, dir.path().join("broker.key"));
         assert_eq!(c.tls.ca, PathBuf::from("/etc/ca.pem"));
+    }
+
+    #[test]
+    fn audit_is_off_without_its_table_and_parsed_with_it() {
+        assert_eq!(Config::from_toml(MINIMAL).unwrap().audit, None);
+        let c = Config::from_toml(&format!("{MINIMAL}\n[audit]\ndir = \"audit\"\nkey = \"audit.key\"\n"))
+            .unwrap();
+        assert_eq!(c.audit, Some(AuditConfig::new("audit".into(), "audit.key".into())));
+        let c = Config::from_toml(&format!(
+            "{MINIMAL}\n[audit]\ndir = \"a\"\nkey = \"k\"\nmax_file_bytes = 8192\ncheckpoint_entries = 10\n\
+             checkpoint_seconds = 5\nqueue = 16\n"
+        ))
+        .unwrap();
+        let a = c.audit.unwrap();
+        assert_eq!(
+            (a.max_file_bytes, a.checkpoint_entries, a.checkpoint_seconds, a.queue),
+            (8192, 10, 5, 16)
+        );
+        let msg = config_error(&format!("{MINIMAL}\n[audit]\ndir = \"a\"\nkey = \"k\"\nqueu = 1\n"));
+        assert!(msg.contains("queu"), "{msg}");
+        let msg = config_error(&format!("{MINIMAL}\n[audit]\ndir = \"a\"\n"));
+        assert!(msg.contains("key"), "{msg}");
+        let msg =
+            config_error(&format!("{MINIMAL}\n[audit]\ndir = \"a\"\nkey = \"k\"\ncheckpoint_seconds = 0\n"));
+        assert!(msg.contains("checkpoint_seconds"), "{msg}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, format!("{MINIMAL}\n[audit]\ndir = \"audit\"\nkey = \"/etc/audit.key\"\n"))
+            .unwrap();
+        let a = Config::load(&path).unwrap().audit.unwrap();
+        assert_eq!((a.dir, a.key), (dir.path().join("audit"), PathBuf::from("/etc/audit.key")));
     }
 
     #[test]

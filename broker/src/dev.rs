@@ -6,6 +6,8 @@
 //! - `identities/{alice,bob,mallory,admin}.toml`: identity files for the `sealpost` CLI;
 //! - `acl.toml`: alice may publish and subscribe on `demo.>`, bob may only subscribe on `demo.>`, admin has
 //!   `admin` on everything, mallory has a valid certificate and no grants;
+//! - `audit.key` (mode 0600) and `audit.pub`: the audit log's own signing key and its public key, named
+//!   with `audit/` in the `[audit]` table of the configuration;
 //! - `broker.toml`: the broker configuration, storing data in `data/`, with the metrics endpoint on
 //!   `127.0.0.1:9464` ([`DEV_METRICS_PORT`]).
 //!
@@ -151,6 +153,9 @@ fn build(dir: &Path, listen: SocketAddr) -> Result<()> {
     store.sync()?;
     drop(store);
 
+    let audit_key = crate::audit::AuditKey::generate();
+    audit_key.write_new(&dir.join("audit.key"))?;
+    write(&dir.join("audit.pub"), &format!("{}\n", audit_key.public_key()), false)?;
     write(&dir.join("acl.toml"), ACL, false)?;
     let mut config = String::new();
     let _ = writeln!(config, "# Sealpost dev broker. See docs/operations.md for every setting.");
@@ -203,6 +208,13 @@ key = "pki/server.key"
 
 [storage]
 engine = "sled"
+
+# The tamper-evident audit log (docs/operations.md, "Audit log"): every decision about a peer. Check it,
+# with the broker stopped (a running broker's log is not closed yet), with
+#   sealpost-broker audit verify --key audit.pub audit/audit-*.jsonl
+[audit]
+dir = "audit"
+key = "audit.key"
 "#;
 
 /// The commands to try next, printed by `sealpost-broker dev`.

@@ -48,6 +48,10 @@ pub enum Error {
     /// A configuration, certificate or key file is invalid.
     #[error("configuration: {0}")]
     Config(String),
+    /// The audit log cannot be opened or written: its folder, its key, or a last file whose tail does not
+    /// verify (see [`crate::audit`]).
+    #[error("audit log: {0}")]
+    Audit(String),
     /// An I/O error outside the storage engine.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -71,7 +75,7 @@ impl Error {
             Error::RateLimited => ErrorCode::RATE_LIMITED,
             Error::StorageFull => ErrorCode::STORAGE_FULL,
             Error::ShuttingDown => ErrorCode::UNAVAILABLE,
-            Error::Storage(_) | Error::Config(_) | Error::Io(_) => ErrorCode::INTERNAL,
+            Error::Storage(_) | Error::Config(_) | Error::Audit(_) | Error::Io(_) => ErrorCode::INTERNAL,
         }
     }
 }

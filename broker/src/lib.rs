@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod acl;
+pub mod audit;
 pub mod budget;
 pub mod config;
 #[cfg(feature = "dev")]

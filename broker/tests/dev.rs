@@ -35,9 +35,11 @@ fn dev_sets_up_once_reuses_after_and_exits_cleanly_on_sigterm() {
     assert!(out.contains("metrics on http://127.0.0.1:"), "it prints the metrics URL: {out}");
     let config = std::fs::read_to_string(dir.join("broker.toml")).unwrap();
     assert!(config.contains("[metrics]\nlisten = \"127.0.0.1:0\""), "{config}");
-    for f in ["broker.toml", "acl.toml", "pki/ca.pem", "pki/server.pem"] {
+    for f in ["broker.toml", "acl.toml", "pki/ca.pem", "pki/server.pem", "audit.pub"] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
+    let audit_key = std::fs::metadata(dir.join("audit.key")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&audit_key.permissions()) & 0o077, 0, "audit.key");
     for who in ["alice", "bob", "mallory", "admin"] {
         let id = dir.join(format!("identities/{who}.toml"));
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&id).unwrap().permissions());

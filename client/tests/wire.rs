@@ -268,6 +268,7 @@ impl Host {
             authority: Some(authority().public_key()),
             limits: ServerLimits::default(),
             metrics: None,
+            audit: None,
         };
         let starting = runtime.spawn(Broker::start(options));
         let running = self.running.insert(Running { runtime, broker: None, threads });

@@ -182,6 +182,7 @@ impl Scene {
             // The store lies on reads: no in-memory tail may serve the honest bytes instead.
             limits: ServerLimits { tail_cache_bytes: 0, ..ServerLimits::default() },
             metrics: None,
+            audit: None,
         };
         let broker = within("broker start", Broker::start(broker_options)).await.unwrap();
         let alice = connect(&env, "alice", &broker).await;

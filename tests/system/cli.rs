@@ -291,6 +291,7 @@ async fn pub_that_fails_midway_says_how_many_of_its_messages_were_acknowledged()
         authority: Some(env.authority.public_key()),
         limits: ServerLimits::default(),
         metrics: None,
+        audit: None,
     };
     let broker = within("broker start", Broker::start(options)).await.unwrap();
     let alice = env.identity("alice", broker.local_addr());

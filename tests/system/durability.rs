@@ -157,6 +157,7 @@ async fn every_ack_follows_a_sync_that_covers_its_batch() {
         authority: Some(env.authority.public_key()),
         limits: ServerLimits::default(),
         metrics: None,
+        audit: None,
     };
     let broker = Broker::start(options).await.unwrap();
     let alice = Identity::load(env.identity("alice", broker.local_addr())).unwrap();

@@ -176,6 +176,7 @@ impl Env {
             authority: Some(self.authority.public_key()),
             limits,
             metrics: None,
+            audit: None,
         }
     }
 

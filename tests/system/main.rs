@@ -16,6 +16,7 @@ mod harness;
 mod process;
 
 mod attacks;
+mod audit;
 mod auth;
 mod cli;
 mod crash;

@@ -1,11 +1,13 @@
 //! The `sealpost-broker` binary: `serve --config FILE` for operators, `dev` for a throwaway local setup (with
 //! the `dev` feature, on by default),
-//! `verify-store DIR` to check a stopped broker's data folder.
+//! `verify-store DIR` to check a stopped broker's data folder, `audit verify` and `audit keygen` for the
+//! audit log.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sealpost_broker::audit::{self, AuditKey, AuditPublicKey};
 use sealpost_broker::config::{Config, LogFormat};
 #[cfg(feature = "dev")]
 use sealpost_broker::dev;
@@ -55,6 +57,34 @@ enum Command {
         /// The data folder (`data_dir` in the configuration).
         dir: PathBuf,
     },
+    /// The audit log: check its files, make its key (see docs/operations.md, "Audit log").
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check audit files: every hash, the chain across files in the order given, every checkpoint's
+    /// signature and coverage, and that the log ends with a final checkpoint. Prints the first bad entry;
+    /// exit status 0 when clean, 1 with a finding, 2 if it cannot check.
+    Verify {
+        /// The audit public key: 64 hex digits, or a file holding them.
+        #[arg(long)]
+        key: Option<String>,
+        /// Take the key (from `[audit] key`) and, without FILES, every file of `[audit] dir` from this
+        /// broker configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The audit files, oldest first.
+        files: Vec<PathBuf>,
+    },
+    /// Write a new audit key to FILE (mode 0600; never overwrites) and its public key to FILE.pub, and
+    /// print the public key.
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() {
@@ -62,6 +92,14 @@ fn main() {
     if let Command::VerifyStore { dir } = &cli.command {
         init_log(LogFormat::Text);
         std::process::exit(verify_store(dir));
+    }
+    if let Command::Audit(command) = &cli.command {
+        std::process::exit(match command {
+            AuditCommand::Verify { key, config, files } => {
+                audit_verify(key.as_deref(), config.as_deref(), files)
+            }
+            AuditCommand::Keygen { out } => audit_keygen(out),
+        });
     }
     if let Err(e) = run(cli) {
         eprintln!("sealpost-broker: {e:#}");
@@ -100,11 +138,95 @@ fn verify_store(dir: &std::path::Path) -> i32 {
     }
 }
 
+/// `audit keygen --out FILE`: returns the exit status.
+fn audit_keygen(out: &std::path::Path) -> i32 {
+    let key = AuditKey::generate();
+    if let Err(e) = key.write_new(out) {
+        eprintln!("sealpost-broker: {e}");
+        return 1;
+    }
+    let mut public_path = out.as_os_str().to_owned();
+    public_path.push(".pub");
+    let public_path = PathBuf::from(public_path);
+    if let Err(e) = std::fs::write(&public_path, format!("{}\n", key.public_key())) {
+        eprintln!("sealpost-broker: cannot write {}: {e}", public_path.display());
+        return 1;
+    }
+    eprintln!(
+        "wrote the audit key to {} (mode 0600) and its public key to {}",
+        out.display(),
+        public_path.display()
+    );
+    println!("{}", key.public_key());
+    0
+}
+
+/// `audit verify`: prints the notes, the first bad entry and a summary; returns the exit status.
+fn audit_verify(key: Option<&str>, config: Option<&std::path::Path>, files: &[PathBuf]) -> i32 {
+    let cannot = |what: String| {
+        eprintln!("sealpost-broker: cannot verify: {what}");
+        2
+    };
+    let audit_config = match config.map(Config::load) {
+        None => None,
+        Some(Err(e)) => return cannot(e.to_string()),
+        Some(Ok(c)) => match c.audit {
+            Some(a) => Some(a),
+            None => return cannot("the configuration has no [audit] table".into()),
+        },
+    };
+    let public = match (key, &audit_config) {
+        (Some(k), _) => AuditPublicKey::from_arg(k),
+        (None, Some(a)) => AuditKey::load(&a.key).map(|k| k.public_key()),
+        (None, None) => return cannot("give the public key with --key, or --config".into()),
+    };
+    let public = match public {
+        Ok(p) => p,
+        Err(e) => return cannot(e.to_string()),
+    };
+    let files = match (files.is_empty(), &audit_config) {
+        (false, _) => files.to_vec(),
+        (true, Some(a)) => match audit::list_files(&a.dir) {
+            Ok(list) => list.into_iter().map(|(_, p)| p).collect(),
+            Err(e) => return cannot(e.to_string()),
+        },
+        (true, None) => return cannot("no files given".into()),
+    };
+    let report = match audit::verify_files(&public, &files) {
+        Ok(r) => r,
+        Err(e) => return cannot(e.to_string()),
+    };
+    for note in &report.notes {
+        println!("note: {note}");
+    }
+    if let Some(finding) = &report.finding {
+        println!("first bad entry: {finding}");
+    }
+    let last = match &report.last_checkpoint {
+        Some(c) => format!(
+            "last checkpoint {} at {} covering entry {} (hash {})",
+            c.number,
+            audit::rfc3339::to_string(c.time),
+            c.seq,
+            c.hash
+        ),
+        None => "no checkpoint".into(),
+    };
+    println!(
+        "{} files, {} entries, {} checkpoints, {last}: {}",
+        report.files,
+        report.entries,
+        report.checkpoints,
+        if report.finding.is_some() { "NOT clean" } else { "clean" }
+    );
+    i32::from(report.finding.is_some())
+}
+
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config_path = match cli.command {
         Command::Serve { config } => config,
-        Command::VerifyStore { .. } => unreachable!("handled in main"),
+        Command::VerifyStore { .. } | Command::Audit(_) => unreachable!("handled in main"),
         #[cfg(feature = "dev")]
         Command::Dev { data, listen } => {
             let setup =

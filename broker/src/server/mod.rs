@@ -51,6 +51,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::audit::{AuditLog, AuditObserver};
+use crate::event::Observers;
 use crate::metrics::http::{check_listen, MetricsServer};
 use crate::metrics::Metrics;
 use crate::session::{Close, Endpoint};
@@ -76,6 +78,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 pub struct Broker {
     local_addr: SocketAddr,
     metrics: Option<MetricsServer>,
+    audit: Option<Arc<AuditObserver>>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -83,7 +86,12 @@ pub struct Broker {
 impl Broker {
     /// Binds the endpoint and starts serving.
     pub async fn start(options: BrokerOptions) -> Result<Broker> {
-        let BrokerOptions { listen, tls, acl, store, authority, limits, metrics } = options;
+        let BrokerOptions { listen, tls, acl, store, authority, limits, metrics, audit } = options;
+        // Opened first: a log that cannot be continued (a damaged tail, an unreadable key) stops the start.
+        let audit = match &audit {
+            Some(config) => Some(Arc::new(AuditObserver::new(AuditLog::open(config)?))),
+            None => None,
+        };
         if let Some(options) = &metrics {
             check_listen(options.listen, options.tls)?;
         }
@@ -120,13 +128,18 @@ impl Broker {
             None => (None, None),
         };
         let log = Arc::new(Log::with_metrics(store, limits.tail_cache_bytes, observer.clone())?);
-        let mut session = Endpoint::new(acl, authority, limits, Instant::now());
+        let mut observers = Observers::new();
         if let Some(observer) = observer {
-            session = session.with_observer(observer);
+            observers = observers.with(observer);
         }
+        if let Some(audit) = &audit {
+            observers = observers.with(audit.clone());
+        }
+        let session =
+            Endpoint::new(acl, authority, limits, Instant::now()).with_observer(Arc::new(observers));
         let task = tokio::spawn(accept_loop(endpoint, Arc::new(session), log, shutdown_rx));
         info!(%local_addr, "sealpost broker listening (QUIC, mutual TLS 1.3, ALPN sealpost/1)");
-        Ok(Broker { local_addr, metrics, shutdown, task })
+        Ok(Broker { local_addr, metrics, audit, shutdown, task })
     }
 
     /// The metrics endpoint, if one was configured.
@@ -145,6 +158,12 @@ impl Broker {
         let served = self.task.await.map_err(|e| Error::Storage(format!("broker task failed: {e}")))?;
         if let Some(metrics) = self.metrics {
             metrics.stopped().await;
+        }
+        if let Some(audit) = self.audit {
+            // After the shutdown entry and every connection's last: the final checkpoint.
+            tokio::task::spawn_blocking(move || audit.close())
+                .await
+                .map_err(|e| Error::Audit(format!("the audit log's close failed: {e}")))??;
         }
         served
     }

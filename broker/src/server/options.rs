@@ -6,8 +6,8 @@ use std::sync::Arc;
 use sealpost_protocol::PublicKey;
 
 use crate::acl::Acl;
-use crate::config::Config;
 use crate::config::StorageEngine;
+use crate::config::{AuditConfig, Config};
 use crate::limits::ServerLimits;
 use crate::metrics::MetricsSettings;
 use crate::store::Store;
@@ -30,6 +30,8 @@ pub struct BrokerOptions {
     pub limits: ServerLimits,
     /// The metrics endpoint, if any.
     pub metrics: Option<MetricsOptions>,
+    /// The audit log, if any: every decision about a peer recorded in it ([`crate::audit`]).
+    pub audit: Option<AuditConfig>,
 }
 
 /// Where and how the metrics endpoint serves ([`crate::metrics::http`]).
@@ -70,6 +72,7 @@ impl BrokerOptions {
             },
         });
         let authority = config.authority;
-        Ok(BrokerOptions { listen: config.listen, tls, acl, store, authority, limits, metrics })
+        let audit = config.audit.clone();
+        Ok(BrokerOptions { listen: config.listen, tls, acl, store, authority, limits, metrics, audit })
     }
 }
