@@ -22,7 +22,7 @@ async fn session_log(log_table: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_json_format_every_line_is_one_json_object_with_time_level_and_message() {
+async fn with_the_json_format_every_line_is_one_json_object_with_time_level_message_and_who() {
     let lines = session_log("\n[log]\nformat = \"json\"\n").await;
     for line in &lines {
         let value: serde_json::Value =
@@ -31,6 +31,18 @@ async fn with_the_json_format_every_line_is_one_json_object_with_time_level_and_
             assert!(value.get(key).is_some(), "no {key} in {line}");
         }
     }
+    // A line logged inside a connection's stream names its principal and address (the span's fields).
+    let subscribed =
+        lines.iter().find(|l| l.contains("\"subscribed\"")).expect("bob's subscription is logged");
+    let subscribed: serde_json::Value = serde_json::from_str(subscribed).unwrap();
+    let span = &subscribed["spans"][0];
+    assert_eq!(
+        (span["name"].as_str(), span["principal"].as_str()),
+        (Some("connection"), Some("bob")),
+        "{subscribed}"
+    );
+    assert!(span["remote"].as_str().is_some_and(|r| r.starts_with("127.0.0.1:")), "{subscribed}");
+    assert_eq!(subscribed["topic"], "demo.chat", "{subscribed}");
     let ready = lines.iter().find(|l| l.contains("listening on")).expect("the ready line");
     let ready: serde_json::Value = serde_json::from_str(ready).unwrap();
     assert!(ready["listen"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{ready}");

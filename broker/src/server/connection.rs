@@ -75,6 +75,8 @@ pub(super) async fn serve(
     };
     let principal = session.peer().principal.clone();
     info!(%remote, %principal, "connected");
+    // Every line its streams log (the session's included) names the connection's principal and address.
+    let span = tracing::info_span!("connection", %principal, %remote);
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
@@ -91,12 +93,13 @@ pub(super) async fn serve(
                         }
                     };
                     let (session, log, shutdown) = (session.clone(), log.clone(), shutdown.clone());
-                    streams.spawn(async move {
+                    let stream = async move {
                         if let Err(e) = serve_stream(send, recv, &session, &log, shutdown).await {
                             debug!(principal = %session.peer().principal, error = %e, "stream ended with an error");
                         }
                         drop(held);
-                    });
+                    };
+                    streams.spawn(tracing::Instrument::instrument(stream, span.clone()));
                 }
                 Err(e) => {
                     debug!(%principal, reason = %e, "connection closed");
