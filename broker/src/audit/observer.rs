@@ -41,14 +41,14 @@ pub struct AuditObserver {
     log: AuditLog,
     /// The topics each connection (by a hash of principal and remote address) has had a publish recorded
     /// on, by a hash of the topic.
-    published: Mutex<HashMap<u64, HashSet<u64>>>,
+    published: Mutex<Remembered>,
     hasher: RandomState,
 }
 
 impl AuditObserver {
     /// Records the events it is told in `log`.
     pub fn new(log: AuditLog) -> AuditObserver {
-        AuditObserver { log, published: Mutex::new(HashMap::new()), hasher: RandomState::new() }
+        AuditObserver { log, published: Mutex::default(), hasher: RandomState::new() }
     }
 
     /// Writes what is queued and the final checkpoint, and stops the writer (blocks: call it off the async
@@ -74,16 +74,28 @@ impl AuditObserver {
         let connection = self.connection_key(who);
         let topic = self.hasher.hash_one(topic);
         let mut published = self.published.lock().unwrap_or_else(PoisonError::into_inner);
-        if published.values().map(HashSet::len).sum::<usize>() >= MAX_REMEMBERED {
-            published.clear();
+        if published.pairs >= MAX_REMEMBERED {
+            *published = Remembered::default();
         }
-        published.entry(connection).or_default().insert(topic)
+        let first = published.by_connection.entry(connection).or_default().insert(topic);
+        published.pairs += usize::from(first);
+        first
     }
 
     fn forget(&self, who: &Who<'_>) {
         let connection = self.connection_key(who);
-        self.published.lock().unwrap_or_else(PoisonError::into_inner).remove(&connection);
+        let mut published = self.published.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(topics) = published.by_connection.remove(&connection) {
+            published.pairs -= topics.len();
+        }
     }
+}
+
+/// The (connection, topic) pairs that had a publish recorded, and how many there are.
+#[derive(Debug, Default)]
+struct Remembered {
+    by_connection: HashMap<u64, HashSet<u64>>,
+    pairs: usize,
 }
 
 /// An entry about `action` by `who`.
