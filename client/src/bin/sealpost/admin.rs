@@ -38,7 +38,7 @@ pub(crate) async fn run(client: &Client, what: What, json: bool) -> anyhow::Resu
             }
             let rows = [
                 ("version", stats.version.clone()),
-                ("uptime", format!("{:.1} s", stats.uptime_ms as f64 / 1000.0)),
+                ("uptime", seconds(stats.uptime_ms)),
                 ("connections", stats.connections.to_string()),
                 ("principals", stats.principals.to_string()),
                 ("topics", stats.topics.to_string()),
@@ -57,22 +57,16 @@ pub(crate) async fn run(client: &Client, what: What, json: bool) -> anyhow::Resu
                 },
             )
             .await?;
-            if json {
-                return print_json(&rows);
-            }
-            print!(
-                "{}",
-                table(
-                    &["topic", "first offset", "next offset", "messages", "epoch"],
-                    rows.iter().map(|r| vec![
-                        r.topic.to_string(),
-                        r.first_offset.0.to_string(),
-                        r.next_offset.0.to_string(),
-                        r.next_offset.0.saturating_sub(r.first_offset.0).to_string(),
-                        r.epoch.map_or("-".into(), |e| e.0.to_string()),
-                    ])
-                )
-            );
+            let headers = ["topic", "first offset", "next offset", "messages", "epoch"];
+            show(&rows, json, &headers, |r| {
+                vec![
+                    r.topic.to_string(),
+                    r.first_offset.0.to_string(),
+                    r.next_offset.0.to_string(),
+                    r.next_offset.0.saturating_sub(r.first_offset.0).to_string(),
+                    r.epoch.map_or("-".into(), |e| e.0.to_string()),
+                ]
+            })?;
         }
         What::Subscriptions => {
             let rows = pages(
@@ -86,25 +80,16 @@ pub(crate) async fn run(client: &Client, what: What, json: bool) -> anyhow::Resu
                 },
             )
             .await?;
-            if json {
-                return print_json(&rows);
-            }
-            print!(
-                "{}",
-                table(
-                    &["topic", "principal", "name", "committed", "lag"],
-                    rows.iter().map(|r| {
-                        let DurableKey { topic, principal, name } = &r.key;
-                        vec![
-                            topic.to_string(),
-                            principal.to_string(),
-                            name.clone(),
-                            r.committed.0.to_string(),
-                            r.lag.to_string(),
-                        ]
-                    })
-                )
-            );
+            show(&rows, json, &["topic", "principal", "name", "committed", "lag"], |r| {
+                let DurableKey { topic, principal, name } = &r.key;
+                vec![
+                    topic.to_string(),
+                    principal.to_string(),
+                    name.clone(),
+                    r.committed.0.to_string(),
+                    r.lag.to_string(),
+                ]
+            })?;
         }
         What::Connections => {
             let rows = pages(
@@ -116,21 +101,9 @@ pub(crate) async fn run(client: &Client, what: What, json: bool) -> anyhow::Resu
                 },
             )
             .await?;
-            if json {
-                return print_json(&rows);
-            }
-            print!(
-                "{}",
-                table(
-                    &["id", "principal", "remote", "age"],
-                    rows.iter().map(|r| vec![
-                        r.id.to_string(),
-                        r.principal.to_string(),
-                        r.remote.clone(),
-                        format!("{:.1} s", r.age_ms as f64 / 1000.0),
-                    ])
-                )
-            );
+            show(&rows, json, &["id", "principal", "remote", "age"], |r| {
+                vec![r.id.to_string(), r.principal.to_string(), r.remote.clone(), seconds(r.age_ms)]
+            })?;
         }
     }
     Ok(())
@@ -157,6 +130,25 @@ async fn pages<R>(
         }
     }
     bail!("the broker said more rows follow after {MAX_PAGES} pages")
+}
+
+/// `rows` as JSON (an array), or as a table under `headers` with `cells` of each row.
+fn show<R: Serialize>(
+    rows: &[R],
+    json: bool,
+    headers: &[&str],
+    cells: impl Fn(&R) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(&rows);
+    }
+    print!("{}", table(headers, rows.iter().map(cells)));
+    Ok(())
+}
+
+/// Milliseconds as seconds with one decimal: `2.9 s`.
+fn seconds(ms: u64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
