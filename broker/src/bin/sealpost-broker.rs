@@ -60,6 +60,13 @@ enum Command {
     /// The audit log: check its files, make its key (see docs/operations.md, "Audit log").
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Check a configuration file without starting a broker: the file itself, the TLS files it names, the
+    /// ACL, the metrics address and the audit key (the data folder is not opened). Prints `FILE: ok`, or
+    /// what is wrong; exit status 0 or 1.
+    CheckConfig {
+        /// The configuration file.
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +99,20 @@ fn main() {
     if let Command::VerifyStore { dir } = &cli.command {
         init_log(LogFormat::Text);
         std::process::exit(verify_store(dir));
+    }
+    if let Command::CheckConfig { config } = &cli.command {
+        let checked = Config::load(config).and_then(|c| sealpost_broker::server::check_config(&c));
+        match checked {
+            Ok(()) => println!("{}: ok", config.display()),
+            Err(e) => {
+                // One line, whatever the error says (a TOML parse error spans several).
+                let text = e.to_string();
+                let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                eprintln!("sealpost-broker: {}: {line}", config.display());
+                std::process::exit(1);
+            }
+        }
+        return;
     }
     if let Command::Audit(command) = &cli.command {
         std::process::exit(match command {
@@ -226,7 +247,9 @@ fn audit_verify(key: Option<&str>, config: Option<&std::path::Path>, files: &[Pa
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config_path = match cli.command {
         Command::Serve { config } => config,
-        Command::VerifyStore { .. } | Command::Audit(_) => unreachable!("handled in main"),
+        Command::VerifyStore { .. } | Command::Audit(_) | Command::CheckConfig { .. } => {
+            unreachable!("handled in main")
+        }
         #[cfg(feature = "dev")]
         Command::Dev { data, listen } => {
             let setup =

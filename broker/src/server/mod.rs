@@ -68,7 +68,7 @@ mod publish;
 mod subscription;
 mod wire;
 
-pub use self::options::{BrokerOptions, MetricsOptions};
+pub use self::options::{check_config, BrokerOptions, MetricsOptions};
 pub use crate::limits::ServerLimits;
 
 /// How long shutdown waits for connections to finish their in-flight publishes.

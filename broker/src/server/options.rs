@@ -45,19 +45,39 @@ pub struct MetricsOptions {
     pub settings: MetricsSettings,
 }
 
+/// The TLS files `config` names, read.
+fn tls_material(config: &Config) -> Result<TlsMaterial> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))
+    };
+    Ok(TlsMaterial {
+        client_ca_pem: read(&config.tls.ca, "tls.ca")?,
+        cert_chain_pem: read(&config.tls.cert, "tls.cert")?,
+        key_pem: read(&config.tls.key, "tls.key")?,
+        crls_pem: config.tls.crls.iter().map(|p| read(p, "tls.crls")).collect::<Result<_>>()?,
+    })
+}
+
+/// Checks everything a broker started with `config` would check before serving, without starting one and
+/// without opening its store (a running broker may hold it): the TLS files (parsed into the server's TLS
+/// configuration: certificates, key, CA bundle, CRLs), the ACL, the metrics address rule and the audit key.
+/// What `sealpost-broker check-config` runs.
+pub fn check_config(config: &Config) -> Result<()> {
+    crate::tls::server_crypto(&tls_material(config)?)?;
+    Acl::load(&config.acl)?;
+    if let Some(listen) = config.metrics.listen {
+        crate::metrics::http::check_listen(listen, config.metrics.tls)?;
+    }
+    if let Some(audit) = &config.audit {
+        crate::audit::AuditKey::load(&audit.key)?;
+    }
+    Ok(())
+}
+
 impl BrokerOptions {
     /// Reads the files a configuration names (certificates, keys, ACL) and opens its store.
     pub fn from_config(config: &Config) -> Result<BrokerOptions> {
-        let read = |path: &std::path::Path, what: &str| {
-            std::fs::read_to_string(path)
-                .map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))
-        };
-        let tls = TlsMaterial {
-            client_ca_pem: read(&config.tls.ca, "tls.ca")?,
-            cert_chain_pem: read(&config.tls.cert, "tls.cert")?,
-            key_pem: read(&config.tls.key, "tls.key")?,
-            crls_pem: config.tls.crls.iter().map(|p| read(p, "tls.crls")).collect::<Result<_>>()?,
-        };
+        let tls = tls_material(config)?;
         let acl = Acl::load(&config.acl)?;
         let store = crate::store::open(config.storage.engine(), &config.data_dir)?;
         let limits = config.limits;
