@@ -7,7 +7,7 @@ use std::time::Instant;
 use sealpost_protocol::Frame;
 use tokio::sync::watch;
 
-use super::wire::{refuse, write_frame, FrameReader};
+use super::wire::{next_request, refuse, write_frame, FrameReader};
 use crate::session::{AdminAction, Connection, Refusal};
 use crate::writer::Log;
 use crate::{Error, Result};
@@ -24,16 +24,10 @@ pub(super) async fn serve(
     let stream = Arc::new(session.admin_stream());
     let mut next = Some(first);
     loop {
-        let frame = match next.take() {
-            Some(frame) => frame,
-            None => tokio::select! {
-                received = reader.next() => match received {
-                    Ok(Some(received)) => received.frame,
-                    Ok(None) => break,
-                    Err(e) => return refuse(&mut send, &mut reader, Refusal::new(None, e)).await,
-                },
-                _ = shutdown.changed() => break,
-            },
+        let frame = match next_request(&mut next, &mut reader, &mut shutdown).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => return refuse(&mut send, &mut reader, Refusal::new(None, e)).await,
         };
         let answer = match stream.on_frame(frame) {
             AdminAction::Answer { request_id, query } => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use sealpost_protocol::Frame;
 use tokio::sync::watch;
 
-use super::wire::{refuse, write_frame, FrameReader};
+use super::wire::{next_request, refuse, write_frame, FrameReader};
 use crate::session::{Connection, PolicyAction, PolicyStream};
 use crate::writer::Log;
 use crate::Result;
@@ -23,16 +23,10 @@ pub(super) async fn serve(
     let stream = session.policy_stream();
     let mut next = Some(first);
     loop {
-        let frame = match next.take() {
-            Some(frame) => frame,
-            None => tokio::select! {
-                received = reader.next() => match received {
-                    Ok(Some(received)) => received.frame,
-                    Ok(None) => break,
-                    Err(e) => return refuse(&mut send, &mut reader, PolicyStream::broken(e)).await,
-                },
-                _ = shutdown.changed() => break,
-            },
+        let frame = match next_request(&mut next, &mut reader, &mut shutdown).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => return refuse(&mut send, &mut reader, PolicyStream::broken(e)).await,
         };
         let answer = match stream.on_frame(frame, log.store().as_ref()) {
             PolicyAction::Send(frame) => frame,

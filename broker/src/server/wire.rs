@@ -109,6 +109,23 @@ impl FrameReader {
     }
 }
 
+/// The next request of a stream that answers its requests one at a time (policies, admin): `first` while
+/// it is not taken, then the next frame read. `Ok(None)` once the peer finished its side or the broker
+/// shuts down; an error is what to refuse the stream with.
+pub async fn next_request(
+    first: &mut Option<Frame>,
+    reader: &mut FrameReader,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Frame>> {
+    if let Some(frame) = first.take() {
+        return Ok(Some(frame));
+    }
+    tokio::select! {
+        received = reader.next() => Ok(received?.map(|r| r.frame)),
+        _ = shutdown.changed() => Ok(None),
+    }
+}
+
 /// Writes one frame: its head, then its batch (if it carries one) without copying it.
 pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<()> {
     let (head, batch) = frame.encode_split()?;
