@@ -1185,3 +1185,35 @@ async fn a_tail_the_broker_dropped_after_acknowledging_it_is_reported_to_the_pub
     forgetful.close().await;
     client.close().await;
 }
+
+/// A batch the broker refused with `STORAGE_FULL` after appending it (its group's sync failed: the batch
+/// stays in the store, docs/reliability.md) is part of the chain on the broker. The publisher's next batch
+/// continues the broker's head of its own chain (`HeadOfChain`), not the head it had acknowledged, so it is
+/// stored instead of being refused as a sequence conflict (it was, when the reopened stream asked the
+/// legacy chain's head and continued from its own acknowledged one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_refused_batch_that_the_broker_kept_the_next_batch_continues_the_brokers_chain() {
+    let (_dir, _pki, broker, id) = setup().await;
+    let fail_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fail = fail_next.clone();
+    broker.store.before_sync(move |_| {
+        if fail.swap(false, Ordering::SeqCst) {
+            Err(sealpost_broker::Error::StorageFull)
+        } else {
+            Ok(())
+        }
+    });
+    let client = Client::connect_with(&id, quick()).await.unwrap();
+    let one_each = PublisherOptions { max_batch: 1, ..PublisherOptions::default() };
+    let publisher = client.publisher(topic(), one_each).await.unwrap();
+    assert_eq!(publisher.publish("m0").await.unwrap().seq, 1);
+    fail_next.store(true, Ordering::SeqCst);
+    match publisher.publish("m1").await {
+        Err(Error::Refused { code, .. }) => assert_eq!(code, ErrorCode::STORAGE_FULL),
+        other => panic!("expected STORAGE_FULL, got {other:?}"),
+    }
+    let receipt = publisher.publish("m2").await.unwrap();
+    assert_eq!((receipt.offset, receipt.seq), (Offset(2), 3), "m2 follows the kept m1");
+    publisher.close().await.unwrap();
+    client.close().await;
+}

@@ -204,12 +204,13 @@ impl Task {
     async fn reopen(&mut self) -> Result<()> {
         let (shared, topic) = (&self.shared, &self.topic);
         let resend: Vec<Bytes> = self.pipeline.to_resend().cloned().collect();
-        // A chain continued from a previous process asks the broker for that chain's head (`HeadOfChain`)
-        // and checks it against what was acknowledged; otherwise the broker's `Head` answers for the legacy
-        // chain, not this instance's: the chain continues the last batch the broker stored (or what is in
-        // flight, resent as it was).
-        let continued = self.resume.map(|_| self.chain);
-        let (link, broker_head) = self.reconnect.run(|| open_once(shared, topic, continued, &resend)).await?;
+        // Every stream asks the broker where this instance's chain stands (`HeadOfChain`; `Head` for the
+        // legacy chain) and checks it against what was acknowledged: the chain continues the last batch the
+        // broker stored, which may be one it refused (a failed group's batch stays in the store), or what
+        // is in flight, resent as it was. A chain continued from a previous process checks the head
+        // against what that process had acknowledged.
+        let chain = (self.chain != ChainId::LEGACY).then_some(self.chain);
+        let (link, broker_head) = self.reconnect.run(|| open_once(shared, topic, chain, &resend)).await?;
         if !resend.is_empty() {
             tracing::info!(topic = %self.topic, batches = resend.len(), "resent unacknowledged batches");
         }
@@ -221,8 +222,8 @@ impl Task {
                 self.pipeline.resume(head);
             }
             None => {
-                let acked = self.pipeline.acked_head();
-                self.pipeline.opened(acked);
+                let head = head::judge(&self.topic, self.chain, self.pipeline.acked_head(), broker_head)?;
+                self.pipeline.opened(head);
             }
         }
         self.link = Some(link);
