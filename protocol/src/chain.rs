@@ -111,12 +111,16 @@ const RECENT: usize = 64;
 #[derive(Debug)]
 struct PublisherState {
     head: ChainHead,
+    /// The broker reported a retention cut since this chain's last batch: its next batch may skip ahead
+    /// once without a gap (see [`ChainVerifier::retired`]).
+    may_skip: bool,
     /// First sequence number and digest of the most recently admitted batches, oldest first.
     recent: VecDeque<(u64, Digest)>,
 }
 
 impl PublisherState {
     fn advance(&mut self, header: &BatchHeader, digest: Digest) {
+        self.may_skip = false;
         self.head = ChainHead { next_seq: header.next_seq(), prev_digest: digest };
         if self.recent.len() == RECENT {
             self.recent.pop_front();
@@ -150,7 +154,7 @@ impl ChainVerifier {
     pub fn seed(&mut self, topic: &Topic, publisher: &PublicKey, chain: ChainId, head: ChainHead) {
         self.publishers
             .entry((topic.clone(), *publisher, chain))
-            .or_insert(PublisherState { head, recent: VecDeque::new() });
+            .or_insert(PublisherState { head, may_skip: false, recent: VecDeque::new() });
     }
 
     /// The head of every chain seen (admitted, skipped past or seeded), in no particular order: what to
@@ -193,11 +197,28 @@ impl ChainVerifier {
             None if self.start == ChainStart::FirstSeen || first_seq == ChainHead::GENESIS.next_seq => {
                 self.publishers.insert(
                     (topic.clone(), *publisher, chain),
-                    PublisherState { head, recent: VecDeque::new() },
+                    PublisherState { head, may_skip: false, recent: VecDeque::new() },
                 );
                 true
             }
             None => false,
+        }
+    }
+
+    /// The broker reports that the offsets before some point were removed by its retention rules, and the
+    /// subscription goes on after them. Every chain already seen may then skip ahead once, with its next
+    /// batch, without an [`Error::Gap`] (its batches in the removed range are gone); it may never go back
+    /// (a replay or reorder is reported as before). A chain not seen yet starts at its first batch seen,
+    /// as with [`ChainStart::FirstSeen`].
+    ///
+    /// The claim is the broker's, unsigned: a lying broker can make removing a topic's oldest batches look
+    /// like retention, but the caller reports every such claim to the application, so nothing is hidden;
+    /// and only a prefix of the topic can be removed so (batches after the claimed cut are checked as
+    /// usual).
+    pub fn retired(&mut self) {
+        self.start = ChainStart::FirstSeen;
+        for state in self.publishers.values_mut() {
+            state.may_skip = true;
         }
     }
 
@@ -221,7 +242,7 @@ impl ChainVerifier {
                         ChainHead { next_seq: header.first_seq, prev_digest: header.prev_digest }
                     }
                 };
-                self.publishers.entry(key).or_insert(PublisherState { head, recent: VecDeque::new() })
+                self.publishers.entry(key).or_insert(PublisherState { head, may_skip: false, recent: VecDeque::new() })
             }
         };
         let expected = state.head.next_seq;
@@ -233,8 +254,13 @@ impl ChainVerifier {
             state.advance(header, digest);
             Ok(())
         } else if got > expected {
+            let skip = state.may_skip;
             state.advance(header, digest);
-            Err(Error::Gap { expected, got })
+            if skip {
+                Ok(())
+            } else {
+                Err(Error::Gap { expected, got })
+            }
         } else if state.recent.contains(&(got, digest)) {
             Err(Error::Replay { seq: got })
         } else {

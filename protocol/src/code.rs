@@ -67,6 +67,10 @@ codes! {
     /// A frame whose first bytes arrived was not completed within the broker's frame deadline; the stream
     /// is stopped.
     FRAME_TIMEOUT = 204, "frame not completed in time";
+    /// The offsets were removed by the broker's retention rules: they are below the topic's first offset.
+    /// Carried as the reason of [`Frame::Lost`](crate::Frame::Lost) (with no batch named); the subscription
+    /// goes on from the first offset.
+    RETIRED = 205, "removed by retention";
     /// An internal error in the broker; nothing was stored.
     INTERNAL = 500, "internal error";
     /// Stored messages were lost: the broker's storage failed a checksum where acknowledged data was (a
@@ -132,6 +136,7 @@ mod tests {
             (ErrorCode::STORAGE_FULL, 202),
             (ErrorCode::UNAVAILABLE, 203),
             (ErrorCode::FRAME_TIMEOUT, 204),
+            (ErrorCode::RETIRED, 205),
             (ErrorCode::INTERNAL, 500),
             (ErrorCode::DATA_LOST, 501),
         ];

@@ -198,8 +198,9 @@ pub enum Frame {
         policies: Vec<Bytes>,
     },
     /// Broker -> client: the stored messages at offsets `offset..offset + count` are lost (the broker's
-    /// storage failed a checksum there); the subscription goes on with the offsets after them. Sent in
-    /// offset order, where their `Deliver` would have been.
+    /// storage failed a checksum there) or were removed by retention (the subscription asked for offsets
+    /// below the topic's first offset, or fell behind it); the subscription goes on with the offsets after
+    /// them. Sent in offset order, where their `Deliver` would have been.
     Lost {
         /// The subscription it is for.
         subscription: SubscriptionId,
@@ -209,7 +210,8 @@ pub enum Frame {
         count: u64,
         /// The one batch that held them, when the broker's index knew it.
         batch: Option<LostBatch>,
-        /// Why: [`ErrorCode::DATA_LOST`] (storage corruption).
+        /// Why: [`ErrorCode::DATA_LOST`] (storage corruption), or [`ErrorCode::RETIRED`] (removed by the
+        /// broker's retention rules: `offset` was below the topic's first offset, which is `offset + count`).
         reason: ErrorCode,
     },
     /// Client -> broker: send me a page of the whole policy history of `topic`, **newest first**: the

@@ -214,3 +214,39 @@ fn a_verifier_seeded_with_the_heads_of_another_reports_what_was_deleted_or_repla
     v.seed(t, p, *chain, *head);
     admit(&mut v, &c[3]).unwrap();
 }
+
+#[test]
+fn after_a_retention_cut_each_chain_may_skip_ahead_once_but_never_go_back() {
+    let c = chain(6, 1);
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    admit(&mut v, &c[0]).unwrap();
+    admit(&mut v, &c[1]).unwrap();
+    // The broker retired the offsets that held sequences 3 and 4: the next batch skips them, no gap.
+    v.retired();
+    admit(&mut v, &c[4]).unwrap();
+    // The chain goes on from the batch after the cut.
+    admit(&mut v, &c[5]).unwrap();
+    // The skip is allowed once: a later one is a gap again.
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    admit(&mut v, &c[0]).unwrap();
+    v.retired();
+    admit(&mut v, &c[2]).unwrap();
+    assert_eq!(admit(&mut v, &c[4]), Err(Error::Gap { expected: 4, got: 5 }));
+    // A cut never lets a chain go back: a replay or a reorder is reported as before.
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    admit(&mut v, &c[0]).unwrap();
+    admit(&mut v, &c[1]).unwrap();
+    v.retired();
+    assert_eq!(admit(&mut v, &c[0]), Err(Error::Replay { seq: 1 }));
+    assert_eq!(admit(&mut v, &c[3]), Ok(()));
+}
+
+#[test]
+fn after_a_retention_cut_an_unseen_chain_starts_at_its_first_batch() {
+    let c = chain(3, 1);
+    let mut v = ChainVerifier::new(ChainStart::Genesis);
+    // From genesis, a missing prefix is a gap; once the broker reports a retention cut, it is not.
+    v.retired();
+    admit(&mut v, &c[1]).unwrap();
+    admit(&mut v, &c[2]).unwrap();
+}
