@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 use crate::budget::MemoryLimits;
 use crate::limits::ServerLimits;
+use crate::retention::Retention;
 use crate::{Error, Result};
 
 /// The whole configuration file.
@@ -56,6 +57,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The audit log (the `[audit]` table, see [`crate::audit`]). Default: none, no audit log.
     pub audit: Option<AuditConfig>,
+    /// What the broker may remove from its log (the `[retention]` table, see [`crate::retention`]).
+    /// Default: nothing is ever removed.
+    pub retention: Retention,
 }
 
 /// The file as written: [`Config`] with `[memory]` beside `[limits]`.
@@ -82,6 +86,8 @@ struct ConfigFile {
     metrics: MetricsConfig,
     #[serde(default)]
     audit: Option<AuditConfig>,
+    #[serde(default)]
+    retention: Retention,
 }
 
 impl From<ConfigFile> for Config {
@@ -98,9 +104,10 @@ impl From<ConfigFile> for Config {
             log,
             metrics,
             audit,
+            retention,
         } = file;
         let limits = ServerLimits { memory, ..limits };
-        Config { listen, data_dir, tls, acl, authority, limits, storage, log, metrics, audit }
+        Config { listen, data_dir, tls, acl, authority, limits, storage, log, metrics, audit, retention }
     }
 }
 
@@ -136,6 +143,10 @@ pub struct StorageConfig {
     /// Bytes per second the background scrub reads to check every stored batch against its checksum; a
     /// damaged one is logged as an error and served as lost from then on. Default: 0, no scrub.
     pub scrub_bytes_per_sec: u64,
+    /// A segment file is closed, and the next one started, once it holds this many bytes: the unit in
+    /// which retention gives space back (see `[retention]`). 65536 to 1073741824. Default: 64 MiB
+    /// (67108864).
+    pub segment_bytes: u64,
 }
 
 impl StorageConfig {
@@ -146,11 +157,25 @@ impl StorageConfig {
                 options: crate::store::DiskOptions {
                     cache_bytes: self.cache_bytes,
                     reserve_bytes: self.reserve_bytes,
+                    segment_bytes: self.segment_bytes,
                 },
                 scrub_bytes_per_sec: self.scrub_bytes_per_sec,
             },
             StorageEngine::Memory => crate::store::Engine::Memory,
         }
+    }
+}
+
+impl StorageConfig {
+    /// Checks the table: a usable segment size.
+    pub fn validate(&self) -> Result<()> {
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.segment_bytes) {
+            return Err(Error::Config(format!(
+                "storage.segment_bytes = {} is not between 65536 and 1073741824",
+                self.segment_bytes
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -162,6 +187,7 @@ impl Default for StorageConfig {
             cache_bytes: disk.cache_bytes,
             reserve_bytes: disk.reserve_bytes,
             scrub_bytes_per_sec: 0,
+            segment_bytes: disk.segment_bytes,
         }
     }
 }
@@ -333,7 +359,9 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config> {
         let config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         config.limits.validate()?;
+        config.storage.validate()?;
         config.metrics.validate()?;
+        config.retention.validate()?;
         if let Some(audit) = &config.audit {
             audit.validate()?;
         }

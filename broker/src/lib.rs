@@ -33,6 +33,7 @@ pub mod metrics;
 #[cfg(any(test, feature = "dev"))]
 pub mod pki;
 pub mod ratelimit;
+pub mod retention;
 pub mod server;
 pub mod session;
 pub mod store;

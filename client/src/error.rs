@@ -244,6 +244,21 @@ pub enum Error {
         /// Why, as the broker says: [`ErrorCode::DATA_LOST`] (storage corruption).
         reason: ErrorCode,
     },
+    /// The subscription asked for (or fell behind to) offsets the broker's retention rules removed: they are
+    /// below the topic's first offset. Nothing of them can be delivered; the subscription goes on from the
+    /// first offset, and each publisher's chain continues from its first batch after the cut without a
+    /// gap error (a chain may skip ahead once, never back).
+    ///
+    /// The broker's word, unsigned: a broker could pass deleting the topic's oldest messages off as
+    /// retention, but not without this error reaching the application, and only a prefix of the topic.
+    #[error("offsets {}..{} of {topic} were removed by the broker's retention; reading goes on from offset {}", offsets.start, offsets.end, offsets.end)]
+    Retired {
+        /// The topic subscribed to.
+        topic: Topic,
+        /// The removed offsets this subscription had not yielded yet; `offsets.end` is the topic's first
+        /// offset.
+        offsets: Range<Offset>,
+    },
     /// A topic policy failed a check: the broker served one that is not signed by the pinned topic
     /// authority, is malformed, is for another topic, or rolls the topic back to an older epoch than one
     /// this client has already seen (or forks its history); or a policy handed to
@@ -345,8 +360,9 @@ impl fmt::Display for Action {
 impl Error {
     /// Whether this error is an integrity failure of one delivered batch ([`Error::Integrity`] or
     /// [`Error::UntrustedPublisher`]), of a topic policy the broker served ([`Error::Policy`]), or a range
-    /// of stored messages the broker reports lost ([`Error::DataLost`]). A subscription goes on after such
-    /// an item, with the policies it trusted before; after any other error item it ends.
+    /// of stored messages the broker reports lost ([`Error::DataLost`]) or removed by retention
+    /// ([`Error::Retired`]). A subscription goes on after such an item, with the policies it trusted
+    /// before; after any other error item it ends.
     pub fn is_integrity(&self) -> bool {
         matches!(
             self,
@@ -354,6 +370,7 @@ impl Error {
                 | Error::UntrustedPublisher { .. }
                 | Error::Policy { .. }
                 | Error::DataLost { .. }
+                | Error::Retired { .. }
         )
     }
 

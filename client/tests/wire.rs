@@ -269,6 +269,7 @@ impl Host {
             limits: ServerLimits::default(),
             metrics: None,
             audit: None,
+            retention: Default::default(),
         };
         let starting = runtime.spawn(Broker::start(options));
         let running = self.running.insert(Running { runtime, broker: None, threads });

@@ -152,9 +152,11 @@ impl ChainVerifier {
     /// of the subscriber, up to an offset it committed): its next batch must continue `head`, whatever the
     /// verifier's [`ChainStart`]. A chain already seen here is left as it is.
     pub fn seed(&mut self, topic: &Topic, publisher: &PublicKey, chain: ChainId, head: ChainHead) {
-        self.publishers
-            .entry((topic.clone(), *publisher, chain))
-            .or_insert(PublisherState { head, may_skip: false, recent: VecDeque::new() });
+        self.publishers.entry((topic.clone(), *publisher, chain)).or_insert(PublisherState {
+            head,
+            may_skip: false,
+            recent: VecDeque::new(),
+        });
     }
 
     /// The head of every chain seen (admitted, skipped past or seeded), in no particular order: what to
@@ -242,7 +244,11 @@ impl ChainVerifier {
                         ChainHead { next_seq: header.first_seq, prev_digest: header.prev_digest }
                     }
                 };
-                self.publishers.entry(key).or_insert(PublisherState { head, may_skip: false, recent: VecDeque::new() })
+                self.publishers.entry(key).or_insert(PublisherState {
+                    head,
+                    may_skip: false,
+                    recent: VecDeque::new(),
+                })
             }
         };
         let expected = state.head.next_seq;

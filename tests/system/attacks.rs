@@ -183,6 +183,7 @@ impl Scene {
             limits: ServerLimits { tail_cache_bytes: 0, ..ServerLimits::default() },
             metrics: None,
             audit: None,
+            retention: Default::default(),
         };
         let broker = within("broker start", Broker::start(broker_options)).await.unwrap();
         let alice = connect(&env, "alice", &broker).await;

@@ -292,6 +292,7 @@ async fn pub_that_fails_midway_says_how_many_of_its_messages_were_acknowledged()
         limits: ServerLimits::default(),
         metrics: None,
         audit: None,
+        retention: Default::default(),
     };
     let broker = within("broker start", Broker::start(options)).await.unwrap();
     let alice = env.identity("alice", broker.local_addr());

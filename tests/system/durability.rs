@@ -158,6 +158,7 @@ async fn every_ack_follows_a_sync_that_covers_its_batch() {
         limits: ServerLimits::default(),
         metrics: None,
         audit: None,
+        retention: Default::default(),
     };
     let broker = Broker::start(options).await.unwrap();
     let alice = Identity::load(env.identity("alice", broker.local_addr())).unwrap();

@@ -177,6 +177,7 @@ impl Env {
             limits,
             metrics: None,
             audit: None,
+            retention: Default::default(),
         }
     }
 

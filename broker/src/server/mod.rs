@@ -11,6 +11,7 @@
 //! - `connection.rs`: one connection: handshake, admission, its streams, their first frame.
 //! - `publish.rs`, `policies.rs`, `subscription.rs`, `admin.rs`: one kind of stream each.
 //! - `wire.rs`: frames in and out of QUIC streams.
+//! - `retention.rs`: the task that runs the store's retention passes.
 //!
 //! # Streams
 //!
@@ -65,6 +66,7 @@ mod connection;
 mod options;
 mod policies;
 mod publish;
+mod retention;
 mod subscription;
 mod wire;
 
@@ -86,7 +88,7 @@ pub struct Broker {
 impl Broker {
     /// Binds the endpoint and starts serving.
     pub async fn start(options: BrokerOptions) -> Result<Broker> {
-        let BrokerOptions { listen, tls, acl, store, authority, limits, metrics, audit } = options;
+        let BrokerOptions { listen, tls, acl, store, authority, limits, metrics, audit, retention } = options;
         // Opened first: a log that cannot be continued (a damaged tail, an unreadable key) stops the start.
         let audit = match &audit {
             Some(config) => Some(Arc::new(AuditObserver::new(AuditLog::open(config)?))),
@@ -127,6 +129,9 @@ impl Broker {
             }
             None => (None, None),
         };
+        if !retention.is_empty() {
+            tokio::spawn(retention::run(store.clone(), retention, shutdown_rx.clone()));
+        }
         let log = Arc::new(Log::with_metrics(store, limits.tail_cache_bytes, observer.clone())?);
         let mut observers = Observers::new();
         if let Some(observer) = observer {

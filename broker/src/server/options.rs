@@ -32,6 +32,9 @@ pub struct BrokerOptions {
     pub metrics: Option<MetricsOptions>,
     /// The audit log, if any: every decision about a peer recorded in it ([`crate::audit`]).
     pub audit: Option<AuditConfig>,
+    /// What the broker may remove from its log ([`crate::retention`]): enforced every
+    /// [`Retention::interval`](crate::retention::Retention::interval) while it runs.
+    pub retention: crate::retention::Retention,
 }
 
 /// Where and how the metrics endpoint serves ([`crate::metrics::http`]).
@@ -93,6 +96,17 @@ impl BrokerOptions {
         });
         let authority = config.authority;
         let audit = config.audit.clone();
-        Ok(BrokerOptions { listen: config.listen, tls, acl, store, authority, limits, metrics, audit })
+        let retention = config.retention.clone();
+        Ok(BrokerOptions {
+            listen: config.listen,
+            tls,
+            acl,
+            store,
+            authority,
+            limits,
+            metrics,
+            audit,
+            retention,
+        })
     }
 }

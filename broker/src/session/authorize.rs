@@ -128,13 +128,15 @@ pub fn authorize_subscribe(peer: &Peer, acl: &Acl, topic: &Topic, durable: Optio
 }
 
 /// Where a subscription starts: a durable subscription's committed offset if it has one, else `from`
-/// resolved against the topic's first stored offset and durable end.
-pub fn start_offset(from: StartAt, committed: Option<Offset>, first: Offset, end: Offset) -> Offset {
+/// resolved against the topic's durable end. Never moved up to the topic's first offset: a subscription
+/// that starts below it is told which offsets retention removed, by the first item its reads yield (see
+/// [`Store::first_offset`](crate::store::Store::first_offset)).
+pub fn start_offset(from: StartAt, committed: Option<Offset>, end: Offset) -> Offset {
     match (committed, from) {
         (Some(offset), _) => offset,
-        (None, StartAt::Earliest) => first,
+        (None, StartAt::Earliest) => Offset::ZERO,
         (None, StartAt::Latest) => end,
-        (None, StartAt::Offset(n)) => n.max(first),
+        (None, StartAt::Offset(n)) => n,
     }
 }
 
@@ -283,11 +285,10 @@ mod tests {
 
     #[test]
     fn start_offset_prefers_the_committed_offset() {
-        let (first, end) = (Offset(5), Offset(100));
-        assert_eq!(start_offset(StartAt::Earliest, Some(Offset(42)), Offset(0), end), Offset(42));
-        assert_eq!(start_offset(StartAt::Earliest, None, first, end), first);
-        assert_eq!(start_offset(StartAt::Latest, None, first, end), end);
-        assert_eq!(start_offset(StartAt::Offset(Offset(50)), None, first, end), Offset(50));
-        assert_eq!(start_offset(StartAt::Offset(Offset(1)), None, first, end), first);
+        let end = Offset(100);
+        assert_eq!(start_offset(StartAt::Earliest, Some(Offset(42)), end), Offset(42));
+        assert_eq!(start_offset(StartAt::Earliest, None, end), Offset::ZERO);
+        assert_eq!(start_offset(StartAt::Latest, None, end), end);
+        assert_eq!(start_offset(StartAt::Offset(Offset(50)), None, end), Offset(50));
     }
 }

@@ -146,7 +146,7 @@ impl Subscribing {
     }
 
     /// Starts the subscription, given the topic's durable end now: reads the durable subscription's
-    /// committed offset and the topic's first offset from `store`. Fails only if the store does.
+    /// committed offset from `store`. Fails only if the store does.
     pub fn start(self, store: &dyn Store, durable_end: Offset) -> Result<Started> {
         let Subscribing {
             request_id,
@@ -165,8 +165,7 @@ impl Subscribing {
             Some(name) => store.durable_offset(&topic, &principal, name)?,
             None => None,
         };
-        let first = store.first_offset(&topic)?;
-        let start = start_offset(from, committed, first, durable_end);
+        let start = start_offset(from, committed, durable_end);
         info!(%principal, %topic, %start, durable = durable.as_deref().unwrap_or(""), "subscribed");
         endpoint.emit(&Event::SubscribeAccepted {
             who: Who::of(&peer, remote),

@@ -1,7 +1,8 @@
 //! The in-memory engine: the [`Store`] contract without a disk, for tests and ephemeral brokers.
 //!
 //! All state lives behind one mutex, so each call is atomic. [`Store::sync`] only counts: nothing survives
-//! the process, and "durable" means "stored in this process".
+//! the process, and "durable" means "stored in this process". Retention weighs each batch as a unit of its
+//! own (the units of [`crate::retention`]) with no age: `max_age_secs` does not apply to this engine.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,10 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::Bytes;
 use sealpost_protocol::{ChainId, DurableKey, Offset, Principal, PublicKey, Topic};
 
-use super::{offset_mismatch, Append, PublisherRecord, Store, Stored, StoredBatch};
+use std::time::SystemTime;
+
+use super::{offset_mismatch, retired_range, Append, PublisherRecord, Retained, Store, Stored, StoredBatch};
+use crate::retention::{self, Part, Retention, Totals, Unit};
 use crate::{Error, Result};
 
 /// A [`Store`] held in memory.
@@ -30,6 +34,13 @@ struct State {
     durables: HashMap<(Topic, Principal, String), Offset>,
     /// Per topic: epoch -> signed policy.
     policies: HashMap<Topic, BTreeMap<u64, Bytes>>,
+    /// Per topic: the offset below which retention removed its batches.
+    retired: HashMap<Topic, Offset>,
+    /// Every batch stored, in the order of arrival: arrival number -> (topic, first offset).
+    arrivals: BTreeMap<u64, (Topic, Offset)>,
+    next_arrival: u64,
+    /// Batches that arrived before this number were covered by a sync.
+    synced_arrival: u64,
 }
 
 impl State {
@@ -37,7 +48,12 @@ impl State {
         self.batches
             .get(topic)
             .and_then(|log| log.last_key_value())
-            .map_or(Offset::ZERO, |(offset, (count, _))| offset.saturating_add((*count).into()))
+            .map(|(offset, (count, _))| offset.saturating_add((*count).into()))
+            .unwrap_or_else(|| self.first_offset(topic))
+    }
+
+    fn first_offset(&self, topic: &Topic) -> Offset {
+        self.retired.get(topic).copied().unwrap_or(Offset::ZERO)
     }
 }
 
@@ -66,6 +82,9 @@ impl Store for MemoryStore {
             .entry(topic.clone())
             .or_default()
             .insert(record.offset, (record.count, batch.bytes().clone()));
+        let arrival = state.next_arrival;
+        state.next_arrival += 1;
+        state.arrivals.insert(arrival, (topic.clone(), record.offset));
         state
             .publishers
             .entry((topic.clone(), *batch.publisher(), batch.chain()))
@@ -75,19 +94,23 @@ impl Store for MemoryStore {
     }
 
     fn sync(&self) -> Result<()> {
+        let mut state = self.state()?;
+        state.synced_arrival = state.next_arrival;
         self.syncs.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
     fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>> {
         let state = self.state()?;
-        let Some(log) = state.batches.get(topic) else { return Ok(Vec::new()) };
+        let retired = retired_range(from, state.first_offset(topic));
+        let from = from.max(state.first_offset(topic));
+        let Some(log) = state.batches.get(topic) else { return Ok(retired.into_iter().collect()) };
         // Start at the batch containing `from` if there is one, else at the first one after it.
         let start = match log.range(..=from).next_back() {
             Some((&offset, &(count, _))) if offset.saturating_add(count.into()) > from => offset,
             _ => from.saturating_add(1),
         };
-        let mut out = Vec::new();
+        let mut out: Vec<Stored> = retired.into_iter().collect();
         let mut total = 0usize;
         for (&offset, (count, bytes)) in log.range(start..) {
             if !out.is_empty() && total.saturating_add(bytes.len()) > max_bytes {
@@ -104,12 +127,51 @@ impl Store for MemoryStore {
     }
 
     fn first_offset(&self, topic: &Topic) -> Result<Offset> {
-        let state = self.state()?;
-        Ok(state
-            .batches
-            .get(topic)
-            .and_then(|log| log.first_key_value())
-            .map_or(Offset::ZERO, |(offset, _)| *offset))
+        Ok(self.state()?.first_offset(topic))
+    }
+
+    fn retain(&self, rules: &Retention, _now: SystemTime) -> Result<Retained> {
+        let mut state = self.state()?;
+        let mut units = Vec::new();
+        let mut rest = Totals::new();
+        for (&arrival, (topic, offset)) in &state.arrivals {
+            let Some(&(count, ref bytes)) = state.batches.get(topic).and_then(|log| log.get(offset)) else {
+                continue;
+            };
+            let part = Part {
+                end: offset.saturating_add(count.into()),
+                bytes: bytes.len() as u64,
+                messages: count.into(),
+            };
+            if arrival < state.synced_arrival {
+                let parts = BTreeMap::from([(topic.clone(), part)]);
+                units.push(Unit { age: None, bytes: part.bytes, parts });
+            } else {
+                let sum = rest.entry(topic.clone()).or_default();
+                sum.end = sum.end.max(part.end);
+                sum.bytes += part.bytes;
+                sum.messages += part.messages;
+            }
+        }
+        let plan = retention::plan(rules, &units, &rest);
+        let mut done = Retained::default();
+        for (topic, before) in plan.retire {
+            if before <= state.first_offset(&topic) {
+                continue;
+            }
+            let State { batches, arrivals, retired, .. } = &mut *state;
+            if let Some(log) = batches.get_mut(&topic) {
+                let kept = log.split_off(&before);
+                for (_, (_, bytes)) in std::mem::replace(log, kept) {
+                    done.segments_removed += 1;
+                    done.bytes_freed += bytes.len() as u64;
+                }
+            }
+            arrivals.retain(|_, (t, offset)| *t != topic || *offset >= before);
+            retired.insert(topic.clone(), before);
+            done.topics.push((topic, before));
+        }
+        Ok(done)
     }
 
     fn publisher_record(

@@ -48,12 +48,15 @@
 //! the whole record into one buffer and hands out a `Bytes` slice of it: no copy after the read. (Topic
 //! policies read from the index are copied out of sled's buffer, which cannot be shared.)
 
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use sealpost_protocol::{
     ChainHead, ChainId, Digest, DurableKey, ErrorCode, Frame, LostBatch, Offset, Principal, PublicKey,
     SubscriptionId, Topic, VerifiedBatch,
 };
 
+use crate::retention::Retention;
 use crate::{Error, Result};
 
 pub mod disk;
@@ -88,6 +91,29 @@ impl StoredBatch {
     }
 }
 
+/// What one retention pass ([`Store::retain`]) did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// The topics whose first offset moved, and where to.
+    pub topics: Vec<(Topic, Offset)>,
+    /// Units of storage given back (segment files on disk).
+    pub segments_removed: u64,
+    /// Bytes given back to the file system.
+    pub bytes_freed: u64,
+}
+
+/// The item a read from `from` yields first when `from` is below the topic's first offset `first`.
+pub(crate) fn retired_range(from: Offset, first: Offset) -> Option<Stored> {
+    (from < first).then(|| {
+        Stored::Lost(Box::new(LostRange {
+            offset: from,
+            count: first.0 - from.0,
+            batch: None,
+            reason: LossReason::Retired,
+        }))
+    })
+}
+
 /// Why stored offsets are lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -100,12 +126,18 @@ pub enum LossReason {
     /// Another record, intact, is where theirs was: bytes the broker did not put there (the data folder was
     /// changed behind its back, or two folders were mixed).
     Replaced,
+    /// They were removed by the broker's retention rules: they are below the topic's first offset. Never
+    /// stored: a read from below the first offset yields it.
+    Retired,
 }
 
 impl LossReason {
     /// The code peers are told.
     pub fn code(self) -> ErrorCode {
-        ErrorCode::DATA_LOST
+        match self {
+            LossReason::Retired => ErrorCode::RETIRED,
+            _ => ErrorCode::DATA_LOST,
+        }
     }
 
     /// Stable one-byte encoding, for the on-disk engines.
@@ -114,6 +146,7 @@ impl LossReason {
             LossReason::Corrupt => 1,
             LossReason::Missing => 2,
             LossReason::Replaced => 3,
+            LossReason::Retired => 4,
         }
     }
 
@@ -134,6 +167,7 @@ impl std::fmt::Display for LossReason {
             LossReason::Corrupt => "its record fails its checksum",
             LossReason::Missing => "its record is missing",
             LossReason::Replaced => "another record is where its record was",
+            LossReason::Retired => "retention removed them",
         })
     }
 }
@@ -359,8 +393,13 @@ pub trait Store: Send + Sync + 'static {
     /// The offset the next message on `topic` gets: 0 for an empty topic.
     fn next_offset(&self, topic: &Topic) -> Result<Offset>;
 
-    /// The offset of the first message still stored on `topic` (0 for an empty topic).
+    /// The first offset of `topic` that retention did not remove: 0 for a topic it never touched. A read
+    /// from below it starts with a [`LossReason::Retired`] range up to it.
     fn first_offset(&self, topic: &Topic) -> Result<Offset>;
+
+    /// One retention pass: retires what `rules` say may go, as of `now`, and gives back the space of what
+    /// holds nothing kept (see [`crate::retention`]). Never retires a batch a sync has not covered.
+    fn retain(&self, rules: &Retention, now: SystemTime) -> Result<Retained>;
 
     /// The record of the batch of chain `chain` of `publisher` on `topic` that starts at sequence number
     /// `first_seq`.

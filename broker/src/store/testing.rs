@@ -257,6 +257,14 @@ impl<S: Store> Store for TestStore<S> {
         }
     }
 
+    fn retain(
+        &self,
+        rules: &crate::retention::Retention,
+        now: std::time::SystemTime,
+    ) -> Result<crate::store::Retained> {
+        self.inner.retain(rules, now)
+    }
+
     fn publisher_record(
         &self,
         topic: &Topic,

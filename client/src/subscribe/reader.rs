@@ -27,7 +27,13 @@
 //!    [`Error::Integrity`] item and nothing else;
 //! 5. yields its messages, and moves the next expected offset past the batch.
 //!
-//! For every `Lost { offset, count, batch }` (the broker's storage failed a checksum there) the reader
+//! For every `Lost { offset, count, reason: RETIRED }` (the broker's retention removed those offsets: the
+//! subscription asked for, or fell behind to, offsets below the topic's first offset) the reader yields
+//! one [`Error::Retired`] item for the offsets it has not yielded yet, lets every chain skip ahead once
+//! ([`ChainVerifier::retired`](sealpost_protocol::ChainVerifier::retired)) and moves the next expected
+//! offset past them.
+//!
+//! For every other `Lost { offset, count, batch }` (the broker's storage failed a checksum there) the reader
 //! yields one [`Error::DataLost`] item for the offsets it has not yielded yet (nothing if it has yielded
 //! them all: a durable subscription resuming from an older offset), and moves the next expected offset
 //! past them. When the broker names the lost batch, the [`ChainVerifier`] moves past it
@@ -333,6 +339,16 @@ impl Reader {
             tracing::debug!(topic = %self.topic, %offset, count, "dropping a loss of offsets already yielded");
             return Vec::new();
         }
+        if reason == ErrorCode::RETIRED {
+            // Retention removed a prefix of the topic: every chain may skip what it held, once.
+            let start = offset.max(self.next_offset);
+            tracing::info!(topic = %self.topic, %start, first_offset = %end, "the broker's retention removed offsets not read yet");
+            self.chain.retired();
+            self.started = true;
+            self.next_offset = end;
+            self.snapshot();
+            return vec![Err(Error::Retired { topic: self.topic.clone(), offsets: start..end })];
+        }
         if let Some(b) = &batch {
             if !self.chain.skip_lost(&self.topic, &b.publisher, b.chain, b.first_seq, count, b.digest) {
                 tracing::debug!(topic = %self.topic, %offset, "the lost batch is not where its chain stands");
@@ -506,6 +522,7 @@ mod tests {
                 Err(Error::Integrity { check, .. }) => format!("integrity: {check:?}"),
                 Err(Error::UntrustedPublisher { offset, .. }) => format!("untrusted publisher@{offset}"),
                 Err(Error::DataLost { offsets, .. }) => format!("lost {}..{}", offsets.start, offsets.end),
+                Err(Error::Retired { offsets, .. }) => format!("retired {}..{}", offsets.start, offsets.end),
                 Err(e) => format!("error: {e}"),
             })
             .collect()
@@ -747,6 +764,31 @@ mod tests {
         assert_eq!(r.next_offset(), Offset(5));
         // No gap: the broker named the batch, and the chain moved past it.
         assert_eq!(summary(r.feed(5, batches[2].1.clone())), ["b2m0@5"]);
+    }
+
+    #[test]
+    fn a_retention_cut_is_one_item_and_every_chain_continues_after_it_without_a_gap() {
+        let batches = chain(&[2, 1, 1, 1]);
+        // From the beginning: the cut removed the genesis batch, which is no gap once the broker says so.
+        let mut r = reader(ChainStart::Genesis, 0);
+        let items = r.lost(Offset(0), 3, None, ErrorCode::RETIRED);
+        assert!(items[0].as_ref().unwrap_err().is_integrity(), "the subscription goes on");
+        assert_eq!(summary(items), ["retired 0..3"]);
+        assert_eq!(r.next_offset(), Offset(3));
+        assert_eq!(summary(r.feed(3, batches[2].1.clone())), ["b2m0@3"]);
+        assert_eq!(summary(r.feed(4, batches[3].1.clone())), ["b3m0@4"]);
+        // A reader that fell behind: its chain skips the retired batch once.
+        let mut r = reader(ChainStart::Genesis, 0);
+        r.feed(0, batches[0].1.clone());
+        assert_eq!(summary(r.lost(Offset(2), 2, None, ErrorCode::RETIRED)), ["retired 2..4"]);
+        assert_eq!(summary(r.feed(4, batches[3].1.clone())), ["b3m0@4"]);
+        // Without the broker saying so, the same skip is a gap.
+        let mut r = reader(ChainStart::Genesis, 0);
+        r.feed(0, batches[0].1.clone());
+        assert_eq!(
+            summary(r.feed(4, batches[3].1.clone())),
+            ["integrity: Gap { expected: 3, got: 5 }", "b3m0@4"]
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //!                                                                   (where its record is; layout 2: next_offset only)
 //! y | topic_len u8 | topic | epoch u64                           -> signed topic policy bytes
 //! t | topic_len u8 | topic                                       -> (empty: the topic has batches)
+//! r | topic_len u8 | topic                                       -> retired u64: every offset below it was removed
+//!                                                                   by retention (layout 5)
 //! m | "layout"                                                   -> layout version u32 (4)
 //! m | "layout3_from"                                             -> the first segment written in layout 3, u64
 //! m | "checkpoint"                                               -> segment u64 | position u64
@@ -29,8 +31,11 @@
 //! is a layout-4 index as it stands: opening one only rewrites its layout key (which keeps a layout-3
 //! build from opening the folder afterwards). A chain's keys are one contiguous range either way.
 //!
-//! Every offset of a topic is covered by exactly one `b` key, a batch or a lost range: the last one gives
-//! the topic's next offset, the last `p` (or `c`) key of a (topic, publisher, chain) its chain head (a lost batch keeps its
+//! Layout 5 is layout 4 plus retention: the `r` keys, and the `retired` and `head` records of the segments
+//! (see [`record`](super::record)). A layout-4 index is a layout-5 index as it stands.
+//!
+//! Every offset of a topic from its `r` value (0 without one) on is covered by exactly one `b` key, a
+//! batch or a lost range: the last one gives the topic's next offset (the `r` value if there is none), the last `p` (or `c`) key of a (topic, publisher, chain) its chain head (a lost batch keeps its
 //! `p` key, so its publisher's chain continues). A write appends its record to the active segment, then
 //! updates the index (for a batch: its `t` key if new, its `b` key, its `p` key, in that order). The
 //! checkpoint says up to where every record is indexed **and** the index durable.
@@ -47,7 +52,9 @@ use crate::store::{io_error, PublisherRecord};
 use crate::{Error, Result};
 
 /// Version of the key layout above, stored under `m | "layout"`.
-pub(super) const LAYOUT_VERSION: u32 = 4;
+pub(super) const LAYOUT_VERSION: u32 = 5;
+/// The layout before retention: the same keys without `r` keys, read as it stands.
+pub(super) const LAYOUT_4: u32 = 4;
 /// The previous layout: the same keys without `c` keys and chains, read as it stands.
 pub(super) const LAYOUT_3: u32 = 3;
 pub(super) const LAYOUT_KEY: &[u8] = b"mlayout";
@@ -60,6 +67,7 @@ pub(super) const CHAIN: u8 = b'c';
 pub(super) const DURABLE: u8 = b'd';
 pub(super) const POLICY: u8 = b'y';
 pub(super) const TOPIC: u8 = b't';
+pub(super) const RETIRED: u8 = b'r';
 
 /// A sled error as the store reports it: I/O errors as I/O (a full device is [`Error::StorageFull`]).
 pub(super) fn sled_error(e: sled::Error) -> Error {
@@ -72,6 +80,19 @@ pub(super) fn sled_error(e: sled::Error) -> Error {
 /// The `t` key of `topic`.
 pub(super) fn topic_key(topic: &Topic) -> Vec<u8> {
     topic_prefix(TOPIC, topic, 0)
+}
+
+/// The `r` key of `topic`.
+pub(super) fn retired_key(topic: &Topic) -> Vec<u8> {
+    topic_prefix(RETIRED, topic, 0)
+}
+
+/// The offset below which `topic`'s batches were removed by retention (0 if none were).
+pub(super) fn retired(db: &sled::Db, topic: &Topic) -> Result<Offset> {
+    match db.get(retired_key(topic)).map_err(sled_error)? {
+        Some(v) => u64_at(&v, 0).map(Offset),
+        None => Ok(Offset::ZERO),
+    }
 }
 
 /// The `b` key of `topic` at `offset`.
@@ -100,6 +121,16 @@ fn publisher_key_bytes(topic: &Topic, publisher: &[u8; 32], chain: ChainId, firs
 /// `topic` from `first_seq`.
 pub(super) fn publisher_key(topic: &Topic, publisher: &PublicKey, chain: ChainId, first_seq: u64) -> Vec<u8> {
     publisher_key_bytes(topic, publisher.as_bytes(), chain, first_seq)
+}
+
+/// [`publisher_key`] from the key's bytes, as a record holds them.
+pub(super) fn publisher_key_of(
+    topic: &Topic,
+    publisher: &[u8; 32],
+    chain: ChainId,
+    first_seq: u64,
+) -> Vec<u8> {
+    publisher_key_bytes(topic, publisher, chain, first_seq)
 }
 
 /// The `d` key of a durable subscription.
@@ -303,20 +334,18 @@ pub(super) fn last_slot(db: &sled::Db, topic: &Topic) -> Result<Option<Slot>> {
     }
 }
 
-/// The offset after the last slot of `topic`: its next offset.
+/// The offset after the last slot of `topic`: its next offset (where retention left it, if it removed
+/// every batch).
 pub(super) fn end_of(db: &sled::Db, topic: &Topic) -> Result<Offset> {
-    Ok(last_slot(db, topic)?.map_or(Offset::ZERO, |s| s.end()))
+    match last_slot(db, topic)? {
+        Some(slot) => Ok(slot.end()),
+        None => retired(db, topic),
+    }
 }
 
-/// The offset of the first slot of `topic` (0 for an empty topic).
+/// The first offset of `topic` that retention did not remove (0 for a topic it never touched).
 pub(super) fn first_offset(db: &sled::Db, topic: &Topic) -> Result<Offset> {
-    match db.range(batch_key(topic, Offset::ZERO)..=batch_key(topic, Offset::MAX)).keys().next() {
-        Some(k) => {
-            let k = k.map_err(sled_error)?;
-            u64_at(&k, k.len().saturating_sub(8)).map(Offset)
-        }
-        None => Ok(Offset::ZERO),
-    }
+    retired(db, topic)
 }
 
 /// The slot that contains `from`, if there is one, else `from`: where a read from `from` starts.
@@ -426,7 +455,11 @@ pub(super) fn scan(db: &sled::Db) -> std::result::Result<(), String> {
                     let prefix = key[..key.len().saturating_sub(8)].to_vec();
                     let expected = match &last {
                         Some((p, end)) if *p == prefix => *end,
-                        _ => Offset::ZERO,
+                        _ => match db.get([&[RETIRED][..], &prefix[1..]].concat()) {
+                            Ok(Some(v)) => Offset(u64_at(&v, 0).map_err(|e| e.to_string())?),
+                            Ok(None) => Offset::ZERO,
+                            Err(e) => return Err(format!("reading it: {e}")),
+                        },
                     };
                     if slot.offset() != expected {
                         return Err(format!(
@@ -450,6 +483,9 @@ pub(super) fn scan(db: &sled::Db) -> std::result::Result<(), String> {
             Some((&DURABLE, rest)) => split_topic(rest).is_some() && decode_durable(&value).is_some(),
             Some((&POLICY, rest)) => split_topic(rest).is_some_and(|(_, r)| r.len() == 8),
             Some((&TOPIC, rest)) => split_topic(rest).is_some_and(|(_, r)| r.is_empty()),
+            Some((&RETIRED, rest)) => {
+                split_topic(rest).is_some_and(|(_, r)| r.is_empty()) && value.len() == 8
+            }
             Some((b'm', _)) => true,
             _ => false,
         };

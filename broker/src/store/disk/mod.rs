@@ -41,8 +41,13 @@
 //!
 //! Costs and limits: an acknowledgement costs one fdatasync, whatever the group holds; the index's own sync
 //! (sled's `flush`, which waits for its writes with `sync_file_range`, a listing of `blobs/` and an
-//! fdatasync of `db`) runs at most every 64 MiB of records. Nothing is ever deleted: there is no retention
-//! yet.
+//! fdatasync of `db`) runs at most every 64 MiB of records.
+//!
+//! # Retention
+//!
+//! [`retention`] retires a topic's oldest offsets and deletes segment files that hold nothing kept, a
+//! whole segment at a time, carrying forward the few records still needed; it explains why the log is
+//! one shared set of segments rather than one per topic.
 //!
 //! # Locks
 //!
@@ -85,6 +90,7 @@ mod loss;
 mod open;
 mod record;
 mod recovery;
+mod retention;
 pub mod scrub;
 pub mod segment;
 mod sync;
@@ -108,11 +114,18 @@ pub struct DiskOptions {
     pub cache_bytes: u64,
     /// Appends fail with [`Error::StorageFull`] rather than leave less than this free on the file system.
     pub reserve_bytes: u64,
+    /// A segment is rolled once it holds this many bytes ([`segment::SEGMENT_BYTES`] by default): the
+    /// unit in which retention gives space back.
+    pub segment_bytes: u64,
 }
 
 impl Default for DiskOptions {
     fn default() -> Self {
-        Self { cache_bytes: DEFAULT_CACHE_BYTES, reserve_bytes: DEFAULT_RESERVE_BYTES }
+        Self {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            reserve_bytes: DEFAULT_RESERVE_BYTES,
+            segment_bytes: segment::SEGMENT_BYTES,
+        }
     }
 }
 
@@ -133,6 +146,12 @@ pub struct DiskStore {
     /// The first segment written in layout 3: bad bytes at the end of an earlier one may be a torn tail
     /// that a layout-2 recovery left in place.
     layout3_from: AtomicU64,
+    /// What each segment holds of each topic, for retention.
+    spans: Mutex<retention::Spans>,
+    /// Held for a whole retention pass: one at a time.
+    retention_pass: Mutex<()>,
+    /// Held while a durable offset is committed, or carried forward by retention: the two never cross.
+    durable_commits: Mutex<()>,
 }
 
 impl DiskStore {
@@ -148,7 +167,8 @@ impl DiskStore {
         std::fs::create_dir_all(dir).map_err(|e| io_error(&format!("creating {}", dir.display()), &e))?;
         let has_segments = has_segment_data(dir)?;
         let opened = open_index(dir, options.cache_bytes, has_segments)?;
-        let segments = Segments::open(&dir.join("segments"), options.reserve_bytes)?;
+        let segments = Segments::open(&dir.join("segments"), options.reserve_bytes)?
+            .with_segment_bytes(options.segment_bytes);
         let (store, mut state) = match opened {
             Ok((db, state)) => (Self::assemble(db, dir, segments)?, state),
             Err(why) => Self::rebuilt(dir, options, segments, &why)?,
@@ -181,6 +201,7 @@ impl DiskStore {
             }
         };
         *lock(&store.topics, "topic set")? = recovered.topics;
+        *lock(&store.spans, "segment spans")? = retention::Spans::of_index(&store.db)?;
         let known = store.layout3_from();
         let from = layout::finish(&store.db, &store.journal, &state, known, recovered.layout3_from)?;
         store.layout3_from.store(from, Ordering::SeqCst);
@@ -200,6 +221,9 @@ impl DiskStore {
             syncs: AtomicU64::new(0),
             damaged: Damaged::default(),
             layout3_from: AtomicU64::new(0),
+            spans: Mutex::new(retention::Spans::default()),
+            retention_pass: Mutex::new(()),
+            durable_commits: Mutex::new(()),
         })
     }
 
@@ -235,6 +259,11 @@ impl DiskStore {
     /// The first segment written in layout 3.
     fn layout3_from(&self) -> u64 {
         self.layout3_from.load(Ordering::SeqCst)
+    }
+
+    /// Whether retention removed `offset` of `topic`.
+    fn is_retired(&self, topic: &Topic, offset: Offset) -> Result<bool> {
+        Ok(offset < index::retired(&self.db, topic)?)
     }
 
     /// The index, for the scrub.
@@ -340,6 +369,8 @@ impl Store for DiskStore {
         if new_topic {
             topics.insert(topic.clone());
         }
+        drop(topics);
+        lock(&self.spans, "segment spans")?.add(topic, record.end(), record.count, &location);
         Ok(())
     }
 
@@ -360,8 +391,9 @@ impl Store for DiskStore {
     }
 
     fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>> {
-        let start = index::read_start(&self.db, topic, from)?;
-        let mut out = Vec::new();
+        let first = index::retired(&self.db, topic)?;
+        let mut out: Vec<Stored> = super::retired_range(from, first).into_iter().collect();
+        let start = index::read_start(&self.db, topic, from.max(first))?;
         let mut total = 0usize;
         for slot in index::slots_from(&self.db, topic, start) {
             let entry = match slot? {
@@ -384,6 +416,9 @@ impl Store for DiskStore {
                     let bytes = body.slice(prefix..);
                     Stored::Batch(StoredBatch { offset: entry.offset, count: entry.count, bytes })
                 }
+                // Retired (and its segment deleted) since the index said where it was: the next read
+                // from here reports the retirement.
+                _ if self.is_retired(topic, entry.offset)? => break,
                 check => Stored::Lost(Box::new(self.damaged(topic, &entry, &check, "reading it"))),
             };
             out.push(item);
@@ -397,6 +432,17 @@ impl Store for DiskStore {
 
     fn first_offset(&self, topic: &Topic) -> Result<Offset> {
         index::first_offset(&self.db, topic)
+    }
+
+    fn retain(
+        &self,
+        rules: &crate::retention::Retention,
+        now: std::time::SystemTime,
+    ) -> Result<super::Retained> {
+        if rules.is_empty() {
+            return Ok(super::Retained::default());
+        }
+        self.enforce(rules, now)
     }
 
     fn publisher_record(
@@ -436,6 +482,7 @@ impl Store for DiskStore {
     ) -> Result<()> {
         let key = durable_key(topic, principal, name)?;
         let body = record::durable(topic, principal, name, next_offset)?;
+        let _commit = lock(&self.durable_commits, "durable commits")?;
         let at = self.journal.append(&[&body], Reserve::Keep)?;
         if let Err(e) = self.db.insert(key, durable_value(next_offset, Some(at))) {
             // Recovery replays the record; until then the index would answer an older offset.

@@ -21,7 +21,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use super::index::{self, CHECKPOINT_KEY, LAYOUT_3, LAYOUT_KEY, LAYOUT_VERSION};
+use super::index::{self, CHECKPOINT_KEY, LAYOUT_3, LAYOUT_4, LAYOUT_KEY, LAYOUT_VERSION};
 use super::segment::{self, sync_dir, Checkpoint};
 use super::sync::entries;
 use crate::store::io_error;
@@ -98,11 +98,13 @@ pub(super) fn open_index(
             Err(e) => return Ok(Err(format!("reading its layout: {e}"))),
         };
         let state = match layout.as_deref().map(<[u8; 4]>::try_from) {
-            Some(Ok(v)) if [LAYOUT_VERSION, LAYOUT_3].contains(&u32::from_be_bytes(v)) => IndexState::Layout3,
+            Some(Ok(v)) if [LAYOUT_VERSION, LAYOUT_4, LAYOUT_3].contains(&u32::from_be_bytes(v)) => {
+                IndexState::Layout3
+            }
             Some(Ok(v)) if u32::from_be_bytes(v) == 2 => IndexState::Layout2,
             Some(Ok(v)) => {
                 return Err(Error::Storage(format!(
-                "{} holds store layout {}, this build reads layouts 2, 3 and {LAYOUT_VERSION} (layout 1, batch \
+                "{} holds store layout {}, this build reads layouts 2 to {LAYOUT_VERSION} (layout 1, batch \
                      bytes inside sled, was never released: move the folder away and start afresh)",
                 dir.display(),
                 u32::from_be_bytes(v)

@@ -12,6 +12,11 @@
 //! 7 batch    kind | topic_len u8 | topic | offset u64 | count u32 | publisher [32] | chain [16]
 //!   of a chain    | first_seq u64 | digest [32] | sealed batch          (layout 4: a batch of any chain
 //!                                                                      but the legacy one)
+//! 8 retired  kind | topic_len u8 | topic | before u64            (layout 5) retention removed every offset
+//!                                                                 of the topic below `before`
+//! 9 head     kind | topic_len u8 | topic | publisher [32] | chain [16] | first_seq u64 | count u32
+//!                 | offset u64 | digest [32]                     (layout 5) the last batch of a chain, whose
+//!                                                                 own record retention removed
 //!
 //! lost [114] = count u64 | reason u8 | flags u8 | publisher [32] | first_seq u64 | digest [32]
 //!             | segment u64 | position u64 | chain [16]
@@ -50,6 +55,11 @@ pub(super) const LOST: u8 = 5;
 pub(super) const LAYOUT: u8 = 6;
 /// Kind of a record holding a batch of a chain other than the legacy one.
 pub(super) const BATCH_OF_CHAIN: u8 = 7;
+
+/// Kind of a record saying what retention removed of a topic.
+pub(super) const RETIRED: u8 = 8;
+/// Kind of a record keeping a chain's head once retention removed its last batch's record.
+pub(super) const HEAD: u8 = 9;
 
 /// What a batch record says of its batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,10 +157,28 @@ impl Lost {
 pub(super) enum Record<'a> {
     Batch(BatchRecord, &'a [u8]),
     Synced(Checkpoint),
-    Policy { topic: Topic, epoch: u64, policy: &'a [u8] },
-    Durable { topic: Topic, principal: Principal, name: String, next_offset: Offset },
-    Lost { topic: Topic, lost: Lost },
+    Policy {
+        topic: Topic,
+        epoch: u64,
+        policy: &'a [u8],
+    },
+    Durable {
+        topic: Topic,
+        principal: Principal,
+        name: String,
+        next_offset: Offset,
+    },
+    Lost {
+        topic: Topic,
+        lost: Lost,
+    },
     Layout(u32),
+    Retired {
+        topic: Topic,
+        before: Offset,
+    },
+    /// A chain's head, as the `head` record keeps it: the batch record's fields without the batch.
+    Head(BatchRecord),
 }
 
 impl<'a> Record<'a> {
@@ -203,6 +231,23 @@ impl<'a> Record<'a> {
                 let version: &[u8; 4] = rest.try_into().ok()?;
                 Some(Record::Layout(u32::from_be_bytes(*version)))
             }
+            RETIRED => {
+                let (topic, rest) = split_topic(rest)?;
+                let (before, rest) = take_offset(rest)?;
+                rest.is_empty().then_some(Record::Retired { topic, before })
+            }
+            HEAD => {
+                let (topic, rest) = split_topic(rest)?;
+                let (publisher, rest) = rest.split_first_chunk::<32>()?;
+                let (chain, rest) = rest.split_first_chunk::<16>()?;
+                let record = PublisherRecord::decode(rest).ok()?;
+                Some(Record::Head(BatchRecord {
+                    topic,
+                    publisher: *publisher,
+                    chain: ChainId(*chain),
+                    record,
+                }))
+            }
             _ => None,
         }
     }
@@ -220,6 +265,10 @@ impl<'a> Record<'a> {
                 format!("a loss of offsets {}..{} of {topic}", lost.range.offset, lost.range.end())
             }
             Record::Layout(v) => format!("the layout mark (version {v})"),
+            Record::Retired { topic, before } => format!("retention of {topic} below offset {before}"),
+            Record::Head(b) => {
+                format!("the chain head of a publisher of {} at offset {}", b.topic, b.record.offset)
+            }
         }
     }
 }
@@ -300,6 +349,22 @@ pub(super) fn lost(topic: &Topic, lost: &Lost) -> Vec<u8> {
     let mut out = topic_prefix(LOST, topic, 8 + Lost::ENCODED_LEN);
     out.extend_from_slice(&lost.range.offset.0.to_be_bytes());
     out.extend_from_slice(&lost.encode());
+    out
+}
+
+/// The body of a retired record.
+pub(super) fn retired(topic: &Topic, before: Offset) -> Vec<u8> {
+    let mut out = topic_prefix(RETIRED, topic, 8);
+    out.extend_from_slice(&before.0.to_be_bytes());
+    out
+}
+
+/// The body of a head record: what the batch record `r` said, without the batch.
+pub(super) fn head(r: &BatchRecord) -> Vec<u8> {
+    let mut out = topic_prefix(HEAD, &r.topic, 48 + PublisherRecord::ENCODED_LEN);
+    out.extend_from_slice(&r.publisher);
+    out.extend_from_slice(r.chain.as_bytes());
+    out.extend_from_slice(&r.record.encode());
     out
 }
 
@@ -391,6 +456,14 @@ mod tests {
             assert_eq!(Lost::decode(l.range.offset, &l.encode()), Some(l));
         }
         assert_eq!(Record::decode(&layout(3)), Some(Record::Layout(3)));
+        assert_eq!(
+            Record::decode(&retired(&topic(), Offset(40))),
+            Some(Record::Retired { topic: topic(), before: Offset(40) })
+        );
+        for chain in [ChainId::LEGACY, ChainId([9; 16])] {
+            let b = BatchRecord { topic: topic(), publisher: *publisher().as_bytes(), chain, record: r };
+            assert_eq!(Record::decode(&head(&b)), Some(Record::Head(b)));
+        }
     }
 
     #[test]

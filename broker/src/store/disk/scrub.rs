@@ -94,6 +94,8 @@ pub(super) fn scrub_pass(weak: &Weak<DiskStore>, bytes_per_sec: u64) -> Option<P
                 }
                 match store.segments().check(&entry.location) {
                     Ok(segment::Check::Intact(body)) if entry.matches(&topic, &body) => {}
+                    // Retired meanwhile, and its segment deleted: not damage.
+                    Ok(_) if store.is_retired(&topic, entry.offset).unwrap_or(false) => {}
                     Ok(check) => {
                         store.damaged(&topic, entry, &check, "found by the scrub");
                         pass.damaged += 1;

@@ -360,7 +360,7 @@ fn downgrade_index_to_layout_3(dir: &Path) {
 }
 
 #[test]
-fn a_layout_3_store_opens_as_layout_4_with_its_acknowledged_data() {
+fn a_layout_3_store_opens_as_layout_5_with_its_acknowledged_data() {
     let dir = tempfile::tempdir().unwrap();
     let t = topic("demo.layout3");
     let signer = sealpost_protocol::SigningKey::from_bytes(&[1; 32]);
@@ -394,7 +394,7 @@ fn a_layout_3_store_opens_as_layout_4_with_its_acknowledged_data() {
         assert_eq!(store.policies(&t, 5).unwrap(), [Bytes::from("policy one")]);
         assert_eq!(store.durable_offset(&t, &bob(), "main").unwrap(), Some(Offset(2)));
         assert_eq!(store.db.get(LAYOUT_KEY).unwrap().unwrap().as_ref(), LAYOUT_VERSION.to_be_bytes());
-        assert_eq!(LAYOUT_VERSION, 4);
+        assert_eq!(LAYOUT_VERSION, 5);
         // A new instance of the same key starts its own chain beside the legacy one.
         assert_eq!(store.publisher_head(&t, &publisher(1), TEST_CHAIN).unwrap(), None);
         append_n(&store, &t, 2);
@@ -423,7 +423,7 @@ fn a_layout_3_store_opens_as_layout_4_with_its_acknowledged_data() {
 }
 
 #[test]
-fn a_layout_4_index_is_refused_by_nothing_older_than_its_key_says() {
+fn a_layout_this_build_does_not_know_is_refused() {
     // A layout this build does not know is refused, never guessed at.
     let dir = tempfile::tempdir().unwrap();
     {
@@ -433,11 +433,11 @@ fn a_layout_4_index_is_refused_by_nothing_older_than_its_key_says() {
     }
     {
         let db = open_sled(dir.path(), 1 << 20).unwrap();
-        db.insert(LAYOUT_KEY, &5u32.to_be_bytes()[..]).unwrap();
+        db.insert(LAYOUT_KEY, &6u32.to_be_bytes()[..]).unwrap();
         db.flush().unwrap();
     }
     let refused = DiskStore::open(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(refused.contains("layout 5"), "{refused}");
+    assert!(refused.contains("layout 6"), "{refused}");
 }
 
 #[test]

@@ -21,8 +21,8 @@ use sealpost_protocol::{Offset, Topic};
 
 use super::codec::split_topic;
 use super::index::{
-    decode_durable, Entry, Slot, BATCH, CHAIN, CHECKPOINT_KEY, DURABLE, LAYOUT3_FROM_KEY, LAYOUT_KEY, POLICY,
-    PUBLISHER, TOPIC,
+    self, decode_durable, Entry, Slot, BATCH, CHAIN, CHECKPOINT_KEY, DURABLE, LAYOUT3_FROM_KEY, LAYOUT_KEY,
+    POLICY, PUBLISHER, RETIRED, TOPIC,
 };
 use super::open::{drop_quietly, open_sled, panic_message};
 use super::record::{Lost, Record};
@@ -126,6 +126,8 @@ struct IndexView {
     slots: HashMap<(Topic, Offset), Option<(u64, u64)>>,
     checkpoint: Checkpoint,
     layout3_from: Option<u64>,
+    /// Per topic, the offset below which retention removed its batches.
+    retired: HashMap<Topic, Offset>,
 }
 
 /// Checks the stopped store in `dir` (see the module documentation). An error only if it cannot check at
@@ -211,8 +213,8 @@ fn scan_index(db: &sled::Db, report: &mut Report) -> std::result::Result<IndexVi
         if kind == b'm' {
             match &key[..] {
                 LAYOUT_KEY => match <[u8; 4]>::try_from(&value[..]).map(u32::from_be_bytes) {
-                    Ok(2..=4) => {}
-                    _ => bad(report, "the layout key does not name layout 2, 3 or 4".into()),
+                    Ok(2..=5) => {}
+                    _ => bad(report, "the layout key does not name layout 2, 3, 4 or 5".into()),
                 },
                 CHECKPOINT_KEY => match Checkpoint::decode(&value) {
                     Some(c) => view.checkpoint = c,
@@ -239,7 +241,14 @@ fn scan_index(db: &sled::Db, report: &mut Report) -> std::result::Result<IndexVi
                         continue;
                     }
                 };
-                let expected = ends.get(&topic).copied().unwrap_or(Offset::ZERO);
+                let expected = match ends.get(&topic) {
+                    Some(end) => *end,
+                    None => match db.get(index::retired_key(&topic))? {
+                        Some(v) => <[u8; 8]>::try_from(&v[..])
+                            .map_or(Offset::ZERO, |v| Offset(u64::from_be_bytes(v))),
+                        None => Offset::ZERO,
+                    },
+                };
                 if slot.offset() != expected {
                     report.findings.push(Finding {
                         kind: FindingKind::Mismatch,
@@ -294,6 +303,12 @@ fn scan_index(db: &sled::Db, report: &mut Report) -> std::result::Result<IndexVi
             TOPIC => {
                 topics_with_key.insert(topic);
             }
+            RETIRED => match <[u8; 8]>::try_from(&value[..]) {
+                Ok(v) if rest.is_empty() => {
+                    view.retired.insert(topic, Offset(u64::from_be_bytes(v)));
+                }
+                _ => bad(report, format!("the retention mark of {topic} does not decode")),
+            },
             other => bad(report, format!("a key of unknown kind {:?}", other as char)),
         }
     }
@@ -395,6 +410,8 @@ fn walk_segments(dir: &Path, mut index: IndexView, report: &mut Report) -> Resul
                                 shown.display(),
                                 at.position
                             )),
+                            // Retired by retention; its segment is kept for other records.
+                            None if index.retired.get(&r.topic).is_some_and(|&first| r.record.offset < first) => {}
                             None if !at.durable_by(index.checkpoint) => report.notes.push(format!(
                                 "{} byte {}: a batch the index does not name yet (the next start indexes it)",
                                 shown.display(),

@@ -166,6 +166,9 @@ impl<'s> Recovery<'s> {
         let rebuild = self.mode == Mode::Rebuild;
         let extent = Extent::find(self.db, self.journal, &self.topics, self.checkpoint, rebuild, &earlier)?;
         (self.acked, self.suspects, self.hints) = (extent.acked, extent.suspects, extent.hints);
+        if rebuild {
+            self.apply_retirements(&earlier)?;
+        }
         self.walk(&earlier)?;
         self.judge_suspects_inside()?;
         self.drop_suspects_past()?;
@@ -323,6 +326,48 @@ impl<'s> Recovery<'s> {
                 self.layout3_from = Some(self.layout3_from.map_or(at.segment, |s| s.min(at.segment)));
             }
             Some(Record::Layout(_)) => {}
+            Some(Record::Retired { topic, before }) if !unconfirmed => self.apply_retired(&topic, before)?,
+            Some(Record::Retired { .. }) => {}
+            Some(Record::Head(r)) if !unconfirmed => {
+                // A chain head whose batch record retention removed: kept unless the index has it already.
+                let key = index::publisher_key_of(&r.topic, &r.publisher, r.chain, r.record.first_seq);
+                if sled(db.get(&key))?.is_none() {
+                    sled(db.insert(key, &r.record.encode()[..]))?;
+                }
+            }
+            Some(Record::Head(_)) => {}
+        }
+        Ok(())
+    }
+
+    /// Applies a `retired` record: the topic's offsets below `before` are gone.
+    fn apply_retired(&mut self, topic: &Topic, before: Offset) -> Outcome<()> {
+        in_index(super::retention::retire_in_index(self.db, topic, before))?;
+        if self.topics.insert(topic.clone()) {
+            sled(self.db.insert(topic_key(topic), &[][..]))?;
+        }
+        Ok(())
+    }
+
+    /// Before a rebuild walks the segments: applies every `retired` record in them, so that a topic's
+    /// batches in the segments retention left continue its retired offsets (the records that say so come
+    /// later in the log than the batches).
+    fn apply_retirements(&mut self, earlier: &[u64]) -> Outcome<()> {
+        let dir = self.journal.segments().dir().to_path_buf();
+        for &n in earlier {
+            let bytes = storage(segment::read_from(&dir, n, 0))?;
+            let mut found = Vec::new();
+            storage(segment::walk(&bytes, n, 0, u64::MAX, &BTreeSet::new(), |w| {
+                if let Walked::Record { body, unconfirmed: false, .. } = w {
+                    if let Some(Record::Retired { topic, before }) = Record::decode(body) {
+                        found.push((topic, before));
+                    }
+                }
+                Ok(())
+            }))?;
+            for (topic, before) in found {
+                self.apply_retired(&topic, before)?;
+            }
         }
         Ok(())
     }
@@ -333,6 +378,15 @@ impl<'s> Recovery<'s> {
 
     fn apply_batch(&mut self, at: Location, r: BatchRecord) -> Outcome<()> {
         let db = self.db;
+        if r.record.offset < in_index(index::retired(db, &r.topic))? {
+            // Retired: not indexed, but its publisher record is, as retention keeps it until the segment
+            // goes (the last one of a chain is that chain's head).
+            let key = index::publisher_key_of(&r.topic, &r.publisher, r.chain, r.record.first_seq);
+            if sled(db.get(&key))?.is_none() {
+                sled(db.insert(key, &r.record.encode()[..]))?;
+            }
+            return Ok(());
+        }
         let key = batch_key(&r.topic, r.record.offset);
         if let Some(v) = sled(db.get(&key))? {
             match in_index(Slot::decode(&key, &v))? {
@@ -384,6 +438,9 @@ impl<'s> Recovery<'s> {
     /// Applies a `lost` record: a loss marked earlier that the index does not show (it came back older).
     fn apply_lost(&mut self, topic: &Topic, lost: &Lost) -> Outcome<()> {
         let db = self.db;
+        if lost.range.end() <= in_index(index::retired(db, topic))? {
+            return Ok(());
+        }
         let key = batch_key(topic, lost.range.offset);
         match sled(db.get(&key))? {
             Some(v) => match in_index(Slot::decode(&key, &v))? {

@@ -76,6 +76,17 @@ pub const SYNCED_FILE: &str = "synced";
 const SYNCED_MAGIC: &[u8; 4] = b"SPSY";
 const SYNCED_LEN: usize = 24;
 
+/// A segment file that is neither the active one nor waiting for a sync, as [`Segments::closed`] lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClosedSegment {
+    /// Its number.
+    pub number: u64,
+    /// Its size in bytes.
+    pub len: u64,
+    /// When it was last written, if the file system says.
+    pub modified: Option<std::time::SystemTime>,
+}
+
 /// What is at the place a [`Location`] names, as [`Segments::check`] found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Check {
@@ -103,6 +114,8 @@ pub enum Check {
 pub struct Segments {
     dir: PathBuf,
     reserve_bytes: u64,
+    /// A segment is rolled once it holds this many bytes.
+    segment_bytes: u64,
     writer: Mutex<Writer>,
     readers: Mutex<HashMap<u64, Arc<File>>>,
     /// What the side file said when the segments were opened.
@@ -186,6 +199,7 @@ impl Segments {
         Ok(Segments {
             dir: dir.to_path_buf(),
             reserve_bytes,
+            segment_bytes: SEGMENT_BYTES,
             writer: Mutex::new(Writer {
                 active,
                 file,
@@ -199,6 +213,52 @@ impl Segments {
             synced_at_open,
             last_synced: Mutex::new(Checkpoint::default()),
         })
+    }
+
+    /// These segments, rolled once one holds `bytes` (at least one record each) rather than
+    /// [`SEGMENT_BYTES`].
+    pub fn with_segment_bytes(mut self, bytes: u64) -> Segments {
+        self.segment_bytes = bytes.max(1);
+        self
+    }
+
+    /// The segments this run closed or found, with their sizes and last-modified times, oldest first:
+    /// every one but the active segment and those rolled since the last sync (which may hold records no
+    /// sync covered yet).
+    pub fn closed(&self) -> Result<Vec<ClosedSegment>> {
+        let synced = self.last_synced().segment;
+        let mut out = Vec::new();
+        for number in list(&self.dir)?.into_iter().filter(|&n| n < synced) {
+            let path = self.dir.join(segment_name(number));
+            match std::fs::metadata(&path) {
+                Ok(meta) => {
+                    out.push(ClosedSegment { number, len: meta.len(), modified: meta.modified().ok() })
+                }
+                // Removed meanwhile (by retention, which runs on one thread: only by hand).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&format!("reading {}", path.display()), &e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the closed segment `number` (never the active one, nor one a sync has not covered yet) and
+    /// makes that durable: what retention does once nothing in it is kept. Its bytes go back to the file
+    /// system once no read of them is under way.
+    pub fn remove(&self, number: u64) -> Result<()> {
+        if number >= self.last_synced().segment {
+            return Err(Error::Storage(format!("segment {number} is not closed and synced: it is kept")));
+        }
+        if let Ok(mut readers) = self.readers.lock() {
+            readers.remove(&number);
+        }
+        let path = self.dir.join(segment_name(number));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error(&format!("removing {}", path.display()), &e)),
+        }
+        sync_dir(&self.dir)
     }
 
     /// The folder of the segment files.
@@ -279,7 +339,7 @@ impl Segments {
         if available_bytes(&self.dir)? < needed {
             return Err(Error::StorageFull);
         }
-        if w.len >= SEGMENT_BYTES {
+        if w.len >= self.segment_bytes {
             let next = w.active.saturating_add(1);
             let file = create_segment(&self.dir, next)?;
             let old = std::mem::replace(&mut w.file, file);

@@ -1,0 +1,40 @@
+//! The retention task: a [`Store::retain`] pass every interval, off the async workers, until shutdown.
+//! What a pass removes is the store's and the [planner](crate::retention)'s decision; this only runs it and
+//! logs what it did.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::retention::Retention;
+use crate::store::Store;
+
+/// Runs retention passes on `store` by `rules` until `shutdown` says so.
+pub(super) async fn run(store: Arc<dyn Store>, rules: Retention, mut shutdown: watch::Receiver<bool>) {
+    let rules = Arc::new(rules);
+    let mut every = tokio::time::interval(rules.interval());
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let (store, rules) = (store.clone(), rules.clone());
+        match tokio::task::spawn_blocking(move || store.retain(&rules, SystemTime::now())).await {
+            Ok(Ok(done)) => {
+                if done.segments_removed > 0 {
+                    info!(
+                        topics = done.topics.len(),
+                        segments = done.segments_removed,
+                        bytes = done.bytes_freed,
+                        "retention gave space back"
+                    );
+                }
+            }
+            Ok(Err(e)) => warn!(error = %e, "a retention pass failed; the next one tries again"),
+            Err(e) => warn!(error = %e, "a retention pass panicked"),
+        }
+    }
+}
