@@ -244,6 +244,8 @@ enum Seen {
     Integrity { offset: u64, publisher: Option<KeyId>, check: sealpost_protocol::Error },
     /// `Error::UntrustedPublisher`.
     Untrusted { offset: u64, publisher: PublicKey },
+    /// `Error::Retired`: offsets `from..first` removed, as the broker says, by retention.
+    Retired { from: u64, first: u64 },
 }
 
 fn msg(payload: &str, offset: u64, seq: u64) -> Seen {
@@ -270,6 +272,10 @@ async fn next_seen(env: &Env, sub: &mut Subscription) -> Seen {
                 Error::UntrustedPublisher { topic, offset, publisher } => {
                     assert_eq!(topic, chat());
                     Seen::Untrusted { offset: offset.0, publisher: *publisher }
+                }
+                Error::Retired { topic, offsets } => {
+                    assert_eq!(topic, chat());
+                    Seen::Retired { from: offsets.start.0, first: offsets.end.0 }
                 }
                 other => panic!("unexpected integrity error: {other}"),
             }
@@ -786,14 +792,14 @@ async fn batch_served_over_delivered_offsets_cannot_hide_its_first_messages() {
     scene.shutdown().await;
 }
 
-/// The client checks chains from genesis only if the broker answers an `Earliest` subscription with
-/// `start_offset == 0`; otherwise it starts each chain at the first batch it sees. A broker that deleted
-/// alice's first two batches and claims the log starts at offset 2 gets the rest delivered with no `Gap`.
+/// A broker that deleted alice's first two batches: served silently, the rest is delivered after a `Gap`
+/// from genesis; passed off as retention (the log "starts" at offset 2, and reads from below it begin with
+/// a retired range), bob is told `Retired { 0..2 }` and the rest follows with no gap. Either way bob's
+/// application hears of it, and only a prefix can be passed off so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleted_prefix_is_reported_even_if_the_broker_claims_the_log_starts_later() {
+async fn deleted_prefix_is_reported_as_a_gap_or_as_retention_never_silently() {
     let scene = Scene::new(one_per_batch()).await;
     scene.publish_chat(4).await;
-    scene.store.claim_first_offset(Offset(2));
     scene.store.serve_reads(&chat(), |log| log.into_iter().filter(|b| b.offset >= Offset(2)).collect());
 
     let mut sub = scene.subscribe().await;
@@ -812,6 +818,11 @@ async fn deleted_prefix_is_reported_even_if_the_broker_claims_the_log_starts_lat
         ],
     )
     .await;
+
+    scene.store.claim_first_offset(Offset(2));
+    let mut sub = scene.subscribe().await;
+    expect(&scene.env, &mut sub, &[Seen::Retired { from: 0, first: 2 }, msg("m2", 2, 3), msg("m3", 3, 4)])
+        .await;
     scene.shutdown().await;
 }
 

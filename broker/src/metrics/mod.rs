@@ -207,6 +207,9 @@ pub struct Metrics {
     stored_messages: Family<TopicLabel, Counter>,
     stored_bytes: Family<TopicLabel, Counter>,
     next_offset: Family<TopicLabel, Gauge>,
+    first_offset: Family<TopicLabel, Gauge>,
+    retention_segments: Counter,
+    retention_bytes: Counter,
     delivered_messages: Family<TopicLabel, Counter>,
     delivered_bytes: Family<TopicLabel, Counter>,
     subscriptions: Family<KindLabel, Counter>,
@@ -254,6 +257,9 @@ impl Metrics {
             stored_messages: Family::default(),
             stored_bytes: Family::default(),
             next_offset: Family::default(),
+            first_offset: Family::default(),
+            retention_segments: Counter::default(),
+            retention_bytes: Counter::default(),
             delivered_messages: Family::default(),
             delivered_bytes: Family::default(),
             subscriptions: Family::default(),
@@ -295,6 +301,22 @@ impl Metrics {
             "Bytes of sealed batches stored, by topic",
             Unit::Bytes,
             m.stored_bytes.clone(),
+        );
+        r.register(
+            "topic_first_offset",
+            "The first offset retention left of a topic (only topics whose first offset moved since the start)",
+            m.first_offset.clone(),
+        );
+        r.register(
+            "retention_segments_removed",
+            "Segment files retention deleted (the memory engine: batches)",
+            m.retention_segments.clone(),
+        );
+        r.register_with_unit(
+            "retention_freed",
+            "Bytes retention gave back to the file system",
+            Unit::Bytes,
+            m.retention_bytes.clone(),
         );
         r.register(
             "topic_next_offset",
@@ -394,6 +416,18 @@ impl Metrics {
         if !self.topics.is_other(&label.topic) {
             let next = i64::try_from(next.0).unwrap_or(i64::MAX);
             self.next_offset.get_or_create(&label).set(next);
+        }
+    }
+
+    /// A retention pass did `done`.
+    pub fn retained(&self, done: &crate::store::Retained) {
+        self.retention_segments.inc_by(done.segments_removed);
+        self.retention_bytes.inc_by(done.bytes_freed);
+        for (topic, first) in &done.topics {
+            let label = self.topic(topic);
+            if !self.topics.is_other(&label.topic) {
+                self.first_offset.get_or_create(&label).set(i64::try_from(first.0).unwrap_or(i64::MAX));
+            }
         }
     }
 

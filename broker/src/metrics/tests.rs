@@ -151,3 +151,19 @@ fn the_classic_text_names_counters_with_their_suffix_and_has_no_eof() {
          sealpost_fsync_duration_seconds_count 0\n"
     );
 }
+
+#[test]
+fn a_retention_pass_moves_the_first_offset_and_counts_what_it_gave_back() {
+    let metrics = Metrics::new(MetricsSettings::default());
+    let done = crate::store::Retained {
+        topics: vec![(topic("demo.chat"), sealpost_protocol::Offset(42))],
+        segments_removed: 3,
+        bytes_freed: 3 << 20,
+    };
+    metrics.retained(&done);
+    metrics.retained(&crate::store::Retained::default());
+    let text = metrics.encode();
+    assert_eq!(sample(&text, "sealpost_topic_first_offset{topic=\"demo.chat\"}"), 42.0);
+    assert_eq!(sample(&text, "sealpost_retention_segments_removed_total"), 3.0);
+    assert_eq!(sample(&text, "sealpost_retention_freed_bytes_total"), f64::from(3 << 20));
+}

@@ -130,7 +130,7 @@ impl Broker {
             None => (None, None),
         };
         if !retention.is_empty() {
-            tokio::spawn(retention::run(store.clone(), retention, shutdown_rx.clone()));
+            tokio::spawn(retention::run(store.clone(), retention, observer.clone(), shutdown_rx.clone()));
         }
         let log = Arc::new(Log::with_metrics(store, limits.tail_cache_bytes, observer.clone())?);
         let mut observers = Observers::new();

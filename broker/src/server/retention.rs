@@ -8,11 +8,17 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::metrics::Metrics;
 use crate::retention::Retention;
 use crate::store::Store;
 
-/// Runs retention passes on `store` by `rules` until `shutdown` says so.
-pub(super) async fn run(store: Arc<dyn Store>, rules: Retention, mut shutdown: watch::Receiver<bool>) {
+/// Runs retention passes on `store` by `rules` until `shutdown` says so, counting them in `metrics`.
+pub(super) async fn run(
+    store: Arc<dyn Store>,
+    rules: Retention,
+    metrics: Option<Arc<Metrics>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let rules = Arc::new(rules);
     let mut every = tokio::time::interval(rules.interval());
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -24,6 +30,9 @@ pub(super) async fn run(store: Arc<dyn Store>, rules: Retention, mut shutdown: w
         let (store, rules) = (store.clone(), rules.clone());
         match tokio::task::spawn_blocking(move || store.retain(&rules, SystemTime::now())).await {
             Ok(Ok(done)) => {
+                if let Some(metrics) = &metrics {
+                    metrics.retained(&done);
+                }
                 if done.segments_removed > 0 {
                     info!(
                         topics = done.topics.len(),

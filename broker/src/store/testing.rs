@@ -194,7 +194,8 @@ impl<S: Store> TestStore<S> {
         self.hooks().heads = Some(Arc::new(view));
     }
 
-    /// Every topic's log is said to start at `offset` (as a broker that deleted a prefix would say).
+    /// Every topic's log is said to start at `offset`, as a broker that deleted a prefix and called it
+    /// retention would say: its first offset, and reads from below it begin with a retired range.
     pub fn claim_first_offset(&self, offset: Offset) {
         self.hooks().first_offset = Some(offset);
     }
@@ -202,6 +203,24 @@ impl<S: Store> TestStore<S> {
     /// The batches honestly stored on `topic`, in offset order.
     pub fn honest(&self, topic: &Topic) -> Result<Vec<StoredBatch>> {
         Ok(self.inner.read(topic, Offset::ZERO, usize::MAX)?.into_iter().filter_map(Stored::batch).collect())
+    }
+
+    /// The log as served: the honest one, or the `serve_reads` view of it.
+    fn read_view(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>> {
+        let view = self.hooks().reads.get(topic).cloned();
+        let Some(view) = view else { return self.inner.read(topic, from, max_bytes) };
+        let served = view(self.honest(topic)?);
+        // The `read` contract, applied to the served log: from the batch containing `from`, up to max_bytes.
+        let mut total = 0usize;
+        let mut out = Vec::new();
+        for batch in served.into_iter().filter(|b| b.end() > from) {
+            total = total.saturating_add(batch.bytes.len());
+            if !out.is_empty() && total > max_bytes {
+                break;
+            }
+            out.push(Stored::Batch(batch));
+        }
+        Ok(out)
     }
 }
 
@@ -229,20 +248,11 @@ impl<S: Store> Store for TestStore<S> {
     }
 
     fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>> {
-        let view = self.hooks().reads.get(topic).cloned();
-        let Some(view) = view else { return self.inner.read(topic, from, max_bytes) };
-        let served = view(self.honest(topic)?);
-        // The `read` contract, applied to the served log: from the batch containing `from`, up to max_bytes.
-        let mut total = 0usize;
-        let mut out = Vec::new();
-        for batch in served.into_iter().filter(|b| b.end() > from) {
-            total = total.saturating_add(batch.bytes.len());
-            if !out.is_empty() && total > max_bytes {
-                break;
-            }
-            out.push(Stored::Batch(batch));
-        }
-        Ok(out)
+        let items = self.read_view(topic, from, max_bytes)?;
+        // A claimed first offset is served as a retention cut: what is below it is said to be retired.
+        let Some(first) = self.hooks().first_offset else { return Ok(items) };
+        let retired = crate::store::retired_range(from, first);
+        Ok(retired.into_iter().chain(items.into_iter().filter(|i| i.offset() >= first)).collect())
     }
 
     fn next_offset(&self, topic: &Topic) -> Result<Offset> {
