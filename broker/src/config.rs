@@ -144,8 +144,8 @@ pub struct StorageConfig {
     /// damaged one is logged as an error and served as lost from then on. Default: 0, no scrub.
     pub scrub_bytes_per_sec: u64,
     /// A segment file is closed, and the next one started, once it holds this many bytes: the unit in
-    /// which retention gives space back (see `[retention]`). 65536 to 1073741824. Default: 64 MiB
-    /// (67108864).
+    /// which retention gives space back (see `[retention]`), which reads a segment it deletes once, whole.
+    /// 65536 to 268435456 (256 MiB). Default: 64 MiB (67108864).
     pub segment_bytes: u64,
 }
 
@@ -169,9 +169,9 @@ impl StorageConfig {
 impl StorageConfig {
     /// Checks the table: a usable segment size.
     pub fn validate(&self) -> Result<()> {
-        if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.segment_bytes) {
+        if !(64 * 1024..=256 * 1024 * 1024).contains(&self.segment_bytes) {
             return Err(Error::Config(format!(
-                "storage.segment_bytes = {} is not between 65536 and 1073741824",
+                "storage.segment_bytes = {} is not between 65536 and 268435456",
                 self.segment_bytes
             )));
         }
@@ -424,6 +424,30 @@ mod tests {
             Err(Error::Config(msg)) => msg,
             other => panic!("expected a config error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_retention_table_and_the_segment_size_are_read_and_checked() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert!(c.retention.is_empty());
+        assert_eq!(c.storage.segment_bytes, 64 * 1024 * 1024);
+        let text = format!(
+            "{MINIMAL}\n[storage]\nsegment_bytes = 1048576\n[retention]\nmax_total_bytes = 1000000\n\
+             [[retention.topic]]\npattern = \"logs.>\"\nmax_age_secs = 60\n"
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.storage.segment_bytes, 1 << 20);
+        assert_eq!(c.retention.max_total_bytes, Some(1_000_000));
+        assert_eq!(c.retention.interval_ms, 5000);
+        let rule = c.retention.rule(&"logs.app".parse().unwrap()).unwrap();
+        assert_eq!(rule.max_age_secs, Some(60));
+        assert!(
+            config_error(&format!("{MINIMAL}\n[storage]\nsegment_bytes = 1024\n")).contains("segment_bytes")
+        );
+        let no_limit = format!("{MINIMAL}\n[[retention.topic]]\npattern = \"a\"\n");
+        assert!(config_error(&no_limit).contains("sets no limit"));
+        let typo = format!("{MINIMAL}\n[[retention.topic]]\npattern = \"a\"\nmax_byte = 1\n");
+        assert!(Config::from_toml(&typo).is_err());
     }
 
     #[test]
