@@ -394,3 +394,60 @@ fn admin_shows_stats_topics_subscriptions_and_connections_and_refuses_others() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// `sealpost sub` and an integrity event (here: the broker says offset 0 was removed by retention): one
+/// line on stderr and printing goes on, `--count` counting messages only; with `--strict`, the line and
+/// exit status 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_prints_one_line_per_event_and_goes_on_or_with_strict_exits_1() {
+    use crate::harness::{within, Env, ACL};
+    use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
+    use sealpost_broker::store::testing::TestStore;
+    use sealpost_protocol::Offset;
+    use std::sync::Arc;
+
+    let mut env = Env::new();
+    let store = Arc::new(TestStore::default());
+    env.seed(store.as_ref());
+    let options = BrokerOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: env.tls(),
+        acl: sealpost_broker::acl::Acl::from_toml(ACL).unwrap(),
+        store: store.clone(),
+        authority: Some(env.authority.public_key()),
+        // Every read from the store, where the claim is made (no in-memory tail).
+        limits: ServerLimits { tail_cache_bytes: 0, ..ServerLimits::default() },
+        metrics: None,
+        audit: None,
+        retention: Default::default(),
+    };
+    let broker = within("broker start", Broker::start(options)).await.unwrap();
+    let (alice, bob) = (env.identity("alice", broker.local_addr()), env.identity("bob", broker.local_addr()));
+    let cli = |identity: &std::path::Path, args: &[&str]| {
+        let mut cmd = Command::new(cargo_bin("sealpost"));
+        cmd.arg("--identity").arg(identity).env("RUST_LOG", "error").args(args);
+        tokio::task::spawn_blocking(move || run(cmd, None))
+    };
+    for m in ["m0", "m1", "m2"] {
+        let out = cli(&alice, &["pub", "demo.chat", m]).await.unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    store.claim_first_offset(Offset(1));
+
+    let out = cli(&bob, &["sub", "demo.chat", "--from", "earliest", "--count", "2"]).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "m1\nm2\n");
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("sealpost: offsets 0..1 of demo.chat were removed by the broker's retention"),
+        "{err}"
+    );
+
+    let strict =
+        cli(&bob, &["sub", "demo.chat", "--from", "earliest", "--count", "2", "--strict"]).await.unwrap();
+    assert_eq!(strict.status.code(), Some(1));
+    assert_eq!(text(&strict.stdout), "");
+    assert_eq!(text(&strict.stderr), err);
+    broker.shutdown().await.unwrap();
+}

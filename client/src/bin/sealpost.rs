@@ -45,9 +45,10 @@ enum Command {
         /// The messages; without any, one message per line of stdin.
         messages: Vec<String>,
     },
-    /// Print messages, one payload per line (invalid UTF-8 is replaced). A batch that fails a check, or
-    /// messages the broker reports lost ("data lost at offsets X..Y: storage corruption"), is one line on
-    /// stderr, and printing goes on.
+    /// Print messages, one payload per line (invalid UTF-8 is replaced). A batch that fails a check, a
+    /// policy that fails one, messages the broker reports lost ("data lost at offsets X..Y: storage
+    /// corruption") or removed by retention, is one line on stderr, and printing goes on (with `--strict`,
+    /// the command exits 1 at the first).
     Sub {
         /// The topic.
         topic: Topic,
@@ -57,9 +58,12 @@ enum Command {
         /// A durable subscription name: the broker remembers what was printed and resumes after it.
         #[arg(long, value_name = "NAME")]
         durable: Option<String>,
-        /// Exit after this many messages (acknowledged first).
+        /// Exit after this many messages printed (acknowledged first); integrity events do not count.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
+        /// Exit with status 1 at the first integrity or policy event, after its line.
+        #[arg(long)]
+        strict: bool,
     },
     /// Make a fresh signing key and HPKE key: the secret keys as lines for an identity file, the public
     /// keys as a NAME.pub.toml file for the topic authority.
@@ -217,7 +221,9 @@ async fn run(identity: Option<PathBuf>, command: Command) -> anyhow::Result<()> 
     let client = Client::connect(&identity).await?;
     let result = match command {
         Command::Pub { topic, messages } => publish(&client, topic, messages).await,
-        Command::Sub { topic, from, durable, count } => subscribe(&client, topic, from, durable, count).await,
+        Command::Sub { topic, from, durable, count, strict } => {
+            subscribe(&client, topic, from, durable, count, strict).await
+        }
         Command::Topic { command } => topic_command(&client, &identity, command).await,
         Command::Admin { what, json } => admin::run(&client, what, json).await,
         // Handled before the runtime starts.
@@ -308,6 +314,7 @@ async fn subscribe(
     from: StartAt,
     durable: Option<String>,
     count: Option<u64>,
+    strict: bool,
 ) -> anyhow::Result<()> {
     let mut subscription = client.subscribe(topic, SubscribeOptions { from, durable }).await?;
     let mut printed = 0u64;
@@ -334,7 +341,7 @@ async fn subscribe(
                 printed += 1;
                 subscription.ack(&message)?;
             }
-            Some(Err(e)) if e.is_integrity() => eprintln!("sealpost: {e}"),
+            Some(Err(e)) if e.is_integrity() && !strict => eprintln!("sealpost: {e}"),
             Some(Err(e)) => break Err(e.into()),
         }
     };

@@ -16,6 +16,10 @@
 //!    needs an older policy the reader does not hold is not judged yet either: the reader asks for the
 //!    topic's policy history to be walked back to it ([`Delivery::History`]: every link checked back from
 //!    the newest policy held), once per epoch;
+//!    a batch whose signature verifies but whose epoch's content key the reader still does not hold is
+//!    one [`Error::Integrity`] item ([`UnknownEpoch`](sealpost_protocol::Error::UnknownEpoch)) and is fed
+//!    to the [`ChainVerifier`] all the same (it is authentic, only unreadable here), so the publisher's
+//!    next batch is no gap;
 //! 3. checks it against the policies ([`PolicyBook::authorize`](sealpost_protocol::PolicyBook::authorize)):
 //!    its signer must be a publisher in the policy of the batch's epoch and, for an older epoch, still a
 //!    publisher of the current policy or the batch dated before the policy that revoked it, else one
@@ -60,7 +64,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sealpost_protocol::{
     ChainStart, ChainVerifier, Epoch, ErrorCode, KeyLookup, Limits, LostBatch, Offset, OpenedBatch,
-    SealedBatch, StartAt, Topic,
+    SealedBatch, StartAt, Topic, VerifiedBatch,
 };
 
 use crate::error::{Error, Result};
@@ -250,14 +254,35 @@ impl Reader {
             return Delivery::Items(Vec::new());
         }
         let keys = self.keys.clone();
-        let opened = match decoded.and_then(|sealed| open_decoded(sealed, &self.topic, keys.keys())) {
+        let verified = decoded.and_then(SealedBatch::verify);
+        let authentic = verified.as_ref().ok().map(|b| (b.header().clone(), b.digest()));
+        let opened = match verified.and_then(|batch| open_verified(batch, &self.topic, keys.keys())) {
             Ok(opened) => opened,
             Err(check) => {
                 if let Some(fetch) = self.fetch_for(&check) {
                     return fetch;
                 }
-                let item = self.integrity(offset, None, check);
-                return self.judged(offset, count, vec![Err(item)]);
+                let mut items = Vec::with_capacity(2);
+                if let (sealpost_protocol::Error::UnknownEpoch(_), Some((header, digest))) =
+                    (&check, &authentic)
+                {
+                    // Signed by its publisher, for this topic, only not readable here (no key for its
+                    // epoch): its chain moves past it, so the publisher's next batch is no gap. A gap, replay
+                    // or reorder before it is reported as such.
+                    let publisher = Some(header.publisher.key_id());
+                    match self.chain.admit(header, *digest) {
+                        Ok(()) => {}
+                        Err(gap @ sealpost_protocol::Error::Gap { .. }) => {
+                            items.push(Err(self.integrity(offset, publisher, gap)))
+                        }
+                        Err(other) => {
+                            let item = self.integrity(offset, publisher, other);
+                            return self.judged(offset, count, vec![Err(item)]);
+                        }
+                    }
+                }
+                items.push(Err(self.integrity(offset, None, check)));
+                return self.judged(offset, count, items);
             }
         };
         let header = &opened.header;
@@ -386,14 +411,13 @@ impl Reader {
     }
 }
 
-/// The checks of [`sealpost_protocol::open`], in its order, on a batch already decoded: its signature, that
-/// it was sealed for `topic`, the content key of its epoch in `keys`, and every record.
-fn open_decoded(
-    sealed: SealedBatch,
+/// The checks of [`sealpost_protocol::open`] after the signature, in its order, on a batch already
+/// verified: that it was sealed for `topic`, the content key of its epoch in `keys`, and every record.
+fn open_verified(
+    batch: VerifiedBatch,
     topic: &Topic,
     keys: &impl KeyLookup,
 ) -> sealpost_protocol::Result<OpenedBatch> {
-    let batch = sealed.verify()?;
     let header = batch.header();
     if &header.topic != topic {
         return Err(sealpost_protocol::Error::WrongTopic {
@@ -719,7 +743,8 @@ mod tests {
             Bytes::from_static(b"\x01\x00"),
         ] {
             let once = SealedBatch::decode(batch.clone(), &Limits::default())
-                .and_then(|sealed| open_decoded(sealed, &topic(), keys.keys()));
+                .and_then(SealedBatch::verify)
+                .and_then(|batch| open_verified(batch, &topic(), keys.keys()));
             let twice = sealpost_protocol::open(batch, &topic(), keys.keys(), &Limits::default());
             match (once, twice) {
                 (Ok(a), Ok(b)) => {
@@ -975,7 +1000,7 @@ mod tests {
         r.fetched(Epoch(2), Some(keys_of("bob", &[&p1, &p2])));
         assert_eq!(summary(r.feed(0, batch.as_bytes().clone())), ["after the rotation@0"]);
         // Epoch 3 is not served: one refetch, then the integrity item.
-        let third = sealed_by(&alice(), topic(), 3, ChainHead::GENESIS, &["x"]);
+        let third = sealed_by(&alice(), topic(), 3, ChainHead::after(&batch), &["x"]);
         assert!(matches!(r.deliver(Offset(1), third.as_bytes().clone()), Delivery::Refetch(Epoch(3))));
         r.fetched(Epoch(3), None);
         assert_eq!(summary(r.feed(1, third.as_bytes().clone())), ["integrity: UnknownEpoch(Epoch(3))"]);
@@ -1016,6 +1041,32 @@ mod tests {
     }
 
     #[test]
+    fn batches_of_an_epoch_without_a_key_are_one_error_each_and_the_chain_goes_on_without_a_gap() {
+        // bob holds the keys of epoch 2 only (the walk back to epoch 1 failed); alice's chain runs through
+        // two batches of epoch 1, then continues in epoch 2.
+        let p1 = first_policy();
+        let p2 = policy(2, Some(&p1), p1.members().to_vec(), T2);
+        let mut r = Reader::new(
+            topic(),
+            keys_of("bob", &[&p2]),
+            ChainStart::Genesis,
+            Offset(0),
+            GRACE,
+            Limits::default(),
+        );
+        r.walked(Epoch(1), None);
+        let old = chain(&[1, 1]);
+        let last = SealedBatch::decode(old[1].1.clone(), &Limits::default()).unwrap().verify().unwrap();
+        let next = sealed_by(&alice(), topic(), 2, ChainHead::after(&last), &["after"]);
+        assert_eq!(summary(r.feed(0, old[0].1.clone())), ["integrity: UnknownEpoch(Epoch(1))"]);
+        assert_eq!(summary(r.feed(1, old[1].1.clone())), ["integrity: UnknownEpoch(Epoch(1))"]);
+        // No gap: the two unreadable batches were authentic, and the chain moved past them.
+        assert_eq!(summary(r.feed(2, next.as_bytes().clone())), ["after@2"]);
+        // A replayed unreadable batch is still a replay.
+        assert_eq!(summary(r.feed(3, old[0].1.clone())), ["integrity: Replay { seq: 1 }"]);
+    }
+
+    #[test]
     fn an_epoch_without_a_key_for_this_member_is_one_error_without_refetch() {
         // dave joins in epoch 2: batches of epoch 1 are not for him.
         let p1 = first_policy();
@@ -1032,7 +1083,8 @@ mod tests {
         );
         let old = chain(&[1]);
         assert_eq!(summary(r.feed(0, old[0].1.clone())), ["integrity: UnknownEpoch(Epoch(1))"]);
-        let new = sealed_by(&alice(), topic(), 2, ChainHead::GENESIS, &["welcome"]);
+        let first = SealedBatch::decode(old[0].1.clone(), &Limits::default()).unwrap().verify().unwrap();
+        let new = sealed_by(&alice(), topic(), 2, ChainHead::after(&first), &["welcome"]);
         assert_eq!(summary(r.feed(1, new.as_bytes().clone())), ["welcome@1"]);
     }
 }
