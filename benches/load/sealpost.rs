@@ -166,6 +166,7 @@ fn write_identity(pki: &Pki, dir: &Path, addr: SocketAddr) -> Identity {
         authority: pki.authority.public_key(),
         authority_key: None,
         state: None,
+        rotation_grace_secs: None,
     };
     std::fs::write(dir.join("load.toml"), toml::to_string(&identity).unwrap()).unwrap();
     Identity::load(dir.join("load.toml")).unwrap()

@@ -118,6 +118,7 @@ fn build(dir: &Path, listen: SocketAddr) -> Result<()> {
             authority: authority.public_key(),
             authority_key: (*name == "admin").then(|| hex_of(&*authority.to_bytes())),
             state: None,
+            rotation_grace_secs: None,
         };
         let toml = toml::to_string(&identity).map_err(|e| Error::Config(e.to_string()))?;
         let header = format!("# Sealpost dev identity of {name}. Throwaway keys: not for production.\n");

@@ -33,9 +33,14 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the broker named by `identity` with the default [`ClientOptions`].
+    /// Connects to the broker named by `identity` with the default [`ClientOptions`], but the
+    /// identity file's `rotation_grace_secs` if it sets one.
     pub async fn connect(identity: &Identity) -> Result<Client> {
-        Self::connect_with(identity, ClientOptions::default()).await
+        let mut options = ClientOptions::default();
+        if let Some(grace) = identity.rotation_grace() {
+            options.rotation_grace = grace;
+        }
+        Self::connect_with(identity, options).await
     }
 
     /// Connects to the broker named by `identity`: resolves its address, binds a UDP socket of the same

@@ -144,6 +144,12 @@ impl Identity {
         }
     }
 
+    /// The identity file's `rotation_grace_secs`, if it sets one: what [`Client::connect`]
+    /// (crate::Client::connect) uses as [`ClientOptions::rotation_grace`](crate::ClientOptions::rotation_grace).
+    pub fn rotation_grace(&self) -> Option<std::time::Duration> {
+        self.inner.file.rotation_grace_secs.map(std::time::Duration::from_secs)
+    }
+
     /// The identity file this was loaded from.
     pub fn path(&self) -> &Path {
         &self.inner.path
@@ -270,6 +276,16 @@ pub(crate) mod tests {
         assert_eq!(id.inner().roots.len(), 1);
         assert_eq!(id.inner().chain.len(), 1);
         assert_eq!(id.public_key(), SigningKey::from_bytes(&[0x11; 32]).public_key());
+    }
+
+    #[test]
+    fn rotation_grace_is_read_from_the_file_when_it_sets_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::load(write_identity(dir.path(), "alice", "")).unwrap();
+        assert_eq!(id.rotation_grace(), None);
+        let other = tempfile::tempdir().unwrap();
+        let id = Identity::load(write_identity(other.path(), "alice", "rotation_grace_secs = 30\n")).unwrap();
+        assert_eq!(id.rotation_grace(), Some(std::time::Duration::from_secs(30)));
     }
 
     #[test]

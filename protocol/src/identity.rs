@@ -13,6 +13,9 @@
 //! authority = "<64 hex digits>"      # ed25519 public key of the topic authority, pinned: topic policies
 //!                                    # are trusted only if signed by it
 //! authority_key = "<64 hex digits>"  # ed25519 seed of the topic authority: only in the admin's identity
+//! state = "alice.state"              # optional: the client's state folder (default: beside this file)
+//! rotation_grace_secs = 600          # optional: how long after a rotation a batch of the previous epoch
+//!                                    # is still accepted (default 600)
 //! ```
 //!
 //! Content keys and the publishers a subscriber trusts are not in the file: they come from the topic
@@ -62,6 +65,10 @@ pub struct IdentityFile {
     /// beside the identity file. Back it up with the identity (docs/operations.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<PathBuf>,
+    /// How long, in seconds, after a topic's key rotation a batch sealed under the previous epoch's key is
+    /// still accepted by this principal's subscriptions. None: the client's default (600 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_grace_secs: Option<u64>,
 }
 
 fn secret32(hex_str: &str, what: &'static str) -> Result<Zeroizing<[u8; 32]>> {

@@ -205,6 +205,7 @@ impl Env {
             authority: self.authority.public_key(),
             authority_key: (who == "admin").then(|| hex::encode(*self.authority.to_bytes())),
             state: None,
+            rotation_grace_secs: None,
         };
         let path = d.join(format!("{who}.toml"));
         std::fs::write(&path, toml::to_string(&identity).unwrap()).unwrap();
