@@ -451,3 +451,35 @@ async fn sub_prints_one_line_per_event_and_goes_on_or_with_strict_exits_1() {
     assert_eq!(text(&strict.stderr), err);
     broker.shutdown().await.unwrap();
 }
+
+/// `sealpost authority new --out FILE`: the secret line in a new owner-only file, the public key and its
+/// key id on stdout with where they go; the file is never overwritten.
+#[test]
+fn authority_new_writes_the_secret_once_and_says_where_the_public_key_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("authority.toml");
+    let mut cmd = Command::new(cargo_bin("sealpost"));
+    cmd.args(["authority", "new", "--out"]).arg(&file);
+    let out = run(cmd, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(&file).unwrap();
+    let line = written.lines().find(|l| l.starts_with("authority_key = ")).unwrap();
+    let hex_seed = line.trim_start_matches("authority_key = ").trim_matches('"');
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(hex_seed, &mut seed).unwrap();
+    let public = sealpost_protocol::SigningKey::from_bytes(&seed).public_key();
+    let said = text(&out.stdout);
+    assert!(said.contains(&format!("authority = \"{public}\"")), "{said}");
+    assert!(said.contains(&public.key_id().to_string()), "{said}");
+    assert!(!said.contains(hex_seed), "the secret is not printed with --out");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let mut again = Command::new(cargo_bin("sealpost"));
+    again.args(["authority", "new", "--out"]).arg(&file);
+    let again = run(again, None);
+    assert!(!again.status.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written, "never overwritten");
+}

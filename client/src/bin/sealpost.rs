@@ -6,6 +6,8 @@
 
 #[path = "sealpost/admin.rs"]
 mod admin;
+#[path = "sealpost/keys.rs"]
+mod keys;
 #[path = "sealpost/topic.rs"]
 mod topic;
 
@@ -17,11 +19,9 @@ use anyhow::{bail, Context as _};
 use clap::{ArgGroup, Parser, Subcommand};
 use futures_util::StreamExt;
 use sealpost_client::authority::{Authority, Role};
-use sealpost_client::protocol::principal::valid_principal;
-use sealpost_client::protocol::{HpkeSecretKey, Offset, SigningKey};
+use sealpost_client::protocol::Offset;
 use sealpost_client::{Client, Identity, PublisherOptions, StartAt, SubscribeOptions, Topic};
 use tokio::io::AsyncBufReadExt;
-use zeroize::Zeroizing;
 
 /// Publish and subscribe through a Sealpost broker.
 #[derive(Parser)]
@@ -76,6 +76,11 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         principal: Option<String>,
     },
+    /// Make the topic authority's key (the one key that signs every topic policy).
+    Authority {
+        #[command(subcommand)]
+        command: AuthorityCommand,
+    },
     /// Manage a topic's policy (who may publish and read it, and its content key), as the topic
     /// authority; or show it.
     Topic {
@@ -91,6 +96,18 @@ enum Command {
         /// Print JSON instead of a table: an object for `stats`, an array of rows for the lists.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthorityCommand {
+    /// Make a fresh topic authority key: its secret as an `authority_key` line for the administrator's
+    /// identity file, its public half to set as `authority` in broker.toml and in every identity file.
+    New {
+        /// Write the secret line to FILE (owner-only permissions; never overwritten) instead of printing
+        /// it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -189,7 +206,8 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
-        Command::Keygen { out, principal } => keygen(out.as_deref(), principal.as_deref()),
+        Command::Keygen { out, principal } => keys::keygen(out.as_deref(), principal.as_deref()),
+        Command::Authority { command: AuthorityCommand::New { out } } => keys::authority_new(out.as_deref()),
         command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -227,7 +245,7 @@ async fn run(identity: Option<PathBuf>, command: Command) -> anyhow::Result<()> 
         Command::Topic { command } => topic_command(&client, &identity, command).await,
         Command::Admin { what, json } => admin::run(&client, what, json).await,
         // Handled before the runtime starts.
-        Command::Keygen { .. } => Ok(()),
+        Command::Keygen { .. } | Command::Authority { .. } => Ok(()),
     };
     client.close().await;
     result
@@ -347,69 +365,4 @@ async fn subscribe(
     };
     subscription.close().await?;
     result
-}
-
-fn keygen(out: Option<&Path>, principal: Option<&str>) -> anyhow::Result<()> {
-    if let Some(name) = principal.filter(|p| !valid_principal(p)) {
-        bail!("{name:?} is not a principal name (1 to 64 of A-Z a-z 0-9 . _ -)");
-    }
-    let signing = SigningKey::generate(&mut rand::rngs::OsRng);
-    let hpke = HpkeSecretKey::generate(&mut rand::rngs::OsRng);
-    let signing_hex = Zeroizing::new(hex::encode(*signing.to_bytes()));
-    let hpke_hex = Zeroizing::new(hex::encode(hpke.as_bytes()));
-    let secret =
-        Zeroizing::new(format!("signing_key = \"{}\"\nhpke_key = \"{}\"\n", *signing_hex, *hpke_hex));
-    let Some(path) = out else {
-        let name = principal.unwrap_or("NAME");
-        let public = topic::public_file(name, &signing.public_key(), &hpke.public_key());
-        let mut stdout = std::io::stdout().lock();
-        // The public keys as comments, so that the whole output stays one valid TOML file of secrets.
-        writeln!(
-            stdout,
-            "# public keys: the topic authority needs the next 3 lines, without \"# \", as {name}.pub.toml"
-        )?;
-        for line in public.lines().filter(|l| !l.starts_with('#')) {
-            writeln!(stdout, "# {line}")?;
-        }
-        stdout.write_all(secret.as_bytes())?;
-        stdout.flush()?;
-        return Ok(());
-    };
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let stem = file_name.strip_suffix(".toml").unwrap_or(file_name);
-    let principal = match principal {
-        Some(p) => p,
-        None if valid_principal(stem) => stem,
-        None => bail!("cannot tell the principal from the name of {}: pass --principal NAME", path.display()),
-    };
-    let public_path = path.with_file_name(format!("{stem}.pub.toml"));
-    if public_path.exists() {
-        bail!("{} exists already: it is never overwritten", public_path.display());
-    }
-    let header = format!("# secret keys of {principal}: lines for its identity file; keep them private\n");
-    write_new(path, 0o600, &[header.as_bytes(), secret.as_bytes()])?;
-    let public = topic::public_file(principal, &signing.public_key(), &hpke.public_key());
-    write_new(&public_path, 0o644, &[public.as_bytes()])?;
-    println!(
-        "wrote the secret keys of {principal} to {} and its public keys to {} (for the topic authority)",
-        path.display(),
-        public_path.display()
-    );
-    Ok(())
-}
-
-/// Creates `path` (never overwriting it) with `mode` on Unix, and writes `parts` to it durably.
-fn write_new(path: &Path, mode: u32, parts: &[&[u8]]) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
-    parts
-        .iter()
-        .try_for_each(|part| file.write_all(part))
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -279,8 +279,10 @@ pub(crate) fn utc(t: Timestamp) -> String {
 /// The contents of `NAME.pub.toml` for a principal with these keys.
 pub(crate) fn public_file(principal: &str, signing: &PublicKey, hpke: &HpkePublicKey) -> String {
     format!(
-        "# public keys of {principal}, for the topic authority (sealpost topic create/grant --members DIR)\n\
-         principal = \"{principal}\"\nsigning_key = \"{signing}\"\nhpke_key = \"{hpke}\"\n"
+        "# public keys of {principal}, for the topic authority (sealpost topic create/grant --members DIR);\n\
+         # signing key id {} (as topic show names it)\n\
+         principal = \"{principal}\"\nsigning_key = \"{signing}\"\nhpke_key = \"{hpke}\"\n",
+        signing.key_id()
     )
 }
 

@@ -1,0 +1,105 @@
+//! `sealpost keygen` and `sealpost authority new`: fresh keys, written to files that are never
+//! overwritten and readable by their owner only, or printed.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use sealpost_client::protocol::principal::valid_principal;
+use sealpost_client::protocol::{HpkeSecretKey, SigningKey};
+use zeroize::Zeroizing;
+
+use crate::topic;
+
+pub(crate) fn keygen(out: Option<&Path>, principal: Option<&str>) -> anyhow::Result<()> {
+    if let Some(name) = principal.filter(|p| !valid_principal(p)) {
+        bail!("{name:?} is not a principal name (1 to 64 of A-Z a-z 0-9 . _ -)");
+    }
+    let signing = SigningKey::generate(&mut rand::rngs::OsRng);
+    let hpke = HpkeSecretKey::generate(&mut rand::rngs::OsRng);
+    let signing_hex = Zeroizing::new(hex::encode(*signing.to_bytes()));
+    let hpke_hex = Zeroizing::new(hex::encode(hpke.as_bytes()));
+    let secret =
+        Zeroizing::new(format!("signing_key = \"{}\"\nhpke_key = \"{}\"\n", *signing_hex, *hpke_hex));
+    let Some(path) = out else {
+        let name = principal.unwrap_or("NAME");
+        let public = topic::public_file(name, &signing.public_key(), &hpke.public_key());
+        let mut stdout = std::io::stdout().lock();
+        // The public keys as comments, so that the whole output stays one valid TOML file of secrets.
+        writeln!(
+            stdout,
+            "# public keys: the topic authority needs the next 3 lines, without \"# \", as {name}.pub.toml"
+        )?;
+        for line in public.lines().filter(|l| !l.starts_with('#')) {
+            writeln!(stdout, "# {line}")?;
+        }
+        stdout.write_all(secret.as_bytes())?;
+        stdout.flush()?;
+        return Ok(());
+    };
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let stem = file_name.strip_suffix(".toml").unwrap_or(file_name);
+    let principal = match principal {
+        Some(p) => p,
+        None if valid_principal(stem) => stem,
+        None => bail!("cannot tell the principal from the name of {}: pass --principal NAME", path.display()),
+    };
+    let public_path = path.with_file_name(format!("{stem}.pub.toml"));
+    if public_path.exists() {
+        bail!("{} exists already: it is never overwritten", public_path.display());
+    }
+    let header = format!("# secret keys of {principal}: lines for its identity file; keep them private\n");
+    write_new(path, 0o600, &[header.as_bytes(), secret.as_bytes()])?;
+    let public = topic::public_file(principal, &signing.public_key(), &hpke.public_key());
+    write_new(&public_path, 0o644, &[public.as_bytes()])?;
+    println!(
+        "wrote the secret keys of {principal} to {} and its public keys to {} (for the topic authority)",
+        path.display(),
+        public_path.display()
+    );
+    Ok(())
+}
+
+/// Creates `path` (never overwriting it) with `mode` on Unix, and writes `parts` to it durably.
+pub(crate) fn write_new(path: &Path, mode: u32, parts: &[&[u8]]) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    parts
+        .iter()
+        .try_for_each(|part| file.write_all(part))
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `sealpost authority new`: a fresh topic authority key.
+pub(crate) fn authority_new(out: Option<&Path>) -> anyhow::Result<()> {
+    let authority = SigningKey::generate(&mut rand::rngs::OsRng);
+    let public = authority.public_key();
+    let secret_hex = Zeroizing::new(hex::encode(*authority.to_bytes()));
+    let secret = Zeroizing::new(format!("authority_key = \"{}\"\n", *secret_hex));
+    let header = format!(
+        "# the topic authority's secret key (public key {public}): the administrator's identity file needs \
+         this line; keep it private and backed up\n"
+    );
+    let steps = format!(
+        "set `authority = \"{public}\"` (key id {}) in broker.toml and in every identity file, and put the \
+         authority_key line in the administrator's identity file only",
+        public.key_id()
+    );
+    let Some(path) = out else {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "# {steps}")?;
+        stdout.write_all(header.as_bytes())?;
+        stdout.write_all(secret.as_bytes())?;
+        stdout.flush()?;
+        return Ok(());
+    };
+    write_new(path, 0o600, &[header.as_bytes(), secret.as_bytes()])?;
+    println!("wrote the topic authority's secret key to {}; {steps}", path.display());
+    Ok(())
+}
