@@ -150,6 +150,16 @@ impl Identity {
         self.inner.file.rotation_grace_secs.map(std::time::Duration::from_secs)
     }
 
+    /// The DER of this principal's certificate (the leaf of the chain the file names).
+    pub fn certificate_der(&self) -> Option<&[u8]> {
+        self.inner.chain.first().map(|c| c.as_ref())
+    }
+
+    /// The TLS key file the identity names, resolved from its folder.
+    pub fn key_file(&self) -> PathBuf {
+        self.inner.path_of(&self.inner.file.key)
+    }
+
     /// The identity file this was loaded from.
     pub fn path(&self) -> &Path {
         &self.inner.path

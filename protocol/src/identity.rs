@@ -71,6 +71,24 @@ pub struct IdentityFile {
     pub rotation_grace_secs: Option<u64>,
 }
 
+/// The scheme of the URI subject-alternative name that names a certificate's principal:
+/// `sealpost://<principal>`.
+pub const PRINCIPAL_SCHEME: &str = "sealpost://";
+/// The prefix of a URI subject-alternative name that binds an ed25519 signing key to the certificate's
+/// principal: `urn:sealpost:ed25519:<64 hex>`.
+pub const KEY_BINDING_PREFIX: &str = "urn:sealpost:ed25519:";
+
+/// The URI SAN that names `principal` (exactly one in a client certificate).
+pub fn principal_uri(principal: &str) -> String {
+    format!("{PRINCIPAL_SCHEME}{principal}")
+}
+
+/// The URI SAN that binds `key` to the certificate's principal: a batch signed by a key no such SAN binds
+/// is refused by the broker (`SIGNER_NOT_BOUND`).
+pub fn key_binding_uri(key: &PublicKey) -> String {
+    format!("{KEY_BINDING_PREFIX}{key}")
+}
+
 fn secret32(hex_str: &str, what: &'static str) -> Result<Zeroizing<[u8; 32]>> {
     let mut out = Zeroizing::new([0u8; 32]);
     hex::decode_to_slice(hex_str.trim(), &mut *out).map_err(|_| Error::InvalidKey(what))?;

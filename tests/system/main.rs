@@ -27,6 +27,7 @@ mod limits;
 mod logs;
 mod memory;
 mod metrics;
+mod onboarding;
 mod pubsub;
 mod retention;
 mod rollback;

@@ -6,6 +6,8 @@
 
 #[path = "sealpost/admin.rs"]
 mod admin;
+#[path = "sealpost/identity.rs"]
+mod identity;
 #[path = "sealpost/keys.rs"]
 mod keys;
 #[path = "sealpost/topic.rs"]
@@ -76,6 +78,11 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         principal: Option<String>,
     },
+    /// Make an identity with your own CA (`new`), or check one (`check`).
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// Make the topic authority's key (the one key that signs every topic policy).
     Authority {
         #[command(subcommand)]
@@ -96,6 +103,40 @@ enum Command {
         /// Print JSON instead of a table: an object for `stats`, an array of rows for the lists.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Make NAME's keys, a certificate signing request with exactly the subject-alternative names the
+    /// broker requires, and its identity file (naming the certificate your CA will sign as NAME.pem), in
+    /// DIR. Nothing is overwritten.
+    New {
+        /// The principal.
+        name: String,
+        /// host:port of the broker.
+        #[arg(long)]
+        broker: String,
+        /// The name the broker's certificate is valid for (a DNS or IP SAN of its certificate).
+        #[arg(long, value_name = "NAME")]
+        server_name: String,
+        /// The CA certificate(s) the broker's certificate chains to, PEM.
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        /// The topic authority's public key, hex (`sealpost authority new` prints it).
+        #[arg(long, value_name = "HEX")]
+        authority: String,
+        /// Where to write the files.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Check the identity (--identity): its certificate against its keys and principal, the connection to
+    /// the broker, and for each --topic the broker's ACL and the topic's policy. One line per check; exit 1
+    /// if any fails.
+    Check {
+        /// A topic this principal should publish or read.
+        #[arg(long = "topic", value_name = "TOPIC")]
+        topics: Vec<Topic>,
     },
 }
 
@@ -208,6 +249,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen { out, principal } => keys::keygen(out.as_deref(), principal.as_deref()),
         Command::Authority { command: AuthorityCommand::New { out } } => keys::authority_new(out.as_deref()),
+        Command::Identity {
+            command: IdentityCommand::New { name, broker, server_name, ca, authority, dir },
+        } => identity::new(identity::New {
+            principal: &name,
+            broker: &broker,
+            server_name: &server_name,
+            ca: &ca,
+            authority: &authority,
+            dir: &dir,
+        }),
         command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -230,6 +281,10 @@ async fn run(identity: Option<PathBuf>, command: Command) -> anyhow::Result<()> 
         bail!("no identity file: pass --identity FILE or set SEALPOST_IDENTITY");
     };
     let identity = Identity::load(identity)?;
+    if let Command::Identity { command: IdentityCommand::Check { topics } } = &command {
+        // Connects by itself, and says so if it cannot.
+        return identity::check(&identity, topics).await;
+    }
     let changes_policy =
         matches!(&command, Command::Topic { command } if !matches!(command, TopicCommand::Show { .. }));
     if changes_policy {
@@ -245,7 +300,7 @@ async fn run(identity: Option<PathBuf>, command: Command) -> anyhow::Result<()> 
         Command::Topic { command } => topic_command(&client, &identity, command).await,
         Command::Admin { what, json } => admin::run(&client, what, json).await,
         // Handled before the runtime starts.
-        Command::Keygen { .. } | Command::Authority { .. } => Ok(()),
+        Command::Keygen { .. } | Command::Authority { .. } | Command::Identity { .. } => Ok(()),
     };
     client.close().await;
     result
