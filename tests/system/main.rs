@@ -28,6 +28,7 @@ mod logs;
 mod memory;
 mod metrics;
 mod pubsub;
+mod reload;
 mod rollback;
 mod storage_damage;
 mod tls;
