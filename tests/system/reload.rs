@@ -107,10 +107,19 @@ impl Scene {
         .await
     }
 
-    /// Stops the broker cleanly (the audit log gets its final checkpoint) and returns its audit entries.
+    /// Stops the broker cleanly (the audit log gets its final checkpoint), checks that its audit log
+    /// verifies, and returns its entries.
     fn stop(self) -> Vec<serde_json::Value> {
         let dir = self.path("audit");
+        let config = self.path("broker.toml");
         self.broker.terminate();
+        let verified = std::process::Command::new(cargo_bin("sealpost-broker"))
+            .args(["audit", "verify", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&verified.stdout);
+        assert_eq!(verified.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&verified.stderr));
         sealpost_broker::audit::list_files(&dir)
             .unwrap()
             .into_iter()
