@@ -42,6 +42,9 @@ pub(super) async fn serve(
     mut revision: watch::Receiver<Arc<Revision>>,
 ) {
     let remote = incoming.remote_address();
+    // Taken before the handshake: a reload that lands during it is seen as a change below, and the
+    // certificate is checked against it.
+    let mut generation = revision.borrow_and_update().generation;
     let conn = match incoming.accept() {
         Ok(connecting) => match connecting.await {
             Ok(conn) => conn,
@@ -81,7 +84,6 @@ pub(super) async fn serve(
     // Every line its streams log (the session's included) names the connection's principal and address.
     let span = tracing::info_span!("connection", %principal, %remote);
     let mut streams = JoinSet::new();
-    let mut generation = revision.borrow_and_update().generation;
     loop {
         tokio::select! {
             stream = conn.accept_bi() => match stream {

@@ -36,8 +36,10 @@ pub(super) async fn serve(
     tokio::pin!(acks);
 
     let budget: &Budget = session.budget();
+    // The subscription was authorized before this point: an ACL swapped since is caught by a first check
+    // (the session swaps the ACL before the revision is sent), a later one by the revision's change.
     revision.borrow_and_update();
-    let mut reloaded = false;
+    let mut reloaded = true;
     loop {
         // After a reload: does the ACL still allow this subscription? Asked between reads, never while a
         // frame is half written.
