@@ -122,7 +122,7 @@ pub struct TlsConfig {
     /// The broker's private key. No default.
     pub key: PathBuf,
     /// Certificate revocation lists (PEM) of the client CA: a client certificate they revoke is refused.
-    /// Read at start-up. Default: none (no revocation checking).
+    /// Read at start-up and at each reload ([`crate::reload`]). Default: none (no revocation checking).
     #[serde(default)]
     pub crls: Vec<PathBuf>,
 }

@@ -4,7 +4,7 @@
 //! The [`session`](crate::session) emits an [`Event`] at each of its decisions about a peer (a connection
 //! accepted or refused, a publish, a subscription, a policy, a stream refused) and the shell emits the few
 //! that happen before a session exists (a handshake refused, `max_connections` reached) or around it
-//! (shutdown). Each event says who (principal, certificate fingerprint, remote address), what (the action
+//! (shutdown, a configuration reload). Each event says who (principal, certificate fingerprint, remote address), what (the action
 //! and its topic), and the decision with its reason as a stable error-code name ([`code_name`]): what a
 //! metrics sink counts and what an audit entry records.
 //!
@@ -24,6 +24,7 @@
 //! their tasks run), deliver them reliably (a sink that drops events under load may), or time anything.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use sealpost_protocol::{ErrorCode, Principal, Topic};
@@ -280,6 +281,36 @@ pub enum Event<'a> {
     },
     /// The broker started shutting down.
     Shutdown,
+    /// The configuration was reloaded ([`crate::reload`]): what `changes` names now applies.
+    ConfigReloaded {
+        /// The configuration file.
+        file: &'a Path,
+        /// What changed, as [`Changes`](crate::reload::Changes) shows it (`acl, tls.crls`, or `nothing`).
+        changes: &'a str,
+    },
+    /// A reload was refused: the broker keeps its running configuration.
+    ConfigReloadRefused {
+        /// The configuration file.
+        file: &'a Path,
+        /// Why, naming the file or setting at fault (never a key's bytes).
+        reason: &'a str,
+    },
+    /// An accepted connection is closed because, after a reload, its certificate no longer verifies
+    /// (revoked by a CRL, or no longer chaining to the CA bundle, or expired since it connected).
+    ConnectionRevoked {
+        /// Who.
+        who: Who<'a>,
+    },
+    /// An open stream is ended with `NOT_AUTHORIZED` because, after a reload, the ACL no longer allows its
+    /// `action` on its topic.
+    StreamRevoked {
+        /// Who.
+        who: Who<'a>,
+        /// The stream's topic.
+        topic: &'a Topic,
+        /// What the ACL no longer allows: [`Action::Subscribe`] or [`Action::Publish`].
+        action: Action,
+    },
 }
 
 impl Event<'_> {
@@ -302,6 +333,10 @@ impl Event<'_> {
             Event::AdminAnswered { .. } => "admin_answered",
             Event::AdminRefused { .. } => "admin_refused",
             Event::Shutdown => "shutdown",
+            Event::ConfigReloaded { .. } => "config_reloaded",
+            Event::ConfigReloadRefused { .. } => "config_reload_refused",
+            Event::ConnectionRevoked { .. } => "connection_revoked",
+            Event::StreamRevoked { .. } => "stream_revoked",
         }
     }
 }

@@ -9,7 +9,8 @@
 //! tests: [`session`] (sans-IO: admission and per-principal limits, authorization, the policy cache, what to
 //! do with each frame on each kind of stream), [`acl`] (who may do what), [`writer::sequencer`] (does a batch
 //! continue its chain, or is it a retry), [`store`] (what is durable), [`budget`] (what peers can make the
-//! broker hold), [`limits`] (the limits, defined once). docs/locks.md lists every lock and their order.
+//! broker hold), [`limits`] (the limits, defined once), [`reload`] (what a configuration reload may
+//! change). docs/locks.md lists every lock and their order.
 //!
 //! # Features
 //!
@@ -33,6 +34,7 @@ pub mod metrics;
 #[cfg(any(test, feature = "dev"))]
 pub mod pki;
 pub mod ratelimit;
+pub mod reload;
 pub mod retention;
 pub mod server;
 pub mod session;

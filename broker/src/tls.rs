@@ -122,6 +122,12 @@ impl Peer {
         Peer::from_certificate(leaf)
     }
 
+    /// The certificate chain an established QUIC connection presented (leaf first), if any: what a reload
+    /// checks again ([`ClientVerifier::admits`]).
+    pub fn chain_of(conn: &quinn::Connection) -> Option<Vec<CertificateDer<'static>>> {
+        conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok().map(|certs| *certs)
+    }
+
     /// The fingerprint of the leaf certificate an established QUIC connection presented, if any: what a
     /// refused certificate is logged and counted with.
     pub fn fingerprint_of(conn: &quinn::Connection) -> Option<Fingerprint> {
@@ -172,8 +178,28 @@ pub fn metrics_server_config(material: &TlsMaterial) -> Result<rustls::ServerCon
     server_config(material, b"http/1.1")
 }
 
-/// TLS 1.3 only, client certificates required and verified against the material's CA and CRLs.
-fn server_config(material: &TlsMaterial, alpn: &[u8]) -> Result<rustls::ServerConfig> {
+/// How the broker verifies client certificates: the material's CA bundle and CRLs, plus the
+/// client-authentication usage. The TLS handshake uses it; so does a configuration reload, to ask whether
+/// the certificate a connected peer presented would still be admitted ([`ClientVerifier::admits`]).
+#[derive(Clone, Debug)]
+pub struct ClientVerifier(Arc<dyn ClientCertVerifier>);
+
+impl ClientVerifier {
+    /// Whether `chain` (the leaf first, then the intermediates a peer presented) verifies now (`now`, given by
+    /// the caller): chains to the CA bundle, is within its validity, is not revoked by a CRL, names the
+    /// client-authentication usage. The error says why not, for the log.
+    pub fn admits(&self, chain: &[CertificateDer<'static>], now: UnixTime) -> Result<()> {
+        let (leaf, intermediates) =
+            chain.split_first().ok_or_else(|| Error::Config("no client certificate".into()))?;
+        self.0
+            .verify_client_cert(leaf, intermediates, now)
+            .map(|_| ())
+            .map_err(|e| Error::Config(format!("client certificate refused: {e}")))
+    }
+}
+
+/// The verifier of client certificates that `material` configures (its CA bundle and CRLs).
+pub fn client_verifier(material: &TlsMaterial) -> Result<ClientVerifier> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for ca in certs(&material.client_ca_pem, "client CA bundle")? {
@@ -191,7 +217,13 @@ fn server_config(material: &TlsMaterial, alpn: &[u8]) -> Result<rustls::ServerCo
         .with_crls(crls)
         .build()
         .map_err(|e| Error::Config(format!("client verifier: {e}")))?;
-    let verifier = Arc::new(RequireClientAuthUsage(webpki));
+    Ok(ClientVerifier(Arc::new(RequireClientAuthUsage(webpki))))
+}
+
+/// TLS 1.3 only, client certificates required and verified against the material's CA and CRLs.
+fn server_config(material: &TlsMaterial, alpn: &[u8]) -> Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = client_verifier(material)?.0;
     let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes())
         .map_err(|e| Error::Config(format!("server key: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -290,6 +322,47 @@ mod tests {
         let no_usage = ca.issue(&LeafSpec { usages: Vec::new(), ..LeafSpec::client("alice", &[]) }).unwrap();
         assert!(!has_client_auth_usage(&der(&no_usage.cert_pem)));
         assert!(!has_client_auth_usage(b"not a certificate"));
+    }
+
+    fn material(ca: &DevCa, crls: Vec<String>) -> TlsMaterial {
+        let server = ca.issue(&LeafSpec::local_server()).unwrap();
+        TlsMaterial {
+            client_ca_pem: ca.cert_pem(),
+            cert_chain_pem: server.cert_pem,
+            key_pem: server.key_pem,
+            crls_pem: crls,
+        }
+    }
+
+    #[test]
+    fn a_verifier_with_a_crl_no_longer_admits_the_certificate_it_revokes() {
+        let ca = DevCa::generate("test CA").unwrap();
+        let (alice, bob) = (
+            ca.issue(&LeafSpec::client("alice", &[])).unwrap(),
+            ca.issue(&LeafSpec::client("bob", &[])).unwrap(),
+        );
+        let chain = |pem: &str| vec![CertificateDer::from(der(pem))];
+        let now = UnixTime::now();
+        let before = client_verifier(&material(&ca, Vec::new())).unwrap();
+        assert!(before.admits(&chain(&alice.cert_pem), now).is_ok());
+        let after = client_verifier(&material(&ca, vec![ca.crl(&[&alice]).unwrap()])).unwrap();
+        let refused = after.admits(&chain(&alice.cert_pem), now).unwrap_err().to_string();
+        assert!(refused.contains("Revoked"), "{refused}");
+        assert!(after.admits(&chain(&bob.cert_pem), now).is_ok());
+        // Another CA's certificate, or none, is not admitted either.
+        let other = DevCa::generate("other CA").unwrap().issue(&LeafSpec::client("alice", &[])).unwrap();
+        assert!(after.admits(&chain(&other.cert_pem), now).is_err());
+        assert!(after.admits(&[], now).is_err());
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_the_certificate_is_refused() {
+        let ca = DevCa::generate("test CA").unwrap();
+        let good = material(&ca, Vec::new());
+        assert!(server_crypto(&good).is_ok());
+        let other = ca.issue(&LeafSpec::local_server()).unwrap();
+        let mismatched = TlsMaterial { key_pem: other.key_pem, ..good };
+        assert!(server_crypto(&mismatched).is_err());
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod memory;
 mod metrics;
 mod onboarding;
 mod pubsub;
+mod reload;
 mod retention;
 mod rollback;
 mod storage_damage;

@@ -5,7 +5,10 @@
 //! Every decision about a peer, allowed or refused: connections (accepted, refused with the reason, closed),
 //! streams refused, publishes refused or failed, subscriptions (and the creation of a durable one), policy
 //! reads refused, policies stored or refused, administrative queries, limits hit (a refusal for
-//! `RATE_LIMITED` or `LIMIT_EXCEEDED` is a `limit` entry) and shutdown.
+//! `RATE_LIMITED` or `LIMIT_EXCEEDED` is a `limit` entry), shutdown, configuration reloads (a `reload` entry, allowed with what changed or refused
+//! with why), and what a reload took away: a connection whose certificate no longer verifies (`connect`,
+//! refused, `certificate_revoked`) and a stream the ACL no longer allows (`subscribe` or `publish`,
+//! refused, `NOT_AUTHORIZED`).
 //!
 //! # What is not, and why
 //!
@@ -184,6 +187,20 @@ impl Observer for AuditObserver {
             Event::AdminAnswered { ref who, query } => by(Action::Admin, who).allow().reason(query),
             Event::AdminRefused { ref who, code } => by(Action::Admin, who).refuse(code_name(code)),
             Event::Shutdown => Entry::new(Action::Shutdown),
+            Event::ConfigReloaded { file, changes } => {
+                Entry::new(Action::Reload).allow().reason(format!("{}: {changes}", file.display()))
+            }
+            Event::ConfigReloadRefused { file, reason } => {
+                Entry::new(Action::Reload).refuse("").reason(format!("{}: {reason}", file.display()))
+            }
+            Event::ConnectionRevoked { ref who } => by(Action::Connect, who).refuse("certificate_revoked"),
+            Event::StreamRevoked { ref who, topic, action } => {
+                let action = match action {
+                    crate::event::Action::Publish => Action::Publish,
+                    _ => Action::Subscribe,
+                };
+                by(action, who).topic(topic.as_str()).refuse(code_name(ErrorCode::NOT_AUTHORIZED))
+            }
         };
         self.log.record(entry);
     }

@@ -1,4 +1,5 @@
-//! The `sealpost-broker` binary: `serve --config FILE` for operators, `dev` for a throwaway local setup (with
+//! The `sealpost-broker` binary: `serve --config FILE` for operators (reloaded on SIGHUP and when its files
+//! change), `dev` for a throwaway local setup (with
 //! the `dev` feature, on by default),
 //! `verify-store DIR` to check a stopped broker's data folder, `audit verify` and `audit keygen` for the
 //! audit log.
@@ -11,6 +12,7 @@ use sealpost_broker::audit::{self, AuditKey, AuditPublicKey};
 use sealpost_broker::config::{Config, LogFormat};
 #[cfg(feature = "dev")]
 use sealpost_broker::dev;
+use sealpost_broker::reload::Running;
 use sealpost_broker::server::{Broker, BrokerOptions};
 use sealpost_broker::store::disk::verify;
 
@@ -265,11 +267,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let config = Config::load(&config_path).with_context(|| format!("loading {}", config_path.display()))?;
     init_log(config.log.format);
-    let options = BrokerOptions::from_config(&config)?;
+    let running = Running::load(&config_path)?;
+    let options = BrokerOptions::from_config(running.config())?;
     // The handlers are installed before the broker says it listens: a SIGTERM sent as soon as that line
-    // appears (a supervisor, a test) must stop it cleanly, not kill it with the default action.
+    // appears (a supervisor, a test) must stop it cleanly, not kill it with the default action; a SIGHUP
+    // must reload, not kill it.
     let mut stop = StopSignals::install()?;
-    let broker = Broker::start(options).await?;
+    let mut broker = Broker::start(options).await?;
+    broker.reload_on_change(config_path.clone(), running)?;
     let ready = format!("sealpost-broker listening on {} (Ctrl-C to stop)", broker.local_addr());
     let metrics = broker.metrics().map(|m| format!("sealpost-broker metrics on {}", m.url()));
     match config.log.format {

@@ -118,6 +118,11 @@ struct PrincipalLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -219,6 +224,9 @@ pub struct Metrics {
     group_commit_requests: Histogram,
     publish_ack_seconds: Histogram,
     shutdowns: Counter,
+    config_reloads: Family<ResultLabel, Counter>,
+    config_loaded_at: Gauge,
+    revoked: Family<KindLabel, Counter>,
     durables: Arc<Durables>,
 }
 
@@ -269,6 +277,9 @@ impl Metrics {
             group_commit_requests: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             publish_ack_seconds: seconds(),
             shutdowns: Counter::default(),
+            config_reloads: Family::default(),
+            config_loaded_at: Gauge::default(),
+            revoked: Family::default(),
             durables: Arc::new(Durables { max: settings.max_topic_labels, ..Durables::default() }),
         };
         let r = &mut registry;
@@ -363,6 +374,23 @@ impl Metrics {
             m.publish_ack_seconds.clone(),
         );
         r.register("shutdowns", "Shutdowns begun (0 or 1)", m.shutdowns.clone());
+        r.register(
+            "config_reloads",
+            "Configuration reloads, by result: ok (applied) or refused (the running configuration kept)",
+            m.config_reloads.clone(),
+        );
+        r.register_with_unit(
+            "config_last_reload_success_timestamp",
+            "When the running configuration was loaded (the start, or the last reload applied), Unix time",
+            Unit::Seconds,
+            m.config_loaded_at.clone(),
+        );
+        r.register(
+            "revoked",
+            "What reloads took away, by kind: connection (closed: its certificate no longer verifies), \
+             subscription or publish (a stream ended: the ACL no longer allows it)",
+            m.revoked.clone(),
+        );
         r.register_collector(Box::new(AtScrape {
             data_dir: settings.data_dir,
             reserve_bytes: settings.reserve_bytes,
@@ -445,6 +473,11 @@ impl Metrics {
         }
     }
 
+    /// The running configuration was loaded at `unix_seconds` (at the start: a reload sets it itself).
+    pub fn config_loaded_at(&self, unix_seconds: u64) {
+        self.config_loaded_at.set(i64::try_from(unix_seconds).unwrap_or(i64::MAX));
+    }
+
     /// A publish read when `took` ago was answered.
     pub fn acked(&self, took: Duration) {
         self.publish_ack_seconds.observe(took.as_secs_f64());
@@ -502,6 +535,21 @@ impl Observer for Metrics {
             Event::Shutdown => {
                 self.shutdowns.inc();
             }
+            Event::ConfigReloaded { .. } => {
+                self.config_reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                self.config_loaded_at(now.map_or(0, |d| d.as_secs()));
+            }
+            Event::ConfigReloadRefused { .. } => {
+                self.config_reloads.get_or_create(&ResultLabel { result: "refused" }).inc();
+            }
+            Event::ConnectionRevoked { .. } => {
+                self.revoked.get_or_create(&KindLabel { kind: "connection" }).inc();
+            }
+            Event::StreamRevoked { action, .. } => {
+                let kind = if *action == Action::Publish { "publish" } else { "subscription" };
+                self.revoked.get_or_create(&KindLabel { kind }).inc();
+            }
         }
     }
 }
@@ -514,6 +562,12 @@ impl Metrics {
         }
         for kind in ["ephemeral", "durable", "durable_created"] {
             let _ = self.subscriptions.get_or_create(&KindLabel { kind });
+        }
+        for result in ["ok", "refused"] {
+            let _ = self.config_reloads.get_or_create(&ResultLabel { result });
+        }
+        for kind in ["connection", "subscription", "publish"] {
+            let _ = self.revoked.get_or_create(&KindLabel { kind });
         }
         self
     }

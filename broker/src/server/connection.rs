@@ -9,12 +9,13 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::wire::{refuse, FrameReader};
-use super::{admin, policies, publish, subscription};
+use super::{admin, policies, publish, subscription, Revision};
 use crate::event::Refused;
 use crate::session::{Close, Connection, Endpoint, FlowControl, Refusal, StreamKind};
 use crate::tls::Peer;
 use crate::writer::Log;
 use crate::Result;
+use rustls::pki_types::UnixTime;
 
 /// The session sets a connection's windows to its share of its principal's.
 impl FlowControl for quinn::Connection {
@@ -38,8 +39,12 @@ pub(super) async fn serve(
     endpoint: Arc<Endpoint>,
     log: Arc<Log>,
     mut shutdown: watch::Receiver<bool>,
+    mut revision: watch::Receiver<Arc<Revision>>,
 ) {
     let remote = incoming.remote_address();
+    // Taken before the handshake: a reload that lands during it is seen as a change below, and the
+    // certificate is checked against it.
+    let mut generation = revision.borrow_and_update().generation;
     let conn = match incoming.accept() {
         Ok(connecting) => match connecting.await {
             Ok(conn) => conn,
@@ -56,6 +61,7 @@ pub(super) async fn serve(
         }
     };
     let peer = Peer::from_connection(&conn);
+    let chain = Peer::chain_of(&conn).unwrap_or_default();
     let claimed = peer.as_ref().map(|p| p.principal.to_string()).unwrap_or_default();
     let flow = Arc::new(conn.clone());
     let session = match Connection::open_from(&endpoint, Some(remote), peer, flow, Instant::now()) {
@@ -93,8 +99,9 @@ pub(super) async fn serve(
                         }
                     };
                     let (session, log, shutdown) = (session.clone(), log.clone(), shutdown.clone());
+                    let revision = revision.clone();
                     let stream = async move {
-                        if let Err(e) = serve_stream(send, recv, &session, &log, shutdown).await {
+                        if let Err(e) = serve_stream(send, recv, &session, &log, shutdown, revision).await {
                             debug!(principal = %session.peer().principal, error = %e, "stream ended with an error");
                         }
                         drop(held);
@@ -107,6 +114,18 @@ pub(super) async fn serve(
                 }
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            Ok(()) = revision.changed() => {
+                let revision = revision.borrow_and_update().clone();
+                if revision.generation == generation {
+                    continue;
+                }
+                generation = revision.generation;
+                if let Err((code, error)) = session.recheck(&revision.verifier, &chain, UnixTime::now()) {
+                    warn!(%remote, %principal, %error, "connection closed: its certificate no longer verifies after a reload");
+                    close(&conn, code);
+                    break;
+                }
+            }
             _ = shutdown.changed() => break,
         }
     }
@@ -124,6 +143,7 @@ async fn serve_stream(
     session: &Arc<Connection>,
     log: &Arc<Log>,
     shutdown: watch::Receiver<bool>,
+    revision: watch::Receiver<Arc<Revision>>,
 ) -> Result<()> {
     let limits = session.endpoint().limits();
     let mut reader =
@@ -134,14 +154,16 @@ async fn serve_stream(
         Err(e) => return refuse(&mut send, &mut reader, Refusal::new(None, e)).await,
     };
     match session.stream_kind(&first.frame) {
-        Ok(StreamKind::Publish) => publish::serve(first, send, reader, session, log, shutdown).await,
+        Ok(StreamKind::Publish) => {
+            publish::serve(first, send, reader, session, log, (shutdown, revision)).await
+        }
         Ok(StreamKind::Policies) => policies::serve(first.frame, send, reader, session, log, shutdown).await,
         Ok(StreamKind::Admin) => admin::serve(first.frame, send, reader, session, log, shutdown).await,
         Ok(StreamKind::Subscription) => {
             drop(first.reservation);
             match session.subscribe(first.frame) {
                 Ok(subscribing) => {
-                    subscription::serve(subscribing, send, reader, session, log, shutdown).await
+                    subscription::serve(subscribing, send, reader, session, log, (shutdown, revision)).await
                 }
                 Err(refusal) => refuse(&mut send, &mut reader, refusal).await,
             }

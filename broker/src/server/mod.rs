@@ -11,7 +11,21 @@
 //! - `connection.rs`: one connection: handshake, admission, its streams, their first frame.
 //! - `publish.rs`, `policies.rs`, `subscription.rs`, `admin.rs`: one kind of stream each.
 //! - `wire.rs`: frames in and out of QUIC streams.
+//! - `reload.rs`: the configuration watcher: SIGHUP and changed files, applied ([`Broker::reload_on_change`]).
 //! - `retention.rs`: the task that runs the store's retention passes.
+//!
+//! # Reloads
+//!
+//! [`Broker::reload_on_change`] watches the configuration file; each reload is read and checked whole
+//! off the async workers ([`crate::reload`]) and, if accepted, applied: the session's ACL is replaced,
+//! the endpoint takes the new TLS configuration for new handshakes, the new configuration is published on
+//! [`Broker::config`], and the connection and subscription tasks are told. Each connection checks its
+//! certificate chain again if the CA bundle or the CRLs changed, and closes itself with
+//! `CERTIFICATE_REVOKED` if the session says so; each subscription asks the session whether the ACL
+//! still allows it, and ends with `NOT_AUTHORIZED` if not (once its current read chunk is written: a
+//! frame half written is never cut). A refused reload changes nothing and is logged, told to the
+//! observers (metrics, audit) as [`Event::ConfigReloadRefused`](crate::event::Event::ConfigReloadRefused).
+//! The metrics endpoint's own TLS configuration is not reloaded.
 //!
 //! # Streams
 //!
@@ -56,6 +70,7 @@ use crate::audit::{AuditLog, AuditObserver};
 use crate::event::Observers;
 use crate::metrics::http::{check_listen, MetricsServer};
 use crate::metrics::Metrics;
+use crate::reload::Running;
 use crate::session::{Close, Endpoint};
 use crate::tls;
 use crate::writer::Log;
@@ -66,6 +81,7 @@ mod connection;
 mod options;
 mod policies;
 mod publish;
+mod reload;
 mod retention;
 mod subscription;
 mod wire;
@@ -83,6 +99,41 @@ pub struct Broker {
     audit: Option<Arc<AuditObserver>>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<()>>,
+    live: Arc<Live>,
+    config: Option<watch::Receiver<Arc<Running>>>,
+}
+
+/// What a reload replaces in a running broker, and how live connections and streams learn of it.
+struct Live {
+    endpoint: quinn::Endpoint,
+    session: Arc<Endpoint>,
+    transport: Arc<quinn::TransportConfig>,
+    revision: watch::Sender<Arc<Revision>>,
+    /// The retention rules the retention task enforces.
+    retention: watch::Sender<crate::retention::Retention>,
+}
+
+/// What connections and subscriptions check themselves against again when it changes: the verifier of
+/// client certificates, and a generation that moves when the CA bundle or the CRLs changed (an ACL-only
+/// reload does not make connections check their certificates again). The ACL itself is the session's.
+struct Revision {
+    verifier: tls::ClientVerifier,
+    generation: u64,
+}
+
+/// The QUIC server configuration: `crypto`, the transport settings, no migration.
+fn quic_config(
+    crypto: Arc<quinn::crypto::rustls::QuicServerConfig>,
+    transport: &Arc<quinn::TransportConfig>,
+) -> quinn::ServerConfig {
+    let mut config = quinn::ServerConfig::with_crypto(crypto);
+    config.transport_config(transport.clone());
+    config.migration(false);
+    config
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl Broker {
@@ -98,7 +149,7 @@ impl Broker {
             check_listen(options.listen, options.tls)?;
         }
         let crypto = tls::server_crypto(&tls)?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let verifier = tls::client_verifier(&tls)?;
         let memory = limits.memory;
         let window = |bytes: u64| {
             quinn::VarInt::from_u64(bytes).map_err(|_| Error::Config("QUIC window too large".into()))
@@ -113,14 +164,14 @@ impl Broker {
             .stream_receive_window(window(memory.stream_receive_window)?)
             .receive_window(window(memory.receive_window_per_connection)?)
             .send_window(memory.send_window_per_connection);
-        server_config.transport_config(Arc::new(transport));
-        server_config.migration(false);
-        let endpoint = quinn::Endpoint::server(server_config, listen)?;
+        let transport = Arc::new(transport);
+        let endpoint = quinn::Endpoint::server(quic_config(Arc::new(crypto), &transport), listen)?;
         let local_addr = endpoint.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (observer, metrics) = match metrics {
             Some(options) => {
                 let observer = Arc::new(Metrics::new(options.settings).with_zero_series());
+                observer.config_loaded_at(unix_seconds());
                 let material = options.tls.then_some(&tls);
                 let server =
                     MetricsServer::start(options.listen, material, observer.clone(), shutdown_rx.clone())
@@ -129,9 +180,9 @@ impl Broker {
             }
             None => (None, None),
         };
-        if !retention.is_empty() {
-            tokio::spawn(retention::run(store.clone(), retention, observer.clone(), shutdown_rx.clone()));
-        }
+        // Always running: a reload may set rules where there were none.
+        let (retention, retention_rx) = watch::channel(retention);
+        tokio::spawn(retention::run(store.clone(), retention_rx, observer.clone(), shutdown_rx.clone()));
         let log = Arc::new(Log::with_metrics(store, limits.tail_cache_bytes, observer.clone())?);
         let mut observers = Observers::new();
         if let Some(observer) = observer {
@@ -142,9 +193,39 @@ impl Broker {
         }
         let session =
             Endpoint::new(acl, authority, limits, Instant::now()).with_observer(Arc::new(observers));
-        let task = tokio::spawn(accept_loop(endpoint, Arc::new(session), log, shutdown_rx));
+        let session = Arc::new(session);
+        let (revision, revision_rx) = watch::channel(Arc::new(Revision { verifier, generation: 0 }));
+        let live = Arc::new(Live {
+            endpoint: endpoint.clone(),
+            session: session.clone(),
+            transport,
+            revision,
+            retention,
+        });
+        let task = tokio::spawn(accept_loop(endpoint, session, log, shutdown_rx, revision_rx));
         info!(%local_addr, "sealpost broker listening (QUIC, mutual TLS 1.3, ALPN sealpost/1)");
-        Ok(Broker { local_addr, metrics, audit, shutdown, task })
+        Ok(Broker { local_addr, metrics, audit, shutdown, task, live, config: None })
+    }
+
+    /// Reloads the configuration file `file` (whose contents `running` holds: what the broker was started
+    /// with) on SIGHUP, and whenever it or a file it names changes (its contents and theirs
+    /// are read every 250 ms); see [`crate::reload`] for what a reload applies and what refuses it. The
+    /// SIGHUP handler is installed before this returns. The configuration in force is published on
+    /// [`config`](Self::config).
+    pub fn reload_on_change(&mut self, file: std::path::PathBuf, running: Running) -> Result<()> {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let (config, config_rx) = watch::channel(Arc::new(running));
+        let watcher = reload::Watcher { file, live: self.live.clone(), config };
+        tokio::spawn(watcher.run(hangup, self.shutdown.subscribe()));
+        self.config = Some(config_rx);
+        Ok(())
+    }
+
+    /// The configuration in force, and each one a reload applies after it: subscribe with
+    /// [`watch::Receiver::changed`]. `None` unless [`reload_on_change`](Self::reload_on_change) was called
+    /// (a broker started from [`BrokerOptions`] alone has no configuration file).
+    pub fn config(&self) -> Option<watch::Receiver<Arc<Running>>> {
+        self.config.clone()
     }
 
     /// The metrics endpoint, if one was configured.
@@ -179,6 +260,7 @@ async fn accept_loop(
     session: Arc<Endpoint>,
     log: Arc<Log>,
     mut shutdown: watch::Receiver<bool>,
+    revision: watch::Receiver<Arc<Revision>>,
 ) -> Result<()> {
     let mut connections = JoinSet::new();
     loop {
@@ -191,8 +273,9 @@ async fn accept_loop(
                     continue;
                 };
                 let (session, log, shutdown) = (session.clone(), log.clone(), shutdown.clone());
+                let revision = revision.clone();
                 connections.spawn(async move {
-                    connection::serve(incoming, session, log, shutdown).await;
+                    connection::serve(incoming, session, log, shutdown, revision).await;
                     drop(place);
                 });
             }

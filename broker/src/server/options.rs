@@ -64,17 +64,9 @@ fn tls_material(config: &Config) -> Result<TlsMaterial> {
 /// Checks everything a broker started with `config` would check before serving, without starting one and
 /// without opening its store (a running broker may hold it): the TLS files (parsed into the server's TLS
 /// configuration: certificates, key, CA bundle, CRLs), the ACL, the metrics address rule and the audit key.
-/// What `sealpost-broker check-config` runs.
+/// What `sealpost-broker check-config` runs, and what a reload checks ([`Running`](crate::reload::Running)).
 pub fn check_config(config: &Config) -> Result<()> {
-    crate::tls::server_crypto(&tls_material(config)?)?;
-    Acl::load(&config.acl)?;
-    if let Some(listen) = config.metrics.listen {
-        crate::metrics::http::check_listen(listen, config.metrics.tls)?;
-    }
-    if let Some(audit) = &config.audit {
-        crate::audit::AuditKey::load(&audit.key)?;
-    }
-    Ok(())
+    crate::reload::Running::from_config(config.clone()).map(|_| ())
 }
 
 impl BrokerOptions {

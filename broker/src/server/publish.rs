@@ -10,6 +10,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
 use super::wire::{write_frame, FrameReader, Received};
+use super::Revision;
 use crate::session::{Connection, PublishAction, PublishStream};
 use crate::writer::Log;
 use crate::{Error, Result};
@@ -24,7 +25,7 @@ pub(super) async fn serve(
     mut reader: FrameReader,
     session: &Connection,
     log: &Arc<Log>,
-    mut shutdown: watch::Receiver<bool>,
+    (mut shutdown, mut revision): (watch::Receiver<bool>, watch::Receiver<Arc<Revision>>),
 ) -> Result<()> {
     let stream = session.publish_stream();
     let (answers, mut pending) =
@@ -53,6 +54,17 @@ pub(super) async fn serve(
                         let frame = PublishStream::broken(&e);
                         let _ = answers.send(Box::pin(async move { frame })).await;
                         break Err(e);
+                    }
+                },
+                // After a reload: the ACL may no longer allow what this stream publishes. The refusal goes
+                // out after the answers already due.
+                Ok(()) = revision.changed() => match stream.still_authorized() {
+                    Ok(()) => continue,
+                    Err(refusal) => {
+                        reader.stop(&refusal.error);
+                        let frame = refusal.frame();
+                        let _ = answers.send(Box::pin(async move { frame })).await;
+                        break Err(refusal.error);
                     }
                 },
                 _ = shutdown.changed() => break Ok(()),

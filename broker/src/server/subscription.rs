@@ -8,6 +8,7 @@ use sealpost_protocol::{Offset, Topic};
 use tokio::sync::watch;
 
 use super::wire::{write_frame, FrameReader};
+use super::Revision;
 use crate::budget::Budget;
 use crate::session::{AckAction, Connection, Started, Subscribing, Subscription};
 use crate::store::{Store, Stored};
@@ -21,7 +22,7 @@ pub(super) async fn serve(
     reader: FrameReader,
     session: &Connection,
     log: &Arc<Log>,
-    mut shutdown: watch::Receiver<bool>,
+    (mut shutdown, mut revision): (watch::Receiver<bool>, watch::Receiver<Arc<Revision>>),
 ) -> Result<()> {
     let mut end = log.durable_end(subscribing.topic())?;
     let store = log.store().clone();
@@ -35,7 +36,22 @@ pub(super) async fn serve(
     tokio::pin!(acks);
 
     let budget: &Budget = session.budget();
+    // The subscription was authorized before this point: an ACL swapped since is caught by a first check
+    // (the session swaps the ACL before the revision is sent), a later one by the revision's change.
+    revision.borrow_and_update();
+    let mut reloaded = true;
     loop {
+        // After a reload: does the ACL still allow this subscription? Asked between reads, never while a
+        // frame is half written.
+        if std::mem::take(&mut reloaded) || revision.has_changed().unwrap_or(false) {
+            revision.borrow_and_update();
+            if let Err(refusal) = cursor.still_authorized() {
+                acks.abort();
+                write_frame(&mut send, &refusal.frame()).await?;
+                let _ = send.finish();
+                return Err(refusal.error);
+            }
+        }
         let durable_end = *end.borrow_and_update();
         if let Some(read) = cursor.next_read(durable_end) {
             // What is read is held until QUIC takes it: it counts against the connection's budget, and
@@ -77,6 +93,7 @@ pub(super) async fn serve(
         tokio::select! {
             changed = end.changed() => if changed.is_err() { return Ok(()) },
             _ = &mut acks => return Ok(()),
+            Ok(()) = revision.changed() => reloaded = true,
             _ = shutdown.changed() => return Ok(()),
         }
     }

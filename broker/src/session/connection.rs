@@ -26,8 +26,9 @@ use super::reply::{Close, ConnectionRefused, Refusal};
 use super::subscribe::{Subscribing, SubscriptionSlot};
 use crate::budget::{Budget, Reservation};
 use crate::event::{Event, Refused, Who};
-use crate::tls::Peer;
+use crate::tls::{ClientVerifier, Peer};
 use crate::{Error, Result};
+use rustls::pki_types::{CertificateDer, UnixTime};
 
 /// The kinds of stream, decided by a stream's first frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,6 +167,22 @@ impl Connection {
         AdminStream::new(self.endpoint.clone(), self.peer.clone(), self.remote)
     }
 
+    /// Whether the connection is still admitted after a reload changed how client certificates are
+    /// verified: `chain` is the certificate chain the connection presented in its handshake (leaf first),
+    /// checked by `verifier` at `now`. If it no longer verifies, the connection must be closed with the
+    /// [`Close`] returned (the event says so); its streams end with it.
+    pub fn recheck(
+        &self,
+        verifier: &ClientVerifier,
+        chain: &[CertificateDer<'static>],
+        now: UnixTime,
+    ) -> Result<(), (Close, Error)> {
+        verifier.admits(chain, now).map_err(|error| {
+            self.endpoint.emit(&Event::ConnectionRevoked { who: self.who() });
+            (Close::CERTIFICATE_REVOKED, error)
+        })
+    }
+
     /// A subscription stream's first frame: a `Subscribe` takes a subscription slot of the connection and
     /// must pass the ACL; the refusal answers its request.
     pub fn subscribe(&self, first: Frame) -> Result<Subscribing, Refusal> {
@@ -286,6 +303,37 @@ mod tests {
         for n in 0..3 {
             assert_eq!(mallory.subscribe(subscribe(n)).unwrap_err().code(), ErrorCode::NOT_AUTHORIZED);
         }
+    }
+
+    #[test]
+    fn a_connection_whose_certificate_a_reloaded_crl_revokes_is_closed_and_others_are_not() {
+        use crate::pki::{DevCa, LeafSpec};
+        use rustls::pki_types::pem::PemObject;
+        let ca = DevCa::generate("test CA").unwrap();
+        let server = ca.issue(&LeafSpec::local_server()).unwrap();
+        let (alice_cert, bob_cert) = (
+            ca.issue(&LeafSpec::client("alice", &[])).unwrap(),
+            ca.issue(&LeafSpec::client("bob", &[])).unwrap(),
+        );
+        let chain = |pem: &str| vec![CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()];
+        let verifier = |crls: Vec<String>| {
+            crate::tls::client_verifier(&crate::tls::TlsMaterial {
+                client_ca_pem: ca.cert_pem(),
+                cert_chain_pem: server.cert_pem.clone(),
+                key_pem: server.key_pem.clone(),
+                crls_pem: crls,
+            })
+            .unwrap()
+        };
+        let (endpoint, _) = endpoint(ServerLimits::default(), Instant::now());
+        let (alice, bob) = (open(&endpoint, "alice").unwrap(), open(&endpoint, "bob").unwrap());
+        let now = UnixTime::now();
+        let before = verifier(Vec::new());
+        assert!(alice.recheck(&before, &chain(&alice_cert.cert_pem), now).is_ok());
+        let after = verifier(vec![ca.crl(&[&alice_cert]).unwrap()]);
+        let (close, _) = alice.recheck(&after, &chain(&alice_cert.cert_pem), now).unwrap_err();
+        assert_eq!(close, Close::CERTIFICATE_REVOKED);
+        assert!(bob.recheck(&after, &chain(&bob_cert.cert_pem), now).is_ok());
     }
 
     #[test]

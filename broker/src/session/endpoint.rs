@@ -9,7 +9,7 @@
 //! one that ignores them ([`Endpoint::with_observer`] sets another).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use sealpost_protocol::{Limits, PublicKey};
@@ -24,7 +24,8 @@ use crate::tls::Fingerprint;
 
 /// See the [module documentation](self).
 pub struct Endpoint {
-    acl: Acl,
+    /// Replaced whole by a reload ([`Endpoint::set_acl`]); each decision reads the one current then.
+    acl: RwLock<Arc<Acl>>,
     limits: ServerLimits,
     protocol: Limits,
     admission: Admission,
@@ -44,7 +45,7 @@ impl Endpoint {
     pub fn new(acl: Acl, authority: Option<PublicKey>, limits: ServerLimits, now: Instant) -> Endpoint {
         let protocol = limits.protocol_limits();
         Endpoint {
-            acl,
+            acl: RwLock::new(Arc::new(acl)),
             limits,
             protocol,
             admission: Admission::new(&limits, now),
@@ -75,9 +76,18 @@ impl Endpoint {
         self.emit(&Event::Shutdown);
     }
 
-    /// The operator's ACL.
-    pub fn acl(&self) -> &Acl {
-        &self.acl
+    /// The operator's ACL, as of now: a decision takes it once and decides with it, so a reload in between
+    /// does not mix two ACLs in one decision.
+    pub fn acl(&self) -> Arc<Acl> {
+        // A pointer swap guarded by the lock: nothing can leave it inconsistent, so a poisoned lock is taken.
+        self.acl.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Makes `acl` the operator's ACL from now on (a reload): every later decision uses it. What it takes
+    /// away from streams already open is decided by their sessions ([`Cursor::still_authorized`](super::Cursor::still_authorized),
+    /// [`PublishStream::still_authorized`](super::PublishStream::still_authorized)) when the driver asks.
+    pub fn set_acl(&self, acl: Arc<Acl>) {
+        *self.acl.write().unwrap_or_else(PoisonError::into_inner) = acl;
     }
 
     /// The limits.

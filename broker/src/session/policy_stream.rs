@@ -122,7 +122,7 @@ impl PolicyStream {
 
     /// Whether the peer may read `topic`'s policies; a refusal is told to the observer.
     fn authorize_read(&self, topic: &Topic) -> Result<()> {
-        authorize_get_policies(&self.peer, self.endpoint.acl(), topic).inspect_err(|e| {
+        authorize_get_policies(&self.peer, &self.endpoint.acl(), topic).inspect_err(|e| {
             self.endpoint.emit(&Event::PolicyReadRefused { who: self.who(), topic, code: e.code() });
         })
     }
@@ -155,7 +155,7 @@ impl PolicyStream {
         let current = policies.current(signed.topic(), store)?;
         authorize_put_policy(
             &self.peer,
-            self.endpoint.acl(),
+            &self.endpoint.acl(),
             policies.authority(),
             current.as_deref(),
             signed,

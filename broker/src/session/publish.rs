@@ -17,16 +17,17 @@
 //! sequence chain is not checked here: the writer's sequencer sees every batch of a publisher in order.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
 use sealpost_protocol::{ChainId, Frame, PublicKey, RequestId, SealedBatch, Topic, VerifiedBatch};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::authorize::{authorize_head, authorize_publisher};
 use super::endpoint::Endpoint;
-use super::reply::error_frame;
+use super::reply::{error_frame, Refusal};
+use crate::acl::Action;
 use crate::event::{Event, Who};
 use crate::store::{PublisherRecord, Store};
 use crate::tls::Peer;
@@ -68,12 +69,19 @@ pub struct PublishStream {
     endpoint: Arc<Endpoint>,
     peer: Arc<Peer>,
     remote: Option<SocketAddr>,
+    /// The topics this stream had a batch accepted on (the first [`MAX_TOPICS_CHECKED`]): what a reload
+    /// of the ACL checks the stream against ([`PublishStream::still_authorized`]).
+    topics: Arc<Mutex<Vec<Topic>>>,
 }
+
+/// Most topics of one publish stream that an ACL reload checks it against (a client publishes one topic
+/// per stream; later topics of a stream that published more are checked per batch only).
+pub const MAX_TOPICS_CHECKED: usize = 16;
 
 impl PublishStream {
     /// A publish stream of `peer`.
     pub fn new(endpoint: Arc<Endpoint>, peer: Arc<Peer>) -> PublishStream {
-        PublishStream { endpoint, peer, remote: None }
+        PublishStream { endpoint, peer, remote: None, topics: Arc::default() }
     }
 
     /// This stream, of a connection from `remote` (which its events name).
@@ -90,6 +98,7 @@ impl PublishStream {
         match frame {
             Frame::Publish { request_id, batch } => match self.check(batch, store, now) {
                 Ok((topic, batch)) => {
+                    self.remember(&topic);
                     let (messages, bytes) = (batch.header().count, batch.as_bytes().len());
                     self.endpoint.emit(&Event::PublishAccepted {
                         who: self.who(),
@@ -123,6 +132,37 @@ impl PublishStream {
         }
     }
 
+    fn topics(&self) -> MutexGuard<'_, Vec<Topic>> {
+        // A list only pushed to: nothing can leave it inconsistent, so a poisoned lock is taken.
+        self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn remember(&self, topic: &Topic) {
+        let mut topics = self.topics();
+        if topics.len() < MAX_TOPICS_CHECKED && !topics.contains(topic) {
+            topics.push(topic.clone());
+        }
+    }
+
+    /// Whether the stream may go on under the ACL as it is now (after a reload): if the ACL no longer lets
+    /// its principal publish on a topic the stream published on, the refusal to end the stream with
+    /// (`NOT_AUTHORIZED`, after the answers already due), and the event says so. Each later batch is
+    /// checked against the ACL of its time anyway; this ends the stream of a publisher that lost the
+    /// right, instead of refusing its batches one by one.
+    pub fn still_authorized(&self) -> Result<(), Refusal> {
+        let acl = self.endpoint.acl();
+        let lost =
+            self.topics().iter().find(|t| !acl.allows(&self.peer.principal, t, Action::Publish)).cloned();
+        let Some(topic) = lost else { return Ok(()) };
+        info!(principal = %self.peer.principal, %topic, "publish stream ended: the ACL no longer allows it");
+        self.endpoint.emit(&Event::StreamRevoked {
+            who: self.who(),
+            topic: &topic,
+            action: crate::event::Action::Publish,
+        });
+        Err(Refusal::new(None, Error::NotAuthorized))
+    }
+
     /// A `Head` or `HeadOfChain` request: read from the store if the peer may ask it ([`authorize_head`]).
     fn head(
         &self,
@@ -131,7 +171,7 @@ impl PublishStream {
         publisher: PublicKey,
         chain: ChainId,
     ) -> PublishAction {
-        match authorize_head(&self.peer, self.endpoint.acl(), &topic, &publisher) {
+        match authorize_head(&self.peer, &self.endpoint.acl(), &topic, &publisher) {
             Ok(()) => PublishAction::ReadHead { request_id, topic, publisher, chain },
             Err(e) => PublishAction::Send(error_frame(Some(request_id), &e)),
         }
@@ -150,7 +190,7 @@ impl PublishStream {
         let with_topic = |e: Error, topic: &Topic| (Some(topic.clone()), e);
         let policy = (self.endpoint.policies().current(&sealed.header().topic, store))
             .map_err(|e| with_topic(e, &sealed.header().topic))?;
-        authorize_publisher(&self.peer, self.endpoint.acl(), policy.as_deref(), sealed.header())
+        authorize_publisher(&self.peer, &self.endpoint.acl(), policy.as_deref(), sealed.header())
             .map_err(|e| with_topic(e, &sealed.header().topic))?;
         let topic = sealed.header().topic.clone();
         let verified = sealed.verify().map_err(|e| with_topic(e.into(), &topic))?;
@@ -228,6 +268,26 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_publish_stream_the_reloaded_acl_no_longer_allows_is_ended() {
+        use crate::session::testing::{acl_from, ACL};
+        let now = Instant::now();
+        let (alice, store) = stream("alice", ServerLimits::default(), now);
+        let idle = PublishStream::new(alice.endpoint.clone(), alice.peer.clone());
+        let action = alice.on_frame(publish(1, "alice", "demo.chat"), store.as_ref(), now);
+        assert!(matches!(action, PublishAction::Submit { .. }), "{action:?}");
+        assert!(alice.still_authorized().is_ok());
+        let deny = "[[rule]]\nprincipals = [\"alice\"]\ntopics = [\"demo.chat\"]\nactions = [\"publish\"]\neffect = \"deny\"\n";
+        alice.endpoint.set_acl(Arc::new(acl_from(&format!("{ACL}\n{deny}"))));
+        // A clone (as the shell's answer tasks hold) knows the stream's topics.
+        let refusal = alice.clone().still_authorized().unwrap_err();
+        assert_eq!((refusal.request_id, refusal.code()), (None, ErrorCode::NOT_AUTHORIZED));
+        // A stream that published nothing on demo.chat goes on; its next batch there is refused.
+        assert!(idle.still_authorized().is_ok());
+        let (_, code) = refused(idle.on_frame(publish(2, "alice", "demo.chat"), store.as_ref(), now));
+        assert_eq!(code, ErrorCode::NOT_AUTHORIZED);
     }
 
     #[test]

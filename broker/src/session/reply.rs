@@ -64,6 +64,10 @@ impl Close {
     /// The principal already has `max_connections_per_principal` connections.
     pub const TOO_MANY_CONNECTIONS: Close =
         Close { code: 2, reason: "too many connections for this principal" };
+    /// After a configuration reload, the client certificate no longer verifies: revoked by a CRL, no longer
+    /// chaining to the CA bundle, or expired since the connection opened.
+    pub const CERTIFICATE_REVOKED: Close =
+        Close { code: 3, reason: "client certificate revoked or no longer valid" };
 }
 
 /// A connection the session refuses: close it with `close`; `error` says why, for the log.

@@ -113,7 +113,7 @@ impl Subscribing {
         request: (RequestId, Topic, StartAt, Option<String>),
     ) -> Result<Subscribing, Refusal> {
         let (request_id, topic, from, durable) = request;
-        if let Err(e) = authorize_subscribe(peer, endpoint.acl(), &topic, durable.as_deref()) {
+        if let Err(e) = authorize_subscribe(peer, &endpoint.acl(), &topic, durable.as_deref()) {
             debug!(principal = %peer.principal, %topic, error = %e, "subscribe refused");
             endpoint.emit(&Event::SubscribeRefused {
                 who: Who::of(peer, remote),
@@ -266,6 +266,23 @@ impl Cursor {
         (self.next < durable_end).then_some(Read { from: self.next, max_bytes: self.read_bytes })
     }
 
+    /// Whether the subscription may go on under the ACL as it is now (after a reload): if the ACL no
+    /// longer lets its principal subscribe to its topic, the refusal to end the stream with
+    /// (`NOT_AUTHORIZED`: send its frame, finish the stream), and the event says so.
+    pub fn still_authorized(&self) -> Result<(), Refusal> {
+        let acl = self.endpoint.acl();
+        if acl.allows(&self.peer.principal, &self.topic, crate::acl::Action::Subscribe) {
+            return Ok(());
+        }
+        info!(principal = %self.peer.principal, topic = %self.topic, "subscription ended: the ACL no longer allows it");
+        self.endpoint.emit(&Event::StreamRevoked {
+            who: Who::of(&self.peer, self.remote),
+            topic: &self.topic,
+            action: crate::event::Action::Subscribe,
+        });
+        Err(Refusal::new(None, Error::NotAuthorized))
+    }
+
     /// The frame that delivers `item` (read in offset order) and the cursor moved past it; `None` if the
     /// item is at or past `durable_end` (not durable: deliver nothing more of this read).
     pub fn deliver(&mut self, item: Stored, durable_end: Offset) -> Option<Frame> {
@@ -382,6 +399,29 @@ mod tests {
             let AckAction::Refuse(e) = s.on_frame(frame) else { panic!("not refused") };
             assert_eq!(e.code(), ErrorCode::MALFORMED);
         }
+    }
+
+    #[test]
+    fn a_subscription_the_reloaded_acl_no_longer_allows_is_ended_and_others_go_on() {
+        use crate::session::testing::{acl_from, ACL};
+        let (endpoint, _) = endpoint(ServerLimits::default(), Instant::now());
+        let store = MemoryStore::new();
+        let start = |who: &str, name: &str| {
+            let slot = SubscriptionSlot::take(&Arc::new(AtomicUsize::new(0)), 1).unwrap();
+            let request = (1, topic(name), StartAt::Earliest, None);
+            let subscribing = Subscribing::new(&endpoint, (&Arc::new(peer(who)), None), 7, slot, request);
+            subscribing.unwrap().start(&store, Offset(0)).unwrap().cursor
+        };
+        let (bob_chat, bob_events, alice_chat) =
+            (start("bob", "demo.chat"), start("bob", "demo.events"), start("alice", "demo.chat"));
+        assert!(bob_chat.still_authorized().is_ok());
+        // Bob may no longer read demo.chat; demo.events and alice are not affected.
+        let deny = "[[rule]]\nprincipals = [\"bob\"]\ntopics = [\"demo.chat\"]\nactions = [\"subscribe\"]\neffect = \"deny\"\n";
+        endpoint.set_acl(Arc::new(acl_from(&format!("{ACL}\n{deny}"))));
+        let refusal = bob_chat.still_authorized().unwrap_err();
+        assert_eq!((refusal.request_id, refusal.code()), (None, ErrorCode::NOT_AUTHORIZED));
+        assert!(bob_events.still_authorized().is_ok());
+        assert!(alice_chat.still_authorized().is_ok());
     }
 
     #[test]
