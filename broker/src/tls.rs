@@ -36,18 +36,8 @@ use crate::{Error, Result};
 /// The ALPN protocol id of this version of the Sealpost protocol.
 pub const ALPN: &[u8] = b"sealpost/1";
 
-const PRINCIPAL_SCHEME: &str = "sealpost://";
-const KEY_BINDING_PREFIX: &str = "urn:sealpost:ed25519:";
-
-/// The URI SAN that names `principal`.
-pub fn principal_uri(principal: &str) -> String {
-    format!("{PRINCIPAL_SCHEME}{principal}")
-}
-
-/// The URI SAN that binds `key` to the certificate's principal.
-pub fn key_binding_uri(key: &PublicKey) -> String {
-    format!("{KEY_BINDING_PREFIX}{key}")
-}
+pub use sealpost_protocol::identity::{key_binding_uri, principal_uri};
+use sealpost_protocol::identity::{KEY_BINDING_PREFIX, PRINCIPAL_SCHEME};
 
 /// The SHA-256 digest of a certificate's DER encoding: names the exact certificate a peer presented (in
 /// events and the audit log), shown as 64 lowercase hex digits. It is not secret and proves nothing by
