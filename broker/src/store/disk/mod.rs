@@ -76,6 +76,7 @@ use self::sync::IndexFiles;
 use super::{io_error, lock, offset_mismatch, Append, PublisherRecord, Store, Stored, StoredBatch};
 use crate::{Error, Result};
 
+pub mod backup;
 #[cfg(test)]
 mod bit_flips;
 mod codec;
