@@ -165,3 +165,36 @@ async fn a_backup_taken_while_publishing_restores_every_message_acknowledged_bef
     assert_eq!(store.policies(&events, 10).unwrap(), [env.first_policy("demo.events").as_bytes().clone()]);
     assert_eq!(store.durable_offset(&chat(), &"bob".parse().unwrap(), "audit").unwrap(), Some(Offset(5)));
 }
+
+#[test]
+fn serve_refuses_a_data_folder_of_a_newer_on_disk_format_and_says_to_upgrade() {
+    let mut env = Env::new();
+    let config = env.write_config();
+    std::fs::write(env.data_dir().join("FORMAT"), "sealpost-store 5\n").unwrap();
+    let mut child = Command::new(cargo_bin("sealpost-broker"))
+        .args(["serve".as_ref(), "--config".as_ref(), config.as_os_str()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the broker served a data folder of a newer format");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "this data folder is in on-disk format 5; this broker reads up to 4; upgrade the broker"
+        ),
+        "{stderr}"
+    );
+}

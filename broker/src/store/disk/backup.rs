@@ -16,7 +16,8 @@
 //! starts ([`segment`](super::segment)): every byte before it was covered by a successful fdatasync, and
 //! every acknowledgement follows the sync that covers its batch and the side file's rewrite, so the backup
 //! holds every batch, policy and durable offset acknowledged before it started, and some acknowledged
-//! while it ran. The side file is rewritten in place while the broker runs: it is read with its CRC, and
+//! while it ran (a broker that cannot write the side file logs a warning at every sync; a backup is then
+//! only as recent as the file). The side file is rewritten in place while the broker runs: it is read with its CRC, and
 //! again (up to [`SYNCED_TRIES`] times) while it reads torn. Every segment numbered below the
 //! checkpoint's is closed (a broker only appends to the newest, and a sync covered it whole before the side
 //! file named a later one), so it is copied whole; the checkpoint's own segment up to the checkpoint.
