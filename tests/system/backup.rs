@@ -170,7 +170,8 @@ async fn a_backup_taken_while_publishing_restores_every_message_acknowledged_bef
 fn serve_refuses_a_data_folder_of_a_newer_on_disk_format_and_says_to_upgrade() {
     let mut env = Env::new();
     let config = env.write_config();
-    std::fs::write(env.data_dir().join("FORMAT"), "sealpost-store 5\n").unwrap();
+    let known = sealpost_broker::store::disk::format::supported();
+    std::fs::write(env.data_dir().join("FORMAT"), format!("sealpost-store {}\n", known + 1)).unwrap();
     let mut child = Command::new(cargo_bin("sealpost-broker"))
         .args(["serve".as_ref(), "--config".as_ref(), config.as_os_str()])
         .stdout(std::process::Stdio::null())
@@ -192,9 +193,10 @@ fn serve_refuses_a_data_folder_of_a_newer_on_disk_format_and_says_to_upgrade() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains(
-            "this data folder is in on-disk format 5; this broker reads up to 4; upgrade the broker"
-        ),
+        stderr.contains(&format!(
+            "this data folder is in on-disk format {}; this broker reads up to {known}; upgrade the broker",
+            known + 1
+        )),
         "{stderr}"
     );
 }

@@ -437,7 +437,10 @@ fn a_layout_4_index_is_refused_by_nothing_older_than_its_key_says() {
         db.flush().unwrap();
     }
     let refused = DiskStore::open(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(refused.contains("on-disk format 5; this broker reads up to 4"), "{refused}");
+    assert!(
+        refused.contains(&format!("on-disk format 5; this broker reads up to {LAYOUT_VERSION}")),
+        "{refused}"
+    );
 }
 
 #[test]

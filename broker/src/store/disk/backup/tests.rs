@@ -49,7 +49,7 @@ fn backed_up() -> (tempfile::TempDir, std::path::PathBuf, Vec<Bytes>) {
     let to = dir.path().join("backup");
     let report = backup(&data, &to).unwrap();
     assert_eq!(report.skipped, Vec::<u64>::new());
-    assert_eq!(report.manifest.store_format, 4);
+    assert_eq!(report.manifest.store_format, format::supported());
     // Appended after the backup started: not in it (the second batch is synced, the first not yet).
     append_n(&store, &topic(), 1);
     store.sync().unwrap();
@@ -63,7 +63,7 @@ fn a_restored_backup_serves_every_batch_policy_and_durable_offset_it_was_taken_w
     let restored = dir.path().join("restored");
     let manifest = restore(&backup_dir, &restored).unwrap();
     assert_eq!(manifest, read_manifest(&backup_dir).unwrap());
-    assert_eq!(format::read(&restored).unwrap(), Some(4));
+    assert_eq!(format::read(&restored).unwrap(), Some(format::supported()));
     let store = DiskStore::open(&restored).unwrap();
     assert_eq!(payloads(&store, &topic()), batches);
     assert_eq!(
@@ -145,12 +145,16 @@ fn restore_refuses_a_folder_that_is_not_empty() {
 fn restore_refuses_a_newer_store_format_or_manifest_version() {
     let (dir, backup_dir, _) = backed_up();
     let mut manifest = read_manifest(&backup_dir).unwrap();
-    manifest.store_format = 5;
+    let (newer, known) = (format::supported() + 1, format::supported());
+    manifest.store_format = newer;
     std::fs::write(backup_dir.join(MANIFEST_FILE), manifest.encode()).unwrap();
     let refused = restore(&backup_dir, &dir.path().join("restored")).unwrap_err();
-    assert!(matches!(refused, Error::UnsupportedFormat { found: 5, supported: 4 }), "{refused}");
+    assert!(
+        matches!(refused, Error::UnsupportedFormat { found, supported } if (found, supported) == (newer, known)),
+        "{refused}"
+    );
     // A manifest version this broker does not know (its checksum made right).
-    manifest.store_format = 4;
+    manifest.store_format = known;
     let text = String::from_utf8(manifest.encode()).unwrap();
     let body: String =
         text.lines().take_while(|l| !l.starts_with("sha256 ")).map(|l| format!("{l}\n")).collect();
@@ -164,15 +168,19 @@ fn restore_refuses_a_newer_store_format_or_manifest_version() {
 #[test]
 fn opening_a_data_folder_of_a_newer_format_is_refused_with_a_typed_error_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(format::FORMAT_FILE), "sealpost-store 5\n").unwrap();
+    let (newer, known) = (format::supported() + 1, format::supported());
+    std::fs::write(dir.path().join(format::FORMAT_FILE), format!("sealpost-store {newer}\n")).unwrap();
     let refused = DiskStore::open(dir.path()).unwrap_err();
-    assert!(matches!(refused, Error::UnsupportedFormat { found: 5, supported: 4 }), "{refused}");
+    assert!(
+        matches!(refused, Error::UnsupportedFormat { found, supported } if (found, supported) == (newer, known)),
+        "{refused}"
+    );
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, [format::FORMAT_FILE]);
     // A new store states its format.
     let fresh = tempfile::tempdir().unwrap();
     drop(DiskStore::open(fresh.path()).unwrap());
-    assert_eq!(format::read(fresh.path()).unwrap(), Some(4));
+    assert_eq!(format::read(fresh.path()).unwrap(), Some(known));
 }
 
 #[test]
@@ -203,7 +211,7 @@ fn backup_copies_whatever_segments_are_there_up_to_the_checkpoint_and_no_further
     segments.append(&[b"four, never synced".as_slice()]).unwrap();
     // A store deleted segment 1 (retention); the numbers are no longer contiguous.
     std::fs::remove_file(path.join(segment_name(1))).unwrap();
-    format::write(dir.path(), 4).unwrap();
+    format::write(dir.path(), format::supported()).unwrap();
     let to = dir.path().join("backup");
     let report = backup(dir.path(), &to).unwrap();
     let numbers: Vec<u64> = report.manifest.segments.iter().map(|s| s.number).collect();
