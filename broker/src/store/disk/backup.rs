@@ -21,9 +21,14 @@
 //! again (up to [`SYNCED_TRIES`] times) while it reads torn. Every segment numbered below the
 //! checkpoint's is closed (a broker only appends to the newest, and a sync covered it whole before the side
 //! file named a later one), so it is copied whole; the checkpoint's own segment up to the checkpoint.
-//! Segment numbers need not be contiguous, and a segment file that is gone when the copy comes to it is
-//! skipped (a store deletes only segments whose every record it no longer needs); one already opened is
-//! read to its end whatever happens to its name.
+//! Segment numbers need not be contiguous. A segment file that is gone when the copy comes to it is
+//! skipped: retention deletes a segment only after it appended what the segment still held that is
+//! needed (policies, durable offsets, chain heads, its marks) to the active segment and synced. Those
+//! records may lie past the checkpoint the backup started from, so after a round in which a segment went
+//! missing the backup reads the side file again and copies on, from where it stopped to the new
+//! checkpoint, in at most [`BACKUP_ROUNDS`] rounds. A segment is listed before and after the side file is
+//! read, so one removed before the first listing was removed after a sync the checkpoint covers. A file
+//! already opened is read to its end whatever happens to its name.
 //!
 //! ```text
 //! MANIFEST (ASCII lines)
@@ -57,6 +62,7 @@
 //! it to `segments/` and writes the `FORMAT` file. A restore that fails leaves a folder that is not empty:
 //! remove it and restore again.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -77,6 +83,8 @@ pub const MANIFEST_VERSION: u32 = 1;
 /// How many times the side file is read while it reads torn (the broker rewrites it in place).
 pub const SYNCED_TRIES: u32 = 100;
 const SYNCED_RETRY: Duration = Duration::from_millis(10);
+/// Most rounds a backup copies in while the store removes segments under it (see the module documentation).
+pub const BACKUP_ROUNDS: u32 = 8;
 /// A manifest larger than this is refused unread (16 MiB: about 150,000 segment files).
 const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 const COPY_BUFFER: usize = 1024 * 1024;
@@ -222,25 +230,51 @@ pub fn backup(data_dir: &Path, to: &Path) -> Result<BackupReport> {
         )));
     }
     let store_format = source_format(data_dir)?;
-    let checkpoint = read_checkpoint(&source)?;
     prepare_empty(to)?;
     let target = to.join(SEGMENTS);
     std::fs::create_dir(&target).map_err(|e| io_error(&format!("creating {}", target.display()), &e))?;
-    let mut segments = Vec::new();
+    let mut copies: BTreeMap<u64, Copied> = BTreeMap::new();
     let mut skipped = Vec::new();
-    for number in segment::list(&source)?.into_iter().filter(|&n| n <= checkpoint.segment) {
-        let limit = (number == checkpoint.segment).then_some(checkpoint.position);
-        match copy_segment(&source, &target, number, limit)? {
-            Some(copy) => segments.push(copy),
-            None if limit.is_some_and(|p| p > 0) => {
-                return Err(Error::Backup(format!(
-                    "segment {number}, which holds the checkpoint, is gone: did the broker restart from \
-                     another folder? Take the backup again"
-                )))
-            }
-            None => skipped.push(number),
+    let mut from = Checkpoint::default();
+    let mut round = 0;
+    let checkpoint = loop {
+        round += 1;
+        // Listed before and after the checkpoint is read: a segment removed before the first listing
+        // was removed after a sync that the checkpoint covers (its records carried forward before it).
+        let before = segment::list(&source)?;
+        let checkpoint = read_checkpoint(&source)?;
+        if checkpoint < from {
+            return Err(Error::Backup(format!(
+                "{} went back while the backup ran (did the broker restart on another copy?); take it again",
+                source.join(SYNCED_FILE).display()
+            )));
         }
-    }
+        let numbers: BTreeSet<u64> = before
+            .into_iter()
+            .chain(segment::list(&source)?)
+            .filter(|&n| n >= from.segment && n <= checkpoint.segment)
+            .collect();
+        let mut vanished = false;
+        for number in numbers {
+            let start = if number == from.segment { from.position } else { 0 };
+            let end = (number == checkpoint.segment).then_some(checkpoint.position);
+            if !copy_segment(&source, &target, number, start, end, &mut copies)? {
+                vanished = true;
+                skipped.push(number);
+            }
+        }
+        if !vanished {
+            break checkpoint;
+        }
+        // The store removed a segment while it was copied, after carrying forward what it still needed
+        // and syncing: the next checkpoint covers those records. Copy on to it.
+        if round >= BACKUP_ROUNDS {
+            return Err(Error::Backup(format!(
+                "segment files kept being removed while the backup ran ({round} rounds); take it again"
+            )));
+        }
+        from = checkpoint;
+    };
     sync_dir(&target)?;
     let manifest = Manifest {
         store_format,
@@ -250,7 +284,10 @@ pub fn backup(data_dir: &Path, to: &Path) -> Result<BackupReport> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         checkpoint,
-        segments,
+        segments: copies
+            .into_iter()
+            .map(|(number, c)| SegmentCopy { number, len: c.len, sha256: c.hasher.finalize().into() })
+            .collect(),
     };
     write_durably(to, MANIFEST_FILE, &manifest.encode())?;
     Ok(BackupReport { manifest, skipped })
@@ -405,42 +442,70 @@ fn prepare_empty(dir: &Path) -> Result<()> {
     }
 }
 
-/// Copies segment `number` from `source` to `target` (all of it, or its first `limit` bytes) and fsyncs
-/// the copy; `None` if the segment is gone.
+/// What a backup has copied of one segment so far.
+#[derive(Default)]
+struct Copied {
+    len: u64,
+    hasher: Sha256,
+}
+
+/// Appends the bytes of segment `number` in `source` from `start` (where its copy in `target` ends) to
+/// `end` (or to the end of the file) to that copy, fsynced, and updates `copies`; `false` if the segment
+/// is gone.
 fn copy_segment(
     source: &Path,
     target: &Path,
     number: u64,
-    limit: Option<u64>,
-) -> Result<Option<SegmentCopy>> {
+    start: u64,
+    end: Option<u64>,
+    copies: &mut BTreeMap<u64, Copied>,
+) -> Result<bool> {
     let path = source.join(segment_name(number));
     let mut file = match File::open(&path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(io_error(&format!("opening {}", path.display()), &e)),
     };
     let now = file.metadata().map_err(|e| io_error(&format!("reading {}", path.display()), &e))?.len();
-    let len = match limit {
-        Some(position) if now < position => {
-            return Err(Error::Backup(format!(
-                "{} holds {now} bytes, fewer than the checkpoint's {position}",
-                path.display()
-            )))
-        }
-        Some(position) => position,
-        None => now,
-    };
+    let end = end.unwrap_or(now);
+    if now < end || end < start {
+        return Err(Error::Backup(format!(
+            "{} holds {now} bytes, fewer than the {} the backup needs: it was cut while the backup ran; \
+             take it again",
+            path.display(),
+            end.max(start)
+        )));
+    }
+    let copied = copies.entry(number).or_default();
+    if copied.len != start {
+        return Err(Error::Backup(format!(
+            "the copy of {} holds {} bytes, not {start}",
+            path.display(),
+            copied.len
+        )));
+    }
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))
+        .map_err(|e| io_error(&format!("reading {}", path.display()), &e))?;
     let out_path = target.join(segment_name(number));
-    let mut out = create_new(&out_path)?;
-    let sha256 = hash_copy(&mut file, len, Some(&mut out), &path)?;
+    let mut out = File::options()
+        .create(true)
+        .append(true)
+        .open(&out_path)
+        .map_err(|e| io_error(&format!("opening {}", out_path.display()), &e))?;
+    copy_bytes(&mut file, end - start, Some(&mut out), &mut copied.hasher, &path)?;
     out.sync_all().map_err(|e| io_error(&format!("fsync of {}", out_path.display()), &e))?;
-    Ok(Some(SegmentCopy { number, len, sha256 }))
+    copied.len = end;
+    Ok(true)
 }
 
-/// Reads exactly `len` bytes of `from` (named `path`), writes them to `to` if given, and returns their
-/// SHA-256.
-fn hash_copy(from: &mut File, len: u64, mut to: Option<&mut File>, path: &Path) -> Result<[u8; 32]> {
-    let mut hasher = Sha256::new();
+/// Reads exactly `len` bytes of `from` (named `path`), writes them to `to` if given, and hashes them.
+fn copy_bytes(
+    from: &mut File,
+    len: u64,
+    mut to: Option<&mut File>,
+    hasher: &mut Sha256,
+    path: &Path,
+) -> Result<()> {
     let mut buffer = vec![0u8; COPY_BUFFER];
     let mut left = len;
     while left > 0 {
@@ -455,6 +520,13 @@ fn hash_copy(from: &mut File, len: u64, mut to: Option<&mut File>, path: &Path) 
         }
         left -= want as u64;
     }
+    Ok(())
+}
+
+/// [`copy_bytes`] with a hasher of its own: the SHA-256 of the bytes.
+fn hash_copy(from: &mut File, len: u64, to: Option<&mut File>, path: &Path) -> Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    copy_bytes(from, len, to, &mut hasher, path)?;
     Ok(hasher.finalize().into())
 }
 

@@ -231,19 +231,24 @@ fn backup_copies_whatever_segments_are_there_up_to_the_checkpoint_and_no_further
 }
 
 #[test]
-fn a_segment_gone_when_the_copy_comes_to_it_is_skipped_and_the_last_one_is_cut_at_the_checkpoint() {
+fn a_segment_gone_when_the_copy_comes_to_it_is_skipped_and_a_cut_copy_is_continued_later() {
     let dir = tempfile::tempdir().unwrap();
     let (source, target) = (dir.path().join("from"), dir.path().join("to"));
     std::fs::create_dir_all(&source).unwrap();
     std::fs::create_dir_all(&target).unwrap();
+    let mut copies = BTreeMap::new();
     // Removed (by retention) between the listing and the copy: nothing to copy, no error.
-    assert_eq!(copy_segment(&source, &target, 7, None).unwrap(), None);
-    assert!(!target.join(segment_name(7)).exists());
+    assert!(!copy_segment(&source, &target, 7, 0, None, &mut copies).unwrap());
+    assert!(!target.join(segment_name(7)).exists() && copies.is_empty());
     std::fs::write(source.join(segment_name(8)), b"12345").unwrap();
-    let refused = copy_segment(&source, &target, 8, Some(6)).unwrap_err();
-    assert!(matches!(&refused, Error::Backup(m) if m.contains("fewer than the checkpoint")), "{refused}");
-    let copy = copy_segment(&source, &target, 8, Some(3)).unwrap().unwrap();
-    assert_eq!((copy.number, copy.len), (8, 3));
-    assert_eq!(copy.sha256, <[u8; 32]>::from(Sha256::digest(b"123")));
+    let refused = copy_segment(&source, &target, 8, 0, Some(6), &mut copies).unwrap_err();
+    assert!(matches!(&refused, Error::Backup(m) if m.contains("fewer than")), "{refused}");
+    // Cut at a first checkpoint, continued to a later one (the next round of a backup).
+    assert!(copy_segment(&source, &target, 8, 0, Some(3), &mut copies).unwrap());
     assert_eq!(std::fs::read(target.join(segment_name(8))).unwrap(), b"123");
+    assert!(copy_segment(&source, &target, 8, 3, None, &mut copies).unwrap());
+    assert_eq!(std::fs::read(target.join(segment_name(8))).unwrap(), b"12345");
+    let copied = copies.remove(&8).unwrap();
+    assert_eq!(copied.len, 5);
+    assert_eq!(<[u8; 32]>::from(copied.hasher.finalize()), <[u8; 32]>::from(Sha256::digest(b"12345")));
 }
