@@ -13,22 +13,24 @@
 //! ```
 //!
 //! The **consistency point** is the checkpoint the `segments/synced` side file names when the backup
-//! starts ([`segment`](super::segment)): every byte before it was covered by a successful fdatasync, and
-//! every acknowledgement follows the sync that covers its batch and the side file's rewrite, so the backup
-//! holds every batch, policy and durable offset acknowledged before it started, and some acknowledged
-//! while it ran (a broker that cannot write the side file logs a warning at every sync; a backup is then
-//! only as recent as the file). The side file is rewritten in place while the broker runs: it is read with its CRC, and
-//! again (up to [`SYNCED_TRIES`] times) while it reads torn. Every segment numbered below the
-//! checkpoint's is closed (a broker only appends to the newest, and a sync covered it whole before the side
-//! file named a later one), so it is copied whole; the checkpoint's own segment up to the checkpoint.
-//! Segment numbers need not be contiguous. A segment file that is gone when the copy comes to it is
-//! skipped: retention deletes a segment only after it appended what the segment still held that is
-//! needed (policies, durable offsets, chain heads, its marks) to the active segment and synced. Those
-//! records may lie past the checkpoint the backup started from, so after a round in which a segment went
-//! missing the backup reads the side file again and copies on, from where it stopped to the new
-//! checkpoint, in at most [`BACKUP_ROUNDS`] rounds. A segment is listed before and after the side file is
-//! read, so one removed before the first listing was removed after a sync the checkpoint covers. A file
-//! already opened is read to its end whatever happens to its name.
+//! starts (or a later one, below) ([`segment`](super::segment)): every byte before it was covered by a
+//! successful fdatasync, and every acknowledgement follows the sync that covers its batch and the side
+//! file's rewrite, so the backup holds every batch, policy and durable offset acknowledged before it
+//! started, and some acknowledged while it ran (a broker that cannot write the side file logs a warning at
+//! every sync; a backup is then only as recent as the file). The side file is rewritten in place while the
+//! broker runs: it is read with its CRC, and again (up to [`SYNCED_TRIES`] times) while it reads torn.
+//! Every segment numbered below the checkpoint's is closed (a broker only appends to the newest, and a
+//! sync covered it whole before the side file named a later one), so it is copied whole; the checkpoint's
+//! own segment up to the checkpoint.
+//!
+//! Segment numbers need not be contiguous, and a segment file that is gone when the copy comes to it is
+//! skipped. Retention deletes a segment only after it appended what the segment still held that is needed
+//! (policies, durable offsets, chain heads, its marks) to the active segment and synced; those records may
+//! lie past the checkpoint the backup started from. So after a round in which a segment went missing the
+//! backup reads the side file again and copies on, from where it stopped to the new checkpoint, in at most
+//! [`BACKUP_ROUNDS`] rounds. Segments are listed before and after the side file is read, so one removed
+//! before the first listing was removed after a sync the checkpoint covers. A file already opened is read
+//! to its end whatever happens to its name.
 //!
 //! ```text
 //! MANIFEST (ASCII lines)
