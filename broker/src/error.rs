@@ -52,6 +52,21 @@ pub enum Error {
     /// verify (see [`crate::audit`]).
     #[error("audit log: {0}")]
     Audit(String),
+    /// The data folder (or a backup of one) is in an on-disk format this broker does not read: a newer
+    /// one (see docs/architecture.md, "On-disk format"). Nothing was changed.
+    #[error(
+        "this data folder is in on-disk format {found}; this broker reads up to {supported}; upgrade the broker"
+    )]
+    UnsupportedFormat {
+        /// The format the folder (or the backup's manifest) states.
+        found: u32,
+        /// The newest format this broker reads.
+        supported: u32,
+    },
+    /// A backup cannot be taken or restored: the source is no layout-3 data folder, the backup is
+    /// incomplete or damaged, or the target is not empty (see [`crate::store::disk::backup`]).
+    #[error("backup: {0}")]
+    Backup(String),
     /// An I/O error outside the storage engine.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -75,7 +90,12 @@ impl Error {
             Error::RateLimited => ErrorCode::RATE_LIMITED,
             Error::StorageFull => ErrorCode::STORAGE_FULL,
             Error::ShuttingDown => ErrorCode::UNAVAILABLE,
-            Error::Storage(_) | Error::Config(_) | Error::Audit(_) | Error::Io(_) => ErrorCode::INTERNAL,
+            Error::Storage(_)
+            | Error::Config(_)
+            | Error::Audit(_)
+            | Error::Io(_)
+            | Error::UnsupportedFormat { .. }
+            | Error::Backup(_) => ErrorCode::INTERNAL,
         }
     }
 }

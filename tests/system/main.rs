@@ -18,6 +18,7 @@ mod process;
 mod attacks;
 mod audit;
 mod auth;
+mod backup;
 mod cli;
 mod crash;
 mod durability;

@@ -1,10 +1,10 @@
 //! The `sealpost-broker` binary: `serve --config FILE` for operators (reloaded on SIGHUP and when its files
 //! change), `dev` for a throwaway local setup (with
 //! the `dev` feature, on by default),
-//! `verify-store DIR` to check a stopped broker's data folder, `audit verify` and `audit keygen` for the
-//! audit log.
+//! `verify-store DIR` to check a stopped broker's data folder, `backup` and `restore` for a data folder
+//! (while it runs, and into an empty folder), `audit verify` and `audit keygen` for the audit log.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -14,7 +14,7 @@ use sealpost_broker::config::{Config, LogFormat};
 use sealpost_broker::dev;
 use sealpost_broker::reload::Running;
 use sealpost_broker::server::{Broker, BrokerOptions};
-use sealpost_broker::store::disk::verify;
+use sealpost_broker::store::disk::{backup, verify};
 
 /// jemalloc, with its background threads purging freed pages (after `dirty_decay_ms`, 10 s by default):
 /// memory that peers made the broker hold goes back to the system once they are gone. With glibc's
@@ -58,6 +58,35 @@ enum Command {
     VerifyStore {
         /// The data folder (`data_dir` in the configuration).
         dir: PathBuf,
+    },
+    /// Copy a data folder into DIR (new or empty) while a broker may run on it: every segment file up to
+    /// the last synced checkpoint (everything acknowledged before the backup began), then a MANIFEST with
+    /// their sizes and SHA-256. Not the index (rebuilt on restore), the audit log, keys or certificates.
+    /// Exit status 0, or 1 with what went wrong.
+    Backup {
+        /// Take the data folder (`data_dir`) from this broker configuration.
+        #[arg(long, required_unless_present = "data_dir", conflicts_with = "data_dir")]
+        config: Option<PathBuf>,
+        /// The data folder.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The folder to write the backup to: new or empty.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a backup into a data folder that is new or empty (a broker must not run on it): checks the
+    /// manifest and every file's size and SHA-256 first. The next `serve` builds the index. Exit status 0,
+    /// or 1 with what went wrong.
+    Restore {
+        /// The backup's folder.
+        #[arg(long)]
+        from: PathBuf,
+        /// Restore into the data folder (`data_dir`) of this broker configuration.
+        #[arg(long, required_unless_present = "data_dir", conflicts_with = "data_dir")]
+        config: Option<PathBuf>,
+        /// The data folder to restore into: new or empty.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// The audit log: check its files, make its key (see docs/operations.md, "Audit log").
     #[command(subcommand)]
@@ -116,6 +145,12 @@ fn main() {
         }
         return;
     }
+    if let Command::Backup { config, data_dir, to } = &cli.command {
+        std::process::exit(backup_command(config.as_deref(), data_dir.as_deref(), to));
+    }
+    if let Command::Restore { from, config, data_dir } = &cli.command {
+        std::process::exit(restore_command(from, config.as_deref(), data_dir.as_deref()));
+    }
     if let Command::Audit(command) = &cli.command {
         std::process::exit(match command {
             AuditCommand::Verify { key, config, files } => {
@@ -157,6 +192,69 @@ fn verify_store(dir: &std::path::Path) -> i32 {
                 }
             );
             i32::from(!report.findings.is_empty())
+        }
+    }
+}
+
+/// The data folder given by `--data-dir`, or by the configuration of `--config`.
+fn data_dir_of(config: Option<&Path>, data_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match (data_dir, config) {
+        (Some(dir), _) => Ok(dir.to_path_buf()),
+        (None, Some(config)) => Ok(Config::load(config)?.data_dir),
+        (None, None) => anyhow::bail!("give the data folder with --data-dir, or --config"),
+    }
+}
+
+/// `backup`: returns the exit status.
+fn backup_command(config: Option<&Path>, data_dir: Option<&Path>, to: &Path) -> i32 {
+    init_log(LogFormat::Text);
+    let done = data_dir_of(config, data_dir).and_then(|dir| Ok((backup::backup(&dir, to)?, dir)));
+    match done {
+        Ok((report, dir)) => {
+            let m = &report.manifest;
+            let bytes: u64 = m.segments.iter().map(|s| s.len).sum();
+            for number in &report.skipped {
+                println!("note: segment {number} was removed by the broker while the backup ran; not needed");
+            }
+            println!(
+                "backed up {} to {}: {} segment files, {bytes} bytes, up to checkpoint {}:{} (format {})",
+                dir.display(),
+                to.display(),
+                m.segments.len(),
+                m.checkpoint.segment,
+                m.checkpoint.position,
+                m.store_format
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("sealpost-broker: backup failed: {e:#}");
+            1
+        }
+    }
+}
+
+/// `restore`: returns the exit status.
+fn restore_command(from: &Path, config: Option<&Path>, data_dir: Option<&Path>) -> i32 {
+    init_log(LogFormat::Text);
+    let done = data_dir_of(config, data_dir).and_then(|dir| Ok((backup::restore(from, &dir)?, dir)));
+    match done {
+        Ok((m, dir)) => {
+            let bytes: u64 = m.segments.iter().map(|s| s.len).sum();
+            println!(
+                "restored {} into {}: {} segment files, {bytes} bytes, taken by broker {} at {} (unix); \
+                 the next start builds the index",
+                from.display(),
+                dir.display(),
+                m.segments.len(),
+                m.broker,
+                m.created_unix
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("sealpost-broker: restore failed: {e:#}");
+            1
         }
     }
 }
@@ -249,7 +347,11 @@ fn audit_verify(key: Option<&str>, config: Option<&std::path::Path>, files: &[Pa
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config_path = match cli.command {
         Command::Serve { config } => config,
-        Command::VerifyStore { .. } | Command::Audit(_) | Command::CheckConfig { .. } => {
+        Command::VerifyStore { .. }
+        | Command::Audit(_)
+        | Command::CheckConfig { .. }
+        | Command::Backup { .. }
+        | Command::Restore { .. } => {
             unreachable!("handled in main")
         }
         #[cfg(feature = "dev")]

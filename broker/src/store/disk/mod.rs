@@ -72,7 +72,8 @@ use self::index::{
 use self::journal::{Journal, Reserve};
 use self::loss::{lost_range, Damaged};
 use self::open::{
-    drop_quietly, has_segment_data, move_index_aside, open_index, open_sled, panic_message, IndexState,
+    drop_quietly, has_index_files, has_segment_data, move_index_aside, open_index, open_sled, panic_message,
+    IndexState,
 };
 use self::record::{BatchRecord, Lost};
 use self::segment::{Check, Segments};
@@ -80,9 +81,11 @@ use self::sync::IndexFiles;
 use super::{io_error, lock, offset_mismatch, Append, PublisherRecord, Store, Stored, StoredBatch};
 use crate::{Error, Result};
 
+pub mod backup;
 #[cfg(test)]
 mod bit_flips;
 mod codec;
+pub mod format;
 mod index;
 mod journal;
 mod layout;
@@ -165,12 +168,16 @@ impl DiskStore {
     /// module documentation), rebuilds a broken index from the segments, and syncs before it returns.
     pub fn open_with(dir: &Path, options: DiskOptions) -> Result<DiskStore> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(&format!("creating {}", dir.display()), &e))?;
+        format::check_dir(dir)?;
         let has_segments = has_segment_data(dir)?;
+        // Segments and no index at all: a restored backup (see `backup`), built from the segments.
+        let restored = has_segments && !has_index_files(dir)?;
         let opened = open_index(dir, options.cache_bytes, has_segments)?;
         let segments = Segments::open(&dir.join("segments"), options.reserve_bytes)?
             .with_segment_bytes(options.segment_bytes);
         let (store, mut state) = match opened {
             Ok((db, state)) => (Self::assemble(db, dir, segments)?, state),
+            Err(_) if restored => Self::built_from_segments(dir, options, segments)?,
             Err(why) => Self::rebuilt(dir, options, segments, &why)?,
         };
         let known = layout::layout3_from(&store.db, &state)?;
@@ -208,6 +215,7 @@ impl DiskStore {
         // Everything recovery kept or rebuilt becomes durable, and the checkpoint moves past it.
         store.meta_dirty.store(true, Ordering::SeqCst);
         store.sync()?;
+        format::write(dir, format::supported())?;
         Ok(store)
     }
 
@@ -254,6 +262,24 @@ impl DiskStore {
             }
         };
         Ok((Self::assemble(db, dir, segments)?, IndexState::Rebuilt(Some(aside))))
+    }
+
+    /// Opens a new index for the segments of `dir`, which had none (a restored backup): built from the
+    /// segments, as a broken one is, but nothing to move aside and no error to report.
+    fn built_from_segments(
+        dir: &Path,
+        options: DiskOptions,
+        segments: Segments,
+    ) -> Result<(DiskStore, IndexState)> {
+        tracing::info!(data_dir = %dir.display(), "no index: it is built from the segments");
+        let db = match catch_unwind(AssertUnwindSafe(|| open_sled(dir, options.cache_bytes))) {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(sled_error(e)),
+            Err(panic) => {
+                return Err(Error::Storage(format!("a fresh index panicked: {}", panic_message(&*panic))))
+            }
+        };
+        Ok((Self::assemble(db, dir, segments)?, IndexState::Rebuilt(None)))
     }
 
     /// The first segment written in layout 3.

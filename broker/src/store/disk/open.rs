@@ -102,6 +102,9 @@ pub(super) fn open_index(
                 IndexState::Layout3
             }
             Some(Ok(v)) if u32::from_be_bytes(v) == 2 => IndexState::Layout2,
+            Some(Ok(v)) if u32::from_be_bytes(v) > LAYOUT_VERSION => {
+                return Err(Error::UnsupportedFormat { found: u32::from_be_bytes(v), supported: LAYOUT_VERSION })
+            }
             Some(Ok(v)) => {
                 return Err(Error::Storage(format!(
                 "{} holds store layout {}, this build reads layouts 2 to {LAYOUT_VERSION} (layout 1, batch \
@@ -153,6 +156,15 @@ pub(super) fn has_segment_data(dir: &Path) -> Result<bool> {
         .any(|&n| std::fs::metadata(segments.join(segment::segment_name(n))).is_ok_and(|m| m.len() > 0)))
 }
 
+/// Whether `dir` holds any of sled's files (`db`, `conf`, `blobs/`, `snap.*`).
+pub(super) fn has_index_files(dir: &Path) -> Result<bool> {
+    Ok(entries(dir)?.iter().filter_map(|name| name.to_str()).any(is_index_file))
+}
+
+fn is_index_file(name: &str) -> bool {
+    matches!(name, "db" | "conf" | "blobs") || name.starts_with("snap.")
+}
+
 /// Moves sled's files in `dir` (`db`, `conf`, `blobs/`, `snap.*`) into a new `index.corrupt-<n>/` folder
 /// and returns it. Nothing is deleted.
 pub(super) fn move_index_aside(dir: &Path) -> Result<PathBuf> {
@@ -163,7 +175,7 @@ pub(super) fn move_index_aside(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir(&aside).map_err(|e| io_error(&format!("creating {}", aside.display()), &e))?;
     for name in entries(dir)? {
         let Some(text) = name.to_str() else { continue };
-        if matches!(text, "db" | "conf" | "blobs") || text.starts_with("snap.") {
+        if is_index_file(text) {
             std::fs::rename(dir.join(&name), aside.join(&name))
                 .map_err(|e| io_error(&format!("moving {text} to {}", aside.display()), &e))?;
         }

@@ -74,7 +74,8 @@ const MAX_READERS: usize = 256;
 /// The side file naming the last synced checkpoint (see the module documentation).
 pub const SYNCED_FILE: &str = "synced";
 const SYNCED_MAGIC: &[u8; 4] = b"SPSY";
-const SYNCED_LEN: usize = 24;
+/// Length of the side file.
+pub const SYNCED_LEN: usize = 24;
 
 /// A segment file that is neither the active one nor waiting for a sync, as [`Segments::closed`] lists it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,7 +151,8 @@ pub fn read_synced(dir: &Path) -> Option<Checkpoint> {
         .then(|| Checkpoint::decode(checkpoint))?
 }
 
-fn synced_bytes(checkpoint: Checkpoint) -> [u8; SYNCED_LEN] {
+/// The side file's bytes naming `checkpoint` (what a restored backup writes).
+pub fn synced_bytes(checkpoint: Checkpoint) -> [u8; SYNCED_LEN] {
     let mut out = [0u8; SYNCED_LEN];
     out[..4].copy_from_slice(SYNCED_MAGIC);
     out[4..20].copy_from_slice(&checkpoint.encode());
