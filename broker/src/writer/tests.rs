@@ -367,7 +367,7 @@ async fn a_sync_failed_for_good_refuses_its_group_and_every_later_request_and_re
     let why = failed.wait_for(Option::is_some).await.unwrap().clone().unwrap();
     assert!(why.contains("Input/output error"), "{why}");
     // Requests after the failure are refused at once, and nothing reached the store after it.
-    let later = log.append(t.clone(), sealed(&b, &t, &mut ChainHead::GENESIS, 1)).await;
+    let later = log.append(t.clone(), genesis_batch(&signer(4), &t, 1)).await;
     assert!(matches!(later, Err(Error::StorageFailed(_))));
     assert_eq!(store.next_offset(&t).unwrap(), Offset(3), "only the failed group's append was stored");
     assert_eq!(store.durable_offset(&t, &"alice".parse().unwrap(), "main").unwrap(), None);
