@@ -42,6 +42,11 @@ pub enum Error {
     /// The storage engine failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// The storage failed in a way the broker cannot go on from: an fsync failed (or the index could not
+    /// be made durable), so the files hold what the store can no longer vouch for. The broker refuses
+    /// every write and stops (fail-stop, see [`crate::writer`]); a restart recovers the store.
+    #[error("storage failed: {0}")]
+    StorageFailed(String),
     /// The broker is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -91,6 +96,7 @@ impl Error {
             Error::StorageFull => ErrorCode::STORAGE_FULL,
             Error::ShuttingDown => ErrorCode::UNAVAILABLE,
             Error::Storage(_)
+            | Error::StorageFailed(_)
             | Error::Config(_)
             | Error::Audit(_)
             | Error::Io(_)

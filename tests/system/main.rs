@@ -6,11 +6,13 @@
 //!   process and as subprocesses, a bare QUIC client that speaks frames, bounded waits.
 //! - [`process`]: starts a process and waits (bounded) for its ready line; also used by
 //!   `broker/tests/dev.rs` and the load bench (`benches/load/`).
+//! - [`faultfs`]: a FUSE passthrough that fails fsync on demand (`failstop` puts the data folder on it).
 //!
 //! The tests run in parallel, as cargo runs any test binary, and nothing in them is process-wide: each test
 //! makes its own temp folder, CA and keys, gets its ports from the OS, and measures subprocess brokers by
-//! their own pid (`memory`); the disk-full test (`crash`) mounts a tmpfs of its own. Nothing here sets an
-//! environment variable, changes the working directory or measures this process itself.
+//! their own pid (`memory`); the disk-full test (`crash`) mounts a tmpfs of its own, the fail-stop test
+//! (`failstop`) a FUSE file system of its own. Nothing here sets an environment variable, changes the
+//! working directory or measures this process itself.
 
 mod harness;
 mod process;
@@ -22,6 +24,8 @@ mod backup;
 mod cli;
 mod crash;
 mod durability;
+mod failstop;
+mod faultfs;
 mod history;
 mod instances;
 mod limits;

@@ -13,7 +13,7 @@ use sealpost_broker::config::{Config, LogFormat};
 #[cfg(feature = "dev")]
 use sealpost_broker::dev;
 use sealpost_broker::reload::Running;
-use sealpost_broker::server::{Broker, BrokerOptions};
+use sealpost_broker::server::{Broker, BrokerOptions, STORAGE_FAILED_EXIT};
 use sealpost_broker::store::disk::{backup, verify};
 
 /// jemalloc, with its background threads purging freed pages (after `dirty_decay_ms`, 10 s by default):
@@ -36,7 +36,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run with a configuration file (TOML; see docs/operations.md).
+    /// Run with a configuration file (TOML; see docs/operations.md). Exit status 0 after SIGTERM or
+    /// SIGINT, 74 if the storage failed (fail-stop: restart it, its opening recovers the store), 1 on any
+    /// other error.
     Serve {
         /// The configuration file.
         #[arg(long)]
@@ -160,6 +162,11 @@ fn main() {
         });
     }
     if let Err(e) = run(cli) {
+        if let Some(sealpost_broker::Error::StorageFailed(_)) = e.downcast_ref() {
+            // The log has said why (an error line); a supervisor restarts the broker into recovery.
+            eprintln!("sealpost-broker: {e:#}; exiting with status {STORAGE_FAILED_EXIT} (fail-stop)");
+            std::process::exit(STORAGE_FAILED_EXIT);
+        }
         eprintln!("sealpost-broker: {e:#}");
         std::process::exit(1);
     }
@@ -393,7 +400,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(listen = %broker.local_addr(), "{ready}");
         }
     }
-    stop.wait().await;
+    tokio::select! {
+        () = stop.wait() => {}
+        // The broker is already stopping; its log said why.
+        _ = broker.storage_failed() => {}
+    }
     broker.shutdown().await?;
     Ok(())
 }

@@ -57,6 +57,12 @@
 //!
 //! [`Broker::shutdown`] stops accepting connections and new requests, lets answers to publishes already
 //! handed to the log go out, closes connections, then closes the log (a final sync).
+//!
+//! The same path runs by itself when the storage fails for good (fail-stop: the log decides, see
+//! [`crate::writer`], and [`Log::failed`] tells the accept loop): the broker stops accepting, the answers
+//! in flight go out (every one an error: the log acknowledges nothing after the failure), connections are
+//! closed, and there is no final sync. [`Broker::storage_failed`] resolves then, and [`Broker::shutdown`]
+//! returns [`Error::StorageFailed`]; the binary exits with [`STORAGE_FAILED_EXIT`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -89,6 +95,13 @@ mod wire;
 pub use self::options::{check_config, BrokerOptions, MetricsOptions};
 pub use crate::limits::ServerLimits;
 
+/// The exit status of `sealpost-broker serve` after the broker stopped because its storage failed for good
+/// (fail-stop): 74, `EX_IOERR` of sysexits(3), "an error occurred while doing I/O on some file". Distinct
+/// from 1 (every other error: a bad configuration, a port in use), so that an operator and a supervisor
+/// can tell the two apart: this one is worth a restart (the opening recovers the store; systemd's
+/// `Restart=on-failure` does it), a bad configuration is not.
+pub const STORAGE_FAILED_EXIT: i32 = 74;
+
 /// How long shutdown waits for connections to finish their in-flight publishes.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -98,6 +111,8 @@ pub struct Broker {
     metrics: Option<MetricsServer>,
     audit: Option<Arc<AuditObserver>>,
     shutdown: watch::Sender<bool>,
+    /// The log's [`Log::failed`].
+    failed: watch::Receiver<Option<String>>,
     task: tokio::task::JoinHandle<Result<()>>,
     live: Arc<Live>,
     config: Option<watch::Receiver<Arc<Running>>>,
@@ -202,9 +217,11 @@ impl Broker {
             revision,
             retention,
         });
-        let task = tokio::spawn(accept_loop(endpoint, session, log, shutdown_rx, revision_rx));
+        let failed = log.failed();
+        let task =
+            tokio::spawn(accept_loop(endpoint, session, log, shutdown.clone(), shutdown_rx, revision_rx));
         info!(%local_addr, "sealpost broker listening (QUIC, mutual TLS 1.3, ALPN sealpost/1)");
-        Ok(Broker { local_addr, metrics, audit, shutdown, task, live, config: None })
+        Ok(Broker { local_addr, metrics, audit, shutdown, failed, task, live, config: None })
     }
 
     /// Reloads the configuration file `file` (whose contents `running` holds: what the broker was started
@@ -238,7 +255,24 @@ impl Broker {
         self.local_addr
     }
 
-    /// Stops accepting, finishes in-flight publishes, syncs storage and returns.
+    /// Resolves, with the reason, once the storage has failed for good: the broker is then already
+    /// stopping (see the module documentation); [`shutdown`](Self::shutdown) waits for it to finish. Never
+    /// resolves while the storage works.
+    pub async fn storage_failed(&self) -> String {
+        let mut failed = self.failed.clone();
+        let why = match failed.wait_for(Option::is_some).await {
+            Ok(why) => why.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            // The log is gone without failing: the broker stopped otherwise.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops accepting, finishes in-flight publishes, syncs storage and returns. Fails with
+    /// [`Error::StorageFailed`] if the broker stopped because its storage failed for good.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.shutdown.send(true);
         let served = self.task.await.map_err(|e| Error::Storage(format!("broker task failed: {e}")))?;
@@ -259,10 +293,12 @@ async fn accept_loop(
     endpoint: quinn::Endpoint,
     session: Arc<Endpoint>,
     log: Arc<Log>,
+    stop: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
     revision: watch::Receiver<Arc<Revision>>,
 ) -> Result<()> {
     let mut connections = JoinSet::new();
+    let mut failed = log.failed();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
@@ -281,6 +317,12 @@ async fn accept_loop(
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = shutdown.changed() => break,
+            // Set once, by the log's writer, which has logged why: shut down as on a signal (connections,
+            // their streams and the metrics endpoint watch `shutdown` too).
+            Ok(()) = failed.changed() => {
+                stop.send_replace(true);
+                break;
+            }
         }
     }
     info!("shutting down: no new connections; finishing in-flight publishes");
@@ -293,10 +335,16 @@ async fn accept_loop(
     let close = Close::SHUTTING_DOWN;
     endpoint.close(close.code.into(), close.reason.as_bytes());
     drop(session);
-    if let Some(log) = Arc::into_inner(log) {
-        log.close().await?;
-    }
+    let closed = match Arc::into_inner(log) {
+        Some(log) => log.close().await,
+        None => Ok(()),
+    };
     endpoint.wait_idle().await;
+    // Also when a connection still holds the log and it could not be closed here.
+    if let Some(why) = failed.borrow().clone() {
+        return Err(Error::StorageFailed(why));
+    }
+    closed?;
     info!("storage synced; bye");
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
@@ -14,6 +14,11 @@ use super::Revision;
 use crate::session::{Connection, PublishAction, PublishStream};
 use crate::writer::Log;
 use crate::{Error, Result};
+
+/// How long a publish stream waits, once its answers are written, for the peer to acknowledge them: the
+/// connection is closed after its streams end (at shutdown, and when the storage failed), and closing it
+/// drops stream data the peer has not acknowledged, such as the storage error of the last publishes.
+const ANSWERS_DELIVERED: Duration = Duration::from_secs(5);
 
 /// The answer to one request: ready at once, or once the log or the store has answered.
 type Answer = Pin<Box<dyn Future<Output = sealpost_protocol::Frame> + Send>>;
@@ -38,7 +43,9 @@ pub(super) async fn serve(
                 return;
             }
         }
-        let _ = send.finish();
+        if send.finish().is_ok() {
+            let _ = tokio::time::timeout(ANSWERS_DELIVERED, send.stopped()).await;
+        }
     });
     let mut next = Some(first);
     let result = loop {

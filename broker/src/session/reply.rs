@@ -13,6 +13,7 @@ use crate::Error;
 pub fn error_frame(request_id: Option<RequestId>, err: &Error) -> Frame {
     let message = match err {
         Error::Storage(_) | Error::Io(_) | Error::Config(_) => "internal error".to_string(),
+        Error::StorageFailed(_) => "internal error: storage failed, the broker is stopping".to_string(),
         other => other.to_string(),
     };
     Frame::Error { request_id, code: err.code(), message }

@@ -382,6 +382,15 @@ pub trait Store: Send + Sync + 'static {
     /// fdatasync) that covers it.
     fn sync(&self) -> Result<()>;
 
+    /// Why the store can take no more writes until it is reopened, or `None` while it can go on. A failed
+    /// fsync is such a failure: afterwards the kernel may report later fsyncs as successful without the
+    /// data ("fsyncgate"), so the engine refuses every later append and sync, and only the recovery of a
+    /// reopen knows what is durable. The [`writer`](crate::writer) asks after every failed group and then
+    /// stops the broker (fail-stop). Engines that cannot fail so keep the default, `None`.
+    fn failed(&self) -> Option<String> {
+        None
+    }
+
     /// Stored batches of `topic` in offset order, and lost ranges where batches were lost, starting with the
     /// item that contains offset `from` (or the first one after it), and stopping before the batch that
     /// would take the total of their bytes over `max_bytes` (a lost range counts no bytes). The first item

@@ -3,7 +3,8 @@
 //!
 //! [`TestStore`] forwards every [`Store`] method to an inner store, once, and lets a test step in where
 //! the broker meets its storage: hold syncs at a gate ([`TestStore::gate_syncs`]), fail a sync as a full
-//! device fails it ([`TestStore::fail_sync`]), watch or fail appends ([`TestStore::before_append`]), count
+//! device fails it ([`TestStore::fail_sync`]) or for good, as a failed fsync does
+//! ([`TestStore::fail_sync_for_good`]), watch or fail appends ([`TestStore::before_append`]), count
 //! what completed ([`TestStore::after_sync`]), and lie to readers as a compromised broker host would
 //! ([`TestStore::serve_reads`], [`TestStore::serve_policies`], [`TestStore::claim_first_offset`]). Without
 //! hooks it behaves exactly as its inner store.
@@ -98,6 +99,8 @@ pub struct TestStore<S = MemoryStore> {
     hooks: Mutex<Hooks>,
     /// Calls to `sync`, forwarded or not.
     sync_calls: AtomicU64,
+    /// Set by [`TestStore::fail_sync_for_good`]'s failed sync: what [`Store::failed`] reports.
+    failed: Arc<Mutex<Option<String>>>,
 }
 
 impl Default for TestStore<MemoryStore> {
@@ -115,7 +118,12 @@ impl<S> std::fmt::Debug for TestStore<S> {
 impl<S: Store> TestStore<S> {
     /// `inner`, without faults.
     pub fn new(inner: S) -> Self {
-        Self { inner, hooks: Mutex::new(Hooks::default()), sync_calls: AtomicU64::new(0) }
+        Self {
+            inner,
+            hooks: Mutex::new(Hooks::default()),
+            sync_calls: AtomicU64::new(0),
+            failed: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// The inner store: what is honestly stored.
@@ -164,6 +172,29 @@ impl<S: Store> TestStore<S> {
     /// [`Error::StorageFull`], as on a full device, and syncs nothing.
     pub fn fail_sync(&self, call: u64) {
         self.before_sync(move |n| if n == call { Err(Error::StorageFull) } else { Ok(()) });
+    }
+
+    /// The sync call number `call` fails as a failed fsync does ([`Error::Storage`]), and from then on the
+    /// store reports that it [`failed`](Store::failed) and fails every append and sync, as the disk engine
+    /// does once its segments are poisoned.
+    pub fn fail_sync_for_good(&self, call: u64) {
+        let failed = self.failed.clone();
+        let why = "fdatasync of segment 0: Input/output error (os error 5) (injected)";
+        self.before_sync(move |n| {
+            let mut failed = failed.lock().unwrap_or_else(PoisonError::into_inner);
+            if n == call {
+                failed.get_or_insert_with(|| why.to_owned());
+            }
+            match &*failed {
+                Some(why) => Err(Error::Storage(why.clone())),
+                None => Ok(()),
+            }
+        });
+        let failed = self.failed.clone();
+        self.before_append(move |_| match &*failed.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(why) => Err(Error::Storage(format!("segments poisoned: {why}"))),
+            None => Ok(()),
+        });
     }
 
     /// Readers of `topic` are served `view(every batch honestly stored on it)`, with the offsets the view
@@ -245,6 +276,11 @@ impl<S: Store> Store for TestStore<S> {
             hook();
         }
         Ok(())
+    }
+
+    fn failed(&self) -> Option<String> {
+        let injected = self.failed.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        injected.or_else(|| self.inner.failed())
     }
 
     fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>> {

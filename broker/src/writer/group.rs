@@ -22,13 +22,25 @@
 //! `StorageFull`, so the peer learns the device is full), the caches and the tail are dropped, to be
 //! reloaded from the store, which always holds the truth. A batch of a failed group may still be in the
 //! store; a publisher's retry then finds it and is answered as a duplicate with its original offsets.
+//!
+//! # Fail-stop
+//!
+//! After a failed group the writer asks the store whether it [`failed`](Store::failed) for good (a failed
+//! fsync: the kernel may have dropped the dirty pages, and a later fsync would report success without
+//! them). If so, this is decided here, once: the group's requests are answered with
+//! [`Error::StorageFailed`], the failure is logged (one error line) and published to
+//! [`Shared::failed`] (the shell then shuts the broker down and the binary exits with
+//! [`STORAGE_FAILED_EXIT`](crate::server::STORAGE_FAILED_EXIT)), and from then on the writer no longer
+//! touches the store: every request still queued, or handed to it later, is answered with the same error,
+//! the final sync is skipped, and the store is never dropped (sled's drop fsyncs, and panics when that
+//! fails). Nothing is acknowledged after the failed fsync.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use sealpost_protocol::{ChainId, Offset, PublicKey, Topic, VerifiedBatch};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::durable::DurableEnds;
 use super::request::{Appended, Request};
@@ -56,6 +68,9 @@ pub(super) struct Shared {
     tail: Mutex<Tail>,
     /// Where syncs, stored batches and committed offsets are reported (atomics: never waits).
     pub(super) metrics: Option<Arc<Metrics>>,
+    /// Why the store failed for good, once it has (see the module documentation): set once, by the
+    /// writer thread; the handle refuses new requests and the shell stops the broker when it changes.
+    pub(super) failed: watch::Sender<Option<String>>,
 }
 
 impl Shared {
@@ -67,7 +82,13 @@ impl Shared {
             queued: AtomicUsize::new(0),
             tail: Mutex::new(Tail::new(tail_bytes)),
             metrics,
+            failed: watch::channel(None).0,
         }
+    }
+
+    /// The error every request gets once the store failed for good, if it has.
+    pub(super) fn failure(&self) -> Option<Error> {
+        self.failed.borrow().as_ref().map(|why| Error::StorageFailed(why.clone()))
     }
 
     pub(super) fn tail(&self) -> MutexGuard<'_, Tail> {
@@ -76,11 +97,25 @@ impl Shared {
     }
 }
 
+/// Answers every request of `group` with `e`, executing none: what the writer does once the store failed
+/// for good.
+fn refuse(group: Vec<Request>, e: &Error) {
+    for request in group {
+        match request {
+            Request::Append { reply, .. } => drop(reply.send(Err(copy_error(e)))),
+            Request::Commit { reply, .. } | Request::Policy { reply, .. } => {
+                drop(reply.send(Err(copy_error(e))))
+            }
+        }
+    }
+}
+
 /// A copy of a group's failure for each of its requests. Storage errors are not `Clone`; their kind is
 /// what matters to peers (`STORAGE_FULL`, `UNAVAILABLE` or `INTERNAL`), so that is what is kept.
 fn copy_error(e: &Error) -> Error {
     match e {
         Error::StorageFull => Error::StorageFull,
+        Error::StorageFailed(why) => Error::StorageFailed(why.clone()),
         Error::ShuttingDown => Error::ShuttingDown,
         Error::SequenceConflict { expected, got } => {
             Error::SequenceConflict { expected: *expected, got: *got }
@@ -126,7 +161,18 @@ impl Writer {
                 }
             }
             self.shared.queued.fetch_sub(group.len(), Ordering::SeqCst);
-            self.commit_group(group);
+            match self.shared.failure() {
+                Some(e) => refuse(group, &e),
+                None => self.commit_group(group),
+            }
+        }
+        if let Some(e) = self.shared.failure() {
+            // A sync now could report success without the data the failed one lost. Nor is the store ever
+            // dropped: an engine's drop may write, and sled's (0.34.7, `Drop for Log` in
+            // pagecache/logger.rs) flushes, fsyncs its file and panics when that fails. The process is
+            // about to exit; the next open recovers.
+            std::mem::forget(Arc::clone(&self.shared.store));
+            return Err(e);
         }
         // Groups sync as they go; only a failed one leaves something to make durable.
         if self.unsynced.is_empty() {
@@ -189,6 +235,15 @@ impl Writer {
                 metrics.synced(replies.len(), started.elapsed());
             }
         }
+        let mut fatal = None;
+        if let Some(why) = failure.as_ref().and_then(|_| self.shared.store.failed()) {
+            tracing::error!(
+                "storage failed, stopping the broker (fail-stop: nothing more is written or acknowledged; \
+                 a restart recovers what was acknowledged): {why}"
+            );
+            failure = Some(Error::StorageFailed(why.clone()));
+            fatal = Some(why);
+        }
         if let Some(e) = &failure {
             tracing::warn!("log group of {} requests failed: {e}", replies.len());
             // Forget what this group did; the store is the truth. `unsynced` is kept, so the durable
@@ -205,6 +260,10 @@ impl Writer {
                 (Reply::Append(tx, answer), None) => drop(tx.send(answer)),
                 (Reply::Commit(tx), None) => drop(tx.send(Ok(()))),
             }
+        }
+        if fatal.is_some() {
+            // After the group's answers: the shell starts shutting down once it sees this.
+            self.shared.failed.send_replace(fatal);
         }
     }
 

@@ -17,6 +17,10 @@
 //!   gets the error ([`Error::StorageFull`] stays `StorageFull`, so the peer learns the device is full) and
 //!   the caches are dropped, to be reloaded from the store. A batch of a failed group may still be in the
 //!   store; a publisher's retry then finds it and is answered as a duplicate with its original offsets.
+//! - **A failed fsync stops everything (fail-stop).** If the store says it [failed](Store::failed) for
+//!   good, the group, every queued request and every later one get [`Error::StorageFailed`], the store is
+//!   not touched again (no final sync either), and [`Log::failed`] reports why, so that the shell stops
+//!   the broker and a restart recovers the store ([`group`], "Fail-stop").
 //! - **Subscribers only see durable data.** [`Log::durable_end`] gives, per topic, a watch of the offset up
 //!   to which the topic is durable; the writer advances it after each successful sync, never before
 //!   ([`durable`]).
@@ -128,6 +132,9 @@ impl Log {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
     ) -> Result<oneshot::Receiver<Result<T>>> {
+        if let Some(e) = self.shared.failure() {
+            return Err(e);
+        }
         let tx = self.tx.as_ref().ok_or(Error::ShuttingDown)?;
         let (reply, answer) = oneshot::channel();
         // Counted before sending, so the writer's decrement never comes first.
@@ -151,8 +158,9 @@ impl Log {
     ///
     /// The answer is an error [`Error::SequenceConflict`] if the batch neither continues its publisher's
     /// chain nor repeats a stored batch; [`Error::StorageFull`] or [`Error::Storage`] if the store failed
-    /// (the batch may then be stored or not: retry it); [`Error::ShuttingDown`] once the log is closing;
-    /// and [`Error::Protocol`] if `topic` is not the topic the batch was sealed for.
+    /// (the batch may then be stored or not: retry it); [`Error::StorageFailed`] once the store failed for
+    /// good (the same: retry it once the broker has restarted); [`Error::ShuttingDown`] once the log is
+    /// closing; and [`Error::Protocol`] if `topic` is not the topic the batch was sealed for.
     pub fn submit(
         &self,
         topic: Topic,
@@ -213,8 +221,15 @@ impl Log {
         self.shared.durable.subscribe(topic, self.shared.store.as_ref())
     }
 
+    /// A watch of why the store failed for good: `None` until it has, then the reason, for ever (see the
+    /// module documentation). The shell stops the broker when it changes.
+    pub fn failed(&self) -> watch::Receiver<Option<String>> {
+        self.shared.failed.subscribe()
+    }
+
     /// Finishes the queued requests, syncs, and stops the writer thread. Fails if that final sync failed
-    /// (what the failed requests wrote may then not be durable) or if the writer thread panicked.
+    /// (what the failed requests wrote may then not be durable), with [`Error::StorageFailed`] if the
+    /// store failed for good (then there is no final sync), or if the writer thread panicked.
     pub async fn close(mut self) -> Result<()> {
         self.tx = None;
         let outcome = match self.stopped.take() {

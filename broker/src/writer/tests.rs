@@ -333,3 +333,46 @@ fn dropping_the_log_joins_the_writer() {
     drop(Log::open(store.clone()).unwrap());
     assert_eq!(Arc::strong_count(&store), 1);
 }
+
+#[tokio::test]
+async fn a_sync_failed_for_good_refuses_its_group_and_every_later_request_and_reports_why() {
+    let (log, store, mut gate) = gated_log().await;
+    let t = topic("demo.fsync");
+    let mut end = log.durable_end(&t).unwrap();
+    let mut failed = log.failed();
+    let (a, b) = (signer(1), signer(2));
+    let (mut ha, mut hb) = (ChainHead::GENESIS, ChainHead::GENESIS);
+    let ok = spawn_append(&log, &t, sealed(&a, &t, &mut ha, 1));
+    gate.entered().await;
+    // The store's third sync (group 2's) fails as a failed fdatasync does.
+    store.fail_sync_for_good(2);
+    let failing = spawn_append(&log, &t, sealed(&a, &t, &mut ha, 2));
+    wait_queued(&log, 1).await;
+    gate.release_one();
+    assert_eq!(ok.await.unwrap().unwrap(), appended(0, 1));
+    gate.entered().await;
+    // Queued behind the failing group: never executed.
+    let queued = spawn_append(&log, &t, sealed(&b, &t, &mut hb, 3));
+    let commit = {
+        let (log, t) = (log.clone(), t.clone());
+        tokio::spawn(
+            async move { log.commit_offset(t, "alice".parse().unwrap(), "main".into(), Offset(1)).await },
+        )
+    };
+    wait_queued(&log, 2).await;
+    gate.open();
+    assert!(matches!(failing.await.unwrap(), Err(Error::StorageFailed(_))));
+    assert!(matches!(queued.await.unwrap(), Err(Error::StorageFailed(_))));
+    assert!(matches!(commit.await.unwrap(), Err(Error::StorageFailed(_))));
+    let why = failed.wait_for(Option::is_some).await.unwrap().clone().unwrap();
+    assert!(why.contains("Input/output error"), "{why}");
+    // Requests after the failure are refused at once, and nothing reached the store after it.
+    let later = log.append(t.clone(), genesis_batch(&signer(4), &t, 1)).await;
+    assert!(matches!(later, Err(Error::StorageFailed(_))));
+    assert_eq!(store.next_offset(&t).unwrap(), Offset(3), "only the failed group's append was stored");
+    assert_eq!(store.durable_offset(&t, &"alice".parse().unwrap(), "main").unwrap(), None);
+    // Nothing after the failure counts as durable, and closing does not sync.
+    assert_eq!(*end.borrow_and_update(), Offset(1));
+    let log = Arc::into_inner(log).unwrap();
+    assert!(matches!(log.close().await, Err(Error::StorageFailed(_))));
+}

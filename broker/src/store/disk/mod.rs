@@ -407,13 +407,21 @@ impl Store for DiskStore {
         let unindexed = self.journal.unindexed();
         if self.meta_dirty.swap(false, Ordering::SeqCst) || unindexed >= INDEX_SYNC_BYTES {
             if let Err(e) = self.index_files.make_durable(&mut state, &self.db, checkpoint) {
+                // Sled cannot go on after a failed write without being reopened, and a failed fsync of its
+                // files is as final as one of a segment's: only a reopen (recovery) can tell what is
+                // durable. The segments refuse everything from now on, and the broker stops.
                 self.meta_dirty.store(true, Ordering::SeqCst);
+                self.segments().poison(format!("making the index durable failed: {e}"));
                 return Err(e);
             }
             self.journal.indexed(unindexed);
         }
         self.syncs.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.segments().poisoned()
     }
 
     fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>> {

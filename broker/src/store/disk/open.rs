@@ -103,7 +103,10 @@ pub(super) fn open_index(
             }
             Some(Ok(v)) if u32::from_be_bytes(v) == 2 => IndexState::Layout2,
             Some(Ok(v)) if u32::from_be_bytes(v) > LAYOUT_VERSION => {
-                return Err(Error::UnsupportedFormat { found: u32::from_be_bytes(v), supported: LAYOUT_VERSION })
+                return Err(Error::UnsupportedFormat {
+                    found: u32::from_be_bytes(v),
+                    supported: LAYOUT_VERSION,
+                })
             }
             Some(Ok(v)) => {
                 return Err(Error::Storage(format!(

@@ -574,3 +574,15 @@ fn a_batch_record_on_disk_is_its_header_its_fields_and_the_sealed_batch() {
     );
     assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap()[0].clone().batch().unwrap().bytes, bytes);
 }
+
+#[test]
+fn poisoned_segments_make_the_store_report_that_it_failed_and_refuse_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path()).unwrap();
+    assert_eq!(store.failed(), None);
+    // What a failed fdatasync leaves (`Segments::sync` poisons them itself; no fsync fails on demand here:
+    // tests/system/failstop.rs does it on a FUSE file system).
+    store.segments().poison("fdatasync of segment 0: Input/output error (os error 5)".into());
+    assert!(store.failed().unwrap().contains("Input/output error"));
+    assert!(matches!(store.sync(), Err(Error::Storage(_))));
+}

@@ -45,8 +45,10 @@
 //!
 //! A failed **fsync**, however, poisons the segments: after it, Linux may have dropped the dirty pages and
 //! marked them clean, so a later fsync would succeed without the data (the "fsyncgate" of PostgreSQL, 2018).
-//! Every later append and sync fails with [`Error::Storage`]; the broker must be restarted, and the open
-//! recovery drops whatever was not durable (nothing that was acknowledged).
+//! Every later append and sync fails with [`Error::Storage`], and [`Segments::poisoned`] says why: the
+//! store reports it ([`Store::failed`](crate::store::Store::failed)) and the broker stops itself
+//! (fail-stop, see [`crate::writer`]). Its restart's open recovery drops whatever was not durable (nothing
+//! that was acknowledged).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -416,6 +418,15 @@ impl Segments {
         }
     }
 
+    /// Why the segments were poisoned ([`sync`](Self::sync) failed, or [`poison`](Self::poison)), if they
+    /// were: nothing more is appended or synced until they are reopened.
+    pub fn poisoned(&self) -> Option<String> {
+        match self.writer.lock() {
+            Ok(w) => w.poisoned.clone(),
+            Err(_) => Some("segment writer lock poisoned".into()),
+        }
+    }
+
     fn reader(&self, segment: u64) -> Result<Arc<File>> {
         let poisoned = || Error::Storage("segment reader lock poisoned".into());
         if let Some(file) = self.readers.lock().map_err(|_| poisoned())?.get(&segment) {
@@ -591,8 +602,10 @@ mod tests {
         assert_eq!(segments.check(&at).unwrap(), Check::Torn);
         assert!(segments.truncate(segments.active().unwrap(), 0).is_err());
         // A poisoned store takes no more appends.
+        assert_eq!(segments.poisoned(), None);
         segments.poison("test".into());
         assert!(matches!(segments.append(&[b"x".as_slice()]), Err(Error::Storage(_))));
+        assert_eq!(segments.poisoned().as_deref(), Some("test"));
     }
 
     #[test]
