@@ -1,7 +1,8 @@
 //! The one error type of `sealpost-client`.
 //!
 //! Variants are grouped by who has to act: the person who wrote the identity file ([`Error::Identity`]),
-//! the topic authority ([`Error::NoPolicy`], [`Error::NoContentKey`], [`Error::NotAPublisher`], and the
+//! the topic authority ([`Error::NoPolicy`], [`Error::NoContentKey`], [`Error::NotAPublisher`],
+//! [`Error::NotASubscriber`], and the
 //! policy changes it asks for: [`Error::NoAuthorityKey`], [`Error::PolicyExists`], [`Error::RoleHeld`],
 //! [`Error::UnknownMember`], [`Error::NotAMember`], [`Error::StalePolicy`], [`Error::AuthorityRejected`]),
 //! the network or the broker's operator ([`Error::Unreachable`], [`Error::ConnectionLost`],
@@ -65,6 +66,21 @@ pub enum Error {
          --publisher {principal})"
     )]
     NotAPublisher {
+        /// The topic.
+        topic: Topic,
+        /// This identity's principal.
+        principal: Principal,
+        /// The epoch of the topic's current policy.
+        epoch: u64,
+    },
+    /// The topic's current policy does not list this identity as a subscriber: the broker serves the topic
+    /// only to its policy's subscribers (a member removed by `topic revoke` is refused at once, even where
+    /// the ACL still allows it).
+    #[error(
+        "{principal} is not a subscriber in the current policy of {topic} (epoch {epoch}): ask the topic \
+         authority to grant it (sealpost topic grant {topic} --subscriber {principal})"
+    )]
+    NotASubscriber {
         /// The topic.
         topic: Topic,
         /// This identity's principal.

@@ -104,6 +104,23 @@ impl TopicKeys {
         Ok(())
     }
 
+    /// Whether `principal` may read the topic as its current policy says: a policy, the subscribe role in
+    /// it, and a content key.
+    pub(crate) fn check_subscriber(&self, principal: &Principal) -> Result<()> {
+        let topic = self.book.topic();
+        let Some(current) = self.book.current() else {
+            return Err(Error::NoPolicy { topic: topic.clone() });
+        };
+        if !current.member(principal).is_some_and(|m| m.subscribe) {
+            return Err(Error::NotASubscriber {
+                topic: topic.clone(),
+                principal: principal.clone(),
+                epoch: current.epoch().0,
+            });
+        }
+        self.check_readable()
+    }
+
     /// The key to seal new batches with: the one of the current epoch, if `principal` is a publisher of the
     /// current policy with `signer` as its signing key.
     pub(crate) fn sealing_key(

@@ -26,8 +26,16 @@ pub(super) async fn serve(
 ) -> Result<()> {
     let mut end = log.durable_end(subscribing.topic())?;
     let store = log.store().clone();
+    let durable_end = *end.borrow_and_update();
     let Started { subscribed, subscription, mut cursor } =
-        subscribing.start(store.as_ref(), *end.borrow_and_update())?;
+        match subscribing.start(store.as_ref(), durable_end) {
+            Ok(started) => started,
+            Err(refusal) => {
+                write_frame(&mut send, &refusal.frame()).await?;
+                let _ = send.finish();
+                return Err(refusal.error);
+            }
+        };
     write_frame(&mut send, &subscribed).await?;
     let topic = subscription.topic().clone();
 
@@ -36,21 +44,15 @@ pub(super) async fn serve(
     tokio::pin!(acks);
 
     let budget: &Budget = session.budget();
-    // The subscription was authorized before this point: an ACL swapped since is caught by a first check
-    // (the session swaps the ACL before the revision is sent), a later one by the revision's change.
-    revision.borrow_and_update();
-    let mut reloaded = true;
     loop {
-        // After a reload: does the ACL still allow this subscription? Asked between reads, never while a
-        // frame is half written.
-        if std::mem::take(&mut reloaded) || revision.has_changed().unwrap_or(false) {
-            revision.borrow_and_update();
-            if let Err(refusal) = cursor.still_authorized() {
-                acks.abort();
-                write_frame(&mut send, &refusal.frame()).await?;
-                let _ = send.finish();
-                return Err(refusal.error);
-            }
+        // Do the ACL (after a reload) and the topic's policy (after a new epoch) still allow this
+        // subscription? Asked before every read, never while a frame is half written.
+        revision.borrow_and_update();
+        if let Err(refusal) = cursor.still_authorized(store.as_ref()) {
+            acks.abort();
+            write_frame(&mut send, &refusal.frame()).await?;
+            let _ = send.finish();
+            return Err(refusal.error);
         }
         let durable_end = *end.borrow_and_update();
         if let Some(read) = cursor.next_read(durable_end) {
@@ -93,7 +95,7 @@ pub(super) async fn serve(
         tokio::select! {
             changed = end.changed() => if changed.is_err() { return Ok(()) },
             _ = &mut acks => return Ok(()),
-            Ok(()) = revision.changed() => reloaded = true,
+            Ok(()) = revision.changed() => {}
             _ = shutdown.changed() => return Ok(()),
         }
     }

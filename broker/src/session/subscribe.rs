@@ -145,9 +145,11 @@ impl Subscribing {
         &self.topic
     }
 
-    /// Starts the subscription, given the topic's durable end now: reads the durable subscription's
-    /// committed offset from `store`. Fails only if the store does.
-    pub fn start(self, store: &dyn Store, durable_end: Offset) -> Result<Started> {
+    /// Starts the subscription, given the topic's durable end now: checks that the topic's current policy
+    /// lists the subscriber as a subscriber ([`is_subscriber`]), and reads the durable subscription's
+    /// committed offset from `store`. Refused (with the request's id) with `NOT_AUTHORIZED` if the policy
+    /// does not, or with the store's error.
+    pub fn start(self, store: &dyn Store, durable_end: Offset) -> Result<Started, Refusal> {
         let Subscribing {
             request_id,
             id,
@@ -161,8 +163,25 @@ impl Subscribing {
             peer,
             remote,
         } = self;
+        let refuse = |e: Error| {
+            debug!(%principal, %topic, error = %e, "subscribe refused");
+            endpoint.emit(&Event::SubscribeRefused {
+                who: Who::of(&peer, remote),
+                topic: &topic,
+                durable: durable.as_deref(),
+                code: e.code(),
+            });
+            Refusal::new(Some(request_id), e)
+        };
+        match is_subscriber(&endpoint, store, &topic, &principal) {
+            Ok(true) => {}
+            Ok(false) => return Err(refuse(Error::NotAuthorized)),
+            Err(e) => return Err(refuse(e)),
+        }
         let committed = match &durable {
-            Some(name) => store.durable_offset(&topic, &principal, name)?,
+            Some(name) => store
+                .durable_offset(&topic, &principal, name)
+                .map_err(|e| Refusal::new(Some(request_id), e))?,
             None => None,
         };
         let start = start_offset(from, committed, durable_end);
@@ -188,6 +207,22 @@ impl Subscribing {
             subscription: Subscription { id, topic, principal, durable },
         })
     }
+}
+
+/// Whether `topic`'s current policy (verified against the broker's topic authority) lists `principal`
+/// with the subscribe role: the broker serves a topic's ciphertext only to its policy's subscribers, as
+/// it stores batches only from its publishers, so a member removed from the policy cannot fetch what is
+/// published afterwards even where the ACL still allows it. A topic without a policy has no subscribers.
+pub fn is_subscriber(
+    endpoint: &Endpoint,
+    store: &dyn Store,
+    topic: &Topic,
+    principal: &Principal,
+) -> Result<bool> {
+    Ok(endpoint
+        .policies()
+        .current(topic, store)?
+        .is_some_and(|policy| policy.member(principal.as_str()).is_some_and(|m| m.subscribe)))
 }
 
 /// The acks' session of a started subscription.
@@ -266,15 +301,24 @@ impl Cursor {
         (self.next < durable_end).then_some(Read { from: self.next, max_bytes: self.read_bytes })
     }
 
-    /// Whether the subscription may go on under the ACL as it is now (after a reload): if the ACL no
-    /// longer lets its principal subscribe to its topic, the refusal to end the stream with
-    /// (`NOT_AUTHORIZED`: send its frame, finish the stream), and the event says so.
-    pub fn still_authorized(&self) -> Result<(), Refusal> {
+    /// Whether the subscription may go on, asked before each read: the ACL as it is now (after a reload)
+    /// must still let its principal subscribe to its topic, and the topic's current policy (after a new
+    /// epoch was stored) must still list it as a subscriber. If not, the refusal to end the stream with
+    /// (`NOT_AUTHORIZED`: send its frame, finish the stream), and the event says so; a store error ends it
+    /// too.
+    pub fn still_authorized(&self, store: &dyn Store) -> Result<(), Refusal> {
         let acl = self.endpoint.acl();
-        if acl.allows(&self.peer.principal, &self.topic, crate::acl::Action::Subscribe) {
+        let allowed = acl.allows(&self.peer.principal, &self.topic, crate::acl::Action::Subscribe);
+        let member = allowed
+            .then(|| is_subscriber(&self.endpoint, store, &self.topic, &self.peer.principal))
+            .transpose()
+            .map_err(|e| Refusal::new(None, e))?;
+        if member == Some(true) {
             return Ok(());
         }
-        info!(principal = %self.peer.principal, topic = %self.topic, "subscription ended: the ACL no longer allows it");
+        let why =
+            if allowed { "the topic's policy no longer lists it" } else { "the ACL no longer allows it" };
+        info!(principal = %self.peer.principal, topic = %self.topic, "subscription ended: {why}");
         self.endpoint.emit(&Event::StreamRevoked {
             who: Who::of(&self.peer, self.remote),
             topic: &self.topic,
@@ -313,6 +357,16 @@ mod tests {
     use crate::limits::ServerLimits;
     use crate::session::testing::{endpoint, peer, topic};
     use crate::store::{LossReason, LostRange, MemoryStore, StoredBatch};
+
+    /// A store holding the epoch-1 policies of demo.chat and demo.events (alice and bob subscribe).
+    fn with_policies() -> MemoryStore {
+        let store = MemoryStore::new();
+        for name in ["demo.chat", "demo.events"] {
+            let p = crate::session::testing::policy(name, 1, None);
+            store.put_policy(p.topic(), 1, p.as_bytes()).unwrap();
+        }
+        store
+    }
 
     fn subscribing(who: &str, from: StartAt, durable: Option<&str>) -> Result<Subscribing, Refusal> {
         let (endpoint, _) = endpoint(ServerLimits::default(), Instant::now());
@@ -353,7 +407,7 @@ mod tests {
 
     #[test]
     fn a_subscription_starts_where_its_request_and_the_store_say() {
-        let store = MemoryStore::new();
+        let store = with_policies();
         let chat = topic("demo.chat");
         assert_eq!(start_of(&started(StartAt::Earliest, None, &store, 10)), Offset(0));
         assert_eq!(start_of(&started(StartAt::Latest, None, &store, 10)), Offset(10));
@@ -366,7 +420,7 @@ mod tests {
 
     #[test]
     fn acks_of_a_durable_subscription_are_committed_and_others_are_not() {
-        let store = MemoryStore::new();
+        let store = with_policies();
         let durable = started(StartAt::Earliest, Some("audit"), &store, 0).subscription;
         let AckAction::Commit { topic: t, principal, name, next_offset } =
             durable.on_frame(Frame::Ack { subscription: 7, next_offset: Offset(3) })
@@ -383,7 +437,7 @@ mod tests {
 
     #[test]
     fn unexpected_frames_on_a_subscription_stream_refuse_it() {
-        let store = MemoryStore::new();
+        let store = with_policies();
         let s = started(StartAt::Earliest, Some("audit"), &store, 0).subscription;
         // An ack of another subscription is as unexpected as a publish.
         for frame in [
@@ -405,7 +459,7 @@ mod tests {
     fn a_subscription_the_reloaded_acl_no_longer_allows_is_ended_and_others_go_on() {
         use crate::session::testing::{acl_from, ACL};
         let (endpoint, _) = endpoint(ServerLimits::default(), Instant::now());
-        let store = MemoryStore::new();
+        let store = with_policies();
         let start = |who: &str, name: &str| {
             let slot = SubscriptionSlot::take(&Arc::new(AtomicUsize::new(0)), 1).unwrap();
             let request = (1, topic(name), StartAt::Earliest, None);
@@ -414,19 +468,58 @@ mod tests {
         };
         let (bob_chat, bob_events, alice_chat) =
             (start("bob", "demo.chat"), start("bob", "demo.events"), start("alice", "demo.chat"));
-        assert!(bob_chat.still_authorized().is_ok());
+        assert!(bob_chat.still_authorized(&store).is_ok());
         // Bob may no longer read demo.chat; demo.events and alice are not affected.
         let deny = "[[rule]]\nprincipals = [\"bob\"]\ntopics = [\"demo.chat\"]\nactions = [\"subscribe\"]\neffect = \"deny\"\n";
         endpoint.set_acl(Arc::new(acl_from(&format!("{ACL}\n{deny}"))));
-        let refusal = bob_chat.still_authorized().unwrap_err();
+        let refusal = bob_chat.still_authorized(&store).unwrap_err();
         assert_eq!((refusal.request_id, refusal.code()), (None, ErrorCode::NOT_AUTHORIZED));
-        assert!(bob_events.still_authorized().is_ok());
-        assert!(alice_chat.still_authorized().is_ok());
+        assert!(bob_events.still_authorized(&store).is_ok());
+        assert!(alice_chat.still_authorized(&store).is_ok());
+    }
+
+    #[test]
+    fn only_the_policys_subscribers_may_subscribe_and_one_removed_is_ended_at_its_next_read() {
+        use sealpost_protocol::{issue_policy, ContentKey, Epoch, Limits, PolicyParams, Timestamp};
+        let (endpoint, _) = endpoint(ServerLimits::default(), Instant::now());
+        let store = with_policies();
+        let start = |who: &str, name: &str| {
+            let slot = SubscriptionSlot::take(&Arc::new(AtomicUsize::new(0)), 1).unwrap();
+            let request = (1, topic(name), StartAt::Earliest, None);
+            let subscribing = Subscribing::new(&endpoint, (&Arc::new(peer(who)), None), 7, slot, request);
+            subscribing.unwrap().start(&store, Offset(0))
+        };
+        // The ACL lets bob subscribe to demo.other, but it has no policy: no subscribers.
+        let refused = start("bob", "demo.other").err().unwrap();
+        assert_eq!((refused.request_id, refused.code()), (Some(1), ErrorCode::NOT_AUTHORIZED));
+        let bob = start("bob", "demo.chat").unwrap().cursor;
+        assert!(bob.still_authorized(&store).is_ok());
+        // Epoch 2 of demo.chat no longer lists bob: his subscription ends at its next read, a new one is
+        // refused; alice goes on.
+        let first = crate::session::testing::policy("demo.chat", 1, None);
+        let alice = first.member("alice").unwrap().clone();
+        let params = PolicyParams {
+            topic: topic("demo.chat"),
+            epoch: Epoch(2),
+            prev: Some(&first),
+            members: vec![alice],
+            created_at: Timestamp(2),
+        };
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(2);
+        let key = ContentKey::from_bytes(&[2; 32]);
+        let second =
+            issue_policy(&crate::session::testing::authority(), params, &key, &Limits::default(), &mut rng)
+                .unwrap();
+        endpoint.policies().stored(second);
+        let refusal = bob.still_authorized(&store).unwrap_err();
+        assert_eq!((refusal.request_id, refusal.code()), (None, ErrorCode::NOT_AUTHORIZED));
+        assert_eq!(start("bob", "demo.chat").err().unwrap().code(), ErrorCode::NOT_AUTHORIZED);
+        assert!(start("alice", "demo.chat").unwrap().cursor.still_authorized(&store).is_ok());
     }
 
     #[test]
     fn the_cursor_delivers_in_order_up_to_the_durable_end_only() {
-        let store = MemoryStore::new();
+        let store = with_policies();
         let mut cursor = started(StartAt::Offset(Offset(2)), None, &store, 0).cursor;
         assert_eq!(cursor.next_read(Offset(2)), None);
         let read = cursor.next_read(Offset(9)).unwrap();

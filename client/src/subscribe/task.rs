@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sealpost_protocol::{ChainHead, ChainId, Frame, Offset, PublicKey, StartAt, SubscriptionId, Topic};
+use sealpost_protocol::{
+    ChainHead, ChainId, ErrorCode, Frame, Offset, PublicKey, StartAt, SubscriptionId, Topic,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Action, Error, Result};
@@ -64,8 +66,22 @@ pub(crate) struct Channels {
 pub(crate) async fn start(shared: Arc<Shared>, topic: &Topic, options: SubscribeOptions) -> Result<Channels> {
     let mut reconnect = Reconnector::new(shared.options.reconnect.clone());
     let (from, durable) = (options.from, options.durable);
-    let (link, subscription, start_offset) =
-        reconnect.run(|| subscribe_once(&shared, topic, from, durable.clone())).await?;
+    let subscribed = reconnect.run(|| subscribe_once(&shared, topic, from, durable.clone())).await;
+    let (link, subscription, start_offset) = match subscribed {
+        Ok(subscribed) => subscribed,
+        Err(refused @ Error::Refused { code: ErrorCode::NOT_AUTHORIZED, .. }) => {
+            // The broker serves a topic only to subscribers its ACL allows **and** its current policy
+            // lists: if the policies can be read, say what the policy lacks (none yet, not this principal
+            // as a subscriber, no key for it) rather than only "not authorized".
+            if let Ok(keys) =
+                policies::topic_keys_retrying(&shared, topic, Action::Subscribe, Freshness::Now).await
+            {
+                keys.check_subscriber(shared.identity.principal())?;
+            }
+            return Err(refused);
+        }
+        Err(e) => return Err(e),
+    };
     // Fetched after the broker accepted the subscription, so that a principal the ACL refuses hears that,
     // rather than about keys it should not have anyway.
     let keys = policies::topic_keys_retrying(&shared, topic, Action::Subscribe, Freshness::Now).await?;
