@@ -377,6 +377,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&config_path).with_context(|| format!("loading {}", config_path.display()))?;
     init_log(config.log.format);
     let running = Running::load(&config_path)?;
+    running.log_crls();
     let options = BrokerOptions::from_config(running.config())?;
     // The handlers are installed before the broker says it listens: a SIGTERM sent as soon as that line
     // appears (a supervisor, a test) must stop it cleanly, not kill it with the default action; a SIGHUP
