@@ -245,7 +245,8 @@ struct RequireClientAuthUsage(Arc<dyn ClientCertVerifier>);
 pub struct Named {
     /// The subject's distinguished name, as text (`CN=alice`).
     pub subject: String,
-    /// The serial number, upper-case hexadecimal without separators (as `openssl x509 -serial` shows it).
+    /// The serial number, upper-case hexadecimal, two digits a byte, without separators (as
+    /// `openssl x509 -serial` and an `openssl ca` database show it).
     pub serial: String,
 }
 
@@ -254,7 +255,8 @@ impl Named {
     pub fn of(der: &[u8]) -> Named {
         match x509_parser::parse_x509_certificate(der) {
             Ok((_, cert)) => {
-                Named { subject: cert.subject().to_string(), serial: format!("{:X}", cert.serial) }
+                let serial = cert.serial.to_bytes_be().iter().map(|b| format!("{b:02X}")).collect();
+                Named { subject: cert.subject().to_string(), serial }
             }
             Err(_) => Named { subject: "<unparseable>".into(), serial: "<unparseable>".into() },
         }
@@ -424,7 +426,9 @@ mod tests {
         let ca = DevCa::generate("test CA").unwrap();
         let alice = ca.issue(&LeafSpec::client("alice", &[])).unwrap();
         let named = Named::of(&der(&alice.cert_pem));
-        assert_eq!(named.serial, format!("{:X}", alice.serial));
+        let bytes = alice.serial.to_be_bytes();
+        let hex: String = bytes.iter().skip_while(|b| **b == 0).map(|b| format!("{b:02X}")).collect();
+        assert_eq!(named.serial, hex);
         assert!(named.subject.contains("alice"), "{named:?}");
         assert_eq!(Named::of(b"junk").subject, "<unparseable>");
         let revoked = rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked);

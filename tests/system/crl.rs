@@ -77,11 +77,20 @@ async fn a_revoked_client_is_logged_by_subject_and_serial_and_told_it_was_revoke
     let text = err.to_string();
     assert!(text.contains("revoked") && !text.contains("expired"), "{text}");
 
-    let serial = format!("serial={:X}", revoked.serial);
+    // As `openssl x509 -serial` shows it: two hex digits a byte, no leading zero byte.
+    let bytes = revoked.serial.to_be_bytes();
+    let hex: String = bytes.iter().skip_while(|b| **b == 0).map(|b| format!("{b:02X}")).collect();
+    let serial = format!("serial={hex}");
     let line = log_line(&broker, &["client certificate refused", &serial]).await;
     assert!(line.contains("subject=CN=alice") && line.contains("revoked"), "{line}");
     assert!(!line.contains("BEGIN CERTIFICATE"), "{line}");
     broker_still_serves(&env, broker.addr).await;
+
+    // A reload logs the CRLs again: a new list, renamed into place, revoking nothing.
+    let fresh = env.dir.path().join("crl.pem.new");
+    std::fs::write(&fresh, env.ca.crl(&[]).unwrap()).unwrap();
+    std::fs::rename(&fresh, env.dir.path().join("crl.pem")).unwrap();
+    log_line(&broker, &["CRL loaded", "crl.pem", "revoked=0"]).await;
     broker.terminate();
 }
 
@@ -115,4 +124,54 @@ fn check_config_refuses_an_expired_crl_naming_the_file_when_told_to() {
     let broken = check_config(&with_crl(&config, &base, "not a CRL", ""));
     let stderr = String::from_utf8_lossy(&broken.stderr);
     assert!(!broken.status.success() && stderr.contains("crl.pem"), "{stderr}");
+}
+
+/// The recipe of docs/operations.md ("Revoking a client certificate with openssl"), run with the
+/// `openssl` binary in `dir` (which holds `ca.pem`, `ca.key` and `alice.pem`).
+const OPENSSL_RECIPE: &str = r#"set -e
+mkdir -p crl-db && touch crl-db/index.txt && echo 01 > crl-db/crlnumber
+cat > crl-db/openssl.cnf <<'CNF'
+[ca]
+default_ca = sealpost_ca
+
+[sealpost_ca]
+database         = crl-db/index.txt
+crlnumber        = crl-db/crlnumber
+certificate      = ca.pem
+private_key      = ca.key
+default_md       = sha256
+default_crl_days = 7
+CNF
+openssl ca -config crl-db/openssl.cnf -revoke alice.pem -crl_reason keyCompromise
+openssl ca -config crl-db/openssl.cnf -gencrl -out crl.pem.new && mv crl.pem.new crl.pem
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_openssl_recipe_makes_a_crl_the_broker_enforces() {
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md")).unwrap();
+    for line in OPENSSL_RECIPE.lines().skip(1) {
+        assert!(docs.contains(line), "docs/operations.md lacks the recipe's line {line:?}");
+    }
+    let mut env = Env::new();
+    let (config, base) = folder(&mut env);
+    let dir = env.dir.path().to_path_buf();
+    let ca = env.ca.to_pem();
+    std::fs::write(dir.join("ca.key"), &ca.key_pem).unwrap();
+    let revoked = alice(&env);
+    std::fs::write(dir.join("alice.pem"), &revoked.cert_pem).unwrap();
+    let ran = Command::new("sh").arg("-c").arg(OPENSSL_RECIPE).current_dir(&dir).output().unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let crl = std::fs::read_to_string(dir.join("crl.pem")).unwrap();
+    let config = with_crl(&config, &base, &crl, "crl_expired = \"refuse\"\n");
+    let broker = BrokerProcess::start_logging(&config, "info");
+    log_line(&broker, &["CRL loaded", "crl.pem", "revoked=1"]).await;
+    let err = client_error(&env, broker.addr, &revoked).await;
+    assert!(matches!(err, Error::CertificateRevoked), "{err:?}");
+    // The refusal names the serial as openssl's database does.
+    let index = std::fs::read_to_string(dir.join("crl-db/index.txt")).unwrap();
+    let serial = index.split('\t').nth(3).expect("a serial in index.txt");
+    log_line(&broker, &["client certificate refused", &format!("serial={serial}"), "revoked"]).await;
+    broker_still_serves(&env, broker.addr).await;
+    broker.terminate();
 }
