@@ -6,6 +6,9 @@
 //!   the client-authentication extended key usage **explicitly**, and not be revoked by a configured CRL.
 //!   (WebPKI treats a certificate without any extended key usage as good for every purpose; the broker
 //!   does not: least privilege.) There is no plaintext listener and no way to switch verification off.
+//! - A refused client certificate is logged where it is in hand, in the verifier: its subject, serial and
+//!   the reason ([`refusal_reason`]), never the certificate. The handshake's error, which the connection
+//!   task logs with the remote address, carries neither.
 //!
 //! # The principal rule
 //!
