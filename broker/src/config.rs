@@ -125,6 +125,10 @@ pub struct TlsConfig {
     /// Read at start-up and at each reload ([`crate::reload`]). Default: none (no revocation checking).
     #[serde(default)]
     pub crls: Vec<PathBuf>,
+    /// What to do with a CRL past its next-update: `"warn"` (default: load it and log a warning) or
+    /// `"refuse"` (start, reload and `check-config` fail naming the file; see [`crate::crl`]).
+    #[serde(default)]
+    pub crl_expired: crate::crl::CrlExpired,
 }
 
 /// The `[storage]` table.

@@ -24,6 +24,7 @@ pub mod acl;
 pub mod audit;
 pub mod budget;
 pub mod config;
+pub mod crl;
 #[cfg(feature = "dev")]
 #[cfg(feature = "dev")]
 pub mod dev;

@@ -142,10 +142,17 @@ impl DevCa {
 
     /// A certificate revocation list, valid for a day from now, that revokes `revoked`.
     pub fn crl(&self, revoked: &[&Issued]) -> Result<String> {
+        self.crl_due_in(revoked, 86_400)
+    }
+
+    /// [`crl`](Self::crl) with its next-update `next_update_secs` from now (negative: an expired CRL,
+    /// issued a day before its next-update).
+    pub fn crl_due_in(&self, revoked: &[&Issued], next_update_secs: i64) -> Result<String> {
         let now = time::OffsetDateTime::now_utc();
+        let next_update = now + time::Duration::seconds(next_update_secs);
         let params = rcgen::CertificateRevocationListParams {
-            this_update: now - time::Duration::minutes(1),
-            next_update: now + time::Duration::days(1),
+            this_update: (now - time::Duration::minutes(1)).min(next_update - time::Duration::days(1)),
+            next_update,
             crl_number: 1u64.into(),
             issuing_distribution_point: None,
             revoked_certs: revoked

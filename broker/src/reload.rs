@@ -15,7 +15,12 @@
 //! What a reload applies (the ACL, the CA bundle, the CRLs, the broker's certificate and key) is listed
 //! in [`Changes`].
 //!
-//! It performs no I/O beyond reading the files, holds no lock and reads no clock: the shell
+//! Each CRL is summarised ([`crate::crl::CrlSummary`], what [`Running::log_crls`] logs) and judged
+//! against the time [`Running::load_at`] is given: one past its next-update is refused when
+//! `tls.crl_expired = "refuse"`, with an error naming the file and its next-update.
+//!
+//! It performs no I/O beyond reading the files and holds no lock; [`Running::load`] reads the clock once,
+//! for the CRLs' expiry, and [`Running::load_at`] none. The shell
 //! (`server/reload.rs`) watches for SIGHUP and for changed [`Sources`], runs [`Running::load`] off the
 //! async workers, asks [`Running::changes_to`], and applies.
 //!
@@ -35,6 +40,7 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 
 use crate::acl::Acl;
 use crate::config::Config;
+use crate::crl::{CrlSummary, Expiry};
 use crate::tls::{self, ClientVerifier, TlsMaterial};
 use crate::{Error, Result};
 
@@ -48,6 +54,18 @@ pub struct Running {
     verifier: ClientVerifier,
     crypto: Arc<QuicServerConfig>,
     sources: Sources,
+    crls: Vec<LoadedCrl>,
+}
+
+/// One CRL file as loaded: its path, its summary, and whether it was past its next-update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadedCrl {
+    /// The file.
+    pub path: PathBuf,
+    /// What it says.
+    pub summary: CrlSummary,
+    /// Past its next-update when loaded (and accepted, as `crl_expired = "warn"` does).
+    pub expired: bool,
 }
 
 impl std::fmt::Debug for Running {
@@ -60,17 +78,22 @@ impl Running {
     /// Reads the configuration file `file` and everything it names, and checks it all. The error names the
     /// file at fault.
     pub fn load(file: &Path) -> Result<Running> {
+        Self::load_at(file, now())
+    }
+
+    /// [`load`](Self::load), judging the CRLs' expiry at `now` (seconds since the Unix epoch).
+    pub fn load_at(file: &Path, now: i64) -> Result<Running> {
         let config = Config::load(file)?;
-        Self::with_file(config, Some(file))
+        Self::with_file(config, Some(file), now)
     }
 
     /// [`load`](Self::load) of a configuration already parsed (its paths resolved); its own file is not
     /// among the [`Sources`].
     pub fn from_config(config: Config) -> Result<Running> {
-        Self::with_file(config, None)
+        Self::with_file(config, None, now())
     }
 
-    fn with_file(config: Config, file: Option<&Path>) -> Result<Running> {
+    fn with_file(config: Config, file: Option<&Path>, now: i64) -> Result<Running> {
         let read = |path: &Path, what: &str| {
             std::fs::read_to_string(path)
                 .map_err(|e| Error::Config(format!("{what} {}: cannot read: {e}", path.display())))
@@ -81,8 +104,10 @@ impl Running {
             cert_chain_pem: read(&t.cert, "tls.cert")?,
             key_pem: read(&t.key, "tls.key")?,
             crls_pem: t.crls.iter().map(|p| read(p, "tls.crls")).collect::<Result<_>>()?,
+            crl_expired: t.crl_expired,
         };
         check_pem_files(&config, &tls)?;
+        let crls = check_crls(&config, &tls, now)?;
         let verifier = tls::client_verifier(&tls)
             .map_err(|e| Error::Config(format!("tls.ca {} or tls.crls: {e}", t.ca.display())))?;
         let crypto = tls::server_crypto(&tls).map_err(|e| {
@@ -101,7 +126,32 @@ impl Running {
             crate::audit::AuditKey::load(&audit.key)?;
         }
         let sources = Sources::of(file, &config);
-        Ok(Running { config, tls, acl, acl_text, verifier, crypto: Arc::new(crypto), sources })
+        Ok(Running { config, tls, acl, acl_text, verifier, crypto: Arc::new(crypto), sources, crls })
+    }
+
+    /// The CRL files, as loaded.
+    pub fn crls(&self) -> &[LoadedCrl] {
+        &self.crls
+    }
+
+    /// Logs one line per CRL file (info: file, issuer, this-update, next-update, revoked count; a warning
+    /// if it was past its next-update when loaded). The broker calls it at start and after each reload.
+    pub fn log_crls(&self) {
+        for crl in &self.crls {
+            let s = &crl.summary;
+            let (file, issuer) = (crl.path.display(), &s.issuer);
+            let this_update = crate::crl::time_text(s.this_update);
+            let next_update = s.next_update.map_or_else(|| "none".to_owned(), crate::crl::time_text);
+            if crl.expired {
+                tracing::warn!(
+                    %file, %issuer, %this_update, %next_update, revoked = s.revoked,
+                    "CRL loaded past its next-update: it is expired (the revocations it lists still hold; \
+                     set tls.crl_expired = \"refuse\" to refuse such a CRL)"
+                );
+            } else {
+                tracing::info!(%file, %issuer, %this_update, %next_update, revoked = s.revoked, "CRL loaded");
+            }
+        }
     }
 
     /// The configuration.
@@ -165,6 +215,37 @@ impl Running {
             retention: old.retention != new.retention,
         })
     }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Summarises each CRL and judges its expiry at `now`; the error names the file.
+fn check_crls(config: &Config, tls: &TlsMaterial, now: i64) -> Result<Vec<LoadedCrl>> {
+    let policy = config.tls.crl_expired;
+    tls.crls_pem
+        .iter()
+        .zip(&config.tls.crls)
+        .map(|(pem, path)| {
+            let summary = CrlSummary::of_pem(pem)
+                .map_err(|e| Error::Config(format!("tls.crls {}: {e}", path.display())))?;
+            let expired = match crate::crl::expiry(summary.next_update, now, policy) {
+                Expiry::Current => false,
+                Expiry::Warn => true,
+                Expiry::Refuse => {
+                    let next = summary.next_update.map(crate::crl::time_text).unwrap_or_default();
+                    return Err(Error::Config(format!(
+                        "tls.crls {}: expired: its next-update {next} is past (tls.crl_expired = \"refuse\")",
+                        path.display()
+                    )));
+                }
+            };
+            Ok(LoadedCrl { path: path.clone(), summary, expired })
+        })
+        .collect()
 }
 
 /// Checks each PEM file on its own, so that an error names the file that holds it.
@@ -381,6 +462,25 @@ mod tests {
         folder.write("ca.pem", &folder.ca.cert_pem());
         folder.write("broker.toml", "listen = [");
         assert!(message(folder.load()).contains("broker.toml"));
+    }
+
+    #[test]
+    fn an_expired_crl_is_loaded_with_a_warning_or_refused_naming_the_file() {
+        let folder = Folder::new();
+        let alice = folder.ca.issue(&LeafSpec::client("alice", &[])).unwrap();
+        folder.write("crl.pem", &folder.ca.crl_due_in(&[&alice], -3_600).unwrap());
+        let running = folder.load().unwrap();
+        let [crl] = running.crls() else { panic!("one CRL: {:?}", running.crls()) };
+        assert!(crl.expired && crl.path.ends_with("crl.pem") && crl.summary.revoked == 1, "{crl:?}");
+        let next = crate::crl::time_text(crl.summary.next_update.unwrap());
+        folder.config("");
+        let text = std::fs::read_to_string(folder.file()).unwrap();
+        folder.write("broker.toml", &format!("{text}crl_expired = \"refuse\"\n"));
+        let msg = message(folder.load());
+        assert!(msg.contains("crl.pem") && msg.contains("expired") && msg.contains(&next), "{msg}");
+        // The same CRL an hour before its next-update is current.
+        let earlier = crl.summary.next_update.unwrap() - 3_600;
+        assert!(!Running::load_at(&folder.file(), earlier).unwrap().crls()[0].expired);
     }
 
     #[test]

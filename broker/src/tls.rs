@@ -6,6 +6,9 @@
 //!   the client-authentication extended key usage **explicitly**, and not be revoked by a configured CRL.
 //!   (WebPKI treats a certificate without any extended key usage as good for every purpose; the broker
 //!   does not: least privilege.) There is no plaintext listener and no way to switch verification off.
+//! - A refused client certificate is logged where it is in hand, in the verifier: its subject, serial and
+//!   the reason ([`refusal_reason`]), never the certificate. The handshake's error, which the connection
+//!   task logs with the remote address, carries neither.
 //!
 //! # The principal rule
 //!
@@ -31,6 +34,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 use sealpost_protocol::{Principal, PublicKey};
 use x509_parser::extensions::GeneralName;
 
+use crate::crl::CrlExpired;
 use crate::{Error, Result};
 
 /// The ALPN protocol id of this version of the Sealpost protocol.
@@ -137,6 +141,9 @@ pub struct TlsMaterial {
     pub key_pem: String,
     /// Certificate revocation lists, PEM (may be empty).
     pub crls_pem: Vec<String>,
+    /// Whether a handshake fails once a CRL is past its next-update (`Refuse`: webpki's
+    /// `ExpirationPolicy::Enforce`) or not (`Warn`, webpki's default). See [`crate::crl`].
+    pub crl_expired: CrlExpired,
 }
 
 impl core::fmt::Debug for TlsMaterial {
@@ -198,15 +205,18 @@ pub fn client_verifier(material: &TlsMaterial) -> Result<ClientVerifier> {
     let crls = material
         .crls_pem
         .iter()
-        .map(|pem| {
+        .enumerate()
+        .map(|(i, pem)| {
             CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
-                .map_err(|e| Error::Config(format!("CRL: {e}")))
+                .map_err(|e| Error::Config(format!("CRL number {} of tls.crls: {e}", i + 1)))
         })
         .collect::<Result<Vec<_>>>()?;
-    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls(crls)
-        .build()
-        .map_err(|e| Error::Config(format!("client verifier: {e}")))?;
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).with_crls(crls);
+    if material.crl_expired == CrlExpired::Refuse {
+        builder = builder.enforce_revocation_expiration();
+    }
+    let webpki = builder.build().map_err(|e| Error::Config(format!("client verifier: {e}")))?;
     Ok(ClientVerifier(Arc::new(RequireClientAuthUsage(webpki))))
 }
 
@@ -232,6 +242,50 @@ fn server_config(material: &TlsMaterial, alpn: &[u8]) -> Result<rustls::ServerCo
 #[derive(Debug)]
 struct RequireClientAuthUsage(Arc<dyn ClientCertVerifier>);
 
+/// A certificate's subject and serial number, for the log: never the certificate itself. A certificate
+/// that does not parse is named `<unparseable>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Named {
+    /// The subject's distinguished name, as text (`CN=alice`).
+    pub subject: String,
+    /// The serial number, upper-case hexadecimal, two digits a byte, without separators (as
+    /// `openssl x509 -serial` and an `openssl ca` database show it).
+    pub serial: String,
+}
+
+impl Named {
+    /// The subject and serial of a DER certificate (peer-controlled: any bytes).
+    pub fn of(der: &[u8]) -> Named {
+        match x509_parser::parse_x509_certificate(der) {
+            Ok((_, cert)) => {
+                let serial = cert.serial.to_bytes_be().iter().map(|b| format!("{b:02X}")).collect();
+                Named { subject: cert.subject().to_string(), serial }
+            }
+            Err(_) => Named { subject: "<unparseable>".into(), serial: "<unparseable>".into() },
+        }
+    }
+}
+
+/// Why a client certificate was refused, in a few words for the log.
+pub fn refusal_reason(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Revoked => "revoked",
+            C::UnknownIssuer => "unknown issuer",
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not yet valid",
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => "no client-authentication usage",
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => "CRL expired",
+            C::UnknownRevocationStatus => "revocation status unknown",
+            C::BadSignature => "bad signature",
+            C::BadEncoding => "bad encoding",
+            _ => "invalid certificate",
+        },
+        _ => "handshake error",
+    }
+}
+
 /// Whether a DER certificate names the client-authentication extended key usage.
 pub fn has_client_auth_usage(der: &[u8]) -> bool {
     x509_parser::parse_x509_certificate(der)
@@ -251,11 +305,22 @@ impl ClientCertVerifier for RequireClientAuthUsage {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.0.verify_client_cert(end_entity, intermediates, now)?;
-        if !has_client_auth_usage(end_entity) {
-            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::InvalidPurpose));
+        let verified = self.0.verify_client_cert(end_entity, intermediates, now).and_then(|verified| {
+            if has_client_auth_usage(end_entity) {
+                Ok(verified)
+            } else {
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::InvalidPurpose))
+            }
+        });
+        if let Err(e) = &verified {
+            // The one place the refused certificate is in hand: the handshake's own error does not carry it.
+            let named = Named::of(end_entity);
+            tracing::info!(
+                subject = %named.subject, serial = %named.serial, reason = refusal_reason(e),
+                "client certificate refused"
+            );
         }
-        Ok(verified)
+        verified
     }
 
     fn verify_tls12_signature(
@@ -321,6 +386,7 @@ mod tests {
             cert_chain_pem: server.cert_pem,
             key_pem: server.key_pem,
             crls_pem: crls,
+            crl_expired: CrlExpired::Warn,
         }
     }
 
@@ -343,6 +409,35 @@ mod tests {
         let other = DevCa::generate("other CA").unwrap().issue(&LeafSpec::client("alice", &[])).unwrap();
         assert!(after.admits(&chain(&other.cert_pem), now).is_err());
         assert!(after.admits(&[], now).is_err());
+    }
+
+    #[test]
+    fn an_expired_crl_fails_handshakes_only_when_crl_expired_is_refuse() {
+        let ca = DevCa::generate("test CA").unwrap();
+        let bob = ca.issue(&LeafSpec::client("bob", &[])).unwrap();
+        let chain = vec![CertificateDer::from(der(&bob.cert_pem))];
+        let expired = vec![ca.crl_due_in(&[], -3_600).unwrap()];
+        let warn = client_verifier(&material(&ca, expired.clone())).unwrap();
+        assert!(warn.admits(&chain, UnixTime::now()).is_ok());
+        let refuse = TlsMaterial { crl_expired: CrlExpired::Refuse, ..material(&ca, expired) };
+        let refused = client_verifier(&refuse).unwrap().admits(&chain, UnixTime::now()).unwrap_err();
+        assert!(refused.to_string().contains("revocation list expired"), "{refused}");
+    }
+
+    #[test]
+    fn a_refused_certificate_is_named_by_subject_and_serial_and_its_reason() {
+        let ca = DevCa::generate("test CA").unwrap();
+        let alice = ca.issue(&LeafSpec::client("alice", &[])).unwrap();
+        let named = Named::of(&der(&alice.cert_pem));
+        let bytes = alice.serial.to_be_bytes();
+        let hex: String = bytes.iter().skip_while(|b| **b == 0).map(|b| format!("{b:02X}")).collect();
+        assert_eq!(named.serial, hex);
+        assert!(named.subject.contains("alice"), "{named:?}");
+        assert_eq!(Named::of(b"junk").subject, "<unparseable>");
+        let revoked = rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked);
+        assert_eq!(refusal_reason(&revoked), "revoked");
+        let unknown = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(refusal_reason(&unknown), "unknown issuer");
     }
 
     #[test]

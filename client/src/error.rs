@@ -6,7 +6,7 @@
 //! policy changes it asks for: [`Error::NoAuthorityKey`], [`Error::PolicyExists`], [`Error::RoleHeld`],
 //! [`Error::UnknownMember`], [`Error::NotAMember`], [`Error::StalePolicy`], [`Error::AuthorityRejected`]),
 //! the network or the broker's operator ([`Error::Unreachable`], [`Error::ConnectionLost`],
-//! [`Error::BrokerNotTrusted`], [`Error::CertificateRejected`]), the broker's access policy
+//! [`Error::BrokerNotTrusted`], [`Error::CertificateRejected`], [`Error::CertificateRevoked`]), the broker's access policy
 //! ([`Error::Refused`]), the broker's storage ([`Error::DataLost`]), and whoever tampered with the stored
 //! log or the stored topic policies ([`Error::Integrity`], [`Error::UntrustedPublisher`],
 //! [`Error::Policy`], [`Error::RolledBack`]), and whoever keeps the client's host (its state folder: [`Error::State`]). Every message is one line that says what failed and, where there is one, what to do
@@ -183,15 +183,25 @@ pub enum Error {
         /// Why it did not verify.
         reason: String,
     },
-    /// The broker refused this identity's client certificate during the TLS handshake.
+    /// The broker refused this identity's client certificate during the TLS handshake (for another
+    /// reason than revocation: [`Error::CertificateRevoked`]), or closed the connection because, after a
+    /// reload of its CA bundle or CRLs, the certificate no longer verifies (close code 3, which does not
+    /// say whether it was revoked or is no longer valid otherwise).
     #[error(
         "the broker rejected this identity's certificate ({reason}): check that `cert` and `key` in the \
-         identity file are issued by the CA the broker trusts and have not expired"
+         identity file are issued by the CA the broker trusts, have not expired and have not been revoked"
     )]
     CertificateRejected {
-        /// The TLS alert the broker sent.
+        /// The TLS alert the broker sent, or what its close said.
         reason: String,
     },
+    /// The broker refused this identity's client certificate because a CRL it loaded revokes it (TLS
+    /// alert `certificate_revoked`). Reconnecting cannot cure it: the identity needs a new certificate.
+    #[error(
+        "the broker refused this identity's certificate: it has been revoked (a CRL the broker loaded lists \
+         it): ask the CA's operator for a new certificate and put it in `cert` and `key` of the identity file"
+    )]
+    CertificateRevoked,
     /// The broker answered a request with an error code.
     #[error("{}", refusal(*action, topic, *code, message))]
     Refused {

@@ -58,6 +58,7 @@ impl Pki {
             cert_chain_pem: self.server.cert_pem.clone(),
             key_pem: self.server.key_pem.clone(),
             crls_pem: Vec::new(),
+            crl_expired: sealpost_broker::crl::CrlExpired::Warn,
         }
     }
 }

@@ -149,6 +149,7 @@ impl Env {
             cert_chain_pem: self.server.cert_pem.clone(),
             key_pem: self.server.key_pem.clone(),
             crls_pem: self.crls.clone(),
+            crl_expired: sealpost_broker::crl::CrlExpired::Warn,
         }
     }
 

@@ -23,6 +23,7 @@ mod auth;
 mod backup;
 mod cli;
 mod crash;
+mod crl;
 mod durability;
 mod failstop;
 mod faultfs;

@@ -23,7 +23,10 @@ async fn assert_client_certificate_refused(env: &Env, addr: std::net::SocketAddr
     })
     .await;
     match result {
-        Err(e @ (Error::CertificateRejected { .. } | Error::ConnectionLost { .. })) => {
+        Err(
+            e
+            @ (Error::CertificateRejected { .. } | Error::CertificateRevoked | Error::ConnectionLost { .. }),
+        ) => {
             assert!(e.to_string().contains("certificate") || e.to_string().contains("connection"), "{e}");
         }
         other => panic!("expected the certificate to be refused, got {other:?}"),

@@ -134,9 +134,21 @@ fn main() {
         std::process::exit(verify_store(dir));
     }
     if let Command::CheckConfig { config } = &cli.command {
-        let checked = Config::load(config).and_then(|c| sealpost_broker::server::check_config(&c));
+        // The checks of `sealpost_broker::server::check_config`, keeping what they loaded to warn about it.
+        let checked = Config::load(config).and_then(Running::from_config);
         match checked {
-            Ok(()) => println!("{}: ok", config.display()),
+            Ok(running) => {
+                for crl in running.crls().iter().filter(|crl| crl.expired) {
+                    let next =
+                        crl.summary.next_update.map(sealpost_broker::crl::time_text).unwrap_or_default();
+                    eprintln!(
+                        "sealpost-broker: warning: tls.crls {}: expired: its next-update {next} is past \
+                         (accepted: tls.crl_expired = \"warn\")",
+                        crl.path.display()
+                    );
+                }
+                println!("{}: ok", config.display())
+            }
             Err(e) => {
                 // One line, whatever the error says (a TOML parse error spans several).
                 let text = e.to_string();
@@ -377,6 +389,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&config_path).with_context(|| format!("loading {}", config_path.display()))?;
     init_log(config.log.format);
     let running = Running::load(&config_path)?;
+    running.log_crls();
     let options = BrokerOptions::from_config(running.config())?;
     // The handlers are installed before the broker says it listens: a SIGTERM sent as soon as that line
     // appears (a supervisor, a test) must stop it cleanly, not kill it with the default action; a SIGHUP

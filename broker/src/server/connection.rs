@@ -12,7 +12,7 @@ use super::wire::{refuse, FrameReader};
 use super::{admin, policies, publish, subscription, Revision};
 use crate::event::Refused;
 use crate::session::{Close, Connection, Endpoint, FlowControl, Refusal, StreamKind};
-use crate::tls::Peer;
+use crate::tls::{Named, Peer};
 use crate::writer::Log;
 use crate::Result;
 use rustls::pki_types::UnixTime;
@@ -71,7 +71,9 @@ pub(super) async fn serve(
             match refused.close {
                 Close::CERTIFICATE_REFUSED => {
                     let fingerprint = Peer::fingerprint_of(&conn).map(|f| f.to_string()).unwrap_or_default();
-                    info!(%remote, %error, %fingerprint, "connection refused")
+                    let named = chain.first().map(|leaf| Named::of(leaf));
+                    let (subject, serial) = named.map(|n| (n.subject, n.serial)).unwrap_or_default();
+                    info!(%remote, %error, %subject, %serial, %fingerprint, "connection refused")
                 }
                 _ => warn!(%remote, principal = %claimed, %error, "connection refused"),
             }

@@ -12,7 +12,7 @@ use crate::limits::ServerLimits;
 use crate::metrics::MetricsSettings;
 use crate::store::Store;
 use crate::tls::TlsMaterial;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Everything a broker needs to run.
 pub struct BrokerOptions {
@@ -48,19 +48,6 @@ pub struct MetricsOptions {
     pub settings: MetricsSettings,
 }
 
-/// The TLS files `config` names, read.
-fn tls_material(config: &Config) -> Result<TlsMaterial> {
-    let read = |path: &std::path::Path, what: &str| {
-        std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))
-    };
-    Ok(TlsMaterial {
-        client_ca_pem: read(&config.tls.ca, "tls.ca")?,
-        cert_chain_pem: read(&config.tls.cert, "tls.cert")?,
-        key_pem: read(&config.tls.key, "tls.key")?,
-        crls_pem: config.tls.crls.iter().map(|p| read(p, "tls.crls")).collect::<Result<_>>()?,
-    })
-}
-
 /// Checks everything a broker started with `config` would check before serving, without starting one and
 /// without opening its store (a running broker may hold it): the TLS files (parsed into the server's TLS
 /// configuration: certificates, key, CA bundle, CRLs), the ACL, the metrics address rule and the audit key.
@@ -70,9 +57,10 @@ pub fn check_config(config: &Config) -> Result<()> {
 }
 
 impl BrokerOptions {
-    /// Reads the files a configuration names (certificates, keys, ACL) and opens its store.
+    /// Reads the files a configuration names (certificates, keys, CRLs, ACL), checks them as
+    /// [`check_config`] does (an error names the file at fault), and opens its store.
     pub fn from_config(config: &Config) -> Result<BrokerOptions> {
-        let tls = tls_material(config)?;
+        let tls = crate::reload::Running::from_config(config.clone())?.tls().clone();
         let acl = Acl::load(&config.acl)?;
         let store = crate::store::open(config.storage.engine(), &config.data_dir)?;
         let limits = config.limits;

@@ -68,6 +68,7 @@ impl Watcher {
         match checked {
             Ok((changes, next)) => {
                 let sources = next.sources().clone();
+                next.log_crls();
                 self.apply(&changes, next);
                 let changed = changes.to_string();
                 info!(file = %self.file.display(), %trigger, changes = %changed, "configuration reloaded");

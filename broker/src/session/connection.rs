@@ -322,6 +322,7 @@ mod tests {
                 cert_chain_pem: server.cert_pem.clone(),
                 key_pem: server.key_pem.clone(),
                 crls_pem: crls,
+                crl_expired: crate::crl::CrlExpired::Warn,
             })
             .unwrap()
         };

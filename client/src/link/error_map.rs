@@ -3,7 +3,8 @@
 //!
 //! It guarantees that a failure reaches the application as the variant that says who must act: a broker
 //! certificate that does not verify is [`Error::BrokerNotTrusted`] (with advice naming the identity field
-//! at fault), a TLS alert about this identity's certificate is [`Error::CertificateRejected`], a broker
+//! at fault), a TLS alert about this identity's certificate is [`Error::CertificateRejected`] (or
+//! [`Error::CertificateRevoked`] for `certificate_revoked`), a broker
 //! without our ALPN is a [`Error::ProtocolViolation`], and everything that reconnecting may cure is
 //! [`Error::Unreachable`] or [`Error::ConnectionLost`]. Text from the broker is sanitized before it is
 //! shown.
@@ -67,9 +68,10 @@ impl ErrorMap {
             ConnectionError::ConnectionClosed(c) if is_tls(c.error_code.into()) => {
                 let alert = u64::from(c.error_code) & 0xff;
                 match alert {
-                    // bad_certificate, unsupported_certificate, certificate_revoked, certificate_expired,
+                    44 => Error::CertificateRevoked,
+                    // bad_certificate, unsupported_certificate, certificate_expired,
                     // certificate_unknown, unknown_ca, access_denied, certificate_required
-                    42..=46 | 48 | 49 | 116 => Error::CertificateRejected { reason: alert_name(alert) },
+                    42 | 43 | 45 | 46 | 48 | 49 | 116 => Error::CertificateRejected { reason: alert_name(alert) },
                     120 => Error::ProtocolViolation {
                         detail: "the broker does not speak sealpost/1 (no common ALPN protocol)".into(),
                     },
@@ -81,6 +83,14 @@ impl ErrorMap {
             ConnectionError::TimedOut => Error::ConnectionLost {
                 reason: format!("no answer from the broker for {}", seconds(self.idle_timeout)),
             },
+            // The broker's close after a reload of its CA bundle or CRLs (`CERTIFICATE_REVOKED`): revoked, or
+            // no longer valid otherwise; the code does not say which.
+            ConnectionError::ApplicationClosed(a) if u64::from(a.error_code) == CERTIFICATE_NO_LONGER_VALID => {
+                Error::CertificateRejected {
+                    reason: "closed by the broker: revoked or no longer valid after it reloaded its CA bundle or CRLs"
+                        .into(),
+                }
+            }
             ConnectionError::ApplicationClosed(a) => {
                 let why = sanitize(&String::from_utf8_lossy(&a.reason));
                 Error::ConnectionLost {
@@ -122,6 +132,10 @@ impl ErrorMap {
     }
 }
 
+/// The broker's application close code for a connection whose certificate no longer verifies after a
+/// reload (its `Close::CERTIFICATE_REVOKED`).
+const CERTIFICATE_NO_LONGER_VALID: u64 = 3;
+
 /// Whether a QUIC error code carries a TLS alert.
 fn is_tls(code: u64) -> bool {
     (0x100..0x200).contains(&code)
@@ -157,5 +171,13 @@ mod tests {
         assert!(!is_tls(0x0a));
         assert_eq!(alert_name(48), "unknown CA");
         assert_eq!(alert_name(7), "TLS alert 7");
+    }
+
+    #[test]
+    fn a_revoked_certificate_is_told_as_revoked_not_expired() {
+        let revoked = Error::CertificateRevoked.to_string();
+        assert!(revoked.contains("revoked") && !revoked.contains("expired"), "{revoked}");
+        let other = Error::CertificateRejected { reason: alert_name(45) }.to_string();
+        assert!(other.contains("certificate expired") && other.contains("revoked"), "{other}");
     }
 }
