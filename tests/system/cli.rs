@@ -453,7 +453,8 @@ async fn sub_prints_one_line_per_event_and_goes_on_or_with_strict_exits_1() {
 }
 
 /// `sealpost authority new --out FILE`: the secret line in a new owner-only file, the public key and its
-/// key id on stdout with where they go; the file is never overwritten.
+/// key id on stdout with where they go; the file is never overwritten. `authority public FILE` prints the
+/// public key again.
 #[test]
 fn authority_new_writes_the_secret_once_and_says_where_the_public_key_goes() {
     let dir = tempfile::tempdir().unwrap();
@@ -472,6 +473,15 @@ fn authority_new_writes_the_secret_once_and_says_where_the_public_key_goes() {
     assert!(said.contains(&format!("authority = \"{public}\"")), "{said}");
     assert!(said.contains(&public.key_id().to_string()), "{said}");
     assert!(!said.contains(hex_seed), "the secret is not printed with --out");
+    // `authority public` gives the public half back from the file, alone on stdout, for scripts.
+    let mut public_of = Command::new(cargo_bin("sealpost"));
+    public_of.args(["authority", "public"]).arg(&file);
+    let shown = run(public_of, None);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    assert_eq!(text(&shown.stdout), format!("{public}\n"));
+    let mut not_a_key = Command::new(cargo_bin("sealpost"));
+    not_a_key.args(["authority", "public"]).arg(dir.path().join("missing.toml"));
+    assert!(!run(not_a_key, None).status.success());
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -150,6 +150,13 @@ enum AuthorityCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Print the public key of the topic authority whose secret `authority_key` line FILE holds (the
+    /// file `authority new --out` wrote, or the administrator's identity file), 64 hex digits alone on a
+    /// line, for scripts; its key id goes to stderr.
+    Public {
+        /// The file holding the `authority_key` line.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,6 +256,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen { out, principal } => keys::keygen(out.as_deref(), principal.as_deref()),
         Command::Authority { command: AuthorityCommand::New { out } } => keys::authority_new(out.as_deref()),
+        Command::Authority { command: AuthorityCommand::Public { file } } => keys::authority_public(&file),
         Command::Identity {
             command: IdentityCommand::New { name, broker, server_name, ca, authority, dir },
         } => identity::new(identity::New {

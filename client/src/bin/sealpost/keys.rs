@@ -1,5 +1,6 @@
 //! `sealpost keygen` and `sealpost authority new`: fresh keys, written to files that are never
-//! overwritten and readable by their owner only, or printed.
+//! overwritten and readable by their owner only, or printed; `sealpost authority public`: the public half
+//! of an authority key file.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -57,6 +58,27 @@ pub(crate) fn keygen(out: Option<&Path>, principal: Option<&str>) -> anyhow::Res
         path.display(),
         public_path.display()
     );
+    Ok(())
+}
+
+/// `sealpost authority public FILE`: the public key of the `authority_key` line in FILE.
+pub(crate) fn authority_public(file: &Path) -> anyhow::Result<()> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?,
+    );
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a TOML file: {}", file.display(), e.message()))?;
+    let Some(value) = table.get("authority_key") else {
+        bail!("{} holds no authority_key line", file.display());
+    };
+    let mut seed = Zeroizing::new([0u8; 32]);
+    match value.as_str().map(|hex| hex::decode_to_slice(hex, seed.as_mut_slice())) {
+        Some(Ok(())) => {}
+        _ => bail!("{}: field `authority_key`: expected 64 hex digits", file.display()),
+    }
+    let public = SigningKey::from_bytes(&seed).public_key();
+    println!("{public}");
+    eprintln!("key id {}", public.key_id());
     Ok(())
 }
 
