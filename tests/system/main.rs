@@ -40,3 +40,4 @@ mod retention;
 mod rollback;
 mod storage_damage;
 mod tls;
+mod walkthrough;
