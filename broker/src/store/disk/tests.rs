@@ -215,7 +215,7 @@ fn a_torn_batch_in_the_middle_of_the_unsynced_tail_drops_it_and_everything_after
     // Flip a byte of the fourth batch (offset 3): the kernel wrote the pages around it, not it.
     let file = segment_files(dir.path()).pop().unwrap();
     let at = {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_sled(dir.path(), 1 << 20).unwrap();
         let key = batch_key(&t, Offset(3));
         let Ok(Slot::Batch(entry)) = Slot::decode(&key, &db.get(&key).unwrap().unwrap()) else { panic!() };
         entry.location
@@ -456,7 +456,7 @@ fn a_broken_index_is_moved_aside_and_rebuilt_from_the_segments() {
     }
     // The layout key says nothing sensible.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_sled(dir.path(), 1 << 20).unwrap();
         db.insert(LAYOUT_KEY, &b"??"[..]).unwrap();
         db.flush().unwrap();
     }

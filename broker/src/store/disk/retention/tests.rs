@@ -126,7 +126,7 @@ fn a_byte_limit_retires_the_oldest_batches_and_deletes_whole_segments() {
     let report = crate::store::disk::verify::verify(dir.path()).unwrap();
     assert!(report.findings.is_empty(), "{:?}", report.findings);
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::store::disk::open::open_sled(dir.path(), 1 << 20).unwrap();
         db.insert(LAYOUT_KEY, &b"??"[..]).unwrap();
         db.flush().unwrap();
     }
