@@ -211,6 +211,22 @@ pub enum Event<'a> {
         /// Bytes of the sealed batch.
         bytes: usize,
     },
+    /// A durable subscription's subscriber acknowledged messages (one event per `Ack` frame; acks of a
+    /// subscription that is not durable are not counted: they commit nothing).
+    AckReceived {
+        /// Who.
+        who: Who<'a>,
+        /// The topic.
+        topic: &'a Topic,
+    },
+    /// A durable subscription's offset was committed durably: the newest of the acks received since the
+    /// last commit (the others were replaced by it, [`crate::session::Subscription`]).
+    OffsetCommitted {
+        /// Who.
+        who: Who<'a>,
+        /// The topic.
+        topic: &'a Topic,
+    },
     /// A subscription started.
     SubscribeAccepted {
         /// Who.
@@ -325,6 +341,8 @@ impl Event<'_> {
             Event::PublishRefused { .. } => "publish_refused",
             Event::PublishFailed { .. } => "publish_failed",
             Event::Delivered { .. } => "delivered",
+            Event::AckReceived { .. } => "ack_received",
+            Event::OffsetCommitted { .. } => "offset_committed",
             Event::SubscribeAccepted { .. } => "subscribe_accepted",
             Event::SubscribeRefused { .. } => "subscribe_refused",
             Event::PolicyReadRefused { .. } => "policy_read_refused",

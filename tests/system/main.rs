@@ -17,6 +17,7 @@
 mod harness;
 mod process;
 
+mod acks;
 mod attacks;
 mod audit;
 mod auth;

@@ -26,8 +26,8 @@ fn chat() -> Topic {
 
 /// Every sample of a scrape: `name{labels}` (as written) -> value.
 #[derive(Debug)]
-struct Scrape {
-    text: String,
+pub(crate) struct Scrape {
+    pub(crate) text: String,
     samples: BTreeMap<String, f64>,
 }
 
@@ -46,7 +46,7 @@ impl Scrape {
     }
 
     /// The value of `series`, 0 if it is not there yet.
-    fn get(&self, series: &str) -> f64 {
+    pub(crate) fn get(&self, series: &str) -> f64 {
         self.samples.get(series).copied().unwrap_or(0.0)
     }
 }
@@ -93,14 +93,14 @@ async fn scrape_classic(addr: SocketAddr) -> String {
 }
 
 /// Scrapes a plain endpoint.
-async fn scrape(addr: SocketAddr) -> Scrape {
+pub(crate) async fn scrape(addr: SocketAddr) -> Scrape {
     let stream = within("connect", tokio::net::TcpStream::connect(addr)).await.unwrap();
     Scrape::parse(within("scrape", get(stream, Format::OpenMetrics)).await.unwrap())
 }
 
 /// Scrapes until `done` says the scrape shows what the test waits for (events of connections that closed
 /// reach the metrics when their tasks end); bounded.
-async fn scrape_until(addr: SocketAddr, done: impl Fn(&Scrape) -> bool) -> Scrape {
+pub(crate) async fn scrape_until(addr: SocketAddr, done: impl Fn(&Scrape) -> bool) -> Scrape {
     for _ in 0..200 {
         let scraped = scrape(addr).await;
         if done(&scraped) {
@@ -111,7 +111,7 @@ async fn scrape_until(addr: SocketAddr, done: impl Fn(&Scrape) -> bool) -> Scrap
     panic!("the metrics never showed what was expected:\n{}", scrape(addr).await.text);
 }
 
-fn metrics_options(listen: &str, tls: bool, env: &Env) -> MetricsOptions {
+pub(crate) fn metrics_options(listen: &str, tls: bool, env: &Env) -> MetricsOptions {
     MetricsOptions {
         listen: listen.parse().unwrap(),
         tls,

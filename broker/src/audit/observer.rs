@@ -157,7 +157,7 @@ impl Observer for AuditObserver {
                 entry.refuse(code_name(code))
             }
             Event::PublishFailed { ref who, code } => by(Action::Publish, who).refuse(code_name(code)),
-            Event::Delivered { .. } => return,
+            Event::Delivered { .. } | Event::AckReceived { .. } | Event::OffsetCommitted { .. } => return,
             Event::SubscribeAccepted { ref who, topic, durable, created } => {
                 if let (Some(name), true) = (durable, created) {
                     let created = by(Action::DurableCreate, who).topic(topic.as_str()).allow();

@@ -217,6 +217,8 @@ pub struct Metrics {
     retention_bytes: Counter,
     delivered_messages: Family<TopicLabel, Counter>,
     delivered_bytes: Family<TopicLabel, Counter>,
+    acks_received: Family<TopicLabel, Counter>,
+    offset_commits: Family<TopicLabel, Counter>,
     subscriptions: Family<KindLabel, Counter>,
     policies_stored: Counter,
     policy_epoch: Family<TopicLabel, Gauge>,
@@ -270,6 +272,8 @@ impl Metrics {
             retention_bytes: Counter::default(),
             delivered_messages: Family::default(),
             delivered_bytes: Family::default(),
+            acks_received: Family::default(),
+            offset_commits: Family::default(),
             subscriptions: Family::default(),
             policies_stored: Counter::default(),
             policy_epoch: Family::default(),
@@ -344,6 +348,16 @@ impl Metrics {
             "Bytes of sealed batches delivered to subscribers, by topic",
             Unit::Bytes,
             m.delivered_bytes.clone(),
+        );
+        r.register(
+            "acks_received",
+            "Acknowledgements received from durable subscriptions, by topic",
+            m.acks_received.clone(),
+        );
+        r.register(
+            "offset_commits",
+            "Durable subscriptions' offsets committed (each the newest ack received since the last), by topic",
+            m.offset_commits.clone(),
         );
         r.register(
             "subscriptions",
@@ -511,6 +525,12 @@ impl Observer for Metrics {
                 let label = self.topic(topic);
                 self.delivered_messages.get_or_create(&label).inc_by((*messages).into());
                 self.delivered_bytes.get_or_create(&label).inc_by(*bytes as u64);
+            }
+            Event::AckReceived { topic, .. } => {
+                self.acks_received.get_or_create(&self.topic(topic)).inc();
+            }
+            Event::OffsetCommitted { topic, .. } => {
+                self.offset_commits.get_or_create(&self.topic(topic)).inc();
             }
             Event::SubscribeAccepted { durable, created, .. } => {
                 let kind = match (durable, created) {

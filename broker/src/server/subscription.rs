@@ -1,7 +1,9 @@
 //! A subscription stream's tasks: deliveries out, read from the log's tail or the store (off the async
-//! workers) within the connection's budget, as far as the session's cursor says; acks in, each handed to
-//! the session and its commit executed through the log.
+//! workers) within the connection's budget, as far as the session's cursor says; acks in, handed to the
+//! session, the newest committed through the log, one commit at a time.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use sealpost_protocol::{Offset, Topic};
@@ -10,7 +12,7 @@ use tokio::sync::watch;
 use super::wire::{write_frame, FrameReader};
 use super::Revision;
 use crate::budget::Budget;
-use crate::session::{AckAction, Connection, Started, Subscribing, Subscription};
+use crate::session::{AckAction, Commit, Connection, Started, Subscribing, Subscription};
 use crate::store::{Store, Stored};
 use crate::writer::Log;
 use crate::{Error, Result};
@@ -120,26 +122,52 @@ async fn read_from(
         .map_err(|e| Error::Storage(e.to_string()))?
 }
 
-/// Reads the subscriber's frames until it is done, committing durable acks through the log.
-async fn read_acks(subscription: Subscription, mut reader: FrameReader, log: Arc<Log>) -> Result<()> {
+/// Reads the subscriber's frames until it is done, committing durable acks through the log: at most one
+/// commit with the log at a time, the newest ack received meanwhile going with the next one
+/// ([`Subscription::next_commit`]). Frames keep being read while a commit waits for its group commit, and
+/// what was acked before the stream ended, failed or was refused is still committed.
+async fn read_acks(mut subscription: Subscription, mut reader: FrameReader, log: Arc<Log>) -> Result<()> {
+    let mut committing: Option<Pin<Box<dyn Future<Output = Result<()>> + Send>>> = None;
+    let mut end: Option<Result<()>> = None;
     loop {
-        let frame = match reader.next().await {
-            Ok(Some(received)) => received.frame,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                reader.stop(&e);
-                return Err(e);
+        if committing.is_none() {
+            if let Some(Commit { topic, principal, name, next_offset }) = subscription.next_commit() {
+                let log = log.clone();
+                committing =
+                    Some(Box::pin(
+                        async move { log.commit_offset(topic, principal, name, next_offset).await },
+                    ));
+            } else if let Some(end) = end.take() {
+                return end;
+            }
+        }
+        let commit = async {
+            match committing.as_mut() {
+                Some(commit) => commit.await,
+                None => std::future::pending().await,
             }
         };
-        match subscription.on_frame(frame) {
-            AckAction::Nothing => {}
-            AckAction::Commit { topic, principal, name, next_offset } => {
-                log.commit_offset(topic, principal, name, next_offset).await?;
+        tokio::select! {
+            done = commit => {
+                committing = None;
+                subscription.commit_done(done.is_ok());
+                done?;
             }
-            AckAction::End => return Ok(()),
-            AckAction::Refuse(err) => {
-                reader.stop(&err);
-                return Err(err);
+            // Cancel-safe: a frame partly read when a commit completes stays buffered.
+            frame = reader.next(), if end.is_none() => {
+                let action = match frame {
+                    Ok(Some(received)) => subscription.on_frame(received.frame),
+                    Ok(None) => AckAction::End,
+                    Err(e) => AckAction::Refuse(e),
+                };
+                match action {
+                    AckAction::Continue => {}
+                    AckAction::End => end = Some(Ok(())),
+                    AckAction::Refuse(err) => {
+                        reader.stop(&err);
+                        end = Some(Err(err));
+                    }
+                }
             }
         }
     }

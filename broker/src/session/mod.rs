@@ -48,8 +48,9 @@
 //!    - [`Connection::subscribe`]`(first)` -> [`Subscribing`]; look up the topic's durable end and call
 //!      [`Subscribing::start`]`(store, end)` -> [`Started`]: send `subscribed`, then deliver with the
 //!      [`Cursor`] ([`Cursor::next_read`] says what to read, [`Cursor::deliver`] turns each item read into
-//!      its frame) while the acks go to [`Subscription::on_frame`] -> [`AckAction`] (commit an offset
-//!      through the writer, end, or refuse).
+//!      its frame) while the acks go to [`Subscription::on_frame`] -> [`AckAction`] (go on, end, or
+//!      refuse), and [`Subscription::next_commit`] gives the newest ack to commit through the writer when
+//!      none of this subscription is with it ([`Subscription::commit_done`] takes the answer).
 //!
 //! **Time** arrives as `now: Instant` where a decision depends on it (rate limits); durations are measured
 //! from the `now` given to [`Endpoint::new`]. **Store reads** the session needs in order to decide (a
@@ -153,7 +154,9 @@ pub use self::policies::PolicyCache;
 pub use self::policy_stream::{PolicyAction, PolicyStream, POLICIES_SERVED};
 pub use self::publish::{PublishAction, PublishStream};
 pub use self::reply::{Close, ConnectionRefused, Refusal};
-pub use self::subscribe::{AckAction, Cursor, Read, Started, Subscribing, Subscription, SubscriptionSlot};
+pub use self::subscribe::{
+    AckAction, Commit, Cursor, Read, Started, Subscribing, Subscription, SubscriptionSlot,
+};
 
 #[cfg(test)]
 mod tests {

@@ -8,9 +8,12 @@
 //!    looks up the topic's durable end and calls [`Subscribing::start`], which decides where the
 //!    subscription starts ([`start_offset`]: a durable subscription's committed offset, else `from` resolved
 //!    against the store) and gives the `Subscribed` frame to send;
-//! 2. [`Subscription`]: what the acks need, cloned into the task that reads them: an `Ack` of a durable
-//!    subscription becomes a commit for the writer, `Unsubscribe` ends the stream, anything else refuses it
-//!    ([`Subscription::on_frame`]);
+//! 2. [`Subscription`]: the acks, moved into the task that reads them. An `Ack` of a durable subscription
+//!    becomes the newest offset to commit, `Unsubscribe` ends the stream, anything else refuses it
+//!    ([`Subscription::on_frame`]); [`Subscription::next_commit`] hands the newest to the writer when no
+//!    commit of this subscription is with it. Acks that arrive while one is replace each other, so a
+//!    subscriber that acks every message costs a commit per group commit of the writer, not one per ack,
+//!    and the committed offset trails the newest ack received by at most one group commit;
 //! 3. [`Cursor`]: where delivery stands. Given the durable end, it says what to read next
 //!    ([`Cursor::next_read`]) and turns each stored item read into its `Deliver` or `Lost` frame
 //!    ([`Cursor::deliver`]), never one at or past the durable end: subscribers only see durable data.
@@ -77,29 +80,6 @@ pub struct Started {
     pub subscription: Subscription,
     /// Where delivery starts.
     pub cursor: Cursor,
-}
-
-/// What to do with one frame a subscriber sends.
-#[derive(Debug)]
-pub enum AckAction {
-    /// Nothing (an ack of a subscription that is not durable).
-    Nothing,
-    /// Have the writer record `next_offset` for the durable subscription
-    /// (`Log::commit_offset(topic, principal, name, next_offset)`), and wait for it before reading on.
-    Commit {
-        /// The topic.
-        topic: Topic,
-        /// The subscriber.
-        principal: Principal,
-        /// The durable subscription's name.
-        name: String,
-        /// The first offset not yet processed.
-        next_offset: Offset,
-    },
-    /// The subscriber is done: end the stream.
-    End,
-    /// Stop reading the stream with this error's code, and end it.
-    Refuse(Error),
 }
 
 impl Subscribing {
@@ -192,6 +172,7 @@ impl Subscribing {
             durable: durable.as_deref(),
             created: durable.is_some() && committed.is_none(),
         });
+        let (cursor_endpoint, cursor_peer) = (endpoint.clone(), peer.clone());
         Ok(Started {
             subscribed: Frame::Subscribed { request_id, subscription: id, start_offset: start },
             cursor: Cursor {
@@ -204,7 +185,15 @@ impl Subscribing {
                 peer,
                 remote,
             },
-            subscription: Subscription { id, topic, principal, durable },
+            subscription: Subscription {
+                id,
+                durable: durable.map(|name| Durable { name, newest: None, committing: false }),
+                topic,
+                principal,
+                endpoint: cursor_endpoint,
+                peer: cursor_peer,
+                remote,
+            },
         })
     }
 }
@@ -225,13 +214,52 @@ pub fn is_subscriber(
         .is_some_and(|policy| policy.member(principal.as_str()).is_some_and(|m| m.subscribe)))
 }
 
-/// The acks' session of a started subscription.
-#[derive(Clone, Debug)]
+/// The acks' session of a started subscription (see the [module documentation](self)).
+#[derive(Debug)]
 pub struct Subscription {
     id: SubscriptionId,
     topic: Topic,
     principal: Principal,
-    durable: Option<String>,
+    /// Its acks, if it is durable: the acks of any other subscription are read and dropped.
+    durable: Option<Durable>,
+    /// Who reads it, for the events.
+    endpoint: Arc<Endpoint>,
+    peer: Arc<Peer>,
+    remote: Option<SocketAddr>,
+}
+
+/// Where a durable subscription's acks stand.
+#[derive(Debug)]
+struct Durable {
+    name: String,
+    /// The newest ack received and not yet handed to the writer.
+    newest: Option<Offset>,
+    /// Whether a commit of this subscription is with the writer.
+    committing: bool,
+}
+
+/// What to do after a frame the subscriber sent on the subscription stream.
+#[derive(Debug)]
+pub enum AckAction {
+    /// Read the next frame (and hand [`Subscription::next_commit`] to the writer, if there is one).
+    Continue,
+    /// The subscriber unsubscribed: commit what [`Subscription::next_commit`] still gives, then end.
+    End,
+    /// Stop the stream with this error (after committing what was acked before).
+    Refuse(Error),
+}
+
+/// A durable subscription's offset to commit through the writer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// The topic.
+    pub topic: Topic,
+    /// The subscriber.
+    pub principal: Principal,
+    /// The durable subscription's name.
+    pub name: String,
+    /// Where the subscription resumes: the offset after the last message acknowledged.
+    pub next_offset: Offset,
 }
 
 impl Subscription {
@@ -245,22 +273,47 @@ impl Subscription {
         &self.topic
     }
 
-    /// What to do with `frame`, sent by the subscriber on the subscription's stream.
-    pub fn on_frame(&self, frame: Frame) -> AckAction {
+    /// What to do with `frame`, sent by the subscriber on the subscription's stream. An `Ack` of a durable
+    /// subscription replaces any older ack not yet handed to the writer: the newest wins.
+    pub fn on_frame(&mut self, frame: Frame) -> AckAction {
         match frame {
-            Frame::Ack { subscription, next_offset } if subscription == self.id => match &self.durable {
-                Some(name) => AckAction::Commit {
-                    topic: self.topic.clone(),
-                    principal: self.principal.clone(),
-                    name: name.clone(),
-                    next_offset,
-                },
-                None => AckAction::Nothing,
-            },
+            Frame::Ack { subscription, next_offset } if subscription == self.id => {
+                if let Some(durable) = &mut self.durable {
+                    durable.newest = Some(next_offset);
+                    let who = Who::of(&self.peer, self.remote);
+                    self.endpoint.emit(&Event::AckReceived { who, topic: &self.topic });
+                }
+                AckAction::Continue
+            }
             Frame::Unsubscribe { .. } => AckAction::End,
             _ => AckAction::Refuse(Error::Protocol(sealpost_protocol::Error::Malformed(
                 "unexpected frame on a subscription stream",
             ))),
+        }
+    }
+
+    /// The commit to hand to the writer now: the newest ack received, unless none is waiting or a commit
+    /// of this subscription is with the writer already. Tell [`commit_done`](Self::commit_done) its answer.
+    pub fn next_commit(&mut self) -> Option<Commit> {
+        let durable = self.durable.as_mut().filter(|d| !d.committing)?;
+        let next_offset = durable.newest.take()?;
+        durable.committing = true;
+        Some(Commit {
+            topic: self.topic.clone(),
+            principal: self.principal.clone(),
+            name: durable.name.clone(),
+            next_offset,
+        })
+    }
+
+    /// The writer answered the commit [`next_commit`](Self::next_commit) gave: `stored` if it is durable.
+    pub fn commit_done(&mut self, stored: bool) {
+        if let Some(durable) = &mut self.durable {
+            durable.committing = false;
+            if stored {
+                let who = Who::of(&self.peer, self.remote);
+                self.endpoint.emit(&Event::OffsetCommitted { who, topic: &self.topic });
+            }
         }
     }
 }
@@ -418,27 +471,73 @@ mod tests {
         assert_eq!(start_of(&started(StartAt::Latest, Some("other"), &store, 10)), Offset(10));
     }
 
+    fn ack(next: u64) -> Frame {
+        Frame::Ack { subscription: 7, next_offset: Offset(next) }
+    }
+
     #[test]
     fn acks_of_a_durable_subscription_are_committed_and_others_are_not() {
         let store = with_policies();
-        let durable = started(StartAt::Earliest, Some("audit"), &store, 0).subscription;
-        let AckAction::Commit { topic: t, principal, name, next_offset } =
-            durable.on_frame(Frame::Ack { subscription: 7, next_offset: Offset(3) })
-        else {
-            panic!("not committed");
-        };
-        assert_eq!((t, name.as_str(), next_offset), (topic("demo.chat"), "audit", Offset(3)));
-        assert_eq!(principal, "bob".parse::<Principal>().unwrap());
-        let plain = started(StartAt::Earliest, None, &store, 0).subscription;
-        let ack = Frame::Ack { subscription: 7, next_offset: Offset(3) };
-        assert!(matches!(plain.on_frame(ack), AckAction::Nothing));
+        let mut durable = started(StartAt::Earliest, Some("audit"), &store, 0).subscription;
+        assert!(durable.next_commit().is_none(), "nothing acked yet");
+        assert!(matches!(durable.on_frame(ack(3)), AckAction::Continue));
+        let commit = durable.next_commit().expect("a commit");
+        assert_eq!(
+            commit,
+            Commit {
+                topic: topic("demo.chat"),
+                principal: "bob".parse().unwrap(),
+                name: "audit".into(),
+                next_offset: Offset(3)
+            }
+        );
+        let mut plain = started(StartAt::Earliest, None, &store, 0).subscription;
+        assert!(matches!(plain.on_frame(ack(3)), AckAction::Continue));
+        assert!(plain.next_commit().is_none(), "a subscription that is not durable commits nothing");
         assert!(matches!(plain.on_frame(Frame::Unsubscribe { subscription: 7 }), AckAction::End));
+    }
+
+    /// While a commit is with the writer, the acks that arrive replace each other: the next commit is the
+    /// newest alone, so a thousand acks cost two commits. Every ack is counted as received.
+    #[test]
+    fn acks_that_arrive_during_a_commit_go_with_the_next_one_and_the_newest_wins() {
+        let recorder = Arc::new(crate::session::testing::Recorder::default());
+        let (endpoint, _) = crate::session::testing::observed_endpoint(
+            ServerLimits::default(),
+            Instant::now(),
+            recorder.clone(),
+        );
+        let store = with_policies();
+        let slot = SubscriptionSlot::take(&Arc::new(AtomicUsize::new(0)), 1).unwrap();
+        let request = (1, topic("demo.chat"), StartAt::Earliest, Some("audit".to_owned()));
+        let subscribing = Subscribing::new(&endpoint, (&Arc::new(peer("bob")), None), 7, slot, request);
+        let mut s = subscribing.unwrap().start(&store, Offset(0)).unwrap().subscription;
+
+        s.on_frame(ack(1));
+        assert_eq!(s.next_commit().map(|c| c.next_offset), Some(Offset(1)));
+        for next in 2..=1000 {
+            s.on_frame(ack(next));
+            assert!(s.next_commit().is_none(), "one commit at a time");
+        }
+        s.commit_done(true);
+        assert_eq!(s.next_commit().map(|c| c.next_offset), Some(Offset(1000)));
+        // The newest wins even when it is lower (a subscriber that went back): as if each were committed.
+        s.on_frame(ack(999));
+        s.commit_done(false);
+        assert_eq!(s.next_commit().map(|c| c.next_offset), Some(Offset(999)));
+        s.commit_done(true);
+        assert!(s.next_commit().is_none(), "nothing newer to commit");
+
+        let events = recorder.0.lock().unwrap();
+        let count = |name: &str| events.iter().filter(|e| e.starts_with(name)).count();
+        assert_eq!(count("ack_received"), 1001);
+        assert_eq!(count("offset_committed"), 2, "the failed commit is not counted");
     }
 
     #[test]
     fn unexpected_frames_on_a_subscription_stream_refuse_it() {
         let store = with_policies();
-        let s = started(StartAt::Earliest, Some("audit"), &store, 0).subscription;
+        let mut s = started(StartAt::Earliest, Some("audit"), &store, 0).subscription;
         // An ack of another subscription is as unexpected as a publish.
         for frame in [
             Frame::Ack { subscription: 8, next_offset: Offset(3) },

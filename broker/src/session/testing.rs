@@ -150,6 +150,8 @@ impl crate::event::Observer for Recorder {
             | Event::PublishRefused { who, .. }
             | Event::PublishFailed { who, .. }
             | Event::Delivered { who, .. }
+            | Event::AckReceived { who, .. }
+            | Event::OffsetCommitted { who, .. }
             | Event::SubscribeAccepted { who, .. }
             | Event::SubscribeRefused { who, .. }
             | Event::PolicyReadRefused { who, .. }

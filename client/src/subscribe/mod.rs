@@ -103,6 +103,13 @@ impl Subscription {
     /// Acknowledges `message` and every message before it: for a durable subscription, the broker resumes
     /// after it next time. Acknowledgements are sent in the background, latest first (an older one than
     /// already sent is ignored); [`close`](Self::close) sends the last one before it returns.
+    ///
+    /// Acking every message is cheap: acks are coalesced, the newest winning, here (only the latest not
+    /// yet sent is kept) and in the broker (which commits the newest it received with its next group
+    /// commit, one commit of this subscription at a time). Delivery is **at least once**: after a crash the
+    /// subscription resumes after the last ack the broker committed, so messages acked in about the last
+    /// group commit, and any received but not acked, are delivered again. Ack a message once it is
+    /// processed.
     pub fn ack(&self, message: &Message) -> Result<()> {
         self.ack_offset(message.offset.saturating_add(1))
     }
