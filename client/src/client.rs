@@ -17,6 +17,7 @@ use sealpost_protocol::{ErrorCode, Topic, VerifiedPolicy};
 use crate::authority;
 use crate::error::{Error, Result};
 use crate::identity::Identity;
+use crate::link::ConnectionState;
 use crate::options::{ClientOptions, PublisherOptions, SubscribeOptions};
 use crate::policies;
 use crate::publish::Publisher;
@@ -36,19 +37,25 @@ impl Client {
     /// Connects to the broker named by `identity` with the default [`ClientOptions`], but the
     /// identity file's `rotation_grace_secs` if it sets one.
     pub async fn connect(identity: &Identity) -> Result<Client> {
-        let mut options = ClientOptions::default();
-        if let Some(grace) = identity.rotation_grace() {
-            options.rotation_grace = grace;
-        }
-        Self::connect_with(identity, options).await
+        Self::connect_with(identity, ClientOptions::from_identity(identity)).await
     }
 
     /// Connects to the broker named by `identity`: resolves its address, binds a UDP socket of the same
-    /// address family, and completes the QUIC and TLS handshakes within `options.connect_timeout`. One
-    /// attempt only.
+    /// address family, and completes the QUIC and TLS handshakes, each attempt within
+    /// `options.connect_timeout`. An unreachable broker is tried again with backoff within
+    /// `options.reconnect` ([`Reconnect`](crate::Reconnect): by default for up to 2 minutes); a failure
+    /// retrying cannot cure (an untrusted broker, a refused certificate, a bad identity) is returned at once.
     pub async fn connect_with(identity: &Identity, options: ClientOptions) -> Result<Client> {
         let shared = Shared::connect(identity, options).await?;
         Ok(Client { shared: Arc::new(shared) })
+    }
+
+    /// What the connection to the broker is doing: [`ConnectionState::Connected`] after `connect`, then
+    /// each change as it happens (a loss is told when the connection ends, before any publisher or
+    /// subscription finds out; a successful reconnect when it dials). Await `changed()` on the receiver to
+    /// follow it; it ends at [`ConnectionState::Closed`].
+    pub fn connection_state(&self) -> tokio::sync::watch::Receiver<ConnectionState> {
+        self.shared.connector.state()
     }
 
     /// Starts a publisher on `topic`: fetches the topic's policies, asks the broker where this identity's

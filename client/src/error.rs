@@ -400,8 +400,13 @@ impl Error {
         )
     }
 
-    /// Whether reconnecting may cure this error.
-    pub(crate) fn is_retryable(&self) -> bool {
+    /// Whether reconnecting may cure this error: the broker could not be reached
+    /// ([`Error::Unreachable`]), the connection was lost ([`Error::ConnectionLost`]), or the broker
+    /// answered `UNAVAILABLE` (it is shutting down). The client retries these itself, with backoff, within
+    /// [`Reconnect::budget`](crate::Reconnect::budget); when one reaches the application, that budget was
+    /// spent, and trying again later may succeed. Anything else (a refusal, an untrusted broker or
+    /// certificate, an integrity failure, a closed client) does not go away by retrying.
+    pub fn is_retryable(&self) -> bool {
         match self {
             Error::Unreachable { .. } | Error::ConnectionLost { .. } => true,
             Error::Refused { code, .. } => *code == ErrorCode::UNAVAILABLE,

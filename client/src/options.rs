@@ -54,25 +54,64 @@ impl Default for ClientOptions {
     }
 }
 
-/// Exponential backoff between reconnection attempts.
+impl ClientOptions {
+    /// The defaults, with what `identity`'s file sets (`rotation_grace_secs`): what
+    /// [`Client::connect`](crate::Client::connect) uses. Start from it to change other options.
+    pub fn from_identity(identity: &crate::Identity) -> Self {
+        let mut options = Self::default();
+        if let Some(grace) = identity.rotation_grace() {
+            options.rotation_grace = grace;
+        }
+        options
+    }
+}
+
+/// Exponential backoff between reconnection attempts, within a budget.
 ///
-/// After a loss, the first attempt is immediate; the n-th retry waits `initial_delay * 2^(n-1)`, at most
-/// `max_delay`, randomised by ±25 % so that many clients of a restarted broker do not return in step.
+/// After a loss, each attempt waits first: the n-th `initial_delay * 2^(n-1)`, at most `max_delay`,
+/// randomised by ±25 % so that many clients of a restarted broker do not return in step (only a first
+/// start, such as `Client::connect`'s first dial, is immediate). The
+/// same schedule serves [`Client::connect`](crate::Client::connect), every publisher and subscription,
+/// and policy fetches; each keeps its own.
 #[derive(Clone, Debug)]
 pub struct Reconnect {
     /// Wait before the first retry. Default 100 ms.
     pub initial_delay: Duration,
     /// Longest wait between retries. Default 5 s.
     pub max_delay: Duration,
-    /// Retries in one outage before giving up; 0 never reconnects. Default 10. An outage ends when the
-    /// broker accepts a batch or delivers one, or a stream has stayed up for 10 s.
-    pub max_retries: u32,
+    /// When one outage is given up. Default [`RetryBudget::Duration`] of 2 minutes (as Kafka's
+    /// `delivery.timeout.ms`). An outage ends when the broker accepts a batch or delivers one, or a
+    /// stream has stayed up for 10 s; the next loss starts a new one with the whole budget.
+    pub budget: RetryBudget,
 }
 
 impl Default for Reconnect {
     fn default() -> Self {
-        Self { initial_delay: Duration::from_millis(100), max_delay: Duration::from_secs(5), max_retries: 10 }
+        Self {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            budget: RetryBudget::Duration(Duration::from_secs(120)),
+        }
     }
+}
+
+/// When retrying in one outage stops, and the operation fails with the outage's last error (for a
+/// publisher: every publish not yet acknowledged; for a subscription: its next item).
+///
+/// Only failures that reconnecting may cure are retried ([`Error::is_retryable`](crate::Error::is_retryable));
+/// anything else fails at once, whatever the budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryBudget {
+    /// After this many retries; `Retries(0)` never retries.
+    Retries(u32),
+    /// Once this long has passed since the outage's first retry was scheduled: no retry starts later (the
+    /// last wait is cut short to end then; an attempt under way ends within
+    /// [`ClientOptions::connect_timeout`]).
+    Duration(Duration),
+    /// Never: retry until the broker is back, a failure reconnecting cannot cure, or
+    /// [`Client::close`](crate::Client::close).
+    Unlimited,
 }
 
 /// How a publisher batches and pipelines.

@@ -5,8 +5,8 @@
 //! succeeds, waiting with backoff (see `backoff.rs`) before each attempt while a loss is pending. It owns
 //! the classification of failures ([`Reconnector::cures`]): what reconnecting may cure (an unreachable
 //! broker, a lost connection, `UNAVAILABLE`) is retried; anything else (a refusal, an untrusted broker, a
-//! protocol violation, a closed client) is returned at once. Once the retries of one outage are used up,
-//! the last cause is returned.
+//! protocol violation, a closed client) is returned at once. Once the outage's budget is spent
+//! ([`RetryBudget`](crate::RetryBudget)), the last cause is returned.
 //!
 //! An outage ends when the broker shows progress ([`Reconnector::progress`]: it accepted or delivered a
 //! batch) or when a stream that had stayed up for [`STABLE_AFTER`] is lost: the next loss starts from the
@@ -34,7 +34,7 @@ impl Reconnector {
     }
 
     /// Runs `attempt` until it succeeds, fails for a reason reconnecting cannot cure (returned at once),
-    /// or the retries of the outage are used up (the last cause is returned). While a loss is pending each
+    /// or the outage's budget is spent (the last cause is returned). While a loss is pending each
     /// attempt waits its turn first; without one (a first start) the first attempt is immediate.
     ///
     /// Cancel-safe: a cancelled run leaves the loss pending and the retries it used counted.
@@ -86,13 +86,14 @@ impl Reconnector {
 mod tests {
     use super::*;
     use crate::error::Action;
+    use crate::options::RetryBudget;
     use sealpost_protocol::{ErrorCode, Topic};
 
     fn quick(max_retries: u32) -> Reconnector {
         Reconnector::new(Reconnect {
             initial_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(2),
-            max_retries,
+            budget: RetryBudget::Retries(max_retries),
         })
     }
 

@@ -28,8 +28,8 @@ use sealpost_client::protocol::{
     SigningKey, VerifiedPolicy,
 };
 use sealpost_client::{
-    Client, ClientOptions, Error, ErrorCode, Identity, Offset, PublisherOptions, Reconnect, StartAt,
-    StateLocation, SubscribeOptions, Timestamp, Topic,
+    Client, ClientOptions, Error, ErrorCode, Identity, Offset, PublisherOptions, Reconnect, RetryBudget,
+    StartAt, StateLocation, SubscribeOptions, Timestamp, Topic,
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ fn quick() -> ClientOptions {
         reconnect: Reconnect {
             initial_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(200),
-            max_retries: 5,
+            budget: RetryBudget::Retries(5),
         },
         ..ClientOptions::default()
     }
@@ -649,14 +649,16 @@ async fn a_broker_certificate_from_another_ca_is_not_trusted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_address_fails_within_the_connect_timeout() {
+async fn a_silent_address_fails_within_the_connect_timeout_when_no_retry_is_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki();
     // A bound UDP socket that never answers.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap();
     let id = Identity::load(identity(dir.path(), &pki, &pki.ca_pem(), addr)).unwrap();
-    let options = ClientOptions { connect_timeout: Duration::from_millis(500), ..quick() };
+    let no_retry = Reconnect { budget: RetryBudget::Retries(0), ..quick().reconnect };
+    let options =
+        ClientOptions { connect_timeout: Duration::from_millis(500), reconnect: no_retry, ..quick() };
     let start = Instant::now();
     let e = Client::connect_with(&id, options).await.unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(3));

@@ -8,7 +8,9 @@ use crate::harness::*;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sealpost_broker::store::testing::TestStore;
-use sealpost_client::{Client, ClientOptions, Identity, PublisherOptions, Reconnect, SubscribeOptions};
+use sealpost_client::{
+    Client, ClientOptions, Identity, PublisherOptions, Reconnect, RetryBudget, SubscribeOptions,
+};
 use sealpost_protocol::{StartAt, Topic};
 
 fn chat() -> Topic {
@@ -53,7 +55,7 @@ async fn every_acknowledged_message_survives_sigkill() {
     let broker = BrokerProcess::start(&config);
     let options = ClientOptions {
         reconnect: Reconnect {
-            max_retries: 1,
+            budget: RetryBudget::Retries(1),
             initial_delay: Duration::from_millis(50),
             ..Reconnect::default()
         },

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sealpost_broker::server::STORAGE_FAILED_EXIT;
 use sealpost_client::{
-    Client, ClientOptions, Error, ErrorCode, Identity, PublisherOptions, Reconnect, SubscribeOptions,
+    Client, ClientOptions, Error, ErrorCode, Identity, PublisherOptions, Reconnect, RetryBudget,
+    SubscribeOptions,
 };
 use sealpost_protocol::{StartAt, Topic};
 
@@ -26,7 +27,7 @@ fn fast_failing() -> ClientOptions {
         connect_timeout: Duration::from_millis(500),
         idle_timeout: Duration::from_secs(1),
         reconnect: Reconnect {
-            max_retries: 1,
+            budget: RetryBudget::Retries(1),
             initial_delay: Duration::from_millis(50),
             ..Reconnect::default()
         },

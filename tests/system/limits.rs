@@ -9,7 +9,8 @@ use bytes::Bytes;
 use sealpost_broker::pki::LeafSpec;
 use sealpost_broker::server::{Broker, ServerLimits};
 use sealpost_client::{
-    Client, ClientOptions, Error, ErrorCode, Identity, PublisherOptions, Reconnect, SubscribeOptions,
+    Client, ClientOptions, Error, ErrorCode, Identity, PublisherOptions, Reconnect, RetryBudget,
+    SubscribeOptions,
 };
 use sealpost_protocol::{StartAt, Topic};
 
@@ -39,7 +40,7 @@ async fn connections_beyond_the_per_principal_limit_are_refused() {
     let identity = Identity::load(env.identity("alice", broker.local_addr())).unwrap();
     let options = ClientOptions {
         reconnect: Reconnect {
-            max_retries: 1,
+            budget: RetryBudget::Retries(1),
             initial_delay: Duration::from_millis(10),
             ..Reconnect::default()
         },
@@ -179,9 +180,15 @@ async fn connections_beyond_the_total_limit_are_refused() {
     let broker = start(&mut env, ServerLimits { max_connections: 1, ..ServerLimits::default() }).await;
     let alice = client(&env, "alice", &broker).await;
     within("policies", alice.policies(&chat())).await.unwrap();
-    // The broker refuses the second connection before any handshake work: the client is told at once.
+    // The broker refuses the second connection before any handshake work: a client allowed no retry is
+    // told at once (a refusal a slot may cure: with a budget, the client keeps trying within it).
     let bob = Identity::load(env.identity("bob", broker.local_addr())).unwrap();
-    let err = within("second connection", Client::connect(&bob)).await.err().unwrap();
+    let once = ClientOptions {
+        reconnect: Reconnect { budget: RetryBudget::Retries(0), ..Reconnect::default() },
+        ..ClientOptions::default()
+    };
+    let err = within("second connection", Client::connect_with(&bob, once)).await.err().unwrap();
+    assert!(err.is_retryable(), "{err}");
     assert!(matches!(err, Error::Unreachable { .. } | Error::ConnectionLost { .. }), "{err}");
     // The first connection is still served.
     within("policies", alice.policies(&chat())).await.unwrap();

@@ -35,6 +35,7 @@ mod logs;
 mod memory;
 mod metrics;
 mod onboarding;
+mod outage;
 mod pubsub;
 mod reload;
 mod retention;

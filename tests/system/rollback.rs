@@ -14,7 +14,7 @@ use crate::harness::*;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sealpost_client::{
-    Client, ClientOptions, Error, Identity, PublisherOptions, Reconnect, SubscribeOptions,
+    Client, ClientOptions, Error, Identity, PublisherOptions, Reconnect, RetryBudget, SubscribeOptions,
 };
 use sealpost_protocol::{StartAt, Topic};
 
@@ -104,7 +104,7 @@ async fn a_tail_removed_from_the_data_folder_is_reported_to_the_publishers_next_
         reconnect: Reconnect {
             initial_delay: Duration::from_millis(50),
             max_delay: Duration::from_millis(500),
-            max_retries: 400,
+            budget: RetryBudget::Retries(400),
         },
         ..ClientOptions::default()
     };

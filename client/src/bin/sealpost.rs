@@ -2,7 +2,9 @@
 //! command line.
 //!
 //! Any failure prints exactly one line, `sealpost: <what went wrong>`, on stderr and exits with status 1.
-//! Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
+//! Logs go to stderr, filtered by `RUST_LOG` (default `warn`). An unreachable broker, or a lost connection,
+//! is retried with backoff for up to [`RETRY_FOR`] (a command at a terminal should not wait for minutes);
+//! the client library's default is 2 minutes.
 
 #[path = "sealpost/admin.rs"]
 mod admin;
@@ -22,8 +24,20 @@ use clap::{ArgGroup, Parser, Subcommand};
 use futures_util::StreamExt;
 use sealpost_client::authority::{Authority, Role};
 use sealpost_client::protocol::Offset;
-use sealpost_client::{Client, Identity, PublisherOptions, StartAt, SubscribeOptions, Topic};
+use sealpost_client::{
+    Client, ClientOptions, Identity, PublisherOptions, RetryBudget, StartAt, SubscribeOptions, Topic,
+};
 use tokio::io::AsyncBufReadExt;
+
+/// How long the CLI retries an unreachable broker or a lost connection before it fails.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Connects as `identity` with the identity file's settings, retrying for [`RETRY_FOR`].
+async fn connect(identity: &Identity) -> sealpost_client::Result<Client> {
+    let mut options = ClientOptions::from_identity(identity);
+    options.reconnect.budget = RetryBudget::Duration(RETRY_FOR);
+    Client::connect_with(identity, options).await
+}
 
 /// Publish and subscribe through a Sealpost broker.
 #[derive(Parser)]
@@ -299,7 +313,7 @@ async fn run(identity: Option<PathBuf>, command: Command) -> anyhow::Result<()> 
         // Before connecting: only the topic authority can change policies.
         Authority::of(&identity)?;
     }
-    let client = Client::connect(&identity).await?;
+    let client = connect(&identity).await?;
     let result = match command {
         Command::Pub { topic, messages } => publish(&client, topic, messages).await,
         Command::Sub { topic, from, durable, count, strict } => {

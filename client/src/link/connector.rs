@@ -7,19 +7,42 @@
 //! (see `backoff.rs` and `reconnect.rs`).
 //!
 //! It guarantees that once [`close`](Connector::close) was called no connection is dialed again, and that
-//! request ids are unique across the client's connections.
+//! request ids are unique across the client's connections. It tells what happens to the connection as a
+//! [`ConnectionState`] (a `watch`): connected when a dial succeeds, disconnected (with the cause) as soon as
+//! the connection ends, closed at [`close`](Connector::close).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::options::ClientOptions;
+use crate::reconnect::Reconnector;
 use crate::tls;
 
 use super::error_map::{seconds, ErrorMap};
+
+/// What the client's connection to its broker is doing ([`Client::connection_state`](crate::Client::connection_state)).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// Connected: the last dial succeeded and the connection is up.
+    Connected,
+    /// The connection ended, for `cause` (a lost connection, an idle timeout, the broker closing it, or
+    /// a dial that failed). Publishers and subscriptions that need the broker dial again, with backoff,
+    /// within [`Reconnect::budget`](crate::Reconnect::budget); a client with nothing to do stays here
+    /// until something needs the broker.
+    Disconnected {
+        /// Why.
+        cause: Error,
+    },
+    /// [`Client::close`](crate::Client::close) was called: no connection is dialed again.
+    Closed,
+}
 
 /// The connection to the broker, and how to get a new one.
 pub(crate) struct Connector {
@@ -33,11 +56,15 @@ pub(crate) struct Connector {
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
     next_request: AtomicU64,
     closed: AtomicBool,
+    state: Arc<watch::Sender<ConnectionState>>,
+    /// The `stable_id` of the connection dialed last, so that the end of an older one is not told.
+    current: Arc<AtomicUsize>,
 }
 
 impl Connector {
     /// Resolves the broker's address, binds a UDP socket of the same address family, and completes the
-    /// QUIC and TLS handshakes within `options.connect_timeout`. One attempt only.
+    /// QUIC and TLS handshakes, each attempt within `options.connect_timeout`, retrying what reconnecting
+    /// may cure within `options.reconnect` (as publishers and subscriptions do).
     pub(crate) async fn connect(
         identity: &Identity,
         options: &ClientOptions,
@@ -69,8 +96,15 @@ impl Connector {
             conn: tokio::sync::Mutex::new(None),
             next_request: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            state: Arc::new(watch::Sender::new(ConnectionState::Disconnected {
+                cause: Error::Unreachable {
+                    addr: identity.broker().to_owned(),
+                    reason: "not connected yet".into(),
+                },
+            })),
+            current: Arc::new(AtomicUsize::new(usize::MAX)),
         };
-        connector.connection().await?;
+        Reconnector::new(options.reconnect.clone()).run(|| connector.connection()).await?;
         Ok(connector)
     }
 
@@ -95,9 +129,46 @@ impl Connector {
                 return Ok(conn.clone());
             }
         }
-        let conn = self.dial().await?;
+        let conn = match self.dial().await {
+            Ok(conn) => conn,
+            Err(cause) => {
+                self.set_state(ConnectionState::Disconnected { cause: cause.clone() });
+                return Err(cause);
+            }
+        };
         *current = Some(conn.clone());
+        self.current.store(conn.stable_id(), Ordering::Release);
+        self.set_state(ConnectionState::Connected);
+        // Told as soon as the connection ends, not when a stream next finds out.
+        let (watched, state, errors) = (conn.clone(), self.state.clone(), self.errors.clone());
+        let latest = self.current.clone();
+        tokio::spawn(async move {
+            let cause = errors.connection(&watched.closed().await);
+            state.send_if_modified(|now| match now {
+                ConnectionState::Connected if latest.load(Ordering::Acquire) == watched.stable_id() => {
+                    *now = ConnectionState::Disconnected { cause };
+                    true
+                }
+                _ => false,
+            });
+        });
         Ok(conn)
+    }
+
+    /// What the connection is doing now, and each change from now on.
+    pub(crate) fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.state.subscribe()
+    }
+
+    /// Tells `state`, unless the connector was closed for good.
+    fn set_state(&self, state: ConnectionState) {
+        self.state.send_if_modified(|now| {
+            if matches!(now, ConnectionState::Closed) {
+                return false;
+            }
+            *now = state;
+            true
+        });
     }
 
     async fn dial(&self) -> Result<quinn::Connection> {
@@ -120,6 +191,7 @@ impl Connector {
     /// Closes the connection for good and waits up to 2 s for the broker to acknowledge it.
     pub(crate) async fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        self.state.send_replace(ConnectionState::Closed);
         if let Some(conn) = self.conn.lock().await.take() {
             conn.close(0u32.into(), b"client closed");
         }

@@ -10,5 +10,6 @@ mod connector;
 mod error_map;
 mod stream;
 
+pub use connector::ConnectionState;
 pub(crate) use connector::Connector;
 pub(crate) use stream::{unexpected, Link};

@@ -127,7 +127,7 @@ pub(crate) async fn check(identity: &Identity, topics: &[Topic]) -> anyhow::Resu
     // The handshake completes before the broker judges the certificate's names: a query answered (or
     // refused for want of `admin`) shows that it accepted the connection.
     let what = format!("broker {}", identity.broker());
-    let client = match Client::connect(identity).await {
+    let client = match crate::connect(identity).await {
         Ok(client) => match client.admin(sealpost_client::protocol::AdminQuery::Stats).await {
             Ok(_) | Err(sealpost_client::Error::AdminRefused { .. }) => {
                 verdicts.push(Verdict::ok(format!(
