@@ -135,9 +135,13 @@ pub use publish::{PublishFuture, Publisher, Receipt};
 pub use state::{StateFault, StateFolder, StateLocation};
 pub use subscribe::Subscription;
 
-/// The protocol crate, for the types of integrity errors ([`Error::Integrity`]), keys and topic policies
-/// ([`issue_policy`](sealpost_protocol::issue_policy), [`VerifiedPolicy`]).
+/// The protocol crate, for keys and topic policies ([`issue_policy`](sealpost_protocol::issue_policy),
+/// [`VerifiedPolicy`]); its error type is re-exported as [`ProtocolError`].
 pub use sealpost_protocol as protocol;
+/// The protocol crate's error type, under a name of its own: the failed check of an [`Error::Integrity`]
+/// item (for example [`ProtocolError::Gap`]) or of an [`Error::Policy`], and the cause of an
+/// [`Error::Protocol`]. Match on it to tell which check failed; it is `#[non_exhaustive]`.
+pub use sealpost_protocol::Error as ProtocolError;
 pub use sealpost_protocol::{
     ErrorCode, KeyId, Offset, Principal, PublicKey, StartAt, Timestamp, Topic, VerifiedPolicy,
 };
