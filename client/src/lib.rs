@@ -28,12 +28,21 @@
 //!         }
 //!         // a batch failed a check (nothing from it is yielded), or the broker lost stored messages
 //!         Err(e) if e.is_integrity() => eprintln!("{e}"),
+//!         // the broker dropped batches of a chain this subscription had verified
+//!         Err(e @ sealpost_client::Error::RolledBack { .. }) => eprintln!("{e}"),
+//!         // the subscription has ended
 //!         Err(e) => return Err(e),
 //!     }
 //! }
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`Client`] says what happens when the connection is lost and which errors are final, [`Publisher`]
+//! how its window ([`PublisherOptions::max_in_flight`]) and its receipts give backpressure, and
+//! [`Subscription`] which items it yields and which of them end it. `client/examples/service.rs` is a
+//! small service that puts it together: `cargo run -p sealpost-client --example service -- IDENTITY`,
+//! against the broker's `dev` mode and one of its identities.
 //!
 //! # Topic policies
 //!
