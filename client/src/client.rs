@@ -26,8 +26,64 @@ use crate::subscribe::Subscription;
 
 /// A connection to the broker, shared by the publishers and subscriptions made from it.
 ///
-/// Cheap to clone. Publishers and subscriptions keep the connection alive while they exist, and
-/// reconnect on their own after it is lost.
+/// Cheap to clone: clones share the connection and the topic policies the client has verified.
+/// Publishers and subscriptions keep the connection alive while they exist, and reconnect on their own
+/// after it is lost.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use sealpost_client::{Client, ClientOptions, Identity, PublisherOptions, Reconnect, SubscribeOptions};
+///
+/// # async fn example() -> sealpost_client::Result<()> {
+/// let identity = Identity::load("alice.toml")?;
+/// // After a loss, wait 50 ms before the first retry, and never more than 30 s between retries.
+/// let mut options = ClientOptions {
+///     reconnect: Reconnect {
+///         initial_delay: Duration::from_millis(50),
+///         max_delay: Duration::from_secs(30),
+///         ..Reconnect::default()
+///     },
+///     ..ClientOptions::default()
+/// };
+/// if let Some(grace) = identity.rotation_grace() {
+///     options.rotation_grace = grace; // as `Client::connect` does
+/// }
+/// let client = Client::connect_with(&identity, options).await?;
+///
+/// let topic: sealpost_client::Topic = "demo.events".parse()?;
+/// let subscription = client.subscribe(topic.clone(), SubscribeOptions::default()).await?;
+/// let publisher = client.publisher(topic, PublisherOptions::default()).await?;
+/// publisher.publish("hello").await?;
+///
+/// // Close what was made from the client first, then the client.
+/// publisher.close().await?;
+/// subscription.close().await?;
+/// client.close().await;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Reconnection
+///
+/// A client holds one QUIC connection to the broker. [`connect`](Self::connect) makes one attempt: a wrong
+/// address, an untrusted broker certificate or a refused identity certificate fail at once. After that a
+/// lost connection reaches the application only if reconnecting fails: each publisher and subscription
+/// notices the loss on its own stream and reconnects on its own (the first to need the connection dials it again, the
+/// others share it), waiting before each attempt as [`ClientOptions::reconnect`] says, and carries on
+/// where it was (see [`Publisher`] and [`Subscription`]). Starting a publisher or a subscription, and
+/// [`policies`](Self::policies), retry the same way; [`put_policy`](Self::put_policy) and
+/// [`admin`](Self::admin) make one attempt.
+///
+/// Reconnecting cures three errors only: [`Error::Unreachable`], [`Error::ConnectionLost`], and
+/// [`Error::Refused`] with [`ErrorCode::UNAVAILABLE`](crate::ErrorCode::UNAVAILABLE) (the broker shutting
+/// down or unable to serve). No other error is retried: it is returned at once, or ends the publisher or
+/// subscription that met it (a refusal with another code, [`Error::BrokerNotTrusted`],
+/// [`Error::CertificateRejected`], [`Error::CertificateRevoked`], [`Error::ProtocolViolation`],
+/// [`Error::Closed`], ...), except the integrity and loss items a subscription yields and goes on after
+/// (see [`Subscription`]). A curable error becomes final too once the retries of one outage are used up:
+/// the last one is returned. An outage ends, and the next loss starts
+/// the schedule over, when the broker accepts or delivers a batch, or when a stream that had stayed up for
+/// 10 s is lost.
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
@@ -64,15 +120,21 @@ impl Client {
     ///
     /// Fails with [`Error::Refused`] if the broker does not let this identity publish there, with
     /// [`Error::NoPolicy`], [`Error::NotAPublisher`] or [`Error::NoContentKey`] if the topic's current
-    /// policy does not let it, and with [`Error::Policy`] if the broker serves policies that fail a check.
+    /// policy does not let it, with [`Error::Policy`] if the broker serves policies that fail a check, and,
+    /// when it continues a chain a previous process of this identity acknowledged (with the state folder),
+    /// with [`Error::RolledBack`] if the broker holds less of that chain. Transient losses while it starts
+    /// are retried like any outage (see [reconnection](Self#reconnection)).
     pub async fn publisher(&self, topic: Topic, options: PublisherOptions) -> Result<Publisher> {
         Publisher::start(self.shared.clone(), topic, options).await
     }
 
     /// Subscribes to `topic`. Fails with [`Error::Refused`] if the broker does not let this identity
-    /// subscribe there, with [`Error::NoPolicy`] or [`Error::NoContentKey`] if no policy of the topic wraps
-    /// a content key for this identity (it could not open any message), and with [`Error::Policy`] if the
-    /// broker serves policies that fail a check.
+    /// subscribe there (or, when the broker refuses with `NOT_AUTHORIZED` and the topic's policies can be
+    /// read, with what the current policy lacks: [`Error::NoPolicy`], [`Error::NotASubscriber`] or
+    /// [`Error::NoContentKey`]), with [`Error::NoPolicy`] or [`Error::NoContentKey`] if no policy of the
+    /// topic wraps a content key for this identity (it could not open any message), and with
+    /// [`Error::Policy`] if the broker serves policies that fail a check. Transient losses while it starts
+    /// are retried like any outage (see [reconnection](Self#reconnection)).
     pub async fn subscribe(&self, topic: Topic, options: SubscribeOptions) -> Result<Subscription> {
         Subscription::start(self.shared.clone(), topic, options).await
     }
@@ -145,9 +207,10 @@ impl Client {
         &self.shared.identity
     }
 
-    /// Closes the connection: publishers and subscriptions still open fail with [`Error::Closed`] and do not
-    /// reconnect. Close them first (`Publisher::close`, `Subscription::close`) to wait for what they have
-    /// outstanding. Waits up to 2 s for the broker to acknowledge the close.
+    /// Closes the connection, for every clone of this client: publishers and subscriptions still open fail
+    /// with [`Error::Closed`] and do not reconnect. Close them first ([`Publisher::close`],
+    /// [`Subscription::close`]) to wait for what they have outstanding. Waits up to 2 s for the broker to
+    /// acknowledge the close.
     pub async fn close(&self) {
         self.shared.connector.close().await;
     }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use sealpost_protocol::{ChainId, ErrorCode, KeyId, Offset, Principal, PublicKey, Topic};
 
 use crate::role::Role;
+use crate::ProtocolError;
 
 /// Everything that can go wrong in the client library.
 ///
@@ -225,8 +226,16 @@ pub enum Error {
     },
     /// A delivered batch failed a cryptographic or sequence check: it was altered, forged with a wrong key,
     /// replayed, reordered, forked, or batches before it were withheld. Nothing from a failed batch is
-    /// delivered, except after a [`Gap`](sealpost_protocol::Error::Gap): the batch itself is authentic and
-    /// its messages follow this error.
+    /// delivered, except after a [`Gap`](ProtocolError::Gap): the batch itself is authentic and its
+    /// messages follow this error.
+    ///
+    /// `check` says which check failed, as a [`ProtocolError`] (the protocol crate's error type): for
+    /// example [`BadSignature`](ProtocolError::BadSignature) or
+    /// [`TamperedRecord`](ProtocolError::TamperedRecord) (altered or forged),
+    /// [`Gap`](ProtocolError::Gap) (batches withheld or deleted), [`Replay`](ProtocolError::Replay),
+    /// [`Reorder`](ProtocolError::Reorder), [`Fork`](ProtocolError::Fork),
+    /// [`UnknownEpoch`](ProtocolError::UnknownEpoch) (no content key for the batch's epoch) or
+    /// [`StaleEpoch`](ProtocolError::StaleEpoch) (sealed under an epoch no longer accepted).
     #[error("integrity check failed on {topic} at offset {offset}{}: {check}", publisher_suffix(publisher))]
     Integrity {
         /// The topic subscribed to.
@@ -236,7 +245,7 @@ pub enum Error {
         /// The publisher whose chain is affected, when the batch's signature verified.
         publisher: Option<KeyId>,
         /// The failed check.
-        check: sealpost_protocol::Error,
+        check: ProtocolError,
     },
     /// A delivered batch is correctly signed, but by a key that the topic policy of the batch's epoch does
     /// not list as a publisher. Nothing from it is delivered.
@@ -294,8 +303,8 @@ pub enum Error {
     Policy {
         /// The topic.
         topic: Topic,
-        /// The failed check.
-        check: sealpost_protocol::Error,
+        /// The failed check (a [`ProtocolError`]).
+        check: ProtocolError,
     },
     /// A message is too large to fit in a sealed batch on its own.
     #[error("message of {len} bytes is too large: the limit is {max} bytes")]
@@ -311,9 +320,10 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
-    /// A local protocol operation failed (for example sealing a batch).
+    /// A local protocol operation failed (for example sealing a batch, or parsing a [`Topic`] name); the
+    /// [`ProtocolError`] says which.
     #[error(transparent)]
-    Protocol(#[from] sealpost_protocol::Error),
+    Protocol(#[from] ProtocolError),
     /// A local I/O operation failed (for example binding the UDP socket).
     #[error("{what}: {cause}")]
     Io {
@@ -388,7 +398,8 @@ impl Error {
     /// [`Error::UntrustedPublisher`]), of a topic policy the broker served ([`Error::Policy`]), or a range
     /// of stored messages the broker reports lost ([`Error::DataLost`]) or removed by retention
     /// ([`Error::Retired`]). A subscription goes on after such an item, with the policies it trusted
-    /// before; after any other error item it ends.
+    /// before, and after an [`Error::RolledBack`] item (which this does not count); after any other error
+    /// item it ends.
     pub fn is_integrity(&self) -> bool {
         matches!(
             self,

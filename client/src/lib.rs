@@ -28,12 +28,21 @@
 //!         }
 //!         // a batch failed a check (nothing from it is yielded), or the broker lost stored messages
 //!         Err(e) if e.is_integrity() => eprintln!("{e}"),
+//!         // the broker dropped batches of a chain this subscription had verified
+//!         Err(e @ sealpost_client::Error::RolledBack { .. }) => eprintln!("{e}"),
+//!         // the subscription has ended
 //!         Err(e) => return Err(e),
 //!     }
 //! }
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`Client`] says what happens when the connection is lost and which errors are final, [`Publisher`]
+//! how its window ([`PublisherOptions::max_in_flight`]) and its receipts give backpressure, and
+//! [`Subscription`] which items it yields and which of them end it. `client/examples/service.rs` is a
+//! small service that puts it together: `cargo run -p sealpost-client --example service -- IDENTITY`,
+//! against the broker's `dev` mode and one of its identities.
 //!
 //! # Topic policies
 //!
@@ -136,9 +145,13 @@ pub use publish::{PublishFuture, Publisher, Receipt};
 pub use state::{StateFault, StateFolder, StateLocation};
 pub use subscribe::Subscription;
 
-/// The protocol crate, for the types of integrity errors ([`Error::Integrity`]), keys and topic policies
-/// ([`issue_policy`](sealpost_protocol::issue_policy), [`VerifiedPolicy`]).
+/// The protocol crate, for keys and topic policies ([`issue_policy`](sealpost_protocol::issue_policy),
+/// [`VerifiedPolicy`]); its error type is re-exported as [`ProtocolError`].
 pub use sealpost_protocol as protocol;
+/// The protocol crate's error type, under a name of its own: the failed check of an [`Error::Integrity`]
+/// item (for example [`ProtocolError::Gap`]) or of an [`Error::Policy`], and the cause of an
+/// [`Error::Protocol`]. Match on it to tell which check failed; it is `#[non_exhaustive]`.
+pub use sealpost_protocol::Error as ProtocolError;
 pub use sealpost_protocol::{
     ErrorCode, KeyId, Offset, Principal, PublicKey, StartAt, Timestamp, Topic, VerifiedPolicy,
 };

@@ -12,7 +12,39 @@ use sealpost_protocol::StartAt;
 
 use crate::state::StateLocation;
 
-/// How a [`Client`](crate::Client) connects and reconnects.
+/// How a [`Client`](crate::Client) connects and reconnects, how often it checks topic policies, and where
+/// it keeps its state.
+///
+/// [`Client::connect`](crate::Client::connect) uses the defaults (with the identity file's
+/// `rotation_grace_secs`, if it sets one); [`Client::connect_with`](crate::Client::connect_with) takes
+/// options as given. Start from the defaults and change what you need:
+///
+/// ```
+/// use std::time::Duration;
+/// use sealpost_client::{ClientOptions, Reconnect};
+///
+/// let options = ClientOptions {
+///     reconnect: Reconnect {
+///         initial_delay: Duration::from_millis(250),
+///         max_delay: Duration::from_secs(30),
+///         ..Reconnect::default()
+///     },
+///     ..ClientOptions::default()
+/// };
+/// assert_eq!(options.connect_timeout, Duration::from_secs(5));
+/// ```
+///
+/// # Connecting and reconnecting
+///
+/// [`Client::connect_with`](crate::Client::connect_with) makes one attempt, bounded by `connect_timeout`.
+/// Once connected, a connection that hears nothing from the broker for `idle_timeout` counts as lost
+/// ([`Error::ConnectionLost`](crate::Error::ConnectionLost)), like one the broker closed or reset. Each
+/// publisher and subscription then reconnects on its own, waiting before each attempt as `reconnect` says
+/// (`initial_delay` before the first, twice as long before each next one, at most `max_delay`, each
+/// randomised by ±25 %), and gives up once the retries of the outage are used up: a publisher then fails every message
+/// it holds and is dead, a subscription yields the last error and ends. Only a lost connection, an
+/// unreachable broker and a broker answering `UNAVAILABLE` are retried; [`Client`](crate::Client) says
+/// which errors are final.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// How long one connection attempt may take before the broker counts as unreachable. Default 5 s.

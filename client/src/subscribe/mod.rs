@@ -60,19 +60,85 @@ mod task;
 
 use task::{Channels, Done, Items};
 
-/// A stream of messages from one topic: `Ok` for each verified message, in offset order and once each,
-/// `Err` for each batch that failed a check, and [`Error::DataLost`] for each range of stored messages the
-/// broker reports lost (in offset order, where the messages would have been).
+/// A stream of verified messages from one topic, and of the integrity events met on the way.
 ///
-/// After an item whose error [`is_integrity`](Error::is_integrity), the subscription goes on; after any
-/// other error (the broker refused, or stayed unreachable through every retry) it ends.
+/// Made by [`Client::subscribe`](crate::Client::subscribe); read it with
+/// [`StreamExt::next`](futures_util::StreamExt::next). Its items:
+///
+/// - `Ok(`[`Message`]`)` for each verified message, once each, in offset order.
+/// - An error item for each integrity or loss event, after which the subscription goes on: a batch that
+///   failed a check ([`Error::Integrity`]: nothing of the batch is yielded, except after a
+///   [`Gap`](crate::ProtocolError::Gap), which its messages follow; [`Error::UntrustedPublisher`]), a
+///   topic policy the broker served that failed a check ([`Error::Policy`]: the subscription goes on with
+///   the policies it trusted before), stored messages the broker reports lost ([`Error::DataLost`]) or
+///   removed by retention ([`Error::Retired`]), and a chain the broker rolled back behind what this
+///   subscription had verified ([`Error::RolledBack`], found when it subscribes again after a loss, or
+///   when a durable subscription resumes in a new process with the state folder). All but
+///   `RolledBack` are those whose [`is_integrity`](Error::is_integrity) is true.
+/// - Any other error is the last item: the subscription has ended, and the stream ends after it. It is
+///   final: a refusal ([`Error::Refused`], for example `NOT_AUTHORIZED` once the ACL or a revocation no
+///   longer lets this identity read the topic), an outage that outlasted its retries (its last
+///   [`Error::ConnectionLost`] or [`Error::Unreachable`]), a certificate the broker no longer accepts, a
+///   broken protocol ([`Error::ProtocolViolation`]), a durable subscription's state folder file that
+///   cannot be written ([`Error::Io`]), or [`Error::Closed`] after
+///   [`Client::close`](crate::Client::close). To carry on, subscribe again.
+///
+/// ```no_run
+/// use futures_util::StreamExt;
+/// use sealpost_client::{Client, Error, Identity, ProtocolError, StartAt, SubscribeOptions};
+///
+/// # async fn example() -> sealpost_client::Result<()> {
+/// let client = Client::connect(&Identity::load("bob.toml")?).await?;
+/// let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("billing".into()) };
+/// let mut subscription = client.subscribe("demo.events".parse()?, options).await?;
+/// while let Some(item) = subscription.next().await {
+///     match item {
+///         Ok(message) => {
+///             let (len, from) = (message.payload.len(), &message.publisher);
+///             println!("{len} bytes from {from} at offset {}", message.offset);
+///             subscription.ack(&message)?; // once it is processed
+///         }
+///         Err(Error::Integrity { offset, check: ProtocolError::Gap { expected, got }, .. }) => {
+///             // Batches before this one were withheld or deleted; this batch's messages follow.
+///             eprintln!("gap before offset {offset}: sequence {expected} expected, {got} came");
+///         }
+///         // A batch or a policy that failed a check, messages lost or retired: the stream goes on.
+///         Err(e) if e.is_integrity() => eprintln!("{e}"),
+///         Err(e @ Error::RolledBack { .. }) => eprintln!("{e}"),
+///         // The subscription has ended.
+///         Err(e) => return Err(e),
+///     }
+/// }
+/// subscription.close().await?;
+/// client.close().await;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Acknowledgements
+///
+/// [`ack`](Self::ack) each message once it is processed. For a durable subscription
+/// ([`SubscribeOptions::durable`]) the broker commits the acknowledged offset and resumes there, in this
+/// process after a reconnection or in the next one; delivery is at least once (see [`ack`](Self::ack)).
+/// [`close`](Self::close) sends the last acknowledgement before it returns.
+///
+/// # Backpressure
+///
+/// Verified items wait in a small queue (a few delivered batches). While the application does not read
+/// them, the subscription's background task stops reading from the broker, and QUIC flow control holds the
+/// broker back: what waits is bounded by that queue and QUIC's receive window.
 ///
 /// # Reconnection
 ///
-/// The subscription remembers the next offset it expects. After a loss it reconnects with backoff and
-/// subscribes again from that offset (a durable subscription resumes from its committed offset, which may
-/// be older: what was already yielded is dropped), so every message is yielded once and in order, and
-/// publisher chains are checked across the reconnection. It then sends the latest acknowledgement again.
+/// The subscription remembers the next offset it expects. After a loss ([`Error::ConnectionLost`],
+/// [`Error::Unreachable`], or the broker answering `UNAVAILABLE`) it reconnects, waiting before each
+/// attempt as [`ClientOptions::reconnect`](crate::ClientOptions::reconnect) says, and subscribes again
+/// from that offset (a durable subscription resumes from its committed offset, which may be older: what
+/// was already yielded is dropped), so every message is yielded once and in order, and publisher chains
+/// are checked across the reconnection. It asks the broker where each chain it verified stands (a chain
+/// behind is an [`Error::RolledBack`] item), and sends the latest acknowledgement again. Nothing is
+/// yielded while it reconnects; once the retries of one outage are used up, the last error is its last
+/// item.
 ///
 /// Dropping it ends the subscription in the background; [`close`](Self::close) does the same and waits.
 pub struct Subscription {
