@@ -17,8 +17,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use sealpost_client::{
-    Client, ClientOptions, Error, Identity, Message, ProtocolError, PublisherOptions, Reconnect, StartAt,
-    SubscribeOptions, Subscription, Topic,
+    Client, ClientOptions, ConnectionState, Error, Identity, Message, ProtocolError, PublisherOptions,
+    Reconnect, RetryBudget, StartAt, SubscribeOptions, Subscription, Topic,
 };
 
 /// Messages published per run.
@@ -51,20 +51,27 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let identity = Identity::load(&path)?;
-    // Retry sooner after a loss than the default, and back off to at most 10 s between attempts.
-    let mut options = ClientOptions {
-        reconnect: Reconnect {
-            initial_delay: Duration::from_millis(50),
-            max_delay: Duration::from_secs(10),
-            ..Reconnect::default()
-        },
-        ..ClientOptions::default()
+    // The identity file's settings (as `Client::connect` uses them), then: retry sooner after a loss than
+    // the default, back off to at most 10 s between attempts, and ride out an outage of up to 5 minutes
+    // (also while connecting) before failing.
+    let mut options = ClientOptions::from_identity(&identity);
+    options.reconnect = Reconnect {
+        initial_delay: Duration::from_millis(50),
+        max_delay: Duration::from_secs(10),
+        budget: RetryBudget::Duration(Duration::from_secs(300)),
     };
-    // What `Client::connect` does with the identity file's `rotation_grace_secs`.
-    if let Some(grace) = identity.rotation_grace() {
-        options.rotation_grace = grace;
-    }
     let client = Client::connect_with(&identity, options).await?;
+    // Follow the connection, as a service would report it (a log line, a health check).
+    let mut state = client.connection_state();
+    tokio::spawn(async move {
+        while state.changed().await.is_ok() {
+            let now = state.borrow_and_update().clone();
+            eprintln!("connection: {now:?}");
+            if matches!(now, ConnectionState::Closed) {
+                break;
+            }
+        }
+    });
 
     let outcome = run(&client, identity.principal().to_string(), topic, count).await;
     // Whatever happened, close the connection (publisher and subscription are closed by then).
@@ -151,7 +158,7 @@ async fn consume(subscription: &mut Subscription, count: Option<usize>) -> anyho
             Err(e @ Error::Retired { .. }) => eprintln!("note: {e}"),
             // The broker no longer holds batches of a chain this subscription had verified.
             Err(e @ Error::RolledBack { .. }) => eprintln!("warning: {e}"),
-            // Anything else ended the subscription: a refusal, an outage that outlasted the retries, ...
+            // Anything else ended the subscription: a refusal, an outage that outlasted the retry budget, ...
             Err(e) => return Err(e.into()),
         }
     }

@@ -3,8 +3,9 @@
 //!
 //! A [`Client`] holds one QUIC connection, shared by all its publishers and subscriptions; each of those
 //! opens its own stream on it and reconnects on its own after a loss (see `link/` and `reconnect.rs`).
-//! [`Client::connect`] itself does not retry: a wrong address or certificate fails at once. Starting a
-//! publisher or a subscription on a connected client retries transient losses like any outage.
+//! [`Client::connect`] retries an unreachable broker within the reconnect budget; a wrong certificate or
+//! identity fails at once. Starting a publisher or a subscription on a connected client retries transient
+//! losses like any outage.
 //!
 //! A client also keeps, for its whole life, the topic policies it has fetched and verified, and the content
 //! keys it unwrapped from them (see `keyring.rs`): all its publishers and subscriptions share them, so the
@@ -32,22 +33,20 @@ use crate::subscribe::Subscription;
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use sealpost_client::{Client, ClientOptions, Identity, PublisherOptions, Reconnect, SubscribeOptions};
+/// use sealpost_client::{
+///     Client, ClientOptions, Identity, PublisherOptions, Reconnect, RetryBudget, SubscribeOptions,
+/// };
 ///
 /// # async fn example() -> sealpost_client::Result<()> {
 /// let identity = Identity::load("alice.toml")?;
-/// // After a loss, wait 50 ms before the first retry, and never more than 30 s between retries.
-/// let mut options = ClientOptions {
-///     reconnect: Reconnect {
-///         initial_delay: Duration::from_millis(50),
-///         max_delay: Duration::from_secs(30),
-///         ..Reconnect::default()
-///     },
-///     ..ClientOptions::default()
+/// // After a loss, wait 50 ms before the first retry, never more than 30 s between retries, and never
+/// // give up (the default gives up an outage after 2 minutes).
+/// let mut options = ClientOptions::from_identity(&identity); // as `Client::connect` does
+/// options.reconnect = Reconnect {
+///     initial_delay: Duration::from_millis(50),
+///     max_delay: Duration::from_secs(30),
+///     budget: RetryBudget::Unlimited,
 /// };
-/// if let Some(grace) = identity.rotation_grace() {
-///     options.rotation_grace = grace; // as `Client::connect` does
-/// }
 /// let client = Client::connect_with(&identity, options).await?;
 ///
 /// let topic: sealpost_client::Topic = "demo.events".parse()?;
@@ -65,8 +64,9 @@ use crate::subscribe::Subscription;
 ///
 /// # Reconnection
 ///
-/// A client holds one QUIC connection to the broker. [`connect`](Self::connect) makes one attempt: a wrong
-/// address, an untrusted broker certificate or a refused identity certificate fail at once. After that a
+/// A client holds one QUIC connection to the broker. [`connect`](Self::connect) retries an unreachable
+/// broker within [`Reconnect::budget`](crate::Reconnect::budget); an untrusted broker certificate or a
+/// refused identity certificate fail at once. After that a
 /// lost connection reaches the application only if reconnecting fails: each publisher and subscription
 /// notices the loss on its own stream and reconnects on its own (the first to need the connection dials it again, the
 /// others share it), waiting before each attempt as [`ClientOptions::reconnect`] says, and carries on
@@ -80,10 +80,12 @@ use crate::subscribe::Subscription;
 /// subscription that met it (a refusal with another code, [`Error::BrokerNotTrusted`],
 /// [`Error::CertificateRejected`], [`Error::CertificateRevoked`], [`Error::ProtocolViolation`],
 /// [`Error::Closed`], ...), except the integrity and loss items a subscription yields and goes on after
-/// (see [`Subscription`]). A curable error becomes final too once the retries of one outage are used up:
-/// the last one is returned. An outage ends, and the next loss starts
-/// the schedule over, when the broker accepts or delivers a batch, or when a stream that had stayed up for
-/// 10 s is lost.
+/// (see [`Subscription`]). A curable error becomes final too once the outage's
+/// [`RetryBudget`](crate::RetryBudget) is spent (a number of retries, a duration, default 2 minutes, or
+/// never): the last one is returned. An outage ends, and the next loss starts the schedule and the budget
+/// over, when the broker accepts or delivers a batch, or when a stream that had stayed up for 10 s is lost.
+/// [`connection_state`](Self::connection_state) tells the application when the connection ends and when
+/// it is back.
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,

@@ -171,7 +171,7 @@ pub enum Error {
         reason: String,
     },
     /// An established connection or stream to the broker failed. Publishers and subscriptions reconnect
-    /// on their own; this reaches the application only once their reconnection attempts are used up.
+    /// on their own; this reaches the application only once the retry budget of the outage is spent.
     #[error("connection to the broker lost: {reason}")]
     ConnectionLost {
         /// What happened.

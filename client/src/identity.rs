@@ -144,8 +144,10 @@ impl Identity {
         }
     }
 
-    /// The identity file's `rotation_grace_secs`, if it sets one: what [`Client::connect`]
-    /// (crate::Client::connect) uses as [`ClientOptions::rotation_grace`](crate::ClientOptions::rotation_grace).
+    /// The identity file's `rotation_grace_secs`, if it sets one: what
+    /// [`ClientOptions::from_identity`](crate::ClientOptions::from_identity), and so
+    /// [`Client::connect`](crate::Client::connect), uses as
+    /// [`ClientOptions::rotation_grace`](crate::ClientOptions::rotation_grace).
     pub fn rotation_grace(&self) -> Option<std::time::Duration> {
         self.inner.file.rotation_grace_secs.map(std::time::Duration::from_secs)
     }

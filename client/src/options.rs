@@ -36,12 +36,12 @@ use crate::state::StateLocation;
 ///
 /// # Connecting and reconnecting
 ///
-/// [`Client::connect_with`](crate::Client::connect_with) makes one attempt, bounded by `connect_timeout`.
-/// Once connected, a connection that hears nothing from the broker for `idle_timeout` counts as lost
+/// [`Client::connect_with`](crate::Client::connect_with) dials within `connect_timeout` per attempt, and
+/// retries an unreachable broker as `reconnect` says. Once connected, a connection that hears nothing from the broker for `idle_timeout` counts as lost
 /// ([`Error::ConnectionLost`](crate::Error::ConnectionLost)), like one the broker closed or reset. Each
 /// publisher and subscription then reconnects on its own, waiting before each attempt as `reconnect` says
 /// (`initial_delay` before the first, twice as long before each next one, at most `max_delay`, each
-/// randomised by ±25 %), and gives up once the retries of the outage are used up: a publisher then fails every message
+/// randomised by ±25 %), and gives up once the outage's budget is spent (`reconnect.budget`): a publisher then fails every message
 /// it holds and is dead, a subscription yields the last error and ends. Only a lost connection, an
 /// unreachable broker and a broker answering `UNAVAILABLE` are retried; [`Client`](crate::Client) says
 /// which errors are final.

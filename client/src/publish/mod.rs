@@ -121,7 +121,7 @@ use task::{Command, State};
 ///
 /// # When it dies
 ///
-/// A publisher dies when the retries of one outage are used up (with the last error), when the broker
+/// A publisher dies when the retry budget of one outage is spent (with the last error), when the broker
 /// refuses its stream, breaks the protocol or rolls its chain back, when the topic's policies no longer let
 /// it publish or fail a check, or when [`Client::close`](crate::Client::close) closes the connection
 /// ([`Error::Closed`]). Then every message it holds or still has queued fails with that error, later

@@ -38,7 +38,7 @@
 //! `reconnect.rs`) and subscribes again from that offset (a durable subscription resumes from its committed
 //! offset, which may be older: what was already yielded is dropped), so every message is yielded once and
 //! in order, and the chain verifier carries on across the gap in connections. It then sends the latest acknowledgement
-//! again. Once the retries of one outage are used up, the stream yields the last error and ends.
+//! again. Once the retry budget of one outage is spent, the stream yields the last error and ends.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -77,7 +77,7 @@ use task::{Channels, Done, Items};
 ///   `RolledBack` are those whose [`is_integrity`](Error::is_integrity) is true.
 /// - Any other error is the last item: the subscription has ended, and the stream ends after it. It is
 ///   final: a refusal ([`Error::Refused`], for example `NOT_AUTHORIZED` once the ACL or a revocation no
-///   longer lets this identity read the topic), an outage that outlasted its retries (its last
+///   longer lets this identity read the topic), an outage that outlasted its retry budget (its last
 ///   [`Error::ConnectionLost`] or [`Error::Unreachable`]), a certificate the broker no longer accepts, a
 ///   broken protocol ([`Error::ProtocolViolation`]), a durable subscription's state folder file that
 ///   cannot be written ([`Error::Io`]), or [`Error::Closed`] after
@@ -137,7 +137,7 @@ use task::{Channels, Done, Items};
 /// was already yielded is dropped), so every message is yielded once and in order, and publisher chains
 /// are checked across the reconnection. It asks the broker where each chain it verified stands (a chain
 /// behind is an [`Error::RolledBack`] item), and sends the latest acknowledgement again. Nothing is
-/// yielded while it reconnects; once the retries of one outage are used up, the last error is its last
+/// yielded while it reconnects; once the retry budget of one outage is spent, the last error is its last
 /// item.
 ///
 /// Dropping it ends the subscription in the background; [`close`](Self::close) does the same and waits.
