@@ -179,6 +179,11 @@ pub struct SubscribeOptions {
     pub from: StartAt,
     /// The name of a durable subscription: the broker stores what it acknowledges, and a durable
     /// subscription that already exists resumes from there, ignoring `from`. Default `None`.
+    ///
+    /// The broker serves a durable subscription to one subscriber at a time: while another subscription of
+    /// the same name (this principal's, from any process) is being read,
+    /// [`Client::subscribe`](crate::Client::subscribe) waits, standing by, and returns when it takes over,
+    /// from the offset the one before committed. Run one per replica of a service for failover.
     pub durable: Option<String>,
 }
 

@@ -28,6 +28,7 @@ mod crl;
 mod durability;
 mod failstop;
 mod faultfs;
+mod groups;
 mod history;
 mod instances;
 mod limits;

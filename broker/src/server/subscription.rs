@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use sealpost_protocol::{Offset, Topic};
 use tokio::sync::watch;
+use tracing::info;
 
 use super::wire::{write_frame, FrameReader};
 use super::Revision;
@@ -19,13 +20,38 @@ use crate::{Error, Result};
 
 /// Serves a subscription the session accepted.
 pub(super) async fn serve(
-    subscribing: Subscribing,
+    mut subscribing: Subscribing,
     mut send: quinn::SendStream,
     reader: FrameReader,
     session: &Connection,
     log: &Arc<Log>,
     (mut shutdown, mut revision): (watch::Receiver<bool>, watch::Receiver<Arc<Revision>>),
 ) -> Result<()> {
+    // A durable subscription is served to one subscriber at a time (`session::durable`): stand by, not
+    // answered, until its lease is free; then start from what the one before committed.
+    if let Some(key) = subscribing.durable_key() {
+        let leases = session.endpoint().durables().clone();
+        let mut told = false;
+        let lease = loop {
+            let released = leases.released().notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(lease) = leases.try_take(key.clone()) {
+                break lease;
+            }
+            if !std::mem::replace(&mut told, true) {
+                let (topic, principal, name) = &key;
+                info!(%principal, %topic, durable = %name, "standing by: another subscriber is reading this durable subscription");
+            }
+            tokio::select! {
+                () = &mut released => {}
+                // The subscriber gave up waiting, or went away.
+                _ = send.stopped() => return Ok(()),
+                _ = shutdown.changed() => return Ok(()),
+            }
+        };
+        subscribing.hold(lease);
+    }
     let mut end = log.durable_end(subscribing.topic())?;
     let store = log.store().clone();
     let durable_end = *end.borrow_and_update();

@@ -15,6 +15,7 @@ use std::time::Instant;
 use sealpost_protocol::{Limits, PublicKey};
 
 use super::admission::Admission;
+use super::durable::DurableLeases;
 use super::policies::PolicyCache;
 use crate::acl::Acl;
 use crate::budget::Reservation;
@@ -30,6 +31,7 @@ pub struct Endpoint {
     protocol: Limits,
     admission: Admission,
     policies: PolicyCache,
+    durables: Arc<DurableLeases>,
     observer: Arc<dyn Observer>,
 }
 
@@ -50,6 +52,7 @@ impl Endpoint {
             protocol,
             admission: Admission::new(&limits, now),
             policies: PolicyCache::new(authority, protocol),
+            durables: Arc::default(),
             observer: Arc::new(Ignore),
         }
     }
@@ -108,6 +111,11 @@ impl Endpoint {
     /// The current policy of each topic.
     pub fn policies(&self) -> &PolicyCache {
         &self.policies
+    }
+
+    /// Which durable subscriptions are being served ([`DurableLeases`]: one subscriber at a time).
+    pub fn durables(&self) -> &Arc<DurableLeases> {
+        &self.durables
     }
 
     /// A place for a connection being accepted, before its handshake: hold it until the connection ends.

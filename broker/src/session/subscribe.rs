@@ -28,6 +28,7 @@ use sealpost_protocol::{Frame, Offset, Principal, RequestId, StartAt, Subscripti
 use tracing::{debug, info};
 
 use super::authorize::{authorize_subscribe, start_offset};
+use super::durable::{DurableKey, DurableLease};
 use super::endpoint::Endpoint;
 use super::reply::Refusal;
 use crate::event::{Event, Who};
@@ -65,6 +66,8 @@ pub struct Subscribing {
     principal: Principal,
     read_bytes: usize,
     slot: SubscriptionSlot,
+    /// The durable subscription's lease, once the driver took it ([`Subscribing::hold`]).
+    lease: Option<DurableLease>,
     /// Who asked, for the events.
     endpoint: Arc<Endpoint>,
     peer: Arc<Peer>,
@@ -114,6 +117,7 @@ impl Subscribing {
             principal,
             read_bytes,
             slot,
+            lease: None,
             endpoint,
             peer,
             remote,
@@ -123,6 +127,19 @@ impl Subscribing {
     /// The topic: look up its durable end.
     pub fn topic(&self) -> &Topic {
         &self.topic
+    }
+
+    /// What names it, if it is durable: take its lease from [`Endpoint::durables`] (waiting while another
+    /// subscription holds it) and [`hold`](Self::hold) it before [`start`](Self::start).
+    pub fn durable_key(&self) -> Option<DurableKey> {
+        let name = self.durable.as_ref()?;
+        Some((self.topic.clone(), self.principal.clone(), name.clone()))
+    }
+
+    /// Keeps the durable subscription's `lease` for as long as its acks are read (it is given back once
+    /// the last ack is committed).
+    pub fn hold(&mut self, lease: DurableLease) {
+        self.lease = Some(lease);
     }
 
     /// Starts the subscription, given the topic's durable end now: checks that the topic's current policy
@@ -139,6 +156,7 @@ impl Subscribing {
             principal,
             read_bytes,
             slot,
+            lease,
             endpoint,
             peer,
             remote,
@@ -193,6 +211,7 @@ impl Subscribing {
                 endpoint: cursor_endpoint,
                 peer: cursor_peer,
                 remote,
+                _lease: lease,
             },
         })
     }
@@ -226,6 +245,8 @@ pub struct Subscription {
     endpoint: Arc<Endpoint>,
     peer: Arc<Peer>,
     remote: Option<SocketAddr>,
+    /// Its lease, if durable: given back when the acks are done.
+    _lease: Option<DurableLease>,
 }
 
 /// Where a durable subscription's acks stand.
