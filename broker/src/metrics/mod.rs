@@ -3,7 +3,8 @@
 //! [`Metrics`] owns every metric of the broker (docs/operations.md lists them, with their labels and
 //! meaning). It learns what happened in three ways:
 //!
-//! - as an [`Observer`] of the session's [`Event`]s: connections, refusals, publishes, subscriptions,
+//! - as an [`Observer`](crate::event::Observer) of the session's [`Event`](crate::event::Event)s
+//!   (`observer.rs`): connections, refusals, publishes, subscriptions,
 //!   policies, deliveries;
 //! - through direct hooks where an event is not natural: the writer calls [`Metrics::synced`] (fsync
 //!   latency and group-commit size), [`Metrics::stored`] (messages and bytes stored, a topic's next offset)
@@ -26,7 +27,7 @@
 //!   `topic="*"` (a value no topic can have); with `metrics.topic_labels = false` every topic is `*`.
 //!   Principal labels come from verified certificates only. Durable subscription names are chosen by
 //!   peers: the lag gauge is kept for at most `max_topic_labels` subscriptions, of labelled topics only.
-//!   Reason and code labels are fixed tables ([`Refused::name`], [`code_name`]).
+//!   Reason and code labels are fixed tables ([`Refused::name`](crate::event::Refused::name), [`code_name`]).
 //!
 //! # What it does not do
 //!
@@ -50,9 +51,10 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use sealpost_protocol::{ErrorCode, Offset, Principal, Topic};
 
-use crate::event::{code_name, Action, Event, Observer, Refused};
+use crate::event::{code_name, Action};
 
 pub mod http;
+mod observer;
 
 /// How many topics get a label of their own by default (`metrics.max_topic_labels`).
 pub const DEFAULT_MAX_TOPIC_LABELS: usize = 100;
@@ -495,101 +497,6 @@ impl Metrics {
     /// A publish read when `took` ago was answered.
     pub fn acked(&self, took: Duration) {
         self.publish_ack_seconds.observe(took.as_secs_f64());
-    }
-}
-
-impl Observer for Metrics {
-    fn event(&self, event: &Event<'_>) {
-        match event {
-            Event::ConnectionAccepted { who } => {
-                self.connections_open.inc();
-                let principal = PrincipalLabel { principal: escaped(who.principal.as_str()) };
-                self.connections_accepted.get_or_create(&principal).inc();
-            }
-            Event::ConnectionRefused { reason, .. } => {
-                self.connections_refused.get_or_create(&ReasonLabel { reason: reason.name() }).inc();
-            }
-            Event::ConnectionClosed { .. } => {
-                self.connections_open.dec();
-            }
-            Event::StreamRefused { code, .. } => self.refused(Action::Stream, *code),
-            Event::PublishAccepted { topic, messages, .. } => {
-                let label = self.topic(topic);
-                self.publishes.get_or_create(&label).inc();
-                self.published_messages.get_or_create(&label).inc_by((*messages).into());
-            }
-            Event::PublishRefused { code, .. } | Event::PublishFailed { code, .. } => {
-                self.refused(Action::Publish, *code)
-            }
-            Event::Delivered { topic, messages, bytes, .. } => {
-                let label = self.topic(topic);
-                self.delivered_messages.get_or_create(&label).inc_by((*messages).into());
-                self.delivered_bytes.get_or_create(&label).inc_by(*bytes as u64);
-            }
-            Event::AckReceived { topic, .. } => {
-                self.acks_received.get_or_create(&self.topic(topic)).inc();
-            }
-            Event::OffsetCommitted { topic, .. } => {
-                self.offset_commits.get_or_create(&self.topic(topic)).inc();
-            }
-            Event::SubscribeAccepted { durable, created, .. } => {
-                let kind = match (durable, created) {
-                    (None, _) => "ephemeral",
-                    (Some(_), false) => "durable",
-                    (Some(_), true) => "durable_created",
-                };
-                self.subscriptions.get_or_create(&KindLabel { kind }).inc();
-            }
-            Event::SubscribeRefused { code, .. } => self.refused(Action::Subscribe, *code),
-            Event::PolicyStored { topic, epoch, .. } => {
-                self.policies_stored.inc();
-                let label = self.topic(topic);
-                if !self.topics.is_other(&label.topic) {
-                    self.policy_epoch.get_or_create(&label).set(i64::try_from(*epoch).unwrap_or(i64::MAX));
-                }
-            }
-            Event::PolicyRefused { code, .. } => self.refused(Action::PutPolicy, *code),
-            Event::PolicyReadRefused { code, .. } => self.refused(Action::GetPolicies, *code),
-            Event::AdminRefused { code, .. } => self.refused(Action::Admin, *code),
-            Event::AdminAnswered { .. } => {}
-            Event::Shutdown => {
-                self.shutdowns.inc();
-            }
-            Event::ConfigReloaded { .. } => {
-                self.config_reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-                self.config_loaded_at(now.map_or(0, |d| d.as_secs()));
-            }
-            Event::ConfigReloadRefused { .. } => {
-                self.config_reloads.get_or_create(&ResultLabel { result: "refused" }).inc();
-            }
-            Event::ConnectionRevoked { .. } => {
-                self.revoked.get_or_create(&KindLabel { kind: "connection" }).inc();
-            }
-            Event::StreamRevoked { action, .. } => {
-                let kind = if *action == Action::Publish { "publish" } else { "subscription" };
-                self.revoked.get_or_create(&KindLabel { kind }).inc();
-            }
-        }
-    }
-}
-
-impl Metrics {
-    /// Creates the series of every refusal reason at 0, so that rates and alerts see them from the start.
-    pub fn with_zero_series(self) -> Metrics {
-        for reason in Refused::ALL {
-            let _ = self.connections_refused.get_or_create(&ReasonLabel { reason: reason.name() });
-        }
-        for kind in ["ephemeral", "durable", "durable_created"] {
-            let _ = self.subscriptions.get_or_create(&KindLabel { kind });
-        }
-        for result in ["ok", "refused"] {
-            let _ = self.config_reloads.get_or_create(&ResultLabel { result });
-        }
-        for kind in ["connection", "subscription", "publish"] {
-            let _ = self.revoked.get_or_create(&KindLabel { kind });
-        }
-        self
     }
 }
 
