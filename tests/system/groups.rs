@@ -19,6 +19,32 @@ fn workers() -> SubscribeOptions {
     SubscribeOptions { from: StartAt::Earliest, durable: Some("workers".into()) }
 }
 
+/// alice's client and publisher on demo.chat, after publishing `m0` to `m{n-1}`.
+async fn alice_published(
+    env: &Env,
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> (Client, sealpost_client::Publisher) {
+    let alice = within("connect", Client::connect(&Identity::load(env.identity("alice", addr)).unwrap()))
+        .await
+        .unwrap();
+    let publisher = within("publisher", alice.publisher(chat(), PublisherOptions::default())).await.unwrap();
+    for i in 0..n {
+        within("publish", publisher.publish(format!("m{i}"))).await.unwrap();
+    }
+    (alice, publisher)
+}
+
+/// Two replicas of bob's service, each a client with an identity file (and so a state folder) of its own.
+async fn bob_replicas(env: &Env, addr: std::net::SocketAddr) -> (Client, Client) {
+    let identity = env.identity("bob", addr);
+    let copy = identity.with_file_name("bob-2.toml");
+    std::fs::copy(&identity, &copy).unwrap();
+    let first = within("connect", Client::connect(&Identity::load(identity).unwrap())).await.unwrap();
+    let second = within("connect", Client::connect(&Identity::load(copy).unwrap())).await.unwrap();
+    (first, second)
+}
+
 /// The payloads of the next `n` messages, acking each.
 async fn read(subscription: &mut Subscription, n: usize) -> Vec<(Offset, Bytes)> {
     let mut got = Vec::new();
@@ -35,24 +61,8 @@ async fn a_second_subscriber_of_a_durable_name_stands_by_and_takes_over_where_th
     let mut env = Env::new();
     let broker = env.start(Engine::Sled).await;
     let addr = broker.local_addr();
-    let alice = within("connect", Client::connect(&Identity::load(env.identity("alice", addr)).unwrap()))
-        .await
-        .unwrap();
-    let publisher = within("publisher", alice.publisher(chat(), PublisherOptions::default())).await.unwrap();
-    for i in 0..10 {
-        within("publish", publisher.publish(format!("m{i}"))).await.unwrap();
-    }
-    // Two replicas of bob's service, each with a client (and state folder) of its own.
-    let bob = |n: usize| {
-        let mut identity = env.identity("bob", addr);
-        let copy = identity.with_file_name(format!("bob-{n}.toml"));
-        std::fs::copy(&identity, &copy).unwrap();
-        identity = copy;
-        Identity::load(identity).unwrap()
-    };
-    let (first, second) = (bob(1), bob(2));
-    let first = within("connect", Client::connect(&first)).await.unwrap();
-    let second = within("connect", Client::connect(&second)).await.unwrap();
+    let (alice, publisher) = alice_published(&env, addr, 10).await;
+    let (first, second) = bob_replicas(&env, addr).await;
 
     let mut reading = within("subscribe", first.subscribe(chat(), workers())).await.unwrap();
     let standby = tokio::spawn(async move {
@@ -88,18 +98,8 @@ async fn when_the_reading_subscriber_dies_a_standby_takes_over_and_nothing_is_sk
     let mut env = Env::new();
     let broker = env.start(Engine::Memory).await;
     let addr = broker.local_addr();
-    let alice = within("connect", Client::connect(&Identity::load(env.identity("alice", addr)).unwrap()))
-        .await
-        .unwrap();
-    let publisher = within("publisher", alice.publisher(chat(), PublisherOptions::default())).await.unwrap();
-    for i in 0..20 {
-        within("publish", publisher.publish(format!("m{i}"))).await.unwrap();
-    }
-    let identity = env.identity("bob", addr);
-    let copy = identity.with_file_name("bob-2.toml");
-    std::fs::copy(&identity, &copy).unwrap();
-    let first = within("connect", Client::connect(&Identity::load(identity).unwrap())).await.unwrap();
-    let second = within("connect", Client::connect(&Identity::load(copy).unwrap())).await.unwrap();
+    let (alice, _publisher) = alice_published(&env, addr, 20).await;
+    let (first, second) = bob_replicas(&env, addr).await;
 
     let mut reading = within("subscribe", first.subscribe(chat(), workers())).await.unwrap();
     let standby = tokio::spawn(async move {
