@@ -261,6 +261,39 @@ pub enum Frame {
         /// The answer, of the query's kind.
         answer: AdminAnswer,
     },
+    /// Client -> broker: join the **shared** durable subscription `group` of `topic`: its members share the
+    /// topic's messages, each batch to one member, every batch of a publisher chain to the same member
+    /// while the group's membership is unchanged (so each member verifies the chains it is given end to
+    /// end). Answered with [`Frame::Subscribed`]; `from` applies when the group is new, a group that
+    /// exists resumes from its committed offset. Acks are those of a durable subscription, with the
+    /// [`Frame::Rewind`] rule.
+    SubscribeShared {
+        /// Echoed in the answer.
+        request_id: RequestId,
+        /// The topic to read.
+        topic: Topic,
+        /// Where a new group starts.
+        from: StartAt,
+        /// The group's name, in the same namespace as durable subscription names.
+        group: String,
+    },
+    /// Broker -> client, on a shared subscription: the member was given chains whose unacknowledged
+    /// batches lie before what it was delivered (another member left), so what follows on this stream
+    /// starts again at `offset`, skipping what this member was delivered already. An `Ack` after the
+    /// client's [`Frame::Rewound`] covers everything delivered before the `Rewind` and what followed it
+    /// below its `next_offset`; one before it, only what was delivered before the `Rewind`.
+    Rewind {
+        /// The subscription it is for.
+        subscription: SubscriptionId,
+        /// Where delivery starts again.
+        offset: Offset,
+    },
+    /// Client -> broker: the client read the `Rewind` of `subscription`; its acks from now on count in
+    /// the rewound stream.
+    Rewound {
+        /// The subscription.
+        subscription: SubscriptionId,
+    },
 }
 
 /// postcard's index of the variants with byte fields that [`Frame::decode_bytes`] slices out of the frame
@@ -350,6 +383,9 @@ impl Frame {
             Frame::HeadOfChain { .. } => "HeadOfChain",
             Frame::Admin { .. } => "Admin",
             Frame::AdminAnswer { .. } => "AdminAnswer",
+            Frame::SubscribeShared { .. } => "SubscribeShared",
+            Frame::Rewind { .. } => "Rewind",
+            Frame::Rewound { .. } => "Rewound",
         }
     }
 
@@ -753,6 +789,14 @@ mod decode_bytes_tests {
                     ..Default::default()
                 }),
             },
+            Frame::SubscribeShared {
+                request_id: 6,
+                topic: Topic::new("demo.chat").unwrap(),
+                from: StartAt::Earliest,
+                group: "workers".into(),
+            },
+            Frame::Rewind { subscription: 5, offset: Offset(900) },
+            Frame::Rewound { subscription: 5 },
         ]
     }
 
@@ -781,8 +825,11 @@ mod decode_bytes_tests {
             Frame::HeadOfChain { .. } => 16,
             Frame::Admin { .. } => 17,
             Frame::AdminAnswer { .. } => 18,
+            Frame::SubscribeShared { .. } => 19,
+            Frame::Rewind { .. } => 20,
+            Frame::Rewound { .. } => 21,
         };
-        assert_eq!(frames.iter().map(listed).collect::<Vec<_>>(), (0..19).collect::<Vec<_>>());
+        assert_eq!(frames.iter().map(listed).collect::<Vec<_>>(), (0..22).collect::<Vec<_>>());
         for frame in frames {
             let bytes = Bytes::from(frame.to_vec().unwrap());
             assert_eq!(Frame::decode_bytes(bytes.clone()).unwrap(), Frame::decode(&bytes).unwrap());

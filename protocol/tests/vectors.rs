@@ -182,6 +182,17 @@ fn frames_match_golden_vectors() {
                 },
             },
         ),
+        (
+            "frame-subscribe-shared",
+            Frame::SubscribeShared {
+                request_id: 11,
+                topic: topic("demo.chat"),
+                from: StartAt::Earliest,
+                group: "workers".into(),
+            },
+        ),
+        ("frame-rewind", Frame::Rewind { subscription: 7, offset: Offset(900) }),
+        ("frame-rewound", Frame::Rewound { subscription: 7 }),
     ];
     for (name, frame) in frames {
         let bytes = frame.to_vec().unwrap();
