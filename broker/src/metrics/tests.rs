@@ -55,7 +55,7 @@ async fn a_session_moves_the_counters_by_what_it_decided() {
     for item in
         crate::store::Store::read(store.as_ref(), &topic("demo.chat"), read.from, read.max_bytes).unwrap()
     {
-        assert!(cursor.deliver(item, end).is_some());
+        assert!(cursor.deliver(item, end).into_frame().is_some());
     }
     let denied =
         Frame::Subscribe { request_id: 4, topic: topic("demo.chat"), from: StartAt::Earliest, durable: None };

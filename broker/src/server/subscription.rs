@@ -13,7 +13,7 @@ use tracing::info;
 use super::wire::{write_frame, FrameReader};
 use super::Revision;
 use crate::budget::Budget;
-use crate::session::{AckAction, Commit, Connection, Started, Subscribing, Subscription};
+use crate::session::{AckAction, Commit, Connection, Next, Started, Subscribing, Subscription};
 use crate::store::{Store, Stored};
 use crate::writer::Log;
 use crate::{Error, Result};
@@ -27,17 +27,32 @@ pub(super) async fn serve(
     log: &Arc<Log>,
     (mut shutdown, mut revision): (watch::Receiver<bool>, watch::Receiver<Arc<Revision>>),
 ) -> Result<()> {
-    // A durable subscription is served to one subscriber at a time (`session::durable`): stand by, not
-    // answered, until its lease is free; then start from what the one before committed.
+    let mut end = log.durable_end(subscribing.topic())?;
+    let store = log.store().clone();
+    // A durable subscription is served to one subscriber at a time (`session::durable`), or shared by the
+    // members of its group (`session::group`): stand by, not answered, until its lease is free (held by
+    // another subscriber, or by a group when this one is exclusive); then start from what was committed.
     if let Some(key) = subscribing.durable_key() {
         let leases = session.endpoint().durables().clone();
         let mut told = false;
-        let lease = loop {
+        loop {
             let released = leases.released().notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if let Some(lease) = leases.try_take(key.clone()) {
-                break lease;
+            if subscribing.is_shared() {
+                let durable_end = *end.borrow_and_update();
+                match subscribing.join(store.as_ref(), durable_end) {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(refusal) => {
+                        write_frame(&mut send, &refusal.frame()).await?;
+                        let _ = send.finish();
+                        return Err(refusal.error);
+                    }
+                }
+            } else if let Some(lease) = leases.try_take(key.clone()) {
+                subscribing.hold(lease);
+                break;
             }
             if !std::mem::replace(&mut told, true) {
                 let (topic, principal, name) = &key;
@@ -49,11 +64,8 @@ pub(super) async fn serve(
                 _ = send.stopped() => return Ok(()),
                 _ = shutdown.changed() => return Ok(()),
             }
-        };
-        subscribing.hold(lease);
+        }
     }
-    let mut end = log.durable_end(subscribing.topic())?;
-    let store = log.store().clone();
     let durable_end = *end.borrow_and_update();
     let Started { subscribed, subscription, mut cursor } =
         match subscribing.start(store.as_ref(), durable_end) {
@@ -72,7 +84,11 @@ pub(super) async fn serve(
     tokio::pin!(acks);
 
     let budget: &Budget = session.budget();
+    let mut group_changed = cursor.group_changed();
     loop {
+        if let Some(changed) = group_changed.as_mut() {
+            changed.borrow_and_update();
+        }
         // Do the ACL (after a reload) and the topic's policy (after a new epoch) still allow this
         // subscription? Asked before every read, never while a frame is half written.
         revision.borrow_and_update();
@@ -81,6 +97,14 @@ pub(super) async fn serve(
             write_frame(&mut send, &refusal.frame()).await?;
             let _ = send.finish();
             return Err(refusal.error);
+        }
+        // A member of a group given chains to read back says so before anything else.
+        if let Some(rewind) = cursor.take_rewind() {
+            tokio::select! {
+                written = write_frame(&mut send, &rewind) => written?,
+                _ = &mut acks => return Ok(()),
+                _ = shutdown.changed() => return Ok(()),
+            }
         }
         let durable_end = *end.borrow_and_update();
         if let Some(read) = cursor.next_read(durable_end) {
@@ -107,11 +131,14 @@ pub(super) async fn serve(
             let before = cursor.position();
             for item in items {
                 let len = item.bytes_len();
-                let Some(frame) = cursor.deliver(item, durable_end) else { break };
-                tokio::select! {
-                    written = write_frame(&mut send, &frame) => written?,
-                    _ = &mut acks => return Ok(()),
-                    _ = shutdown.changed() => return Ok(()),
+                match cursor.deliver(item, durable_end) {
+                    Next::Send(frame) => tokio::select! {
+                        written = write_frame(&mut send, &frame) => written?,
+                        _ = &mut acks => return Ok(()),
+                        _ = shutdown.changed() => return Ok(()),
+                    },
+                    Next::Skip => {}
+                    Next::Stop => break,
                 }
                 held.shrink_to(held.bytes().saturating_sub(len));
             }
@@ -120,10 +147,17 @@ pub(super) async fn serve(
                 continue;
             }
         }
+        let group = async {
+            match group_changed.as_mut() {
+                Some(changed) => changed.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = end.changed() => if changed.is_err() { return Ok(()) },
             _ = &mut acks => return Ok(()),
             Ok(()) = revision.changed() => {}
+            Ok(()) = group => {}
             _ = shutdown.changed() => return Ok(()),
         }
     }

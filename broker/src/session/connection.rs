@@ -142,7 +142,7 @@ impl Connection {
             Frame::GetPolicies { .. } | Frame::GetPolicyHistory { .. } | Frame::PutPolicy { .. } => {
                 Ok(StreamKind::Policies)
             }
-            Frame::Subscribe { .. } => Ok(StreamKind::Subscription),
+            Frame::Subscribe { .. } | Frame::SubscribeShared { .. } => Ok(StreamKind::Subscription),
             Frame::Admin { .. } => Ok(StreamKind::Admin),
             _ => {
                 let refusal = Refusal::new(None, unexpected_first_frame());
@@ -183,11 +183,18 @@ impl Connection {
         })
     }
 
-    /// A subscription stream's first frame: a `Subscribe` takes a subscription slot of the connection and
-    /// must pass the ACL; the refusal answers its request.
+    /// A subscription stream's first frame: a `Subscribe` (or a `SubscribeShared`, whose group name is a
+    /// durable subscription name) takes a subscription slot of the connection and must pass the ACL; the
+    /// refusal answers its request.
     pub fn subscribe(&self, first: Frame) -> Result<Subscribing, Refusal> {
-        let Frame::Subscribe { request_id, topic, from, durable } = first else {
-            return Err(Refusal::new(None, unexpected_first_frame()));
+        let (request_id, topic, from, durable, shared) = match first {
+            Frame::Subscribe { request_id, topic, from, durable } => {
+                (request_id, topic, from, durable, false)
+            }
+            Frame::SubscribeShared { request_id, topic, from, group } => {
+                (request_id, topic, from, Some(group), true)
+            }
+            _ => return Err(Refusal::new(None, unexpected_first_frame())),
         };
         let max = self.endpoint.limits().max_subscriptions_per_connection as usize;
         let Some(slot) = SubscriptionSlot::take(&self.subscriptions, max) else {
@@ -201,7 +208,7 @@ impl Connection {
             return Err(Refusal::new(Some(request_id), err));
         };
         let id = self.next_subscription.fetch_add(1, Ordering::Relaxed);
-        let request = (request_id, topic, from, durable);
+        let request = (request_id, topic, from, durable, shared);
         Subscribing::new(&self.endpoint, (&self.peer, self.remote), id, slot, request)
     }
 }

@@ -16,6 +16,7 @@ use sealpost_protocol::{Limits, PublicKey};
 
 use super::admission::Admission;
 use super::durable::DurableLeases;
+use super::group::Groups;
 use super::policies::PolicyCache;
 use crate::acl::Acl;
 use crate::budget::Reservation;
@@ -32,6 +33,7 @@ pub struct Endpoint {
     admission: Admission,
     policies: PolicyCache,
     durables: Arc<DurableLeases>,
+    groups: Groups,
     observer: Arc<dyn Observer>,
 }
 
@@ -53,6 +55,7 @@ impl Endpoint {
             admission: Admission::new(&limits, now),
             policies: PolicyCache::new(authority, protocol),
             durables: Arc::default(),
+            groups: Groups::default(),
             observer: Arc::new(Ignore),
         }
     }
@@ -116,6 +119,11 @@ impl Endpoint {
     /// Which durable subscriptions are being served ([`DurableLeases`]: one subscriber at a time).
     pub fn durables(&self) -> &Arc<DurableLeases> {
         &self.durables
+    }
+
+    /// The shared durable subscriptions being served ([`Groups`]: members share the messages).
+    pub fn groups(&self) -> &Groups {
+        &self.groups
     }
 
     /// A place for a connection being accepted, before its handshake: hold it until the connection ends.

@@ -139,6 +139,7 @@ pub mod authorize;
 mod connection;
 mod durable;
 mod endpoint;
+pub mod group;
 mod policies;
 mod policy_stream;
 mod publish;
@@ -152,12 +153,13 @@ pub use self::admission::{Admission, Admitted, ConnectionId, FlowControl};
 pub use self::connection::{Connection, StreamKind};
 pub use self::durable::{DurableKey, DurableLease, DurableLeases};
 pub use self::endpoint::Endpoint;
+pub use self::group::{Group, Groups};
 pub use self::policies::PolicyCache;
 pub use self::policy_stream::{PolicyAction, PolicyStream, POLICIES_SERVED};
 pub use self::publish::{PublishAction, PublishStream};
 pub use self::reply::{Close, ConnectionRefused, Refusal};
 pub use self::subscribe::{
-    AckAction, Commit, Cursor, Read, Started, Subscribing, Subscription, SubscriptionSlot,
+    AckAction, Commit, Cursor, Next, Read, Started, Subscribing, Subscription, SubscriptionSlot,
 };
 
 #[cfg(test)]
@@ -207,7 +209,8 @@ mod tests {
         let read = cursor.next_read(end).unwrap();
         let items = crate::store::Store::read(store.as_ref(), &topic("demo.chat"), read.from, read.max_bytes)
             .unwrap();
-        let frames: Vec<Frame> = items.into_iter().filter_map(|item| cursor.deliver(item, end)).collect();
+        let frames: Vec<Frame> =
+            items.into_iter().filter_map(|item| cursor.deliver(item, end).into_frame()).collect();
         assert!(matches!(frames.as_slice(), [Frame::Deliver { offset: Offset(0), .. }]));
         assert_eq!(cursor.next_read(end), None);
         log.close().await.unwrap();

@@ -24,12 +24,15 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use sealpost_protocol::{Frame, Offset, Principal, RequestId, StartAt, SubscriptionId, Topic};
+use sealpost_protocol::{
+    Frame, Limits, Offset, Principal, RequestId, SealedBatch, StartAt, SubscriptionId, Topic,
+};
 use tracing::{debug, info};
 
 use super::authorize::{authorize_subscribe, start_offset};
 use super::durable::{DurableKey, DurableLease};
 use super::endpoint::Endpoint;
+use super::group::{ChainKey, Group, MemberId, Step};
 use super::reply::Refusal;
 use crate::event::{Event, Who};
 use crate::store::{Store, Stored};
@@ -63,11 +66,15 @@ pub struct Subscribing {
     topic: Topic,
     from: StartAt,
     durable: Option<String>,
+    /// Whether the durable subscription is shared: a member of its group ([`super::group`]).
+    shared: bool,
     principal: Principal,
     read_bytes: usize,
     slot: SubscriptionSlot,
     /// The durable subscription's lease, once the driver took it ([`Subscribing::hold`]).
     lease: Option<DurableLease>,
+    /// Its membership of the group, once it joined ([`Subscribing::join`]).
+    member: Option<Membership>,
     /// Who asked, for the events.
     endpoint: Arc<Endpoint>,
     peer: Arc<Peer>,
@@ -93,9 +100,9 @@ impl Subscribing {
         (peer, remote): (&Arc<Peer>, Option<SocketAddr>),
         id: SubscriptionId,
         slot: SubscriptionSlot,
-        request: (RequestId, Topic, StartAt, Option<String>),
+        request: (RequestId, Topic, StartAt, Option<String>, bool),
     ) -> Result<Subscribing, Refusal> {
-        let (request_id, topic, from, durable) = request;
+        let (request_id, topic, from, durable, shared) = request;
         if let Err(e) = authorize_subscribe(peer, &endpoint.acl(), &topic, durable.as_deref()) {
             debug!(principal = %peer.principal, %topic, error = %e, "subscribe refused");
             endpoint.emit(&Event::SubscribeRefused {
@@ -114,10 +121,12 @@ impl Subscribing {
             topic,
             from,
             durable,
+            shared,
             principal,
             read_bytes,
             slot,
             lease: None,
+            member: None,
             endpoint,
             peer,
             remote,
@@ -129,8 +138,35 @@ impl Subscribing {
         &self.topic
     }
 
+    /// Whether it is a member of a shared durable subscription: [`join`](Self::join) its group before
+    /// [`start`](Self::start).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Joins the group of the shared durable subscription, given the topic's durable end now; a group new
+    /// in memory starts at the committed offset in `store` (else where `from` says). `Ok(false)`: an
+    /// exclusive subscriber of the name holds its lease; stand by and try again when a lease is released.
+    pub fn join(&mut self, store: &dyn Store, durable_end: Offset) -> Result<bool, Refusal> {
+        let Some(name) = self.durable.as_ref().filter(|_| self.shared) else { return Ok(true) };
+        let committed = store
+            .durable_offset(&self.topic, &self.principal, name)
+            .map_err(|e| Refusal::new(Some(self.request_id), e))?;
+        let key = (self.topic.clone(), self.principal.clone(), name.clone());
+        let group = self.endpoint.groups().group(&key);
+        let mut created = false;
+        let joined = group.join(self.endpoint.durables(), || {
+            created = committed.is_none();
+            start_offset(self.from, committed, durable_end)
+        });
+        let Some((id, lease, start)) = joined else { return Ok(false) };
+        self.member = Some(Membership { group, id, _lease: lease, start, created });
+        Ok(true)
+    }
+
     /// What names it, if it is durable: take its lease from [`Endpoint::durables`] (waiting while another
-    /// subscription holds it) and [`hold`](Self::hold) it before [`start`](Self::start).
+    /// subscription holds it) and [`hold`](Self::hold) it before [`start`](Self::start). A shared one
+    /// [`join`](Self::join)s its group instead.
     pub fn durable_key(&self) -> Option<DurableKey> {
         let name = self.durable.as_ref()?;
         Some((self.topic.clone(), self.principal.clone(), name.clone()))
@@ -153,10 +189,12 @@ impl Subscribing {
             topic,
             from,
             durable,
+            shared: _,
             principal,
             read_bytes,
             slot,
             lease,
+            member,
             endpoint,
             peer,
             remote,
@@ -176,19 +214,23 @@ impl Subscribing {
             Ok(false) => return Err(refuse(Error::NotAuthorized)),
             Err(e) => return Err(refuse(e)),
         }
-        let committed = match &durable {
-            Some(name) => store
-                .durable_offset(&topic, &principal, name)
-                .map_err(|e| Refusal::new(Some(request_id), e))?,
-            None => None,
+        let (start, created) = match (&member, &durable) {
+            (Some(member), _) => (member.start, member.created),
+            (None, Some(name)) => {
+                let committed = store
+                    .durable_offset(&topic, &principal, name)
+                    .map_err(|e| Refusal::new(Some(request_id), e))?;
+                (start_offset(from, committed, durable_end), committed.is_none())
+            }
+            (None, None) => (start_offset(from, None, durable_end), false),
         };
-        let start = start_offset(from, committed, durable_end);
-        info!(%principal, %topic, %start, durable = durable.as_deref().unwrap_or(""), "subscribed");
+        let shared = member.as_ref().map(|m| m.id);
+        info!(%principal, %topic, %start, durable = durable.as_deref().unwrap_or(""), ?shared, "subscribed");
         endpoint.emit(&Event::SubscribeAccepted {
             who: Who::of(&peer, remote),
             topic: &topic,
             durable: durable.as_deref(),
-            created: durable.is_some() && committed.is_none(),
+            created: durable.is_some() && created,
         });
         let (cursor_endpoint, cursor_peer) = (endpoint.clone(), peer.clone());
         Ok(Started {
@@ -197,6 +239,7 @@ impl Subscribing {
                 subscription: id,
                 next: start,
                 read_bytes,
+                group: member.as_ref().map(|m| (m.group.clone(), m.id)),
                 _slot: slot,
                 topic: topic.clone(),
                 endpoint,
@@ -205,7 +248,12 @@ impl Subscribing {
             },
             subscription: Subscription {
                 id,
-                durable: durable.map(|name| Durable { name, newest: None, committing: false }),
+                shared: member.map(|member| Shared { member, committing: None }),
+                durable: durable.filter(|_| shared.is_none()).map(|name| Durable {
+                    name,
+                    newest: None,
+                    committing: false,
+                }),
                 topic,
                 principal,
                 endpoint: cursor_endpoint,
@@ -241,6 +289,9 @@ pub struct Subscription {
     principal: Principal,
     /// Its acks, if it is durable: the acks of any other subscription are read and dropped.
     durable: Option<Durable>,
+    /// Its group, if it is a member of a shared one: its acks go there, and the group's floor is what
+    /// is committed.
+    shared: Option<Shared>,
     /// Who reads it, for the events.
     endpoint: Arc<Endpoint>,
     peer: Arc<Peer>,
@@ -257,6 +308,33 @@ struct Durable {
     newest: Option<Offset>,
     /// Whether a commit of this subscription is with the writer.
     committing: bool,
+}
+
+/// A member's place in its group, left when dropped (after the member's last commit), and the name's
+/// lease, given back after the group's last member left.
+#[derive(Debug)]
+struct Membership {
+    group: Arc<Group>,
+    id: MemberId,
+    _lease: Arc<DurableLease>,
+    /// Where its cursor starts: the group's floor when it joined.
+    start: Offset,
+    /// Whether joining created the durable subscription.
+    created: bool,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.group.leave(self.id);
+    }
+}
+
+/// A member's acks.
+#[derive(Debug)]
+struct Shared {
+    member: Membership,
+    /// The group's floor with the writer, if this member handed it.
+    committing: Option<Offset>,
 }
 
 /// What to do after a frame the subscriber sent on the subscription stream.
@@ -299,13 +377,23 @@ impl Subscription {
     pub fn on_frame(&mut self, frame: Frame) -> AckAction {
         match frame {
             Frame::Ack { subscription, next_offset } if subscription == self.id => {
-                if let Some(durable) = &mut self.durable {
+                if let Some(Shared { member, .. }) = &self.shared {
+                    member.group.ack(member.id, next_offset);
+                    let who = Who::of(&self.peer, self.remote);
+                    self.endpoint.emit(&Event::AckReceived { who, topic: &self.topic });
+                } else if let Some(durable) = &mut self.durable {
                     durable.newest = Some(next_offset);
                     let who = Who::of(&self.peer, self.remote);
                     self.endpoint.emit(&Event::AckReceived { who, topic: &self.topic });
                 }
                 AckAction::Continue
             }
+            Frame::Rewound { subscription } if subscription == self.id => match &self.shared {
+                Some(Shared { member, .. }) if member.group.rewound(member.id) => AckAction::Continue,
+                _ => AckAction::Refuse(Error::Protocol(sealpost_protocol::Error::Malformed(
+                    "Rewound without a Rewind",
+                ))),
+            },
             Frame::Unsubscribe { .. } => AckAction::End,
             _ => AckAction::Refuse(Error::Protocol(sealpost_protocol::Error::Malformed(
                 "unexpected frame on a subscription stream",
@@ -316,6 +404,15 @@ impl Subscription {
     /// The commit to hand to the writer now: the newest ack received, unless none is waiting or a commit
     /// of this subscription is with the writer already. Tell [`commit_done`](Self::commit_done) its answer.
     pub fn next_commit(&mut self) -> Option<Commit> {
+        if let Some(shared) = self.shared.as_mut() {
+            if shared.committing.is_some() {
+                return None;
+            }
+            let floor = shared.member.group.next_commit()?;
+            shared.committing = Some(floor);
+            let (topic, principal, name) = shared.member.group.key().clone();
+            return Some(Commit { topic, principal, name, next_offset: floor });
+        }
         let durable = self.durable.as_mut().filter(|d| !d.committing)?;
         let next_offset = durable.newest.take()?;
         durable.committing = true;
@@ -329,12 +426,17 @@ impl Subscription {
 
     /// The writer answered the commit [`next_commit`](Self::next_commit) gave: `stored` if it is durable.
     pub fn commit_done(&mut self, stored: bool) {
-        if let Some(durable) = &mut self.durable {
+        if let Some(shared) = &mut self.shared {
+            let Some(floor) = shared.committing.take() else { return };
+            shared.member.group.commit_done(floor, stored);
+        } else if let Some(durable) = &mut self.durable {
             durable.committing = false;
-            if stored {
-                let who = Who::of(&self.peer, self.remote);
-                self.endpoint.emit(&Event::OffsetCommitted { who, topic: &self.topic });
-            }
+        } else {
+            return;
+        }
+        if stored {
+            let who = Who::of(&self.peer, self.remote);
+            self.endpoint.emit(&Event::OffsetCommitted { who, topic: &self.topic });
         }
     }
 }
@@ -355,6 +457,8 @@ pub struct Cursor {
     subscription: SubscriptionId,
     next: Offset,
     read_bytes: usize,
+    /// Its group and its id there, if it is a member of a shared durable subscription.
+    group: Option<(Arc<Group>, MemberId)>,
     _slot: SubscriptionSlot,
     /// Its topic and who reads it, for the events.
     topic: Topic,
@@ -401,11 +505,24 @@ impl Cursor {
         Err(Refusal::new(None, Error::NotAuthorized))
     }
 
-    /// The frame that delivers `item` (read in offset order) and the cursor moved past it; `None` if the
-    /// item is at or past `durable_end` (not durable: deliver nothing more of this read).
-    pub fn deliver(&mut self, item: Stored, durable_end: Offset) -> Option<Frame> {
+    /// What to do with `item` (read in offset order): [`Next::Send`] the frame that delivers it (the cursor
+    /// moved past it); [`Next::Skip`] it, a batch of a chain another member of the group owns (the cursor
+    /// moved past it too); or [`Next::Stop`] delivering this read: the item is at or past `durable_end` (not
+    /// durable), or the group says to wait (a rewind to send first, or a full window), and the cursor did
+    /// not move.
+    pub fn deliver(&mut self, item: Stored, durable_end: Offset) -> Next {
         if item.offset() >= durable_end {
-            return None;
+            return Next::Stop;
+        }
+        if let Some((group, member)) = &self.group {
+            match group.next(*member, item.offset(), item.end(), chain_of(&item)) {
+                Step::Deliver => {}
+                Step::Skip => {
+                    self.next = item.end();
+                    return Next::Skip;
+                }
+                Step::Stop => return Next::Stop,
+            }
         }
         self.next = item.end();
         if let Stored::Batch(batch) = &item {
@@ -416,8 +533,64 @@ impl Cursor {
                 bytes: batch.bytes.len(),
             });
         }
-        Some(item.into_frame(self.subscription))
+        Next::Send(item.into_frame(self.subscription))
     }
+
+    /// The `Rewind` to send before anything else, if the subscription's group gave it chains to read back
+    /// (the cursor moved there).
+    pub fn take_rewind(&mut self) -> Option<Frame> {
+        let (group, member) = self.group.as_ref()?;
+        let offset = group.take_rewind(*member)?;
+        self.next = offset;
+        Some(Frame::Rewind { subscription: self.subscription, offset })
+    }
+
+    /// Changes when the group may have a rewind for it or room in its window again: wait on it with the
+    /// topic's durable end, if it is a member of a shared durable subscription.
+    pub fn group_changed(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.group.as_ref().map(|(group, _)| group.changed())
+    }
+}
+
+/// What a cursor does with an item read ([`Cursor::deliver`]).
+// Returned by value and consumed at once, as `Option<Frame>` was: boxing would allocate per delivery.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    /// Send this frame.
+    Send(Frame),
+    /// Go on with the next item.
+    Skip,
+    /// Deliver nothing more of this read.
+    Stop,
+}
+
+impl Next {
+    /// The frame to send, if any.
+    pub fn into_frame(self) -> Option<Frame> {
+        match self {
+            Next::Send(frame) => Some(frame),
+            Next::Skip | Next::Stop => None,
+        }
+    }
+}
+
+/// Limits for reading stored batches' headers: the broker accepted them under its own limits once.
+const STORED: Limits = Limits {
+    max_frame_len: u32::MAX,
+    max_batch_len: u32::MAX,
+    max_batch_messages: u32::MAX,
+    max_policy_members: u32::MAX,
+};
+
+/// The publisher chain of a stored batch, read from its (signed, not verified here) header: what a group
+/// shares out. `None` for a lost range, and for a batch whose header does not parse (every member is given
+/// it, and judges it).
+fn chain_of(item: &Stored) -> Option<ChainKey> {
+    let Stored::Batch(batch) = item else { return None };
+    let sealed = SealedBatch::decode(batch.bytes.clone(), &STORED).ok()?;
+    let header = sealed.header();
+    Some((header.publisher, header.chain))
 }
 
 #[cfg(test)]
@@ -445,7 +618,7 @@ mod tests {
     fn subscribing(who: &str, from: StartAt, durable: Option<&str>) -> Result<Subscribing, Refusal> {
         let (endpoint, _) = endpoint(ServerLimits::default(), Instant::now());
         let slot = SubscriptionSlot::take(&Arc::new(AtomicUsize::new(0)), 1).unwrap();
-        let request = (1, topic("demo.chat"), from, durable.map(str::to_owned));
+        let request = (1, topic("demo.chat"), from, durable.map(str::to_owned), false);
         Subscribing::new(&endpoint, (&Arc::new(peer(who)), None), 7, slot, request)
     }
 
@@ -530,7 +703,7 @@ mod tests {
         );
         let store = with_policies();
         let slot = SubscriptionSlot::take(&Arc::new(AtomicUsize::new(0)), 1).unwrap();
-        let request = (1, topic("demo.chat"), StartAt::Earliest, Some("audit".to_owned()));
+        let request = (1, topic("demo.chat"), StartAt::Earliest, Some("audit".to_owned()), false);
         let subscribing = Subscribing::new(&endpoint, (&Arc::new(peer("bob")), None), 7, slot, request);
         let mut s = subscribing.unwrap().start(&store, Offset(0)).unwrap().subscription;
 
@@ -582,7 +755,7 @@ mod tests {
         let store = with_policies();
         let start = |who: &str, name: &str| {
             let slot = SubscriptionSlot::take(&Arc::new(AtomicUsize::new(0)), 1).unwrap();
-            let request = (1, topic(name), StartAt::Earliest, None);
+            let request = (1, topic(name), StartAt::Earliest, None, false);
             let subscribing = Subscribing::new(&endpoint, (&Arc::new(peer(who)), None), 7, slot, request);
             subscribing.unwrap().start(&store, Offset(0)).unwrap().cursor
         };
@@ -605,7 +778,7 @@ mod tests {
         let store = with_policies();
         let start = |who: &str, name: &str| {
             let slot = SubscriptionSlot::take(&Arc::new(AtomicUsize::new(0)), 1).unwrap();
-            let request = (1, topic(name), StartAt::Earliest, None);
+            let request = (1, topic(name), StartAt::Earliest, None, false);
             let subscribing = Subscribing::new(&endpoint, (&Arc::new(peer(who)), None), 7, slot, request);
             subscribing.unwrap().start(&store, Offset(0))
         };
@@ -654,16 +827,16 @@ mod tests {
             reason: LossReason::Corrupt,
         }));
         assert!(matches!(
-            cursor.deliver(batch(1, 3), Offset(9)),
+            cursor.deliver(batch(1, 3), Offset(9)).into_frame(),
             Some(Frame::Deliver { subscription: 7, offset: Offset(1), .. })
         ));
         assert!(matches!(
-            cursor.deliver(lost, Offset(9)),
+            cursor.deliver(lost, Offset(9)).into_frame(),
             Some(Frame::Lost { offset: Offset(4), count: 2, reason: ErrorCode::DATA_LOST, .. })
         ));
         assert_eq!(cursor.position(), Offset(6));
         // Stored, but not durable yet.
-        assert_eq!(cursor.deliver(batch(9, 1), Offset(9)), None);
+        assert_eq!(cursor.deliver(batch(9, 1), Offset(9)), Next::Stop);
         assert_eq!(cursor.position(), Offset(6));
         assert_eq!(cursor.next_read(Offset(9)).map(|r| r.from), Some(Offset(6)));
     }
