@@ -261,7 +261,7 @@ impl Conn {
                     From::Start => StartAt::Earliest,
                     From::Now => StartAt::Latest,
                 };
-                let options = SubscribeOptions { from, durable: None };
+                let options = SubscribeOptions { from, durable: None, shared: false };
                 Subscriber::Sealpost(client.subscribe(Topic::new(topic)?, options).await?)
             }
             Conn::Nats(js) => {

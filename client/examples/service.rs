@@ -85,7 +85,7 @@ async fn run(client: &Client, me: String, topic: Topic, count: Option<usize>) ->
     // A durable subscription: the first run starts from the earliest message; later runs resume after the
     // last message a run acknowledged. Starting fails with `NotASubscriber`, `NoPolicy` or `NoContentKey`
     // if the topic's policy does not let this identity read (the message says whom to ask), or `Refused`.
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: Some(DURABLE.into()) };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: Some(DURABLE.into()), shared: false };
     let mut subscription = client.subscribe(topic, options).await?;
     let consumed = consume(&mut subscription, count).await;
     // Sends the last acknowledgement and waits until the broker has it (for a durable subscription, fails

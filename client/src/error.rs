@@ -314,6 +314,12 @@ pub enum Error {
         /// The largest payload that fits.
         max: usize,
     },
+    /// Options that contradict each other (for example a shared subscription without a durable name).
+    #[error("invalid options: {detail}")]
+    InvalidOptions {
+        /// What is wrong.
+        detail: &'static str,
+    },
     /// The broker sent something the protocol does not allow here; reconnecting would not help.
     #[error("the broker broke the protocol: {detail}")]
     ProtocolViolation {

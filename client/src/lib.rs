@@ -18,7 +18,7 @@
 //! println!("stored at offset {}", receipt.offset);
 //! publisher.close().await?;
 //!
-//! let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("audit".into()) };
+//! let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("audit".into()), shared: false };
 //! let mut subscription = client.subscribe(topic, options).await?;
 //! while let Some(item) = subscription.next().await {
 //!     match item {

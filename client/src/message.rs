@@ -27,6 +27,10 @@ pub struct Message {
     pub seq: u64,
     /// When the publisher sealed it, as the publisher claims (signed).
     pub timestamp: Timestamp,
+    /// The subscription's stream generation it was delivered in (a shared subscription's `Rewind`s and
+    /// reconnections start new ones): what [`Subscription::ack`](crate::Subscription::ack) acknowledges
+    /// it in.
+    pub(crate) generation: u64,
 }
 
 /// Shows everything but the payload, of which only the length is shown.

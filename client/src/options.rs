@@ -185,10 +185,24 @@ pub struct SubscribeOptions {
     /// [`Client::subscribe`](crate::Client::subscribe) waits, standing by, and returns when it takes over,
     /// from the offset the one before committed. Run one per replica of a service for failover.
     pub durable: Option<String>,
+    /// Whether the durable subscription is **shared** (a consumer group): its subscribers, from any
+    /// process of this principal, share its messages, each batch to one of them, rather than one reading
+    /// while the others stand by. Requires `durable` (else [`Error::InvalidOptions`](crate::Error::InvalidOptions)).
+    /// Default `false`.
+    ///
+    /// The broker gives each member whole publisher chains (every message of one `Publisher` goes to
+    /// the same member while the members do not change), so each member still verifies what it receives
+    /// end to end. When a member leaves or dies, the chains it held and the messages it had not
+    /// acknowledged go to the others; a member that joins takes a share of the chains. At such a change a
+    /// member may be given again messages it was given before and did not acknowledge, and its chains
+    /// start at the first batch it sees (as for a new subscription): see the
+    /// [`Subscription`](crate::Subscription) documentation. A shared and an exclusive subscription of one
+    /// name exclude each other (one stands by while the other is read).
+    pub shared: bool,
 }
 
 impl Default for SubscribeOptions {
     fn default() -> Self {
-        Self { from: StartAt::Latest, durable: None }
+        Self { from: StartAt::Latest, durable: None, shared: false }
     }
 }

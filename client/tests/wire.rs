@@ -513,7 +513,7 @@ async fn a_subscription_yields_each_message_once_in_order_across_a_reconnect() {
         drop(publisher.publish(format!("m{i}")));
     }
     publisher.flush().await.unwrap();
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("d".into()) };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("d".into()), shared: false };
     let mut sub = client.subscribe(topic(), options).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 45 {
@@ -555,7 +555,7 @@ async fn subscribing_from_an_offset_inside_a_batch_starts_there() {
         drop(publisher.publish(format!("m{i}")));
     }
     publisher.close().await.unwrap();
-    let options = SubscribeOptions { from: StartAt::Offset(Offset(7)), durable: None };
+    let options = SubscribeOptions { from: StartAt::Offset(Offset(7)), durable: None, shared: false };
     let mut sub = client.subscribe(topic(), options).await.unwrap();
     let first = sub.next().await.unwrap().unwrap();
     assert_eq!((first.offset, first.seq, &first.payload[..]), (Offset(7), 8, &b"m7"[..]));
@@ -598,7 +598,7 @@ async fn when_the_broker_stays_away_outstanding_work_fails_after_bounded_retries
     let client = Client::connect_with(&id, options).await.unwrap();
     let publisher = client.publisher(topic(), PublisherOptions::default()).await.unwrap();
     publisher.publish("before").await.unwrap();
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("d".into()) };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("d".into()), shared: false };
     let mut sub = client.subscribe(topic(), options).await.unwrap();
     let m = sub.next().await.unwrap().unwrap();
     sub.ack(&m).unwrap();
@@ -725,7 +725,7 @@ async fn after_a_rotation_publishers_seal_under_the_new_epoch_and_subscribers_fo
     let publishing = Client::connect_with(&id, eager()).await.unwrap();
     // The reader fetches policies on its own schedule: it learns of the rotation from the batch's epoch.
     let reading = Client::connect_with(&id, quick()).await.unwrap();
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let mut sub = reading.subscribe(topic(), options).await.unwrap();
     let publisher = publishing.publisher(topic(), PublisherOptions::default()).await.unwrap();
     publisher.publish("before").await.unwrap();
@@ -751,7 +751,7 @@ async fn a_revoked_member_can_neither_seal_nor_open_the_new_epoch() {
     let alice_client = Client::connect_with(&id, eager()).await.unwrap();
     let publisher = alice_client.publisher(topic(), PublisherOptions::default()).await.unwrap();
     publisher.publish("while a member").await.unwrap();
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let mut sub = alice_client.subscribe(topic(), options).await.unwrap();
     assert_eq!(&next_item(&mut sub).await.unwrap().payload[..], b"while a member");
 
@@ -773,7 +773,7 @@ async fn a_revoked_member_can_neither_seal_nor_open_the_new_epoch() {
         Err(Error::Refused { code: sealpost_client::ErrorCode::NOT_AUTHORIZED, .. }) => {}
         other => panic!("{other:?}"),
     }
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let e = alice_client.subscribe(topic(), options).await.unwrap_err();
     assert!(matches!(e, Error::NotASubscriber { epoch: 2, .. }), "{e}");
     bob_pub.close().await.unwrap();
@@ -841,7 +841,7 @@ async fn a_subscription_reports_a_bad_policy_served_at_a_rotation_and_goes_on() 
     // publishing client's would make epoch 1 a rollback at once).
     let reading = Client::connect_with(&id, elsewhere(quick(), &dir)).await.unwrap();
     let mut sub = reading
-        .subscribe(topic(), SubscribeOptions { from: StartAt::Earliest, durable: None })
+        .subscribe(topic(), SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false })
         .await
         .unwrap();
     assert_eq!(&next_item(&mut sub).await.unwrap().payload[..], b"epoch 1");
@@ -881,7 +881,7 @@ async fn a_subscription_fetches_the_policies_again_on_schedule() {
     // A reader that has not seen epoch 2: alice on another host, with a state folder of its own.
     let reading = Client::connect_with(&id, elsewhere(eager(), &dir)).await.unwrap();
     let mut sub = reading
-        .subscribe(topic(), SubscribeOptions { from: StartAt::Earliest, durable: None })
+        .subscribe(topic(), SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false })
         .await
         .unwrap();
     assert_eq!(&next_item(&mut sub).await.unwrap().payload[..], b"epoch 1");

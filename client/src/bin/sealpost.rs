@@ -74,6 +74,10 @@ enum Command {
         /// A durable subscription name: the broker remembers what was printed and resumes after it.
         #[arg(long, value_name = "NAME")]
         durable: Option<String>,
+        /// Share the durable subscription with the other subscribers of its name (a consumer group):
+        /// each message is printed by one of them.
+        #[arg(long, requires = "durable")]
+        shared: bool,
         /// Exit after this many messages printed (acknowledged first); integrity events do not count.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
@@ -316,8 +320,8 @@ async fn run(identity: Option<PathBuf>, command: Command) -> anyhow::Result<()> 
     let client = connect(&identity).await?;
     let result = match command {
         Command::Pub { topic, messages } => publish(&client, topic, messages).await,
-        Command::Sub { topic, from, durable, count, strict } => {
-            subscribe(&client, topic, from, durable, count, strict).await
+        Command::Sub { topic, from, durable, shared, count, strict } => {
+            subscribe(&client, topic, SubscribeOptions { from, durable, shared }, count, strict).await
         }
         Command::Topic { command } => topic_command(&client, &identity, command).await,
         Command::Admin { what, json } => admin::run(&client, what, json).await,
@@ -406,12 +410,11 @@ fn not_all_published(acknowledged: usize, sent: Option<usize>, error: anyhow::Er
 async fn subscribe(
     client: &Client,
     topic: Topic,
-    from: StartAt,
-    durable: Option<String>,
+    options: SubscribeOptions,
     count: Option<u64>,
     strict: bool,
 ) -> anyhow::Result<()> {
-    let mut subscription = client.subscribe(topic, SubscribeOptions { from, durable }).await?;
+    let mut subscription = client.subscribe(topic, options).await?;
     let mut printed = 0u64;
     let mut stdout = std::io::stdout().lock();
     let result = loop {

@@ -58,7 +58,7 @@ mod durable_state;
 mod reader;
 mod task;
 
-use task::{Channels, Done, Items};
+use task::{Ack, Channels, Done, Items};
 
 /// A stream of verified messages from one topic, and of the integrity events met on the way.
 ///
@@ -89,7 +89,7 @@ use task::{Channels, Done, Items};
 ///
 /// # async fn example() -> sealpost_client::Result<()> {
 /// let client = Client::connect(&Identity::load("bob.toml")?).await?;
-/// let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("billing".into()) };
+/// let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("billing".into()), shared: false };
 /// let mut subscription = client.subscribe("demo.events".parse()?, options).await?;
 /// while let Some(item) = subscription.next().await {
 ///     match item {
@@ -145,9 +145,12 @@ pub struct Subscription {
     topic: Topic,
     items: mpsc::Receiver<Items>,
     buffered: VecDeque<Result<Message>>,
-    acks: watch::Sender<Offset>,
+    acks: watch::Sender<Ack>,
     close: oneshot::Sender<Done>,
+    /// Whether closing must commit the last acknowledgement (a durable subscription, not shared).
     durable: bool,
+    /// The stream generation of the last message yielded: what [`ack_offset`](Self::ack_offset) counts in.
+    generation: u64,
 }
 
 impl Subscription {
@@ -156,9 +159,9 @@ impl Subscription {
         topic: Topic,
         options: SubscribeOptions,
     ) -> Result<Subscription> {
-        let durable = options.durable.is_some();
+        let durable = options.durable.is_some() && !options.shared;
         let Channels { items, acks, close } = task::start(shared, &topic, options).await?;
-        Ok(Subscription { topic, items, buffered: VecDeque::new(), acks, close, durable })
+        Ok(Subscription { topic, items, buffered: VecDeque::new(), acks, close, durable, generation: 0 })
     }
 
     /// The topic subscribed to.
@@ -177,18 +180,25 @@ impl Subscription {
     /// group commit, and any received but not acked, are delivered again. Ack a message once it is
     /// processed.
     pub fn ack(&self, message: &Message) -> Result<()> {
-        self.ack_offset(message.offset.saturating_add(1))
+        self.ack_at((message.generation, message.offset.saturating_add(1)))
     }
 
-    /// Acknowledges every message below `next_offset`.
+    /// Acknowledges every message below `next_offset`. On a shared subscription, offsets go back when
+    /// the group gives this member messages to read again: this acknowledges the messages yielded so far
+    /// below `next_offset` since the last such change; prefer [`ack`](Self::ack), which knows where each
+    /// message was delivered.
     pub fn ack_offset(&self, next_offset: Offset) -> Result<()> {
+        self.ack_at((self.generation, next_offset))
+    }
+
+    fn ack_at(&self, ack: Ack) -> Result<()> {
         if self.acks.is_closed() {
             return Err(Error::Closed);
         }
         self.acks.send_if_modified(|acked| {
-            let newer = next_offset > *acked;
+            let newer = ack > *acked;
             if newer {
-                *acked = next_offset;
+                *acked = ack;
             }
             newer
         });
@@ -202,7 +212,7 @@ impl Subscription {
     /// the last acknowledgement, and fails if it cannot: the broker would then resume from an older offset.
     pub async fn close(self) -> Result<()> {
         let Subscription { mut items, buffered, acks, close, durable, .. } = self;
-        let must_commit = durable && *acks.borrow() > Offset::ZERO;
+        let must_commit = durable && acks.borrow().1 > Offset::ZERO;
         // If the task failed before it was asked, its error is among the items; it matters only if there
         // was something to commit.
         let mut failure = fatal(buffered);
@@ -246,6 +256,9 @@ impl Stream for Subscription {
         let this = self.get_mut();
         loop {
             if let Some(item) = this.buffered.pop_front() {
+                if let Ok(message) = &item {
+                    this.generation = message.generation;
+                }
                 return Poll::Ready(Some(item));
             }
             match this.items.poll_recv(cx) {

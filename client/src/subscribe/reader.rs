@@ -195,6 +195,17 @@ impl Reader {
         }
     }
 
+    /// A shared subscription's stream starts again at `offset` (a `Rewind`, or a new membership after a
+    /// reconnection): the chains it is given from now on start at the first batch seen of each, as on a
+    /// new subscription, since a chain may come back to it after other members read on; the policies
+    /// stay.
+    pub(crate) fn rewind(&mut self, offset: Offset) {
+        self.chain = ChainVerifier::new(ChainStart::FirstSeen);
+        self.next_offset = offset;
+        self.started = false;
+        self.snapshots = None;
+    }
+
     /// The offset of the next message to yield: where to resubscribe after a reconnect.
     pub(crate) fn next_offset(&self) -> Offset {
         self.next_offset
@@ -345,6 +356,7 @@ impl Reader {
                 offset: first.saturating_add(i as u64),
                 seq,
                 timestamp: header.created_at,
+                generation: 0,
             }));
         }
         self.judged(first, count, items)

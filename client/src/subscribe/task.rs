@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sealpost_protocol::{
-    ChainHead, ChainId, ErrorCode, Frame, Offset, PublicKey, StartAt, SubscriptionId, Topic,
+    ChainHead, ChainId, ChainStart, ErrorCode, Frame, Offset, PublicKey, StartAt, SubscriptionId, Topic,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -46,6 +46,10 @@ const HEAD_CHECKS: usize = 8;
 /// What the application sees of one frame, in order.
 pub(crate) type Items = Vec<Result<Message>>;
 
+/// An acknowledgement: every message yielded before the one at `next_offset` of stream `generation` (the
+/// newest is the greatest: a later generation, or a later offset in one).
+pub(crate) type Ack = (u64, Offset);
+
 /// Answers a [`Subscription::close`](crate::Subscription::close) with the outcome of closing.
 pub(crate) type Done = oneshot::Sender<Result<()>>;
 /// Where the task learns that the application closed (a `Done` to answer) or dropped the subscription.
@@ -56,7 +60,7 @@ pub(crate) struct Channels {
     /// What the task yields.
     pub(crate) items: mpsc::Receiver<Items>,
     /// The latest acknowledgement, for the task to send.
-    pub(crate) acks: watch::Sender<Offset>,
+    pub(crate) acks: watch::Sender<Ack>,
     /// Asks the task to close.
     pub(crate) close: oneshot::Sender<Done>,
 }
@@ -65,8 +69,11 @@ pub(crate) struct Channels {
 /// fails at once), fetches the topic's policies, and starts the task.
 pub(crate) async fn start(shared: Arc<Shared>, topic: &Topic, options: SubscribeOptions) -> Result<Channels> {
     let mut reconnect = Reconnector::new(shared.options.reconnect.clone());
-    let (from, durable) = (options.from, options.durable);
-    let subscribed = reconnect.run(|| subscribe_once(&shared, topic, from, durable.clone())).await;
+    let (from, durable, group) = (options.from, options.durable, options.shared);
+    if group && durable.is_none() {
+        return Err(Error::InvalidOptions { detail: "a shared subscription needs a durable name" });
+    }
+    let subscribed = reconnect.run(|| subscribe_once(&shared, topic, from, durable.clone(), group)).await;
     let (link, subscription, start_offset) = match subscribed {
         Ok(subscribed) => subscribed,
         Err(refused @ Error::Refused { code: ErrorCode::NOT_AUTHORIZED, .. }) => {
@@ -86,15 +93,20 @@ pub(crate) async fn start(shared: Arc<Shared>, topic: &Topic, options: Subscribe
     // rather than about keys it should not have anyway.
     let keys = policies::topic_keys_retrying(&shared, topic, Action::Subscribe, Freshness::Now).await?;
     keys.check_readable()?;
-    let (start, next_offset) = start_point(from, durable.is_some(), start_offset);
+    let (start, next_offset) = if group {
+        // A member is given chains from wherever they stand: each starts at its first batch seen.
+        (ChainStart::FirstSeen, start_offset)
+    } else {
+        start_point(from, durable.is_some(), start_offset)
+    };
     tracing::debug!(%topic, subscription, %start_offset, ?start, "subscribed");
     let (items_tx, items) = mpsc::channel(QUEUE);
-    let (acks, acks_rx) = watch::channel(Offset::ZERO);
+    let (acks, acks_rx) = watch::channel((0, Offset::ZERO));
     let (close, close_rx) = oneshot::channel();
     let mut reader =
         Reader::new(topic.clone(), keys, start, next_offset, shared.options.rotation_grace, shared.limits);
     let mut unchecked = Heads::new();
-    if let (Some(name), Some(folder)) = (&durable, shared.keys.state()) {
+    if let (Some(name), Some(folder), false) = (&durable, shared.keys.state(), group) {
         let seeds = match durable_state::load(folder, topic, name)? {
             Some((recorded, heads)) if start_offset >= recorded => {
                 unchecked.clone_from(&heads);
@@ -121,6 +133,9 @@ pub(crate) async fn start(shared: Arc<Shared>, topic: &Topic, options: Subscribe
         shared,
         topic: topic.clone(),
         durable,
+        group,
+        generation: 0,
+        acks_in: 0,
         link: Some(link),
         subscription,
         items: items_tx,
@@ -138,10 +153,18 @@ async fn subscribe_once(
     topic: &Topic,
     from: StartAt,
     durable: Option<String>,
+    group: bool,
 ) -> Result<(Link, SubscriptionId, Offset)> {
     let mut link = shared.open_link().await?;
     let request_id = shared.request_id();
-    link.send(&Frame::Subscribe { request_id, topic: topic.clone(), from, durable }).await?;
+    let topic_ = topic.clone();
+    let request = match durable {
+        Some(group_name) if group => {
+            Frame::SubscribeShared { request_id, topic: topic_, from, group: group_name }
+        }
+        durable => Frame::Subscribe { request_id, topic: topic_, from, durable },
+    };
+    link.send(&request).await?;
     match link.read().await? {
         Some(Frame::Subscribed { request_id: answered, subscription, start_offset })
             if answered == request_id =>
@@ -188,6 +211,14 @@ struct Task {
     shared: Arc<Shared>,
     topic: Topic,
     durable: Option<String>,
+    /// Whether it is a member of a shared durable subscription.
+    group: bool,
+    /// The stream generation of what is yielded now: bumped by each `Rewind` and each new stream of a
+    /// shared subscription ([`Message::generation`]).
+    generation: u64,
+    /// The generation the broker counts this stream's acks in: one `Rewound` is sent for each generation
+    /// it moves up, before the first ack of a later generation.
+    acks_in: u64,
     reader: Reader,
     /// When the reader's policies were last brought up to date.
     keys_checked: Instant,
@@ -196,8 +227,8 @@ struct Task {
     subscription: SubscriptionId,
     reconnect: Reconnector,
     items: mpsc::Sender<Items>,
-    acks: watch::Receiver<Offset>,
-    /// The acknowledgement last sent on the current stream.
+    acks: watch::Receiver<Ack>,
+    /// The acknowledgement last sent on the current stream, in generation `acks_in`.
     acked: Offset,
     /// Chain heads to check against the broker's before reading the stream ([`Task::check_heads`]).
     unchecked: Heads,
@@ -272,7 +303,9 @@ impl Task {
 
     /// Whether closing must commit an acknowledgement (a durable subscription that acknowledged something).
     fn must_commit(&self) -> bool {
-        self.durable.is_some() && *self.acks.borrow() > Offset::ZERO
+        // A member's acks count only on its own stream: once that is lost, what it was given goes to the
+        // other members anyway.
+        self.durable.is_some() && !self.group && self.acks.borrow().1 > Offset::ZERO
     }
 
     async fn on_frame(&mut self, frame: Result<Option<Frame>>) -> Result<Flow> {
@@ -295,6 +328,15 @@ impl Task {
                 tracing::debug!(subscription, "ignoring a loss for another subscription");
                 Vec::new()
             }
+            Ok(Some(Frame::Rewind { subscription, offset }))
+                if subscription == self.subscription && self.group =>
+            {
+                // The group gave this member chains to read back: what follows starts again at `offset`.
+                tracing::debug!(topic = %self.topic, %offset, "the group rewound this member");
+                self.generation += 1;
+                self.reader.rewind(offset);
+                Vec::new()
+            }
             Ok(Some(Frame::Error { code, message, .. })) => {
                 // UNAVAILABLE is a loss like any other; other refusals end the subscription.
                 self.absorb(Error::refused(Action::Subscribe, &self.topic, code, &message))?;
@@ -312,7 +354,7 @@ impl Task {
                 Vec::new()
             }
         };
-        if !items.is_empty() && self.items.send(items).await.is_err() {
+        if !items.is_empty() && self.send_items(items).await.is_err() {
             return Ok(Flow::Stop);
         }
         Ok(Flow::Continue)
@@ -440,16 +482,34 @@ impl Task {
         items
     }
 
-    /// Sends the latest acknowledgement if it is newer than the last one sent on this stream.
+    /// Queues `items` for the application, each message marked with the generation it was delivered in.
+    async fn send_items(&mut self, mut items: Items) -> std::result::Result<(), ()> {
+        for message in items.iter_mut().flatten() {
+            message.generation = self.generation;
+        }
+        self.items.send(items).await.map_err(|_| ())
+    }
+
+    /// Sends the latest acknowledgement if it is newer than the last one sent on this stream. One of a
+    /// later generation than the broker counts acks in is preceded by a `Rewound` for each generation
+    /// between; one of an earlier generation (delivered on a stream that is gone, or before a `Rewind`
+    /// whose `Rewound` went out) can no longer be expressed and is dropped: the next one covers it.
     async fn send_ack(&mut self) -> Result<()> {
-        let next_offset = *self.acks.borrow_and_update();
+        let (generation, next_offset) = *self.acks.borrow_and_update();
         let Some(link) = self.link.as_mut() else { return Ok(()) };
-        if next_offset <= self.acked {
+        if generation < self.acks_in || (generation == self.acks_in && next_offset <= self.acked) {
             return Ok(());
+        }
+        while self.acks_in < generation {
+            if let Err(e) = link.send(&Frame::Rewound { subscription: self.subscription }).await {
+                return self.absorb(e);
+            }
+            self.acks_in += 1;
+            self.acked = Offset::ZERO;
         }
         // A durable subscription records the chain heads it verified up to the offset before the broker
         // may commit it (`durable_state.rs`); heads no longer kept are recorded as none.
-        if let (Some(name), Some(folder)) = (&self.durable, self.shared.keys.state()) {
+        if let (Some(name), Some(folder), false) = (&self.durable, self.shared.keys.state(), self.group) {
             let heads = self.reader.heads_at(next_offset).unwrap_or_default();
             durable_state::store(folder, &self.topic, name, next_offset, &heads).await?;
         }
@@ -483,13 +543,20 @@ impl Task {
         let from = StartAt::Offset(self.reader.next_offset());
         // What was verified before the loss must still be there after it (a restarted broker, for one).
         self.unchecked.extend(self.reader.held_heads());
-        let (shared, topic, durable) = (&self.shared, &self.topic, &self.durable);
+        let (shared, topic, durable, group) = (&self.shared, &self.topic, &self.durable, self.group);
         let (link, subscription, start_offset) =
-            self.reconnect.run(|| subscribe_once(shared, topic, from, durable.clone())).await?;
+            self.reconnect.run(|| subscribe_once(shared, topic, from, durable.clone(), group)).await?;
         tracing::info!(topic = %self.topic, subscription, %start_offset, "subscribed again");
         self.link = Some(link);
         self.subscription = subscription;
         self.acked = Offset::ZERO;
+        if self.group {
+            // A new member of the group: it starts at the group's floor with the chains it is given now,
+            // and its acks count from this stream on.
+            self.generation += 1;
+            self.acks_in = self.generation;
+            self.reader.rewind(start_offset);
+        }
         self.send_ack().await
     }
 
