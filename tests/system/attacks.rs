@@ -209,7 +209,7 @@ impl Scene {
 
     /// bob subscribes to demo.chat from the earliest message (so chains are checked from genesis).
     async fn subscribe(&self) -> Subscription {
-        let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+        let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
         within("subscribe", self.bob.subscribe(chat(), options)).await.unwrap()
     }
 
@@ -927,7 +927,7 @@ async fn policy_not_signed_by_the_authority_is_reported() {
     let forged_bytes = forged.as_bytes().clone();
     scene.store.serve_policies(move |_| vec![forged_bytes.clone()]);
 
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let outcome: Result<(), Error> = within("subscribe", async {
         let mut sub = scene.bob.subscribe(chat(), options).await?;
         match sub.next().await {
@@ -986,7 +986,7 @@ async fn rollback_to_an_older_policy_epoch_after_revocation_is_reported() {
         other => panic!("expected a rollback error, got {other:?}"),
     }
     // And a subscription started after the rollback is refused the same way, delivering nothing.
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let err = within("subscribe", scene.bob.subscribe(chat(), options)).await.err();
     assert!(matches!(err, Some(Error::Policy { .. })), "{err:?}");
     scene.shutdown().await;
@@ -1033,7 +1033,7 @@ async fn rollback_to_an_older_policy_epoch_after_a_client_restart_is_reported() 
         }
         other => panic!("expected a rollback error, got {other:?}"),
     }
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let err = within("subscribe", bob.subscribe(chat(), options.clone())).await.err();
     assert!(
         matches!(err, Some(Error::Policy { check: sealpost_protocol::Error::PolicyRollback { .. }, .. })),
@@ -1060,7 +1060,8 @@ async fn batches_skipped_before_a_durable_subscriptions_resume_offset_are_report
     let scene = Scene::new(one_per_batch()).await;
     let env = &scene.env;
     scene.publish_chat(2).await;
-    let durable = || SubscribeOptions { from: StartAt::Earliest, durable: Some("audit".into()) };
+    let durable =
+        || SubscribeOptions { from: StartAt::Earliest, durable: Some("audit".into()), shared: false };
     let mut sub = within("subscribe", scene.bob.subscribe(chat(), durable())).await.unwrap();
     expect(env, &mut sub, &[msg("m0", 0, 1)]).await;
     let m1 = within("m1", sub.next()).await.unwrap().unwrap();
@@ -1245,7 +1246,7 @@ async fn a_broker_serving_a_broken_policy_history_is_reported_with_the_epoch() {
                 .collect()
         });
         let bob = connect(env, "bob", &scene.broker).await;
-        let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+        let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
         let mut sub = within("subscribe", bob.subscribe(chat(), options)).await.unwrap();
         match within("next item", sub.next()).await.expect("the stream ended") {
             Err(Error::Policy { topic, check }) => {

@@ -84,7 +84,7 @@ async fn refused_publish(env: &Env, who: &str, addr: std::net::SocketAddr) -> Er
 async fn refused_subscribe(env: &Env, who: &str, addr: std::net::SocketAddr) -> Error {
     let client =
         within("connect", Client::connect(&Identity::load(env.identity(who, addr)).unwrap())).await.unwrap();
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let result = within("subscribe", async {
         let mut sub = client.subscribe(chat(), options).await?;
         // A refusal may also arrive as the stream's first item.
@@ -134,8 +134,10 @@ async fn bob_is_refused_publish() {
     )
     .await
     .unwrap();
-    let mut sub =
-        bob.subscribe(chat(), SubscribeOptions { from: StartAt::Earliest, durable: None }).await.unwrap();
+    let mut sub = bob
+        .subscribe(chat(), SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false })
+        .await
+        .unwrap();
     let first = within("message", sub.next()).await.unwrap().unwrap();
     assert_eq!((first.offset.0, first.payload), (0, Bytes::from("still here")));
     broker.shutdown().await.unwrap();

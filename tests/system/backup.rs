@@ -43,7 +43,8 @@ async fn a_backup_taken_while_publishing_restores_every_message_acknowledged_bef
     }
     let bob = Identity::load(env.identity("bob", addr)).unwrap();
     let bob = within("connect", Client::connect(&bob)).await.unwrap();
-    let durable = || SubscribeOptions { from: StartAt::Earliest, durable: Some("audit".into()) };
+    let durable =
+        || SubscribeOptions { from: StartAt::Earliest, durable: Some("audit".into()), shared: false };
     let mut audit = within("subscribe", bob.subscribe(chat(), durable())).await.unwrap();
     let mut last = None;
     for _ in 0..5 {
@@ -134,8 +135,10 @@ async fn a_backup_taken_while_publishing_restores_every_message_acknowledged_bef
     // Every message acknowledged before the backup began, in order, each once, verified by bob's client.
     let bob = Identity::load(env.identity("bob", addr)).unwrap();
     let bob = within("connect", Client::connect(&bob)).await.unwrap();
-    let mut sub =
-        bob.subscribe(chat(), SubscribeOptions { from: StartAt::Earliest, durable: None }).await.unwrap();
+    let mut sub = bob
+        .subscribe(chat(), SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false })
+        .await
+        .unwrap();
     let last = before.iter().map(|(o, _)| *o).max().unwrap();
     let mut stored = Vec::new();
     while stored.len() as u64 <= last {

@@ -44,7 +44,7 @@ async fn read_log(env: &Env, addr: SocketAddr, last: u64) -> Vec<Bytes> {
     let bob = within("bob connects", Client::connect(&bob)).await.unwrap();
     let mut sub = within(
         "bob subscribes",
-        bob.subscribe(chat(), SubscribeOptions { from: StartAt::Earliest, durable: None }),
+        bob.subscribe(chat(), SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false }),
     )
     .await
     .unwrap();

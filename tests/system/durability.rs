@@ -31,8 +31,10 @@ async fn payload_marker_never_appears_in_any_file_under_the_data_folder() {
     // The subscriber does read it back in plaintext.
     let bob = Identity::load(env.identity("bob", broker.local_addr())).unwrap();
     let bob = within("connect", Client::connect(&bob)).await.unwrap();
-    let mut sub =
-        bob.subscribe(chat(), SubscribeOptions { from: StartAt::Earliest, durable: None }).await.unwrap();
+    let mut sub = bob
+        .subscribe(chat(), SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false })
+        .await
+        .unwrap();
     let m = within("message", sub.next()).await.unwrap().unwrap();
     assert_eq!(m.payload, Bytes::from(format!("{MARKER} #0")));
     broker.shutdown().await.unwrap();
@@ -105,8 +107,10 @@ async fn every_acknowledged_message_survives_sigkill() {
     let broker = BrokerProcess::start(&config);
     let bob = Identity::load(env.identity("bob", broker.addr)).unwrap();
     let bob = within("connect", Client::connect(&bob)).await.unwrap();
-    let mut sub =
-        bob.subscribe(chat(), SubscribeOptions { from: StartAt::Earliest, durable: None }).await.unwrap();
+    let mut sub = bob
+        .subscribe(chat(), SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false })
+        .await
+        .unwrap();
     let last = acked.iter().map(|(o, _)| *o).max().unwrap();
     let mut stored = Vec::new();
     while stored.len() as u64 <= last {

@@ -98,7 +98,7 @@ async fn a_failed_fsync_stops_the_broker_with_its_exit_status_and_a_restart_serv
     let broker = BrokerProcess::start(&config);
     let bob = Identity::load(env.identity("bob", broker.addr)).unwrap();
     let bob = within("bob connects", Client::connect(&bob)).await.unwrap();
-    let from_start = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let from_start = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let mut sub = within("bob subscribes", bob.subscribe(chat(), from_start)).await.unwrap();
     let last = acked.iter().map(|(o, _)| *o).max().unwrap();
     let mut stored = Vec::new();

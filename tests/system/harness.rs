@@ -437,8 +437,11 @@ pub async fn broker_still_serves_as(env: &Env, addr: SocketAddr, reader: &str) {
     let receipt = within("publish", publisher.publish(bytes::Bytes::from("still here"))).await.unwrap();
     let reader = Identity::load(env.identity(reader, addr)).unwrap();
     let reader = within("connect", Client::connect(&reader)).await.unwrap();
-    let options =
-        SubscribeOptions { from: sealpost_protocol::StartAt::Offset(receipt.offset), durable: None };
+    let options = SubscribeOptions {
+        from: sealpost_protocol::StartAt::Offset(receipt.offset),
+        durable: None,
+        shared: false,
+    };
     let mut sub = within("subscribe", reader.subscribe(chat, options)).await.unwrap();
     let m = within("message", sub.next()).await.unwrap().unwrap();
     assert_eq!(m.payload, bytes::Bytes::from("still here"));

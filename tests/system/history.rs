@@ -67,7 +67,7 @@ async fn read_every_epoch(env: &Env, broker: &Broker, epochs: u64) {
         }
     }
     let bob = client(env, "bob", broker).await;
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let mut sub = within("subscribe", bob.subscribe(chat(), options)).await.unwrap();
     for epoch in 1..=epochs {
         let m = within("next message", sub.next()).await.expect("the stream ended").unwrap();

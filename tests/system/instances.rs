@@ -96,7 +96,7 @@ async fn six_publisher_instances_of_one_identity_on_one_topic_are_each_delivered
     }
 
     let bob = client(&Identity::load(env.identity("bob", addr)).unwrap()).await;
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let mut sub = within("subscribe", bob.subscribe(chat(), options)).await.unwrap();
     let mut received: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     let mut offsets = Vec::new();

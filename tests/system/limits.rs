@@ -61,7 +61,7 @@ async fn subscriptions_beyond_the_per_connection_limit_are_refused() {
     let limits = ServerLimits { max_subscriptions_per_connection: 2, ..ServerLimits::default() };
     let broker = start(&mut env, limits).await;
     let bob = client(&env, "bob", &broker).await;
-    let options = || SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = || SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let _a = within("subscribe", bob.subscribe(chat(), options())).await.unwrap();
     let _b = within("subscribe", bob.subscribe(chat(), options())).await.unwrap();
     let err = within("third subscription", bob.subscribe(chat(), options())).await.err().unwrap();
@@ -100,7 +100,7 @@ async fn publishes_beyond_the_principal_rate_are_refused() {
     assert!((20..500).contains(&acked), "{acked} acknowledged");
     // Other principals are not limited by alice's rate: bob can still read what was stored.
     let bob = client(&env, "bob", &broker).await;
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let mut sub = within("subscribe", bob.subscribe(chat(), options)).await.unwrap();
     let first = within("message", futures_util::StreamExt::next(&mut sub)).await.unwrap().unwrap();
     assert_eq!(first.payload, Bytes::from("m0"));
@@ -134,7 +134,7 @@ async fn subscriptions_of_one_connection_share_its_budget_without_waiting_on_eac
     let bob = client(&env, "bob", &broker).await;
     let mut readers = tokio::task::JoinSet::new();
     for _ in 0..16 {
-        let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+        let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
         let mut sub = within("subscribe", bob.subscribe(chat(), options)).await.unwrap();
         readers.spawn(async move {
             let mut firsts = Vec::new();

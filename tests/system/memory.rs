@@ -52,7 +52,7 @@ async fn flood(bob_topic: &str) -> (u64, u64) {
 
     let bob = Identity::load(env.identity("bob", broker.addr)).unwrap();
     let bob = within("connect", Client::connect(&bob)).await.unwrap();
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let mut sub = within("subscribe", bob.subscribe(Topic::new(bob_topic).unwrap(), options)).await.unwrap();
     let read = Arc::new(AtomicU64::new(0));
     let reader = {

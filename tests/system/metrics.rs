@@ -160,7 +160,7 @@ async fn a_scripted_session_moves_the_counters_by_what_it_did() {
     let bob = within("connect", Client::connect(&Identity::load(env.identity("bob", addr)).unwrap()))
         .await
         .unwrap();
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let mut subscription = within("subscribe", bob.subscribe(chat(), options)).await.unwrap();
     for text in ["one", "two"] {
         let message = within("message", subscription.next()).await.unwrap().unwrap();

@@ -85,7 +85,7 @@ async fn a_minute_long_outage_under_a_time_budget_loses_and_duplicates_nothing()
     // bob reads every message once, in order: the resends of the outage were deduplicated.
     let bob = Identity::load(env.identity("bob", addr)).unwrap();
     let bob = within("connect", Client::connect(&bob)).await.unwrap();
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let mut subscription = within("subscribe", bob.subscribe(chat(), options)).await.unwrap();
     for i in 0..300 {
         let got = within("read", subscription.next()).await.unwrap().unwrap();

@@ -34,7 +34,7 @@ async fn next(sub: &mut Subscription) -> Message {
 }
 
 async fn subscribe(client: &Client, from: StartAt, durable: Option<&str>) -> Subscription {
-    let options = SubscribeOptions { from, durable: durable.map(String::from) };
+    let options = SubscribeOptions { from, durable: durable.map(String::from), shared: false };
     within("subscribe", client.subscribe(chat(), options)).await.unwrap()
 }
 

@@ -195,7 +195,7 @@ async fn revocation_closes_the_revoked_client_within_a_second(sighup: bool) {
     let _bobs_subscription = subscribe(&bob, "demo.chat").await;
     let alice = Identity::load(scene.env.identity("alice", addr)).unwrap();
     let alice = within("connect", Client::connect(&alice)).await.unwrap();
-    let options = SubscribeOptions { from: StartAt::Latest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Latest, durable: None, shared: false };
     let mut alices = within("subscribe", alice.subscribe(topic("demo.chat"), options)).await.unwrap();
 
     write_atomically(&scene.path("crl.pem"), &scene.env.ca.crl(&[&bob_cert]).unwrap());

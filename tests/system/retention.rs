@@ -96,7 +96,8 @@ async fn a_topic_kept_to_10_mib_stays_under_12_mib_and_readers_below_its_first_o
         within("publish", publisher.publish(payload(i))).await.unwrap();
     }
     let bob = connect(&env, "bob", addr).await;
-    let durable = || SubscribeOptions { from: StartAt::Earliest, durable: Some("audit".into()) };
+    let durable =
+        || SubscribeOptions { from: StartAt::Earliest, durable: Some("audit".into()), shared: false };
     let mut audit = within("subscribe", bob.subscribe(chat(), durable())).await.unwrap();
     let mut last = None;
     for _ in 0..2 {
@@ -147,13 +148,13 @@ async fn a_topic_kept_to_10_mib_stays_under_12_mib_and_readers_below_its_first_o
 
     // From the earliest offset: told, then the rest in order, every chain verifying across the cut.
     let reader = connect(&env, "bob", addr).await;
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let mut earliest = within("subscribe", reader.subscribe(chat(), options)).await.unwrap();
     let first = read_after_the_cut(&mut earliest, 0).await;
     let kept = (MESSAGES - first) * MESSAGE as u64;
     assert!(kept <= KEEP && kept + 2 * 1024 * 1024 > KEEP, "{kept} bytes of payload kept");
     // From an offset the rule removed.
-    let options = SubscribeOptions { from: StartAt::Offset(Offset(5)), durable: None };
+    let options = SubscribeOptions { from: StartAt::Offset(Offset(5)), durable: None, shared: false };
     let mut from_five = within("subscribe", reader.subscribe(chat(), options)).await.unwrap();
     assert_eq!(read_after_the_cut(&mut from_five, 5).await, first);
     // The durable subscription had committed offset 2.

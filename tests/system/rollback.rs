@@ -85,7 +85,8 @@ async fn a_tail_removed_from_the_data_folder_is_reported_to_the_publishers_next_
     assert_eq!(broker.addr, addr);
     alice_publishes(&env, addr, &["m2", "m3"]).await;
     let bob = connect(&env, "bob", addr).await;
-    let durable = || SubscribeOptions { from: StartAt::Earliest, durable: Some("audit".into()) };
+    let durable =
+        || SubscribeOptions { from: StartAt::Earliest, durable: Some("audit".into()), shared: false };
     let mut audit = within("subscribe", bob.subscribe(chat(), durable())).await.unwrap();
     let mut last = None;
     for _ in 0..4 {
@@ -109,7 +110,7 @@ async fn a_tail_removed_from_the_data_folder_is_reported_to_the_publishers_next_
         ..ClientOptions::default()
     };
     let watcher = within("connect", Client::connect_with(&watcher, patient)).await.unwrap();
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let mut live = within("subscribe", watcher.subscribe(chat(), options)).await.unwrap();
     assert_eq!(payloads(&mut live, 4).await, texts(&["m0", "m1", "m2", "m3"]));
 

@@ -89,7 +89,7 @@ async fn read_all(
 ) -> (Vec<(u64, Bytes)>, Vec<std::ops::Range<u64>>) {
     let bob = Identity::load(env.identity("bob", addr)).unwrap();
     let bob = within("bob connects", Client::connect(&bob)).await.unwrap();
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: None };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
     let mut sub = within("bob subscribes", bob.subscribe(chat(), options)).await.unwrap();
     let (mut messages, mut lost) = (Vec::new(), Vec::new());
     let mut next = 0;
