@@ -227,6 +227,28 @@ pub enum Event<'a> {
         /// The topic.
         topic: &'a Topic,
     },
+    /// A subscriber joined a shared durable subscription's group (before its `SubscribeAccepted`; a
+    /// subscription then refused is followed by a `SharedLeft`).
+    SharedJoined {
+        /// Who.
+        who: Who<'a>,
+        /// The topic.
+        topic: &'a Topic,
+    },
+    /// A member left a shared durable subscription's group (its stream ended); its chains went to the
+    /// others.
+    SharedLeft {
+        /// The topic.
+        topic: &'a Topic,
+    },
+    /// A member of a shared durable subscription was sent a `Rewind`: it was given chains whose
+    /// unacknowledged batches lie behind it, and reads them again.
+    SharedRewind {
+        /// Who.
+        who: Who<'a>,
+        /// The topic.
+        topic: &'a Topic,
+    },
     /// A subscription started.
     SubscribeAccepted {
         /// Who.
@@ -343,6 +365,9 @@ impl Event<'_> {
             Event::Delivered { .. } => "delivered",
             Event::AckReceived { .. } => "ack_received",
             Event::OffsetCommitted { .. } => "offset_committed",
+            Event::SharedJoined { .. } => "shared_joined",
+            Event::SharedLeft { .. } => "shared_left",
+            Event::SharedRewind { .. } => "shared_rewind",
             Event::SubscribeAccepted { .. } => "subscribe_accepted",
             Event::SubscribeRefused { .. } => "subscribe_refused",
             Event::PolicyReadRefused { .. } => "policy_read_refused",

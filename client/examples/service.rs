@@ -11,6 +11,7 @@
 //! Arguments: the identity file (or `SEALPOST_IDENTITY`), the topic (default `demo.events`), and how many
 //! messages to read before stopping (default: until Ctrl-C). `RUST_LOG=info` shows the client's reconnects.
 //! Run it twice: the durable subscription resumes after the last message the first run acknowledged.
+//! Run several at once and they share the subscription as a consumer group, each message read by one.
 
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ const EVENTS: usize = 1_000;
 /// Most messages awaiting their receipts at once: the producer's own bound (the client queues without
 /// one).
 const WINDOW: usize = 128;
-/// The durable subscription's name: the broker keeps its acknowledged position across runs.
+/// The shared durable subscription's name: the broker keeps its acknowledged position across runs.
 const DURABLE: &str = "service-example";
 
 #[tokio::main]
@@ -82,10 +83,11 @@ async fn main() -> anyhow::Result<()> {
 async fn run(client: &Client, me: String, topic: Topic, count: Option<usize>) -> anyhow::Result<()> {
     publish(client, &me, topic.clone()).await?;
 
-    // A durable subscription: the first run starts from the earliest message; later runs resume after the
-    // last message a run acknowledged. Starting fails with `NotASubscriber`, `NoPolicy` or `NoContentKey`
+    // A shared durable subscription (a consumer group): the first run starts from the earliest message;
+    // later runs resume after what the runs acknowledged; runs at the same time share the messages, each
+    // given whole publisher chains. Starting fails with `NotASubscriber`, `NoPolicy` or `NoContentKey`
     // if the topic's policy does not let this identity read (the message says whom to ask), or `Refused`.
-    let options = SubscribeOptions { from: StartAt::Earliest, durable: Some(DURABLE.into()), shared: false };
+    let options = SubscribeOptions { from: StartAt::Earliest, durable: Some(DURABLE.into()), shared: true };
     let mut subscription = client.subscribe(topic, options).await?;
     let consumed = consume(&mut subscription, count).await;
     // Sends the last acknowledgement and waits until the broker has it (for a durable subscription, fails

@@ -157,7 +157,12 @@ impl Observer for AuditObserver {
                 entry.refuse(code_name(code))
             }
             Event::PublishFailed { ref who, code } => by(Action::Publish, who).refuse(code_name(code)),
-            Event::Delivered { .. } | Event::AckReceived { .. } | Event::OffsetCommitted { .. } => return,
+            Event::Delivered { .. }
+            | Event::AckReceived { .. }
+            | Event::OffsetCommitted { .. }
+            | Event::SharedJoined { .. }
+            | Event::SharedLeft { .. }
+            | Event::SharedRewind { .. } => return,
             Event::SubscribeAccepted { ref who, topic, durable, created } => {
                 if let (Some(name), true) = (durable, created) {
                     let created = by(Action::DurableCreate, who).topic(topic.as_str()).allow();

@@ -220,6 +220,8 @@ pub struct Metrics {
     delivered_messages: Family<TopicLabel, Counter>,
     delivered_bytes: Family<TopicLabel, Counter>,
     acks_received: Family<TopicLabel, Counter>,
+    shared_members: Family<TopicLabel, Gauge>,
+    shared_rewinds: Family<TopicLabel, Counter>,
     offset_commits: Family<TopicLabel, Counter>,
     subscriptions: Family<KindLabel, Counter>,
     policies_stored: Counter,
@@ -275,6 +277,8 @@ impl Metrics {
             delivered_messages: Family::default(),
             delivered_bytes: Family::default(),
             acks_received: Family::default(),
+            shared_members: Family::default(),
+            shared_rewinds: Family::default(),
             offset_commits: Family::default(),
             subscriptions: Family::default(),
             policies_stored: Counter::default(),
@@ -355,6 +359,16 @@ impl Metrics {
             "acks_received",
             "Acknowledgements received from durable subscriptions, by topic",
             m.acks_received.clone(),
+        );
+        r.register(
+            "shared_members",
+            "Members of shared durable subscriptions (consumer groups) now, by topic",
+            m.shared_members.clone(),
+        );
+        r.register(
+            "shared_rewinds",
+            "Rewinds sent to members of shared durable subscriptions (given chains to read back when another left), by topic",
+            m.shared_rewinds.clone(),
         );
         r.register(
             "offset_commits",

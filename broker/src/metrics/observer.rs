@@ -38,6 +38,15 @@ impl Observer for Metrics {
             Event::OffsetCommitted { topic, .. } => {
                 self.offset_commits.get_or_create(&self.topic(topic)).inc();
             }
+            Event::SharedJoined { topic, .. } => {
+                self.shared_members.get_or_create(&self.topic(topic)).inc();
+            }
+            Event::SharedLeft { topic } => {
+                self.shared_members.get_or_create(&self.topic(topic)).dec();
+            }
+            Event::SharedRewind { topic, .. } => {
+                self.shared_rewinds.get_or_create(&self.topic(topic)).inc();
+            }
             Event::SubscribeAccepted { durable, created, .. } => {
                 let kind = match (durable, created) {
                     (None, _) => "ephemeral",

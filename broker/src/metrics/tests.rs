@@ -167,3 +167,55 @@ fn a_retention_pass_moves_the_first_offset_and_counts_what_it_gave_back() {
     assert_eq!(sample(&text, "sealpost_retention_segments_removed_total"), 3.0);
     assert_eq!(sample(&text, "sealpost_retention_freed_bytes_total"), f64::from(3 << 20));
 }
+
+#[tokio::test]
+async fn members_of_shared_subscriptions_and_their_rewinds_are_counted() {
+    let now = Instant::now();
+    let metrics = Arc::new(Metrics::new(MetricsSettings::default()).with_zero_series());
+    let (endpoint, store) = observed_endpoint(ServerLimits::default(), now, metrics.clone());
+    let log = Log::with_metrics(store.clone(), 0, Some(metrics.clone())).unwrap();
+    let alice = Connection::open(&endpoint, Ok(peer("alice")), Arc::new(Windows::default()), now).unwrap();
+    let publish = Frame::Publish { request_id: 1, batch: batch_bytes(&key("alice"), "demo.chat") };
+    let PublishAction::Submit { topic: t, batch, .. } =
+        alice.publish_stream().on_frame(publish, store.as_ref(), now)
+    else {
+        panic!("not submitted");
+    };
+    log.submit(t, *batch).await.unwrap();
+    let end = *log.durable_end(&topic("demo.chat")).unwrap().borrow();
+    let member = |request_id| {
+        let bob = Connection::open(&endpoint, Ok(peer("bob")), Arc::new(Windows::default()), now).unwrap();
+        let join = Frame::SubscribeShared {
+            request_id,
+            topic: topic("demo.chat"),
+            from: StartAt::Earliest,
+            group: "workers".into(),
+        };
+        let mut subscribing = bob.subscribe(join).unwrap();
+        assert!(subscribing.join(store.as_ref(), end).unwrap(), "joined");
+        (bob, subscribing.start(store.as_ref(), end).unwrap())
+    };
+    let (_first, mut leaving) = member(1);
+    let (_second, mut staying) = member(2);
+    let text = metrics.encode();
+    assert_eq!(sample(&text, "sealpost_shared_members{topic=\"demo.chat\"}"), 2.0);
+
+    // The first is given alice's batch (its chain), and leaves without acknowledging it.
+    let read = leaving.cursor.next_read(end).unwrap();
+    let items =
+        crate::store::Store::read(store.as_ref(), &topic("demo.chat"), read.from, read.max_bytes).unwrap();
+    for item in items {
+        assert!(leaving.cursor.deliver(item, end).into_frame().is_some());
+    }
+    drop(leaving);
+    let rewind = staying.cursor.take_rewind();
+    assert!(
+        matches!(rewind, Some(Frame::Rewind { offset, .. }) if offset == sealpost_protocol::Offset(0)),
+        "{rewind:?}"
+    );
+    let text = metrics.encode();
+    assert_eq!(sample(&text, "sealpost_shared_members{topic=\"demo.chat\"}"), 1.0);
+    assert_eq!(sample(&text, "sealpost_shared_rewinds_total{topic=\"demo.chat\"}"), 1.0);
+    drop(staying);
+    log.close().await.unwrap();
+}

@@ -160,7 +160,9 @@ impl Subscribing {
             start_offset(self.from, committed, durable_end)
         });
         let Some((id, lease, start)) = joined else { return Ok(false) };
-        self.member = Some(Membership { group, id, _lease: lease, start, created });
+        let (endpoint, topic) = (self.endpoint.clone(), self.topic.clone());
+        endpoint.emit(&Event::SharedJoined { who: Who::of(&self.peer, self.remote), topic: &topic });
+        self.member = Some(Membership { group, id, _lease: lease, start, created, endpoint, topic });
         Ok(true)
     }
 
@@ -321,11 +323,15 @@ struct Membership {
     start: Offset,
     /// Whether joining created the durable subscription.
     created: bool,
+    /// For the events.
+    endpoint: Arc<Endpoint>,
+    topic: Topic,
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
         self.group.leave(self.id);
+        self.endpoint.emit(&Event::SharedLeft { topic: &self.topic });
     }
 }
 
@@ -542,6 +548,8 @@ impl Cursor {
         let (group, member) = self.group.as_ref()?;
         let offset = group.take_rewind(*member)?;
         self.next = offset;
+        let who = Who::of(&self.peer, self.remote);
+        self.endpoint.emit(&Event::SharedRewind { who, topic: &self.topic });
         Some(Frame::Rewind { subscription: self.subscription, offset })
     }
 

@@ -89,6 +89,7 @@ use task::{Ack, Channels, Done, Items};
 ///
 /// # async fn example() -> sealpost_client::Result<()> {
 /// let client = Client::connect(&Identity::load("bob.toml")?).await?;
+/// // `shared: true` would make this a consumer group's member.
 /// let options = SubscribeOptions { from: StartAt::Earliest, durable: Some("billing".into()), shared: false };
 /// let mut subscription = client.subscribe("demo.events".parse()?, options).await?;
 /// while let Some(item) = subscription.next().await {
@@ -121,6 +122,19 @@ use task::{Ack, Channels, Done, Items};
 /// ([`SubscribeOptions::durable`]) the broker commits the acknowledged offset and resumes there, in this
 /// process after a reconnection or in the next one; delivery is at least once (see [`ack`](Self::ack)).
 /// [`close`](Self::close) sends the last acknowledgement before it returns.
+///
+/// # Shared subscriptions (consumer groups)
+///
+/// With [`SubscribeOptions::shared`], the subscribers of a durable name share its messages: the broker
+/// gives each member whole publisher chains, so each member still verifies what it is yielded end to end.
+/// When the group's membership changes (a member joins, leaves or dies), a member may be given chains
+/// another held: it is then given their unacknowledged messages (at offsets below those it yielded:
+/// offsets only grow between such changes), and may be given again messages it was given before and
+/// had not acknowledged. Its chains' checks start over there, as on a new subscription. Acknowledge with
+/// [`ack`](Self::ack), which knows which of these streams a message came from; the broker commits the
+/// group's position (below it, every message was acknowledged by the member it went to) and a group
+/// formed again resumes there. Closing a member gives its chains to the others at once; a member that
+/// dies is noticed when its connection times out.
 ///
 /// # Backpressure
 ///
@@ -169,8 +183,8 @@ impl Subscription {
         &self.topic
     }
 
-    /// Acknowledges `message` and every message before it: for a durable subscription, the broker resumes
-    /// after it next time. Acknowledgements are sent in the background, latest first (an older one than
+    /// Acknowledges `message` and every message yielded before it: for a durable subscription, the broker
+    /// resumes after it next time. Acknowledgements are sent in the background, latest first (an older one than
     /// already sent is ignored); [`close`](Self::close) sends the last one before it returns.
     ///
     /// Acking every message is cheap: acks are coalesced, the newest winning, here (only the latest not
