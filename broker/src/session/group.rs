@@ -71,10 +71,12 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// The group named `key`, made if it has no member now.
+    /// The group named `key`, made if none is held now. A group is forgotten once it has no member and
+    /// no one holds it (a subscriber about to join does), so that two subscribers joining at once join
+    /// one group.
     pub fn group(&self, key: &DurableKey) -> Arc<Group> {
         let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
-        groups.retain(|_, group| !group.is_empty());
+        groups.retain(|_, group| Arc::strong_count(group) > 1 || !group.is_empty());
         groups.entry(key.clone()).or_insert_with(|| Arc::new(Group::new(key.clone()))).clone()
     }
 
@@ -586,6 +588,24 @@ mod tests {
                 .map(|(i, &c)| (Offset(first + i as u64), Offset(first + i as u64 + 1), chain(c))),
         );
         log
+    }
+
+    #[test]
+    fn subscribers_joining_at_once_join_one_group_and_an_unheld_empty_group_is_forgotten() {
+        let groups = Groups::default();
+        let leases = Arc::new(DurableLeases::default());
+        let first = groups.group(&key());
+        let second = groups.group(&key());
+        assert!(Arc::ptr_eq(&first, &second), "the first has not joined yet: still one group");
+        let (a, _lease_a, _) = first.join(&leases, || Offset(0)).unwrap();
+        let (b, _lease_b, _) = second.join(&leases, || Offset(0)).unwrap();
+        assert_eq!(first.members(), 2);
+        first.leave(a);
+        second.leave(b);
+        drop((first, second));
+        assert!(groups.is_empty());
+        let again = groups.group(&key());
+        assert_eq!(again.members(), 0, "a new group");
     }
 
     #[test]
