@@ -153,5 +153,6 @@ pub use sealpost_protocol as protocol;
 /// [`Error::Protocol`]. Match on it to tell which check failed; it is `#[non_exhaustive]`.
 pub use sealpost_protocol::Error as ProtocolError;
 pub use sealpost_protocol::{
-    ErrorCode, KeyId, Offset, Principal, PublicKey, StartAt, Timestamp, Topic, VerifiedPolicy,
+    ErrorCode, HeaderName, Headers, KeyId, Offset, Principal, PublicKey, StartAt, Timestamp, Topic,
+    VerifiedPolicy,
 };
