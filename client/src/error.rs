@@ -309,7 +309,7 @@ pub enum Error {
     /// A message is too large to fit in a sealed batch on its own.
     #[error("message of {len} bytes is too large: the limit is {max} bytes")]
     MessageTooLarge {
-        /// The payload size.
+        /// The payload size, with its encoded headers if it has any.
         len: usize,
         /// The largest payload that fits.
         max: usize,

@@ -50,3 +50,27 @@ impl fmt::Debug for Message {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sealpost_protocol::SigningKey;
+
+    use super::*;
+
+    #[test]
+    fn debug_shows_neither_the_payload_nor_header_values() {
+        let message = Message {
+            payload: Bytes::from_static(b"payload-secret"),
+            headers: Headers::new().with("authorization", "header-secret").unwrap(),
+            publisher: "alice".parse().unwrap(),
+            publisher_key: SigningKey::from_bytes(&[1; 32]).public_key(),
+            topic: "demo.chat".parse().unwrap(),
+            offset: Offset(3),
+            seq: 4,
+            timestamp: Timestamp(5),
+        };
+        let shown = format!("{message:?}");
+        assert!(shown.contains("payload_len: 14") && shown.contains("authorization"), "{shown}");
+        assert!(!shown.contains("payload-secret") && !shown.contains("header-secret"), "{shown}");
+    }
+}

@@ -195,7 +195,7 @@ fn headers_count_towards_the_batch_size_limit() {
         &content_key(),
         params(1, Digest::ZERO),
         &[b"p"],
-        &[big.clone()],
+        std::slice::from_ref(&big),
         &limits,
         &mut rng(11),
     )
