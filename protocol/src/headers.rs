@@ -34,10 +34,11 @@
 //! ```
 //!
 //! The payload is the rest of the plaintext. The order is fixed and every length is exact, so a set of
-//! headers has one encoding: [`Headers::decode_section`] refuses unsorted or repeated names, a name or a
-//! value outside its rule, and a count or a length over its limit. A message without headers costs one
-//! byte (`count = 0`) in a version-3 batch, and nothing in a batch of version 1 or 2, which
-//! [`seal`](crate::seal) writes whenever no message of the batch has headers.
+//! headers has one encoding: the decoder, which [`VerifiedBatch::decrypt`](crate::VerifiedBatch::decrypt)
+//! runs on every record of a version-3 batch, refuses unsorted or repeated names, a name or a value outside
+//! its rule, and a count or a length over its limit. A message without headers costs one byte
+//! (`count = 0`) in a version-3 batch, and nothing in a batch of version 1 or 2, which
+//! [`seal_with_headers`](crate::seal_with_headers) writes whenever no message of the batch has headers.
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
