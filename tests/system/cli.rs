@@ -164,6 +164,19 @@ fn cli_publishes_headers_and_prints_them_before_the_payload() {
     let mut publish = sealpost(&broker, "alice");
     publish.args(["pub", "demo.chat", "--header", "no-equals-sign", "never sent"]);
     assert!(!run(publish, None).status.success());
+    let mut publish = sealpost(&broker, "alice");
+    publish.args(["pub", "demo.chat", "--header", "a=1", "--header", "a=2", "never sent"]);
+    let out = run(publish, None);
+    assert!(!out.status.success());
+    assert_eq!(text(&out.stderr).trim_end(), "sealpost: --header a is given twice");
+    // None of them was published: bob's next message is the next one alice publishes.
+    let mut publish = sealpost(&broker, "alice");
+    publish.args(["pub", "demo.chat", "last"]);
+    assert!(run(publish, None).status.success());
+    let mut subscribe = sealpost(&broker, "bob");
+    subscribe.args(["sub", "demo.chat", "--from", "3", "--count", "1"]);
+    let out = run(subscribe, None);
+    assert_eq!(text(&out.stdout), "last\n");
 }
 
 #[test]

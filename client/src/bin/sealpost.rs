@@ -321,6 +321,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(identity: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
+    // Checked before anything else, like the other arguments.
+    let headers = match &command {
+        Command::Pub { headers, .. } => headers_of(headers)?,
+        _ => Headers::new(),
+    };
     let Some(identity) = identity else {
         bail!("no identity file: pass --identity FILE or set SEALPOST_IDENTITY");
     };
@@ -337,7 +342,7 @@ async fn run(identity: Option<PathBuf>, command: Command) -> anyhow::Result<()> 
     }
     let client = connect(&identity).await?;
     let result = match command {
-        Command::Pub { topic, headers, messages } => publish(&client, topic, headers, messages).await,
+        Command::Pub { topic, messages, .. } => publish(&client, topic, headers, messages).await,
         Command::Sub { topic, from, durable, count, strict } => {
             subscribe(&client, topic, from, durable, count, strict).await
         }
@@ -372,20 +377,25 @@ async fn topic_command(client: &Client, identity: &Identity, command: TopicComma
     topic::change(client, identity, &topic, &change, &members).await
 }
 
+/// The headers of `--header NAME=VALUE` arguments (names already checked by [`parse_header`]): a name given
+/// twice, or a value or a count over its limit, is an error.
+fn headers_of(pairs: &[(String, String)]) -> anyhow::Result<Headers> {
+    let mut headers = Headers::new();
+    for (name, value) in pairs {
+        if headers.insert(name, value.as_str()).with_context(|| format!("--header {name}"))?.is_some() {
+            bail!("--header {name} is given twice");
+        }
+    }
+    Ok(headers)
+}
+
 async fn publish(
     client: &Client,
     topic: Topic,
-    headers: Vec<(String, String)>,
+    headers: Headers,
     messages: Vec<String>,
 ) -> anyhow::Result<()> {
     let given = (!messages.is_empty()).then_some(messages.len());
-    let mut with = Headers::new();
-    for (name, value) in headers {
-        if with.insert(&name, value)?.is_some() {
-            bail!("--header {name} given twice");
-        }
-    }
-    let headers = with;
     let publisher = match client.publisher(topic, PublisherOptions::default()).await {
         Ok(publisher) => publisher,
         Err(e) => return Err(not_all_published(0, given, e.into())),
