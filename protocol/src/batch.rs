@@ -482,21 +482,20 @@ pub fn seal_with_headers<M: AsRef<[u8]>>(
     })
 }
 
-/// Seals `count` records, record `i` holding the plaintext `write(i, out)` appends to `out` (`plain_len`
-/// bytes over all records), in format version 3 if `with_headers`, else 2 (1 on the legacy chain).
+/// Seals `n` records, record `i` holding the plaintext `write(i, out)` appends to `out` (`plain_len` bytes
+/// over all records), in format version 3 if `with_headers`, else 2 (1 on the legacy chain).
 #[allow(clippy::too_many_arguments)]
 fn seal_records(
     signer: &SigningKey,
     key: &ContentKey,
     params: SealParams,
     with_headers: bool,
-    count: usize,
+    n: usize,
     plain_len: usize,
     limits: &Limits,
     rng: &mut impl CryptoRngCore,
     mut write: impl FnMut(usize, &mut Vec<u8>),
 ) -> Result<VerifiedBatch> {
-    let n = count;
     let count = u32::try_from(n).map_err(|_| Error::TooLarge {
         what: "batch message count",
         len: n as u64,
