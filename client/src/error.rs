@@ -232,6 +232,8 @@ pub enum Error {
     /// `check` says which check failed, as a [`ProtocolError`] (the protocol crate's error type): for
     /// example [`BadSignature`](ProtocolError::BadSignature) or
     /// [`TamperedRecord`](ProtocolError::TamperedRecord) (altered or forged),
+    /// [`MalformedHeaders`](ProtocolError::MalformedHeaders) (a publisher sealed headers that break the
+    /// format's rules),
     /// [`Gap`](ProtocolError::Gap) (batches withheld or deleted), [`Replay`](ProtocolError::Replay),
     /// [`Reorder`](ProtocolError::Reorder), [`Fork`](ProtocolError::Fork),
     /// [`UnknownEpoch`](ProtocolError::UnknownEpoch) (no content key for the batch's epoch) or
@@ -309,7 +311,7 @@ pub enum Error {
     /// A message is too large to fit in a sealed batch on its own.
     #[error("message of {len} bytes is too large: the limit is {max} bytes")]
     MessageTooLarge {
-        /// The payload size.
+        /// The payload size, with its encoded headers if it has any.
         len: usize,
         /// The largest payload that fits.
         max: usize,

@@ -67,6 +67,8 @@
 //!   [`ClientOptions::policy_refresh`] of a rotation. With a state folder, a publisher continues the chain
 //!   a previous process of the identity acknowledged (one live publisher per chain), and a broker whose
 //!   head of that chain is behind what was acknowledged is an [`Error::RolledBack`], not continued.
+//!   [`Publisher::publish_with`] attaches user [`Headers`] to a message: they are sealed inside its record
+//!   with the payload, so they are as confidential and authentic as the payload ([`Message::headers`]).
 //! - **Subscribing.** A [`Message`] is yielded only if its batch's signature verified, the signer is a
 //!   publisher in the topic policy of the batch's epoch, that epoch is the current one or the batch was
 //!   sealed while it was (its `created_at` before the next epoch's policy, plus
@@ -91,7 +93,7 @@
 //! [`Error::RolledBack`]); and without one it does not detect a range skipped before the committed offset
 //! a durable subscription resumes from (the broker holds that offset). A batch sealed
 //! under an epoch whose policy the broker no longer serves (two rotations ago) cannot be read. It never
-//! logs payloads or keys.
+//! logs payloads, header values or keys.
 //!
 //! # How it is built
 //!
@@ -153,5 +155,6 @@ pub use sealpost_protocol as protocol;
 /// [`Error::Protocol`]. Match on it to tell which check failed; it is `#[non_exhaustive]`.
 pub use sealpost_protocol::Error as ProtocolError;
 pub use sealpost_protocol::{
-    ErrorCode, KeyId, Offset, Principal, PublicKey, StartAt, Timestamp, Topic, VerifiedPolicy,
+    ErrorCode, HeaderName, Headers, KeyId, Offset, Principal, PublicKey, StartAt, Timestamp, Topic,
+    VerifiedPolicy,
 };

@@ -12,24 +12,26 @@ pub(crate) mod context {
     pub(crate) const BATCH_V1: &str = "sealpost 2026-11-23 batch v1";
     pub(crate) const BATCH_HEADER_V2: &str = "sealpost 2026-12-20 batch header v2";
     pub(crate) const BATCH_V2: &str = "sealpost 2026-12-20 batch v2";
+    pub(crate) const BATCH_HEADER_V3: &str = "sealpost 2026-12-06 batch header v3";
+    pub(crate) const BATCH_V3: &str = "sealpost 2026-12-06 batch v3";
     pub(crate) const KEY_ID: &str = "sealpost 2026-11-23 key id v1";
     pub(crate) const POLICY: &str = "sealpost 2026-11-23 policy v1";
 
-    /// The header-digest context of batch format `version` (1 or 2; the decoder admits no other).
+    /// The header-digest context of batch format `version` (1, 2 or 3; the decoder admits no other).
     pub(crate) fn batch_header(version: u8) -> &'static str {
-        if version == 1 {
-            BATCH_HEADER_V1
-        } else {
-            BATCH_HEADER_V2
+        match version {
+            1 => BATCH_HEADER_V1,
+            2 => BATCH_HEADER_V2,
+            _ => BATCH_HEADER_V3,
         }
     }
 
-    /// The batch-digest context of batch format `version` (1 or 2; the decoder admits no other).
+    /// The batch-digest context of batch format `version` (1, 2 or 3; the decoder admits no other).
     pub(crate) fn batch(version: u8) -> &'static str {
-        if version == 1 {
-            BATCH_V1
-        } else {
-            BATCH_V2
+        match version {
+            1 => BATCH_V1,
+            2 => BATCH_V2,
+            _ => BATCH_V3,
         }
     }
 }

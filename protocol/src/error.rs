@@ -80,6 +80,12 @@ pub enum Error {
     /// 64 bytes of ASCII letters, digits, `.`, `_` and `-`.
     #[error("invalid principal name: {0}")]
     InvalidPrincipal(&'static str),
+    /// A message header breaks a rule of [`headers`](crate::headers): an empty name or one with a byte
+    /// other than A-Z a-z 0-9 `.` `_` `-`, a value that is not UTF-8, names not in strictly ascending order
+    /// (unsorted or repeated) in an encoded header section, or headers on a batch of the legacy chain
+    /// (format version 1 has no room for them). Limits are [`Error::TooLarge`].
+    #[error("invalid header: {0}")]
+    InvalidHeader(&'static str),
     /// Key bytes do not form a valid key.
     #[error("invalid key: {0}")]
     InvalidKey(&'static str),
@@ -92,6 +98,17 @@ pub enum Error {
     TamperedRecord {
         /// Zero-based index of the first failing record.
         index: u32,
+    },
+    /// A record authenticated, but its header section (batch format version 3) does not decode: `error`
+    /// says which rule it breaks ([`Error::InvalidHeader`], [`Error::TooLarge`] or [`Error::Truncated`]).
+    /// Only whoever holds the publisher's signing key and the epoch's content key can seal such a record: a
+    /// broker cannot cause this. No plaintext of the batch is returned.
+    #[error("record {index} has malformed headers: {error}")]
+    MalformedHeaders {
+        /// Zero-based index of the first failing record.
+        index: u32,
+        /// The rule it breaks.
+        error: Box<Error>,
     },
     /// A correctly signed batch was delivered under a topic other than the one it was sealed for, or a
     /// topic policy was given to a [`PolicyBook`](crate::PolicyBook) or an [`EpochKeys`](crate::EpochKeys)

@@ -6,6 +6,7 @@
 //! - [`batch`]: the **sealed batch**, the unit that a publisher signs, the broker stores and a subscriber
 //!   opens. Its signed bytes are a canonical encoding defined here, byte by byte (see `docs/architecture.md`),
 //!   not whatever a serializer happens to emit.
+//! - [`headers`]: the optional user headers of a message, sealed inside its record with the payload.
 //! - [`chain`]: the per-(topic, publisher) sequence chain that lets a subscriber detect a broker that drops,
 //!   replays or reorders batches.
 //! - [`policy`]: the **topic policy**, signed by the topic authority that clients pin: who may publish on
@@ -38,6 +39,7 @@ mod epoch;
 mod error;
 pub mod frame;
 pub mod frame_buffer;
+pub mod headers;
 pub mod identity;
 pub mod keys;
 mod limits;
@@ -51,7 +53,9 @@ pub mod topic;
 pub use admin::{
     AdminAnswer, AdminQuery, BrokerStats, ConnectionStats, DurableKey, DurableStats, TopicStats, ADMIN_PAGE,
 };
-pub use batch::{open, seal, BatchHeader, OpenedBatch, SealParams, SealedBatch, VerifiedBatch};
+pub use batch::{
+    open, seal, seal_with_headers, BatchHeader, OpenedBatch, SealParams, SealedBatch, VerifiedBatch,
+};
 pub use chain::{ChainHead, ChainId, ChainStart, ChainVerifier};
 pub use code::ErrorCode;
 pub use digest::Digest;
@@ -59,6 +63,7 @@ pub use epoch::Epoch;
 pub use error::{Error, PolicyLinkFault};
 pub use frame::{Frame, LostBatch, RequestId, StartAt, SubscriptionId};
 pub use frame_buffer::FrameBuffer;
+pub use headers::{HeaderName, Headers};
 pub use keys::{ContentKey, HpkePublicKey, HpkeSecretKey, KeyId, KeyLookup, PublicKey, SigningKey};
 pub use limits::Limits;
 pub use offset::Offset;

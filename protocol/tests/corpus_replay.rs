@@ -97,6 +97,7 @@ fn corpora_hold_the_golden_seeds() {
     for (target, seed) in [
         ("frame_decode", "seed-frame-publish"),
         ("batch_open", "seed-batch"),
+        ("batch_open", "seed-batch-v3"),
         ("policy_decode", "seed-policy"),
         ("topic_pattern", "seed-topic"),
     ] {

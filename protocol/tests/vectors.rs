@@ -36,6 +36,42 @@ fn golden_batch_v2() -> VerifiedBatch {
     sealed(3, first.digest(), &[b"hello, sealpost"], 43)
 }
 
+/// The same chain in format version 3: the second batch's message carries two headers.
+fn golden_batch_v3() -> VerifiedBatch {
+    let first = sealed(1, Digest::ZERO, &[b"golden-1", b"golden-2"], 42);
+    let headers = golden_headers();
+    let params = SealParams { first_seq: 3, prev_digest: first.digest(), ..params(3, first.digest()) };
+    let msgs: [&[u8]; 1] = [b"hello, sealpost"];
+    seal_with_headers(&alice(), &content_key(), params, &msgs, &[headers], &Limits::default(), &mut rng(43))
+        .unwrap()
+}
+
+fn golden_headers() -> Headers {
+    Headers::new().with("content-type", "text/plain").unwrap().with("trace-id", "4bf92f35").unwrap()
+}
+
+#[test]
+fn sealed_batch_v3_matches_golden_vector() {
+    let b = golden_batch_v3();
+    assert_eq!(b.as_bytes()[0], 3);
+    check_vector("batch-v3", b.as_bytes());
+    check_vector("batch-v3-digest", b.digest().as_bytes());
+    // The version-2 batch of the same message, keys and RNG, plus exactly the header section
+    // (1 + 1 + 12 + 2 + 10 + 1 + 8 + 2 + 8 = 45 bytes).
+    assert_eq!(golden_headers().encoded_len(), 45);
+    assert_eq!(b.as_bytes().len(), golden_batch_v2().as_bytes().len() + 45);
+}
+
+#[test]
+fn checked_in_batch_v3_opens_with_its_headers() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/batch-v3.hex");
+    let raw = hex::decode(std::fs::read_to_string(path).unwrap().trim()).unwrap();
+    let opened = open(raw.into(), &topic("demo.chat"), &keys(), &Limits::default()).unwrap();
+    assert_eq!((opened.header.first_seq, opened.header.chain), (3, CHAIN));
+    assert_eq!(opened.messages, vec![Bytes::from_static(b"hello, sealpost")]);
+    assert_eq!(opened.headers, vec![golden_headers()]);
+}
+
 #[test]
 fn sealed_batch_matches_golden_vector() {
     let b = golden_batch();

@@ -29,7 +29,7 @@ use sealpost_broker::server::{Broker, BrokerOptions, ServerLimits};
 use sealpost_broker::store::testing::TestStore;
 use sealpost_broker::store::{Store, StoredBatch};
 use sealpost_client::{
-    Client, ClientOptions, Error, Identity, Message, Publisher, PublisherOptions, StateLocation,
+    Client, ClientOptions, Error, Headers, Identity, Message, Publisher, PublisherOptions, StateLocation,
     SubscribeOptions, Subscription,
 };
 use sealpost_protocol::{
@@ -113,8 +113,8 @@ fn layout(batch: &[u8]) -> Layout {
     let topic = 2..2 + topic_len;
     let epoch = topic.end..topic.end + 8;
     let publisher = epoch.end..epoch.end + 32;
-    // Format version 2 (what publishers write) names its chain after the publisher key.
-    let chain_len = if batch[0] == 2 { 16 } else { 0 };
+    // Format versions 2 and 3 (what publishers write) name their chain after the publisher key.
+    let chain_len = if batch[0] >= 2 { 16 } else { 0 };
     let first_seq = publisher.end + chain_len..publisher.end + chain_len + 8;
     let count = first_seq.end..first_seq.end + 4;
     let prev_digest = count.end..count.end + 32;
@@ -402,6 +402,68 @@ async fn altered_header_field_is_reported() {
         }
         scene.publish("after").await;
         assert_eq!(next_seen(&scene.env, &mut sub).await, msg("after", 3, 4), "{field:?}");
+        scene.shutdown().await;
+    }
+}
+
+/// How the broker alters the bytes of alice's stored batch with headers (format version 3).
+#[derive(Clone, Copy, Debug)]
+enum HeaderEdit {
+    /// The first byte of the record's ciphertext: where its encrypted header count lies.
+    Count,
+    /// A byte inside the encrypted header section (the name or value of `role=admin`).
+    Section,
+    /// The version byte 3 -> 2, so that a subscriber would read the header section as payload.
+    Version,
+}
+
+/// alice publishes m0 and m2 without headers and m1 with `role=admin` (its batch is of format version 3).
+/// The broker cannot read the headers in its store, but it can alter the bytes where they are sealed, or
+/// relabel the batch as version 2: the signature covers every ciphertext byte and the version, so each edit
+/// is one `Integrity { check: BadSignature, publisher: None }` item at the batch's offset, never a message
+/// (neither altered headers nor the section passed off as payload); then alice's next batch reports the
+/// `Gap` and is delivered. docs/threat-model.md names this test for the claim that headers are as
+/// confidential and authentic as the payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_header_bytes_of_a_batch_with_headers_are_reported() {
+    for edit in [HeaderEdit::Count, HeaderEdit::Section, HeaderEdit::Version] {
+        let scene = Scene::new(one_per_batch()).await;
+        scene.publish("m0").await;
+        let role = Headers::new().with("role", "admin").unwrap();
+        within("publish ack", scene.publisher.publish_with(role.clone(), "m1")).await.unwrap();
+        scene.publish("m2").await;
+        let honest: Vec<Bytes> = scene.store.honest_log(&chat()).into_iter().map(|b| b.bytes).collect();
+        assert_eq!(honest.iter().map(|b| b[0]).collect::<Vec<_>>(), [2, 3, 2], "{edit:?}");
+        // The broker's own view: the header value is nowhere in clear.
+        assert!(!honest[1].windows(5).any(|w| w == b"admin"));
+        let ct = layout(&honest[1]).first_ciphertext;
+        let bad = tampered(&honest[1], |b| match edit {
+            HeaderEdit::Count => b[ct.start] ^= 0x01,
+            // count (1), name length (1), "role" (4), value length (2), then "admin": its third byte.
+            HeaderEdit::Section => b[ct.start + 1 + 1 + 4 + 2 + 2] ^= 0x01,
+            HeaderEdit::Version => b[0] = 2,
+        });
+        scene.store.serve(&chat(), move |mut log| {
+            log[1] = bad.clone();
+            log
+        });
+
+        let mut sub = scene.subscribe().await;
+        let alice = scene.alice_id();
+        let bad_signature =
+            Seen::Integrity { offset: 1, publisher: None, check: sealpost_protocol::Error::BadSignature };
+        let gap = Seen::Integrity {
+            offset: 2,
+            publisher: alice,
+            check: sealpost_protocol::Error::Gap { expected: 2, got: 3 },
+        };
+        for (i, want) in [msg("m0", 0, 1), bad_signature, gap, msg("m2", 2, 3)].iter().enumerate() {
+            assert_eq!(&next_seen(&scene.env, &mut sub).await, want, "{edit:?}: item {i}");
+        }
+        // Live delivery goes on, headers and all.
+        within("publish ack", scene.publisher.publish_with(role.clone(), "after")).await.unwrap();
+        let m = within("next item", sub.next()).await.expect("the stream ended").expect("a message");
+        assert_eq!((m.payload, m.headers, m.offset.0), (Bytes::from("after"), role, 3), "{edit:?}");
         scene.shutdown().await;
     }
 }

@@ -118,6 +118,67 @@ fn readme_tour_alice_publishes_bob_reads_bob_and_mallory_are_refused() {
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
+/// `sealpost pub --header NAME=VALUE` (repeatable) seals the headers with every message it publishes;
+/// `sealpost sub` prints a message with headers as a `# headers:` line (bytewise by name, values quoted
+/// and escaped) before its payload line, and a message without headers as before, its payload line alone.
+#[test]
+fn cli_publishes_headers_and_prints_them_before_the_payload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = start_dev(tmp.path());
+
+    let mut publish = sealpost(&broker, "alice");
+    publish.args(["pub", "demo.chat", "no headers"]);
+    let out = run(publish, None);
+    assert!(out.status.success(), "alice pub failed: {}", text(&out.stderr));
+    let mut publish = sealpost(&broker, "alice");
+    publish.args([
+        "pub",
+        "demo.chat",
+        "--header",
+        "trace-id=a=b",
+        "--header",
+        "Content-Type=text/plain",
+        "--header",
+        "note=say \"hi\"\nbye",
+        "one",
+        "two",
+    ]);
+    let out = run(publish, None);
+    assert!(out.status.success(), "alice pub --header failed: {}", text(&out.stderr));
+
+    let mut subscribe = sealpost(&broker, "bob");
+    subscribe.args(["sub", "demo.chat", "--from", "earliest", "--count", "3"]);
+    let out = run(subscribe, None);
+    assert!(out.status.success(), "bob sub failed: {}", text(&out.stderr));
+    let headers = r#"# headers: Content-Type="text/plain" note="say \"hi\"\nbye" trace-id="a=b""#;
+    assert_eq!(text(&out.stdout), format!("no headers\n{headers}\none\n{headers}\ntwo\n"));
+
+    // A bad name is a usage error before anything is sent, in one line.
+    let mut publish = sealpost(&broker, "alice");
+    publish.args(["pub", "demo.chat", "--header", "bad name=x", "never sent"]);
+    let out = run(publish, None);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.starts_with("sealpost: invalid value 'bad name=x' for '--header <NAME=VALUE>'"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let mut publish = sealpost(&broker, "alice");
+    publish.args(["pub", "demo.chat", "--header", "no-equals-sign", "never sent"]);
+    assert!(!run(publish, None).status.success());
+    let mut publish = sealpost(&broker, "alice");
+    publish.args(["pub", "demo.chat", "--header", "a=1", "--header", "a=2", "never sent"]);
+    let out = run(publish, None);
+    assert!(!out.status.success());
+    assert_eq!(text(&out.stderr).trim_end(), "sealpost: --header a is given twice");
+    // None of them was published: bob's next message is the next one alice publishes.
+    let mut publish = sealpost(&broker, "alice");
+    publish.args(["pub", "demo.chat", "last"]);
+    assert!(run(publish, None).status.success());
+    let mut subscribe = sealpost(&broker, "bob");
+    subscribe.args(["sub", "demo.chat", "--from", "3", "--count", "1"]);
+    let out = run(subscribe, None);
+    assert_eq!(text(&out.stdout), "last\n");
+}
+
 #[test]
 fn cli_reports_an_unreachable_broker_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();

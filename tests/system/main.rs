@@ -29,6 +29,7 @@ mod durability;
 mod failstop;
 mod faultfs;
 mod groups;
+mod headers;
 mod history;
 mod instances;
 mod limits;

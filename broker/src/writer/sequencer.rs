@@ -90,6 +90,7 @@ mod tests {
             count,
             prev_digest,
             created_at: Timestamp(0),
+            with_headers: false,
         }
     }
 

@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 use sealpost_client::authority::{Authority, Role};
 use sealpost_client::protocol::Offset;
 use sealpost_client::{
-    Client, ClientOptions, Identity, PublisherOptions, RetryBudget, StartAt, SubscribeOptions, Topic,
+    Client, ClientOptions, Headers, Identity, PublisherOptions, RetryBudget, StartAt, SubscribeOptions, Topic,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -58,13 +58,19 @@ enum Command {
     Pub {
         /// The topic.
         topic: Topic,
+        /// A user header sealed with every message, like the payload (repeatable). NAME is 1 to 64 of
+        /// A-Z a-z 0-9 . _ - (case-sensitive); VALUE is the rest after the first `=`, at most 4096 bytes.
+        #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
         /// The messages; without any, one message per line of stdin.
         messages: Vec<String>,
     },
-    /// Print messages, one payload per line (invalid UTF-8 is replaced). A batch that fails a check, a
-    /// policy that fails one, messages the broker reports lost ("data lost at offsets X..Y: storage
-    /// corruption") or removed by retention, is one line on stderr, and printing goes on (with `--strict`,
-    /// the command exits 1 at the first).
+    /// Print messages, one payload per line (invalid UTF-8 is replaced). A message with headers is
+    /// preceded by one line `# headers: NAME="VALUE" ...`, bytewise by name, each value quoted and escaped
+    /// (`\"`, `\\`, `\n`, `\t`, `\u{..}`) so that it stays on the line; a message without headers is its
+    /// payload line alone. A batch that fails a check, a policy that fails one, messages the broker reports
+    /// lost ("data lost at offsets X..Y: storage corruption") or removed by retention, is one line on
+    /// stderr, and printing goes on (with `--strict`, the command exits 1 at the first).
     Sub {
         /// The topic.
         topic: Topic,
@@ -230,6 +236,22 @@ enum TopicCommand {
     },
 }
 
+/// `NAME=VALUE`, split at the first `=`; the name is checked here so that a bad one is a usage error.
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    sealpost_client::HeaderName::new(name).map_err(|e| format!("header {name:?}: {e}"))?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// The line `sealpost sub` prints before the payload of a message with headers (see `Command::Sub`).
+fn headers_line(headers: &Headers) -> String {
+    let mut line = String::from("# headers:");
+    for (name, value) in headers.iter() {
+        line.push_str(&format!(" {name}={value:?}"));
+    }
+    line
+}
+
 fn parse_start(s: &str) -> Result<StartAt, String> {
     match s {
         "earliest" => Ok(StartAt::Earliest),
@@ -303,6 +325,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(identity: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
+    // Checked before anything else, like the other arguments.
+    let headers = match &command {
+        Command::Pub { headers, .. } => headers_of(headers)?,
+        _ => Headers::new(),
+    };
     let Some(identity) = identity else {
         bail!("no identity file: pass --identity FILE or set SEALPOST_IDENTITY");
     };
@@ -319,7 +346,7 @@ async fn run(identity: Option<PathBuf>, command: Command) -> anyhow::Result<()> 
     }
     let client = connect(&identity).await?;
     let result = match command {
-        Command::Pub { topic, messages } => publish(&client, topic, messages).await,
+        Command::Pub { topic, messages, .. } => publish(&client, topic, headers, messages).await,
         Command::Sub { topic, from, durable, shared, count, strict } => {
             subscribe(&client, topic, SubscribeOptions { from, durable, shared }, count, strict).await
         }
@@ -354,7 +381,24 @@ async fn topic_command(client: &Client, identity: &Identity, command: TopicComma
     topic::change(client, identity, &topic, &change, &members).await
 }
 
-async fn publish(client: &Client, topic: Topic, messages: Vec<String>) -> anyhow::Result<()> {
+/// The headers of `--header NAME=VALUE` arguments (names already checked by [`parse_header`]): a name given
+/// twice, or a value or a count over its limit, is an error.
+fn headers_of(pairs: &[(String, String)]) -> anyhow::Result<Headers> {
+    let mut headers = Headers::new();
+    for (name, value) in pairs {
+        if headers.insert(name, value.as_str()).with_context(|| format!("--header {name}"))?.is_some() {
+            bail!("--header {name} is given twice");
+        }
+    }
+    Ok(headers)
+}
+
+async fn publish(
+    client: &Client,
+    topic: Topic,
+    headers: Headers,
+    messages: Vec<String>,
+) -> anyhow::Result<()> {
     let given = (!messages.is_empty()).then_some(messages.len());
     let publisher = match client.publisher(topic, PublisherOptions::default()).await {
         Ok(publisher) => publisher,
@@ -377,10 +421,10 @@ async fn publish(client: &Client, topic: Topic, messages: Vec<String>) -> anyhow
             }
             let end = line.strip_suffix(b"\n").map_or(line.len(), <[u8]>::len);
             let end = line[..end].strip_suffix(b"\r").map_or(end, <[u8]>::len);
-            receipts.push(publisher.publish(line[..end].to_vec()));
+            receipts.push(publisher.publish_with(headers.clone(), line[..end].to_vec()));
         }
     } else {
-        receipts.extend(messages.into_iter().map(|m| publisher.publish(m)));
+        receipts.extend(messages.into_iter().map(|m| publisher.publish_with(headers.clone(), m)));
     }
     let sent = receipts.len();
     let results = futures_util::future::join_all(receipts).await;
@@ -428,7 +472,12 @@ async fn subscribe(
         match item {
             None => break Err(anyhow::anyhow!("the subscription ended")),
             Some(Ok(message)) => {
-                let mut line = message.payload.to_vec();
+                let mut line = Vec::new();
+                if !message.headers.is_empty() {
+                    line.extend_from_slice(headers_line(&message.headers).as_bytes());
+                    line.push(b'\n');
+                }
+                line.extend_from_slice(&message.payload);
                 line.push(b'\n');
                 match stdout.write_all(&line).and_then(|()| stdout.flush()) {
                     Ok(()) => {}

@@ -1,7 +1,9 @@
 //! The batcher: the publisher's decision of which messages go into which sealed batch, and when.
 //!
 //! Messages are gathered in arrival order into an open batch, which closes when it holds `max_batch`
-//! messages, when the next message would push the sealed batch over the size limit, or when the publisher
+//! messages, when the next message would push the sealed batch over the size limit (counting the header
+//! sections of a batch with headers, format version 3: once one message of the batch has headers, every
+//! message of it costs its header section, one byte for none), or when the publisher
 //! asks for it while fewer than [`PARTIAL_IN_FLIGHT`] batches await an answer and the batch's first
 //! message has waited `linger`. Closed batches wait (in order) for room in the in-flight window.
 //!
@@ -27,7 +29,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use sealpost_protocol::batch::{RECORD_OVERHEAD, SIGNATURE_LEN};
-use sealpost_protocol::{Limits, Topic};
+use sealpost_protocol::{Headers, Limits, Topic};
 
 /// A batch that is not full is sealed only while fewer than this many batches await an answer (see the
 /// module documentation).
@@ -37,12 +39,16 @@ pub(crate) const PARTIAL_IN_FLIGHT: usize = 2;
 #[derive(Debug)]
 pub(crate) struct Batch<W> {
     pub(crate) payloads: Vec<Bytes>,
+    /// `headers[i]` go with `payloads[i]`.
+    pub(crate) headers: Vec<Headers>,
     pub(crate) waiters: Vec<W>,
+    /// Whether a message has headers: the batch is sealed in format version 3.
+    with_headers: bool,
 }
 
 impl<W> Batch<W> {
     fn new() -> Self {
-        Self { payloads: Vec::new(), waiters: Vec::new() }
+        Self { payloads: Vec::new(), headers: Vec::new(), waiters: Vec::new(), with_headers: false }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -62,7 +68,8 @@ pub(crate) struct TooLarge {
 pub(crate) struct Batcher<W> {
     max_batch: usize,
     linger: Duration,
-    /// Largest sum of `RECORD_OVERHEAD + payload` over a batch's records.
+    /// Largest sum of `RECORD_OVERHEAD + payload` (and, in a batch with headers, + header section) over a
+    /// batch's records.
     max_records: usize,
     open: Batch<W>,
     open_records: usize,
@@ -90,25 +97,44 @@ impl<W> Batcher<W> {
         }
     }
 
-    /// The largest payload that fits in a batch on its own.
+    /// The largest payload that fits in a batch on its own, with its encoded headers if it has any.
     pub(crate) fn max_payload(&self) -> usize {
         self.max_records.saturating_sub(RECORD_OVERHEAD)
     }
 
     /// Adds a message. A message too large for any batch is turned away with its waiter.
-    pub(crate) fn push(&mut self, payload: Bytes, waiter: W, now: Instant) -> Result<(), (TooLarge, W)> {
-        let len = payload.len();
+    pub(crate) fn push(
+        &mut self,
+        headers: Headers,
+        payload: Bytes,
+        waiter: W,
+        now: Instant,
+    ) -> Result<(), (TooLarge, W)> {
+        let has_headers = !headers.is_empty();
+        let section = if has_headers { headers.encoded_len() } else { 0 };
+        let len = payload.len() + section;
         if len > self.max_payload() {
             return Err((TooLarge { len, max: self.max_payload() }, waiter));
         }
-        let record = RECORD_OVERHEAD + len;
-        if self.open.len() > 0 && self.open_records + record > self.max_records {
+        // What the open batch's records would take with this message: if it is the batch's first message
+        // with headers, each message already in it gains a one-byte header section.
+        let with_headers = self.open.with_headers || has_headers;
+        let grown = if with_headers && !self.open.with_headers { self.open.len() } else { 0 };
+        let record = RECORD_OVERHEAD + payload.len() + if with_headers { headers.encoded_len() } else { 0 };
+        if self.open.len() > 0 && self.open_records + grown + record > self.max_records {
             self.close();
         }
         if self.open.len() == 0 {
             self.open_since = Some(now);
         }
+        if has_headers && !self.open.with_headers {
+            self.open.with_headers = true;
+            self.open_records += self.open.len();
+        }
+        let record =
+            RECORD_OVERHEAD + payload.len() + if self.open.with_headers { headers.encoded_len() } else { 0 };
         self.open.payloads.push(payload);
+        self.open.headers.push(headers);
         self.open.waiters.push(waiter);
         self.open_records += record;
         if self.open.len() >= self.max_batch {
@@ -189,7 +215,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = batcher(3, 1000);
         for i in 0..7 {
-            b.push(Bytes::from(vec![1; 10]), i, t0).unwrap();
+            b.push(Headers::new(), Bytes::from(vec![1; 10]), i, t0).unwrap();
         }
         let first = b.next(t0, false, 0).unwrap();
         assert_eq!(first.waiters, [0, 1, 2]);
@@ -203,8 +229,8 @@ mod tests {
     fn a_partial_batch_waits_for_linger() {
         let t0 = Instant::now();
         let mut b = batcher(256, 5);
-        b.push(Bytes::from_static(b"a"), 0, t0).unwrap();
-        b.push(Bytes::from_static(b"b"), 1, ms(t0, 3)).unwrap();
+        b.push(Headers::new(), Bytes::from_static(b"a"), 0, t0).unwrap();
+        b.push(Headers::new(), Bytes::from_static(b"b"), 1, ms(t0, 3)).unwrap();
         assert_eq!(b.deadline(0), Some(ms(t0, 5)));
         assert!(b.next(ms(t0, 4), false, 0).is_none());
         let batch = b.next(ms(t0, 5), false, 0).unwrap();
@@ -217,7 +243,7 @@ mod tests {
     fn a_lone_message_goes_at_once_when_idle() {
         let t0 = Instant::now();
         let mut b = batcher(256, 0);
-        b.push(Bytes::from_static(b"a"), 0, t0).unwrap();
+        b.push(Headers::new(), Bytes::from_static(b"a"), 0, t0).unwrap();
         assert_eq!(b.deadline(0), Some(t0));
         assert_eq!(b.next(t0, false, 0).unwrap().waiters, [0]);
     }
@@ -226,7 +252,7 @@ mod tests {
     fn a_partial_batch_goes_at_once_while_the_pipeline_has_room() {
         let t0 = Instant::now();
         let mut b = batcher(256, 0);
-        b.push(Bytes::from_static(b"a"), 0, t0).unwrap();
+        b.push(Headers::new(), Bytes::from_static(b"a"), 0, t0).unwrap();
         assert_eq!(b.deadline(PARTIAL_IN_FLIGHT - 1), Some(t0));
         assert_eq!(b.next(t0, false, PARTIAL_IN_FLIGHT - 1).unwrap().waiters, [0]);
     }
@@ -236,7 +262,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = batcher(3, 0);
         for i in 0..2 {
-            b.push(Bytes::from_static(b"a"), i, ms(t0, i.into())).unwrap();
+            b.push(Headers::new(), Bytes::from_static(b"a"), i, ms(t0, i.into())).unwrap();
         }
         // Busy: no timer, nothing due however long it waits.
         assert_eq!(b.deadline(PARTIAL_IN_FLIGHT), None);
@@ -245,7 +271,7 @@ mod tests {
         assert_eq!(b.next(ms(t0, 1000), false, 0).unwrap().waiters, [0, 1]);
         // A full batch goes while busy.
         for i in 2..6 {
-            b.push(Bytes::from_static(b"a"), i, t0).unwrap();
+            b.push(Headers::new(), Bytes::from_static(b"a"), i, t0).unwrap();
         }
         assert!(b.deadline(PARTIAL_IN_FLIGHT).is_some(), "a closed batch is due at once");
         assert_eq!(b.next(t0, false, PARTIAL_IN_FLIGHT).unwrap().waiters, [2, 3, 4]);
@@ -258,7 +284,7 @@ mod tests {
     fn force_takes_the_open_batch_before_linger() {
         let t0 = Instant::now();
         let mut b = batcher(256, 1000);
-        b.push(Bytes::from_static(b"a"), 0, t0).unwrap();
+        b.push(Headers::new(), Bytes::from_static(b"a"), 0, t0).unwrap();
         assert_eq!(b.next(t0, true, 0).unwrap().waiters, [0]);
         assert!(b.next(t0, true, 0).is_none());
     }
@@ -273,13 +299,13 @@ mod tests {
         assert_eq!(b.max_payload(), 1000 - fixed - RECORD_OVERHEAD);
         // Two records of 300 bytes fit (2 * 344 = 688 <= 818), a third does not.
         for i in 0..3 {
-            b.push(Bytes::from(vec![0; 300]), i, t0).unwrap();
+            b.push(Headers::new(), Bytes::from(vec![0; 300]), i, t0).unwrap();
         }
         assert_eq!(b.next(t0, false, 0).unwrap().waiters, [0, 1]);
         assert_eq!(b.next(t0, false, 0).unwrap().waiters, [2]);
         // The largest payload is accepted alone; one byte more is turned away.
-        b.push(Bytes::from(vec![0; b.max_payload()]), 9, t0).unwrap();
-        let (err, w) = b.push(Bytes::from(vec![0; b.max_payload() + 1]), 10, t0).unwrap_err();
+        b.push(Headers::new(), Bytes::from(vec![0; b.max_payload()]), 9, t0).unwrap();
+        let (err, w) = b.push(Headers::new(), Bytes::from(vec![0; b.max_payload() + 1]), 10, t0).unwrap_err();
         assert_eq!(err, TooLarge { len: b.max_payload() + 1, max: b.max_payload() });
         assert_eq!(w, 10);
     }
@@ -310,11 +336,85 @@ mod tests {
         assert_eq!(sealed.as_bytes().len(), 2000);
     }
 
+    fn kv() -> Headers {
+        Headers::new().with("k", "v").unwrap()
+    }
+
+    #[test]
+    fn headers_count_towards_the_message_size() {
+        let limits = Limits { max_batch_len: 1000, ..Limits::default() };
+        let t0 = Instant::now();
+        let mut b: Batcher<u32> = Batcher::new(&topic(), 256, Duration::ZERO, &limits);
+        let max = b.max_payload();
+        // `k=v` encodes in 6 bytes: the payload beside it may be 6 bytes shorter.
+        b.push(kv(), Bytes::from(vec![0; max - 6]), 0, t0).unwrap();
+        let (err, w) = b.push(kv(), Bytes::from(vec![0; max - 5]), 1, t0).unwrap_err();
+        assert_eq!((err, w), (TooLarge { len: max + 1, max }, 1));
+        let batch = b.next(t0, true, 0).unwrap();
+        assert_eq!((batch.waiters, batch.headers), (vec![0], vec![kv()]));
+    }
+
+    #[test]
+    fn the_first_message_with_headers_costs_a_byte_for_each_message_before_it() {
+        let limits = Limits { max_batch_len: 1000, ..Limits::default() };
+        let t0 = Instant::now();
+        let mut b: Batcher<u32> = Batcher::new(&topic(), 256, Duration::ZERO, &limits);
+        let room = b.max_records;
+        // Two messages without headers fill all but 7 bytes of the records.
+        let first = room - 2 * RECORD_OVERHEAD - RECORD_OVERHEAD - 7 - 100;
+        b.push(Headers::new(), Bytes::from(vec![0; first]), 0, t0).unwrap();
+        b.push(Headers::new(), Bytes::from(vec![0; 100]), 1, t0).unwrap();
+        // A third record with `k=v` and an empty payload needs RECORD_OVERHEAD + 6, which is left, but it
+        // turns the batch to version 3: the two before it gain a byte each, and that no longer fits.
+        b.push(kv(), Bytes::new(), 2, t0).unwrap();
+        assert_eq!(b.next(t0, false, 0).unwrap().waiters, [0, 1]);
+        assert_eq!(b.next(t0, true, 0).unwrap().waiters, [2]);
+        // With one byte more of room (a first message one byte shorter), all three fit in one batch.
+        b.push(Headers::new(), Bytes::from(vec![0; first - 1]), 3, t0).unwrap();
+        b.push(Headers::new(), Bytes::from(vec![0; 100]), 4, t0).unwrap();
+        b.push(kv(), Bytes::new(), 5, t0).unwrap();
+        assert_eq!(b.next(t0, true, 0).unwrap().waiters, [3, 4, 5]);
+    }
+
+    #[test]
+    fn a_sealed_batch_with_headers_at_the_limit_really_fits() {
+        use sealpost_protocol::{seal_with_headers, ContentKey, Epoch, SealParams, SigningKey, Timestamp};
+        let limits = Limits { max_batch_len: 2000, ..Limits::default() };
+        let t0 = Instant::now();
+        let mut b: Batcher<u32> = Batcher::new(&topic(), 256, Duration::ZERO, &limits);
+        // A message without headers, then one with headers that fills the batch exactly (its own record,
+        // and the first message's header count byte).
+        b.push(Headers::new(), Bytes::from(vec![1; 300]), 0, t0).unwrap();
+        let last = b.max_records - (RECORD_OVERHEAD + 300 + 1) - RECORD_OVERHEAD - kv().encoded_len();
+        b.push(kv(), Bytes::from(vec![2; last]), 1, t0).unwrap();
+        let batch = b.next(t0, true, 0).unwrap();
+        assert_eq!(batch.waiters, [0, 1], "both fit");
+        let params = SealParams {
+            topic: topic(),
+            epoch: Epoch(1),
+            chain: sealpost_protocol::ChainId([0x5C; 16]),
+            first_seq: 1,
+            prev_digest: sealpost_protocol::Digest::ZERO,
+            created_at: Timestamp(0),
+        };
+        let sealed = seal_with_headers(
+            &SigningKey::from_bytes(&[1; 32]),
+            &ContentKey::from_bytes(&[2; 32]),
+            params,
+            &batch.payloads,
+            &batch.headers,
+            &limits,
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        assert_eq!((sealed.as_bytes()[0], sealed.as_bytes().len()), (3, 2000));
+    }
+
     #[test]
     fn max_batch_is_clamped_to_at_least_one() {
         let t0 = Instant::now();
         let mut b = batcher(0, 1000);
-        b.push(Bytes::new(), 0, t0).unwrap();
+        b.push(Headers::new(), Bytes::new(), 0, t0).unwrap();
         assert_eq!(b.next(t0, false, 0).unwrap().waiters, [0]);
     }
 
@@ -323,7 +423,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = batcher(2, 1000);
         for i in 0..5 {
-            b.push(Bytes::new(), i, t0).unwrap();
+            b.push(Headers::new(), Bytes::new(), i, t0).unwrap();
         }
         assert_eq!(b.drain().collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
         assert!(b.is_empty());

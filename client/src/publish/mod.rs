@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use sealpost_protocol::Topic;
+use sealpost_protocol::{Headers, Topic};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
@@ -168,8 +168,31 @@ impl Publisher {
     /// publisher goes on), or if the publisher died before the message was stored (with the error that
     /// killed it, see [when it dies](Self#when-it-dies)).
     pub fn publish(&self, payload: impl Into<Bytes>) -> PublishFuture {
+        self.publish_with(Headers::new(), payload)
+    }
+
+    /// Queues `payload` with user `headers`, as [`publish`](Self::publish) does: the headers are sealed
+    /// inside the message's record with the payload, so the broker can neither read nor alter them, and a
+    /// subscriber finds them in [`Message::headers`](crate::Message::headers).
+    ///
+    /// ```no_run
+    /// # async fn example(publisher: &sealpost_client::Publisher) -> sealpost_client::Result<()> {
+    /// use sealpost_client::Headers;
+    ///
+    /// let headers = Headers::new().with("content-type", "application/json")?.with("trace-id", "4bf92f35")?;
+    /// let receipt = publisher.publish_with(headers, r#"{"temp": 21}"#).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// [`Headers`] checks its rules as it is built (see [`sealpost_protocol::headers`]), so only the size
+    /// can fail here: the encoded headers count towards the message's size ([`Error::MessageTooLarge`]).
+    /// A batch in which some message has headers is sealed in format version 3, where every message costs
+    /// its header section (one byte for a message without headers); a batch without headers costs nothing
+    /// more than before.
+    pub fn publish_with(&self, headers: Headers, payload: impl Into<Bytes>) -> PublishFuture {
         let (tx, rx) = oneshot::channel();
-        let sent = self.commands.send(Command::Publish(payload.into(), tx)).is_ok();
+        let sent = self.commands.send(Command::Publish(headers, payload.into(), tx)).is_ok();
         PublishFuture { receipt: sent.then_some(rx), state: self.state.clone() }
     }
 

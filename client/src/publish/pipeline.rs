@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use sealpost_protocol::{ChainHead, Offset, VerifiedBatch};
+use sealpost_protocol::{ChainHead, Headers, Offset, VerifiedBatch};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -109,10 +109,10 @@ impl<W: Waiter, F> Pipeline<W, F> {
 
     // What the application does.
 
-    /// Queues `payload`, published at `now`. A message too large for any batch is resolved at once with
-    /// [`Error::MessageTooLarge`].
-    pub(crate) fn publish(&mut self, payload: Bytes, waiter: W, now: Instant) {
-        match self.batcher.push(payload, waiter, now) {
+    /// Queues `payload` with `headers`, published at `now`. A message too large for any batch is resolved
+    /// at once with [`Error::MessageTooLarge`].
+    pub(crate) fn publish(&mut self, headers: Headers, payload: Bytes, waiter: W, now: Instant) {
+        match self.batcher.push(headers, payload, waiter, now) {
             Ok(()) => self.enqueued += 1,
             Err((TooLarge { len, max }, waiter)) => waiter.resolve(Err(Error::MessageTooLarge { len, max })),
         }
@@ -335,7 +335,7 @@ mod tests {
                 let m = self.next_message;
                 self.next_message += 1;
                 let payload = Bytes::from(format!("m{m}"));
-                self.pipeline.publish(payload, Probe(m, self.log.clone()), self.now);
+                self.pipeline.publish(Headers::new(), payload, Probe(m, self.log.clone()), self.now);
             }
         }
 
@@ -550,7 +550,7 @@ mod tests {
     fn a_message_too_large_for_any_batch_fails_at_once() {
         let mut h = Harness::new(10, 8);
         let max = Limits::default().max_batch_len as usize;
-        h.pipeline.publish(Bytes::from(vec![0; max]), Probe(9, h.log.clone()), h.now);
+        h.pipeline.publish(Headers::new(), Bytes::from(vec![0; max]), Probe(9, h.log.clone()), h.now);
         let fate = h.take();
         assert_eq!(fate.len(), 1);
         assert!(fate[0].starts_with("9: message of "), "{fate:?}");

@@ -18,7 +18,9 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use sealpost_protocol::{seal, ChainHead, ChainId, ErrorCode, Frame, SealParams, Topic, VerifiedBatch};
+use sealpost_protocol::{
+    seal_with_headers, ChainHead, ChainId, ErrorCode, Frame, Headers, SealParams, Topic, VerifiedBatch,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -52,7 +54,8 @@ const MAX_COMMANDS_AT_ONCE: usize = 1024;
 
 /// What the handle asks of the task.
 pub(crate) enum Command {
-    Publish(Bytes, ReceiptSender),
+    /// A message: its headers (empty for none) and payload.
+    Publish(Headers, Bytes, ReceiptSender),
     Flush(oneshot::Sender<()>),
 }
 
@@ -251,7 +254,7 @@ impl Task {
         // the broker served policies that fail a check); sizes were checked by the batcher. Then the
         // publisher stops, so that messages are always resolved in order.
         let sealed = match self.refresh_keys().await {
-            Ok(()) => self.seal(&batch.payloads),
+            Ok(()) => self.seal(&batch.payloads, &batch.headers),
             Err(e) => Err(e),
         };
         let (sealed, request_id, frame) = match sealed {
@@ -300,8 +303,9 @@ impl Task {
         }
     }
 
-    /// Seals `payloads` as the next batch of the chain: the batch, its request id and its `Publish` frame.
-    fn seal(&mut self, payloads: &[Bytes]) -> Result<(VerifiedBatch, u64, Bytes)> {
+    /// Seals `payloads` with their `headers` as the next batch of the chain: the batch, its request id and
+    /// its `Publish` frame.
+    fn seal(&mut self, payloads: &[Bytes], headers: &[Headers]) -> Result<(VerifiedBatch, u64, Bytes)> {
         let identity = &self.shared.identity;
         let (epoch, key) = self.keys.sealing_key(identity.principal(), &identity.public_key())?;
         let head = self.pipeline.head();
@@ -314,7 +318,8 @@ impl Task {
             created_at: wall_clock(),
         };
         let signer = &identity.inner().signer;
-        let sealed = seal(signer, key, params, payloads, &self.shared.limits, &mut self.rng)?;
+        let limits = &self.shared.limits;
+        let sealed = seal_with_headers(signer, key, params, payloads, headers, limits, &mut self.rng)?;
         let request_id = self.shared.request_id();
         let frame = Frame::Publish { request_id, batch: sealed.as_bytes().clone() }.to_vec()?;
         Ok((sealed, request_id, Bytes::from(frame)))
@@ -323,7 +328,9 @@ impl Task {
     fn on_command(&mut self, command: Option<Command>) {
         match command {
             None => self.pipeline.close(),
-            Some(Command::Publish(payload, waiter)) => self.pipeline.publish(payload, waiter, Instant::now()),
+            Some(Command::Publish(headers, payload, waiter)) => {
+                self.pipeline.publish(headers, payload, waiter, Instant::now())
+            }
             Some(Command::Flush(done)) => self.pipeline.flush(done),
         }
     }
@@ -368,7 +375,7 @@ impl Task {
         self.commands.close();
         self.pipeline.fail_all(&e);
         while let Ok(command) = self.commands.try_recv() {
-            if let Command::Publish(_, waiter) = command {
+            if let Command::Publish(_, _, waiter) = command {
                 waiter.resolve(Err(e.clone()));
             }
         }

@@ -344,12 +344,14 @@ impl Reader {
         } else {
             (offset, self.next_offset.saturating_count_from(offset))
         };
-        for ((i, payload), seq) in opened.messages.into_iter().enumerate().zip(header.first_seq..) {
+        let messages = opened.messages.into_iter().zip(opened.headers);
+        for ((i, (payload, headers)), seq) in messages.enumerate().zip(header.first_seq..) {
             if (i as u64) < skip {
                 continue;
             }
             items.push(Ok(Message {
                 payload,
+                headers,
                 publisher: principal.clone(),
                 publisher_key: header.publisher,
                 topic: self.topic.clone(),
@@ -438,8 +440,8 @@ fn open_verified(
         });
     }
     let key = keys.content_key(header.epoch).ok_or(sealpost_protocol::Error::UnknownEpoch(header.epoch))?;
-    let messages = batch.decrypt(key)?;
-    Ok(OpenedBatch { header: header.clone(), digest: batch.digest(), messages })
+    let (messages, headers) = batch.decrypt(key)?;
+    Ok(OpenedBatch { header: header.clone(), digest: batch.digest(), messages, headers })
 }
 
 #[cfg(test)]
