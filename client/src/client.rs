@@ -21,7 +21,7 @@ use crate::identity::Identity;
 use crate::link::ConnectionState;
 use crate::options::{ClientOptions, PublisherOptions, SubscribeOptions};
 use crate::policies;
-use crate::publish::Publisher;
+use crate::publish::{Publisher, Receipt};
 use crate::shared::Shared;
 use crate::subscribe::Subscription;
 
@@ -128,6 +128,17 @@ impl Client {
     /// are retried like any outage (see [reconnection](Self#reconnection)).
     pub async fn publisher(&self, topic: Topic, options: PublisherOptions) -> Result<Publisher> {
         Publisher::start(self.shared.clone(), topic, options).await
+    }
+
+    /// Sends sealed `batches` of `topic` again, unchanged and in order (those a publisher that gave up
+    /// handed back: [`Publisher::take_unacknowledged`]), and returns a [`Receipt`] per message. A batch the
+    /// broker stored already is answered with its original offsets and not stored twice, so resending never
+    /// duplicates, and a loss is retried from the start within the retry budget. Fails with
+    /// [`Error::Refused`] if the broker refuses a batch (for example one that does not continue its chain:
+    /// resend a publisher's batches before a new publisher continues its chain), and with
+    /// [`Error::Protocol`] or [`Error::InvalidOptions`] for bytes that are not a sealed batch of `topic`.
+    pub async fn resend(&self, topic: &Topic, batches: &[bytes::Bytes]) -> Result<Vec<Receipt>> {
+        crate::publish::resend(&self.shared, topic, batches).await
     }
 
     /// Subscribes to `topic`. Fails with [`Error::Refused`] if the broker does not let this identity

@@ -143,7 +143,7 @@ pub use identity::Identity;
 pub use link::ConnectionState;
 pub use message::Message;
 pub use options::{ClientOptions, PublisherOptions, Reconnect, RetryBudget, SubscribeOptions};
-pub use publish::{PublishFuture, Publisher, Receipt};
+pub use publish::{PublishFuture, Publisher, Receipt, Unacknowledged};
 pub use state::{StateFault, StateFolder, StateLocation};
 pub use subscribe::Subscription;
 

@@ -182,10 +182,16 @@ impl<W> Batcher<W> {
         self.closed.is_empty() && self.open.len() == 0
     }
 
-    /// Every waiting message's waiter, in order; leaves the batcher empty.
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = W> + '_ {
+    /// Every waiting message (headers, payload, waiter), in order; leaves the batcher empty.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = (Headers, Bytes, W)> + '_ {
         self.close();
-        self.closed.drain(..).flat_map(|b| b.waiters)
+        self.closed.drain(..).flat_map(|b| {
+            b.headers
+                .into_iter()
+                .zip(b.payloads)
+                .zip(b.waiters)
+                .map(|((headers, payload), w)| (headers, payload, w))
+        })
     }
 }
 
@@ -425,7 +431,7 @@ mod tests {
         for i in 0..5 {
             b.push(Headers::new(), Bytes::new(), i, t0).unwrap();
         }
-        assert_eq!(b.drain().collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+        assert_eq!(b.drain().map(|(_, _, waiter)| waiter).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
         assert!(b.is_empty());
     }
 }

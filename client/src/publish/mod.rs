@@ -23,9 +23,12 @@ mod batcher;
 mod chain_state;
 mod pipeline;
 mod task;
+mod unacknowledged;
 
 pub use pipeline::Receipt;
 use task::{Command, State};
+pub(crate) use unacknowledged::resend;
+pub use unacknowledged::Unacknowledged;
 
 /// Publishes messages on one topic, and tells each caller when its message is durable.
 ///
@@ -128,6 +131,33 @@ use task::{Command, State};
 /// `publish` calls resolve with it at once, and [`flush`](Self::flush) and [`close`](Self::close) return
 /// it. To carry on, make a new publisher.
 ///
+/// # Giving up without duplicating
+///
+/// When it died of an outage ([`Error::is_retryable`]), some of its failed messages may be stored: their
+/// batch reached the broker and its answer did not. Publishing them again would store them twice.
+/// [`take_unacknowledged`](Self::take_unacknowledged) hands back its sealed batches, byte for byte, and
+/// the messages it never sealed; [`Client::resend`](crate::Client::resend) sends the batches again
+/// unchanged (the broker answers one it stored already with its original offsets, and stores it once),
+/// and the unsealed messages are published again:
+///
+/// ```no_run
+/// # async fn example(client: &sealpost_client::Client, publisher: sealpost_client::Publisher)
+/// # -> sealpost_client::Result<()> {
+/// use sealpost_client::PublisherOptions;
+///
+/// if let Some(unacknowledged) = publisher.take_unacknowledged() {
+///     // Once the broker is back (`resend` retries within the retry budget):
+///     let receipts = client.resend(unacknowledged.topic(), unacknowledged.sealed()).await?;
+///     let retry = client.publisher(unacknowledged.topic().clone(), PublisherOptions::default()).await?;
+///     for (headers, payload) in unacknowledged.unsent() {
+///         retry.publish_with(headers.clone(), payload.clone()).await?;
+///     }
+///     # let _ = receipts;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
 /// Dropping a publisher without [`close`](Self::close) lets its background task finish sending what was
 /// published, as long as the runtime runs.
 pub struct Publisher {
@@ -194,6 +224,16 @@ impl Publisher {
         let (tx, rx) = oneshot::channel();
         let sent = self.commands.send(Command::Publish(headers, payload.into(), tx)).is_ok();
         PublishFuture { receipt: sent.then_some(rx), state: self.state.clone() }
+    }
+
+    /// After the publisher died of an outage (its retry budget spent: [`Error::is_retryable`]), what it had
+    /// not had acknowledged: its sealed batches in flight, byte for byte, for
+    /// [`Client::resend`](crate::Client::resend), and the messages it had not sealed (see
+    /// [giving up](Self#giving-up-without-duplicating)). `None` while it lives, after it died of anything
+    /// else, when it held nothing, and once taken. Messages published after it died are not in it (their
+    /// futures failed at once).
+    pub fn take_unacknowledged(&self) -> Option<Unacknowledged> {
+        self.state.take_unacknowledged()
     }
 
     /// Sends what is waiting for its batch at once, and waits until every message published before this

@@ -23,7 +23,7 @@
 //!   before it is resolved; while one waits, or while closing, batches go without lingering.
 //!
 //! Every waiter is resolved exactly once: with its receipt, a refusal, a too-large error, or the error that
-//! killed the publisher ([`fail_all`](Pipeline::fail_all)).
+//! killed the publisher (the waiters [`take_all`](Pipeline::take_all) returns).
 
 use std::collections::VecDeque;
 
@@ -57,6 +57,8 @@ struct InFlight<W> {
     request_id: u64,
     /// The encoded `Publish` frame: resent unchanged after a reconnect.
     frame: Bytes,
+    /// The sealed batch it carries: handed back if the publisher gives up ([`Pipeline::give_up`]).
+    sealed: Bytes,
     first_seq: u64,
     count: u32,
     /// The chain head right after this batch.
@@ -216,7 +218,16 @@ impl<W: Waiter, F> Pipeline<W, F> {
         self.head = ChainHead::after(sealed);
         let header = sealed.header();
         let (first_seq, count) = (header.first_seq, header.count);
-        self.in_flight.push_back(InFlight { request_id, frame, first_seq, count, after: self.head, waiters });
+        let sealed_bytes = sealed.as_bytes().clone();
+        self.in_flight.push_back(InFlight {
+            request_id,
+            frame,
+            sealed: sealed_bytes,
+            first_seq,
+            count,
+            after: self.head,
+            waiters,
+        });
     }
 
     /// The broker stored the batch of `request_id`, `count` messages from `first_offset` on: its messages
@@ -272,16 +283,41 @@ impl<W: Waiter, F> Pipeline<W, F> {
         done.into_iter().map(|(_, done)| done).collect()
     }
 
-    /// The publisher is dead: every message in flight and queued fails with `e`, oldest first, and the flush
-    /// callers are dropped (they see the failure).
-    pub(crate) fn fail_all(&mut self, e: &Error) {
-        for waiter in self.in_flight.drain(..).flat_map(|b| b.waiters) {
-            waiter.resolve(Err(e.clone()));
+    /// The publisher is dead: takes every message in flight and queued, oldest first: what they were (the
+    /// sealed batches in flight, byte for byte, then the messages queued and never sealed) and their
+    /// waiters, to fail once that was handed back. The flush callers are dropped (they see the failure).
+    pub(crate) fn take_all(&mut self) -> (Unanswered, Vec<W>) {
+        let mut unanswered = Unanswered::default();
+        let mut waiters = Vec::new();
+        for batch in self.in_flight.drain(..) {
+            unanswered.sealed.push(batch.sealed);
+            unanswered.sealed_messages += batch.waiters.len();
+            waiters.extend(batch.waiters);
         }
-        for waiter in self.batcher.drain() {
-            waiter.resolve(Err(e.clone()));
+        for (headers, payload, waiter) in self.batcher.drain() {
+            unanswered.unsent.push((headers, payload));
+            waiters.push(waiter);
         }
         self.flushes.clear();
+        (unanswered, waiters)
+    }
+}
+
+/// What a dead publisher's failed messages were ([`Pipeline::take_all`]), oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Unanswered {
+    /// The sealed batches sent and not answered, byte for byte.
+    pub(crate) sealed: Vec<Bytes>,
+    /// How many messages they hold.
+    pub(crate) sealed_messages: usize,
+    /// The messages queued and never sealed: headers and payload.
+    pub(crate) unsent: Vec<(Headers, Bytes)>,
+}
+
+impl Unanswered {
+    /// Whether there is nothing.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sealed.is_empty() && self.unsent.is_empty()
     }
 }
 
@@ -558,13 +594,22 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_publisher_fails_everything_it_holds_in_order() {
+    fn a_dead_publisher_hands_back_everything_it_holds_in_order_and_fails_it() {
         let mut h = Harness::new(1, 1);
         h.pipeline.opened(ChainHead::GENESIS);
         h.publish(3);
-        assert_eq!(h.pump().len(), 1);
+        let sent = h.pump();
+        assert_eq!(sent.len(), 1);
         h.pipeline.flush("flush");
-        h.pipeline.fail_all(&Error::Closed);
+        let (unanswered, waiters) = h.pipeline.take_all();
+        assert_eq!(unanswered.sealed_messages, 1);
+        assert_eq!(unanswered.sealed.len(), 1, "the batch in flight");
+        let unsent: Vec<&Bytes> = unanswered.unsent.iter().map(|(_, payload)| payload).collect();
+        assert_eq!(unsent, [&Bytes::from("m1"), &Bytes::from("m2")], "the queued messages");
+        assert!(h.take().is_empty(), "not failed before the caller says");
+        for waiter in waiters {
+            waiter.resolve(Err(Error::Closed));
+        }
         assert_eq!(h.take(), ["0: closed", "1: closed", "2: closed"]);
         assert!(h.pipeline.flushed().is_empty(), "flush callers are dropped");
         assert!(!h.pipeline.has_work());

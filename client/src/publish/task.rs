@@ -13,7 +13,7 @@
 //! outage that outlasted its retries) every message it holds or that is still queued fails with that error,
 //! and later calls fail at once.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 use rand::SeedableRng;
@@ -37,6 +37,7 @@ use crate::shared::Shared;
 use super::batcher::{Batch, Batcher};
 use super::chain_state::{self, ChainState};
 use super::pipeline::{Pipeline, Receipt, Waiter};
+use super::Unacknowledged;
 
 /// Where a caller of [`Publisher::publish`](crate::Publisher::publish) learns its message's fate.
 pub(crate) type ReceiptSender = oneshot::Sender<Result<Receipt>>;
@@ -63,6 +64,8 @@ pub(crate) enum Command {
 #[derive(Default)]
 pub(crate) struct State {
     failure: OnceLock<Error>,
+    /// What it had not had acknowledged when it gave up after an outage, until taken.
+    unacknowledged: Mutex<Option<Unacknowledged>>,
 }
 
 impl State {
@@ -74,6 +77,11 @@ impl State {
     /// The error that killed the publisher, if it died.
     pub(crate) fn failed(&self) -> Option<&Error> {
         self.failure.get()
+    }
+
+    /// What the publisher had not had acknowledged when it gave up after an outage, once.
+    pub(crate) fn take_unacknowledged(&self) -> Option<Unacknowledged> {
+        self.unacknowledged.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
 
@@ -147,15 +155,16 @@ struct Task {
 
 impl Task {
     async fn run(mut self) {
-        if let Err(e) = self.pump().await {
-            tracing::warn!(topic = %self.topic, error = %e, "publisher stopped");
-            self.fail_everything(e);
-        }
+        let failed = self.pump().await.err();
         if let Some(link) = &mut self.link {
             link.finish();
         }
         if let Some(state) = &self.chain_state {
             state.flush().await;
+        }
+        if let Some(e) = failed {
+            tracing::warn!(topic = %self.topic, error = %e, "publisher stopped");
+            self.fail_everything(e);
         }
     }
 
@@ -369,15 +378,25 @@ impl Task {
     }
 
     /// The publisher is dead: fail every message it holds and every one still queued. Flush callers are
-    /// released (dropped) and see the failure.
+    /// released (dropped) and see the failure. After an outage (`e` is retryable) what those messages
+    /// were is handed back first ([`Unacknowledged`], with the chain's record in the state folder, so that
+    /// no new publisher continues the chain before the sealed batches are resent).
     fn fail_everything(&mut self, e: Error) {
         let _ = self.state.failure.set(e.clone());
         self.commands.close();
-        self.pipeline.fail_all(&e);
+        let (mut unanswered, mut waiters) = self.pipeline.take_all();
         while let Ok(command) = self.commands.try_recv() {
-            if let Command::Publish(_, _, waiter) = command {
-                waiter.resolve(Err(e.clone()));
+            if let Command::Publish(headers, payload, waiter) = command {
+                unanswered.unsent.push((headers, payload));
+                waiters.push(waiter);
             }
+        }
+        if e.is_retryable() && !unanswered.is_empty() {
+            let handed = Unacknowledged::new(self.topic.clone(), unanswered, self.chain_state.take());
+            *self.state.unacknowledged.lock().unwrap_or_else(PoisonError::into_inner) = Some(handed);
+        }
+        for waiter in waiters {
+            waiter.resolve(Err(e.clone()));
         }
     }
 }
