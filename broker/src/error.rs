@@ -50,6 +50,10 @@ pub enum Error {
     /// The broker is shutting down.
     #[error("shutting down")]
     ShuttingDown,
+    /// A member of a shared durable subscription left the oldest batch it was given unacknowledged
+    /// longer than `limits.shared_ack_wait_ms`: its stream ends, and its work goes to the other members.
+    #[error("acknowledgement overdue for {0:?}: the member's chains go to the other members")]
+    AckOverdue(std::time::Duration),
     /// A configuration, certificate or key file is invalid.
     #[error("configuration: {0}")]
     Config(String),
@@ -94,7 +98,7 @@ impl Error {
             Error::FrameTimeout(_) => ErrorCode::FRAME_TIMEOUT,
             Error::RateLimited => ErrorCode::RATE_LIMITED,
             Error::StorageFull => ErrorCode::STORAGE_FULL,
-            Error::ShuttingDown => ErrorCode::UNAVAILABLE,
+            Error::ShuttingDown | Error::AckOverdue(_) => ErrorCode::UNAVAILABLE,
             Error::Storage(_)
             | Error::StorageFailed(_)
             | Error::Config(_)

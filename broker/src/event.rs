@@ -249,6 +249,14 @@ pub enum Event<'a> {
         /// The topic.
         topic: &'a Topic,
     },
+    /// A member of a shared durable subscription left a batch unacknowledged longer than
+    /// `limits.shared_ack_wait_ms`: its stream is ended and its work goes to the other members.
+    SharedAckOverdue {
+        /// Who.
+        who: Who<'a>,
+        /// The topic.
+        topic: &'a Topic,
+    },
     /// A subscription started.
     SubscribeAccepted {
         /// Who.
@@ -368,6 +376,7 @@ impl Event<'_> {
             Event::SharedJoined { .. } => "shared_joined",
             Event::SharedLeft { .. } => "shared_left",
             Event::SharedRewind { .. } => "shared_rewind",
+            Event::SharedAckOverdue { .. } => "shared_ack_overdue",
             Event::SubscribeAccepted { .. } => "subscribe_accepted",
             Event::SubscribeRefused { .. } => "subscribe_refused",
             Event::PolicyReadRefused { .. } => "policy_read_refused",

@@ -43,6 +43,12 @@ pub struct ServerLimits {
     /// milliseconds. Default: 30 s (30000). At least 1 ms.
     #[serde(rename = "idle_timeout_ms", deserialize_with = "millis")]
     pub idle_timeout: Duration,
+    /// How long a member of a shared durable subscription may leave the oldest batch it was given
+    /// unacknowledged: past it, its stream is ended (`UNAVAILABLE`; the client joins again) and its chains
+    /// and unacknowledged batches go to the other members, as when it leaves. `shared_ack_wait_ms` in the
+    /// file. Default: 60 s (60000). 0: no limit (a member that stops acknowledging keeps its chains).
+    #[serde(rename = "shared_ack_wait_ms", deserialize_with = "millis")]
+    pub shared_ack_wait: Duration,
     /// How many bytes of stored batches a subscriber reads from the store at a time (at least one batch is
     /// always read): its memory bound in the broker. Default: 1 MiB (1048576). At least 1.
     pub subscriber_read_bytes: usize,
@@ -83,6 +89,7 @@ impl Default for ServerLimits {
             max_streams_per_principal: 1024,
             max_streams: 65_536,
             idle_timeout: Duration::from_secs(30),
+            shared_ack_wait: Duration::from_secs(60),
             subscriber_read_bytes: MIB,
             tail_cache_bytes: crate::writer::DEFAULT_TAIL_BYTES,
             max_connections_per_principal: 64,

@@ -268,6 +268,13 @@ impl SharedMember {
         SharedMember { child }
     }
 
+    /// Freezes the process (SIGSTOP): it reads and acknowledges nothing more, its connection stays open.
+    fn freeze(&self) {
+        let status =
+            std::process::Command::new("kill").args(["-STOP", &self.child.id().to_string()]).status();
+        assert!(status.unwrap().success());
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -405,5 +412,92 @@ async fn three_members_share_30000_messages_and_a_killed_members_work_goes_to_th
     let integrity: Vec<_> = events.iter().filter(|e| e.contains("sealpost:")).collect();
     assert!(integrity.is_empty(), "integrity events: {integrity:?}");
     drop(members);
+    broker.shutdown().await.unwrap();
+}
+
+/// A member that stops acknowledging (a process frozen with SIGSTOP: its connection stays open, so its idle
+/// timeout never ends it here) is ended after `limits.shared_ack_wait_ms` (1 s here), and its chains and
+/// unacknowledged messages go to the member still reading, which then reads every message the frozen one
+/// had not printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_acknowledging_loses_its_work_to_the_others_after_the_ack_wait() {
+    let mut env = Env::new();
+    let limits = sealpost_broker::server::ServerLimits {
+        shared_ack_wait: std::time::Duration::from_secs(1),
+        idle_timeout: std::time::Duration::from_secs(120),
+        ..Default::default()
+    };
+    let broker = env.start_with(Engine::Sled, "127.0.0.1:0".parse().unwrap(), limits).await;
+    let addr = broker.local_addr();
+    let (alice, _) = alice_published(&env, addr, 0).await;
+    let (tx, lines) = std::sync::mpsc::channel();
+    let bob = env.identity("bob", addr);
+    let frozen = SharedMember::start(&bob, 0, &tx);
+    drop(tx);
+    let (mut printed, mut events, seen) = (vec![Vec::new()], Vec::new(), std::collections::HashSet::new());
+    loop {
+        match next_line(&lines).unwrap_or_else(|| panic!("{}", silent(&printed, &seen, &events))) {
+            (_, false, line) if line.contains("subscribed") => break,
+            (_, false, line) => events.push(line),
+            (_, true, line) => panic!("printed {line:?} before anything was published"),
+        }
+    }
+    let reader = within("connect", Client::connect(&Identity::load(env.identity("bob", addr)).unwrap()))
+        .await
+        .unwrap();
+    let mut reading = within("subscribe", reader.subscribe(chat(), shared_workers())).await.unwrap();
+    let mut publishers = Vec::new();
+    for _ in 0..4 {
+        publishers
+            .push(within("publisher", alice.publisher(chat(), PublisherOptions::default())).await.unwrap());
+    }
+    // Enough that the process member is still printing when it freezes.
+    const EACH: usize = 2_000;
+    let receipts: Vec<_> = (0..EACH)
+        .flat_map(|i| publishers.iter().enumerate().map(move |(k, p)| p.publish(format!("p{k}-{i}"))))
+        .collect();
+    for receipt in futures_util::future::join_all(receipts).await {
+        receipt.unwrap();
+    }
+    // The process member printed something (it was given chains), then freezes.
+    loop {
+        match next_line(&lines).unwrap_or_else(|| panic!("{}", silent(&printed, &seen, &events))) {
+            (_, true, line) => {
+                printed[0].push(line);
+                break;
+            }
+            (_, false, line) => events.push(line),
+        }
+    }
+    frozen.freeze();
+    // Whatever it printed before it froze (still in its pipe) counts as read.
+    while let Ok((_, out, line)) = lines.try_recv() {
+        if out {
+            printed[0].push(line);
+        }
+    }
+    let everything: std::collections::BTreeSet<String> =
+        (0..EACH).flat_map(|i| (0..4).map(move |k| format!("p{k}-{i}"))).collect();
+    let mut read: std::collections::BTreeSet<String> = printed[0].iter().cloned().collect();
+    let started = std::time::Instant::now();
+    while !everything.is_subset(&read) {
+        // Well within the 120 s idle timeout: only the ack wait can move the frozen member's chains.
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), read_in_order(&mut reading, 1))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the frozen member's work never moved; read {} of {}", read.len(), 4 * EACH)
+            });
+        read.extend(line);
+    }
+    eprintln!(
+        "the frozen member printed {}; the other read the rest within {:?}",
+        printed[0].len(),
+        started.elapsed()
+    );
+    assert!(printed[0].len() < 2 * EACH, "the frozen member read all of its chains before it froze");
+    drop(frozen);
+    drop(reading);
+    reader.close().await;
+    alice.close().await;
     broker.shutdown().await.unwrap();
 }

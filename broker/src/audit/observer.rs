@@ -206,6 +206,10 @@ impl Observer for AuditObserver {
                 };
                 by(action, who).topic(topic.as_str()).refuse(code_name(ErrorCode::NOT_AUTHORIZED))
             }
+            // A member's stream ended for its overdue acknowledgements: a decision about the peer.
+            Event::SharedAckOverdue { ref who, topic } => {
+                by(Action::Subscribe, who).topic(topic.as_str()).refuse(code_name(ErrorCode::UNAVAILABLE))
+            }
         };
         self.log.record(entry);
     }

@@ -222,6 +222,7 @@ pub struct Metrics {
     acks_received: Family<TopicLabel, Counter>,
     shared_members: Family<TopicLabel, Gauge>,
     shared_rewinds: Family<TopicLabel, Counter>,
+    shared_ack_overdue: Family<TopicLabel, Counter>,
     offset_commits: Family<TopicLabel, Counter>,
     subscriptions: Family<KindLabel, Counter>,
     policies_stored: Counter,
@@ -279,6 +280,7 @@ impl Metrics {
             acks_received: Family::default(),
             shared_members: Family::default(),
             shared_rewinds: Family::default(),
+            shared_ack_overdue: Family::default(),
             offset_commits: Family::default(),
             subscriptions: Family::default(),
             policies_stored: Counter::default(),
@@ -369,6 +371,11 @@ impl Metrics {
             "shared_rewinds",
             "Rewinds sent to members of shared durable subscriptions (given chains to read back when another left), by topic",
             m.shared_rewinds.clone(),
+        );
+        r.register(
+            "shared_ack_overdue",
+            "Members of shared durable subscriptions whose stream was ended for leaving a batch unacknowledged longer than limits.shared_ack_wait_ms, by topic",
+            m.shared_ack_overdue.clone(),
         );
         r.register(
             "offset_commits",

@@ -47,6 +47,9 @@ impl Observer for Metrics {
             Event::SharedRewind { topic, .. } => {
                 self.shared_rewinds.get_or_create(&self.topic(topic)).inc();
             }
+            Event::SharedAckOverdue { topic, .. } => {
+                self.shared_ack_overdue.get_or_create(&self.topic(topic)).inc();
+            }
             Event::SubscribeAccepted { durable, created, .. } => {
                 let kind = match (durable, created) {
                     (None, _) => "ephemeral",

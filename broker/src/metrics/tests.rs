@@ -55,7 +55,7 @@ async fn a_session_moves_the_counters_by_what_it_decided() {
     for item in
         crate::store::Store::read(store.as_ref(), &topic("demo.chat"), read.from, read.max_bytes).unwrap()
     {
-        assert!(cursor.deliver(item, end).into_frame().is_some());
+        assert!(cursor.deliver(item, end, Instant::now()).into_frame().is_some());
     }
     let denied =
         Frame::Subscribe { request_id: 4, topic: topic("demo.chat"), from: StartAt::Earliest, durable: None };
@@ -205,7 +205,7 @@ async fn members_of_shared_subscriptions_and_their_rewinds_are_counted() {
     let items =
         crate::store::Store::read(store.as_ref(), &topic("demo.chat"), read.from, read.max_bytes).unwrap();
     for item in items {
-        assert!(leaving.cursor.deliver(item, end).into_frame().is_some());
+        assert!(leaving.cursor.deliver(item, end, Instant::now()).into_frame().is_some());
     }
     drop(leaving);
     let rewind = staying.cursor.take_rewind();

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sealpost_protocol::{Offset, Topic};
 use tokio::sync::watch;
@@ -106,6 +107,17 @@ pub(super) async fn serve(
                 _ = shutdown.changed() => return Ok(()),
             }
         }
+        // A member of a group that leaves a batch unacknowledged too long is ended, and its work moves.
+        let overdue_at = cursor.ack_deadline();
+        if overdue_at.is_some_and(|at| at <= Instant::now()) {
+            if let Some(refusal) = cursor.overdue(Instant::now()) {
+                acks.abort();
+                // Told if it still reads; not waited for if it does not.
+                let _ = tokio::time::timeout(OVERDUE_WRITE, write_frame(&mut send, &refusal.frame())).await;
+                let _ = send.finish();
+                return Err(refusal.error);
+            }
+        }
         let durable_end = *end.borrow_and_update();
         if let Some(read) = cursor.next_read(durable_end) {
             // What is read is held until QUIC takes it: it counts against the connection's budget, and
@@ -131,11 +143,20 @@ pub(super) async fn serve(
             let before = cursor.position();
             for item in items {
                 let len = item.bytes_len();
-                match cursor.deliver(item, durable_end) {
+                match cursor.deliver(item, durable_end, Instant::now()) {
                     Next::Send(frame) => tokio::select! {
                         written = write_frame(&mut send, &frame) => written?,
                         _ = &mut acks => return Ok(()),
                         _ = shutdown.changed() => return Ok(()),
+                        // A member that stopped reading its stream: ended (the frame is cut, so the stream
+                        // is reset), and what it was given goes to the other members with the rest of its
+                        // work.
+                        () = until(overdue_at) => {
+                            let refusal = cursor.stalled();
+                            acks.abort();
+                            let _ = send.reset(quinn::VarInt::from(refusal.code().0));
+                            return Err(refusal.error);
+                        }
                     },
                     Next::Skip => {}
                     Next::Stop => break,
@@ -158,8 +179,20 @@ pub(super) async fn serve(
             _ = &mut acks => return Ok(()),
             Ok(()) = revision.changed() => {}
             Ok(()) = group => {}
+            () = until(overdue_at) => {}
             _ = shutdown.changed() => return Ok(()),
         }
+    }
+}
+
+/// How long the error frame to a member found overdue may take to go out (it may have stopped reading).
+const OVERDUE_WRITE: Duration = Duration::from_secs(1);
+
+/// Resolves at `deadline`, never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -44,6 +44,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use sealpost_protocol::{ChainId, Offset, PublicKey};
 use tokio::sync::watch;
@@ -134,6 +135,8 @@ struct Member {
 
 #[derive(Debug, Clone, Copy)]
 struct Given {
+    /// When it was given.
+    at: Instant,
     generation: u64,
     offset: Offset,
     end: Offset,
@@ -230,8 +233,15 @@ impl Group {
     }
 
     /// What `member`'s cursor does with the item it read at `offset..end`, of `chain` (`None`: a lost range,
-    /// which every member is told of, or a batch whose header cannot be read, which every member judges).
-    pub fn next(&self, member: MemberId, offset: Offset, end: Offset, chain: Option<ChainKey>) -> Step {
+    /// which every member is told of, or a batch whose header cannot be read, which every member judges),
+    /// at `now`.
+    pub fn next(
+        &self,
+        member: MemberId,
+        (offset, end): (Offset, Offset),
+        chain: Option<ChainKey>,
+        now: Instant,
+    ) -> Step {
         let mut state = self.state();
         let floor = state.floor.unwrap_or(Offset::ZERO);
         let state = &mut *state;
@@ -276,9 +286,14 @@ impl Group {
             return Step::Stop;
         }
         c.from = end;
-        me.pending.push_back(Given { generation: me.generation, offset, end, chain });
+        me.pending.push_back(Given { at: now, generation: me.generation, offset, end, chain });
         me.cursor = end;
         Step::Deliver
+    }
+
+    /// When `member` was given the oldest batch it has not acknowledged, if it holds one.
+    pub fn oldest_unacknowledged(&self, member: MemberId) -> Option<Instant> {
+        self.state().members.get(&member)?.pending.front().map(|given| given.at)
     }
 
     /// The offset `member` must rewind to, if it must: send `Rewind` with it before anything else. Its
@@ -478,7 +493,7 @@ mod tests {
     fn read(group: &Group, member: MemberId, log: &[(Offset, Offset, ChainKey)], from: u64) -> Vec<u64> {
         let mut given = Vec::new();
         for &(offset, end, chain) in log.iter().skip(from as usize) {
-            match group.next(member, offset, end, Some(chain)) {
+            match group.next(member, (offset, end), Some(chain), Instant::now()) {
                 Step::Deliver => given.push(offset.0),
                 Step::Skip => {}
                 Step::Stop => break,
@@ -634,10 +649,25 @@ mod tests {
     }
 
     #[test]
+    fn the_oldest_unacknowledged_batch_is_dated() {
+        let (group, _, ids, _) = group(1);
+        let t0 = Instant::now();
+        assert_eq!(group.oldest_unacknowledged(ids[0]), None);
+        assert_eq!(group.next(ids[0], (Offset(0), Offset(1)), Some(chain(1)), t0), Step::Deliver);
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        assert_eq!(group.next(ids[0], (Offset(1), Offset(2)), Some(chain(1)), t1), Step::Deliver);
+        assert_eq!(group.oldest_unacknowledged(ids[0]), Some(t0));
+        group.ack(ids[0], Offset(1));
+        assert_eq!(group.oldest_unacknowledged(ids[0]), Some(t1));
+        group.ack(ids[0], Offset(2));
+        assert_eq!(group.oldest_unacknowledged(ids[0]), None);
+    }
+
+    #[test]
     fn lost_ranges_and_unreadable_batches_go_to_every_member() {
         let (group, _, ids, _) = group(2);
         for &id in &ids {
-            assert_eq!(group.next(id, Offset(0), Offset(10), None), Step::Deliver);
+            assert_eq!(group.next(id, (Offset(0), Offset(10)), None, Instant::now()), Step::Deliver);
         }
         assert_eq!(group.next_commit(), Some(Offset(10)));
     }

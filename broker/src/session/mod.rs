@@ -209,8 +209,10 @@ mod tests {
         let read = cursor.next_read(end).unwrap();
         let items = crate::store::Store::read(store.as_ref(), &topic("demo.chat"), read.from, read.max_bytes)
             .unwrap();
-        let frames: Vec<Frame> =
-            items.into_iter().filter_map(|item| cursor.deliver(item, end).into_frame()).collect();
+        let frames: Vec<Frame> = items
+            .into_iter()
+            .filter_map(|item| cursor.deliver(item, end, std::time::Instant::now()).into_frame())
+            .collect();
         assert!(matches!(frames.as_slice(), [Frame::Deliver { offset: Offset(0), .. }]));
         assert_eq!(cursor.next_read(end), None);
         log.close().await.unwrap();

@@ -23,6 +23,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use sealpost_protocol::{
     Frame, Limits, Offset, Principal, RequestId, SealedBatch, StartAt, SubscriptionId, Topic,
@@ -242,6 +243,7 @@ impl Subscribing {
                 next: start,
                 read_bytes,
                 group: member.as_ref().map(|m| (m.group.clone(), m.id)),
+                ack_wait: endpoint.limits().shared_ack_wait,
                 _slot: slot,
                 topic: topic.clone(),
                 endpoint,
@@ -465,6 +467,8 @@ pub struct Cursor {
     read_bytes: usize,
     /// Its group and its id there, if it is a member of a shared durable subscription.
     group: Option<(Arc<Group>, MemberId)>,
+    /// How long a member may leave a batch unacknowledged (`limits.shared_ack_wait`; zero: no limit).
+    ack_wait: std::time::Duration,
     _slot: SubscriptionSlot,
     /// Its topic and who reads it, for the events.
     topic: Topic,
@@ -516,12 +520,13 @@ impl Cursor {
     /// moved past it too); or [`Next::Stop`] delivering this read: the item is at or past `durable_end` (not
     /// durable), or the group says to wait (a rewind to send first, or a full window), and the cursor did
     /// not move.
-    pub fn deliver(&mut self, item: Stored, durable_end: Offset) -> Next {
+    /// `now` dates what a member of a group is given, for [`ack_deadline`](Self::ack_deadline).
+    pub fn deliver(&mut self, item: Stored, durable_end: Offset, now: Instant) -> Next {
         if item.offset() >= durable_end {
             return Next::Stop;
         }
         if let Some((group, member)) = &self.group {
-            match group.next(*member, item.offset(), item.end(), chain_of(&item)) {
+            match group.next(*member, (item.offset(), item.end()), chain_of(&item), now) {
                 Step::Deliver => {}
                 Step::Skip => {
                     self.next = item.end();
@@ -551,6 +556,35 @@ impl Cursor {
         let who = Who::of(&self.peer, self.remote);
         self.endpoint.emit(&Event::SharedRewind { who, topic: &self.topic });
         Some(Frame::Rewind { subscription: self.subscription, offset })
+    }
+
+    /// When a member of a shared durable subscription has left the oldest batch it was given
+    /// unacknowledged for `limits.shared_ack_wait`: check [`overdue`](Self::overdue) then. `None`: not a
+    /// member, nothing unacknowledged, or no limit.
+    pub fn ack_deadline(&self) -> Option<Instant> {
+        let (group, member) = self.group.as_ref().filter(|_| !self.ack_wait.is_zero())?;
+        group.oldest_unacknowledged(*member)?.checked_add(self.ack_wait)
+    }
+
+    /// Whether the member's oldest unacknowledged batch is overdue at `now`: the refusal to end its stream
+    /// with (`UNAVAILABLE`: the client joins again), after which the subscription's end gives its chains
+    /// and what it had not acknowledged to the other members.
+    pub fn overdue(&self, now: Instant) -> Option<Refusal> {
+        if self.ack_deadline()? > now {
+            return None;
+        }
+        Some(self.stalled())
+    }
+
+    /// The refusal to end a member's stream with when it stopped reading it for `limits.shared_ack_wait`
+    /// (a delivery could not be written since its oldest unacknowledged batch was due), as
+    /// [`overdue`](Self::overdue) gives.
+    pub fn stalled(&self) -> Refusal {
+        info!(principal = %self.peer.principal, topic = %self.topic, wait = ?self.ack_wait,
+            "a member of a shared subscription left a batch unacknowledged too long: its work goes to the others");
+        let who = Who::of(&self.peer, self.remote);
+        self.endpoint.emit(&Event::SharedAckOverdue { who, topic: &self.topic });
+        Refusal::new(None, Error::AckOverdue(self.ack_wait))
     }
 
     /// Changes when the group may have a rewind for it or room in its window again: wait on it with the
@@ -835,16 +869,16 @@ mod tests {
             reason: LossReason::Corrupt,
         }));
         assert!(matches!(
-            cursor.deliver(batch(1, 3), Offset(9)).into_frame(),
+            cursor.deliver(batch(1, 3), Offset(9), Instant::now()).into_frame(),
             Some(Frame::Deliver { subscription: 7, offset: Offset(1), .. })
         ));
         assert!(matches!(
-            cursor.deliver(lost, Offset(9)).into_frame(),
+            cursor.deliver(lost, Offset(9), Instant::now()).into_frame(),
             Some(Frame::Lost { offset: Offset(4), count: 2, reason: ErrorCode::DATA_LOST, .. })
         ));
         assert_eq!(cursor.position(), Offset(6));
         // Stored, but not durable yet.
-        assert_eq!(cursor.deliver(batch(9, 1), Offset(9)), Next::Stop);
+        assert_eq!(cursor.deliver(batch(9, 1), Offset(9), Instant::now()), Next::Stop);
         assert_eq!(cursor.position(), Offset(6));
         assert_eq!(cursor.next_read(Offset(9)).map(|r| r.from), Some(Offset(6)));
     }

@@ -134,7 +134,8 @@ use task::{Ack, Channels, Done, Items};
 /// [`ack`](Self::ack), which knows which of these streams a message came from; the broker commits the
 /// group's position (below it, every message was acknowledged by the member it went to) and a group
 /// formed again resumes there. Closing a member gives its chains to the others at once; a member that
-/// dies is noticed when its connection times out.
+/// dies is noticed when its connection times out, and one that stops acknowledging (or reading) is ended
+/// by the broker after its ack wait (`limits.shared_ack_wait_ms`, 60 s by default) and joins again.
 ///
 /// # Backpressure
 ///
