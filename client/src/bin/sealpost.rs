@@ -69,8 +69,9 @@ enum Command {
     /// preceded by one line `# headers: NAME="VALUE" ...`, bytewise by name, each value quoted and escaped
     /// (`\"`, `\\`, `\n`, `\t`, `\u{..}`) so that it stays on the line; a message without headers is its
     /// payload line alone. A batch that fails a check, a policy that fails one, messages the broker reports
-    /// lost ("data lost at offsets X..Y: storage corruption") or removed by retention, is one line on
-    /// stderr, and printing goes on (with `--strict`, the command exits 1 at the first).
+    /// lost ("data lost at offsets X..Y: storage corruption") or removed by retention, a chain the broker
+    /// rolled back, is one line on stderr, and printing goes on (with `--strict`, the command exits 1 at
+    /// the first).
     Sub {
         /// The topic.
         topic: Topic,
@@ -488,7 +489,13 @@ async fn subscribe(
                 printed += 1;
                 subscription.ack(&message)?;
             }
-            Some(Err(e)) if e.is_integrity() && !strict => eprintln!("sealpost: {e}"),
+            // A chain the broker rolled back is reported like an integrity event: the stream goes on.
+            Some(Err(e))
+                if (e.is_integrity() || matches!(e, sealpost_client::Error::RolledBack { .. }))
+                    && !strict =>
+            {
+                eprintln!("sealpost: {e}")
+            }
             Some(Err(e)) => break Err(e.into()),
         }
     };

@@ -261,7 +261,11 @@ impl Subscription {
 
 /// The error that ended a subscription, if it is among `items`.
 fn fatal(items: impl IntoIterator<Item = Result<Message>>) -> Option<Error> {
-    items.into_iter().filter_map(Result::err).find(|e| !e.is_integrity())
+    // A `RolledBack` item is reported and the subscription goes on: it ends nothing.
+    items
+        .into_iter()
+        .filter_map(Result::err)
+        .find(|e| !e.is_integrity() && !matches!(e, Error::RolledBack { .. }))
 }
 
 impl Stream for Subscription {
@@ -288,5 +292,22 @@ impl Stream for Subscription {
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sealpost_protocol::ChainId;
+
+    use super::*;
+
+    #[test]
+    fn integrity_events_and_rolled_back_chains_end_nothing_other_errors_do() {
+        let topic: Topic = "demo.chat".parse().unwrap();
+        let rolled_back = Error::RolledBack { topic, chain: ChainId([1; 16]), acknowledged: 4, broker: 2 };
+        let lost = Error::ConnectionLost { reason: "gone".into() };
+        assert!(fatal([Err(rolled_back.clone())]).is_none(), "reported, and the subscription goes on");
+        let found = fatal([Err(rolled_back), Err(lost)]);
+        assert!(matches!(found, Some(Error::ConnectionLost { .. })), "{found:?}");
     }
 }
