@@ -108,8 +108,7 @@ pub(super) async fn serve(
             }
         }
         // A member of a group that leaves a batch unacknowledged too long is ended, and its work moves.
-        let overdue_at = cursor.ack_deadline();
-        if overdue_at.is_some_and(|at| at <= Instant::now()) {
+        if cursor.ack_deadline().is_some_and(|at| at <= Instant::now()) {
             if let Some(refusal) = cursor.overdue(Instant::now()) {
                 acks.abort();
                 // Told if it still reads; not waited for if it does not.
@@ -150,8 +149,9 @@ pub(super) async fn serve(
                         _ = shutdown.changed() => return Ok(()),
                         // A member that stopped reading its stream: ended (the frame is cut, so the stream
                         // is reset), and what it was given goes to the other members with the rest of its
-                        // work.
-                        () = until(overdue_at) => {
+                        // work. (The deadline is that of its oldest unacknowledged batch when the write
+                        // began: one blocked that long means it does not read.)
+                        () = until(cursor.ack_deadline()) => {
                             let refusal = cursor.stalled();
                             acks.abort();
                             let _ = send.reset(quinn::VarInt::from(refusal.code().0));
@@ -179,7 +179,8 @@ pub(super) async fn serve(
             _ = &mut acks => return Ok(()),
             Ok(()) = revision.changed() => {}
             Ok(()) = group => {}
-            () = until(overdue_at) => {}
+            // Its oldest unacknowledged batch (perhaps one just delivered) falls due: checked at the top.
+            () = until(cursor.ack_deadline()) => {}
             _ = shutdown.changed() => return Ok(()),
         }
     }
