@@ -137,6 +137,7 @@ mod admin;
 mod admission;
 pub mod authorize;
 mod connection;
+mod cursor;
 mod durable;
 mod endpoint;
 pub mod group;
@@ -151,6 +152,7 @@ pub(crate) mod testing;
 pub use self::admin::{AdminAction, AdminStream};
 pub use self::admission::{Admission, Admitted, ConnectionId, FlowControl};
 pub use self::connection::{Connection, StreamKind};
+pub use self::cursor::{Cursor, Next, Read};
 pub use self::durable::{DurableKey, DurableLease, DurableLeases};
 pub use self::endpoint::Endpoint;
 pub use self::group::{Group, Groups};
@@ -158,9 +160,7 @@ pub use self::policies::PolicyCache;
 pub use self::policy_stream::{PolicyAction, PolicyStream, POLICIES_SERVED};
 pub use self::publish::{PublishAction, PublishStream};
 pub use self::reply::{Close, ConnectionRefused, Refusal};
-pub use self::subscribe::{
-    AckAction, Commit, Cursor, Next, Read, Started, Subscribing, Subscription, SubscriptionSlot,
-};
+pub use self::subscribe::{AckAction, Commit, Started, Subscribing, Subscription, SubscriptionSlot};
 
 #[cfg(test)]
 mod tests {
