@@ -254,6 +254,21 @@ fn msg(payload: &str, offset: u64, seq: u64) -> Seen {
 
 /// Reads bob's next item (bounded) and checks what holds for every item: a message is alice's, on
 /// demo.chat; an error is an integrity item on demo.chat (anything else would end the subscription).
+/// What a subscriber from the start sees when the broker serves alice's second batch (m1) altered: m0, a
+/// `BadSignature` item for the altered batch and nothing of it, the gap it leaves before m2, then m2.
+async fn expect_second_batch_refused(scene: &Scene, sub: &mut Subscription, what: &impl std::fmt::Debug) {
+    let bad_signature =
+        Seen::Integrity { offset: 1, publisher: None, check: sealpost_protocol::Error::BadSignature };
+    let gap = Seen::Integrity {
+        offset: 2,
+        publisher: scene.alice_id(),
+        check: sealpost_protocol::Error::Gap { expected: 2, got: 3 },
+    };
+    for (i, want) in [msg("m0", 0, 1), bad_signature, gap, msg("m2", 2, 3)].iter().enumerate() {
+        assert_eq!(&next_seen(&scene.env, sub).await, want, "{what:?}: item {i}");
+    }
+}
+
 async fn next_seen(env: &Env, sub: &mut Subscription) -> Seen {
     let item: Result<Message, Error> = within("next item", sub.next()).await.expect("the stream ended");
     match item {
@@ -389,17 +404,7 @@ async fn altered_header_field_is_reported() {
         });
 
         let mut sub = scene.subscribe().await;
-        let alice = scene.alice_id();
-        let bad_signature =
-            Seen::Integrity { offset: 1, publisher: None, check: sealpost_protocol::Error::BadSignature };
-        let gap = Seen::Integrity {
-            offset: 2,
-            publisher: alice,
-            check: sealpost_protocol::Error::Gap { expected: 2, got: 3 },
-        };
-        for (i, want) in [msg("m0", 0, 1), bad_signature, gap, msg("m2", 2, 3)].iter().enumerate() {
-            assert_eq!(&next_seen(&scene.env, &mut sub).await, want, "{field:?}: item {i}");
-        }
+        expect_second_batch_refused(&scene, &mut sub, &field).await;
         scene.publish("after").await;
         assert_eq!(next_seen(&scene.env, &mut sub).await, msg("after", 3, 4), "{field:?}");
         scene.shutdown().await;
@@ -449,17 +454,7 @@ async fn altered_header_bytes_of_a_batch_with_headers_are_reported() {
         });
 
         let mut sub = scene.subscribe().await;
-        let alice = scene.alice_id();
-        let bad_signature =
-            Seen::Integrity { offset: 1, publisher: None, check: sealpost_protocol::Error::BadSignature };
-        let gap = Seen::Integrity {
-            offset: 2,
-            publisher: alice,
-            check: sealpost_protocol::Error::Gap { expected: 2, got: 3 },
-        };
-        for (i, want) in [msg("m0", 0, 1), bad_signature, gap, msg("m2", 2, 3)].iter().enumerate() {
-            assert_eq!(&next_seen(&scene.env, &mut sub).await, want, "{edit:?}: item {i}");
-        }
+        expect_second_batch_refused(&scene, &mut sub, &edit).await;
         // Live delivery goes on, headers and all.
         within("publish ack", scene.publisher.publish_with(role.clone(), "after")).await.unwrap();
         let m = within("next item", sub.next()).await.expect("the stream ended").expect("a message");
