@@ -27,7 +27,8 @@
 #   benches/nats/nats-server.sh cluster restart --dir DIR K   start node K again (same config, ports and
 #                                                              data) and wait (30 s) until it is healthy
 #   benches/nats/nats-server.sh cluster leader --dir DIR STREAM
-#                                                print K of the node that leads stream STREAM (account $G)
+#                                                print K of the node that leads stream STREAM (account $G);
+#                                                fails while it has no live leader (during an election)
 #
 # Needs python3 (the cluster's health checks and free ports; for `install`, with venv and pip: Debian
 # `apt-get install python3-venv`; as root, `install` does that). Default home:
@@ -104,7 +105,7 @@ stop() {
 WITHIN=30
 SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 
-usage() { sed -n '2,35p' "$0"; exit 2; }
+usage() { sed -n '2,36p' "$0"; exit 2; }
 
 # The cluster's python3 helper (standard library only, as CI has python3 but maybe not curl):
 #   free N                  N distinct free TCP ports on 127.0.0.1, at random below the ephemeral range, so
@@ -340,6 +341,7 @@ cluster() {
       if ! [[ $base =~ ^[0-9]+$ ]] || { [ "$base" != 0 ] && { [ "$base" -lt 1024 ] || [ "$base" -gt 61533 ]; }; }; then
         echo "--port BASE: 0, or 1024..61533 (BASE+4002 is the last port used)" >&2; exit 2
       fi
+      if [ -n "$owner" ] && ! [[ $owner =~ ^[0-9]+$ ]]; then echo "--owner PID: a process id" >&2; exit 2; fi
       cluster_start "$dir" "$base" "$owner" "$rm" ;;
     stop) cluster_stop "$dir" ;;
     watch) cluster_watch "$dir" "$owner" "$rm" ;;
