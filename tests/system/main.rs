@@ -7,12 +7,16 @@
 //! - [`process`]: starts a process and waits (bounded) for its ready line; also used by
 //!   `broker/tests/dev.rs` and the load bench (`benches/load/`).
 //! - [`faultfs`]: a FUSE passthrough that fails fsync on demand (`failstop` puts the data folder on it).
+//! - [`cluster`]: a 3-node NATS JetStream cluster on loopback (`benches/nats/nats-server.sh cluster`),
+//!   started once per test binary and shared under a lock: tests that kill nodes run alone.
 //!
 //! The tests run in parallel, as cargo runs any test binary, and nothing in them is process-wide: each test
 //! makes its own temp folder, CA and keys, gets its ports from the OS, and measures subprocess brokers by
 //! their own pid (`memory`); the disk-full test (`crash`) mounts a tmpfs of its own, the fail-stop test
 //! (`failstop`) a FUSE file system of its own. Nothing here sets an environment variable, changes the
-//! working directory or measures this process itself.
+//! working directory or measures this process itself. The one exception is the NATS cluster ([`cluster`]):
+//! one per test binary, on ports the script picks, which tests share (each with streams of its own) and
+//! which a test that kills nodes holds alone.
 
 mod harness;
 mod process;
@@ -23,6 +27,7 @@ mod audit;
 mod auth;
 mod backup;
 mod cli;
+mod cluster;
 mod crash;
 mod crl;
 mod durability;
