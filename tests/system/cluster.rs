@@ -11,7 +11,7 @@
 //!   watchdog SIGKILLs the nodes and deletes their folder once this process is gone, however it ends.
 //! - **Fails clearly.** When `nats-server` is not installed (`benches/nats/nats-server.sh install`), or the
 //!   cluster is not healthy within 30 s, the test that asked for it panics with the script's output, which
-//!   holds the end of each node's log.
+//!   holds the end of each node's log; every later test that asks for it fails at once with the same message.
 //! - **Tests that break it run alone.** A test that kills a node holds [`Cluster::exclusive`] from before it
 //!   kills until after it has restarted the node ([`Cluster::kill`] panics without it); a test that only
 //!   uses the cluster holds [`Cluster::shared`] while it does. Should a killing test panic first, dropping
@@ -63,29 +63,32 @@ pub struct Exclusive<'a> {
 }
 
 /// The cluster, started on first use (blocking this thread while it starts: about a second, 30 s at most).
+/// If it could not be started, every test that asks for it fails with the same message, at once.
 pub fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start)
+    static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    CLUSTER.get_or_init(Cluster::start).as_ref().unwrap_or_else(|e| panic!("no NATS cluster: {e}"))
 }
 
 impl Cluster {
-    fn start() -> Cluster {
-        // Kept: the script's watchdog deletes it once this process has exited (`--rm`).
+    fn start() -> Result<Cluster, String> {
+        // Kept: the script's watchdog deletes it once this process has exited (`--rm`). A start that fails
+        // has stopped its nodes and watchdog, so the folder is removed here.
         let dir = tempfile::Builder::new().prefix("sealpost-nats-").tempdir().unwrap().keep();
         let owner = std::process::id().to_string();
-        let out = script(&dir, &["start", "--port", "0", "--owner", &owner, "--rm"]);
+        let out = run(&dir, &["start", "--port", "0", "--owner", &owner, "--rm"]).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
         let urls: Vec<String> = out.lines().last().unwrap_or("").split(',').map(str::to_string).collect();
-        assert!(
-            urls.len() == 3 && urls.iter().all(|u| u.starts_with("nats://127.0.0.1:")),
-            "`{SCRIPT} cluster start` printed no URLs: {out}"
-        );
-        Cluster {
+        if urls.len() != 3 || !urls.iter().all(|u| u.starts_with("nats://127.0.0.1:")) {
+            return Err(format!("`{SCRIPT} cluster start` printed no URLs: {out}"));
+        }
+        Ok(Cluster {
             dir,
             urls,
             lock: RwLock::new(()),
             exclusive: AtomicBool::new(false),
             down: Mutex::new([false; 3]),
-        }
+        })
     }
 
     /// The three client URLs, n1's first.
@@ -190,8 +193,9 @@ fn run(dir: &Path, args: &[&str]) -> Result<String, String> {
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(format!(
-            "`{SCRIPT} cluster {}` failed ({}):\n{stdout}{stderr}",
-            args.join(" "),
+            "`{SCRIPT} cluster {sub} --dir {} {}` failed ({}):\n{stdout}{stderr}",
+            dir.display(),
+            rest.join(" "),
             out.status
         ));
     }
