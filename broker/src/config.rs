@@ -132,7 +132,7 @@ pub struct TlsConfig {
 }
 
 /// The `[storage]` table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Which engine stores batches. Default: `"sled"`.
@@ -151,6 +151,66 @@ pub struct StorageConfig {
     /// which retention gives space back (see `[retention]`), which reads a segment it deletes once, whole.
     /// 65536 to 268435456 (256 MiB). Default: 64 MiB (67108864).
     pub segment_bytes: u64,
+    /// The NATS JetStream cluster of `engine = "jetstream"`: the `[storage.jetstream]` table.
+    pub jetstream: JetStreamConfig,
+}
+
+/// The `[storage.jetstream]` table: where the JetStream engine keeps the log (see
+/// [`crate::store::jetstream`]).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamConfig {
+    /// NATS server URLs, any of the cluster's (`nats://host:port`, `tls://host:port`). Default:
+    /// `["nats://127.0.0.1:4222"]`.
+    pub servers: Vec<String>,
+    /// A NATS credentials file (JWT and NKey seed). Default: none.
+    pub credentials: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the NATS servers' certificates; requires TLS. Default: none.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for NATS servers that verify clients; with `key`. Default: none.
+    pub cert: Option<PathBuf>,
+    /// The key of `cert` (PEM). Default: none.
+    pub key: Option<PathBuf>,
+    /// First part of every stream, subject and bucket name (1 to 32 of `A-Za-z0-9_-`): deployments
+    /// with different prefixes share an account without meeting. Default: `"SEALPOST"`.
+    pub prefix: String,
+    /// Replicas of every stream and bucket the broker creates. Default: 3.
+    pub replicas: usize,
+    /// How long the broker retries an append the cluster did not take (a stream leader election takes
+    /// seconds) before the publish fails with `UNAVAILABLE`. Default: 20000 (20 s).
+    pub publish_timeout_ms: u64,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        let options = crate::store::JetStreamOptions::default();
+        JetStreamConfig {
+            servers: options.servers,
+            credentials: None,
+            ca: None,
+            cert: None,
+            key: None,
+            prefix: options.prefix,
+            replicas: options.replicas,
+            publish_timeout_ms: options.publish_timeout.as_millis().try_into().unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl JetStreamConfig {
+    /// The engine's options.
+    pub fn options(&self) -> crate::store::JetStreamOptions {
+        crate::store::JetStreamOptions {
+            servers: self.servers.clone(),
+            credentials: self.credentials.clone(),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            prefix: self.prefix.clone(),
+            replicas: self.replicas,
+            publish_timeout: std::time::Duration::from_millis(self.publish_timeout_ms),
+        }
+    }
 }
 
 impl StorageConfig {
@@ -166,6 +226,7 @@ impl StorageConfig {
                 scrub_bytes_per_sec: self.scrub_bytes_per_sec,
             },
             StorageEngine::Memory => crate::store::Engine::Memory,
+            StorageEngine::Jetstream => crate::store::Engine::JetStream(self.jetstream.options()),
         }
     }
 }
@@ -173,6 +234,21 @@ impl StorageConfig {
 impl StorageConfig {
     /// Checks the table: a usable segment size.
     pub fn validate(&self) -> Result<()> {
+        if self.engine == StorageEngine::Jetstream {
+            let js = &self.jetstream;
+            if js.servers.is_empty() {
+                return Err(Error::Config("storage.jetstream.servers is empty".into()));
+            }
+            if !(1..=5).contains(&js.replicas) {
+                return Err(Error::Config(format!(
+                    "storage.jetstream.replicas = {} is not between 1 and 5",
+                    js.replicas
+                )));
+            }
+            if js.cert.is_some() != js.key.is_some() {
+                return Err(Error::Config("storage.jetstream.cert and key go together".into()));
+            }
+        }
         if !(64 * 1024..=256 * 1024 * 1024).contains(&self.segment_bytes) {
             return Err(Error::Config(format!(
                 "storage.segment_bytes = {} is not between 65536 and 268435456",
@@ -192,6 +268,7 @@ impl Default for StorageConfig {
             reserve_bytes: disk.reserve_bytes,
             scrub_bytes_per_sec: 0,
             segment_bytes: disk.segment_bytes,
+            jetstream: JetStreamConfig::default(),
         }
     }
 }
@@ -255,6 +332,9 @@ pub enum StorageEngine {
     Sled,
     /// In memory, lost on exit (`"memory"`): for tests and demos.
     Memory,
+    /// In a NATS JetStream cluster that several brokers share (`"jetstream"`): the `[storage.jetstream]`
+    /// table says where.
+    Jetstream,
 }
 
 /// The `[log]` table: how the broker writes its log to standard error. Which lines are written is set
@@ -366,6 +446,13 @@ impl Config {
         config.storage.validate()?;
         config.metrics.validate()?;
         config.retention.validate()?;
+        if config.storage.engine == StorageEngine::Jetstream && !config.retention.is_empty() {
+            return Err(Error::Config(
+                "[retention] is not supported with storage.engine = \"jetstream\" yet: the engine keeps \
+                 every batch"
+                    .into(),
+            ));
+        }
         if let Some(audit) = &config.audit {
             audit.validate()?;
         }
@@ -391,7 +478,9 @@ impl Config {
         let fixed =
             [&mut self.data_dir, &mut self.acl, &mut self.tls.ca, &mut self.tls.cert, &mut self.tls.key];
         let audit = self.audit.iter_mut().flat_map(|a| [&mut a.dir, &mut a.key]);
-        for p in fixed.into_iter().chain(self.tls.crls.iter_mut()).chain(audit) {
+        let js = &mut self.storage.jetstream;
+        let nats = [&mut js.credentials, &mut js.ca, &mut js.cert, &mut js.key].into_iter().flatten();
+        for p in fixed.into_iter().chain(self.tls.crls.iter_mut()).chain(audit).chain(nats) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -47,6 +47,17 @@ pub enum Error {
     /// every write and stops (fail-stop, see [`crate::writer`]); a restart recovers the store.
     #[error("storage failed: {0}")]
     StorageFailed(String),
+    /// A store shared with other brokers (the JetStream engine) could not take or confirm a write within
+    /// its bound (`storage.jetstream.publish_timeout_ms`): a leader election that lasted longer, or the
+    /// cluster is unreachable. Nothing was acknowledged; the publisher may retry.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Another broker appended to a topic of a shared log (the JetStream engine) between this broker's
+    /// last look and its append, so the offsets it assigned were taken: nothing of it was acknowledged.
+    /// The writer reloads and sequences the group again ([`crate::writer`]); peers see it only if that
+    /// keeps happening, as `UNAVAILABLE`.
+    #[error("the shared log moved on under this broker: {0}")]
+    Contended(String),
     /// The broker is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -98,7 +109,9 @@ impl Error {
             Error::FrameTimeout(_) => ErrorCode::FRAME_TIMEOUT,
             Error::RateLimited => ErrorCode::RATE_LIMITED,
             Error::StorageFull => ErrorCode::STORAGE_FULL,
-            Error::ShuttingDown | Error::AckOverdue(_) => ErrorCode::UNAVAILABLE,
+            Error::ShuttingDown | Error::AckOverdue(_) | Error::Unavailable(_) | Error::Contended(_) => {
+                ErrorCode::UNAVAILABLE
+            }
             Error::Storage(_)
             | Error::StorageFailed(_)
             | Error::Config(_)

@@ -59,8 +59,8 @@ impl Identity {
             }
             _ => fail("field `authority_key`: it is not the secret key of the pinned `authority`".into()),
         })?;
-        if file.broker.trim().is_empty() {
-            return Err(fail("field `broker`: expected host:port".into()));
+        if file.broker.split(',').any(|b| b.trim().is_empty()) {
+            return Err(fail("field `broker`: expected host:port, or several separated by commas".into()));
         }
         if rustls::pki_types::ServerName::try_from(file.server_name.as_str()).is_err() {
             return Err(fail(format!(
@@ -86,9 +86,15 @@ impl Identity {
         &self.inner.file.principal
     }
 
-    /// The broker's address, `host:port`.
+    /// The broker's address, `host:port`, or the addresses of several brokers of one deployment (that
+    /// share a log: `storage.engine = "jetstream"`), separated by commas, as the file gives it.
     pub fn broker(&self) -> &str {
         &self.inner.file.broker
+    }
+
+    /// Each broker address of [`broker`](Self::broker), in order.
+    pub fn brokers(&self) -> impl Iterator<Item = &str> {
+        self.inner.file.broker.split(',').map(str::trim)
     }
 
     /// The name the broker's certificate must be valid for.

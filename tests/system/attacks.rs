@@ -41,9 +41,11 @@ use sealpost_protocol::{
 // The harness: a store that lies.
 // ---------------------------------------------------------------------------------------------------------
 
-/// The broker's store: a [`TestStore`] under the control of a hostile broker host. It stores honestly (in a
-/// [`MemoryStore`](sealpost_broker::store::MemoryStore): the broker keeps sequencing and acknowledging
-/// publishes as usual) and serves subscribers, through [`Store::read`], whatever view the test installed
+/// The broker's store: a [`TestStore`] under the control of a hostile broker host. It stores honestly (in
+/// the engine the including module's `honest_store` opens: a
+/// [`MemoryStore`](sealpost_broker::store::MemoryStore) for `attacks::`, a JetStream cluster for
+/// `jetstream::attacks::`, where this file is compiled a second time; the broker keeps sequencing and
+/// acknowledging publishes as usual) and serves subscribers, through [`Store::read`], whatever view the test installed
 /// for the topic ([`TestStore::serve_reads`]): batches altered, forged, replayed, reordered, dropped or
 /// taken from another topic. Rewriting what is served is, for a subscriber, the same as rewriting the
 /// disk: the broker only ever hands out what `read` returns.
@@ -52,7 +54,7 @@ use sealpost_protocol::{
 /// installed. The broker delivers a batch only below its durable end (the honest number of messages), so a
 /// view that serves more batches than the log holds keeps its last ones back until later publishes move
 /// that end (withholding the newest tail is a non-claim); the tests use a live publish to release them.
-type CheatingStore = TestStore;
+type CheatingStore = TestStore<Box<dyn Store>>;
 
 /// What the tests make a [`CheatingStore`] do, beyond [`TestStore`]'s own hooks.
 trait Cheat {
@@ -161,6 +163,8 @@ fn one_per_batch() -> PublisherOptions {
 struct Scene {
     env: Env,
     store: Arc<CheatingStore>,
+    /// Whatever the honest store needs held while it is used (the JetStream cluster's shared guard).
+    _hold: Box<dyn std::any::Any + Send + Sync>,
     broker: Broker,
     alice: Client,
     bob: Client,
@@ -171,7 +175,8 @@ struct Scene {
 impl Scene {
     async fn new(options: PublisherOptions) -> Scene {
         let mut env = Env::new();
-        let store = Arc::new(CheatingStore::default());
+        let (honest, _hold) = super::honest_store().await;
+        let store = Arc::new(CheatingStore::new(honest));
         env.seed(store.as_ref());
         let broker_options = BrokerOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -189,7 +194,7 @@ impl Scene {
         let alice = connect(&env, "alice", &broker).await;
         let bob = connect(&env, "bob", &broker).await;
         let publisher = within("publisher", alice.publisher(chat(), options)).await.unwrap();
-        Scene { env, store, broker, alice, bob, publisher }
+        Scene { env, store, _hold, broker, alice, bob, publisher }
     }
 
     /// alice publishes `payload` on demo.chat and waits for its acknowledgement.

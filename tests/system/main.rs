@@ -37,6 +37,7 @@ mod groups;
 mod headers;
 mod history;
 mod instances;
+mod jetstream;
 mod limits;
 mod logs;
 mod memory;
@@ -50,3 +51,9 @@ mod rollback;
 mod storage_damage;
 mod tls;
 mod walkthrough;
+
+/// The engine `attacks` stores honestly in: memory (`jetstream::attacks` runs the same file on a
+/// JetStream cluster).
+async fn honest_store() -> (Box<dyn sealpost_broker::store::Store>, Box<dyn std::any::Any + Send + Sync>) {
+    (Box::new(sealpost_broker::store::MemoryStore::new()), Box::new(()))
+}

@@ -32,11 +32,14 @@
 //!   durable offsets, policies) in one sled database that can be rebuilt from the log. Its module,
 //!   [`disk`], documents the layout, how `sync` makes them durable, how opening recovers, and how damage
 //!   costs only what it hits.
+//! - [`JetStreamStore`]: in a NATS JetStream cluster that several brokers share: a stream per topic, a
+//!   policy stream, a key-value bucket of durable offsets. Its module, [`jetstream`], documents how
+//!   offsets map to stream sequences, how appends stay in chain order through retries and leader
+//!   elections, and how a broker learns what the others append ([`Store::share`]).
 //! - [`MemoryStore`]: in memory, for tests and ephemeral brokers; `sync` only counts.
 //!
 //! [`open`] opens the one a configuration names. [`testing::TestStore`] wraps either, for tests that inject
-//! faults. Nothing of an engine leaks through [`Store`], so another engine (a NATS JetStream one is
-//! planned) can be added without touching its callers. The behavioural tests at the bottom of this file
+//! faults. Nothing of an engine leaks through [`Store`]. The behavioural tests at the bottom of this file
 //! are written once and run against every engine.
 //!
 //! # Copies
@@ -59,12 +62,15 @@ use sealpost_protocol::{
 use crate::retention::Retention;
 use crate::{Error, Result};
 
+pub mod conformance;
 pub mod disk;
+pub mod jetstream;
 pub mod memory;
 mod open;
 pub mod testing;
 
 pub use self::disk::{DiskOptions, DiskStore};
+pub use self::jetstream::{JetStreamOptions, JetStreamStore};
 pub use self::memory::MemoryStore;
 pub use self::open::{open, Engine};
 
@@ -365,6 +371,10 @@ impl<'a> Append<'a> {
     }
 }
 
+/// Where an engine that several brokers write hands the batches any of them commits ([`Store::share`]):
+/// each topic's batches in offset order, a batch perhaps more than once.
+pub type Sink = std::sync::Arc<dyn Fn(&Topic, StoredBatch) + Send + Sync>;
+
 /// The storage interface of the broker. Object-safe: the broker holds an `Arc<dyn Store>`.
 ///
 /// Writes come from a single writer; reads may run concurrently with them and see every completed write,
@@ -471,6 +481,104 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `max` durable subscriptions with their committed offsets, in the store's own order, after
     /// `after` (from the first if `None`): the pages of `sealpost admin subscriptions`.
     fn durables(&self, after: Option<&DurableKey>, max: usize) -> Result<Vec<(DurableKey, Offset)>>;
+
+    /// For an engine that other brokers write too (JetStream): from now on, hand `sink` every batch that
+    /// any broker commits to a topic this broker has read or written, so that the
+    /// [`Log`](crate::writer::Log) moves the topic's durable end and its tail. The log calls it once, when
+    /// it opens. Engines only this broker writes keep the default, which does nothing.
+    fn share(&self, sink: Sink) {
+        let _ = sink;
+    }
+
+    /// The largest sealed batch the engine can store, if it has a limit of its own (JetStream: the
+    /// servers' `max_payload`); the broker refuses to start with a larger `limits.max_batch_len`.
+    fn max_batch_len(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// A boxed engine is an engine: lets a [`testing::TestStore`] wrap whichever one a test opened.
+impl<S: Store + ?Sized> Store for Box<S> {
+    fn append(&self, batch: Append<'_>) -> Result<()> {
+        (**self).append(batch)
+    }
+    fn sync(&self) -> Result<()> {
+        (**self).sync()
+    }
+    fn failed(&self) -> Option<String> {
+        (**self).failed()
+    }
+    fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>> {
+        (**self).read(topic, from, max_bytes)
+    }
+    fn next_offset(&self, topic: &Topic) -> Result<Offset> {
+        (**self).next_offset(topic)
+    }
+    fn first_offset(&self, topic: &Topic) -> Result<Offset> {
+        (**self).first_offset(topic)
+    }
+    fn retain(&self, rules: &Retention, now: SystemTime) -> Result<Retained> {
+        (**self).retain(rules, now)
+    }
+    fn publisher_record(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        chain: ChainId,
+        first_seq: u64,
+    ) -> Result<Option<PublisherRecord>> {
+        (**self).publisher_record(topic, publisher, chain, first_seq)
+    }
+    fn publisher_head(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        chain: ChainId,
+    ) -> Result<Option<PublisherRecord>> {
+        (**self).publisher_head(topic, publisher, chain)
+    }
+    fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>> {
+        (**self).durable_offset(topic, principal, name)
+    }
+    fn set_durable_offset(
+        &self,
+        topic: &Topic,
+        principal: &Principal,
+        name: &str,
+        next_offset: Offset,
+    ) -> Result<()> {
+        (**self).set_durable_offset(topic, principal, name, next_offset)
+    }
+    fn put_policy(&self, topic: &Topic, epoch: u64, policy: &Bytes) -> Result<()> {
+        (**self).put_policy(topic, epoch, policy)
+    }
+    fn policies(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>> {
+        (**self).policies(topic, max)
+    }
+    fn policy_history(
+        &self,
+        topic: &Topic,
+        before: Option<u64>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>> {
+        (**self).policy_history(topic, before, max, max_bytes)
+    }
+    fn syncs(&self) -> u64 {
+        (**self).syncs()
+    }
+    fn topics(&self, after: Option<&Topic>, max: usize) -> Result<Vec<Topic>> {
+        (**self).topics(after, max)
+    }
+    fn durables(&self, after: Option<&DurableKey>, max: usize) -> Result<Vec<(DurableKey, Offset)>> {
+        (**self).durables(after, max)
+    }
+    fn share(&self, sink: Sink) {
+        (**self).share(sink)
+    }
+    fn max_batch_len(&self) -> Option<usize> {
+        (**self).max_batch_len()
+    }
 }
 
 /// Takes policies, newest first, into a page of [`Store::policy_history`]: at most `max` of them and, past
@@ -522,244 +630,12 @@ pub(crate) fn offset_mismatch(topic: &Topic, expected: Offset, got: Offset) -> E
 mod tests {
     //! Behavioural scenarios, written once against `&dyn Store` and run against every engine.
 
+    use super::conformance::*;
     use super::*;
     use crate::store::testing::TEST_CHAIN;
 
-    fn topic(s: &str) -> Topic {
-        Topic::new(s).unwrap()
-    }
-
-    fn principal(s: &str) -> Principal {
-        Principal::new(s).unwrap()
-    }
-
-    fn signer(n: u8) -> sealpost_protocol::SigningKey {
-        sealpost_protocol::SigningKey::from_bytes(&[n; 32])
-    }
-
-    fn publisher(n: u8) -> PublicKey {
-        signer(n).public_key()
-    }
-
     fn digest(n: u8) -> Digest {
         Digest([n; 32])
-    }
-
-    /// Appends a real batch of `count` messages of `len` bytes each by `publisher(p)` at the topic's next
-    /// offset, continuing the publisher's stored chain; returns its record and its bytes.
-    fn append_batch(store: &dyn Store, t: &Topic, p: u8, count: u32, len: usize) -> (PublisherRecord, Bytes) {
-        let head = chain_head(store.publisher_head(t, &publisher(p), TEST_CHAIN).unwrap().as_ref());
-        let batch = testing::sealed_batch(&signer(p), t, head, count as usize, len).unwrap();
-        let append = Append::new(&batch, store.next_offset(t).unwrap());
-        store.append(append).unwrap();
-        (append.record(), batch.as_bytes().clone())
-    }
-
-    /// [`append_batch`], returning the record only.
-    fn append(store: &dyn Store, t: &Topic, p: u8, count: u32, len: usize) -> PublisherRecord {
-        append_batch(store, t, p, count, len).0
-    }
-
-    fn offsets(items: &[Stored]) -> Vec<(u64, u32)> {
-        items.iter().map(|i| (i.offset().0, i.end().saturating_count_from(i.offset()) as u32)).collect()
-    }
-
-    fn batches(items: Vec<Stored>) -> Vec<StoredBatch> {
-        items.into_iter().map(|i| i.batch().expect("a batch, not a loss")).collect()
-    }
-
-    fn empty_topic_starts_at_zero(store: &dyn Store) {
-        let t = topic("empty.topic");
-        assert_eq!(store.next_offset(&t).unwrap(), Offset(0));
-        assert_eq!(store.first_offset(&t).unwrap(), Offset(0));
-        assert!(store.read(&t, Offset(0), usize::MAX).unwrap().is_empty());
-        assert_eq!(store.publisher_head(&t, &publisher(1), TEST_CHAIN).unwrap(), None);
-        assert_eq!(store.publisher_record(&t, &publisher(1), TEST_CHAIN, 1).unwrap(), None);
-        assert_eq!(store.durable_offset(&t, &principal("alice"), "d").unwrap(), None);
-    }
-
-    fn appends_read_back_in_offset_order(store: &dyn Store) {
-        let t = topic("demo.chat");
-        let a = append(store, &t, 1, 3, 10);
-        let (b, b_bytes) = append_batch(store, &t, 2, 1, 10);
-        let c = append(store, &t, 1, 5, 10);
-        assert_eq!((a.offset, b.offset, c.offset), (Offset(0), Offset(3), Offset(4)));
-        assert_eq!(store.next_offset(&t).unwrap(), Offset(9));
-        assert_eq!(store.first_offset(&t).unwrap(), Offset(0));
-        let all = store.read(&t, Offset(0), usize::MAX).unwrap();
-        assert_eq!(offsets(&all), vec![(0, 3), (3, 1), (4, 5)]);
-        let all = batches(all);
-        assert_eq!(all[1].bytes, b_bytes);
-        assert_eq!(all[2].end(), Offset(9));
-    }
-
-    fn topics_are_independent(store: &dyn Store) {
-        // "a" is a prefix of "a.b" as a string: the engines must still keep them apart.
-        let (a, ab) = (topic("a"), topic("a.b"));
-        append(store, &a, 1, 2, 4);
-        append(store, &ab, 1, 7, 4);
-        assert_eq!(store.next_offset(&a).unwrap(), Offset(2));
-        assert_eq!(store.next_offset(&ab).unwrap(), Offset(7));
-        assert_eq!(offsets(&store.read(&a, Offset(0), usize::MAX).unwrap()), vec![(0, 2)]);
-        assert_eq!(store.publisher_head(&a, &publisher(1), TEST_CHAIN).unwrap().map(|h| h.count), Some(2));
-    }
-
-    fn read_from_inside_a_batch_starts_with_that_batch(store: &dyn Store) {
-        let t = topic("demo.inside");
-        for _ in 0..3 {
-            append(store, &t, 1, 4, 8);
-        }
-        // Batches cover 0..4, 4..8, 8..12.
-        assert_eq!(offsets(&store.read(&t, Offset(5), usize::MAX).unwrap()), vec![(4, 4), (8, 4)]);
-        assert_eq!(offsets(&store.read(&t, Offset(4), usize::MAX).unwrap()), vec![(4, 4), (8, 4)]);
-        assert_eq!(offsets(&store.read(&t, Offset(11), usize::MAX).unwrap()), vec![(8, 4)]);
-        assert!(store.read(&t, Offset(12), usize::MAX).unwrap().is_empty());
-        assert!(store.read(&t, Offset(u64::MAX), usize::MAX).unwrap().is_empty());
-    }
-
-    fn read_stops_at_max_bytes_but_returns_at_least_one_batch(store: &dyn Store) {
-        let t = topic("demo.bytes");
-        // Four batches of one size (one message of 100 bytes each, on one topic).
-        let size = append_batch(store, &t, 1, 1, 100).1.len();
-        for _ in 0..3 {
-            assert_eq!(append_batch(store, &t, 1, 1, 100).1.len(), size);
-        }
-        assert_eq!(store.read(&t, Offset(0), 2 * size + size / 2).unwrap().len(), 2);
-        assert_eq!(store.read(&t, Offset(0), 2 * size).unwrap().len(), 2);
-        assert_eq!(store.read(&t, Offset(0), 2 * size - 1).unwrap().len(), 1);
-        assert_eq!(offsets(&store.read(&t, Offset(1), 1).unwrap()), vec![(1, 1)]);
-        assert_eq!(store.read(&t, Offset(0), 0).unwrap().len(), 1);
-        assert_eq!(store.read(&t, Offset(0), 100 * size).unwrap().len(), 4);
-    }
-
-    fn publisher_records_and_heads_are_indexed(store: &dyn Store) {
-        let t = topic("demo.pub");
-        let (p1, p2) = (publisher(1), publisher(2));
-        let r1 = append(store, &t, 1, 2, 8);
-        let r2 = append(store, &t, 2, 3, 8);
-        let r3 = append(store, &t, 1, 4, 8);
-        assert_eq!(r3.first_seq, 3);
-        assert_eq!(store.publisher_record(&t, &p1, TEST_CHAIN, 1).unwrap(), Some(r1));
-        assert_eq!(store.publisher_record(&t, &p1, TEST_CHAIN, 3).unwrap(), Some(r3));
-        assert_eq!(store.publisher_record(&t, &p1, TEST_CHAIN, 2).unwrap(), None);
-        assert_eq!(store.publisher_record(&t, &p2, TEST_CHAIN, 1).unwrap(), Some(r2));
-        assert_eq!(store.publisher_head(&t, &p1, TEST_CHAIN).unwrap(), Some(r3));
-        assert_eq!(store.publisher_head(&t, &p2, TEST_CHAIN).unwrap(), Some(r2));
-        assert_eq!(store.publisher_head(&t, &publisher(3), TEST_CHAIN).unwrap(), None);
-    }
-
-    fn append_at_a_wrong_offset_stores_nothing(store: &dyn Store) {
-        let t = topic("demo.wrong");
-        let p = publisher(1);
-        let first = append(store, &t, 1, 2, 8);
-        let next = testing::sealed_batch(&signer(1), &t, first.head(), 1, 8).unwrap();
-        for offset in [0, 1, 3].map(Offset) {
-            assert!(store.append(Append::new(&next, offset)).is_err(), "offset {offset}");
-        }
-        assert_eq!(store.next_offset(&t).unwrap(), Offset(2));
-        assert_eq!(store.publisher_record(&t, &p, TEST_CHAIN, 3).unwrap(), None);
-        assert_eq!(store.read(&t, Offset(0), usize::MAX).unwrap().len(), 1);
-    }
-
-    fn topics_and_durable_subscriptions_are_listed_in_pages(store: &dyn Store) {
-        for name in ["demo.b", "demo.a", "x", "demo.c"] {
-            append(store, &topic(name), 1, 1, 10);
-        }
-        // Page by page, each after the last one's key, every topic once.
-        let mut seen = Vec::new();
-        let mut after = None;
-        loop {
-            let page = store.topics(after.as_ref(), 2).unwrap();
-            assert!(page.len() <= 2);
-            if page.is_empty() {
-                break;
-            }
-            after = page.last().cloned();
-            seen.extend(page);
-        }
-        let mut names: Vec<String> = seen.iter().map(|t| t.to_string()).collect();
-        names.sort();
-        assert_eq!(names, ["demo.a", "demo.b", "demo.c", "x"]);
-        assert_eq!(seen.len(), 4, "a topic listed twice: {seen:?}");
-
-        let t = topic("demo.a");
-        for (who, name, at) in [("bob", "main", 3), ("alice", "main", 1), ("ab", "c", 2), ("a", "bc", 4)] {
-            store.set_durable_offset(&t, &principal(who), name, Offset(at)).unwrap();
-        }
-        let first = store.durables(None, 3).unwrap();
-        let rest = store.durables(first.last().map(|(k, _)| k), 3).unwrap();
-        let mut all: Vec<(String, String, u64)> =
-            first.iter().chain(&rest).map(|(k, o)| (k.principal.to_string(), k.name.clone(), o.0)).collect();
-        assert_eq!((first.len(), rest.len()), (3, 1));
-        all.sort();
-        assert_eq!(
-            all,
-            [
-                ("a".into(), "bc".into(), 4),
-                ("ab".into(), "c".into(), 2),
-                ("alice".into(), "main".into(), 1),
-                ("bob".into(), "main".into(), 3)
-            ]
-        );
-    }
-
-    fn durable_offsets_are_per_topic_principal_and_name(store: &dyn Store) {
-        let (t, u) = (topic("demo.d"), topic("demo.e"));
-        store.set_durable_offset(&t, &principal("alice"), "main", Offset(5)).unwrap();
-        store.set_durable_offset(&t, &principal("bob"), "main", Offset(7)).unwrap();
-        store.set_durable_offset(&t, &principal("alice"), "other", Offset(9)).unwrap();
-        store.set_durable_offset(&u, &principal("alice"), "main", Offset(11)).unwrap();
-        // Length-prefixed keys: ("ab", "c") and ("a", "bc") are different subscriptions.
-        store.set_durable_offset(&t, &principal("ab"), "c", Offset(1)).unwrap();
-        store.set_durable_offset(&t, &principal("a"), "bc", Offset(2)).unwrap();
-        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(Offset(5)));
-        assert_eq!(store.durable_offset(&t, &principal("bob"), "main").unwrap(), Some(Offset(7)));
-        assert_eq!(store.durable_offset(&t, &principal("alice"), "other").unwrap(), Some(Offset(9)));
-        assert_eq!(store.durable_offset(&u, &principal("alice"), "main").unwrap(), Some(Offset(11)));
-        assert_eq!(store.durable_offset(&t, &principal("ab"), "c").unwrap(), Some(Offset(1)));
-        assert_eq!(store.durable_offset(&t, &principal("a"), "bc").unwrap(), Some(Offset(2)));
-        store.set_durable_offset(&t, &principal("alice"), "main", Offset(6)).unwrap();
-        assert_eq!(store.durable_offset(&t, &principal("alice"), "main").unwrap(), Some(Offset(6)));
-    }
-
-    fn sync_counts_successful_syncs(store: &dyn Store) {
-        let before = store.syncs();
-        append(store, &topic("demo.sync"), 1, 1, 8);
-        store.sync().unwrap();
-        store.sync().unwrap();
-        assert_eq!(store.syncs(), before + 2);
-    }
-
-    fn policies_keep_the_newest_epochs_oldest_first(store: &dyn Store) {
-        let t = topic("demo.policy");
-        assert!(store.policies(&t, 2).unwrap().is_empty());
-        for epoch in [1u64, 2, 3] {
-            store.put_policy(&t, epoch, &Bytes::from(format!("policy {epoch}"))).unwrap();
-        }
-        store.put_policy(&topic("demo.other"), 9, &Bytes::from("other")).unwrap();
-        assert_eq!(store.policies(&t, 2).unwrap(), vec![Bytes::from("policy 2"), Bytes::from("policy 3")]);
-        assert_eq!(store.policies(&t, 1).unwrap(), vec![Bytes::from("policy 3")]);
-        assert_eq!(store.policies(&t, 10).unwrap().len(), 3);
-    }
-
-    fn policy_history_pages_back_newest_first_within_count_and_bytes(store: &dyn Store) {
-        let t = topic("demo.history");
-        assert!(store.policy_history(&t, None, 10, usize::MAX).unwrap().is_empty());
-        for epoch in 1u64..=5 {
-            store.put_policy(&t, epoch, &Bytes::from(format!("policy {epoch}"))).unwrap();
-        }
-        store.put_policy(&topic("demo.other"), 9, &Bytes::from("other")).unwrap();
-        let page = |before, max, max_bytes| {
-            let got = store.policy_history(&t, before, max, max_bytes).unwrap();
-            got.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>()
-        };
-        assert_eq!(page(None, 2, usize::MAX), ["policy 5", "policy 4"]);
-        assert_eq!(page(Some(4), 10, usize::MAX), ["policy 3", "policy 2", "policy 1"]);
-        assert_eq!(page(Some(1), 10, usize::MAX), Vec::<String>::new());
-        // "policy n" is 8 bytes: two fit in 16, and the first always comes.
-        assert_eq!(page(None, 10, 16), ["policy 5", "policy 4"]);
-        assert_eq!(page(Some(3), 10, 1), ["policy 2"]);
-        assert_eq!(page(None, 0, usize::MAX), Vec::<String>::new());
     }
 
     /// Defines `disk_engine::<scenario>` and `memory_engine::<scenario>` tests for each scenario.
@@ -771,7 +647,7 @@ mod tests {
                     fn $scenario() {
                         let dir = tempfile::tempdir().unwrap();
                         let store = super::DiskStore::open(dir.path()).unwrap();
-                        super::$scenario(&store);
+                        super::conformance::$scenario(&store);
                     }
                 )*
             }
@@ -779,7 +655,7 @@ mod tests {
                 $(
                     #[test]
                     fn $scenario() {
-                        super::$scenario(&super::MemoryStore::new());
+                        super::conformance::$scenario(&super::MemoryStore::new());
                     }
                 )*
             }

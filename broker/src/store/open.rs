@@ -5,11 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::disk::{scrub, DiskOptions, DiskStore};
-use super::{MemoryStore, Store};
+use super::{JetStreamOptions, JetStreamStore, MemoryStore, Store};
 use crate::Result;
 
 /// An engine to open, and its settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Engine {
     /// A [`DiskStore`] in the data folder.
     Disk {
@@ -20,10 +20,13 @@ pub enum Engine {
     },
     /// An empty [`MemoryStore`]: nothing survives the process.
     Memory,
+    /// A [`JetStreamStore`] in the cluster the options name (`data_dir` holds nothing of it).
+    JetStream(JetStreamOptions),
 }
 
 /// Opens `engine`: a [`DiskStore`] in `data_dir` (created if missing), with its background scrub if one
-/// is asked for, or an empty [`MemoryStore`] (which ignores `data_dir`).
+/// is asked for, an empty [`MemoryStore`], or a
+/// [`JetStreamStore`] connected to its cluster (both ignore `data_dir`).
 pub fn open(engine: Engine, data_dir: &Path) -> Result<Arc<dyn Store>> {
     Ok(match engine {
         Engine::Disk { options, scrub_bytes_per_sec } => {
@@ -34,5 +37,6 @@ pub fn open(engine: Engine, data_dir: &Path) -> Result<Arc<dyn Store>> {
             store
         }
         Engine::Memory => Arc::new(MemoryStore::new()),
+        Engine::JetStream(options) => Arc::new(JetStreamStore::connect(options)?),
     })
 }

@@ -390,6 +390,14 @@ impl<S: Store> Store for TestStore<S> {
     fn durables(&self, after: Option<&DurableKey>, max: usize) -> Result<Vec<(DurableKey, Offset)>> {
         self.inner.durables(after, max)
     }
+
+    fn share(&self, sink: super::Sink) {
+        self.inner.share(sink)
+    }
+
+    fn max_batch_len(&self) -> Option<usize> {
+        self.inner.max_batch_len()
+    }
 }
 
 /// The test's side of [`TestStore::gate_syncs`].

@@ -56,17 +56,22 @@ impl DurableEnds {
         self.watches().entry(topic.clone()).or_insert_with(|| watch::channel(durable).0);
     }
 
+    /// Another broker made `topic` durable up to `end` (a shared log, [`Store::share`]): moves its watch
+    /// there if one exists and is behind. Without a watch there is nothing to do: one made later reads
+    /// the store.
+    pub(super) fn raise(&self, topic: &Topic, end: Offset) {
+        if let Some(sender) = self.watches().get(topic) {
+            raise(sender, end);
+        }
+    }
+
     /// Called by the writer after a successful sync: each topic of `ends` is durable up to its offset.
     /// Watches nobody holds are dropped unless their topic is still `pending` (written, not yet synced).
     pub(super) fn publish(&self, ends: Vec<(Topic, Offset)>, pending: &HashSet<Topic>) {
         let mut watches = self.watches();
         for (topic, end) in ends {
             if let Some(sender) = watches.get(&topic) {
-                sender.send_if_modified(|v| {
-                    let changed = *v != end;
-                    *v = end;
-                    changed
-                });
+                raise(sender, end);
                 if sender.receiver_count() == 0 && !pending.contains(&topic) {
                     // Nobody waits and nothing is pending: `subscribe` can recreate it from the store.
                     watches.remove(&topic);
@@ -74,4 +79,16 @@ impl DurableEnds {
             }
         }
     }
+}
+
+/// Moves `sender`'s end up to `end`; never back (two sources move it: this broker's syncs and, with a
+/// shared log, what the others commit).
+fn raise(sender: &watch::Sender<Offset>, end: Offset) {
+    sender.send_if_modified(|v| {
+        let changed = *v < end;
+        if changed {
+            *v = end;
+        }
+        changed
+    });
 }

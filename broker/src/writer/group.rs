@@ -19,9 +19,16 @@
 //! # Failure
 //!
 //! If an append or the sync fails, every request of the group gets the error ([`Error::StorageFull`] stays
-//! `StorageFull`, so the peer learns the device is full), the caches and the tail are dropped, to be
-//! reloaded from the store, which always holds the truth. A batch of a failed group may still be in the
+//! `StorageFull`, so the peer learns the device is full), the caches are dropped, to be reloaded from the
+//! store, which always holds the truth (the tail only ever holds what a sync covered). A batch of a failed group may still be in the
 //! store; a publisher's retry then finds it and is answered as a duplicate with its original offsets.
+//!
+//! # A shared log
+//!
+//! With an engine other brokers append to as well (JetStream), the writer's caches can be behind the
+//! store: the engine then fails the group with [`Error::Contended`] (nothing of it was acknowledged) and
+//! the writer drops its caches and executes the group again, from what the store holds, up to
+//! [`MAX_CONTENDED`] times; batches stored by an earlier attempt are answered as duplicates.
 //!
 //! # Fail-stop
 //!
@@ -40,7 +47,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use sealpost_protocol::{ChainId, Offset, PublicKey, Topic, VerifiedBatch};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::durable::DurableEnds;
 use super::request::{Appended, Request};
@@ -57,6 +64,8 @@ pub const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// Most entries in each of the writer's caches (chain heads, topic ends) before it starts them afresh
 /// from the store, which always holds the truth.
 const MAX_CACHED: usize = 1 << 16;
+/// Most times a group is executed again because another broker appended to a shared log first.
+const MAX_CONTENDED: usize = 8;
 
 /// State shared by the [`Log`](super::Log) handle and the writer thread.
 pub(super) struct Shared {
@@ -91,6 +100,14 @@ impl Shared {
         self.failed.borrow().as_ref().map(|why| Error::StorageFailed(why.clone()))
     }
 
+    /// Another broker committed `batch` to `topic` of a shared log ([`Store::share`]): it is durable, so
+    /// it moves the topic's durable end and joins the tail.
+    pub(super) fn committed(&self, topic: &Topic, batch: StoredBatch) {
+        let end = batch.end();
+        self.tail().push(topic, batch);
+        self.durable.raise(topic, end);
+    }
+
     pub(super) fn tail(&self) -> MutexGuard<'_, Tail> {
         // Every method of `Tail` leaves it consistent before it could panic.
         self.tail.lock().unwrap_or_else(PoisonError::into_inner)
@@ -117,17 +134,13 @@ fn copy_error(e: &Error) -> Error {
         Error::StorageFull => Error::StorageFull,
         Error::StorageFailed(why) => Error::StorageFailed(why.clone()),
         Error::ShuttingDown => Error::ShuttingDown,
+        Error::Unavailable(why) => Error::Unavailable(why.clone()),
+        Error::Contended(why) => Error::Contended(why.clone()),
         Error::SequenceConflict { expected, got } => {
             Error::SequenceConflict { expected: *expected, got: *got }
         }
         other => Error::Storage(other.to_string()),
     }
-}
-
-/// How one request of a group will be answered.
-enum Reply {
-    Append(oneshot::Sender<Result<Appended>>, Result<Appended>),
-    Commit(oneshot::Sender<Result<()>>),
 }
 
 /// The writer thread's state.
@@ -139,11 +152,19 @@ pub(super) struct Writer {
     heads: HashMap<(Topic, PublicKey, ChainId), Option<PublisherRecord>>,
     /// Topics appended to since the last successful sync.
     unsynced: HashSet<Topic>,
+    /// The batches appended since the last successful sync: they go to the tail once it is durable.
+    fresh: Vec<(Topic, StoredBatch)>,
 }
 
 impl Writer {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared, next_offsets: HashMap::new(), heads: HashMap::new(), unsynced: HashSet::new() }
+        Self {
+            shared,
+            next_offsets: HashMap::new(),
+            heads: HashMap::new(),
+            unsynced: HashSet::new(),
+            fresh: Vec::new(),
+        }
     }
 
     /// Runs until every handle is gone and the queue is drained; returns the outcome of the final sync.
@@ -181,46 +202,104 @@ impl Writer {
         self.sync().inspect_err(|e| tracing::error!("final sync of the log failed: {e}"))
     }
 
-    /// Executes a group: sequence and store each request, sync once, then answer them all.
+    /// Executes a group: sequence and store each request, sync once, then answer them all. A group that
+    /// fails because another broker appended to a shared log first ([`Error::Contended`]) is executed
+    /// again from what the store holds, up to [`MAX_CONTENDED`] times.
     fn commit_group(&mut self, group: Vec<Request>) {
-        let mut replies = Vec::with_capacity(group.len());
+        let mut attempts = 0;
+        let (answers, mut failure) = loop {
+            let (answers, failure) = self.execute(&group);
+            match &failure {
+                Some(Error::Contended(why)) if attempts < MAX_CONTENDED => {
+                    attempts += 1;
+                    tracing::debug!("{why}: sequencing the group of {} requests again", group.len());
+                    self.forget();
+                }
+                _ => break (answers, failure),
+            }
+        };
+        let mut fatal = None;
+        if let Some(why) = failure.as_ref().and_then(|_| self.shared.store.failed()) {
+            tracing::error!(
+                "storage failed, stopping the broker (fail-stop: nothing more is written or acknowledged; \
+                 a restart recovers what was acknowledged): {why}"
+            );
+            failure = Some(Error::StorageFailed(why.clone()));
+            fatal = Some(why);
+        }
+        if let Some(e) = &failure {
+            tracing::warn!("log group of {} requests failed: {e}", group.len());
+            // Forget what this group did; the store is the truth. `unsynced` is kept, so the durable
+            // ends of its topics are advanced by the next successful sync.
+            self.forget();
+        }
+        // A receiver that went away (a cancelled request) needs no answer.
+        for (request, answer) in group.into_iter().zip(answers) {
+            match (request, &failure) {
+                (Request::Append { reply, .. }, Some(e)) => drop(reply.send(Err(copy_error(e)))),
+                (Request::Commit { reply, .. } | Request::Policy { reply, .. }, Some(e)) => {
+                    drop(reply.send(Err(copy_error(e))))
+                }
+                (Request::Append { reply, .. }, None) => {
+                    drop(reply.send(answer.unwrap_or(Err(Error::ShuttingDown))))
+                }
+                (Request::Commit { reply, .. } | Request::Policy { reply, .. }, None) => {
+                    drop(reply.send(Ok(())))
+                }
+            }
+        }
+        if fatal.is_some() {
+            // After the group's answers: the shell starts shutting down once it sees this.
+            self.shared.failed.send_replace(fatal);
+        }
+    }
+
+    /// Drops the caches (and the batches not yet durable): reloaded from the store, which is the truth.
+    fn forget(&mut self) {
+        self.next_offsets.clear();
+        self.heads.clear();
+        self.fresh.clear();
+    }
+
+    /// Sequences and stores each request of `group` in order, then syncs once. Returns each append's
+    /// answer (`None` for other requests, and for appends not executed once the group failed) and the
+    /// group's failure, if any.
+    fn execute(&mut self, group: &[Request]) -> (Vec<Option<Result<Appended>>>, Option<Error>) {
+        let mut answers = Vec::with_capacity(group.len());
         let mut failure = None;
         let mut committed = false;
         for request in group {
             if failure.is_some() {
                 // The group has failed: the rest is not executed, and is answered with the failure.
-                replies.push(match request {
-                    Request::Append { reply, .. } => Reply::Append(reply, Err(Error::ShuttingDown)),
-                    Request::Commit { reply, .. } | Request::Policy { reply, .. } => Reply::Commit(reply),
-                });
+                answers.push(None);
                 continue;
             }
             match request {
-                Request::Append { batch, reply } => match self.append(&batch) {
-                    Ok(answer) => replies.push(Reply::Append(reply, answer)),
+                Request::Append { batch, .. } => match self.append(batch) {
+                    Ok(answer) => answers.push(Some(answer)),
                     Err(e) => {
                         failure = Some(e);
-                        replies.push(Reply::Append(reply, Err(Error::ShuttingDown)));
+                        answers.push(None);
                     }
                 },
-                Request::Commit { topic, principal, name, next_offset, reply } => {
-                    match self.shared.store.set_durable_offset(&topic, &principal, &name, next_offset) {
+                Request::Commit { topic, principal, name, next_offset, .. } => {
+                    match self.shared.store.set_durable_offset(topic, principal, name, *next_offset) {
                         Ok(()) => {
                             committed = true;
                             if let Some(metrics) = &self.shared.metrics {
-                                metrics.committed(&topic, &principal, &name, next_offset);
+                                metrics.committed(topic, principal, name, *next_offset);
                             }
                         }
                         Err(e) => failure = Some(e),
                     }
-                    replies.push(Reply::Commit(reply));
+                    answers.push(None);
                 }
-                Request::Policy { topic, epoch, policy, reply } => {
-                    match self.shared.store.put_policy(&topic, epoch, &policy) {
+                Request::Policy { topic, epoch, policy, .. } => {
+                    match self.shared.store.put_policy(topic, *epoch, policy) {
                         Ok(()) => committed = true,
                         Err(e) => failure = Some(e),
                     }
-                    replies.push(Reply::Commit(reply));
+                    answers.push(None);
                 }
             }
         }
@@ -232,39 +311,10 @@ impl Writer {
                 failure = Some(e);
             }
             if let Some(metrics) = &self.shared.metrics {
-                metrics.synced(replies.len(), started.elapsed());
+                metrics.synced(group.len(), started.elapsed());
             }
         }
-        let mut fatal = None;
-        if let Some(why) = failure.as_ref().and_then(|_| self.shared.store.failed()) {
-            tracing::error!(
-                "storage failed, stopping the broker (fail-stop: nothing more is written or acknowledged; \
-                 a restart recovers what was acknowledged): {why}"
-            );
-            failure = Some(Error::StorageFailed(why.clone()));
-            fatal = Some(why);
-        }
-        if let Some(e) = &failure {
-            tracing::warn!("log group of {} requests failed: {e}", replies.len());
-            // Forget what this group did; the store is the truth. `unsynced` is kept, so the durable
-            // ends of its topics are advanced by the next successful sync.
-            self.next_offsets.clear();
-            self.heads.clear();
-            self.shared.tail().clear();
-        }
-        // A receiver that went away (a cancelled request) needs no answer.
-        for reply in replies {
-            match (reply, &failure) {
-                (Reply::Append(tx, _), Some(e)) => drop(tx.send(Err(copy_error(e)))),
-                (Reply::Commit(tx), Some(e)) => drop(tx.send(Err(copy_error(e)))),
-                (Reply::Append(tx, answer), None) => drop(tx.send(answer)),
-                (Reply::Commit(tx), None) => drop(tx.send(Ok(()))),
-            }
-        }
-        if fatal.is_some() {
-            // After the group's answers: the shell starts shutting down once it sees this.
-            self.shared.failed.send_replace(fatal);
-        }
+        (answers, failure)
     }
 
     /// Sequences and stores one batch. The outer error is a storage failure (fails the group), the inner
@@ -303,7 +353,7 @@ impl Writer {
                 self.before_write(topic, offset);
                 self.shared.store.append(append)?;
                 let stored = StoredBatch { offset, count: header.count, bytes: batch.as_bytes().clone() };
-                self.shared.tail().push(topic, stored);
+                self.fresh.push((topic.clone(), stored));
                 self.next_offsets.insert(topic.clone(), end);
                 self.heads.insert(key, Some(append.record()));
                 if let Some(metrics) = &self.shared.metrics {
@@ -340,6 +390,12 @@ impl Writer {
     /// Syncs the store, then publishes the new durable ends.
     fn sync(&mut self) -> Result<()> {
         self.shared.store.sync()?;
+        // Durable now: readers may have them from memory, before they learn the new ends.
+        let mut tail = self.shared.tail();
+        for (topic, batch) in self.fresh.drain(..) {
+            tail.push(&topic, batch);
+        }
+        drop(tail);
         let mut ends = Vec::with_capacity(self.unsynced.len());
         for topic in std::mem::take(&mut self.unsynced) {
             // After a failed group the cache was dropped; the store is durable now, so read it.

@@ -23,7 +23,7 @@
 //!   the broker and a restart recovers the store ([`group`], "Fail-stop").
 //! - **Subscribers only see durable data.** [`Log::durable_end`] gives, per topic, a watch of the offset up
 //!   to which the topic is durable; the writer advances it after each successful sync, never before
-//!   ([`durable`]).
+//!   ([`durable`]). With a shared log ([`Store::share`]) what other brokers commit advances it too.
 //!
 //! The log does not check signatures, ACLs or the signer binding: callers pass batches they have verified
 //! and authorised. Readers use [`Log::store`], or first [`Log::read_tail`], which serves recent batches
@@ -107,7 +107,13 @@ impl Log {
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Log> {
         store.sync()?;
-        let shared = Arc::new(Shared::new(store, tail_bytes, metrics));
+        let shared = Arc::new(Shared::new(store.clone(), tail_bytes, metrics));
+        let weak = Arc::downgrade(&shared);
+        store.share(Arc::new(move |topic: &Topic, batch: StoredBatch| {
+            if let Some(shared) = weak.upgrade() {
+                shared.committed(topic, batch);
+            }
+        }));
         let (tx, rx) = mpsc::unbounded_channel();
         let (stopped_tx, stopped) = oneshot::channel();
         let writer = Writer::new(shared.clone());
@@ -202,9 +208,8 @@ impl Log {
     }
 
     /// The stored batches of `topic` from the one that contains offset `from`, as [`Store::read`] gives
-    /// them, if the in-memory tail covers `from`; `None` if it does not, and the store must be read. Like
-    /// the store, the tail may hold batches that are not durable yet: bound what you deliver by
-    /// [`durable_end`](Self::durable_end).
+    /// them, if the in-memory tail holds `from` or what follows it; `None` if not, and the store must be
+    /// read. The tail holds durable batches only.
     pub fn read_tail(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Option<Vec<StoredBatch>> {
         self.shared.tail().read(topic, from, max_bytes)
     }

@@ -8,9 +8,11 @@
 //!
 //! It guarantees that a read it answers is what [`Store::read`](crate::store::Store::read) would answer:
 //! it holds the very `Bytes` that went to the store (shared, not copied), per topic contiguous and in
-//! offset order, and it answers only from the first batch it holds on. Like the store, it may hold batches
-//! that are not durable yet; callers bound what they deliver by the durable end. When a group fails the
-//! writer empties it, since the offsets it names may be reused.
+//! offset order, and it answers only from the first batch it holds on, and never with nothing (the store
+//! is then read). It holds **durable batches only**: the writer adds a group's batches once their sync
+//! succeeded, so a failed group leaves nothing here whose offsets could be reused. With a shared log
+//! ([`Store::share`](crate::store::Store::share)) the batches other brokers commit join it too; a batch
+//! it holds already is not added twice.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -44,6 +46,8 @@ impl Tail {
             return;
         }
         let contiguous = match self.topics.get(topic).and_then(|b| b.back()) {
+            // Held already: a shared log's batch comes from this broker's sync and from the follower.
+            Some(last) if batch.end() <= last.end() => return,
             Some(last) => last.end() == batch.offset,
             None => true,
         };
@@ -74,13 +78,6 @@ impl Tail {
         }
     }
 
-    /// Forgets everything.
-    pub(super) fn clear(&mut self) {
-        self.topics.clear();
-        self.order.clear();
-        self.bytes = 0;
-    }
-
     /// What [`Store::read`](crate::store::Store::read) would return for `topic` from `from` within
     /// `max_bytes`, if the tail covers `from`; `None` if it does not.
     pub(super) fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Option<Vec<StoredBatch>> {
@@ -100,7 +97,8 @@ impl Tail {
             }
             out.push(batch.clone());
         }
-        Some(out)
+        // Nothing from `from` on: the store may hold more (another broker's batches, with a shared log).
+        (!out.is_empty()).then_some(out)
     }
 }
 
@@ -153,8 +151,23 @@ mod tests {
         assert!(tail.read(&a, Offset(0), usize::MAX).is_none());
         assert_eq!(offsets(&tail.read(&a, Offset(5), usize::MAX).unwrap()), [(5, 1)]);
         assert_eq!(tail.bytes, 10);
-        // Past the end: covered, and nothing there yet.
-        assert_eq!(tail.read(&a, Offset(6), usize::MAX).unwrap(), []);
+        // Past the end: nothing here, so the store is read (another broker may have appended there).
+        assert!(tail.read(&a, Offset(6), usize::MAX).is_none());
+    }
+
+    #[test]
+    fn a_batch_the_tail_holds_already_is_not_added_twice() {
+        // A shared log's batch comes from this broker's sync and from what the others commit.
+        let a = topic("demo.a");
+        let mut tail = Tail::new(1000);
+        tail.push(&a, stored(0, 2, 10));
+        tail.push(&a, stored(2, 1, 10));
+        tail.push(&a, stored(0, 2, 10));
+        tail.push(&a, stored(2, 1, 10));
+        assert_eq!(offsets(&tail.read(&a, Offset(0), usize::MAX).unwrap()), [(0, 2), (2, 1)]);
+        assert_eq!(tail.bytes, 20);
+        tail.push(&a, stored(3, 1, 10));
+        assert_eq!(offsets(&tail.read(&a, Offset(1), usize::MAX).unwrap()), [(0, 2), (2, 1), (3, 1)]);
     }
 
     #[test]

@@ -247,8 +247,11 @@ async fn failed_sync_fails_the_whole_group_and_retries_find_the_stored_batches()
     }
     assert!(matches!(commit.await.unwrap(), Err(Error::StorageFull)));
     assert_eq!(*end.borrow_and_update(), Offset(1));
-    // The failed group's offsets may be reused: the tail forgets everything, readers go to the store.
-    assert!(log.read_tail(&t, Offset(0), usize::MAX).is_none());
+    // The tail holds durable batches only: the first group's, not the failed group's, whose offsets may
+    // be reused; readers of those go to the store.
+    let tail = log.read_tail(&t, Offset(0), usize::MAX).unwrap();
+    assert_eq!(tail.iter().map(|b| (b.offset.0, b.count)).collect::<Vec<_>>(), [(0, 1)]);
+    assert!(log.read_tail(&t, Offset(1), usize::MAX).is_none());
     // The store kept the failed group's batches: retries are duplicates with their original offsets,
     // and the chain continues from the store, not from a stale cache.
     let dup = |first_offset, count| Appended { first_offset: Offset(first_offset), count, duplicate: true };
@@ -273,13 +276,15 @@ async fn the_tail_serves_what_the_store_would() {
         log.append(t.clone(), sealed(&a, &t, &mut head, count)).await.unwrap();
     }
     // Batches cover 0..2, 2..5, 5..6, 6..10; reads start with the batch that contains `from`.
-    for (from, max) in [(0, usize::MAX), (3, usize::MAX), (5, 1), (9, usize::MAX), (10, usize::MAX)] {
+    for (from, max) in [(0, usize::MAX), (3, usize::MAX), (5, 1), (9, usize::MAX)] {
         let from = Offset(from);
         let tail = log.read_tail(&t, from, max).unwrap();
         let stored: Vec<_> =
             store.read(&t, from, max).unwrap().into_iter().map(|s| s.batch().unwrap()).collect();
         assert_eq!(tail, stored, "from {from}, max {max}");
     }
+    // Past the end the tail has nothing and says so: the store is read.
+    assert!(log.read_tail(&t, Offset(10), usize::MAX).is_none());
     assert!(log.read_tail(&topic("demo.other"), Offset(0), usize::MAX).is_none());
 }
 
@@ -375,4 +380,33 @@ async fn a_sync_failed_for_good_refuses_its_group_and_every_later_request_and_re
     assert_eq!(*end.borrow_and_update(), Offset(1));
     let log = Arc::into_inner(log).unwrap();
     assert!(matches!(log.close().await, Err(Error::StorageFailed(_))));
+}
+
+#[tokio::test]
+async fn a_group_another_broker_got_ahead_of_is_sequenced_again_and_answered_once() {
+    // A shared log: the engine refuses the append at offset 2 once as contended (another broker took its
+    // offset); the writer drops its caches and executes the group again, and the publisher is answered
+    // once, with the offset the second attempt stored it at.
+    let store = Arc::new(TestStore::new(MemoryStore::new()));
+    let contended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = contended.clone();
+    store.before_append(move |append| {
+        if append.offset() == Offset(2) && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Contended("another broker appended at 2".into()));
+        }
+        Ok(())
+    });
+    let log = Arc::new(Log::open(store.clone()).unwrap());
+    let t = topic("demo.shared");
+    let a = signer(1);
+    let mut head = ChainHead::GENESIS;
+    let (first, second) = (sealed(&a, &t, &mut head, 2), sealed(&a, &t, &mut head, 1));
+    let answers = [spawn_append(&log, &t, first), spawn_append(&log, &t, second)];
+    let [first, second] = answers;
+    let first = first.await.unwrap().unwrap();
+    assert_eq!((first.first_offset, first.count), (Offset(0), 2));
+    assert_eq!(second.await.unwrap().unwrap(), appended(2, 1));
+    assert!(contended.load(std::sync::atomic::Ordering::SeqCst));
+    let stored = store.read(&t, Offset(0), usize::MAX).unwrap();
+    assert_eq!(stored.iter().map(|s| (s.offset().0, s.end().0)).collect::<Vec<_>>(), [(0, 2), (2, 3)]);
 }

@@ -52,7 +52,11 @@ pub(crate) struct Connector {
     pub(super) errors: Arc<ErrorMap>,
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
-    addr: SocketAddr,
+    /// The brokers of the identity, resolved; each dial after a failed one or a lost connection tries the
+    /// next (round robin), so a client of several brokers sharing a log fails over to a live one.
+    addrs: Vec<SocketAddr>,
+    /// Which of `addrs` the next dial tries.
+    next_addr: AtomicUsize,
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
     next_request: AtomicU64,
     closed: AtomicBool,
@@ -71,15 +75,29 @@ impl Connector {
         max_frame_len: u32,
     ) -> Result<Connector> {
         let errors = ErrorMap::new(identity.clone(), options.idle_timeout);
-        let addr = tokio::net::lookup_host(identity.broker())
-            .await
-            .map_err(|e| errors.unreachable(format!("cannot resolve the address: {e}")))?
-            .next()
-            .ok_or_else(|| errors.unreachable("the name resolves to no address".into()))?;
-        let bind = match addr.ip() {
-            IpAddr::V4(ip) if ip.is_loopback() => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        let mut addrs = Vec::new();
+        for broker in identity.brokers() {
+            let addr = tokio::net::lookup_host(broker)
+                .await
+                .map_err(|e| errors.unreachable(format!("cannot resolve {broker}: {e}")))?
+                .next()
+                .ok_or_else(|| errors.unreachable(format!("{broker} resolves to no address")))?;
+            addrs.push(addr);
+        }
+        let Some(&first) = addrs.first() else {
+            return Err(errors.unreachable("the identity names no broker".into()));
+        };
+        if addrs.iter().any(|a| a.is_ipv4() != first.is_ipv4()) {
+            return Err(errors.unreachable("the brokers' addresses mix IPv4 and IPv6".into()));
+        }
+        let bind = match first.ip() {
+            IpAddr::V4(_) if addrs.iter().all(|a| a.ip().is_loopback()) => {
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+            }
             IpAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            IpAddr::V6(ip) if ip.is_loopback() => SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
+            IpAddr::V6(_) if addrs.iter().all(|a| a.ip().is_loopback()) => {
+                SocketAddr::from((Ipv6Addr::LOCALHOST, 0))
+            }
             IpAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
         };
         let config = tls::client_config(identity.inner(), options)?;
@@ -92,7 +110,8 @@ impl Connector {
             errors: Arc::new(errors),
             endpoint,
             config,
-            addr,
+            addrs,
+            next_addr: AtomicUsize::new(0),
             conn: tokio::sync::Mutex::new(None),
             next_request: AtomicU64::new(1),
             closed: AtomicBool::new(false),
@@ -108,9 +127,14 @@ impl Connector {
         Ok(connector)
     }
 
-    /// The broker's resolved address.
+    /// The address of the broker dialed last (or to be dialed first).
     pub(crate) fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[self.next_addr.load(Ordering::Relaxed) % self.addrs.len()]
+    }
+
+    /// The next dial goes to the next broker of the identity.
+    fn move_on(&self) {
+        self.next_addr.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A fresh request id, unique on this client's connections.
@@ -128,10 +152,13 @@ impl Connector {
             if conn.close_reason().is_none() {
                 return Ok(conn.clone());
             }
+            // Lost: try another broker first, if there are several.
+            self.move_on();
         }
         let conn = match self.dial().await {
             Ok(conn) => conn,
             Err(cause) => {
+                self.move_on();
                 self.set_state(ConnectionState::Disconnected { cause: cause.clone() });
                 return Err(cause);
             }
@@ -173,16 +200,17 @@ impl Connector {
 
     async fn dial(&self) -> Result<quinn::Connection> {
         let server_name = self.identity.server_name();
+        let addr = self.addr();
         let connecting = self
             .endpoint
-            .connect_with(self.config.clone(), self.addr, server_name)
+            .connect_with(self.config.clone(), addr, server_name)
             .map_err(|e| self.errors.connect(e))?;
         let timeout = self.connect_timeout;
         match tokio::time::timeout(timeout, connecting).await {
             Err(_) => Err(self.errors.unreachable(format!("no answer within {}", seconds(timeout)))),
             Ok(Err(e)) => Err(self.errors.handshake(&e)),
             Ok(Ok(conn)) => {
-                tracing::debug!(broker = %self.addr, "connected");
+                tracing::debug!(broker = %addr, "connected");
                 Ok(conn)
             }
         }

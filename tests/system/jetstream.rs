@@ -1,0 +1,238 @@
+//! The JetStream engine on the repository's three-node cluster ([`crate::cluster`]): the store's
+//! behavioural scenarios, two brokers serving one log, a failover through a stream leader's and a broker's
+//! SIGKILL, and the compromised-broker attacks of `attacks.rs` (compiled again here as
+//! `jetstream::attacks`, storing honestly in JetStream).
+//!
+//! Every test uses streams of its own (a prefix of its own), so they share the cluster; the failover test
+//! kills nodes and so holds it alone ([`Cluster::exclusive`](crate::cluster::Cluster::exclusive)).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sealpost_broker::server::ServerLimits;
+use sealpost_broker::store::conformance::SCENARIOS;
+use sealpost_broker::store::{JetStreamOptions, JetStreamStore, Store};
+use sealpost_client::{Client, ClientOptions, Identity, PublisherOptions, StartAt, SubscribeOptions};
+use sealpost_protocol::Topic;
+
+use crate::cluster::{cluster, Shared};
+use crate::harness::*;
+
+// The same attacks, compiled a second time against this module's `honest_store` (JetStream): deliberate.
+#[allow(clippy::duplicate_mod)]
+#[path = "attacks.rs"]
+mod attacks;
+
+/// A prefix no other test (of this run or an earlier one on the same cluster) uses.
+fn fresh_prefix(what: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    format!("t{}{what}{n}", std::process::id())
+}
+
+/// The engine's options for the test cluster under `prefix`.
+fn options(prefix: &str) -> JetStreamOptions {
+    JetStreamOptions {
+        servers: cluster().urls(),
+        prefix: prefix.to_owned(),
+        replicas: 3,
+        publish_timeout: Duration::from_secs(30),
+        ..JetStreamOptions::default()
+    }
+}
+
+/// A JetStream store of its own on the test cluster (connecting blocks: off the async workers).
+async fn store(prefix: &str) -> JetStreamStore {
+    let options = options(prefix);
+    tokio::task::spawn_blocking(move || JetStreamStore::connect(options)).await.unwrap().unwrap()
+}
+
+/// The honest store of `jetstream::attacks`: JetStream, the cluster held shared while it is used.
+async fn honest_store() -> (Box<dyn Store>, Box<dyn std::any::Any + Send + Sync>) {
+    let hold: Shared<'static> = cluster().shared().await;
+    (Box::new(store(&fresh_prefix("atk")).await), Box::new(hold))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_store_scenario_passes_on_a_three_node_cluster() {
+    let _shared = cluster().shared().await;
+    for (name, scenario) in SCENARIOS {
+        let store = store(&fresh_prefix("conf")).await;
+        let ran = tokio::task::spawn_blocking(move || scenario(&store)).await;
+        assert!(ran.is_ok(), "scenario {name} failed on the JetStream engine");
+    }
+}
+
+/// A broker in this process on the test cluster under `prefix`, the env's policies stored there.
+async fn broker(env: &mut Env, prefix: &str) -> sealpost_broker::server::Broker {
+    let store: Arc<dyn Store> = Arc::new(store(prefix).await);
+    env.seed(store.as_ref());
+    let options = env.options(Engine::Memory, "127.0.0.1:0".parse().unwrap(), ServerLimits::default());
+    let options = sealpost_broker::server::BrokerOptions { store, ..options };
+    within("broker start", sealpost_broker::server::Broker::start(options)).await.unwrap()
+}
+
+async fn client(env: &Env, who: &str, brokers: &[SocketAddr]) -> Client {
+    let path = env.identity(who, brokers[0]);
+    let list = brokers.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(",");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace(&format!("broker = \"{}\"", brokers[0]), &format!("broker = \"{list}\""));
+    std::fs::write(&path, text).unwrap();
+    let identity = Identity::load(&path).unwrap();
+    let options = ClientOptions { state: sealpost_client::StateLocation::Off, ..ClientOptions::default() };
+    within("connect", Client::connect_with(&identity, options)).await.unwrap()
+}
+
+fn chat() -> Topic {
+    Topic::new("demo.chat").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_brokers_serve_one_log_with_the_same_offsets_live_and_in_order() {
+    let _shared = cluster().shared().await;
+    let prefix = fresh_prefix("two");
+    let mut env = Env::new();
+    let a = broker(&mut env, &prefix).await;
+    let b = broker(&mut env, &prefix).await;
+    let alice_a = client(&env, "alice", &[a.local_addr()]).await;
+    let alice_b = client(&env, "alice", &[b.local_addr()]).await;
+    let bob_b = client(&env, "bob", &[b.local_addr()]).await;
+    let earliest = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
+    let mut live = within("subscribe", bob_b.subscribe(chat(), earliest.clone())).await.unwrap();
+
+    // Two publishers, one through each broker, interleaving on one topic.
+    let options = PublisherOptions { max_batch: 1, ..PublisherOptions::default() };
+    let pa = within("publisher", alice_a.publisher(chat(), options.clone())).await.unwrap();
+    let pb = within("publisher", alice_b.publisher(chat(), options)).await.unwrap();
+    let mut receipts = HashMap::new();
+    for i in 0..50 {
+        let (p, who) = if i % 2 == 0 { (&pa, "a") } else { (&pb, "b") };
+        let payload = format!("{who}{i}");
+        let receipt = within("publish", p.publish(Bytes::from(payload.clone()))).await.unwrap();
+        receipts.insert(payload, receipt.offset);
+    }
+    // bob, on broker B, sees all 50 live, in offset order, each at the offset its publisher was told.
+    let mut seen = Vec::new();
+    while seen.len() < 50 {
+        let message = within("delivery", live.next()).await.unwrap().unwrap();
+        seen.push((String::from_utf8(message.payload.to_vec()).unwrap(), message.offset));
+    }
+    let offsets: Vec<u64> = seen.iter().map(|(_, o)| o.0).collect();
+    assert_eq!(offsets, (0..50).collect::<Vec<_>>());
+    for (payload, offset) in &seen {
+        assert_eq!(receipts[payload], *offset, "{payload}");
+    }
+    // The same log through broker A, read from the start.
+    let bob_a = client(&env, "bob", &[a.local_addr()]).await;
+    let mut replay = within("subscribe", bob_a.subscribe(chat(), earliest)).await.unwrap();
+    for (payload, offset) in &seen {
+        let message = within("replay", replay.next()).await.unwrap().unwrap();
+        assert_eq!((message.payload.as_ref(), message.offset), (payload.as_bytes(), *offset));
+    }
+    for c in [alice_a, alice_b, bob_a, bob_b] {
+        c.close().await;
+    }
+    within("shutdown", a.shutdown()).await.unwrap();
+    within("shutdown", b.shutdown()).await.unwrap();
+}
+
+/// Writes a configuration for a subprocess broker named `name` on the test cluster under `prefix`.
+fn broker_config(env: &mut Env, prefix: &str, name: &str) -> PathBuf {
+    let base = std::fs::read_to_string(env.write_config()).unwrap();
+    let servers = cluster().urls().iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ");
+    let config = format!(
+        "{}\n[storage]\nengine = \"jetstream\"\n\n[storage.jetstream]\nservers = [{servers}]\nprefix = \"{prefix}\"\n\
+         replicas = 3\npublish_timeout_ms = 30000\n",
+        base.replace("data_dir = \"data\"", &format!("data_dir = \"data-{name}\""))
+    );
+    let path = env.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_stream_leader_then_broker_a_loses_nothing_acknowledged_and_duplicates_nothing() {
+    const MESSAGES: usize = 3000;
+    let cluster = cluster();
+    let _alone = cluster.exclusive().await;
+    let prefix = fresh_prefix("fail");
+    let mut env = Env::new();
+    // The policies, stored once for both brokers.
+    env.seed(&store(&prefix).await);
+    let config_a = broker_config(&mut env, &prefix, "a");
+    let config_b = broker_config(&mut env, &prefix, "b");
+    let broker_a = BrokerProcess::start(&config_a);
+    let broker_b = BrokerProcess::start(&config_b);
+    let (addr_a, addr_b) = (broker_a.addr, broker_b.addr);
+
+    // alice publishes through A (B when A is gone); bob reads through B.
+    let alice = client(&env, "alice", &[addr_a, addr_b]).await;
+    let bob = client(&env, "bob", &[addr_b]).await;
+    let from_start = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
+    let mut subscription = within("subscribe", bob.subscribe(chat(), from_start)).await.unwrap();
+    let publisher = within("publisher", alice.publisher(chat(), PublisherOptions::default())).await.unwrap();
+
+    let (acked_tx, mut acked) = tokio::sync::mpsc::unbounded_channel();
+    let publishing = tokio::spawn(async move {
+        let mut pending = futures_util::stream::FuturesOrdered::new();
+        for i in 0..MESSAGES {
+            pending.push_back(publisher.publish(Bytes::from(format!("m{i}"))));
+            while pending.len() >= 64 {
+                let receipt = pending.next().await.unwrap().unwrap();
+                acked_tx.send(receipt.offset).unwrap();
+            }
+        }
+        while let Some(receipt) = pending.next().await {
+            acked_tx.send(receipt.unwrap().offset).unwrap();
+        }
+        publisher.close().await.unwrap();
+    });
+
+    // A third in: SIGKILL the stream's leader. Two thirds in: SIGKILL broker A.
+    let stream = sealpost_broker::store::jetstream::log_stream(&prefix, &chat()).unwrap();
+    let mut receipts = Vec::with_capacity(MESSAGES);
+    let mut killed_node = None;
+    let mut broker_a = Some(broker_a);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while receipts.len() < MESSAGES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let offset = tokio::time::timeout(left, acked.recv()).await.expect("all acknowledged in time");
+        receipts.push(offset.expect("the publisher ended before every message was acknowledged"));
+        if receipts.len() == MESSAGES / 3 && killed_node.is_none() {
+            let leader = cluster.leader_of(&stream).await;
+            cluster.kill(leader);
+            killed_node = Some(leader);
+        }
+        if receipts.len() == 2 * MESSAGES / 3 {
+            if let Some(a) = broker_a.take() {
+                a.kill();
+            }
+        }
+    }
+    within("publisher done", publishing).await.unwrap();
+
+    // bob: every message exactly once, in order, each at the offset its receipt gave.
+    for (i, offset) in receipts.iter().enumerate() {
+        let message = tokio::time::timeout(Duration::from_secs(60), subscription.next())
+            .await
+            .expect("delivery in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(message.payload.as_ref(), format!("m{i}").as_bytes());
+        assert_eq!(message.offset, *offset, "m{i}");
+    }
+    assert!(receipts.windows(2).all(|w| w[1].0 == w[0].0 + 1), "offsets are consecutive");
+    if let Some(node) = killed_node {
+        cluster.restart(node).await;
+    }
+    alice.close().await;
+    bob.close().await;
+    broker_b.terminate();
+}
