@@ -136,7 +136,32 @@ async fn two_brokers_serve_one_log_with_the_same_offsets_live_and_in_order() {
         let message = within("replay", replay.next()).await.unwrap().unwrap();
         assert_eq!((message.payload.as_ref(), message.offset), (payload.as_bytes(), *offset));
     }
-    for c in [alice_a, alice_b, bob_a, bob_b] {
+    // admin revokes alice's right to publish through broker A: broker B refuses her from then on (it
+    // reads its policies again as soon as it learns of one stored through another broker).
+    let admin_a = client(&env, "admin", &[a.local_addr()]).await;
+    let first = env.first_policy("demo.chat");
+    let members = vec![env.member("alice", false, true), env.member("bob", false, true)];
+    let second = env.policy(
+        "demo.chat",
+        2,
+        Some(&first),
+        members,
+        &sealpost_protocol::ContentKey::from_bytes(&[2; 32]),
+    );
+    within("store policy", admin_a.put_policy(&second)).await.unwrap();
+    let refused = within("refused through B", async {
+        // Bounded: B learns of the policy within milliseconds; a publish before that is still accepted.
+        for attempt in 0..500 {
+            match pb.publish(Bytes::from(format!("after{attempt}"))).await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => return e,
+            }
+        }
+        panic!("broker B went on accepting alice's batches after her revocation through broker A");
+    })
+    .await;
+    assert!(matches!(refused, sealpost_client::Error::Refused { .. }), "{refused:?}");
+    for c in [alice_a, alice_b, bob_a, bob_b, admin_a] {
         c.close().await;
     }
     within("shutdown", a.shutdown()).await.unwrap();

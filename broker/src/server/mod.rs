@@ -217,6 +217,17 @@ impl Broker {
         let session =
             Endpoint::new(acl, authority, limits, Instant::now()).with_observer(Arc::new(observers));
         let session = Arc::new(session);
+        // A policy stored through another broker (a shared log): read policies again.
+        let (mut changed, forget, mut stop) = (log.policies_changed(), session.clone(), shutdown_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Ok(()) = changed.changed() => forget.policies().clear(),
+                    _ = stop.changed() => return,
+                    else => return,
+                }
+            }
+        });
         let (revision, revision_rx) = watch::channel(Arc::new(Revision { verifier, generation: 0 }));
         let live = Arc::new(Live {
             endpoint: endpoint.clone(),

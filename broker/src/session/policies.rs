@@ -7,8 +7,10 @@
 //!   verified against the configured topic authority; one that does not verify (the configuration changed)
 //!   counts as none, and is logged. Without an authority no topic has a policy.
 //! - **A stored policy is current at once.** When the writer has made a new policy durable, the driver
-//!   hands it to [`PolicyCache::stored`], and publish checks use it from then on. The broker's writer is the
-//!   only path by which policies reach the store, so the cache never goes stale.
+//!   hands it to [`PolicyCache::stored`], and publish checks use it from then on. With a store only this
+//!   broker writes, its writer is the only path by which policies reach the store, so the cache never
+//!   goes stale; with a shared one (JetStream), a policy stored through another broker makes the shell
+//!   [`clear`](PolicyCache::clear) the cache as soon as this broker learns of it.
 //!
 //! The lock is never held while the store is read (two readers of an uncached topic may both read it; they
 //! read the same policy). The cache keeps an entry per topic asked about.
@@ -63,6 +65,11 @@ impl PolicyCache {
         };
         self.entries().insert(topic.clone(), policy.clone());
         Ok(policy)
+    }
+
+    /// Forgets every cached policy: each is read from the store again when next asked for.
+    pub fn clear(&self) {
+        self.entries().clear();
     }
 
     /// Makes `policy`, which the writer has just made durable, its topic's current policy.

@@ -371,9 +371,21 @@ impl<'a> Append<'a> {
     }
 }
 
-/// Where an engine that several brokers write hands the batches any of them commits ([`Store::share`]):
-/// each topic's batches in offset order, a batch perhaps more than once.
-pub type Sink = std::sync::Arc<dyn Fn(&Topic, StoredBatch) + Send + Sync>;
+/// Where an engine that several brokers write tells this broker what any of them did ([`Store::share`]).
+#[derive(Clone)]
+pub struct Sink {
+    /// A batch was committed to a topic's log: each topic's batches in offset order, a batch perhaps
+    /// more than once.
+    pub committed: std::sync::Arc<dyn Fn(&Topic, StoredBatch) + Send + Sync>,
+    /// A topic policy was stored (by any broker): policies read before may be stale.
+    pub policies_changed: std::sync::Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink").finish_non_exhaustive()
+    }
+}
 
 /// The storage interface of the broker. Object-safe: the broker holds an `Arc<dyn Store>`.
 ///
@@ -484,8 +496,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// For an engine that other brokers write too (JetStream): from now on, hand `sink` every batch that
     /// any broker commits to a topic this broker has read or written, so that the
-    /// [`Log`](crate::writer::Log) moves the topic's durable end and its tail. The log calls it once, when
-    /// it opens. Engines only this broker writes keep the default, which does nothing.
+    /// [`Log`](crate::writer::Log) moves the topic's durable end and its tail, and tell it of every
+    /// policy stored, so that cached policies are read again. The log calls it once, when it opens.
+    /// Engines only this broker writes keep the default, which does nothing.
     fn share(&self, sink: Sink) {
         let _ = sink;
     }

@@ -80,6 +80,8 @@ pub(super) struct Shared {
     /// Why the store failed for good, once it has (see the module documentation): set once, by the
     /// writer thread; the handle refuses new requests and the shell stops the broker when it changes.
     pub(super) failed: watch::Sender<Option<String>>,
+    /// Counts the policies stored through other brokers ([`Store::share`]).
+    pub(super) policies_changed: Arc<watch::Sender<u64>>,
 }
 
 impl Shared {
@@ -92,6 +94,7 @@ impl Shared {
             tail: Mutex::new(Tail::new(tail_bytes)),
             metrics,
             failed: watch::channel(None).0,
+            policies_changed: Arc::new(watch::channel(0).0),
         }
     }
 

@@ -57,7 +57,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use self::group::{Shared, Writer};
 use self::request::Request;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoredBatch};
+use crate::store::{Sink, Store, StoredBatch};
 use crate::{Error, Result};
 
 mod durable;
@@ -108,12 +108,17 @@ impl Log {
     ) -> Result<Log> {
         store.sync()?;
         let shared = Arc::new(Shared::new(store.clone(), tail_bytes, metrics));
-        let weak = Arc::downgrade(&shared);
-        store.share(Arc::new(move |topic: &Topic, batch: StoredBatch| {
-            if let Some(shared) = weak.upgrade() {
-                shared.committed(topic, batch);
-            }
-        }));
+        let (weak, changed) = (Arc::downgrade(&shared), shared.policies_changed.clone());
+        store.share(Sink {
+            committed: Arc::new(move |topic: &Topic, batch: StoredBatch| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.committed(topic, batch);
+                }
+            }),
+            policies_changed: Arc::new(move || {
+                changed.send_modify(|n| *n += 1);
+            }),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         let (stopped_tx, stopped) = oneshot::channel();
         let writer = Writer::new(shared.clone());
@@ -224,6 +229,12 @@ impl Log {
     /// store.
     pub fn durable_end(&self, topic: &Topic) -> Result<watch::Receiver<Offset>> {
         self.shared.durable.subscribe(topic, self.shared.store.as_ref())
+    }
+
+    /// A count of the policies other brokers stored (a shared log, [`Store::share`]): when it changes,
+    /// policies read before may be stale. Never changes with an engine only this broker writes.
+    pub fn policies_changed(&self) -> watch::Receiver<u64> {
+        self.shared.policies_changed.subscribe()
     }
 
     /// A watch of why the store failed for good: `None` until it has, then the reason, for ever (see the

@@ -1,11 +1,14 @@
-//! Following a topic's log: every batch any broker appends, handed to the log's [`Sink`] in order.
+//! Following streams: what any broker appends, handed on in order as it is committed.
 //!
-//! One task per topic this broker has read or written, on the engine's runtime, for as long as the store
-//! lives. It reads the stream through an ordered consumer (JetStream delivers only what a quorum stored)
-//! from the sequence after the last one it handed on, and watches it: when the consumer delivers nothing
-//! for [`STALL`] the task asks the stream for its last sequence, and if the stream holds more than the
-//! consumer delivered (its server died: the client's own heartbeat would take 15 s or more to notice)
-//! it re-creates the consumer from there. Errors of the consumer re-create it the same way.
+//! [`follow`] reads one stream through an ordered consumer (JetStream delivers only what a quorum
+//! stored) from the sequence after the last one it handed on, and watches it: when the consumer delivers
+//! nothing for [`STALL`] it asks the stream for its last sequence, and if the stream holds more than the
+//! consumer delivered (its server died: the client's own heartbeat would take 15 s or more to notice),
+//! it re-creates the consumer from there. An error of the consumer re-creates it the same way; a stream
+//! that does not exist yet is waited for. It runs until the store is dropped.
+//!
+//! Two kinds of streams are followed: each topic's log this broker has read or written ([`topic`]: its
+//! batches go to the [`Sink`]), and the policy stream ([`policies`]: any policy stored tells the sink).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -17,38 +20,68 @@ use super::log::TopicLog;
 use super::{names, STALL};
 use crate::store::Sink;
 
-/// Follows `log` from stream sequence `next` until the store closes or the log is dropped.
-pub(super) async fn follow(
+/// Follows `log`'s stream from sequence `next`: each batch updates the log's state and goes to `sink`.
+pub(super) async fn topic(
     js: js::Context,
     log: Weak<TopicLog>,
-    mut next: u64,
+    next: u64,
     sink: Sink,
     closed: Arc<AtomicBool>,
 ) {
+    let Some((stream, topic)) = log.upgrade().map(|l| (l.stream.clone(), l.topic.clone())) else { return };
+    follow(js, stream, next, closed, move |seq, message| {
+        let Some(log) = log.upgrade() else { return false };
+        let headers = message.headers.clone().unwrap_or_default();
+        match names::stored_of(&headers, message.payload.clone()) {
+            Ok(batch) => {
+                log.state().observe(seq, &batch);
+                (sink.committed)(&topic, batch);
+            }
+            Err(e) => tracing::error!(%topic, seq, "a message of the log is not a stored batch: {e}"),
+        }
+        true
+    })
+    .await
+}
+
+/// Follows the policy stream `stream` from what it holds now on: each policy stored tells `sink`.
+pub(super) async fn policies(
+    js: js::Context,
+    stream: String,
+    next: u64,
+    sink: Sink,
+    closed: Arc<AtomicBool>,
+) {
+    follow(js, stream, next, closed, move |_, _| {
+        (sink.policies_changed)();
+        true
+    })
+    .await
+}
+
+/// Follows `stream` from sequence `next`, handing each message to `each` (with its sequence) until it
+/// says to stop or `closed` is set.
+async fn follow(
+    js: js::Context,
+    stream_name: String,
+    mut next: u64,
+    closed: Arc<AtomicBool>,
+    mut each: impl FnMut(u64, &js::Message) -> bool + Send,
+) {
     while !closed.load(Ordering::SeqCst) {
-        let Some((stream_name, topic)) = log.upgrade().map(|l| (l.stream.clone(), l.topic.clone())) else {
-            return;
-        };
-        let stream = match js.get_stream_no_info(&stream_name).await {
-            Ok(stream) => stream,
-            Err(_) => return,
-        };
+        let Ok(stream) = js.get_stream_no_info(&stream_name).await else { return };
         let config = consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: next },
             ..Default::default()
         };
         let messages = match stream.create_consumer(config).await {
-            Ok(consumer) => consumer.messages().await,
-            Err(e) => {
-                tracing::debug!(%topic, "cannot follow the log yet: {e}");
-                tokio::time::sleep(STALL).await;
-                continue;
-            }
+            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
         let mut messages = match messages {
             Ok(messages) => messages,
             Err(e) => {
-                tracing::debug!(%topic, "cannot follow the log yet: {e}");
+                tracing::debug!(stream = %stream_name, "cannot follow the stream yet: {e}");
                 tokio::time::sleep(STALL).await;
                 continue;
             }
@@ -63,31 +96,21 @@ pub(super) async fn follow(
                     if seq < next {
                         continue;
                     }
-                    let headers = message.headers.clone().unwrap_or_default();
-                    match names::stored_of(&headers, message.payload.clone()) {
-                        Ok(batch) => {
-                            let Some(log) = log.upgrade() else { return };
-                            log.state().observe(seq, &batch);
-                            next = seq + 1;
-                            sink(&topic, batch);
-                        }
-                        Err(e) => {
-                            tracing::error!(%topic, seq, "a message of the log is not a stored batch: {e}");
-                            next = seq + 1;
-                        }
+                    next = seq + 1;
+                    if !each(seq, &message) {
+                        return;
                     }
                 }
                 Ok(Some(Err(e))) => {
-                    tracing::debug!(%topic, "following the log: {e}; re-creating the consumer from {next}");
+                    tracing::debug!(stream = %stream_name, "following: {e}; re-creating the consumer from {next}");
                     break;
                 }
                 Ok(None) => break,
                 Err(_) => {
                     // Quiet for a while: does the stream hold more than was delivered?
-                    let Ok(mut stream) = js.get_stream(&stream_name).await else { continue };
-                    if let Ok(info) = stream.info().await {
-                        if info.state.last_sequence >= next {
-                            tracing::info!(%topic, "the consumer following the log stalled; re-creating it from sequence {next}");
+                    if let Ok(stream) = js.get_stream(&stream_name).await {
+                        if stream.cached_info().state.last_sequence >= next {
+                            tracing::info!(stream = %stream_name, "the consumer following the stream stalled; re-creating it from sequence {next}");
                             break;
                         }
                     }

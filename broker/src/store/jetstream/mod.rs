@@ -40,9 +40,10 @@
 //! A broker learns of batches other brokers append by following each topic it serves ([`follow`]): an
 //! ordered consumer from the last sequence it saw, whose batches go to the [`Sink`] the
 //! [`Log`](crate::writer::Log) installed ([`Store::share`]): they move the topic's durable end and fill
-//! the in-memory tail, so subscribers of every broker are served live. The engine watches its own
-//! consumers: one that delivers nothing for [`STALL`] while the stream holds more is re-created from the
-//! last sequence it delivered.
+//! the in-memory tail, so subscribers of every broker are served live. It follows the policy stream the
+//! same way: a policy stored through any broker makes every broker read its policies again, so a
+//! revocation is enforced by all of them. The engine watches its own consumers: one that delivers
+//! nothing for [`STALL`] while the stream holds more is re-created from the last sequence it delivered.
 //!
 //! # Threads
 //!
@@ -326,7 +327,7 @@ impl JetStreamStore {
         if log.following.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.handle.spawn(follow::follow(
+        self.handle.spawn(follow::topic(
             self.js.clone(),
             Arc::downgrade(log),
             from,
@@ -665,7 +666,18 @@ impl Store for JetStreamStore {
     }
 
     fn share(&self, sink: Sink) {
-        let _ = self.sink.set(sink);
+        if self.sink.set(sink.clone()).is_err() {
+            return;
+        }
+        // Policies: from what the stream holds now on (what is stored already is read when needed).
+        let (js, stream, closed) = (self.js.clone(), self.names.policy_stream(), self.closed.clone());
+        self.handle.spawn(async move {
+            let next = match js.get_stream(&stream).await {
+                Ok(s) => s.cached_info().state.last_sequence + 1,
+                Err(_) => 1,
+            };
+            follow::policies(js, stream, next, sink, closed).await
+        });
         let logs: Vec<Arc<TopicLog>> =
             self.topics.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         for log in logs {
