@@ -371,12 +371,15 @@ impl<'a> Append<'a> {
     }
 }
 
+/// What a [`Sink`] is told of each batch committed: its topic and the batch.
+pub type OnCommitted = dyn Fn(&Topic, StoredBatch) + Send + Sync;
+
 /// Where an engine that several brokers write tells this broker what any of them did ([`Store::share`]).
 #[derive(Clone)]
 pub struct Sink {
     /// A batch was committed to a topic's log: each topic's batches in offset order, a batch perhaps
     /// more than once.
-    pub committed: std::sync::Arc<dyn Fn(&Topic, StoredBatch) + Send + Sync>,
+    pub committed: std::sync::Arc<OnCommitted>,
     /// A topic policy was stored (by any broker): policies read before may be stale.
     pub policies_changed: std::sync::Arc<dyn Fn() + Send + Sync>,
 }
