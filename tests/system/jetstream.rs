@@ -261,3 +261,94 @@ async fn killing_the_stream_leader_then_broker_a_loses_nothing_acknowledged_and_
     bob.close().await;
     broker_b.terminate();
 }
+
+/// The streams the engine creates deny deletes and purges, and JetStream refuses to lift that. A hostile
+/// NATS operator therefore creates the topic's stream before the broker does, without it, and deletes
+/// alice's second batch from it. A subscriber reading from the start gets m0, then an error for offset 1
+/// (the broker reports the offsets missing, or the chain reports the gap), never m1, then m2: deleting
+/// from the shared log is detected, never silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_deleted_from_the_jetstream_stream_is_reported_never_silently_skipped() {
+    let _shared = cluster().shared().await;
+    let prefix = fresh_prefix("del");
+    let js = async_nats::jetstream::new(cluster().connect().await);
+    let name = sealpost_broker::store::jetstream::log_stream(&prefix, &chat()).unwrap();
+    let subjects = format!("{}.log.{}.>", prefix.to_ascii_lowercase(), name.rsplit('_').next().unwrap());
+    let hostile = async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![subjects],
+        num_replicas: 3,
+        allow_direct: true,
+        description: Some("demo.chat".into()),
+        ..Default::default()
+    };
+    js.create_stream(hostile).await.unwrap();
+    let mut env = Env::new();
+    let broker = broker(&mut env, &prefix).await;
+    let alice = client(&env, "alice", &[broker.local_addr()]).await;
+    let options = PublisherOptions { max_batch: 1, ..PublisherOptions::default() };
+    let publisher = within("publisher", alice.publisher(chat(), options)).await.unwrap();
+    for m in ["m0", "m1", "m2"] {
+        within("publish", publisher.publish(Bytes::from(m))).await.unwrap();
+    }
+    // The operator's move: delete sequence 2 (m1's batch).
+    let stream = js.get_stream(&name).await.unwrap();
+    assert!(stream.delete_message(2).await.unwrap());
+
+    // bob reads through a broker started after the delete (the first still holds m1 in memory, honestly).
+    let reader = self::broker(&mut env, &prefix).await;
+    let bob = client(&env, "bob", &[reader.local_addr()]).await;
+    let earliest = SubscribeOptions { from: StartAt::Earliest, durable: None, shared: false };
+    let mut sub = within("subscribe", bob.subscribe(chat(), earliest)).await.unwrap();
+    let first = within("m0", sub.next()).await.unwrap().unwrap();
+    assert_eq!((first.payload.as_ref(), first.offset.0), (b"m0".as_ref(), 0));
+    let mut reported = false;
+    loop {
+        match within("next item", sub.next()).await.unwrap() {
+            Ok(m) => {
+                assert_eq!((m.payload.as_ref(), m.offset.0), (b"m2".as_ref(), 2), "m1 must never come");
+                break;
+            }
+            // The broker reports offset 1 missing (it cannot name the deleted batch), and alice's chain
+            // then reports the gap before m2.
+            Err(sealpost_client::Error::DataLost { offsets, .. }) => {
+                assert_eq!((offsets.start.0, offsets.end.0), (1, 2));
+                reported = true;
+            }
+            Err(e @ sealpost_client::Error::Integrity { .. }) => {
+                assert!(reported, "the loss is reported before the chain's gap: {e}");
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert!(reported, "the deleted batch was skipped without an error");
+    within("publisher close", publisher.close()).await.unwrap();
+    alice.close().await;
+    bob.close().await;
+    within("shutdown", broker.shutdown()).await.unwrap();
+    within("shutdown", reader.shutdown()).await.unwrap();
+}
+
+/// The streams the engine creates refuse deletes and purges, and JetStream refuses to lift that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engines_streams_refuse_deletes_and_purges_and_keep_refusing() {
+    let _shared = cluster().shared().await;
+    let prefix = fresh_prefix("deny");
+    let mut env = Env::new();
+    let broker = broker(&mut env, &prefix).await;
+    let alice = client(&env, "alice", &[broker.local_addr()]).await;
+    let publisher = within("publisher", alice.publisher(chat(), PublisherOptions::default())).await.unwrap();
+    within("publish", publisher.publish(Bytes::from("m0"))).await.unwrap();
+    let js = async_nats::jetstream::new(cluster().connect().await);
+    let name = sealpost_broker::store::jetstream::log_stream(&prefix, &chat()).unwrap();
+    let stream = js.get_stream(&name).await.unwrap();
+    assert!(stream.delete_message(1).await.is_err(), "a delete was accepted");
+    assert!(stream.purge().await.is_err(), "a purge was accepted");
+    let mut config = stream.cached_info().config.clone();
+    config.deny_delete = false;
+    config.deny_purge = false;
+    assert!(js.update_stream(config).await.is_err(), "the guard was lifted");
+    within("publisher close", publisher.close()).await.unwrap();
+    alice.close().await;
+    within("shutdown", broker.shutdown()).await.unwrap();
+}
