@@ -200,8 +200,18 @@ impl JetStreamStore {
             return Ok(());
         }
         unsure.extend(rest);
-        tracing::debug!(topic = %log.topic, batches = unsure.len(), "an append was not acknowledged as sent ({why}): looking at the stream");
-        self.recover(log, unsure, deadline, why)
+        let (batches, started) = (unsure.len(), Instant::now());
+        tracing::warn!(topic = %log.topic, batches, "JetStream did not acknowledge an append as sent ({why}): looking at the stream, resending what it lacks");
+        let recovered = self.recover(log, unsure, deadline, why);
+        match &recovered {
+            Ok(()) => {
+                tracing::warn!(topic = %log.topic, batches, elapsed_ms = started.elapsed().as_millis() as u64, "JetStream holds the appends again")
+            }
+            // Another broker appended first: the writer sequences the group again.
+            Err(e @ Error::Contended(_)) => tracing::debug!(topic = %log.topic, "{e}"),
+            Err(e) => tracing::error!(topic = %log.topic, batches, "appends not stored: {e}"),
+        }
+        recovered
     }
 
     /// Waits for one acknowledgement until `deadline`.
