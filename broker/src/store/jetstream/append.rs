@@ -298,24 +298,10 @@ impl JetStreamStore {
         })??;
         let mut stored = 0;
         for p in pending.iter().take_while(|p| p.seq <= last) {
-            let js = self.js.clone();
-            let (name, seq) = (log.stream.clone(), p.seq);
-            let found = self.block(async move {
-                let stream = js.get_stream_no_info(&name).await.map_err(|e| unavailable("stream", e))?;
-                match stream.get_raw_message(seq).await {
-                    Ok(m) => Ok(names::stored_msg_id(&m.headers).map(str::to_owned)),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
-                        ) =>
-                    {
-                        Ok(None)
-                    }
-                    Err(e) => Err(unavailable("reading the log", e)),
-                }
-            })??;
-            if found.as_deref() != Some(p.msg_id.as_str()) {
+            let seq = p.seq;
+            let found = self.get(log, super::log::At::Seq(seq))?;
+            let found = found.as_ref().and_then(|m| names::stored_msg_id(&m.headers));
+            if found != Some(p.msg_id.as_str()) {
                 return Err(Error::Contended(format!(
                     "sequence {seq} of {} holds another batch than this broker's",
                     log.topic

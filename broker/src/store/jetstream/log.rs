@@ -14,6 +14,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
 use async_nats::jetstream::{self as js};
 use sealpost_protocol::{Offset, Topic};
@@ -180,9 +181,11 @@ pub(super) async fn load(
         .get_stream_no_info(&log.stream)
         .await
         .map_err(|e| unavailable(format_args!("the log stream of {}", log.topic), e))?;
-    let last = match stream.raw_message_builder().last_by_subject(subjects.clone()).send().await {
-        Ok(m) => m,
-        Err(e) => return Err(unavailable(format_args!("the last batch of {}", log.topic), e)),
+    let Some(last) = get(&stream, At::Last(subjects.clone())).await? else {
+        return Err(Error::Storage(format!(
+            "the log stream of {} holds messages but none on its subjects",
+            log.topic
+        )));
     };
     let last_batch = names::stored_of(&last.headers, last.payload)?;
     state.next = last_batch.end();
@@ -194,17 +197,40 @@ pub(super) async fn load(
     Ok(state)
 }
 
+/// Which message of a stream [`get`] asks for.
+pub(super) enum At {
+    /// The one at this sequence.
+    Seq(u64),
+    /// The first on `subject` (a wildcard may match) at sequence `seq` or after.
+    Next { seq: u64, subject: String },
+    /// The last on this subject.
+    Last(String),
+}
+
+/// One message of `stream`, as its leader has it (not a replica that may lag): `None` if there is none
+/// there.
+pub(super) async fn get(stream: &stream::Stream<()>, at: At) -> Result<Option<StreamMessage>> {
+    let request = stream.raw_message_builder();
+    let request = match at {
+        At::Seq(seq) => request.sequence(seq),
+        At::Next { seq, subject } => request.sequence(seq).next_by_subject(subject),
+        At::Last(subject) => request.last_by_subject(subject),
+    };
+    match request.send().await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+        Err(e) => Err(unavailable("reading a stream", e)),
+    }
+}
+
 /// The first message of the log at sequence `seq` or after, with its sequence; `None` past the end.
 pub(super) async fn next_at(
     stream: &stream::Stream<()>,
     subjects: &str,
     seq: u64,
 ) -> Result<Option<(u64, StoredBatch)>> {
-    match stream.raw_message_builder().sequence(seq).next_by_subject(subjects.to_owned()).send().await {
-        Ok(m) => Ok(Some((m.sequence, names::stored_of(&m.headers, m.payload)?))),
-        Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-        Err(e) => Err(unavailable("reading the log", e)),
-    }
+    let at = At::Next { seq, subject: subjects.to_owned() };
+    get(stream, at).await?.map(|m| Ok((m.sequence, names::stored_of(&m.headers, m.payload)?))).transpose()
 }
 
 /// The smallest sequence in `lo..=hi` whose batch ends after `from`, by binary search; `None` if none.

@@ -360,42 +360,36 @@ impl Drop for JetStreamStore {
 }
 
 impl JetStreamStore {
-    /// The last batch on `subject` of `log`'s stream, with its sequence.
-    fn last_on(&self, log: &TopicLog, subject: String) -> Result<Option<(u64, PublisherRecord)>> {
+    /// The message of `log`'s stream `at` says, as its leader has it.
+    fn get(
+        &self,
+        log: &TopicLog,
+        at: log::At,
+    ) -> Result<Option<async_nats::jetstream::message::StreamMessage>> {
         let (js, name) = (self.js.clone(), log.stream.clone());
         self.block(async move {
             let stream = js.get_stream_no_info(&name).await.map_err(|e| log::unavailable("stream", e))?;
-            match stream.raw_message_builder().last_by_subject(subject).send().await {
-                Ok(m) => Ok(Some((m.sequence, names::record_of(&m.headers)?))),
-                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-                Err(e) => Err(log::unavailable("reading a chain's last batch", e)),
-            }
+            log::get(&stream, at).await
         })?
+    }
+
+    /// The last batch on `subject` of `log`'s stream, with its sequence.
+    fn last_on(&self, log: &TopicLog, subject: String) -> Result<Option<(u64, PublisherRecord)>> {
+        let last = self.get(log, log::At::Last(subject))?;
+        last.map(|m| Ok((m.sequence, names::record_of(&m.headers)?))).transpose()
     }
 
     /// The first batch on `subject` at sequence `seq` or after, with its sequence.
     fn next_on(&self, log: &TopicLog, subject: String, seq: u64) -> Result<Option<(u64, PublisherRecord)>> {
-        let (js, name) = (self.js.clone(), log.stream.clone());
-        self.block(async move {
-            let stream = js.get_stream_no_info(&name).await.map_err(|e| log::unavailable("stream", e))?;
-            match stream.raw_message_builder().sequence(seq).next_by_subject(subject).send().await {
-                Ok(m) => Ok(Some((m.sequence, names::record_of(&m.headers)?))),
-                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-                Err(e) => Err(log::unavailable("reading a chain", e)),
-            }
-        })?
+        let next = self.get(log, log::At::Next { seq, subject })?;
+        next.map(|m| Ok((m.sequence, names::record_of(&m.headers)?))).transpose()
     }
 
     /// The policy of `topic` of `epoch`, if stored.
     fn policy(&self, topic: &Topic, epoch: u64) -> Result<Option<Bytes>> {
         let (policies, subject) = (self.policies.clone(), self.names.policy_subject(topic, epoch));
-        self.block(async move {
-            match policies.raw_message_builder().last_by_subject(subject).send().await {
-                Ok(m) => Ok(Some(m.payload)),
-                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-                Err(e) => Err(log::unavailable("reading a policy", e)),
-            }
-        })?
+        let found = self.block(async move { log::get(&policies, log::At::Last(subject)).await })??;
+        Ok(found.map(|m| m.payload))
     }
 
     /// The epochs of `topic`'s stored policies, in ascending order.
