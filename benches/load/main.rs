@@ -2,7 +2,7 @@
 //! ack), real QUIC with mutual TLS, the real client sealing and opening every message; optionally NATS
 //! JetStream side by side, through the same workload code.
 //!
-//! `cargo bench --bench load -- [--quick] [--compare nats] [--json FILE] [--charts DIR] [--workload LIST]`
+//! `cargo bench --bench load -- [--quick] [--compare nats|cluster] [--json FILE] [--charts DIR] [--workload LIST]`
 //! (`--help` lists the size and duration options).
 //!
 //! - **W1**, closed loop: one publisher -> one subscriber, max throughput (publish->ack and delivered), then
@@ -18,11 +18,22 @@
 //! With `--compare nats` every workload also runs against NATS JetStream 2.10+ (file store, mutual TLS)
 //! with its default fsync policy and with `sync_interval: always`, interleaved with Sealpost's runs, and
 //! the summary prints Sealpost's ratio to each. `nats-server` comes from `benches/nats/nats-server.sh`.
+//!
+//! With `--compare cluster` the bench starts the repository's 3-node JetStream cluster once
+//! (`benches/nats/nats-server.sh cluster start --port 0 --owner PID`, in a temp folder; `sync_interval:
+//! always`, no TLS), runs **W1 and W2 only** (other workloads are skipped, and the settings say so) on
+//! `sealpost` (single node, disk engine: the baseline of the same run), `sealpost-jetstream` (the same
+//! broker process with `storage.engine = "jetstream"` on the cluster, replicas 3, a fresh prefix per run)
+//! and `nats-r3` (raw JetStream on the cluster: a stream of its own per run with `num_replicas` 3, the same
+//! async-nats workload code, connecting without TLS, where the single-node NATS systems use mutual TLS),
+//! interleaved, and stops the cluster at the end. The summary prints sealpost-jetstream's ratio to nats-r3
+//! and to sealpost. On the cluster, W1's disk figure counts every replica (all three nodes).
 //! The machine and every setting are printed; `--json FILE` writes one object per workload and system;
 //! charts (SVG) go to `--charts DIR` (default `target/load-charts`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod chart;
+mod cluster;
 mod nats;
 mod pki;
 #[path = "../../tests/system/process.rs"]
@@ -58,21 +69,33 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let nats_bin = match s.compare {
-        Compare::None => None,
-        Compare::Nats => match nats::find_or_install() {
-            Ok(found) => Some(found),
-            Err(e) => {
-                eprintln!("load bench: {e:#}");
-                std::process::exit(2);
-            }
-        },
+    let found = match s.compare {
+        Compare::None => Ok(None),
+        Compare::Nats => nats::find_or_install().map(Some),
+        // The script's cluster runs the binary the script installed, and no other.
+        Compare::Cluster => nats::script_binary().map(Some),
     };
+    let nats_bin = found.unwrap_or_else(|e| {
+        eprintln!("load bench: {e:#}");
+        std::process::exit(2);
+    });
     let mut systems = vec![System::Sealpost];
-    if nats_bin.is_some() {
-        systems.push(System::Nats(nats::Fsync::Default));
-        systems.push(System::Nats(nats::Fsync::Always));
+    match s.compare {
+        Compare::None => {}
+        Compare::Nats => {
+            systems.push(System::Nats(nats::Fsync::Default));
+            systems.push(System::Nats(nats::Fsync::Always));
+        }
+        Compare::Cluster => {
+            systems.push(System::SealpostJetStream);
+            systems.push(System::NatsR3);
+        }
     }
+    // The figure the summary's ratios are of: Sealpost's, or on the cluster, Sealpost's on JetStream.
+    let reference = match s.compare {
+        Compare::Cluster => System::SealpostJetStream,
+        Compare::None | Compare::Nats => System::Sealpost,
+    };
 
     println!("machine: {}", machine());
     for line in s.describe() {
@@ -92,6 +115,23 @@ fn main() {
     );
 
     let began = Instant::now();
+    let mut nats_cluster = match s.compare {
+        Compare::Cluster => match cluster::NatsCluster::start() {
+            Ok(c) => {
+                println!(
+                    "system: 3-node cluster (benches/nats/nats-server.sh cluster) in {}: {}",
+                    c.dir().display(),
+                    c.urls.join(",")
+                );
+                Some(c)
+            }
+            Err(e) => {
+                eprintln!("load bench: no NATS cluster: {e:#}");
+                std::process::exit(2);
+            }
+        },
+        Compare::None | Compare::Nats => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let pki = pki::Pki::generate();
     let env = Env {
@@ -99,12 +139,18 @@ fn main() {
         nats_bin: nats_bin.as_ref().map(|(b, _)| b.as_path()),
         window: s.window,
         observe: s.observe,
+        cluster: nats_cluster.as_ref(),
     };
     let records = rt.block_on(run(&s, &env, &systems));
     println!("\nall workloads took {:.1} s", began.elapsed().as_secs_f64());
+    if let Some(c) = nats_cluster.as_mut() {
+        if let Err(e) = c.stop() {
+            eprintln!("stopping the NATS cluster: {e:#}");
+        }
+    }
 
     let names: Vec<&'static str> = systems.iter().map(|s| s.name()).collect();
-    report::print_summary(&records, &names);
+    report::print_summary(&records, &names, reference.name());
     match chart::draw(&s.charts, &records, &names) {
         Ok(paths) => {
             for p in paths {
@@ -169,7 +215,7 @@ async fn run(s: &Settings, env: &Env<'_>, systems: &[System]) -> Vec<Record> {
                 let d = r.delivered_per_s.unwrap();
                 let capped = if r.messages < s.messages { " (time cap)" } else { "" };
                 println!(
-                    "  run {run}/{} {:<13} {} msgs{capped}: publish->ack {:>9.0} msgs/s   delivered {d:>9.0} msgs/s ({:.1} MB/s)   disk {:.1} MB",
+                    "  run {run}/{} {:<18} {} msgs{capped}: publish->ack {:>9.0} msgs/s   delivered {d:>9.0} msgs/s ({:.1} MB/s)   disk {:.1} MB",
                     s.runs,
                     sys.name(),
                     r.messages,
@@ -192,7 +238,7 @@ async fn run(s: &Settings, env: &Env<'_>, systems: &[System]) -> Vec<Record> {
                 let r = workloads::w1(sys, env, s, false).await;
                 let capped = if r.messages < s.messages { " (time cap)" } else { "" };
                 println!(
-                    "  run {run}/{} {:<13} {} msgs{capped}: publish->ack {:>9.0} msgs/s ({:.1} MB/s)",
+                    "  run {run}/{} {:<18} {} msgs{capped}: publish->ack {:>9.0} msgs/s ({:.1} MB/s)",
                     s.runs,
                     sys.name(),
                     r.messages,
@@ -208,7 +254,7 @@ async fn run(s: &Settings, env: &Env<'_>, systems: &[System]) -> Vec<Record> {
             let ratio = median(p.disk_ratio);
             max_rate.push((sys, prod));
             println!(
-                "W1 {:<13} median: delivered {d:.0} msgs/s ({:.1} MB/s), publish->ack {a:.0} msgs/s, produce-only {prod:.0} msgs/s; disk {ratio:.2}x payload ({:.1} MB for {:.1} MB)",
+                "W1 {:<18} median: delivered {d:.0} msgs/s ({:.1} MB/s), publish->ack {a:.0} msgs/s, produce-only {prod:.0} msgs/s; disk {ratio:.2}x payload ({:.1} MB for {:.1} MB)",
                 sys.name(),
                 d * s.size as f64 / 1e6,
                 mb(p.disk),
@@ -235,7 +281,7 @@ async fn run(s: &Settings, env: &Env<'_>, systems: &[System]) -> Vec<Record> {
     let sustains = |sys: System| match max_rate.iter().find(|(m, _)| *m == sys) {
         Some((_, rate)) if *rate < 1.2 * s.rate as f64 => {
             println!(
-                "  {:<13} not run: {} msgs/s is above its W1 produce-only max of {rate:.0} msgs/s",
+                "  {:<18} not run: {} msgs/s is above its W1 produce-only max of {rate:.0} msgs/s",
                 sys.name(),
                 s.rate
             );
@@ -249,11 +295,11 @@ async fn run(s: &Settings, env: &Env<'_>, systems: &[System]) -> Vec<Record> {
         for &sys in systems.iter().filter(|sys| sustains(**sys)) {
             let l = workloads::w2(sys, env, s).await;
             let (ack, delivery) = (Summary::of(&l.ack), Summary::of(&l.delivery));
-            println!("  {:<13} achieved {:.0} msgs/s", sys.name(), l.achieved);
-            println!("  {:<13} publish->ack      {}", "", ack.line());
-            println!("  {:<13} publish->delivery {}", "", delivery.line());
+            println!("  {:<18} achieved {:.0} msgs/s", sys.name(), l.achieved);
+            println!("  {:<18} publish->ack      {}", "", ack.line());
+            println!("  {:<18} publish->delivery {}", "", delivery.line());
             println!(
-                "  {:<13} (of which pacing lag, intended -> send call: {})",
+                "  {:<18} (of which pacing lag, intended -> send call: {})",
                 "",
                 Summary::of(&l.lag).line()
             );
@@ -274,7 +320,7 @@ async fn run(s: &Settings, env: &Env<'_>, systems: &[System]) -> Vec<Record> {
         for &sys in systems {
             let w = workloads::w3(sys, env, s).await;
             println!(
-                "  {:<13} {} msgs{}: deliveries {:>10.0} /s ({:.1} MB/s)   publish->ack {:>9.0} msgs/s",
+                "  {:<18} {} msgs{}: deliveries {:>10.0} /s ({:.1} MB/s)   publish->ack {:>9.0} msgs/s",
                 sys.name(),
                 w.messages,
                 if w.messages < s.w3_messages { " (time cap)" } else { "" },
@@ -303,7 +349,7 @@ async fn run(s: &Settings, env: &Env<'_>, systems: &[System]) -> Vec<Record> {
             let (base, idle) = (Summary::of(&w.baseline.delivery), Summary::of(&w.with_idle.delivery));
             let rss = |m: system::Memory| mb(m.rss_bytes);
             println!(
-                "  {:<13} RSS: after start {:.1} MB, after W2 {:.1} MB, with {} idle conns {:.1} MB (opened in {:.1} s), after W2 with them {:.1} MB, peak {:.1} MB",
+                "  {:<18} RSS: after start {:.1} MB, after W2 {:.1} MB, with {} idle conns {:.1} MB (opened in {:.1} s), after W2 with them {:.1} MB, peak {:.1} MB",
                 sys.name(),
                 rss(w.after_start),
                 rss(w.after_baseline),
@@ -313,10 +359,10 @@ async fn run(s: &Settings, env: &Env<'_>, systems: &[System]) -> Vec<Record> {
                 rss(w.after_with_idle),
                 mb(w.after_with_idle.peak_rss_bytes)
             );
-            println!("  {:<13} without idle: publish->delivery {}", "", base.line());
-            println!("  {:<13} with idle:    publish->delivery {}", "", idle.line());
+            println!("  {:<18} without idle: publish->delivery {}", "", base.line());
+            println!("  {:<18} with idle:    publish->delivery {}", "", idle.line());
             println!(
-                "  {:<13} p99 with/without idle: {:.2}x; publish->ack p99 {} -> {} µs",
+                "  {:<18} p99 with/without idle: {:.2}x; publish->ack p99 {} -> {} µs",
                 "",
                 idle.p99 as f64 / base.p99.max(1) as f64,
                 Summary::of(&w.baseline.ack).p99,
@@ -353,7 +399,7 @@ async fn run(s: &Settings, env: &Env<'_>, systems: &[System]) -> Vec<Record> {
         for &sys in systems.iter().filter(|sys| **sys != System::Nats(nats::Fsync::Always)) {
             let w = workloads::w5(sys, env, s).await;
             println!(
-                "  {:<13} filled at {:.0} msgs/s, {:.1} MB on disk; restart: listening after {:.0} ms, served a subscribe + publish after {:.0} ms",
+                "  {:<18} filled at {:.0} msgs/s, {:.1} MB on disk; restart: listening after {:.0} ms, served a subscribe + publish after {:.0} ms",
                 sys.name(),
                 w.fill_per_s,
                 mb(w.disk_bytes),

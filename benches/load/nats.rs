@@ -73,6 +73,17 @@ pub fn find_binary() -> anyhow::Result<(PathBuf, String)> {
     )
 }
 
+/// The binary [`SCRIPT`] installs (installing it first if needed: `SCRIPT bin`), which is the one its
+/// `cluster` command runs, and its version.
+pub fn script_binary() -> anyhow::Result<(PathBuf, String)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(SCRIPT);
+    let out = Command::new("bash").arg(&script).arg("bin").stderr(Stdio::inherit()).output()?;
+    anyhow::ensure!(out.status.success(), "`{} bin` failed ({})", script.display(), out.status);
+    let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim());
+    let version = Command::new(&bin).arg("--version").output()?;
+    Ok((bin, String::from_utf8_lossy(&version.stdout).trim().to_string()))
+}
+
 /// [`find_binary`], and if there is none, installs it with [`SCRIPT`] first (so that `--compare nats`
 /// works from a fresh clone) and looks again.
 pub fn find_or_install() -> anyhow::Result<(PathBuf, String)> {
@@ -171,18 +182,27 @@ impl NatsServer {
 
     /// Creates the bench stream (file storage, one replica) unless it exists.
     pub async fn create_stream(js: &jetstream::Context) -> anyhow::Result<jetstream::stream::Stream> {
-        let config = jetstream::stream::Config {
-            name: STREAM.into(),
-            subjects: vec!["bench.>".into()],
-            storage: jetstream::stream::StorageType::File,
-            num_replicas: 1,
-            // nats-server 2.15 caps a stream at 1,000 consumers unless it sets its own limit (and reads -1
-            // as "use the default"); W4 needs 1,000 idle consumers plus W2's.
-            max_consumers: 4096,
-            ..Default::default()
-        };
-        Ok(js.get_or_create_stream(config).await?)
+        create_stream(js, STREAM, 1).await
     }
+}
+
+/// Creates stream `name` for every bench subject (file storage, `replicas` replicas) unless it exists.
+pub async fn create_stream(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> anyhow::Result<jetstream::stream::Stream> {
+    let config = jetstream::stream::Config {
+        name: name.into(),
+        subjects: vec!["bench.>".into()],
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        // nats-server 2.15 caps a stream at 1,000 consumers unless it sets its own limit (and reads -1
+        // as "use the default"); W4 needs 1,000 idle consumers plus W2's.
+        max_consumers: 4096,
+        ..Default::default()
+    };
+    Ok(js.get_or_create_stream(config).await?)
 }
 
 /// Spawns `nats-server -c CONFIG` and waits (bounded) for the log line that gives its client port; its

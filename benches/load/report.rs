@@ -205,42 +205,53 @@ fn fmt(v: f64) -> String {
     }
 }
 
-/// The side-by-side table (one column per system, then Sealpost's ratio to each other system) and the
-/// targets, met or missed.
-pub fn print_summary(records: &[Record], systems: &[&'static str]) {
+/// The side-by-side table (one column per system, then `reference`'s ratio to each other system) and
+/// Sealpost's targets, met or missed.
+pub fn print_summary(records: &[Record], systems: &[&'static str], reference: &str) {
     let find = |w: &str, sys: &str| records.iter().find(|r| r.workload == w && r.system == sys);
+    let others: Vec<&str> = systems.iter().copied().filter(|s| *s != reference).collect();
+    // The single-node comparison keeps its short column names (`sealpost/default`).
+    let ratio_label = |other: &str| match reference {
+        "sealpost" => format!("sealpost/{}", other.trim_start_matches("nats-")),
+        _ => format!("{reference}/{other}"),
+    };
+    let widths: Vec<usize> = others.iter().map(|o| (ratio_label(o).len() + 2).max(18)).collect();
+    let column = systems.iter().map(|s| s.len() + 2).max().unwrap_or(0).max(14);
     println!();
     println!("== summary ({} systems, measured in this run) ==", systems.len());
     let mut header = format!("{:<44}", "figure");
     for s in systems {
-        header.push_str(&format!("{s:>14}"));
+        header.push_str(&format!("{s:>column$}"));
     }
-    for s in systems.iter().skip(1) {
-        header.push_str(&format!("{:>18}", format!("sealpost/{}", s.trim_start_matches("nats-"))));
+    for (o, w) in others.iter().zip(&widths) {
+        header.push_str(&format!("{:>w$}", ratio_label(o)));
     }
     println!("{header}");
     for f in FIGURES {
-        let values: Vec<Option<f64>> =
-            systems.iter().map(|s| find(f.workload, s).and_then(|r| r.get(f.key))).collect();
+        let value = |sys: &str| find(f.workload, sys).and_then(|r| r.get(f.key));
+        let values: Vec<Option<f64>> = systems.iter().map(|s| value(s)).collect();
         if values.iter().all(Option::is_none) {
             continue;
         }
         let mut line = format!("{:<44}", f.label);
         for v in &values {
-            line.push_str(&format!("{:>14}", v.map(fmt).unwrap_or_else(|| "-".into())));
+            line.push_str(&format!("{:>column$}", v.map(fmt).unwrap_or_else(|| "-".into())));
         }
-        for v in values.iter().skip(1) {
-            let ratio = match (values[0], v) {
+        for (o, w) in others.iter().zip(&widths) {
+            let ratio = match (value(reference), value(o)) {
                 (Some(a), Some(b)) if b.abs() > 0.0 => format!("{:.2}x", a / b),
                 _ => "-".into(),
             };
-            line.push_str(&format!("{ratio:>18}"));
+            line.push_str(&format!("{ratio:>w$}"));
         }
         println!("{line}");
     }
     println!(
-        "(ratios are sealpost / other; for msgs/s higher is better, for µs, MB, ms and disk lower is better)"
+        "(ratios are {reference} / other; for msgs/s higher is better, for µs, MB, ms and disk lower is better)"
     );
+    if systems.iter().any(|s| matches!(*s, "sealpost-jetstream" | "nats-r3")) {
+        println!("(on the 3-node cluster, disk counts the run's streams on all three nodes: every replica)");
+    }
     println!();
     println!("== Sealpost against its targets ==");
     for f in FIGURES {

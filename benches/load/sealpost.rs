@@ -6,6 +6,10 @@
 //! `Broker::start`) on a multi-threaded tokio runtime, without log output. Re-executing ourselves avoids
 //! depending on a separately built, possibly stale `sealpost-broker` binary. The broker stops gracefully
 //! (`Broker::shutdown`) when its standard input closes, so no signal is needed.
+//!
+//! Its store is the disk engine (the data folder), or with [`Storage::JetStream`] the JetStream engine on
+//! a NATS cluster under a prefix of the caller's; either way the topics' policies are stored in it before
+//! the broker starts.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use sealpost_broker::config::Config;
 use sealpost_broker::server::{Broker, BrokerOptions};
-use sealpost_broker::store::{DiskStore, Store};
+use sealpost_broker::store::{DiskStore, JetStreamOptions, JetStreamStore, Store};
 use sealpost_client::Identity;
 use sealpost_protocol::identity::IdentityFile;
 use sealpost_protocol::{issue_policy, ContentKey, Epoch, Limits, Member, PolicyParams, Timestamp, Topic};
@@ -48,6 +52,19 @@ pub fn run_broker_process(config: &Path) -> anyhow::Result<()> {
     })
 }
 
+/// Where the broker keeps its log.
+pub enum Storage<'a> {
+    /// The disk engine in the broker's data folder (`storage.engine = "disk"`, the default).
+    Disk,
+    /// The JetStream engine (`storage.engine = "jetstream"`) on the NATS servers `servers` (no TLS), every
+    /// object named under `prefix`, with `replicas` replicas.
+    JetStream { servers: &'a [String], prefix: &'a str, replicas: usize },
+}
+
+/// How long the JetStream engine retries an append (through leader elections) before it fails: the
+/// engine's default.
+pub const PUBLISH_TIMEOUT_MS: u64 = 20_000;
+
 /// A broker process and everything it was made from.
 pub struct SealpostServer {
     dir: tempfile::TempDir,
@@ -62,8 +79,9 @@ pub struct SealpostServer {
 impl SealpostServer {
     /// A new data folder where each of `topics` has a policy naming the `load` principal, and a broker
     /// process serving it; with `observe`, its metrics endpoint (scraped by nobody: what it costs is
-    /// counting) and its audit log are on.
-    pub fn start(pki: &Pki, topics: &[&str], observe: bool) -> SealpostServer {
+    /// counting) and its audit log are on. Blocks (with the JetStream engine, on the cluster too): on an
+    /// async worker, call it inside `block_in_place`.
+    pub fn start(pki: &Pki, topics: &[&str], observe: bool, storage: &Storage<'_>) -> SealpostServer {
         let dir = tempfile::Builder::new().prefix("sealpost-load-").tempdir().unwrap();
         let d = dir.path();
         pki.write(d);
@@ -80,8 +98,29 @@ impl SealpostServer {
                 "\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[audit]\ndir = \"audit\"\nkey = \"audit.key\"\n",
             );
         }
+        match storage {
+            Storage::Disk => {
+                let store = DiskStore::open(&d.join("data")).unwrap();
+                seed_policies(pki, &store, topics);
+            }
+            Storage::JetStream { servers, prefix, replicas } => {
+                let list = servers.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+                config.push_str(&format!(
+                    "\n[storage]\nengine = \"jetstream\"\n\n[storage.jetstream]\nservers = [{list}]\n\
+                     prefix = \"{prefix}\"\nreplicas = {replicas}\npublish_timeout_ms = {PUBLISH_TIMEOUT_MS}\n"
+                ));
+                let options = JetStreamOptions {
+                    servers: servers.to_vec(),
+                    prefix: prefix.to_string(),
+                    replicas: *replicas,
+                    publish_timeout: Duration::from_millis(PUBLISH_TIMEOUT_MS),
+                    ..JetStreamOptions::default()
+                };
+                let store = JetStreamStore::connect(options).unwrap();
+                seed_policies(pki, &store, topics);
+            }
+        }
         std::fs::write(d.join("broker.toml"), config).unwrap();
-        seed_policies(pki, &d.join("data"), topics);
         let process = spawn(&d.join("broker.toml"));
         let (addr, spawned, listening) = (process.addr, process.spawned, process.ready_at);
         let identity = write_identity(pki, d, addr);
@@ -118,8 +157,7 @@ impl SealpostServer {
     }
 }
 
-fn seed_policies(pki: &Pki, data: &Path, topics: &[&str]) {
-    let store = DiskStore::open(data).unwrap();
+fn seed_policies(pki: &Pki, store: &dyn Store, topics: &[&str]) {
     let member = Member {
         principal: "load".parse().unwrap(),
         publish: true,

@@ -29,8 +29,18 @@ impl Workload {
 /// What `--compare` asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compare {
+    /// Sealpost alone.
     None,
+    /// Sealpost, and single-node JetStream with both fsync policies (`nats-default`, `nats-always`).
     Nats,
+    /// Sealpost single node, Sealpost on its JetStream engine and raw JetStream (`sealpost-jetstream`,
+    /// `nats-r3`), both on the repository's 3-node cluster: W1 and W2 only.
+    Cluster,
+}
+
+impl Compare {
+    /// The workloads `--compare cluster` runs.
+    pub const CLUSTER_WORKLOADS: [Workload; 2] = [Workload::W1, Workload::W2];
 }
 
 pub struct Settings {
@@ -38,6 +48,8 @@ pub struct Settings {
     /// The Sealpost broker runs with its observers on: the metrics endpoint and the audit log.
     pub observe: bool,
     pub workloads: Vec<Workload>,
+    /// Workloads asked for (or implied by `all`) that this mode does not run (`--compare cluster`).
+    pub skipped: Vec<Workload>,
     pub compare: Compare,
     /// Payload bytes of every message.
     pub size: usize,
@@ -62,9 +74,16 @@ pub struct Settings {
     pub charts: PathBuf,
 }
 
-const USAGE: &str = "cargo bench --bench load -- [--quick] [--observe] [--compare nats] [--json FILE] [--charts DIR]
+const USAGE: &str = "cargo bench --bench load -- [--quick] [--observe] [--compare nats|cluster] [--json FILE] [--charts DIR]
     [--workload w1,w2,w3,w4,w5|all] [--size BYTES] [--messages N] [--runs R] [--window N] [--cap-seconds S] [--rate MSGS_PER_S]
-    [--seconds S] [--w4-seconds S] [--subscribers N] [--w3-messages N] [--idle N] [--restart-messages N]";
+    [--seconds S] [--w4-seconds S] [--subscribers N] [--w3-messages N] [--idle N] [--restart-messages N]
+
+  --compare nats     also NATS JetStream single-node servers (mutual TLS), default fsync and sync_interval: always
+  --compare cluster  W1 and W2 only (other workloads are skipped): sealpost (single node, disk engine) against
+                     sealpost-jetstream (the broker with storage.engine = \"jetstream\", replicas 3) and nats-r3
+                     (raw JetStream, a stream with 3 replicas), both on the repository's 3-node cluster
+                     (benches/nats/nats-server.sh cluster, started once in a temp folder; sync_interval: always,
+                     no TLS between the clients and NATS)";
 
 impl Settings {
     pub fn from_args() -> anyhow::Result<Settings> {
@@ -107,12 +126,24 @@ impl Settings {
         let compare = match take("--compare").as_deref() {
             None => Compare::None,
             Some("nats") => Compare::Nats,
-            Some(other) => anyhow::bail!("--compare knows only `nats`, not {other:?}"),
+            Some("cluster") => Compare::Cluster,
+            Some(other) => anyhow::bail!("--compare knows `nats` and `cluster`, not {other:?}"),
         };
+        let (workloads, skipped) = if compare == Compare::Cluster {
+            let (run, skip) = workloads.into_iter().partition(|w| Compare::CLUSTER_WORKLOADS.contains(w));
+            (run, skip)
+        } else {
+            (workloads, Vec::new())
+        };
+        anyhow::ensure!(
+            !workloads.is_empty(),
+            "--compare cluster runs only W1 and W2; --workload asked for neither"
+        );
         let settings = Settings {
             quick,
             observe,
             workloads,
+            skipped,
             compare,
             size: num(take("--size"), "--size", 1024)? as usize,
             messages: num(take("--messages"), "--messages", q(50_000, 500_000))?,
@@ -174,6 +205,9 @@ impl Settings {
             format!("W5: restart of a broker holding {} messages", self.restart_messages),
             format!("charts: {}", self.charts.display()),
         ];
+        if !self.skipped.is_empty() {
+            out.push(format!("skipped: {:?} (--compare cluster runs W1 and W2 only)", self.skipped));
+        }
         if let Some(j) = &self.json {
             out.push(format!("json: {}", j.display()));
         }

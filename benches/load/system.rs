@@ -6,9 +6,13 @@
 //! subscription (non-durable, from `Earliest` or `Latest`) is a JetStream ordered pull consumer (ephemeral,
 //! in order, no per-message acks, `DeliverPolicy::All` or `New`); a Sealpost publish receipt (after fsync)
 //! is a JetStream publish ack (after fsync only with `sync_interval: always`).
+//!
+//! With `--compare cluster` two systems run on the repository's 3-node cluster ([`crate::cluster`]): the
+//! Sealpost broker with its JetStream engine under a prefix of the run's own, and raw JetStream on a
+//! stream of the run's own with three replicas; the run's objects are deleted when it stops.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -17,9 +21,10 @@ use futures_util::StreamExt;
 use sealpost_client::{Client, PublisherOptions, SubscribeOptions};
 use sealpost_protocol::{StartAt, Topic};
 
+use crate::cluster::{Footprint, NatsCluster};
 use crate::nats::{self, Fsync, NatsServer};
 use crate::pki::Pki;
-use crate::sealpost::SealpostServer;
+use crate::sealpost::{SealpostServer, Storage};
 
 /// The topic the workloads publish to.
 pub const TOPIC: &str = "bench.load";
@@ -31,6 +36,10 @@ pub const IDLE_TOPIC: &str = "bench.idle";
 pub enum System {
     Sealpost,
     Nats(Fsync),
+    /// The Sealpost broker with `storage.engine = "jetstream"` on the 3-node cluster.
+    SealpostJetStream,
+    /// Raw JetStream on the 3-node cluster, a stream with three replicas.
+    NatsR3,
 }
 
 impl System {
@@ -40,6 +49,8 @@ impl System {
             System::Sealpost => "sealpost",
             System::Nats(Fsync::Default) => "nats-default",
             System::Nats(Fsync::Always) => "nats-always",
+            System::SealpostJetStream => "sealpost-jetstream",
+            System::NatsR3 => "nats-r3",
         }
     }
 
@@ -54,6 +65,18 @@ impl System {
                  default fsync (ack before fsync, fsync every 2 min), async-nats client"
             }
             System::Nats(Fsync::Always) => "nats-always: the same with `sync_interval: always` (fsync before ack)",
+            System::SealpostJetStream => {
+                "sealpost-jetstream: the same broker process and client (QUIC + mutual TLS, sealed batches), \
+                 storage.engine = \"jetstream\" on the 3-node cluster: a stream per topic with 3 replicas, \
+                 publish_timeout_ms 20000, a fresh prefix per run; the broker's connection to NATS has no TLS \
+                 (the cluster has none); acked once the stream's leader has a quorum (2 of 3 nodes, each \
+                 fsyncing before it answers)"
+            }
+            System::NatsR3 => {
+                "nats-r3: raw JetStream on the same 3-node cluster: a stream with num_replicas 3, file store, \
+                 sync_interval: always on every node (fsync before ack), a fresh stream per run; async-nats \
+                 client WITHOUT TLS (the cluster has none; the single-node nats systems use mutual TLS)"
+            }
         }
     }
 }
@@ -66,12 +89,23 @@ pub struct Env<'a> {
     pub window: usize,
     /// Whether the Sealpost broker runs with its observers on (`--observe`).
     pub observe: bool,
+    /// The 3-node cluster of `--compare cluster`.
+    pub cluster: Option<&'a NatsCluster>,
 }
 
 /// A running server of one [`System`].
 pub enum Server {
     Sealpost(SealpostServer),
     Nats(NatsServer, usize),
+    /// A broker on the cluster, and what its run made there.
+    SealpostJetStream(SealpostServer, Footprint),
+    /// The cluster's servers, the run's stream, the publish window, and the stream as a footprint.
+    NatsR3 {
+        urls: Vec<String>,
+        stream: String,
+        window: usize,
+        footprint: Footprint,
+    },
 }
 
 /// How long a restarted server took: until its process said it listens, and until it had served a
@@ -91,9 +125,12 @@ pub struct Memory {
 impl Server {
     pub async fn start(system: System, env: &Env<'_>) -> Server {
         match system {
-            System::Sealpost => {
-                Server::Sealpost(SealpostServer::start(env.pki, &[TOPIC, IDLE_TOPIC], env.observe))
-            }
+            System::Sealpost => Server::Sealpost(SealpostServer::start(
+                env.pki,
+                &[TOPIC, IDLE_TOPIC],
+                env.observe,
+                &Storage::Disk,
+            )),
             System::Nats(fsync) => {
                 let bin = env.nats_bin.expect("nats-server was found before any NATS workload");
                 let server = NatsServer::start(bin, env.pki, fsync);
@@ -101,30 +138,52 @@ impl Server {
                 NatsServer::create_stream(&js).await.unwrap();
                 Server::Nats(server, env.window)
             }
+            System::SealpostJetStream => {
+                let cluster = env.cluster.expect("the cluster was started before any cluster workload");
+                let prefix = crate::cluster::fresh_name("lb");
+                let storage = Storage::JetStream { servers: &cluster.urls, prefix: &prefix, replicas: 3 };
+                // Stores the policies in JetStream, which blocks this thread.
+                let server = tokio::task::block_in_place(|| {
+                    SealpostServer::start(env.pki, &[TOPIC, IDLE_TOPIC], env.observe, &storage)
+                });
+                // The engine's objects: `{PREFIX}_...` streams and the `KV_{PREFIX}_DURABLES` bucket.
+                let upper = prefix.to_ascii_uppercase();
+                let footprint =
+                    cluster.footprint(Vec::new(), vec![format!("{upper}_"), format!("KV_{upper}_")]);
+                Server::SealpostJetStream(server, footprint)
+            }
+            System::NatsR3 => {
+                let cluster = env.cluster.expect("the cluster was started before any cluster workload");
+                let stream = crate::cluster::fresh_name("BENCH_R3_");
+                let js = cluster.connect(env.window).await.unwrap();
+                nats::create_stream(&js, &stream, 3).await.unwrap();
+                let footprint = cluster.footprint(vec![stream.clone()], Vec::new());
+                Server::NatsR3 { urls: cluster.urls.clone(), stream, window: env.window, footprint }
+            }
         }
     }
 
     pub async fn connect(&self) -> anyhow::Result<Conn> {
         Ok(match self {
-            Server::Sealpost(s) => Conn::Sealpost(Client::connect(&s.identity).await?),
+            Server::Sealpost(s) | Server::SealpostJetStream(s, _) => {
+                Conn::Sealpost(Client::connect(&s.identity).await?)
+            }
             Server::Nats(s, window) => {
                 let (_, js) = s.connect(*window).await?;
-                Conn::Nats(Box::new(js))
+                Conn::Nats(Box::new(js), nats::STREAM.to_string())
+            }
+            Server::NatsR3 { urls, stream, window, .. } => {
+                Conn::Nats(Box::new(crate::cluster::connect(urls, *window).await?), stream.clone())
             }
         })
     }
 
+    /// The server process (the broker's, for a broker on the cluster; none for raw JetStream on it).
     fn pid(&self) -> Option<u32> {
         match self {
-            Server::Sealpost(s) => s.pid(),
+            Server::Sealpost(s) | Server::SealpostJetStream(s, _) => s.pid(),
             Server::Nats(s, _) => s.pid(),
-        }
-    }
-
-    pub fn data_dir(&self) -> PathBuf {
-        match self {
-            Server::Sealpost(s) => s.data_dir(),
-            Server::Nats(s, _) => s.data_dir(),
+            Server::NatsR3 { .. } => None,
         }
     }
 
@@ -143,15 +202,31 @@ impl Server {
         Memory { rss_bytes: kib("VmRSS:"), peak_rss_bytes: kib("VmHWM:") }
     }
 
-    /// Bytes allocated on disk under the server's data folder (what `du` counts).
+    /// Bytes allocated on disk under the server's data folder (what `du` counts); on the cluster, by the
+    /// run's streams on all three nodes (every replica) and, for a broker, its data folder.
     pub fn disk_bytes(&self) -> u64 {
-        allocated_bytes(&self.data_dir())
+        match self {
+            Server::Sealpost(s) => allocated_bytes(&s.data_dir()),
+            Server::Nats(s, _) => allocated_bytes(&s.data_dir()),
+            Server::SealpostJetStream(s, footprint) => {
+                allocated_bytes(&s.data_dir()) + footprint.disk_bytes()
+            }
+            Server::NatsR3 { footprint, .. } => footprint.disk_bytes(),
+        }
     }
 
-    pub fn stop(&mut self) {
+    /// Stops the server; on the cluster, also deletes what the run made there.
+    pub async fn stop(&mut self) {
         match self {
             Server::Sealpost(s) => s.stop(),
             Server::Nats(s, _) => s.stop(),
+            Server::SealpostJetStream(s, footprint) => {
+                s.stop();
+                footprint.remove().await.expect("deleting the run's streams from the cluster");
+            }
+            Server::NatsR3 { footprint, .. } => {
+                footprint.remove().await.expect("deleting the run's stream from the cluster")
+            }
         }
     }
 
@@ -165,6 +240,9 @@ impl Server {
             Server::Nats(s, _) => {
                 s.restart();
                 (s.spawned, s.listening)
+            }
+            Server::SealpostJetStream(..) | Server::NatsR3 { .. } => {
+                unreachable!("--compare cluster runs W1 and W2 only, which restart nothing")
             }
         };
         let deadline = spawned + Duration::from_secs(600);
@@ -195,7 +273,7 @@ impl Server {
     }
 }
 
-fn allocated_bytes(dir: &Path) -> u64 {
+pub fn allocated_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
@@ -225,7 +303,8 @@ pub enum From {
 /// A client connection.
 pub enum Conn {
     Sealpost(Client),
-    Nats(Box<async_nats::jetstream::Context>),
+    /// A JetStream context and the name of the stream that holds the bench subjects.
+    Nats(Box<async_nats::jetstream::Context>, String),
 }
 
 /// An acknowledgement to await: resolves when the server has accepted (Sealpost: stored and synced) the
@@ -250,7 +329,7 @@ impl Conn {
             Conn::Sealpost(client) => {
                 Publisher::Sealpost(client.publisher(Topic::new(topic)?, PublisherOptions::default()).await?)
             }
-            Conn::Nats(js) => Publisher::Nats(js.clone(), async_nats::Subject::from(topic)),
+            Conn::Nats(js, _) => Publisher::Nats(js.clone(), async_nats::Subject::from(topic)),
         })
     }
 
@@ -264,9 +343,9 @@ impl Conn {
                 let options = SubscribeOptions { from, durable: None, shared: false };
                 Subscriber::Sealpost(client.subscribe(Topic::new(topic)?, options).await?)
             }
-            Conn::Nats(js) => {
+            Conn::Nats(js, stream) => {
                 use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
-                let stream = js.get_stream(nats::STREAM).await?;
+                let stream = js.get_stream(stream.as_str()).await?;
                 let deliver_policy = match from {
                     From::Start => DeliverPolicy::All,
                     From::Now => DeliverPolicy::New,

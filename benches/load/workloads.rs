@@ -153,7 +153,7 @@ pub async fn w1(system: System, env: &Env<'_>, s: &Settings, subscribe: bool) ->
     let disk_bytes = server.disk_bytes();
     drop(publisher);
     drop(conn);
-    server.stop();
+    server.stop().await;
     W1 {
         messages: n,
         acked_per_s: n as f64 / acked.as_secs_f64(),
@@ -253,7 +253,7 @@ pub async fn latency(server: &Server, s: &Settings, seconds: u64) -> Latency {
 pub async fn w2(system: System, env: &Env<'_>, s: &Settings) -> Latency {
     let mut server = Server::start(system, env).await;
     let result = latency(&server, s, s.seconds).await;
-    server.stop();
+    server.stop().await;
     result
 }
 
@@ -282,7 +282,7 @@ pub async fn w3(system: System, env: &Env<'_>, s: &Settings) -> W3 {
     }
     drop(publisher);
     drop(conn);
-    server.stop();
+    server.stop().await;
     W3 {
         messages: n,
         published_per_s: n as f64 / published.as_secs_f64(),
@@ -311,7 +311,7 @@ pub async fn w4(system: System, env: &Env<'_>, s: &Settings) -> W4 {
     let after_with_idle = server.memory();
     let idle_count = idle.len();
     drop(idle);
-    server.stop();
+    server.stop().await;
     W4 {
         baseline,
         with_idle,
@@ -339,9 +339,9 @@ pub async fn w5(system: System, env: &Env<'_>, s: &Settings) -> W5 {
     drop(progress);
     drop(publisher);
     drop(conn);
-    server.stop();
+    server.stop().await;
     let disk_bytes = server.disk_bytes();
     let restart = server.restart().await;
-    server.stop();
+    server.stop().await;
     W5 { messages: n, fill_per_s, disk_bytes, restart }
 }
