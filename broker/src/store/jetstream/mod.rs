@@ -337,6 +337,42 @@ impl JetStreamStore {
     }
 }
 
+/// What followers hand on, through [`relay`].
+enum Followed {
+    Committed(Topic, super::StoredBatch),
+    PoliciesChanged,
+}
+
+/// `sink`, called on a thread of its own (`sealpost-nats-sink`) in the order the followers hand things on:
+/// the engine's runtime must never wait for the broker's locks, since the broker may hold one of them
+/// while it waits for the engine (the durable ends' lock while it reads a topic's end). Falls back to
+/// calling `sink` in place if the thread cannot be started.
+fn relay(sink: Sink) -> Sink {
+    let (tx, rx) = std::sync::mpsc::channel::<Followed>();
+    let target = sink.clone();
+    let started = std::thread::Builder::new().name("sealpost-nats-sink".into()).spawn(move || {
+        for followed in rx {
+            match followed {
+                Followed::Committed(topic, batch) => (target.committed)(&topic, batch),
+                Followed::PoliciesChanged => (target.policies_changed)(),
+            }
+        }
+    });
+    if let Err(e) = started {
+        tracing::error!("cannot start the thread that hands on what other brokers append: {e}");
+        return sink;
+    }
+    let policies = tx.clone();
+    Sink {
+        committed: Arc::new(move |topic: &Topic, batch| {
+            let _ = tx.send(Followed::Committed(topic.clone(), batch));
+        }),
+        policies_changed: Arc::new(move || {
+            let _ = policies.send(Followed::PoliciesChanged);
+        }),
+    }
+}
+
 /// Runs `future` on `handle` and waits for it on this thread (never inside the runtime's own context).
 fn run_on<F>(handle: &Handle, future: F) -> Result<F::Output>
 where
@@ -660,6 +696,7 @@ impl Store for JetStreamStore {
     }
 
     fn share(&self, sink: Sink) {
+        let sink = relay(sink);
         if self.sink.set(sink.clone()).is_err() {
             return;
         }
