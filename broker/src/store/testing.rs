@@ -400,6 +400,94 @@ impl<S: Store> Store for TestStore<S> {
     }
 }
 
+/// A boxed engine is an engine: lets a [`TestStore`] wrap whichever one a test opened.
+impl<S: Store + ?Sized> Store for Box<S> {
+    fn append(&self, batch: Append<'_>) -> Result<()> {
+        (**self).append(batch)
+    }
+    fn sync(&self) -> Result<()> {
+        (**self).sync()
+    }
+    fn failed(&self) -> Option<String> {
+        (**self).failed()
+    }
+    fn read(&self, topic: &Topic, from: Offset, max_bytes: usize) -> Result<Vec<Stored>> {
+        (**self).read(topic, from, max_bytes)
+    }
+    fn next_offset(&self, topic: &Topic) -> Result<Offset> {
+        (**self).next_offset(topic)
+    }
+    fn first_offset(&self, topic: &Topic) -> Result<Offset> {
+        (**self).first_offset(topic)
+    }
+    fn retain(
+        &self,
+        rules: &crate::retention::Retention,
+        now: std::time::SystemTime,
+    ) -> Result<super::Retained> {
+        (**self).retain(rules, now)
+    }
+    fn publisher_record(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        chain: ChainId,
+        first_seq: u64,
+    ) -> Result<Option<PublisherRecord>> {
+        (**self).publisher_record(topic, publisher, chain, first_seq)
+    }
+    fn publisher_head(
+        &self,
+        topic: &Topic,
+        publisher: &PublicKey,
+        chain: ChainId,
+    ) -> Result<Option<PublisherRecord>> {
+        (**self).publisher_head(topic, publisher, chain)
+    }
+    fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>> {
+        (**self).durable_offset(topic, principal, name)
+    }
+    fn set_durable_offset(
+        &self,
+        topic: &Topic,
+        principal: &Principal,
+        name: &str,
+        next_offset: Offset,
+    ) -> Result<()> {
+        (**self).set_durable_offset(topic, principal, name, next_offset)
+    }
+    fn put_policy(&self, topic: &Topic, epoch: u64, policy: &Bytes) -> Result<()> {
+        (**self).put_policy(topic, epoch, policy)
+    }
+    fn policies(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>> {
+        (**self).policies(topic, max)
+    }
+    fn policy_history(
+        &self,
+        topic: &Topic,
+        before: Option<u64>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>> {
+        (**self).policy_history(topic, before, max, max_bytes)
+    }
+    fn syncs(&self) -> u64 {
+        (**self).syncs()
+    }
+    fn topics(&self, after: Option<&Topic>, max: usize) -> Result<Vec<Topic>> {
+        (**self).topics(after, max)
+    }
+    fn durables(&self, after: Option<&DurableKey>, max: usize) -> Result<Vec<(DurableKey, Offset)>> {
+        (**self).durables(after, max)
+    }
+    fn share(&self, sink: super::Sink) {
+        (**self).share(sink)
+    }
+    fn max_batch_len(&self) -> Option<usize> {
+        (**self).max_batch_len()
+    }
+}
+
 /// The test's side of [`TestStore::gate_syncs`].
 #[derive(Debug)]
 pub struct SyncGate {

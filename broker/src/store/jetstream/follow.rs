@@ -9,6 +9,7 @@
 //!
 //! Two kinds of streams are followed: each topic's log this broker has read or written ([`topic`]: its
 //! batches go to the [`Sink`]), and the policy stream ([`policies`]: any policy stored tells the sink).
+//! What they see reaches the broker through [`relay`], on a thread of its own.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -16,9 +17,11 @@ use std::sync::{Arc, Weak};
 use async_nats::jetstream::{self as js, consumer};
 use futures_util::StreamExt;
 
+use sealpost_protocol::Topic;
+
 use super::log::TopicLog;
 use super::{names, STALL};
-use crate::store::Sink;
+use crate::store::{Sink, StoredBatch};
 
 /// Follows `log`'s stream from sequence `next`: each batch updates the log's state and goes to `sink`.
 pub(super) async fn topic(
@@ -117,5 +120,41 @@ async fn follow(
                 }
             }
         }
+    }
+}
+
+/// What followers hand on, through [`relay`].
+enum Followed {
+    Committed(Topic, StoredBatch),
+    PoliciesChanged,
+}
+
+/// `sink`, called on a thread of its own (`sealpost-nats-sink`) in the order the followers hand things on:
+/// the engine's runtime must never wait for the broker's locks, since the broker may hold one of them
+/// while it waits for the engine (the durable ends' lock while it reads a topic's end). Falls back to
+/// calling `sink` in place if the thread cannot be started.
+pub(super) fn relay(sink: Sink) -> Sink {
+    let (tx, rx) = std::sync::mpsc::channel::<Followed>();
+    let target = sink.clone();
+    let started = std::thread::Builder::new().name("sealpost-nats-sink".into()).spawn(move || {
+        for followed in rx {
+            match followed {
+                Followed::Committed(topic, batch) => (target.committed)(&topic, batch),
+                Followed::PoliciesChanged => (target.policies_changed)(),
+            }
+        }
+    });
+    if let Err(e) = started {
+        tracing::error!("cannot start the thread that hands on what other brokers append: {e}");
+        return sink;
+    }
+    let policies = tx.clone();
+    Sink {
+        committed: Arc::new(move |topic: &Topic, batch| {
+            let _ = tx.send(Followed::Committed(topic.clone(), batch));
+        }),
+        policies_changed: Arc::new(move || {
+            let _ = policies.send(Followed::PoliciesChanged);
+        }),
     }
 }

@@ -65,14 +65,17 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::mpsc;
 
 use self::names::Names;
-use super::{history_page, Append, PublisherRecord, Retained, Sink, Store, Stored};
+use super::{Append, PublisherRecord, Retained, Sink, Store, Stored};
 use crate::retention::Retention;
 use crate::{Error, Result};
 
 mod append;
+mod chains;
+mod durables;
 mod follow;
 mod log;
 mod names;
+mod policies;
 
 use self::append::{Outgoing, Pending};
 use self::log::{TopicLog, TopicState};
@@ -337,42 +340,6 @@ impl JetStreamStore {
     }
 }
 
-/// What followers hand on, through [`relay`].
-enum Followed {
-    Committed(Topic, super::StoredBatch),
-    PoliciesChanged,
-}
-
-/// `sink`, called on a thread of its own (`sealpost-nats-sink`) in the order the followers hand things on:
-/// the engine's runtime must never wait for the broker's locks, since the broker may hold one of them
-/// while it waits for the engine (the durable ends' lock while it reads a topic's end). Falls back to
-/// calling `sink` in place if the thread cannot be started.
-fn relay(sink: Sink) -> Sink {
-    let (tx, rx) = std::sync::mpsc::channel::<Followed>();
-    let target = sink.clone();
-    let started = std::thread::Builder::new().name("sealpost-nats-sink".into()).spawn(move || {
-        for followed in rx {
-            match followed {
-                Followed::Committed(topic, batch) => (target.committed)(&topic, batch),
-                Followed::PoliciesChanged => (target.policies_changed)(),
-            }
-        }
-    });
-    if let Err(e) = started {
-        tracing::error!("cannot start the thread that hands on what other brokers append: {e}");
-        return sink;
-    }
-    let policies = tx.clone();
-    Sink {
-        committed: Arc::new(move |topic: &Topic, batch| {
-            let _ = tx.send(Followed::Committed(topic.clone(), batch));
-        }),
-        policies_changed: Arc::new(move || {
-            let _ = policies.send(Followed::PoliciesChanged);
-        }),
-    }
-}
-
 /// Runs `future` on `handle` and waits for it on this thread (never inside the runtime's own context).
 fn run_on<F>(handle: &Handle, future: F) -> Result<F::Output>
 where
@@ -407,40 +374,6 @@ impl JetStreamStore {
             let stream = js.get_stream_no_info(&name).await.map_err(|e| log::unavailable("stream", e))?;
             log::get(&stream, at).await
         })?
-    }
-
-    /// The last batch on `subject` of `log`'s stream, with its sequence.
-    fn last_on(&self, log: &TopicLog, subject: String) -> Result<Option<(u64, PublisherRecord)>> {
-        let last = self.get(log, log::At::Last(subject))?;
-        last.map(|m| Ok((m.sequence, names::record_of(&m.headers)?))).transpose()
-    }
-
-    /// The first batch on `subject` at sequence `seq` or after, with its sequence.
-    fn next_on(&self, log: &TopicLog, subject: String, seq: u64) -> Result<Option<(u64, PublisherRecord)>> {
-        let next = self.get(log, log::At::Next { seq, subject })?;
-        next.map(|m| Ok((m.sequence, names::record_of(&m.headers)?))).transpose()
-    }
-
-    /// The policy of `topic` of `epoch`, if stored.
-    fn policy(&self, topic: &Topic, epoch: u64) -> Result<Option<Bytes>> {
-        let (policies, subject) = (self.policies.clone(), self.names.policy_subject(topic, epoch));
-        let found = self.block(async move { log::get(&policies, log::At::Last(subject)).await })??;
-        Ok(found.map(|m| m.payload))
-    }
-
-    /// The epochs of `topic`'s stored policies, in ascending order.
-    fn epochs(&self, topic: &Topic) -> Result<Vec<u64>> {
-        use futures_util::TryStreamExt;
-        let (policies, filter) = (self.policies.clone(), self.names.policy_filter(topic));
-        let subjects: Vec<(String, usize)> = self
-            .block(async move {
-                let subjects = policies.info_with_subjects(filter).await?;
-                subjects.try_collect().await
-            })?
-            .map_err(|e| log::unavailable("listing policies", e))?;
-        let mut epochs: Vec<u64> = subjects.iter().filter_map(|(s, _)| Names::policy_epoch(s)).collect();
-        epochs.sort_unstable();
-        Ok(epochs)
     }
 }
 
@@ -529,39 +462,7 @@ impl Store for JetStreamStore {
         chain: ChainId,
         first_seq: u64,
     ) -> Result<Option<PublisherRecord>> {
-        let log = self.log(topic);
-        if !self.state(&log, false)?.exists {
-            return Ok(None);
-        }
-        let subject = self.names.chain_subject(topic, publisher, chain);
-        if let Some(u) =
-            self.unsynced(&log).into_iter().find(|u| u.subject == subject && u.record.first_seq == first_seq)
-        {
-            return Ok(Some(u.record));
-        }
-        let Some((head_seq, head)) = self.last_on(&log, subject.clone())? else { return Ok(None) };
-        if head.first_seq <= first_seq {
-            return Ok((head.first_seq == first_seq).then_some(head));
-        }
-        // A chain's batches are in the stream in first_seq order: search the sequences before its head.
-        let (mut lo, mut hi) = (1, head_seq);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.next_on(&log, subject.clone(), mid)? {
-                Some((seq, record)) if seq < hi => {
-                    if record.first_seq == first_seq {
-                        return Ok(Some(record));
-                    }
-                    if record.first_seq < first_seq {
-                        lo = seq + 1;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                _ => hi = mid,
-            }
-        }
-        Ok(None)
+        self.chain_record(topic, publisher, chain, first_seq)
     }
 
     fn publisher_head(
@@ -570,23 +471,11 @@ impl Store for JetStreamStore {
         publisher: &PublicKey,
         chain: ChainId,
     ) -> Result<Option<PublisherRecord>> {
-        let log = self.log(topic);
-        if !self.state(&log, false)?.exists {
-            return Ok(None);
-        }
-        let subject = self.names.chain_subject(topic, publisher, chain);
-        if let Some(u) = self.unsynced(&log).into_iter().rev().find(|u| u.subject == subject) {
-            return Ok(Some(u.record));
-        }
-        Ok(self.last_on(&log, subject)?.map(|(_, head)| head))
+        self.chain_head(topic, publisher, chain)
     }
 
     fn durable_offset(&self, topic: &Topic, principal: &Principal, name: &str) -> Result<Option<Offset>> {
-        let (durables, key) = (self.durables.clone(), names::durable_key(topic, principal, name));
-        let value = self
-            .block(async move { durables.get(key).await })?
-            .map_err(|e| log::unavailable("reading a durable offset", e))?;
-        value.map(|v| names::decode_offset(v.as_ref())).transpose()
+        self.durable(topic, principal, name)
     }
 
     /// Durable at once (the bucket acknowledges a put once a quorum stored it).
@@ -597,40 +486,16 @@ impl Store for JetStreamStore {
         name: &str,
         next_offset: Offset,
     ) -> Result<()> {
-        let (durables, key) = (self.durables.clone(), names::durable_key(topic, principal, name));
-        self.block(async move { durables.put(key, names::encode_offset(next_offset)).await })?
-            .map_err(|e| log::unavailable("committing a durable offset", e))?;
-        Ok(())
+        self.commit_durable(topic, principal, name, next_offset)
     }
 
-    /// Durable at once; an epoch's policy is stored once (`Nats-Expected-Last-Subject-Sequence: 0`): the
-    /// same bytes again are accepted, others refused.
+    /// Durable at once; an epoch's policy is stored once ([`policies`]).
     fn put_policy(&self, topic: &Topic, epoch: u64, policy: &Bytes) -> Result<()> {
-        let (js, subject, bytes) = (self.js.clone(), self.names.policy_subject(topic, epoch), policy.clone());
-        let stored = self.block(async move {
-            let message = async_nats::jetstream::message::PublishMessage::build()
-                .payload(bytes)
-                .expected_last_subject_sequence(0);
-            js.send_publish(subject, message).await?.await
-        })?;
-        match stored {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence => {
-                match self.policy(topic, epoch)? {
-                    Some(existing) if existing == *policy => Ok(()),
-                    _ => Err(Error::Storage(format!(
-                        "another policy of {topic} for epoch {epoch} is stored already"
-                    ))),
-                }
-            }
-            Err(e) => Err(log::unavailable("storing a policy", e)),
-        }
+        self.store_policy(topic, epoch, policy)
     }
 
     fn policies(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>> {
-        let epochs = self.epochs(topic)?;
-        let newest = &epochs[epochs.len().saturating_sub(max)..];
-        newest.iter().filter_map(|&e| self.policy(topic, e).transpose()).collect()
+        self.newest_policies(topic, max)
     }
 
     fn policy_history(
@@ -640,13 +505,11 @@ impl Store for JetStreamStore {
         max: usize,
         max_bytes: usize,
     ) -> Result<Vec<Bytes>> {
-        let epochs = self.epochs(topic)?;
-        let newest_first = epochs
-            .iter()
-            .rev()
-            .filter(|&&e| before.is_none_or(|b| e < b))
-            .filter_map(|&e| self.policy(topic, e).transpose());
-        history_page(newest_first, max, max_bytes)
+        self.policy_page(topic, before, max, max_bytes)
+    }
+
+    fn durables(&self, after: Option<&DurableKey>, max: usize) -> Result<Vec<(DurableKey, Offset)>> {
+        self.durable_page(after, max)
     }
 
     fn syncs(&self) -> u64 {
@@ -670,33 +533,8 @@ impl Store for JetStreamStore {
         Ok(topics)
     }
 
-    fn durables(&self, after: Option<&DurableKey>, max: usize) -> Result<Vec<(DurableKey, Offset)>> {
-        use futures_util::TryStreamExt;
-        let durables = self.durables.clone();
-        let keys: Vec<String> = self
-            .block(async move {
-                match durables.keys().await {
-                    Ok(keys) => keys.try_collect().await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            })?
-            .map_err(|e| log::unavailable("listing durable offsets", e))?;
-        let order = |k: &DurableKey| (k.topic.clone(), k.principal.to_string(), k.name.clone());
-        let mut keys: Vec<DurableKey> = keys.iter().filter_map(|k| names::durable_of_key(k)).collect();
-        keys.retain(|k| after.is_none_or(|a| order(k) > order(a)));
-        keys.sort_by_key(order);
-        keys.truncate(max);
-        let mut page = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(offset) = self.durable_offset(&key.topic, &key.principal, &key.name)? {
-                page.push((key, offset));
-            }
-        }
-        Ok(page)
-    }
-
     fn share(&self, sink: Sink) {
-        let sink = relay(sink);
+        let sink = follow::relay(sink);
         if self.sink.set(sink.clone()).is_err() {
             return;
         }
