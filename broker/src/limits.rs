@@ -146,6 +146,22 @@ impl ServerLimits {
         }
         self.memory.validate(self.max_frame_len, self.subscriber_read_bytes)
     }
+
+    /// Checks that a storage engine whose own limit is `engine_max` bytes per sealed batch
+    /// ([`Store::max_batch_len`](crate::store::Store::max_batch_len): JetStream's `max_payload`) can store
+    /// every batch these limits let publishers send: the broker refuses to start otherwise, rather than
+    /// refuse large batches only when they come.
+    pub fn fit_engine(&self, engine_max: Option<usize>) -> Result<()> {
+        let max_batch_len = usize::try_from(self.protocol_limits().max_batch_len).unwrap_or(usize::MAX);
+        match engine_max {
+            Some(engine_max) if engine_max < max_batch_len => Err(Error::Config(format!(
+                "the storage engine stores sealed batches of at most {engine_max} bytes, but \
+                 limits.max_frame_len lets publishers send {max_batch_len}: raise the JetStream servers' \
+                 max_payload (8 MB covers the default) or lower limits.max_frame_len"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -157,6 +173,19 @@ mod tests {
         let limits = ServerLimits::default();
         limits.validate().unwrap();
         assert_eq!(limits.protocol_limits(), sealpost_protocol::Limits::default());
+    }
+
+    #[test]
+    fn an_engine_that_cannot_store_the_largest_batch_is_refused_with_what_to_change() {
+        let limits = ServerLimits::default();
+        let largest = limits.protocol_limits().max_batch_len as usize;
+        // NATS's default max_payload (1 MiB) less the engine's header room, against 4 MiB frames.
+        let e = limits.fit_engine(Some(1024 * 1024 - 512)).unwrap_err().to_string();
+        assert!(e.contains("max_payload") && e.contains("limits.max_frame_len"), "{e}");
+        limits.fit_engine(Some(largest)).unwrap();
+        limits.fit_engine(None).unwrap();
+        let small = ServerLimits { max_frame_len: 1024 * 1024 - 512, ..limits };
+        small.fit_engine(Some(1024 * 1024 - 512)).unwrap();
     }
 
     #[test]

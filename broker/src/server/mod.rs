@@ -163,14 +163,7 @@ impl Broker {
         if let Some(options) = &metrics {
             check_listen(options.listen, options.tls)?;
         }
-        let max_batch_len = usize::try_from(limits.protocol_limits().max_batch_len).unwrap_or(usize::MAX);
-        if let Some(engine_max) = store.max_batch_len().filter(|&max| max < max_batch_len) {
-            return Err(Error::Config(format!(
-                "the storage engine stores sealed batches of at most {engine_max} bytes, but limits.max_frame_len \
-                 lets publishers send {max_batch_len}: raise the JetStream servers' max_payload (8 MB \
-                 covers the default) or lower limits.max_frame_len"
-            )));
-        }
+        limits.fit_engine(store.max_batch_len())?;
         let crypto = tls::server_crypto(&tls)?;
         let verifier = tls::client_verifier(&tls)?;
         let memory = limits.memory;
