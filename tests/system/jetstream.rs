@@ -352,3 +352,79 @@ async fn the_engines_streams_refuse_deletes_and_purges_and_keep_refusing() {
     alice.close().await;
     within("shutdown", broker.shutdown()).await.unwrap();
 }
+
+/// A client's identity lists a live broker and an address where nothing answers. It connects whichever
+/// comes first, and when the live broker restarts, its publisher goes on through it again: each failed
+/// dial moves on to the next address once, so the dead one never traps it (no cluster needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_listing_several_brokers_goes_past_one_that_is_down() {
+    let mut env = Env::new();
+    let broker = env.start(Engine::Memory).await;
+    let live = broker.local_addr();
+    // A port nothing listens on: bound, then released.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let options = ClientOptions {
+        connect_timeout: Duration::from_millis(300),
+        reconnect: sealpost_client::Reconnect {
+            budget: sealpost_client::RetryBudget::Duration(Duration::from_secs(20)),
+            initial_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+        },
+        state: sealpost_client::StateLocation::Off,
+        ..ClientOptions::default()
+    };
+    for (order, who) in [([dead, live], "alice"), ([live, dead], "bob")] {
+        let path = env.identity(who, order[0]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace(
+            &format!("broker = \"{}\"", order[0]),
+            &format!("broker = \"{},{}\"", order[0], order[1]),
+        );
+        std::fs::write(&path, text).unwrap();
+        let identity = Identity::load(&path).unwrap();
+        let client =
+            within("connect past the dead address", Client::connect_with(&identity, options.clone()))
+                .await
+                .unwrap();
+        client.close().await;
+    }
+    // alice lists the live broker first: after it restarts, the dial to it fails once, the one to the dead
+    // address fails, and the next is the live broker again.
+    let path = env.identity("alice", live);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(&format!("broker = \"{live}\""), &format!("broker = \"{live},{dead}\"")),
+    )
+    .unwrap();
+    let alice =
+        within("connect", Client::connect_with(&Identity::load(&path).unwrap(), options)).await.unwrap();
+    let publisher = within("publisher", alice.publisher(chat(), PublisherOptions::default())).await.unwrap();
+    within("m0", publisher.publish(Bytes::from("m0"))).await.unwrap();
+    let mut state = alice.connection_state();
+    within("shutdown", broker.shutdown()).await.unwrap();
+    within("disconnected", state.wait_for(|s| !matches!(s, sealpost_client::ConnectionState::Connected)))
+        .await
+        .unwrap();
+    // The old endpoint lets go of its UDP port once its connections have drained: bounded retries.
+    let mut again = None;
+    for _ in 0..100 {
+        let options = env.options(Engine::Memory, live, ServerLimits::default());
+        match sealpost_broker::server::Broker::start(options).await {
+            Ok(broker) => {
+                again = Some(broker);
+                break;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("in use"), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let again = again.expect("the broker's port was free again within 5 s");
+    let receipt = within("m1 after the restart", publisher.publish(Bytes::from("m1"))).await.unwrap();
+    assert_eq!(receipt.offset.0, 1);
+    within("publisher close", publisher.close()).await.unwrap();
+    alice.close().await;
+    within("shutdown", again.shutdown()).await.unwrap();
+}

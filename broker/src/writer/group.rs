@@ -20,8 +20,9 @@
 //!
 //! If an append or the sync fails, every request of the group gets the error ([`Error::StorageFull`] stays
 //! `StorageFull`, so the peer learns the device is full), the caches are dropped, to be reloaded from the
-//! store, which always holds the truth (the tail only ever holds what a sync covered). A batch of a failed group may still be in the
-//! store; a publisher's retry then finds it and is answered as a duplicate with its original offsets.
+//! store, which always holds the truth (the tail only ever holds what a sync covered). A batch of a failed
+//! group may still be in the store; a publisher's retry then finds it and is answered as a duplicate with
+//! its original offsets.
 //!
 //! # A shared log
 //!

@@ -1,4 +1,5 @@
-//! The connector: the one QUIC connection a client holds to its broker, dialed again when it is lost.
+//! The connector: the one QUIC connection a client holds to its broker, dialed again when it is lost (to
+//! the next broker of the identity, when it names several).
 //!
 //! All publishers and subscriptions of a client share the connection; each opens its own bidirectional
 //! stream on it ([`Link`](super::Link)). When one of them finds the connection lost it asks for a
@@ -152,7 +153,9 @@ impl Connector {
             if conn.close_reason().is_none() {
                 return Ok(conn.clone());
             }
-            // Lost: try another broker first, if there are several.
+            // Lost: the next dial tries another broker first, if there are several (once per loss: the
+            // lost connection is forgotten, so a failed dial after it moves on once more, not twice).
+            *current = None;
             self.move_on();
         }
         let conn = match self.dial().await {
