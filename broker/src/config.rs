@@ -248,6 +248,13 @@ impl StorageConfig {
             if js.cert.is_some() != js.key.is_some() {
                 return Err(Error::Config("storage.jetstream.cert and key go together".into()));
             }
+            if !(1_000..=600_000).contains(&js.publish_timeout_ms) {
+                return Err(Error::Config(format!(
+                    "storage.jetstream.publish_timeout_ms = {} is not between 1000 and 600000 (a leader \
+                     election takes seconds)",
+                    js.publish_timeout_ms
+                )));
+            }
         }
         if !(64 * 1024..=256 * 1024 * 1024).contains(&self.segment_bytes) {
             return Err(Error::Config(format!(
@@ -628,6 +635,31 @@ mod tests {
         assert!(config_error("acl = \"a.toml\"").contains("tls"));
         let msg = config_error("[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n");
         assert!(msg.contains("acl"), "{msg}");
+    }
+
+    #[test]
+    fn the_jetstream_table_is_read_and_checked() {
+        let text = format!(
+            "{MINIMAL}\n[storage]\nengine = \"jetstream\"\n[storage.jetstream]\n\
+             servers = [\"nats://n1:4222\", \"nats://n2:4222\"]\nprefix = \"prod\"\ncredentials = \"nats.creds\"\n"
+        );
+        let mut c = Config::from_toml(&text).unwrap();
+        let options = c.storage.jetstream.options();
+        assert_eq!((options.servers.len(), options.prefix.as_str(), options.replicas), (2, "prod", 3));
+        assert_eq!(options.publish_timeout, std::time::Duration::from_secs(20));
+        c.resolve_paths(Path::new("/etc/sealpost"));
+        assert_eq!(c.storage.jetstream.credentials.as_deref(), Some(Path::new("/etc/sealpost/nats.creds")));
+        let table = format!("{MINIMAL}\n[storage]\nengine = \"jetstream\"\n[storage.jetstream]\n");
+        for (bad, key) in [
+            ("servers = []", "servers"),
+            ("replicas = 0", "replicas"),
+            ("cert = \"c.pem\"", "cert"),
+            ("publish_timeout_ms = 10", "publish_timeout_ms"),
+        ] {
+            assert!(config_error(&format!("{table}{bad}\n")).contains(key), "{bad}");
+        }
+        let retention = format!("{table}[retention]\nmax_total_bytes = 1000000\n");
+        assert!(config_error(&retention).contains("[retention] is not supported"));
     }
 
     #[test]
