@@ -53,8 +53,9 @@ pub struct Cluster {
 }
 
 /// A test's share of the cluster: no node is killed while it is held.
-#[allow(dead_code)] // For the JetStream engine's tests.
-pub struct Shared<'a>(RwLockReadGuard<'a, ()>);
+pub struct Shared<'a> {
+    _held: RwLockReadGuard<'a, ()>,
+}
 
 /// A test's sole use of the cluster, for killing nodes. Dropping it restarts any node killed and not
 /// restarted (blocking, bounded by the script), so a test that panics leaves three nodes behind it.
@@ -103,9 +104,8 @@ impl Cluster {
     }
 
     /// Holds the cluster for a test that uses it: waits while a test that kills nodes runs.
-    #[allow(dead_code)] // For the JetStream engine's tests.
     pub async fn shared(&self) -> Shared<'_> {
-        Shared(self.lock.read().await)
+        Shared { _held: self.lock.read().await }
     }
 
     /// Holds the cluster alone, for a test that kills nodes; waits until no other test holds it.
